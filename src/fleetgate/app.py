@@ -1,0 +1,225 @@
+"""Builds the server from a :class:`~fleetgate.config.Config` and runs it.
+
+Start order: sinks (and the store) first, then the API, then the device listeners, so
+nothing is accepted before there is somewhere to put it. Stop order is the reverse:
+listeners stop taking data, then the pipeline flushes what it holds, then the API goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import importlib
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from fleetgate.config import Config
+from fleetgate.pipeline import AckPolicy, Pipeline, Router, RunnerSettings, SinkRunner
+from fleetgate.sinks.base import Sink, SinkContext, sink_class
+from fleetgate.sinks.sqlite import SqliteSink
+from fleetgate.store import RecordStore
+
+log = logging.getLogger("fleetgate")
+
+STORE_SINK = "sqlite"
+
+
+class Listener(Protocol):
+    """A device-facing server (Teltonika TCP, Tesla WebSocket, MQTT subscriber...)."""
+
+    name: str
+
+    async def start(self) -> None:
+        """Bind and begin accepting devices."""
+
+    async def stop(self) -> None:
+        """Stop accepting, close sessions."""
+
+    def health(self) -> dict[str, Any]:
+        """State for ``/health`` (bound address, open connections...)."""
+
+
+@dataclass
+class ServerContext:
+    """What a listener factory receives: the config and the pipeline it feeds."""
+
+    config: Config
+    pipeline: Pipeline
+    store: RecordStore | None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+ListenerFactory = Callable[[ServerContext], Listener | None]
+
+# Listener factories, "module:function". Each returns None when its config disables it.
+LISTENER_FACTORIES: list[str] = [
+    "fleetgate.protocols.teltonika.listener:create_listener",
+    "fleetgate.protocols.tesla.listener:create_listener",
+]
+
+
+def sink_section(config: Config, name: str) -> dict[str, Any]:
+    """The config section a sink is built from (``kafka`` is a raw librdkafka map)."""
+    if name == STORE_SINK:
+        return {"path": str(config.store_path)}
+    if name == "jsonl":
+        return {"path": str(config.jsonl_path), "fsync": config.jsonl.fsync}
+    if name == "logger":
+        return config.logger.model_dump()
+    section = getattr(config, name, None)
+    if section is None:
+        return {}
+    if isinstance(section, dict):
+        return dict(section)
+    dumped: dict[str, Any] = section.model_dump()
+    return dumped
+
+
+def runner_settings(config: Config) -> RunnerSettings:
+    s = config.sink_settings
+    return RunnerSettings(
+        max_queue_records=s.max_queue_records,
+        max_batch=s.max_batch,
+        max_linger_s=s.max_linger_ms / 1000,
+        retry_initial_s=s.retry_initial_ms / 1000,
+        retry_max_s=s.retry_max_ms / 1000,
+    )
+
+
+def build_pipeline(config: Config, store: RecordStore | None = None) -> Pipeline:
+    """Sinks named by ``records`` (plus the store) wired behind a router and ack policy."""
+    context = SinkContext(
+        namespace=config.namespace,
+        transmit_decoded=config.transmit_decoded_records,
+        data_dir=config.data_dir,
+    )
+    always: list[str] = []
+    runners: dict[str, SinkRunner] = {}
+    settings = runner_settings(config)
+    if config.store.enabled:
+        always.append(STORE_SINK)
+        store_settings = dataclasses.replace(settings, max_batch=config.store.max_batch)
+        store_sink = SqliteSink(sink_section(config, STORE_SINK), context, store=store)
+        runners[STORE_SINK] = SinkRunner(store_sink, store_settings)
+    router = Router(config.records, always=always)
+    for name in sorted(router.sink_names - set(runners)):
+        sink: Sink = sink_class(name)(sink_section(config, name), context)
+        runners[name] = SinkRunner(sink, settings)
+    policy = AckPolicy(
+        config.ack_level,
+        STORE_SINK if config.store.enabled else None,
+        config.reliable_ack_sources,
+    )
+    return Pipeline(runners, router, policy, ack_timeout_s=config.ack_timeout_s)
+
+
+class Server:
+    """The running server: pipeline, listeners and API, started and stopped in order."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.store: RecordStore | None = (
+            RecordStore(config.store_path) if config.store.enabled else None
+        )
+        self.pipeline = build_pipeline(config, self.store)
+        self.context = ServerContext(config, self.pipeline, self.store)
+        self.listeners: list[Listener] = []
+        self._api_server: Any = None
+        self._api_task: asyncio.Task[None] | None = None
+        self.started = asyncio.Event()
+
+    async def start(self) -> None:
+        await self.pipeline.start()
+        if self.config.api.enabled:
+            await self._start_api()
+        for target in LISTENER_FACTORIES:
+            module_name, function = target.split(":")
+            try:
+                module = importlib.import_module(module_name)
+            except ModuleNotFoundError as exc:
+                if exc.name != module_name:
+                    raise
+                continue
+            factory: ListenerFactory = getattr(module, function)
+            listener = factory(self.context)
+            if listener is None:
+                continue
+            await listener.start()
+            self.listeners.append(listener)
+        self.started.set()
+
+    async def stop(self) -> None:
+        for listener in reversed(self.listeners):
+            try:
+                await listener.stop()
+            except Exception:
+                log.exception("stopping %s failed", listener.name)
+        self.listeners.clear()
+        await self.pipeline.close()
+        if self._api_server is not None:
+            self._api_server.should_exit = True
+            if self._api_task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._api_task
+        if self.store is not None:
+            self.store.close()
+
+    def listener(self, name: str) -> Listener | None:
+        return next((item for item in self.listeners if item.name == name), None)
+
+    async def _start_api(self) -> None:
+        import uvicorn
+
+        from fleetgate.api.app import create_api
+
+        api = create_api(self)
+        config = uvicorn.Config(
+            api,
+            host=self.config.api.host,
+            port=self.config.api.port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+        )
+        server = uvicorn.Server(config)
+        # The process's own SIGINT/SIGTERM handling (in ``serve``) owns shutdown.
+        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+        self._api_server = server
+        self._api_task = asyncio.create_task(server.serve(), name="api")
+        while not server.started:
+            if self._api_task.done():
+                self._api_task.result()
+                raise RuntimeError("API server failed to start")
+            await asyncio.sleep(0.01)
+
+    @property
+    def api_port(self) -> int:
+        """The bound API port (useful when configured as 0)."""
+        if self._api_server is None:
+            return 0
+        for server in self._api_server.servers:
+            for sock in server.sockets:
+                return int(sock.getsockname()[1])
+        return 0
+
+
+async def serve(config: Config, ready: Callable[[Server], None] | None = None) -> None:
+    """Run until SIGINT/SIGTERM."""
+    server = Server(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    if ready is not None:
+        ready(server)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await server.stop()

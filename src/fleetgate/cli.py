@@ -1,0 +1,61 @@
+"""``fleetgate`` command line: serve, demo, decode, sim, certs, tesla.
+
+Each command group lives in its own module under :mod:`fleetgate.commands` and adds its
+parsers in ``register(subparsers)``; the parser's ``handler`` returns the exit code.
+Configuration problems print one line and exit 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from fleetgate import __version__
+from fleetgate.config import ConfigError
+
+COMMAND_MODULES = [
+    "fleetgate.commands.serve",
+    "fleetgate.commands.decode",
+    "fleetgate.commands.sim",
+    "fleetgate.commands.certs",
+    "fleetgate.commands.tesla",
+]
+
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fleetgate",
+        description="Vehicle telemetry gateway: Tesla vehicles, Teltonika trackers, CAN gateways.",
+    )
+    parser.add_argument("--version", action="version", version=f"fleetgate {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except ConfigError as exc:
+        print(f"fleetgate: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

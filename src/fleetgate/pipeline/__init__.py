@@ -1,0 +1,16 @@
+"""Router, sink runners, ack policy: everything between a decoded record and its sinks."""
+
+from fleetgate.pipeline.ack import AckLevel, AckPolicy
+from fleetgate.pipeline.pipeline import Pipeline, Submission
+from fleetgate.pipeline.router import Router
+from fleetgate.pipeline.runner import RunnerSettings, SinkRunner
+
+__all__ = [
+    "AckLevel",
+    "AckPolicy",
+    "Pipeline",
+    "Router",
+    "RunnerSettings",
+    "SinkRunner",
+    "Submission",
+]

@@ -1,0 +1,144 @@
+"""The one record shape every protocol produces and every sink consumes.
+
+A :class:`Record` is what fleetgate knows about one message from one device: where it came
+from (``source``, ``device_id``, ``topic``), when (``created_at`` on the device,
+``received_at`` on the server, both epoch milliseconds), what it said (``data``, JSON-safe)
+and the original bytes (``raw``) so sinks can forward a vehicle's own protobuf unchanged.
+
+Records have exactly one JSON form (:func:`record_json`), used by the REST API, the live
+stream, the logger, JSON lines and every sink that sends JSON. Sinks that forward a
+protocol's *own* bytes (Tesla's protobuf, or its protojson when
+``transmit_decoded_records`` is set) ask :func:`wire_payload`, which defers to a per-source
+:class:`WireForm` registered by the protocol package.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import orjson
+
+SOURCE_TESLA: Final = "tesla"
+SOURCE_TELTONIKA: Final = "teltonika"
+SOURCE_MQTT: Final = "mqtt"
+
+_NO_META: Final[Mapping[str, str]] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One decoded message from one device.
+
+    ``meta`` carries protocol metadata that is not part of the decoded data but that sinks
+    forward as headers (Tesla: ``txid``, ``device_client_version``, ``socket_id``).
+    """
+
+    source: str
+    device_id: str
+    topic: str
+    created_at: int
+    received_at: int
+    data: Mapping[str, Any]
+    raw: bytes = b""
+    meta: Mapping[str, str] | None = None
+    # Serialised JSON form, filled on first use: the store, the logger and several sinks
+    # all need it, and serialising once per record matters on the hot path.
+    _json: bytes | None = field(default=None, init=False, repr=False, compare=False)
+
+
+def now_ms() -> int:
+    """Server wall-clock time in epoch milliseconds (the ``received_at`` clock)."""
+    return time.time_ns() // 1_000_000
+
+
+# RFC 3339 can only express years 0001..9999; device clocks can say anything.
+_MIN_MS: Final = -62_135_596_800_000
+_MAX_MS: Final = 253_402_300_799_999
+
+
+def format_rfc3339_ms(ms: int) -> str:
+    """Epoch milliseconds → ``2019-06-10T10:04:46.000Z`` (clamped to years 1..9999)."""
+    ms = min(max(ms, _MIN_MS), _MAX_MS)
+    seconds, millis = divmod(ms, 1000)
+    t = time.gmtime(seconds)
+    return (
+        f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{millis:03d}Z"
+    )
+
+
+def parse_rfc3339_ms(text: str) -> int:
+    """RFC 3339 / ISO 8601 text (or a bare epoch-ms integer) → epoch milliseconds."""
+    from datetime import UTC, datetime
+
+    stripped = text.strip()
+    if stripped.lstrip("-").isdigit():
+        return int(stripped)
+    parsed = datetime.fromisoformat(stripped.replace("Z", "+00:00").replace("z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp() * 1000)
+
+
+def record_dict(record: Record) -> dict[str, Any]:
+    """The record's JSON form as a dict (before serialisation)."""
+    return {
+        "source": record.source,
+        "device_id": record.device_id,
+        "topic": record.topic,
+        "created_at": format_rfc3339_ms(record.created_at),
+        "received_at": format_rfc3339_ms(record.received_at),
+        "data": record.data,
+    }
+
+
+def record_json(record: Record) -> bytes:
+    """The record's one JSON form, serialised (cached on the record)."""
+    cached = record._json
+    if cached is None:
+        cached = orjson.dumps(record_dict(record))
+        object.__setattr__(record, "_json", cached)
+    return cached
+
+
+def record_metadata(record: Record) -> dict[str, str]:
+    """The seven metadata keys Tesla's dispatchers send as headers/attributes.
+
+    Tesla never fills ``timestamp`` or ``version`` (always ``"0"``); fleetgate keeps that
+    so consumers written for the reference see identical headers. Records of other sources
+    get the same keys, with ``vin`` holding their device id and ``txtype`` their topic.
+    """
+    meta = record.meta or _NO_META
+    return {
+        "vin": record.device_id,
+        "receivedat": str(record.received_at),
+        "timestamp": "0",
+        "txid": meta.get("txid", ""),
+        "txtype": record.topic,
+        "version": "0",
+        "device_client_version": meta.get("device_client_version", ""),
+    }
+
+
+# A protocol's own payload form: (record, transmit_decoded) -> bytes.
+WireForm = Callable[[Record, bool], bytes]
+_wire_forms: dict[str, WireForm] = {}
+
+
+def register_wire_form(source: str, form: WireForm) -> None:
+    """Let a protocol package say how its records travel to sinks (e.g. Tesla protobuf)."""
+    _wire_forms[source] = form
+
+
+def wire_payload(record: Record, transmit_decoded: bool = False) -> bytes:
+    """Bytes a dispatcher sends for ``record``.
+
+    Sources without a registered wire form (Teltonika, MQTT) travel as the record JSON.
+    """
+    form = _wire_forms.get(record.source)
+    if form is None:
+        return record_json(record)
+    return form(record, transmit_decoded)

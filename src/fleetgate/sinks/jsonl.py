@@ -1,0 +1,50 @@
+"""``jsonl``: append each record's JSON form as one line to a file.
+
+Confirmation = the batch was written and flushed to the OS (and fsync'd with
+``jsonl.fsync``). Lines are the records' one JSON form, so ``jq`` works on the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any, ClassVar
+
+from fleetgate.records import Record, record_json
+from fleetgate.sinks.base import Sink, SinkContext
+
+
+class JsonlSink(Sink):
+    name: ClassVar[str] = "jsonl"
+
+    def __init__(self, config: Mapping[str, Any], context: SinkContext) -> None:
+        super().__init__(config, context)
+        self.path = Path(config.get("path") or f"{context.data_dir}/records.jsonl")
+        self.fsync = bool(config.get("fsync", False))
+        self._file: IO[bytes] | None = None
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("ab")
+
+    async def publish(self, batch: Sequence[Record]) -> None:
+        data = b"".join(record_json(record) + b"\n" for record in batch)
+        await asyncio.to_thread(self._write, data)
+
+    def _write(self, data: bytes) -> None:
+        if self._file is None:
+            self._file = self.path.open("ab")
+        self._file.write(data)
+        self._file.flush()
+        if self.fsync:
+            os.fsync(self._file.fileno())
+
+    async def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def describe(self) -> str:
+        return f"jsonl {self.path}"

@@ -1,0 +1,188 @@
+"""The embedded SQLite record store: written by the ``sqlite`` sink, read by the API.
+
+One writer connection (used from one worker thread at a time by the sink) and one reader
+connection (serialised by a lock) share a WAL-mode database, so API reads never block
+ingest. Writes are batched: one transaction per sink batch, with per-device counters
+folded in Python first so each batch costs one upsert per device, not per record.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from fleetgate.records import Record, format_rfc3339_ms
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    id INTEGER PRIMARY KEY,
+    source TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    meta TEXT
+);
+CREATE INDEX IF NOT EXISTS records_by_device_time ON records (device_id, created_at, id);
+CREATE TABLE IF NOT EXISTS devices (
+    device_id TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    first_seen INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL,
+    record_count INTEGER NOT NULL
+);
+"""
+
+_INSERT = (
+    "INSERT INTO records (source, device_id, topic, created_at, received_at, data, meta) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_UPSERT_DEVICE = (
+    "INSERT INTO devices (device_id, source, first_seen, last_seen, record_count) "
+    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET "
+    "last_seen = max(last_seen, excluded.last_seen), "
+    "record_count = record_count + excluded.record_count, source = excluded.source"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSummary:
+    device_id: str
+    source: str
+    first_seen: int
+    last_seen: int
+    record_count: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.device_id,
+            "source": self.source,
+            "first_seen": format_rfc3339_ms(self.first_seen),
+            "last_seen": format_rfc3339_ms(self.last_seen),
+            "record_count": self.record_count,
+        }
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    connection.execute("PRAGMA journal_mode=WAL")
+    # NORMAL in WAL mode: a commit survives a process crash; only an OS crash or power loss
+    # can undo the last transactions. The durable spool will own power-loss durability.
+    connection.execute("PRAGMA synchronous=NORMAL")
+    connection.execute("PRAGMA busy_timeout=5000")
+    return connection
+
+
+class RecordStore:
+    """SQLite-backed record store."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = _connect(self.path)
+        self._writer.executescript(_SCHEMA)
+        self._reader = _connect(self.path)
+        self._read_lock = threading.Lock()
+
+    def close(self) -> None:
+        self._writer.close()
+        self._reader.close()
+
+    # -- writing (sink side) ---------------------------------------------------------------
+    def write(self, records: Sequence[Record]) -> None:
+        """Insert ``records`` and update device counters in one transaction."""
+        dumps = orjson.dumps
+        rows = [
+            (
+                r.source,
+                r.device_id,
+                r.topic,
+                r.created_at,
+                r.received_at,
+                dumps(r.data),
+                dumps(r.meta) if r.meta else None,
+            )
+            for r in records
+        ]
+        devices: dict[str, list[Any]] = {}
+        for r in records:
+            entry = devices.get(r.device_id)
+            if entry is None:
+                devices[r.device_id] = [r.device_id, r.source, r.received_at, r.received_at, 1]
+            else:
+                entry[3] = max(entry[3], r.received_at)
+                entry[4] += 1
+        writer = self._writer
+        writer.execute("BEGIN")
+        try:
+            writer.executemany(_INSERT, rows)
+            writer.executemany(_UPSERT_DEVICE, devices.values())
+        except BaseException:
+            writer.execute("ROLLBACK")
+            raise
+        writer.execute("COMMIT")
+
+    # -- reading (API side) ----------------------------------------------------------------
+    def devices(self) -> list[DeviceSummary]:
+        with self._read_lock:
+            rows = self._reader.execute(
+                "SELECT device_id, source, first_seen, last_seen, record_count "
+                "FROM devices ORDER BY last_seen DESC"
+            ).fetchall()
+        return [DeviceSummary(*row) for row in rows]
+
+    def device(self, device_id: str) -> DeviceSummary | None:
+        with self._read_lock:
+            row = self._reader.execute(
+                "SELECT device_id, source, first_seen, last_seen, record_count "
+                "FROM devices WHERE device_id = ?",
+                (device_id,),
+            ).fetchone()
+        return DeviceSummary(*row) if row else None
+
+    def records(
+        self,
+        device_id: str,
+        since: int | None = None,
+        until: int | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """A device's records in JSON form, newest (device time) first."""
+        sql = (
+            "SELECT source, device_id, topic, created_at, received_at, data FROM records "
+            "WHERE device_id = ?"
+        )
+        params: list[Any] = [device_id]
+        if since is not None:
+            sql += " AND created_at >= ?"
+            params.append(since)
+        if until is not None:
+            sql += " AND created_at <= ?"
+            params.append(until)
+        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+        params.append(limit)
+        with self._read_lock:
+            rows = self._reader.execute(sql, params).fetchall()
+        return [
+            {
+                "source": source,
+                "device_id": device,
+                "topic": topic,
+                "created_at": format_rfc3339_ms(created),
+                "received_at": format_rfc3339_ms(received),
+                "data": orjson.loads(data),
+            }
+            for source, device, topic, created, received, data in rows
+        ]
+
+    def count(self) -> int:
+        with self._read_lock:
+            row = self._reader.execute("SELECT count(*) FROM records").fetchone()
+        return int(row[0])
