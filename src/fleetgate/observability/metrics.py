@@ -62,6 +62,33 @@ TELTONIKA_FRAMES = Counter(
 )
 
 
+# -- Tesla reference metrics ----------------------------------------------------------------
+# Unprefixed names identical to the Go fleet-telemetry server (spec section 13), so existing
+# dashboards keep working. Frame-processing counters are incremented by the Tesla session
+# from what the sans-I/O core returns (FrameResult), never inside the core.
+TESLA_RECORD_TOO_BIG = Counter(
+    "record_too_big_total", "Tesla frames over 1,000,000 bytes", registry=REGISTRY
+)
+TESLA_UNKNOWN_MESSAGE_TYPE = Counter(
+    "unknown_message_type_error_total", "Tesla frames whose envelope is not a stream message",
+    ["msg_type"], registry=REGISTRY,
+)
+TESLA_DISPATCH = Counter(
+    "dispatch_total", "Tesla frames processed, even with no sinks for the topic",
+    ["record_type"], registry=REGISTRY,
+)
+TESLA_UNEXPECTED_RECORD_ERR = Counter(
+    "unexpected_record_err_total", "Error replies sent to Tesla vehicles", registry=REGISTRY
+)
+TESLA_RECORD_SIZE_BYTES = Counter(
+    "record_size_bytes_total", "Tesla payload bytes after transform", ["record_type"],
+    registry=REGISTRY,
+)
+TESLA_RECORDS = Counter(
+    "record_total", "Tesla records processed", ["record_type"], registry=REGISTRY
+)
+
+
 def render() -> bytes:
     """Prometheus text exposition of the registry."""
     return generate_latest(REGISTRY)
