@@ -87,6 +87,22 @@ TESLA_RECORD_SIZE_BYTES = Counter(
 TESLA_RECORDS = Counter(
     "record_total", "Tesla records processed", ["record_type"], registry=REGISTRY
 )
+# Socket-side reference counters, incremented by the Tesla listener/session.
+TESLA_RELIABLE_ACK = Counter(
+    "reliable_ack", "Reliable acks sent to a live Tesla socket", ["record_type", "dispatcher"],
+    registry=REGISTRY,
+)
+TESLA_RELIABLE_ACK_MISS = Counter(
+    "reliable_ack_miss", "Reliable acks whose Tesla socket was gone",
+    ["record_type", "dispatcher"], registry=REGISTRY,
+)
+TESLA_RATE_LIMIT_EXCEEDED = Counter(
+    "rate_limit_exceeded_total", "Tesla frames over the per-connection rate limit",
+    ["device_id", "txtype"], registry=REGISTRY,
+)
+TESLA_SOCKET_ERR = Counter(
+    "socket_err_total", "Failed writes to Tesla sockets", registry=REGISTRY
+)
 
 
 def render() -> bytes:
