@@ -72,7 +72,7 @@ def format_rfc3339_ms(ms: int) -> str:
 
 def parse_rfc3339_ms(text: str) -> int:
     """RFC 3339 / ISO 8601 text (or a bare epoch-ms integer) → epoch milliseconds."""
-    from datetime import UTC, datetime
+    from datetime import UTC, datetime, timedelta
 
     stripped = text.strip()
     if stripped.lstrip("-").isdigit():
@@ -80,7 +80,8 @@ def parse_rfc3339_ms(text: str) -> int:
     parsed = datetime.fromisoformat(stripped.replace("Z", "+00:00").replace("z", "+00:00"))
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return int(parsed.timestamp() * 1000)
+    # Integer arithmetic: float seconds would lose the last millisecond.
+    return (parsed - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
 
 
 def record_dict(record: Record) -> dict[str, Any]:

@@ -1,0 +1,113 @@
+"""HTTP API: health, Prometheus metrics and the REST view of the embedded store.
+
+OpenAPI docs are served at ``/docs``. Record JSON is the one record form of
+:mod:`fleetgate.records`; times are RFC 3339 UTC with milliseconds.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Annotated, Any
+
+import orjson
+from fastapi import FastAPI, HTTPException, Query
+from fastapi.responses import Response
+
+from fleetgate import __version__
+from fleetgate.observability import metrics
+from fleetgate.records import parse_rfc3339_ms
+from fleetgate.sinks.base import Health
+
+if TYPE_CHECKING:
+    from fleetgate.app import Server
+    from fleetgate.store import RecordStore
+
+MAX_LIMIT = 10_000
+
+
+class JsonResponse(Response):
+    """orjson-encoded JSON (fast, and handles the records' nested data as is)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def _time_param(value: str | None, name: str) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        return parse_rfc3339_ms(value)
+    except ValueError:
+        raise HTTPException(
+            status_code=400,
+            detail=f"{name}: expected RFC 3339 time or epoch milliseconds, got {value!r}",
+        ) from None
+
+
+def create_api(server: Server) -> FastAPI:
+    """The FastAPI application for one running :class:`~fleetgate.app.Server`."""
+    api = FastAPI(
+        title="fleetgate",
+        version=__version__,
+        description="Vehicle telemetry gateway: devices, records, health and metrics.",
+        default_response_class=JsonResponse,
+    )
+    started = time.time()
+
+    def store() -> RecordStore:
+        if server.store is None:
+            raise HTTPException(status_code=503, detail="the embedded store is disabled")
+        return server.store
+
+    @api.get("/health", summary="Server, listener and sink health")
+    def health() -> Response:
+        sinks = server.pipeline.health()
+        listeners = {item.name: item.health() for item in server.listeners}
+        statuses = {entry["status"] for entry in sinks.values()}
+        statuses.update(entry.get("status", "ok") for entry in listeners.values())
+        if Health.DOWN.value in statuses:
+            status = Health.DOWN.value
+        elif Health.DEGRADED.value in statuses:
+            status = Health.DEGRADED.value
+        else:
+            status = Health.OK.value
+        body = {
+            "status": status,
+            "version": __version__,
+            "uptime_s": round(time.time() - started, 3),
+            "listeners": listeners,
+            "sinks": sinks,
+        }
+        return JsonResponse(body, status_code=503 if status == Health.DOWN.value else 200)
+
+    @api.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    def prometheus() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @api.get("/api/v1/devices", summary="Devices seen, most recently heard first")
+    def devices() -> dict[str, Any]:
+        return {"devices": [device.as_json() for device in store().devices()]}
+
+    @api.get("/api/v1/devices/{device_id}/records", summary="A device's records, newest first")
+    def records(
+        device_id: str,
+        since: Annotated[str | None, Query(description="RFC 3339 time or epoch ms")] = None,
+        until: Annotated[str | None, Query(description="RFC 3339 time or epoch ms")] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
+    ) -> Response:
+        items = store().records(
+            device_id, _time_param(since, "since"), _time_param(until, "until"), limit
+        )
+        # Returned as a ready response: skips FastAPI's per-field re-encoding of records.
+        return JsonResponse({"records": items})
+
+    @api.get("/api/v1/devices/{device_id}/latest", summary="A device's newest record")
+    def latest(device_id: str) -> Response:
+        items = store().records(device_id, limit=1)
+        if not items:
+            raise HTTPException(status_code=404, detail=f"no records for device {device_id!r}")
+        return JsonResponse(items[0])
+
+    return api

@@ -1,0 +1,111 @@
+"""``fleetgate serve`` and ``fleetgate demo``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from typing import Any
+
+from fleetgate.app import Server, serve
+from fleetgate.config import Config, load_config
+from fleetgate.observability.logging import setup_logging
+
+log = logging.getLogger("fleetgate")
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "serve", help="run the server (embedded defaults when no config is given)"
+    )
+    add_config_argument(parser)
+    parser.set_defaults(handler=run_serve)
+
+    demo = subparsers.add_parser(
+        "demo", help="serve on the embedded defaults and start simulated devices"
+    )
+    add_config_argument(demo)
+    demo.add_argument("--devices", type=int, default=5, help="simulated Teltonika trackers")
+    demo.add_argument("--rate", type=float, default=1.0, help="records per second per tracker")
+    demo.set_defaults(handler=run_demo)
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        "-config",
+        dest="config",
+        default=os.environ.get("FLEETGATE_CONFIG"),
+        help="JSON or TOML config file (Tesla's config.json works as is); "
+        "FLEETGATE_* environment variables override it",
+    )
+
+
+def load(args: argparse.Namespace) -> Config:
+    # Log set-up first, so config warnings are printed in the configured format.
+    setup_logging()
+    config = load_config(args.config)
+    setup_logging(config.log_level, config.json_log_enable)
+    return config
+
+
+def run_loop(main: Any) -> None:
+    """Run ``main`` on uvloop when available (the fast path), else asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(main)
+        return
+    uvloop.run(main)
+
+
+def announce(server: Server) -> None:
+    config = server.config
+    for listener in server.listeners:
+        log.info("%s ready: %s", listener.name, listener.health().get("address", ""))
+    if config.api.enabled:
+        log.info("api ready: http://%s:%d (docs at /docs)", config.api.host, server.api_port)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    config = load(args)
+    run_loop(serve(config, ready=announce))
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from fleetgate.sim.teltonika import SimulationSettings, run_simulation
+
+    config = load(args)
+
+    async def main() -> None:
+        sim_task: asyncio.Task[Any] | None = None
+
+        def started(server: Server) -> None:
+            nonlocal sim_task
+            announce(server)
+            listener = server.listener("teltonika")
+            if listener is None:
+                log.error("demo: the teltonika listener is disabled; nothing to simulate")
+                return
+            port = int(listener.health()["address"].rsplit(":", 1)[1])
+            settings = SimulationSettings(
+                host="127.0.0.1",
+                port=port,
+                devices=args.devices,
+                rate=args.rate,
+                duration_s=None,
+                report_interval_s=10.0,
+            )
+            log.info("demo: %d simulated trackers sending to port %d", args.devices, port)
+            sim_task = asyncio.get_running_loop().create_task(run_simulation(settings))
+
+        try:
+            await serve(config, ready=started)
+        finally:
+            if sim_task is not None:
+                sim_task.cancel()
+
+    run_loop(main())
+    return 0

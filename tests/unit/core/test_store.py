@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from fleetgate.records import Record
+from fleetgate.store import RecordStore
+
+
+def rec(device: str, created: int, received: int, topic: str = "position") -> Record:
+    return Record("teltonika", device, topic, created, received, {"n": created}, meta={"txid": "t"})
+
+
+def test_records_come_back_newest_first_with_filters(tmp_path: Path) -> None:
+    store = RecordStore(tmp_path / "db.sqlite")
+    store.write([rec("a", t, 5000 + t) for t in (3000, 1000, 2000)])
+    store.write([rec("b", 1500, 9000)])
+    got = store.records("a")
+    assert [item["data"]["n"] for item in got] == [3000, 2000, 1000]
+    assert got[0]["created_at"] == "1970-01-01T00:00:03.000Z"
+    assert got[0]["received_at"] == "1970-01-01T00:00:08.000Z"
+    assert [i["data"]["n"] for i in store.records("a", since=1500, until=2500)] == [2000]
+    assert [i["data"]["n"] for i in store.records("a", limit=1)] == [3000]
+    assert store.records("nobody") == []
+    store.close()
+
+
+def test_devices_count_records_and_track_last_seen(tmp_path: Path) -> None:
+    store = RecordStore(tmp_path / "db.sqlite")
+    store.write([rec("a", 1, 100), rec("a", 2, 300)])
+    store.write([rec("a", 3, 200), rec("b", 1, 50)])
+    devices = {d.device_id: d for d in store.devices()}
+    assert devices["a"].record_count == 3
+    assert devices["a"].last_seen == 300
+    assert devices["a"].first_seen == 100
+    assert devices["b"].record_count == 1
+    assert store.device("a") == devices["a"]
+    assert store.count() == 4
+    store.close()
+
+
+def test_data_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    store = RecordStore(path)
+    store.write([rec("a", 1, 1)])
+    store.close()
+    reopened = RecordStore(path)
+    assert reopened.count() == 1
+    reopened.close()
