@@ -1,0 +1,311 @@
+"""Certificates for the Tesla listener: trust stores, TLS contexts and a development PKI.
+
+Vehicles authenticate with client certificates issued by Tesla's CAs. The listener trusts
+the bundled production CA bundle (``ca/prod_ca.crt``, or ``ca/eng_ca.crt`` when
+``use_default_eng_ca`` is set) and appends the PEM certificates of ``tls.ca_file``, exactly
+as the reference server does.
+
+For development and tests, :func:`init_pki` makes a CA whose name the identity rules accept
+(``Tesla Motors Products CA``, so a leaf issued by it maps to ``vehicle_device.<CN>``), a
+server certificate and one client certificate per VIN. The CA key is **EC**: the production
+bundle already holds an RSA certificate with that very name, and with an RSA development CA
+OpenSSL can pick the wrong candidate issuer and refuse a correctly signed vehicle. The
+certificates also carry subject/authority key identifiers, which OpenSSL uses to tell
+same-named issuers apart.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from fleetgate.config import ConfigError, TlsConfig
+
+DEV_CA_NAME = "Tesla Motors Products CA"
+# The reference's cert tool gives a CN starting with "board" this OU, which the identity
+# rules map to ``vehicle_board_device``.
+BOARD_OU = "Tesla Motors SN"
+
+CA_DIR = Path(__file__).parent / "ca"
+
+CA_CERT = "ca.crt"
+CA_KEY = "ca.key"
+SERVER_CERT = "server.crt"
+SERVER_KEY = "server.key"
+VEHICLES_DIR = "vehicles"
+
+PrivateKey = ec.EllipticCurvePrivateKey
+
+
+# -- trust store and TLS contexts ----------------------------------------------------------
+def ca_bundle(eng: bool = False) -> str:
+    """PEM text of Tesla's bundled CA certificates (production by default)."""
+    return (CA_DIR / ("eng_ca.crt" if eng else "prod_ca.crt")).read_text(encoding="ascii")
+
+
+def _require_file(key: str, value: str | None) -> str:
+    if not value:
+        raise ConfigError(
+            f"tls.{key}: missing - the telemetry server is mTLS only; "
+            "set tls.server_cert and tls.server_key (fleetgate certs init makes a dev set)"
+        )
+    if not Path(value).is_file():
+        raise ConfigError(f"tls.{key}: file not found: {value}")
+    return value
+
+
+def server_ssl_context(tls: TlsConfig, use_eng_ca: bool = False) -> ssl.SSLContext:
+    """TLS context of the vehicle listener: client certificate required and verified."""
+    cert = _require_file("server_cert", tls.server_cert)
+    key = _require_file("server_key", tls.server_key)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_REQUIRED
+    # The WebSocket path is HTTP/1.1; never offer h2.
+    context.set_alpn_protocols(["http/1.1"])
+    try:
+        context.load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"tls.server_cert/server_key: cannot load: {exc}") from None
+    context.load_verify_locations(cadata=ca_bundle(use_eng_ca))
+    if tls.ca_file:
+        try:
+            text = Path(tls.ca_file).read_text(encoding="ascii")
+            if "-----BEGIN CERTIFICATE-----" not in text:
+                raise ValueError("no PEM certificate")
+            context.load_verify_locations(cadata=text)
+        except (OSError, ValueError, ssl.SSLError):
+            raise ConfigError(f"custom ca not properly loaded: {tls.ca_file}") from None
+    return context
+
+
+def client_ssl_context(
+    cert: str | Path | None, key: str | Path | None, ca: str | Path | None
+) -> ssl.SSLContext:
+    """TLS context of a simulated vehicle: presents ``cert`` and trusts ``ca``."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if ca is not None:
+        context.load_verify_locations(cafile=str(ca))
+    else:
+        context.load_default_certs()
+    if cert is not None:
+        context.load_cert_chain(str(cert), str(key) if key is not None else None)
+    return context
+
+
+# -- certificate generation ----------------------------------------------------------------
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _new_key() -> PrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def generate_ca(
+    common_name: str = DEV_CA_NAME, days: int = 3650
+) -> tuple[x509.Certificate, PrivateKey]:
+    """A self-signed EC CA certificate and its key."""
+    key = _new_key()
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fleetgate development"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+    now = _now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def _leaf_builder(
+    ca_cert: x509.Certificate, ca_key: PrivateKey, subject: x509.Name, key: PrivateKey, days: int
+) -> x509.CertificateBuilder:
+    now = _now()
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+    )
+
+
+def issue_server_cert(
+    ca_cert: x509.Certificate, ca_key: PrivateKey, hosts: Sequence[str], days: int = 825
+) -> tuple[x509.Certificate, PrivateKey]:
+    """A server certificate for ``hosts`` (DNS names or IPs); 127.0.0.1 is always added."""
+    key = _new_key()
+    names: list[x509.GeneralName] = []
+    seen: set[str] = set()
+    for host in [*hosts, "localhost", "127.0.0.1"]:
+        if not host or host in seen:
+            continue
+        seen.add(host)
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    subject = x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, hosts[0] if hosts else "localhost")]
+    )
+    cert = (
+        _leaf_builder(ca_cert, ca_key, subject, key, days)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def issue_client_cert(
+    ca_cert: x509.Certificate, ca_key: PrivateKey, common_name: str, days: int = 825
+) -> tuple[x509.Certificate, PrivateKey]:
+    """A vehicle client certificate with CN ``common_name`` (the VIN)."""
+    key = _new_key()
+    attributes = []
+    if common_name.startswith("board"):
+        attributes.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, BOARD_OU))
+    attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+    cert = (
+        _leaf_builder(ca_cert, ca_key, x509.Name(attributes), key, days)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def write_cert(path: Path, cert: x509.Certificate) -> None:
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def write_key(path: Path, key: PrivateKey) -> None:
+    data = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    # Private keys are readable by their owner only.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as file:
+        file.write(data)
+
+
+def _load_ca(directory: Path) -> tuple[x509.Certificate, PrivateKey] | None:
+    cert_path, key_path = directory / CA_CERT, directory / CA_KEY
+    if not (cert_path.is_file() and key_path.is_file()):
+        return None
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{key_path}: expected an EC private key")
+    return cert, key
+
+
+@dataclass(frozen=True)
+class DevPki:
+    """Paths of a development PKI written by :func:`init_pki`."""
+
+    directory: Path
+    ca_cert: Path
+    ca_key: Path
+    server_cert: Path
+    server_key: Path
+    vehicles: dict[str, tuple[Path, Path]] = field(default_factory=dict)
+    created: list[Path] = field(default_factory=list)
+
+    def config_snippet(self) -> dict[str, dict[str, str]]:
+        """The ``tls`` block of a config that uses this PKI."""
+        return {
+            "tls": {
+                "server_cert": str(self.server_cert),
+                "server_key": str(self.server_key),
+                "ca_file": str(self.ca_cert),
+            }
+        }
+
+
+def vehicle_paths(directory: Path, vin: str) -> tuple[Path, Path]:
+    """Where :func:`init_pki` keeps the certificate and key of ``vin``."""
+    base = directory / VEHICLES_DIR
+    return base / f"{vin}.crt", base / f"{vin}.key"
+
+
+def init_pki(directory: str | Path, host: str = "localhost", vins: Sequence[str] = ()) -> DevPki:
+    """Create (or extend) a development PKI in ``directory``.
+
+    An existing CA is reused, so running again with more VINs only adds client
+    certificates; the server certificate is made once and kept.
+    """
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    created: list[Path] = []
+    loaded = _load_ca(out)
+    if loaded is None:
+        ca_cert, ca_key = generate_ca()
+        write_cert(out / CA_CERT, ca_cert)
+        write_key(out / CA_KEY, ca_key)
+        created += [out / CA_CERT, out / CA_KEY]
+    else:
+        ca_cert, ca_key = loaded
+    server_cert, server_key = out / SERVER_CERT, out / SERVER_KEY
+    if not (server_cert.is_file() and server_key.is_file()):
+        cert, key = issue_server_cert(ca_cert, ca_key, [host])
+        write_cert(server_cert, cert)
+        write_key(server_key, key)
+        created += [server_cert, server_key]
+    vehicles: dict[str, tuple[Path, Path]] = {}
+    for vin in vins:
+        cert_path, key_path = vehicle_paths(out, vin)
+        if not (cert_path.is_file() and key_path.is_file()):
+            cert_path.parent.mkdir(parents=True, exist_ok=True)
+            cert, key = issue_client_cert(ca_cert, ca_key, vin)
+            write_cert(cert_path, cert)
+            write_key(key_path, key)
+            created += [cert_path, key_path]
+        vehicles[vin] = (cert_path, key_path)
+    return DevPki(out, out / CA_CERT, out / CA_KEY, server_cert, server_key, vehicles, created)
