@@ -1,0 +1,125 @@
+"""The CLI as a new user runs it: serve, sim, decode, bad config."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.teltonika_vectors import vectors
+
+pytestmark = pytest.mark.e2e
+
+FLEETGATE = [sys.executable, "-m", "fleetgate"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"port {port} never opened")
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[int, int]]:
+    """``fleetgate serve`` on the embedded defaults, ports moved by environment variables."""
+    tracker_port, api_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "FLEETGATE_DATA_DIR": str(tmp_path / "data"),
+        "FLEETGATE_TELTONIKA__HOST": "127.0.0.1",
+        "FLEETGATE_TELTONIKA__PORT": str(tracker_port),
+        "FLEETGATE_API__PORT": str(api_port),
+        "FLEETGATE_TESLA_ENABLED": "false",
+    }
+    process = subprocess.Popen([*FLEETGATE, "serve"], env=env, cwd=tmp_path)
+    try:
+        wait_port(tracker_port, process)
+        wait_port(api_port, process)
+        yield tracker_port, api_port
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+
+
+def test_serve_then_sim_then_api(served: tuple[int, int]) -> None:
+    tracker_port, api_port = served
+    sim = subprocess.run(
+        [*FLEETGATE, "sim", "teltonika", "--port", str(tracker_port), "--devices", "3",
+         "--rate", "0", "--frames", "4", "--records-per-frame", "2", "--codec", "16"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert sim.returncode == 0, sim.stdout + sim.stderr
+    assert "records sent=24 acked=24" in sim.stdout
+    devices = httpx.get(f"http://127.0.0.1:{api_port}/api/v1/devices").json()["devices"]
+    assert sorted(d["record_count"] for d in devices) == [8, 8, 8]
+    health = httpx.get(f"http://127.0.0.1:{api_port}/health").json()
+    assert health["status"] == "ok"
+    metrics = httpx.get(f"http://127.0.0.1:{api_port}/metrics").text
+    assert 'fleetgate_teltonika_handshakes_total{result="accepted"} 3.0' in metrics
+
+
+def test_decode_prints_the_frame_as_json() -> None:
+    vector = vectors()["doc-c8e-tcp-example"]
+    result = subprocess.run(
+        [*FLEETGATE, "decode", "teltonika", vector["hex"]],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    body = json.loads(result.stdout)
+    assert body["codec"] == 0x8E or body.get("codec_name") == "8E"
+    assert body["record_count"] == 1
+
+
+def test_decode_refuses_a_bad_crc_with_a_reason() -> None:
+    frame = vectors()["doc-c8-tcp-example1"]["hex"]
+    broken = frame[:-2] + ("00" if frame[-2:] != "00" else "11")
+    result = subprocess.run(
+        [*FLEETGATE, "decode", "teltonika", broken],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 1
+    assert "crc" in result.stderr.lower()
+
+
+@pytest.mark.parametrize(
+    ("config", "needle"),
+    [
+        ({"teltonika": {"port": -1}}, "teltonika.port"),
+        ({"records": {"V": ["nosuchsink"]}}, "nosuchsink"),
+    ],
+)
+def test_bad_config_is_one_line_and_exit_code_2(
+    tmp_path: Path, config: dict[str, object], needle: str
+) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    result = subprocess.run(
+        [*FLEETGATE, "serve", "--config", str(path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert needle in lines[0]
+    assert "Traceback" not in result.stderr
