@@ -1,0 +1,1 @@
+"""Tesla fleet-telemetry protocol (work in progress: see envelope, identity, transforms)."""
