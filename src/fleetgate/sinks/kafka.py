@@ -1,0 +1,229 @@
+"""``kafka``: produce records to Kafka, confirmed by the broker's delivery report.
+
+Library: confluent-kafka (librdkafka). Tesla's reference uses librdkafka too, so its
+``kafka`` config section, a raw librdkafka property map (``bootstrap.servers``, ...), is
+passed through unchanged and means exactly what it means there. librdkafka also brings the
+key-hash partitioner (one VIN always lands on one partition, so per-vehicle order holds),
+compression, idempotence and its own batching, and it is far faster than a pure-Python
+client.
+
+Message shape (spec section 11): topic ``<namespace>_<topic>``, key = device id, headers =
+the seven metadata keys, value = :func:`~fleetgate.records.wire_payload`.
+
+Confirmation: ``produce`` only queues a message inside librdkafka; a background thread
+polls the producer, and each delivery report resolves an asyncio future on the event loop
+(``call_soon_threadsafe``). ``publish`` returns when every report of the batch came back
+without error. It waits at most ``fleetgate.publish_timeout_ms`` (default 10 s, a fleetgate
+key removed before the map reaches librdkafka), then raises :class:`TransientSinkError` so
+the runner can report the broker down. Messages still inside librdkafka after such a
+timeout are not produced a second time when the runner retries the batch: the retry waits
+for their original delivery report instead, which keeps librdkafka's queue (and memory)
+bounded while the broker is away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from fleetgate.records import Record, record_metadata, wire_payload
+from fleetgate.sinks.base import PermanentSinkError, Sink, SinkContext, TransientSinkError
+
+log = logging.getLogger("fleetgate.sinks.kafka")
+
+PUBLISH_TIMEOUT_KEY = "fleetgate.publish_timeout_ms"
+_DEFAULT_PUBLISH_TIMEOUT_S = 10.0
+_CLOSE_FLUSH_S = 5.0
+# How long ``produce`` may wait for room in librdkafka's local queue before giving up.
+_QUEUE_FULL_WAIT_S = 5.0
+
+# Delivery errors no retry can fix: the message itself is unacceptable.
+_PERMANENT_CODES = frozenset(
+    {
+        "MSG_SIZE_TOO_LARGE",
+        "INVALID_MSG",
+        "INVALID_MSG_SIZE",
+        "INVALID_RECORD",
+        "RECORD_LIST_TOO_LARGE",
+        "TOPIC_AUTHORIZATION_FAILED",
+        "TOPIC_EXCEPTION",
+        "_MSG_SIZE_TOO_LARGE",
+        "_INVALID_ARG",
+    }
+)
+
+
+@dataclass(slots=True)
+class _InFlight:
+    # Holding the record keeps its id() from being reused while librdkafka has it.
+    record: Record
+    future: asyncio.Future[None]
+
+
+class KafkaSink(Sink):
+    name: ClassVar[str] = "kafka"
+
+    def __init__(self, config: Mapping[str, Any], context: SinkContext) -> None:
+        super().__init__(config, context)
+        settings = dict(config)
+        timeout_ms = settings.pop(PUBLISH_TIMEOUT_KEY, None)
+        self.publish_timeout_s = (
+            float(timeout_ms) / 1000 if timeout_ms is not None else _DEFAULT_PUBLISH_TIMEOUT_S
+        )
+        self.settings: dict[str, Any] = settings
+        self._producer: Any = None
+        self._poller: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._inflight: dict[int, _InFlight] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def describe(self) -> str:
+        return f"kafka broker {self.settings.get('bootstrap.servers', '?')}"
+
+    async def start(self) -> None:
+        self._ensure_producer()
+
+    def _ensure_producer(self) -> Any:
+        if self._producer is not None:
+            return self._producer
+        from confluent_kafka import KafkaException, Producer
+
+        self._loop = asyncio.get_running_loop()
+        try:
+            producer = Producer(self.settings)
+        except (KafkaException, ValueError, TypeError) as exc:
+            # A bad property map never gets better by retrying.
+            raise PermanentSinkError(f"kafka: invalid producer config: {exc}") from exc
+        self._producer = producer
+        self._stop.clear()
+        self._poller = threading.Thread(
+            target=self._poll_forever, args=(producer,), name="kafka-poll", daemon=True
+        )
+        self._poller.start()
+        return producer
+
+    def _poll_forever(self, producer: Any) -> None:
+        # Delivery reports are served by poll(); 100 ms keeps shutdown prompt.
+        while not self._stop.is_set():
+            producer.poll(0.1)
+
+    async def publish(self, batch: Sequence[Record]) -> None:
+        producer = self._ensure_producer()
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[None]] = []
+        transmit_decoded = self.context.transmit_decoded
+        for record in batch:
+            waiting = self._inflight.get(id(record))
+            if waiting is not None and waiting.record is record:
+                futures.append(waiting.future)
+                continue
+            future: asyncio.Future[None] = loop.create_future()
+            message = {
+                "topic": self.destination(record.topic),
+                "value": wire_payload(record, transmit_decoded),
+                "key": record.device_id.encode(),
+                "headers": list(record_metadata(record).items()),
+                "on_delivery": self._on_delivery(loop, record, future),
+            }
+            await self._produce(producer, message)
+            self._inflight[id(record)] = _InFlight(record, future)
+            futures.append(future)
+        if not futures:
+            return
+        # Shield: a timeout must not cancel futures a later retry of this batch reuses.
+        gathered = asyncio.gather(*(asyncio.shield(f) for f in futures), return_exceptions=True)
+        try:
+            results = await asyncio.wait_for(gathered, self.publish_timeout_s)
+        except TimeoutError:
+            waiting_count = sum(1 for f in futures if not f.done())
+            raise TransientSinkError(
+                f"{waiting_count} of {len(futures)} messages without delivery report "
+                f"after {self.publish_timeout_s:g}s"
+            ) from None
+        errors = [result for result in results if isinstance(result, BaseException)]
+        if errors:
+            if all(isinstance(error, PermanentSinkError) for error in errors):
+                raise errors[0]
+            first = next(e for e in errors if not isinstance(e, PermanentSinkError))
+            raise TransientSinkError(f"{len(errors)} of {len(futures)} failed: {first}")
+
+    async def _produce(self, producer: Any, message: dict[str, Any]) -> None:
+        deadline = time.monotonic() + _QUEUE_FULL_WAIT_S
+        while True:
+            try:
+                producer.produce(**message)
+                return
+            except BufferError:
+                # librdkafka's local queue is full (queue.buffering.max.messages):
+                # let delivery reports drain it rather than growing memory.
+                if time.monotonic() > deadline:
+                    raise TransientSinkError(
+                        "kafka: local producer queue stays full; broker not keeping up"
+                    ) from None
+                await asyncio.sleep(0.05)
+            except Exception as exc:
+                from confluent_kafka import KafkaException
+
+                if isinstance(exc, KafkaException):
+                    raise _classify(exc.args[0] if exc.args else None, str(exc)) from exc
+                raise
+
+    def _on_delivery(
+        self, loop: asyncio.AbstractEventLoop, record: Record, future: asyncio.Future[None]
+    ) -> Any:
+        def report(err: Any, _msg: Any) -> None:
+            # Runs on the poll thread (or in flush); hand the result to the loop.
+            error = None if err is None else _classify(err, str(err))
+            with contextlib.suppress(RuntimeError):  # loop already closed at shutdown
+                loop.call_soon_threadsafe(self._resolve, record, future, error)
+
+        return report
+
+    def _resolve(
+        self, record: Record, future: asyncio.Future[None], error: Exception | None
+    ) -> None:
+        current = self._inflight.get(id(record))
+        if current is not None and current.future is future:
+            del self._inflight[id(record)]
+        if future.done():
+            return
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+
+    async def close(self) -> None:
+        producer = self._producer
+        if producer is None:
+            return
+        self._stop.set()
+        if self._poller is not None:
+            await asyncio.to_thread(self._poller.join, 2.0)
+        remaining = await asyncio.to_thread(producer.flush, _CLOSE_FLUSH_S)
+        if remaining:
+            log.warning("kafka: closed with %d messages not delivered", remaining)
+        self._producer = None
+        self._poller = None
+        # Let the reports flush() delivered reach their futures before the loop moves on.
+        await asyncio.sleep(0)
+        for entry in self._inflight.values():
+            if not entry.future.done():
+                entry.future.set_exception(TransientSinkError("kafka sink closed"))
+                entry.future.exception()
+        self._inflight.clear()
+
+
+def _classify(err: Any, text: str) -> Exception:
+    """A librdkafka error → permanent (message unacceptable) or transient."""
+    name = ""
+    with contextlib.suppress(Exception):
+        name = str(err.name())
+    if name in _PERMANENT_CODES:
+        return PermanentSinkError(f"kafka: {text}")
+    return TransientSinkError(f"kafka: {text}")

@@ -1,0 +1,194 @@
+"""``mqtt``: publish records to an MQTT broker.
+
+Library: aiomqtt, an asyncio wrapper around paho-mqtt 2 (the Eclipse client). paho does
+the protocol (QoS 1/2 handshakes, in-flight window, TLS); aiomqtt drives its socket from
+the event loop, so waiting for a PUBACK is an ``await`` with a timeout and no thread.
+
+Messages (spec section 11.1): a source that registered a form with
+:func:`fleetgate.sinks.forms.register_mqtt_form` is published as that form says (Tesla:
+one message per field under ``<topic_base>/<VIN>/v/<Field>``, alerts, errors,
+connectivity). Every other record becomes one message ``<topic_base>/<device_id>/<topic>``
+carrying the record JSON. QoS and the retain flag come from the config for every message.
+
+Confirmation: every message of the batch completed (PUBACK for QoS 1, PUBCOMP for QoS 2,
+written to the socket for QoS 0) within ``publish_timeout_ms``, which the reference spends
+per record; fleetgate grants it per thousand messages of a batch. Any failure drops the
+connection and raises :class:`TransientSinkError`; the next publish reconnects (the
+runner's backoff paces the attempts). TLS: ``mqtt.tls.server_cert``/``server_key`` are the
+*client* certificate pair presented to the broker, ``ca_file`` the CA that signed the
+broker's certificate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import ssl
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from fleetgate.records import Record, record_json
+from fleetgate.sinks.base import PermanentSinkError, Sink, SinkContext, TransientSinkError
+from fleetgate.sinks.forms import mqtt_form
+
+_MESSAGES_PER_BUDGET = 1000
+_MAX_INFLIGHT = 200
+
+
+class _NoPendingCallWarnings(logging.Filter):
+    # aiomqtt warns once per publish whenever more than ten await their PUBACK; a sink
+    # that publishes whole batches concurrently always has more.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("There are %d pending")
+
+
+_client_log = logging.getLogger("fleetgate.sinks.mqtt.client")
+_client_log.addFilter(_NoPendingCallWarnings())
+
+
+class MqttSink(Sink):
+    name: ClassVar[str] = "mqtt"
+
+    def __init__(self, config: Mapping[str, Any], context: SinkContext) -> None:
+        super().__init__(config, context)
+        from fleetgate.config import ConfigError
+
+        broker = str(config.get("broker") or "")
+        host, sep, port = broker.rpartition(":")
+        if not sep:
+            host, port = broker, "1883"
+        if not host or not port.isdigit():
+            raise ConfigError(f"mqtt.broker: expected host:port (got {broker!r})")
+        self.host, self.port = host.strip("[]"), int(port)
+        self.topic_base = str(config.get("topic_base") or "")
+        self.qos = int(config.get("qos", 0))
+        self.retained = bool(config.get("retained", False))
+        self.client_id = str(config.get("client_id") or "") or None
+        self.username = str(config.get("username") or "") or None
+        self.password = str(config.get("password") or "") or None
+        self.connect_timeout_s = (config.get("connect_timeout_ms") or 30_000) / 1000
+        self.publish_timeout_s = (config.get("publish_timeout_ms") or 2_500) / 1000
+        self.disconnect_timeout_s = (config.get("disconnect_timeout_ms") or 250) / 1000
+        self.keepalive = int(config.get("keep_alive_seconds") or 30)
+        self.tls: Mapping[str, Any] | None = config.get("tls")
+        self._client: Any = None
+
+    def describe(self) -> str:
+        scheme = "mqtts" if self.tls else "mqtt"
+        return f"mqtt broker {scheme}://{self.host}:{self.port}"
+
+    def messages(self, record: Record) -> list[tuple[str, bytes]]:
+        """The (topic, payload) messages one record becomes."""
+        form = mqtt_form(record.source)
+        if form is not None:
+            return form(record, self.topic_base)
+        return [(f"{self.topic_base}/{record.device_id}/{record.topic}", record_json(record))]
+
+    async def start(self) -> None:
+        await self._connect()
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        tls = self.tls
+        if not tls:
+            return None
+        context = ssl.create_default_context(cafile=tls.get("ca_file") or None)
+        cert, key = tls.get("server_cert"), tls.get("server_key")
+        if cert:
+            context.load_cert_chain(cert, key or None)
+        return context
+
+    async def _connect(self) -> Any:
+        if self._client is not None:
+            if not _lost(self._client):
+                return self._client
+            # The broker went away since the last publish: publishing on the dead
+            # session would only time out, so reconnect now.
+            await self._disconnect()
+        import aiomqtt
+
+        try:
+            tls_context = self._tls_context()
+        except (OSError, ssl.SSLError) as exc:
+            raise PermanentSinkError(f"mqtt: cannot load TLS files: {exc}") from exc
+        client = aiomqtt.Client(
+            self.host,
+            self.port,
+            username=self.username,
+            password=self.password,
+            identifier=self.client_id,
+            keepalive=self.keepalive,
+            timeout=self.connect_timeout_s,
+            tls_context=tls_context,
+            max_inflight_messages=_MAX_INFLIGHT,
+            logger=_client_log,
+        )
+        try:
+            # aiomqtt's own timeout covers CONNACK; the outer one also bounds the TCP/TLS
+            # connect it runs in a worker thread.
+            await asyncio.wait_for(client.__aenter__(), self.connect_timeout_s + 1.0)
+        except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
+            raise TransientSinkError(f"mqtt: cannot connect to {self.describe()}: {exc}") from exc
+        self._client = client
+        return client
+
+    async def _disconnect(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    client.__aexit__(None, None, None), self.disconnect_timeout_s + 1.0
+                )
+            # aiomqtt stores an unexpected disconnect as a future's exception and only
+            # re-raises it from a context it no longer has; mark it seen.
+            if _lost(client):
+                client._disconnected.exception()
+
+    async def publish(self, batch: Sequence[Record]) -> None:
+        messages: list[tuple[str, bytes]] = []
+        for record in batch:
+            try:
+                messages.extend(self.messages(record))
+            except Exception as exc:
+                raise PermanentSinkError(
+                    f"mqtt: cannot form messages for {record.device_id}/{record.topic}: {exc}"
+                ) from exc
+        if not messages:
+            return
+        import aiomqtt
+
+        client = await self._connect()
+        budget = self.publish_timeout_s * math.ceil(len(messages) / _MESSAGES_PER_BUDGET)
+        sends = [
+            client.publish(topic, payload, qos=self.qos, retain=self.retained, timeout=budget)
+            for topic, payload in messages
+        ]
+        error: BaseException | None = None
+        try:
+            results = await asyncio.wait_for(
+                asyncio.gather(*sends, return_exceptions=True), budget + 1.0
+            )
+            error = next((r for r in results if isinstance(r, BaseException)), None)
+        except TimeoutError as exc:
+            error = exc
+        if error is not None:
+            # The session is in an unknown state: start clean on the next attempt.
+            await self._disconnect()
+            if not isinstance(error, aiomqtt.MqttError | OSError | TimeoutError):
+                raise error
+            reason = str(error) or type(error).__name__
+            raise TransientSinkError(f"mqtt: publish failed: {reason}") from error
+
+    async def close(self) -> None:
+        await self._disconnect()
+
+
+def _lost(client: Any) -> bool:
+    """True once aiomqtt saw the connection drop (it never reconnects by itself)."""
+    disconnected = getattr(client, "_disconnected", None)
+    return (
+        isinstance(disconnected, asyncio.Future)
+        and disconnected.done()
+        and not disconnected.cancelled()
+    )
