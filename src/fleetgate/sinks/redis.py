@@ -1,0 +1,180 @@
+"""``redis``: Tesla's Redis dispatcher (pub/sub channels) plus optional Redis Streams.
+
+Library: ``redis.asyncio`` (redis-py). It is the maintained official client, speaks RESP to
+standalone and cluster servers, and has pipelines, which is what batching needs here: one
+round trip carries a whole batch and its replies are the confirmation.
+
+What one record becomes (``<dest>`` = ``<namespace>_<topic>``, payload =
+:func:`~fleetgate.records.wire_payload`), in this order, per the reference (spec §11.2):
+
+1. ``subscriber_set_prefix``: the sorted set ``<prefix>_<dest>_{<VIN>}`` holds subscriber
+   channels scored by lease expiry (epoch seconds). Members scored below now are removed,
+   the payload is PUBLISHed to every remaining member. The set is read once per batch (the
+   reference reads it per record): a subscriber joining mid-batch sees the next batch.
+2. ``publish_vin_topics``: PUBLISH to ``<dest>_{<VIN>}`` (braces = cluster hash tag).
+3. ``streams`` (fleetgate addition): XADD to stream ``<dest>`` with ``MAXLEN ~
+   stream_maxlen`` and fields ``payload``, the seven metadata keys (spec §9.2) and ``key``
+   (the device id). Unlike pub/sub, a stream keeps records for consumers that were away.
+
+Confirmation = every reply of the batch's pipeline arrived without error. A batch is sent as
+pipelines of at most ``_CHUNK`` records, one at a time, so at most one chunk is in flight;
+the runner never overlaps publishes, so per-device order is the batch order.
+
+Errors: connection refused/reset, timeouts, a server still loading, a read-only replica
+and authentication failures are transient (the runner retries; the operator can fix auth
+without losing records); any other error reply is permanent for the batch. The client
+reconnects on the next command after a failure, so a server that was down at start is
+picked up by the runner's retries.
+
+``REDIS_PASSWORD`` (when non-empty) overrides ``redis.password``. ``cluster_mode`` or more
+than one address uses the cluster client (not covered by the test suite: no cluster in CI).
+``override_tls_server_name``: the TLS server name is already the host of each address.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from fleetgate.config import ConfigError, RedisConfig
+from fleetgate.records import Record, record_metadata, wire_payload
+from fleetgate.sinks.base import PermanentSinkError, Sink, SinkContext, TransientSinkError
+
+_CHUNK = 1000
+_NS_PER_S = 1_000_000_000
+
+# Error replies that say "not now" rather than "never".
+_TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    redis_errors.ConnectionError,  # includes AuthenticationError, BusyLoadingError
+    redis_errors.TimeoutError,
+    redis_errors.ReadOnlyError,
+    redis_errors.TryAgainError,
+    redis_errors.ClusterDownError,
+    redis_errors.MasterDownError,
+    OSError,
+    TimeoutError,
+)
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host:
+        return address, 6379
+    return host.strip("[]"), int(port)
+
+
+class RedisSink(Sink):
+    name: ClassVar[str] = "redis"
+
+    def __init__(self, config: Mapping[str, Any], context: SinkContext) -> None:
+        super().__init__(config, context)
+        self.settings = RedisConfig.model_validate(dict(config))
+        s = self.settings
+        if not s.addrs:
+            raise ConfigError("redis.addrs: at least one address is required")
+        if not (s.publish_vin_topics or s.subscriber_set_prefix or s.streams):
+            raise ConfigError(
+                "redis: set publish_vin_topics, subscriber_set_prefix or streams "
+                "(otherwise nothing would be published)"
+            )
+        self.password = os.environ.get("REDIS_PASSWORD") or s.password or None
+        self.timeout_s = s.publish_timeout / _NS_PER_S if s.publish_timeout else None
+        self._client: Redis | RedisCluster | None = None
+
+    def describe(self) -> str:
+        return f"redis {','.join(self.settings.addrs)}"
+
+    def _connect(self) -> Redis | RedisCluster:
+        """Build the client (no I/O yet: connections open on the first command)."""
+        s = self.settings
+        options: dict[str, Any] = {
+            "username": s.username or None,
+            "password": self.password,
+            "socket_timeout": self.timeout_s,
+            "socket_connect_timeout": self.timeout_s,
+            # The runner owns retries; a client retrying on its own would hide outages.
+            "retry": Retry(NoBackoff(), 0),
+        }
+        if s.pool is not None and s.pool.pool_size:
+            options["max_connections"] = s.pool.pool_size
+        if s.tls is not None:
+            options.update(
+                ssl=True,
+                ssl_ca_certs=s.tls.ca_file,
+                ssl_certfile=s.tls.server_cert,
+                ssl_keyfile=s.tls.server_key,
+            )
+        if s.cluster_mode or len(s.addrs) > 1:
+            nodes = [ClusterNode(*_split_address(a)) for a in s.addrs]
+            return RedisCluster(startup_nodes=nodes, **options)
+        host, port = _split_address(s.addrs[0])
+        return Redis(host=host, port=port, db=s.db, **options)
+
+    @property
+    def client(self) -> Redis | RedisCluster:
+        if self._client is None:
+            self._client = self._connect()
+        return self._client
+
+    async def start(self) -> None:
+        try:
+            await self.client.ping()
+        except _TRANSIENT_ERRORS as exc:
+            raise TransientSinkError(f"{self.describe()}: {exc}") from exc
+
+    async def publish(self, batch: Sequence[Record]) -> None:
+        try:
+            for start in range(0, len(batch), _CHUNK):
+                await self._publish_chunk(batch[start : start + _CHUNK])
+        except _TRANSIENT_ERRORS as exc:
+            raise TransientSinkError(f"{self.describe()}: {exc}") from exc
+        except redis_errors.RedisError as exc:
+            raise PermanentSinkError(f"{self.describe()}: {exc}") from exc
+
+    async def _publish_chunk(self, batch: Sequence[Record]) -> None:
+        s = self.settings
+        decoded = self.context.transmit_decoded
+        subscribers = await self._live_subscribers(batch) if s.subscriber_set_prefix else {}
+        pipe = self.client.pipeline(transaction=False)
+        for record in batch:
+            payload = wire_payload(record, decoded)
+            dest = self.destination(record.topic)
+            vin_channel = f"{dest}_{{{record.device_id}}}"
+            for channel in subscribers.get(vin_channel, ()):
+                pipe.publish(channel, payload)
+            if s.publish_vin_topics:
+                pipe.publish(vin_channel, payload)
+            if s.streams:
+                fields: dict[Any, Any] = {"payload": payload}
+                fields.update(record_metadata(record))
+                fields["key"] = record.device_id
+                pipe.xadd(dest, fields, maxlen=s.stream_maxlen, approximate=True)
+        await pipe.execute()
+
+    async def _live_subscribers(self, batch: Sequence[Record]) -> dict[str, list[bytes]]:
+        """VIN channel -> subscriber channels whose lease has not expired (one round trip)."""
+        prefix = self.settings.subscriber_set_prefix
+        channels = list(
+            dict.fromkeys(f"{self.destination(r.topic)}_{{{r.device_id}}}" for r in batch)
+        )
+        now = int(time.time())
+        pipe = self.client.pipeline(transaction=False)
+        for channel in channels:
+            key = f"{prefix}_{channel}"
+            pipe.zremrangebyscore(key, "-inf", f"({now}")
+            pipe.zrange(key, 0, -1)
+        replies = await pipe.execute()
+        return {channel: list(replies[2 * i + 1]) for i, channel in enumerate(channels)}
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
