@@ -47,7 +47,8 @@ class FieldSpec:
 
 def field_names() -> list[str]:
     """Every configurable field name of the bundled protos, in enum order."""
-    return [name for name in vehicle_data_pb2.Field.keys() if name not in _NOT_CONFIGURABLE]
+    names = (value.name for value in vehicle_data_pb2.Field.DESCRIPTOR.values)
+    return [name for name in names if name not in _NOT_CONFIGURABLE]
 
 
 def _check_name(name: str, known: set[str]) -> None:
