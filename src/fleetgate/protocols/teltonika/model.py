@@ -52,6 +52,12 @@ class AvlRecord:
     io: dict[int, int | bytes] = field(default_factory=dict)
     # Codec 16 only; None for 8 and 8E.
     generation_type: int | None = None
+    # How many elements of ``io`` (in insertion order) came from each IO group on the wire:
+    # (1-byte, 2-byte, 4-byte, 8-byte, NX variable-length, 16-byte). Decoders always fill
+    # it; it lets the IO-name table check an element's real size and lets the encoder
+    # reproduce the exact layout. None (hand-built records) = the encoder picks the
+    # smallest width that fits each value. Not part of equality: the values are the record.
+    io_groups: tuple[int, int, int, int, int, int] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
