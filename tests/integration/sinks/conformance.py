@@ -104,7 +104,9 @@ class SinkHarness(abc.ABC):
         """Everything delivered so far by this test's sinks, in backend order.
 
         Waits up to ``timeout`` seconds for at least ``expected`` messages, then returns what
-        it has (all of it, from the first message, every call; duplicates included).
+        it has (all of it, from the first message, every call; duplicates included). With
+        ``timeout=0`` it must still return everything the server holds at the time of the
+        call (e.g. read up to the high watermark): the confirmation test relies on it.
         """
 
     def expected_destination(self, sink: Sink, record: Record) -> str:
@@ -414,8 +416,10 @@ class SinkConformance:
         await sink.start()
         for part in chunks(records, 100):
             await sink.publish(part)
-        # publish() returned: the server must hold every record. Take the server away at
-        # once and abandon the sink, so nothing buffered client-side can still sneak in.
+        # publish() returned: the server must hold every record, right now...
+        assert_all_delivered(records, await harness.read_back(len(records), 0), ctx)
+        # ...and keep them: take the server away at once and abandon the sink, so nothing
+        # buffered client-side can still sneak in, then look again.
         await harness.stop_server()
         await bounded(sink.close(), "sink.close() with the server down")
         await harness.start_server()
