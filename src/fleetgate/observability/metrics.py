@@ -88,11 +88,14 @@ TESLA_RECORDS = Counter(
     "record_total", "Tesla records processed", ["record_type"], registry=REGISTRY
 )
 # Socket-side reference counters, incremented by the Tesla listener/session.
-TESLA_RELIABLE_ACK = Counter(
+# reliable_ack / reliable_ack_miss are Gauges used as counters (only ever incremented):
+# prometheus_client would export a Counter as ``reliable_ack_total``, while the reference
+# exports the bare name dashboards query.
+TESLA_RELIABLE_ACK = Gauge(
     "reliable_ack", "Reliable acks sent to a live Tesla socket", ["record_type", "dispatcher"],
     registry=REGISTRY,
 )
-TESLA_RELIABLE_ACK_MISS = Counter(
+TESLA_RELIABLE_ACK_MISS = Gauge(
     "reliable_ack_miss", "Reliable acks whose Tesla socket was gone",
     ["record_type", "dispatcher"], registry=REGISTRY,
 )
