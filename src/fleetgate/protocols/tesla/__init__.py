@@ -1,1 +1,95 @@
-"""Tesla fleet-telemetry protocol (work in progress: see envelope, identity, transforms)."""
+"""Tesla fleet-telemetry: a drop-in for Tesla's Go ``fleet-telemetry`` server.
+
+The protocol core here is sans-I/O and usable as a library, without a server:
+
+* :mod:`.envelope` — the flatbuffers frame (``parse_envelope``, ``build_ack``,
+  ``build_error``, ``build_stream_envelope``);
+* :mod:`.identity` — VIN and client type from a verified client certificate;
+* :mod:`.transforms` — the per-topic protobuf fix-ups the reference applies;
+* :mod:`.jsonform` — protojson, fleetgate's ``Record.data``, log and MQTT forms;
+* :mod:`.core` — ``FrameProcessor``: one frame in, Records and replies out;
+* :mod:`.proto` — generated protobuf code (committed; regenerate with
+  ``scripts/gen_tesla_protos.sh``).
+
+Decode a captured frame::
+
+    from fleetgate.protocols.tesla import decode_frame_to_json
+    decoded = decode_frame_to_json(frame_bytes, vin="5YJ3E1EA7KF000000")
+    decoded["data"]      # {"VehicleSpeed": 42.0, "Location": {...}, ...}
+    decoded["payload"]   # the reference server's protojson of the transformed payload
+
+Process frames like the server does (the I/O around it — TLS, WebSocket, pipeline — is in
+``listener.py`` / ``session.py``)::
+
+    processor = FrameProcessor(identity, configured_topics=frozenset({"V"}), socket_id=uuid)
+    result = processor.process(frame, received_at=now_ms)
+    # send result.immediate_replies; dispatch result.records; then send result.ack_reply
+
+Importing this package registers the Tesla wire form (protobuf / protojson for sinks), the
+reference logger form and the per-field MQTT form.
+"""
+
+from __future__ import annotations
+
+from fleetgate.protocols.tesla.core import (
+    MAX_FRAME_BYTES,
+    FrameProcessor,
+    FrameResult,
+    connectivity_record,
+    decode_frame_to_json,
+    peek_topic,
+)
+from fleetgate.protocols.tesla.envelope import (
+    Envelope,
+    EnvelopeError,
+    StreamMessage,
+    build_ack,
+    build_error,
+    build_stream_envelope,
+    parse_envelope,
+)
+from fleetgate.protocols.tesla.identity import (
+    IdentityError,
+    VehicleIdentity,
+    identity_from_certificate,
+)
+from fleetgate.protocols.tesla.jsonform import (
+    log_form,
+    mqtt_messages,
+    natural_data,
+    protojson_dict,
+    wire_form,
+)
+from fleetgate.protocols.tesla.transforms import PayloadError, transform_payload
+from fleetgate.records import SOURCE_TESLA, register_wire_form
+from fleetgate.sinks.forms import register_mqtt_form
+from fleetgate.sinks.logger import register_log_form
+
+register_wire_form(SOURCE_TESLA, wire_form)
+register_log_form(SOURCE_TESLA, log_form)
+register_mqtt_form(SOURCE_TESLA, mqtt_messages)
+
+__all__ = [
+    "MAX_FRAME_BYTES",
+    "Envelope",
+    "EnvelopeError",
+    "FrameProcessor",
+    "FrameResult",
+    "IdentityError",
+    "PayloadError",
+    "StreamMessage",
+    "VehicleIdentity",
+    "build_ack",
+    "build_error",
+    "build_stream_envelope",
+    "connectivity_record",
+    "decode_frame_to_json",
+    "identity_from_certificate",
+    "log_form",
+    "mqtt_messages",
+    "natural_data",
+    "parse_envelope",
+    "peek_topic",
+    "protojson_dict",
+    "transform_payload",
+]
