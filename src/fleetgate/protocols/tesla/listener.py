@@ -1,0 +1,283 @@
+"""Tesla vehicle listener: mTLS WebSocket on ``host:port`` plus the optional status port.
+
+Transport rules follow the reference server (spec section 2):
+
+* TLS with a **required, verified** client certificate on every connection, trusting
+  Tesla's bundled production CAs (engineering ones with ``use_default_eng_ca``) plus the
+  PEM certificates of ``tls.ca_file``. A client without a certificate, or with one from an
+  unknown CA, fails the TLS handshake and never reaches HTTP.
+* ``GET /status`` answers ``200 mtls ok``; every other path is the WebSocket endpoint, and a
+  request there that is not an upgrade gets ``400``.
+* The vehicle identity comes from the verified leaf certificate *after* the upgrade; if
+  the certificate maps to no identity the socket is closed (``extract_sender_id_err``).
+* ``status_port > 0``: a plain-HTTP listener whose ``/status`` answers ``200 ok``.
+
+With no ``tls`` section (``fleetgate serve`` on embedded defaults) a development CA and
+server certificate are generated under ``<data_dir>/tesla-dev-ca/`` and a loud warning is
+logged: no real vehicle trusts that CA, it is for simulators and tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http
+import logging
+import socket
+import ssl
+import uuid
+from pathlib import Path
+from typing import Any
+
+from websockets.asyncio.server import Server as WsServer
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.http11 import Request, Response
+
+from fleetgate.app import ServerContext
+from fleetgate.config import Config, TlsConfig
+from fleetgate.observability import metrics
+from fleetgate.observability.logging import fields
+from fleetgate.pipeline import Pipeline
+from fleetgate.protocols.tesla.certs import init_pki, server_ssl_context
+from fleetgate.protocols.tesla.identity import IdentityError, identity_from_certificate
+from fleetgate.protocols.tesla.ratelimit import rate_limit_settings
+from fleetgate.protocols.tesla.session import PROTOCOL, SessionSettings, VehicleSession
+
+log = logging.getLogger("fleetgate.tesla")
+
+DEV_CA_DIR = "tesla-dev-ca"
+# The WebSocket layer accepts messages up to this size so that the application check
+# (1,000,000 bytes, answered with an error frame) decides; larger messages close the socket.
+MAX_MESSAGE_BYTES = 2 * 1024 * 1024
+STATUS_PATH = "/status"
+
+
+def _path(request_path: str) -> str:
+    return request_path.split("?", 1)[0]
+
+
+def _connection_id(header: str | None) -> str:
+    """``X-TXID`` becomes the connection id when it is a UUID; otherwise a random one."""
+    if header:
+        with contextlib.suppress(ValueError):
+            return str(uuid.UUID(header))
+    return str(uuid.uuid4())
+
+
+class TeslaListener:
+    """Accepts Tesla vehicles over mTLS WebSocket."""
+
+    name = "tesla"
+
+    def __init__(self, config: Config, pipeline: Pipeline) -> None:
+        self.config = config
+        self.pipeline = pipeline
+        self.sessions: set[VehicleSession] = set()
+        self.dev_pki_dir: Path | None = None
+        self._server: WsServer | None = None
+        self._status_server: asyncio.Server | None = None
+        self._settings: SessionSettings | None = None
+
+    # -- configuration -------------------------------------------------------------------
+    def _tls(self) -> TlsConfig:
+        if self.config.tls is not None:
+            return self.config.tls
+        directory = self.config.data_path / DEV_CA_DIR
+        pki = init_pki(directory, host="localhost")
+        self.dev_pki_dir = directory
+        log.warning(
+            "!!! Tesla listener: no tls configured - using a DEVELOPMENT CA and server "
+            "certificate generated in %s. Real vehicles will not connect; configure "
+            "tls.server_cert/server_key for production. !!!",
+            directory,
+            extra=fields(dev_ca=str(pki.ca_cert)),
+        )
+        return TlsConfig(
+            server_cert=str(pki.server_cert),
+            server_key=str(pki.server_key),
+            ca_file=str(pki.ca_cert),
+        )
+
+    def build_ssl_context(self) -> ssl.SSLContext:
+        tls = self._tls()
+        context = server_ssl_context(tls, self.config.use_default_eng_ca)
+        if tls.ca_file:
+            log.info("custom_ca_file_appened", extra=fields(ca_file=tls.ca_file))
+        return context
+
+    # -- Listener protocol ---------------------------------------------------------------
+    async def start(self) -> None:
+        config = self.config
+        ssl_context = self.build_ssl_context()
+        limit = rate_limit_settings(config.rate_limit)
+        if limit.warning:
+            log.warning("config: %s", limit.warning)
+        self._settings = SessionSettings(
+            self.pipeline,
+            frozenset(config.records),
+            config.reliable_ack_sources,
+            limit,
+        )
+        self._server = await serve(
+            self._handle,
+            config.host or None,
+            config.port,
+            ssl=ssl_context,
+            process_request=self._process_request,
+            compression=None,
+            max_size=MAX_MESSAGE_BYTES,
+            # The reference never pings; vehicles keep their own connections alive.
+            ping_interval=None,
+            server_header=None,
+            reuse_address=True,
+            reuse_port=hasattr(socket, "SO_REUSEPORT"),
+            backlog=1024,
+        )
+        log.info(
+            "tesla listening",
+            extra=fields(address=self.address, rate_limit=limit.enforce, limit=limit.limit),
+        )
+        if config.status_port > 0:
+            self._status_server = await asyncio.start_server(
+                _status_client, config.host or None, config.status_port, reuse_address=True
+            )
+            log.info("status_server_configured", extra=fields(port=self.status_port))
+
+    async def stop(self) -> None:
+        if self._status_server is not None:
+            self._status_server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._status_server.wait_closed(), 5)
+            self._status_server = None
+        if self._server is None:
+            return
+        pending: set[asyncio.Task[None]] = set()
+        for session in list(self.sessions):
+            pending |= session.abandon_tasks()
+        self._server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._server.wait_closed(), 10)
+        for session in list(self.sessions):
+            pending |= session.abandon_tasks()
+        if pending:
+            # Acks still waiting for sinks: give them a moment, then stop waiting.
+            _, late = await asyncio.wait(pending, timeout=2.0)
+            for task in late:
+                task.cancel()
+        self._server = None
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            return 0
+        for sock in self._server.sockets:
+            return int(sock.getsockname()[1])
+        return 0
+
+    @property
+    def status_port(self) -> int:
+        if self._status_server is None or not self._status_server.sockets:
+            return 0
+        return int(self._status_server.sockets[0].getsockname()[1])
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.host}:{self.port}"
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok" if self._server is not None else "down",
+            "address": self.address,
+            "connections": len(self.sessions),
+            "tls": "development" if self.dev_pki_dir is not None else "configured",
+        }
+
+    # -- HTTP before the upgrade ---------------------------------------------------------
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        if _path(request.path) == STATUS_PATH:
+            return connection.respond(http.HTTPStatus.OK, "mtls ok")
+        upgrade = request.headers.get("Upgrade", "")
+        if "websocket" not in upgrade.lower():
+            return connection.respond(http.HTTPStatus.BAD_REQUEST, "Bad Request\n")
+        return None
+
+    # -- one vehicle ---------------------------------------------------------------------
+    async def _handle(self, ws: ServerConnection) -> None:
+        settings = self._settings
+        assert settings is not None
+        headers = ws.request.headers if ws.request is not None else None
+        socket_id = _connection_id(headers.get("X-TXID") if headers else None)
+        network_interface = headers.get("X-Network-Interface", "") if headers else ""
+        version = headers.get("Version", "") if headers else ""
+        ssl_object = ws.transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        try:
+            if not der:
+                raise IdentityError("no client certificate")
+            identity = identity_from_certificate(der)
+        except IdentityError as exc:
+            log.warning(
+                "extract_sender_id_err",
+                extra=fields(socket_id=socket_id, remote=str(ws.remote_address), error=str(exc)),
+            )
+            await ws.close(1008, "unauthorized certificate")
+            return
+        session = VehicleSession(
+            settings,
+            ws,
+            identity,
+            socket_id,
+            network_interface=network_interface,
+            client_version=version,
+            on_close=self._forget,
+        )
+        self.sessions.add(session)
+        metrics.OPEN_CONNECTIONS.labels(protocol=PROTOCOL).inc()
+        log.info(
+            "socket_connected",
+            extra=fields(
+                vin=session.device_id,
+                sender_id=identity.sender_id,
+                txid=socket_id,
+                network_interface=network_interface,
+                path=ws.request.path if ws.request is not None else "",
+                user_agent=headers.get("User-Agent", "") if headers else "",
+                version=version,
+            ),
+        )
+        await session.run()
+
+    def _forget(self, session: VehicleSession) -> None:
+        if session in self.sessions:
+            self.sessions.discard(session)
+            metrics.OPEN_CONNECTIONS.labels(protocol=PROTOCOL).dec()
+
+
+async def _status_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Plain-HTTP status port: ``GET /status`` → ``200 ok``; anything else 404."""
+    try:
+        async with asyncio.timeout(10):
+            head = await reader.readuntil(b"\r\n\r\n")
+        request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+        parts = request_line.split()
+        found = len(parts) >= 2 and _path(parts[1]) == STATUS_PATH
+        body = b"ok" if found else b"404 page not found\n"
+        status = b"200 OK" if found else b"404 Not Found"
+        writer.write(
+            b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body
+        )
+        await writer.drain()
+    except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+        pass
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+def create_listener(context: ServerContext) -> TeslaListener | None:
+    """Listener factory for :mod:`fleetgate.app`."""
+    if not context.config.tesla_enabled:
+        return None
+    return TeslaListener(context.config, context.pipeline)

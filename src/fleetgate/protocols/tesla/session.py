@@ -1,0 +1,295 @@
+"""One vehicle WebSocket: the thin asyncio shell around the sans-I/O :class:`FrameProcessor`.
+
+Per binary frame: rate limiter, then ``FrameProcessor.process``; immediate replies (error
+frames, acks that need no sink) are queued for the writer at once. Frames that produced
+records are handed to :meth:`Pipeline.accept` in a task of their own, and their ack is
+queued only if ``accept`` returned true: an ack is a promise (for a topic in
+``reliable_ack_sources`` the pipeline waits for that sink too).
+
+Reading never waits for an ack: up to ``MAX_IN_FLIGHT`` frames per connection may be
+waiting for the pipeline; beyond that the reader pauses (backpressure reaches the vehicle
+through TCP). Outgoing frames go through one bounded queue drained by one writer task, the
+only place that writes to the socket; a write that fails or takes longer than
+``WRITE_TIMEOUT_S`` ends the session (``socket_err_total``), as in the reference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from fleetgate.observability import metrics
+from fleetgate.observability.logging import fields
+from fleetgate.pipeline import Pipeline
+from fleetgate.protocols.tesla.core import (
+    OUTCOME_TOO_BIG,
+    FrameProcessor,
+    FrameResult,
+    connectivity_record,
+    peek_topic,
+)
+from fleetgate.protocols.tesla.identity import VehicleIdentity
+from fleetgate.protocols.tesla.ratelimit import RateLimitSettings, SlidingWindowLimiter
+from fleetgate.records import Record, now_ms
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+log = logging.getLogger("fleetgate.tesla")
+
+PROTOCOL = "tesla"
+MAX_IN_FLIGHT = 64
+WRITE_QUEUE_FRAMES = 1000  # the reference's per-socket response queue depth
+WRITE_TIMEOUT_S = 10.0
+CONNECTIVITY = "connectivity"
+
+
+class SessionSettings:
+    """What every session of one listener shares (built once at listener start)."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        configured_topics: frozenset[str],
+        reliable_sinks: Mapping[str, str],
+        rate_limit: RateLimitSettings,
+        max_frame_bytes: int = 1_000_000,
+    ) -> None:
+        self.pipeline = pipeline
+        self.configured_topics = configured_topics
+        self.reliable_sinks = dict(reliable_sinks)
+        self.rate_limit = rate_limit
+        self.max_frame_bytes = max_frame_bytes
+        self.connectivity = CONNECTIVITY in configured_topics
+
+
+class VehicleSession:
+    """One connected vehicle, from the upgraded WebSocket to disconnect."""
+
+    def __init__(
+        self,
+        settings: SessionSettings,
+        ws: ServerConnection,
+        identity: VehicleIdentity,
+        socket_id: str,
+        *,
+        network_interface: str = "",
+        client_version: str = "",
+        on_close: Callable[[VehicleSession], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.ws = ws
+        self.identity = identity
+        self.socket_id = socket_id
+        self.network_interface = network_interface
+        self.client_version = client_version
+        self.processor = FrameProcessor(
+            identity,
+            configured_topics=settings.configured_topics,
+            socket_id=socket_id,
+            device_client_version=client_version,
+            max_frame_bytes=settings.max_frame_bytes,
+        )
+        limit = settings.rate_limit
+        self.limiter = SlidingWindowLimiter(limit.limit, limit.interval_s)
+        self.closed = False
+        self.bytes_by_topic: dict[str, int] = {}
+        self.frames = 0
+        self._on_close = on_close
+        self._out: asyncio.Queue[bytes] = asyncio.Queue(WRITE_QUEUE_FRAMES)
+        self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writer: asyncio.Task[None] | None = None
+
+    @property
+    def device_id(self) -> str:
+        return str(self.identity.device_id)
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def run(self) -> None:
+        """Serve the socket until it closes; connectivity records around the read loop."""
+        started = time.monotonic()
+        self._writer = asyncio.create_task(
+            self._write_loop(), name=f"tesla-writer:{self.device_id}"
+        )
+        await self._connectivity("CONNECTED")
+        try:
+            await self._read_loop()
+        finally:
+            self.closed = True
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            with contextlib.suppress(Exception):
+                await self.ws.close()
+            log.info(
+                "socket_disconnected",
+                extra=fields(
+                    vin=self.device_id,
+                    socket_id=self.socket_id,
+                    total=sum(self.bytes_by_topic.values()),
+                    bytes=self.bytes_by_topic,
+                    frames=self.frames,
+                    duration_sec=round(time.monotonic() - started, 3),
+                ),
+            )
+            await self._connectivity("DISCONNECTED")
+            if self._on_close is not None:
+                self._on_close(self)
+
+    async def _read_loop(self) -> None:
+        try:
+            async for message in self.ws:
+                if isinstance(message, str):
+                    # Only binary frames are telemetry; anything else ends the session.
+                    log.warning(
+                        "unexpected_record",
+                        extra=fields(vin=self.device_id, reason="text frame; closing"),
+                    )
+                    await self.ws.close(1003, "binary frames only")
+                    return
+                await self._on_frame(message)
+                if self.closed:
+                    return
+        except ConnectionClosed:
+            return
+
+    def abandon_tasks(self) -> set[asyncio.Task[None]]:
+        """Ack tasks still waiting for the pipeline (the listener cancels them on stop)."""
+        return set(self._tasks)
+
+    # -- frames --------------------------------------------------------------------------
+    async def _on_frame(self, frame: bytes) -> None:
+        self.frames += 1
+        limit = self.settings.rate_limit
+        if not self.limiter.allow(time.monotonic()):
+            topic = peek_topic(frame)
+            metrics.TESLA_RATE_LIMIT_EXCEEDED.labels(device_id=self.device_id, txtype=topic).inc()
+            if limit.enforce:
+                # Dropped without a reply: the vehicle resends what was not acked.
+                log.debug(
+                    "rate_limit_exceeded",
+                    extra=fields(vin=self.device_id, txtype=topic, limit=limit.limit),
+                )
+                return
+        result = self.processor.process(frame, now_ms())
+        self._count(result)
+        for reply in result.immediate_replies:
+            self._send(reply)
+        if result.records:
+            await self._in_flight.acquire()
+            task = asyncio.create_task(self._accept(result.records, result.ack_reply))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        elif result.ack_reply is not None:
+            self._send(result.ack_reply)
+
+    def _count(self, result: FrameResult) -> None:
+        """The reference's frame metrics, from what the core decided."""
+        if result.is_error:
+            metrics.TESLA_UNEXPECTED_RECORD_ERR.inc()
+            if result.outcome == OUTCOME_TOO_BIG:
+                metrics.TESLA_RECORD_TOO_BIG.inc()
+            log.debug(
+                "unexpected_record",
+                extra=fields(vin=self.device_id, txid=result.txid, error=result.error),
+            )
+        if result.unknown_msg_type is not None:
+            metrics.TESLA_UNKNOWN_MESSAGE_TYPE.labels(msg_type=result.unknown_msg_type).inc()
+            log.debug(
+                "unknown_message_type_error",
+                extra=fields(vin=self.device_id, txid=result.txid, error=result.error),
+            )
+        if result.counts_as_processed:
+            record_type = result.record_type
+            metrics.TESLA_RECORDS.labels(record_type=record_type).inc()
+            metrics.TESLA_RECORD_SIZE_BYTES.labels(record_type=record_type).inc(result.payload_size)
+            metrics.TESLA_DISPATCH.labels(record_type=record_type).inc()
+            self.bytes_by_topic[record_type] = (
+                self.bytes_by_topic.get(record_type, 0) + result.payload_size
+            )
+
+    async def _accept(self, records: list[Record], ack_reply: bytes | None) -> None:
+        topic = records[0].topic
+        try:
+            accepted = await self.settings.pipeline.accept(records)
+        except Exception:
+            log.exception("pipeline accept failed", extra=fields(vin=self.device_id))
+            accepted = False
+        finally:
+            self._in_flight.release()
+        if not accepted:
+            # Not safe (sink failed or timed out): no ack, so the vehicle resends.
+            metrics.ACKS.labels(protocol=PROTOCOL, result="withheld").inc()
+            log.warning(
+                "records not confirmed in time; ack withheld",
+                extra=fields(vin=self.device_id, txtype=topic, records=len(records)),
+            )
+            return
+        if ack_reply is None:
+            return
+        reliable = self.settings.reliable_sinks.get(topic)
+        if self.closed:
+            metrics.ACKS.labels(protocol=PROTOCOL, result="socket_gone").inc()
+            if reliable is not None:
+                metrics.TESLA_RELIABLE_ACK_MISS.labels(record_type=topic, dispatcher=reliable).inc()
+            return
+        self._send(ack_reply)
+        metrics.ACKS.labels(protocol=PROTOCOL, result="acked").inc()
+        if reliable is not None:
+            metrics.TESLA_RELIABLE_ACK.labels(record_type=topic, dispatcher=reliable).inc()
+
+    async def _connectivity(self, status: str) -> None:
+        if not self.settings.connectivity:
+            return
+        record = connectivity_record(
+            self.identity,
+            self.socket_id,
+            status,
+            self.network_interface,
+            now_ms(),
+            device_client_version=self.client_version,
+        )
+        try:
+            # Never acked, so only queued: no need to wait for a sink.
+            await self.settings.pipeline.submit([record])
+        except Exception:
+            log.exception("connectivity record failed", extra=fields(vin=self.device_id))
+
+    # -- output --------------------------------------------------------------------------
+    def _send(self, frame: bytes) -> None:
+        """Queue ``frame`` for the writer; a vehicle that stops reading is disconnected."""
+        if self.closed:
+            return
+        try:
+            self._out.put_nowait(frame)
+        except asyncio.QueueFull:
+            self._fail("write queue full")
+
+    async def _write_loop(self) -> None:
+        out = self._out
+        while True:
+            frame = await out.get()
+            try:
+                async with asyncio.timeout(WRITE_TIMEOUT_S):
+                    await self.ws.send(frame)
+            except (ConnectionClosed, TimeoutError, OSError) as exc:
+                self._fail(repr(exc))
+                return
+
+    def _fail(self, reason: str) -> None:
+        metrics.TESLA_SOCKET_ERR.inc()
+        log.warning("socket_err", extra=fields(vin=self.device_id, error=reason))
+        self.closed = True
+        # Ending the read loop: closing the transport makes the iterator stop.
+        self.ws.transport.abort()
+
+    def health(self) -> dict[str, Any]:
+        return {"vin": self.device_id, "socket_id": self.socket_id, "frames": self.frames}

@@ -1,0 +1,24 @@
+"""Fixtures of the Tesla listener tests (helpers live in :mod:`helpers`)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from fleetgate.app import Server
+from fleetgate.protocols.tesla.certs import DevPki, init_pki
+from tests.integration.tesla.helpers import OTHER_VIN, VIN, start_server
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> DevPki:
+    return init_pki(tmp_path_factory.mktemp("pki"), host="localhost", vins=[VIN, OTHER_VIN])
+
+
+@pytest.fixture
+async def server(tmp_path: Path, pki: DevPki) -> AsyncIterator[Server]:
+    server = await start_server(tmp_path, pki)
+    yield server
+    await server.stop()

@@ -1,0 +1,346 @@
+"""The Tesla vehicle listener over real mTLS WebSockets on loopback (spec sections 2, 5-8)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from fleetgate.app import Server
+from fleetgate.observability import metrics
+from fleetgate.protocols.tesla.certs import DevPki, client_ssl_context, init_pki
+from fleetgate.protocols.tesla.envelope import (
+    ERROR_TEXT,
+    MESSAGE_STREAM,
+    MESSAGE_STREAM_ACK,
+)
+from tests.integration.tesla.helpers import (
+    OTHER_VIN,
+    TIMEOUT,
+    VIN,
+    GatedSink,
+    NeverSink,
+    connect_vehicle,
+    eventually,
+    handshake_refused,
+    no_message,
+    receive,
+    start_server,
+    stream_frame,
+    tesla,
+    url,
+    vehicle_context,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def sample(name: str, labels: dict[str, str] | None = None) -> float:
+    return metrics.REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+# -- the happy path ------------------------------------------------------------------------
+async def test_vehicle_frame_is_acked_and_stored(server: Server, pki: DevPki) -> None:
+    async with await connect_vehicle(server, pki) as ws:
+        await ws.send(stream_frame())
+        reply = await receive(ws)
+    assert reply.message_type == MESSAGE_STREAM_ACK
+    assert reply.txid == b"integration-test-txid"
+    assert reply.topic == b"V"
+    assert server.store is not None
+    stored = [r for r in server.store.records(VIN) if r["topic"] == "V"]
+    assert len(stored) == 1
+    assert stored[0]["source"] == "tesla"
+    assert stored[0]["device_id"] == VIN
+
+
+async def test_spoofed_sender_is_acked_but_stored_under_the_certificate_vin(
+    server: Server, pki: DevPki
+) -> None:
+    async with await connect_vehicle(server, pki) as ws:
+        await ws.send(stream_frame(sender="vehicle_device.BAD123"))
+        reply = await receive(ws)
+    assert reply.message_type == MESSAGE_STREAM_ACK
+    assert server.store is not None
+    assert server.store.records("BAD123") == []
+    assert len([r for r in server.store.records(VIN) if r["topic"] == "V"]) == 1
+
+
+async def test_many_frames_in_flight_are_all_acked(server: Server, pki: DevPki) -> None:
+    txids = [f"tx-{n}" for n in range(50)]
+    async with await connect_vehicle(server, pki) as ws:
+        for txid in txids:
+            await ws.send(stream_frame(txid=txid))
+        replies = [await receive(ws) for _ in txids]
+    assert sorted(r.txid.decode() for r in replies) == sorted(txids)
+    assert {r.message_type for r in replies} == {MESSAGE_STREAM_ACK}
+
+
+# -- TLS refusals --------------------------------------------------------------------------
+async def test_client_without_certificate_fails_the_handshake(server: Server, pki: DevPki) -> None:
+    context = client_ssl_context(None, None, pki.ca_cert)
+    assert await handshake_refused(url(server), context)
+    assert len(tesla(server).sessions) == 0
+
+
+async def test_certificate_from_an_unknown_ca_fails_the_handshake(
+    server: Server, pki: DevPki, tmp_path: Path
+) -> None:
+    stranger = init_pki(tmp_path / "other-ca", vins=[VIN])
+    cert, key = stranger.vehicles[VIN]
+    context = client_ssl_context(cert, key, pki.ca_cert)
+    assert await handshake_refused(url(server), context)
+    assert server.store is not None
+    assert server.store.records(VIN) == []
+
+
+# -- frames the decision table refuses -----------------------------------------------------
+async def test_text_frame_ends_the_session(server: Server, pki: DevPki) -> None:
+    async with await connect_vehicle(server, pki) as ws:
+        await ws.send("D4,test,1234")
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), TIMEOUT)
+
+
+async def test_oversize_frame_gets_an_error_reply(server: Server, pki: DevPki) -> None:
+    before = sample("record_too_big_total")
+    async with await connect_vehicle(server, pki) as ws:
+        await ws.send(stream_frame(payload=b"\x00" * 1_000_001))
+        reply = await receive(ws)
+        # The session goes on after an error.
+        await ws.send(stream_frame(txid="after"))
+        after = await receive(ws)
+    assert reply.message_type == MESSAGE_STREAM
+    assert reply.txid == b""
+    assert reply.stream is not None
+    assert reply.stream.payload == ERROR_TEXT
+    assert after.message_type == MESSAGE_STREAM_ACK
+    assert sample("record_too_big_total") == before + 1
+
+
+async def test_garbage_gets_an_error_reply(server: Server, pki: DevPki) -> None:
+    async with await connect_vehicle(server, pki) as ws:
+        await ws.send(b"\xff" * 40)
+        reply = await receive(ws)
+    assert reply.message_type == MESSAGE_STREAM
+    assert reply.stream is not None
+    assert reply.stream.payload == ERROR_TEXT
+
+
+async def test_unknown_topic_with_wrong_sender_gets_an_error(server: Server, pki: DevPki) -> None:
+    async with await connect_vehicle(server, pki) as ws:
+        await ws.send(stream_frame(txid="t1", topic="metrics", sender="vehicle_device.BAD123"))
+        reply = await receive(ws)
+    assert reply.message_type == MESSAGE_STREAM
+    assert reply.txid == b"t1"
+
+
+async def test_unknown_topic_with_matching_sender_is_acked_with_its_topic(
+    server: Server, pki: DevPki
+) -> None:
+    async with await connect_vehicle(server, pki) as ws:
+        await ws.send(stream_frame(txid="t2", topic="metrics"))
+        reply = await receive(ws)
+    assert reply.message_type == MESSAGE_STREAM_ACK
+    assert (reply.txid, reply.topic) == (b"t2", b"metrics")
+    assert server.store is not None
+    assert [r for r in server.store.records(VIN) if r["topic"] == "metrics"] == []
+
+
+# -- reliable ack --------------------------------------------------------------------------
+async def test_reliable_ack_waits_for_the_named_sink(tmp_path: Path, pki: DevPki) -> None:
+    GatedSink.gate = asyncio.Event()
+    GatedSink.published = []
+    labels = {"record_type": "V", "dispatcher": "test-tesla-gated"}
+    before = sample("reliable_ack", labels)
+    server = await start_server(
+        tmp_path,
+        pki,
+        records={"V": ["logger", "test-tesla-gated"]},
+        reliable_ack_sources={"V": "test-tesla-gated"},
+    )
+    try:
+        async with await connect_vehicle(server, pki) as ws:
+            await ws.send(stream_frame(txid="reliable-1"))
+            # Stored and logged, but the reliable sink has not confirmed: no ack yet.
+            assert await no_message(ws, 0.5)
+            assert GatedSink.published == []
+            GatedSink.gate.set()
+            reply = await receive(ws)
+        assert reply.message_type == MESSAGE_STREAM_ACK
+        assert reply.txid == b"reliable-1"
+        assert GatedSink.published == ["reliable-1"]
+        assert sample("reliable_ack", labels) == before + 1
+    finally:
+        await server.stop()
+
+
+async def test_reliable_ack_never_comes_when_the_sink_never_confirms(
+    tmp_path: Path, pki: DevPki
+) -> None:
+    withheld = {"protocol": "tesla", "result": "withheld"}
+    before = sample("fleetgate_acks_total", withheld)
+    NeverSink.release = asyncio.Event()
+    server = await start_server(
+        tmp_path,
+        pki,
+        records={"V": ["test-tesla-never"]},
+        reliable_ack_sources={"V": "test-tesla-never"},
+        ack_timeout_s=0.3,
+    )
+    try:
+        async with await connect_vehicle(server, pki) as ws:
+            await ws.send(stream_frame(txid="never-1"))
+            assert await no_message(ws, 1.5)
+            await eventually(lambda: sample("fleetgate_acks_total", withheld) == before + 1)
+            # The connection still works for frames of other topics.
+            await ws.send(stream_frame(txid="t3", topic="metrics"))
+            reply = await receive(ws)
+            assert reply.txid == b"t3"
+    finally:
+        NeverSink.release.set()
+        await server.stop()
+
+
+async def test_reliable_ack_for_a_closed_socket_counts_a_miss(tmp_path: Path, pki: DevPki) -> None:
+    GatedSink.gate = asyncio.Event()
+    GatedSink.received = 0
+    labels = {"record_type": "V", "dispatcher": "test-tesla-gated"}
+    before = sample("reliable_ack_miss", labels)
+    server = await start_server(
+        tmp_path,
+        pki,
+        records={"V": ["test-tesla-gated"]},
+        reliable_ack_sources={"V": "test-tesla-gated"},
+    )
+    try:
+        async with await connect_vehicle(server, pki) as ws:
+            await ws.send(stream_frame(txid="gone-1"))
+            # The record reached the reliable sink, which has not confirmed yet.
+            await eventually(lambda: GatedSink.received == 1)
+        await eventually(lambda: len(tesla(server).sessions) == 0)
+        GatedSink.gate.set()
+        await eventually(lambda: sample("reliable_ack_miss", labels) == before + 1)
+    finally:
+        await server.stop()
+
+
+# -- rate limiting -------------------------------------------------------------------------
+async def test_rate_limit_drops_frames_over_the_limit(tmp_path: Path, pki: DevPki) -> None:
+    labels = {"device_id": VIN, "txtype": "V"}
+    before = sample("rate_limit_exceeded_total", labels)
+    server = await start_server(
+        tmp_path,
+        pki,
+        rate_limit={"enabled": True, "message_limit": 3, "message_interval_time": 60},
+    )
+    try:
+        async with await connect_vehicle(server, pki) as ws:
+            for n in range(5):
+                await ws.send(stream_frame(txid=f"rl-{n}"))
+            replies = [await receive(ws) for _ in range(3)]
+            assert await no_message(ws, 0.5)
+        assert sorted(r.txid for r in replies) == [b"rl-0", b"rl-1", b"rl-2"]
+        assert sample("rate_limit_exceeded_total", labels) == before + 2
+        assert server.store is not None
+        assert len([r for r in server.store.records(VIN) if r["topic"] == "V"]) == 3
+    finally:
+        await server.stop()
+
+
+async def test_rate_limit_with_zero_limit_does_not_limit(tmp_path: Path, pki: DevPki) -> None:
+    server = await start_server(tmp_path, pki, rate_limit={"enabled": True, "message_limit": 0})
+    try:
+        async with await connect_vehicle(server, pki) as ws:
+            for n in range(5):
+                await ws.send(stream_frame(txid=f"z-{n}"))
+            replies = [await receive(ws) for _ in range(5)]
+        assert len(replies) == 5
+    finally:
+        await server.stop()
+
+
+# -- connectivity, headers -----------------------------------------------------------------
+async def test_connectivity_records_on_connect_and_disconnect(server: Server, pki: DevPki) -> None:
+    headers = {
+        "X-Network-Interface": "cellular",
+        "Version": "1.2.0",
+        "X-TXID": "0b7e6a3c-9a35-4a3e-9a8e-3c2f6c7e1a11",
+    }
+    async with await connect_vehicle(server, pki, OTHER_VIN, headers=headers):
+        pass
+    assert server.store is not None
+    store = server.store
+
+    def connectivity() -> list[dict[str, str]]:
+        rows = [r for r in store.records(OTHER_VIN) if r["topic"] == "connectivity"]
+        return [r["data"] for r in reversed(rows)]  # oldest first
+
+    await eventually(lambda: len(connectivity()) == 2)
+    first, second = connectivity()
+    assert [first["status"], second["status"]] == ["CONNECTED", "DISCONNECTED"]
+    for data in (first, second):
+        assert data["network_interface"] == "cellular"
+        assert data["connection_id"] == "0b7e6a3c-9a35-4a3e-9a8e-3c2f6c7e1a11"
+
+
+async def test_no_connectivity_records_unless_configured(tmp_path: Path, pki: DevPki) -> None:
+    server = await start_server(tmp_path, pki, records={"V": ["logger"]})
+    try:
+        async with await connect_vehicle(server, pki) as ws:
+            await ws.send(stream_frame())
+            await receive(ws)
+        await eventually(lambda: len(tesla(server).sessions) == 0)
+        assert server.store is not None
+        assert [r for r in server.store.records(VIN) if r["topic"] == "connectivity"] == []
+    finally:
+        await server.stop()
+
+
+# -- HTTP on the vehicle port and the status port ------------------------------------------
+async def test_status_over_mtls_and_400_for_other_non_upgrade_paths(
+    server: Server, pki: DevPki
+) -> None:
+    cert, key = pki.vehicles[VIN]
+    context = client_ssl_context(cert, key, pki.ca_cert)
+    base = f"https://127.0.0.1:{tesla(server).port}"
+    async with httpx.AsyncClient(verify=context, timeout=TIMEOUT) as client:
+        status = await client.get(f"{base}/status")
+        assert (status.status_code, status.text) == (200, "mtls ok")
+        for path in ("/gc_stats", "/live_profiler", "/debug/pprof/", "/"):
+            response = await client.get(f"{base}{path}")
+            assert response.status_code == 400, path
+
+
+async def test_websocket_upgrade_on_status_path_is_refused(server: Server, pki: DevPki) -> None:
+    with pytest.raises(InvalidStatus):
+        await connect(url(server, "/status"), ssl=vehicle_context(pki), open_timeout=TIMEOUT)
+
+
+async def test_status_port_answers_ok(tmp_path: Path, pki: DevPki) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = await start_server(tmp_path, pki, status_port=port)
+    try:
+        assert tesla(server).status_port == port
+        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+            response = await client.get(f"http://127.0.0.1:{port}/status")
+            assert (response.status_code, response.text) == (200, "ok")
+            assert (await client.get(f"http://127.0.0.1:{port}/other")).status_code == 404
+    finally:
+        await server.stop()
+
+
+async def test_listener_disabled_by_tesla_enabled_false(tmp_path: Path, pki: DevPki) -> None:
+    server = await start_server(tmp_path, pki, tesla_enabled=False)
+    try:
+        assert server.listener("tesla") is None
+    finally:
+        await server.stop()
