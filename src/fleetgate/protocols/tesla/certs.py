@@ -89,6 +89,35 @@ def server_ssl_context(tls: TlsConfig, use_eng_ca: bool = False) -> ssl.SSLConte
     return context
 
 
+def ca_file_warnings(ca_pem: str, use_eng_ca: bool = False) -> list[str]:
+    """Problems OpenSSL will have with ``tls.ca_file`` next to the bundled Tesla CAs.
+
+    A custom CA that shares its subject name with a bundled CA of another key type, and
+    whose issued certificates carry no key identifiers, lets OpenSSL pick the bundled
+    namesake as issuer and refuse vehicles the custom CA signed (spec section 17, note 11).
+    """
+    bundled: dict[x509.Name, list[x509.Certificate]] = {}
+    for cert in x509.load_pem_x509_certificates(ca_bundle(use_eng_ca).encode()):
+        bundled.setdefault(cert.subject, []).append(cert)
+    warnings = []
+    for cert in x509.load_pem_x509_certificates(ca_pem.encode()):
+        namesakes = bundled.get(cert.subject, [])
+        if not namesakes or any(cert == other for other in namesakes):
+            continue
+        try:
+            cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+            continue
+        except x509.ExtensionNotFound:
+            pass
+        warnings.append(
+            f"tls.ca_file: {cert.subject.rfc4514_string()} has the name of a bundled Tesla CA "
+            "but no subject key identifier; OpenSSL may choose the bundled certificate and "
+            "refuse clients it issued. Use an EC CA with key identifiers "
+            "(fleetgate certs init makes one)."
+        )
+    return warnings
+
+
 def client_ssl_context(
     cert: str | Path | None, key: str | Path | None, ca: str | Path | None
 ) -> ssl.SSLContext:

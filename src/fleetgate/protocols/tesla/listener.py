@@ -38,7 +38,7 @@ from fleetgate.config import Config, TlsConfig
 from fleetgate.observability import metrics
 from fleetgate.observability.logging import fields
 from fleetgate.pipeline import Pipeline
-from fleetgate.protocols.tesla.certs import init_pki, server_ssl_context
+from fleetgate.protocols.tesla.certs import ca_file_warnings, init_pki, server_ssl_context
 from fleetgate.protocols.tesla.identity import IdentityError, identity_from_certificate
 from fleetgate.protocols.tesla.ratelimit import rate_limit_settings
 from fleetgate.protocols.tesla.session import PROTOCOL, SessionSettings, VehicleSession
@@ -103,6 +103,9 @@ class TeslaListener:
         context = server_ssl_context(tls, self.config.use_default_eng_ca)
         if tls.ca_file:
             log.info("custom_ca_file_appened", extra=fields(ca_file=tls.ca_file))
+            pem = Path(tls.ca_file).read_text(encoding="ascii")
+            for warning in ca_file_warnings(pem, self.config.use_default_eng_ca):
+                log.warning("%s", warning)
         return context
 
     # -- Listener protocol ---------------------------------------------------------------
