@@ -61,7 +61,8 @@ def _ascii(value: bytes) -> str | None:
     except UnicodeDecodeError:
         return None
     text = text.strip("\x00 \r\n\t")
-    return text if text.isprintable() else None
+    # An all-NUL VIN (seen in Teltonika's own example) means "not read yet".
+    return text if text and text.isprintable() else None
 
 
 def _ascii_list(value: bytes) -> list[str] | None:

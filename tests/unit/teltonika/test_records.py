@@ -1,0 +1,232 @@
+"""AVL/GPRS → fleetgate Records: data shape, named values, topics, timestamps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from fleetgate.protocols.teltonika import decode_frame
+from fleetgate.protocols.teltonika.events import AvlFrame, GprsFrame
+from fleetgate.protocols.teltonika.io_names import FLAG, IO_NAMES
+from fleetgate.protocols.teltonika.model import CODEC_8, CODEC_8E, CODEC_16, AvlRecord, GprsMessage
+from fleetgate.protocols.teltonika.records import (
+    BASE_KEYS,
+    _element_sizes,
+    avl_record_data,
+    gprs_message_data,
+    to_records,
+)
+from fleetgate.records import record_json
+from tests.unit.teltonika.helpers import (
+    TRACCAR_NAMES,
+    check_record_invariants,
+    frame,
+    io16,
+    select,
+)
+
+GOOD = select(codecs=(CODEC_8, CODEC_8E, CODEC_16), integrity_error=False)
+
+
+def first_data(vector_id: str, index: int = 0) -> dict[str, Any]:
+    return avl_record_data(decode_frame(frame(vector_id)).records[index])
+
+
+def record(io: dict[int, int | bytes], groups: tuple[int, ...] | None, **kw: Any) -> AvlRecord:
+    fields: dict[str, Any] = {
+        "timestamp_ms": 1_700_000_000_000, "priority": 0, "longitude": 25.0, "latitude": 54.0,
+        "altitude": 100, "angle": 0, "satellites": 8, "speed": 0, "event_io_id": 0,
+    } | kw
+    return AvlRecord(**fields, io=io, io_groups=groups)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("v", GOOD, ids=[v["id"] for v in GOOD])
+def test_named_values_agree_with_traccar(v: dict[str, Any]) -> None:
+    decoded = decode_frame(bytes.fromhex(v["hex"]), io16_group=io16(v))
+    for rec in decoded.records:
+        check_record_invariants(rec)
+    rec = decoded.records[0]
+    data = avl_record_data(rec)
+    assert rec.io_groups is not None
+    sizes = dict(zip(rec.io, _element_sizes(rec.io_groups), strict=True))
+    named = v["derived_expectations"]["first_record"].get("traccar_named_any_model", {})
+    for traccar_name, expected in named.items():
+        if traccar_name not in TRACCAR_NAMES:
+            continue
+        key = TRACCAR_NAMES[traccar_name]
+        if key not in data:
+            # Deliberate differences: Traccar reads a fixed width whatever the element's
+            # size and calls any non-zero byte "true"; we name exact sizes and 0/1 flags
+            # only (L99 sends DIN1 = 100), and an all-NUL VIN is "no VIN".
+            spec = next(s for s in IO_NAMES if s.name == key)
+            value = rec.io[spec.io_id]
+            assert (
+                sizes[spec.io_id] != spec.size
+                or (spec.mode == FLAG and value not in (0, 1))
+                or (key == "vin" and value == bytes(len(value)))  # type: ignore[arg-type]
+            ), traccar_name
+            continue
+        ours = data[key]
+        if traccar_name == "dtcs":
+            ours = " ".join(ours)
+        assert ours == expected, traccar_name
+    if "dtcs" in named:
+        assert " ".join(data["dtcs"]) == named["dtcs"]
+
+
+def test_base_keys_and_types() -> None:
+    data = first_data("doc-c16-tcp-example")
+    assert {k: data[k] for k in BASE_KEYS if k != "io"} == {
+        "latitude": 0.0, "longitude": 0.0, "altitude": 0, "angle": 0, "satellites": 0,
+        "speed": 0, "priority": 0, "event_io_id": 11, "generation_type": 5, "valid": False,
+    }
+    assert data["io"] == {"1": 0, "3": 0, "11": 39, "66": 22074}
+    assert data["digital_input_1"] is False
+    assert data["external_voltage"] == 22.074
+    assert first_data("doc-c8-tcp-example1")["generation_type"] is None
+
+
+def test_eye_temperature_is_signed_hundredths() -> None:
+    assert first_data("traccar-c8e-L152")["eye_temperature_1"] == -11.87
+
+
+def test_vin_and_dtcs() -> None:
+    data = first_data("traccar-c8e-L54")
+    assert data["vin"] == "WV1ZZZ2EZ86015388"
+    assert data["dtcs"] == ["P0299", "P0675", "P0674", "P0672", "P0671", "P0471", "P2BAC"]
+    assert data["io"]["256"] == "5756315a5a5a32455a3836303135333838"
+
+
+def test_all_zero_vin_is_not_named() -> None:
+    data = first_data("doc-c8e-tcp-old-example-with-nx-vin")
+    assert "vin" not in data
+    assert data["io"]["256"] == "00" * 17
+
+
+def test_advanced_beacon_list() -> None:
+    tags = first_data("traccar-c8e-L21")["ble_beacons"]
+    assert [t["voltage_mv"] for t in tags[:3]] == [3090, 3070, 3050]
+    assert tags[0] | {} == {"io": 548, "rssi": -58, "id": "babbf3630055", "flags": 128,
+                            "low_battery": False, "voltage_mv": 3090}
+    assert [t["id"] for t in tags[3:]] == ["fa54ba8d0055", "cabbf3630055"]
+    assert "voltage_mv" not in tags[3]
+
+
+def test_sixteen_byte_ids_in_beacon_list() -> None:
+    tags = first_data("traccar-c8e-L25")["ble_beacons"]
+    assert [(t["rssi"], t["id"], t["voltage_mv"]) for t in tags] == [
+        (-27, "cde39f7e42bb55aa788e4a29ed650055", 2100),
+        (-80, "f89b907e42bb55aaa3463b29ed650055", 2080),
+    ]
+
+
+def test_eye_sensor_list() -> None:
+    (sensor,) = first_data("traccar-c8e-L28")["eye_sensors"]
+    assert sensor["battery_mv"] == 3030
+    assert sensor["rssi"] == -92
+    assert sensor["low_battery"] is False
+
+
+def test_eye_sensor_names_are_nul_stripped() -> None:
+    data = first_data("traccar-c8e-L18", index=1)
+    names = [s.get("name") for s in data["eye_sensors"]]
+    assert names == ["Nevera_3", "Nevera_1", "Nevera_2"]  # wire order
+    assert all("temperature" in s and "humidity" in s for s in data["eye_sensors"])
+
+
+def test_ibeacon_list() -> None:
+    (beacon,) = first_data("traccar-c8e-L57")["beacons"]
+    assert beacon == {"io": 385, "flags": 33, "uuid": "0102030405060708090a0b0c0d0e0f10",
+                      "major": 523, "minor": 266, "rssi": -48}
+
+
+def test_name_only_when_the_wire_size_matches() -> None:
+    # 66 (external voltage) is a 2-byte element; sent as 4 bytes it stays raw only.
+    data = avl_record_data(record({66: 12000}, (0, 0, 1, 0, 0, 0)))
+    assert "external_voltage" not in data
+    assert data["io"] == {"66": 12000}
+    data = avl_record_data(record({66: 12000}, (0, 1, 0, 0, 0, 0)))
+    assert data["external_voltage"] == 12.0
+
+
+def test_same_id_different_meaning_by_size() -> None:
+    assert avl_record_data(record({4: 1}, (1, 0, 0, 0, 0, 0)))["digital_input_4"] is True
+    assert avl_record_data(record({4: 77}, (0, 0, 1, 0, 0, 0)))["pulse_counter_din1"] == 77
+
+
+def test_flags_outside_0_1_are_not_named() -> None:
+    data = avl_record_data(record({239: 2, 240: 1}, (2, 0, 0, 0, 0, 0)))
+    assert "ignition" not in data
+    assert data["movement"] is True
+
+
+def test_sensor_error_codes_are_not_named() -> None:
+    data = avl_record_data(record({72: 850, 73: 0xFFFF_FF9C}, (0, 0, 2, 0, 0, 0)))
+    assert "dallas_temperature_1" not in data
+    assert data["dallas_temperature_2"] == -10.0
+
+
+def test_signed_axes_and_ibutton() -> None:
+    data = avl_record_data(record({17: 0xFFFF, 78: 0x0102030405060708}, (0, 1, 0, 1, 0, 0)))
+    assert data["axis_x"] == -1
+    assert data["ibutton"] == "0807060504030201"
+    assert "ibutton" not in avl_record_data(record({78: 0}, (0, 0, 0, 1, 0, 0)))
+
+
+def test_hand_built_record_gets_raw_io_only() -> None:
+    data = avl_record_data(record({239: 1, 256: b"ABC"}, None))
+    assert data["io"] == {"239": 1, "256": "414243"}
+    assert "ignition" not in data
+
+
+def test_malformed_beacon_list_is_not_named() -> None:
+    data = avl_record_data(record({385: b"\x01\x21\x00"}, (0, 0, 0, 0, 1, 0)))
+    assert "beacons" not in data
+    assert data["io"]["385"] == "012100"
+
+
+def test_two_sensor_lists_are_merged() -> None:
+    tlv = b"\x01\x03\x00\x01\xc4"  # header, one sensor: RSSI -60
+    data = avl_record_data(record({10828: tlv, 10829: tlv}, (0, 0, 0, 0, 2, 0)))
+    assert [s["io"] for s in data["eye_sensors"]] == [10828, 10829]
+
+
+def test_to_records_avl() -> None:
+    raw = frame("doc-c16-tcp-example")
+    decoded = decode_frame(raw)
+    event = AvlFrame(decoded.codec or 0, decoded.records, raw)
+    records = to_records("352093081452251", event, received_at=123)
+    assert [r.created_at for r in records] == [1562760414000, 1562760415000]
+    assert {r.topic for r in records} == {"event"}  # event IO id 11
+    assert all(r.raw is raw and r.received_at == 123 for r in records)
+    assert all(r.source == "teltonika" and r.device_id == "352093081452251" for r in records)
+    orjson.loads(record_json(records[0]))
+
+
+def test_periodic_records_are_positions() -> None:
+    decoded = decode_frame(frame("traccar-c8e-L152"))
+    (rec,) = to_records("1", AvlFrame(CODEC_8E, decoded.records, b""), 0)
+    assert rec.topic == "position"
+
+
+def test_to_records_gprs() -> None:
+    raw = frame("doc-c15-example")
+    decoded = decode_frame(raw)
+    (rec,) = to_records("1", GprsFrame(decoded.messages, raw), received_at=5)
+    assert rec.topic == "command_response"
+    assert rec.created_at == 1699440036000
+    assert rec.data == {"codec": "15", "type": 11, "text": "Hello!\n", "timestamp": 1699440036,
+                        "imei": "123456789123456"}
+    decoded = decode_frame(frame("traccar-c12-L69"))
+    (rec,) = to_records("1", GprsFrame(decoded.messages, b""), received_at=5)
+    assert rec.created_at == 5
+    assert rec.data["hex"] == "010300010015d5c5"
+    assert "text" not in rec.data
+
+
+def test_gprs_text_detection() -> None:
+    assert gprs_message_data(GprsMessage(12, 6, b"ok\r\n"))["text"] == "ok\r\n"
+    assert gprs_message_data(GprsMessage(12, 6, b"\xffok"))["hex"] == "ff6f6b"
+    assert gprs_message_data(GprsMessage(12, 6, b"a\x00b"))["hex"] == "610062"
