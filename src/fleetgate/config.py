@@ -223,6 +223,9 @@ class NatsConfig(Section):
     stream: str = ""
     create_stream: bool = True
     publish_timeout_ms: int = Field(5_000, ge=1)
+    # Publishes awaiting their JetStream ack at once (the sink's in-flight bound).
+    max_in_flight: int = Field(1_000, ge=1)
+    connect_timeout_ms: int = Field(2_000, ge=1)
 
 
 class PostgresConfig(Section):
