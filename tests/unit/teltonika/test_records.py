@@ -13,7 +13,6 @@ from fleetgate.protocols.teltonika.io_names import FLAG, IO_NAMES
 from fleetgate.protocols.teltonika.model import CODEC_8, CODEC_8E, CODEC_16, AvlRecord, GprsMessage
 from fleetgate.protocols.teltonika.records import (
     BASE_KEYS,
-    _element_sizes,
     avl_record_data,
     gprs_message_data,
     to_records,
@@ -50,7 +49,8 @@ def test_named_values_agree_with_traccar(v: dict[str, Any]) -> None:
     rec = decoded.records[0]
     data = avl_record_data(rec)
     assert rec.io_groups is not None
-    sizes = dict(zip(rec.io, _element_sizes(rec.io_groups), strict=True))
+    widths = [w for w, n in zip((1, 2, 4, 8, 0, 16), rec.io_groups, strict=True) for _ in range(n)]
+    sizes = dict(zip(rec.io, widths, strict=True))
     named = v["derived_expectations"]["first_record"].get("traccar_named_any_model", {})
     for traccar_name, expected in named.items():
         if traccar_name not in TRACCAR_NAMES:
@@ -173,6 +173,23 @@ def test_signed_axes_and_ibutton() -> None:
     assert data["axis_x"] == -1
     assert data["ibutton"] == "0807060504030201"
     assert "ibutton" not in avl_record_data(record({78: 0}, (0, 0, 0, 1, 0, 0)))
+
+
+def test_layout_plans_are_reused_and_distinct() -> None:
+    one = avl_record_data(record({239: 1, 66: 5000}, (1, 1, 0, 0, 0, 0)))
+    again = avl_record_data(record({239: 0, 66: 6000}, (1, 1, 0, 0, 0, 0)))
+    other = avl_record_data(record({239: 1, 66: 5000}, (0, 2, 0, 0, 0, 0)))
+    assert (one["ignition"], one["external_voltage"]) == (True, 5.0)
+    assert (again["ignition"], again["external_voltage"]) == (False, 6.0)
+    assert "ignition" not in other
+    assert other["external_voltage"] == 5.0
+
+
+def test_duplicate_ids_name_nothing() -> None:
+    # Two wire elements with one id collapse into one dict entry: sizes are unknowable.
+    data = avl_record_data(record({239: 1}, (1, 1, 0, 0, 0, 0)))
+    assert data["io"] == {"239": 1}
+    assert "ignition" not in data
 
 
 def test_hand_built_record_gets_raw_io_only() -> None:

@@ -31,6 +31,9 @@ from fleetgate.protocols.teltonika.io_names import (
     IO_NAMES_BY_KEY,
     LIST_NAMES,
     RAW,
+    SCALED,
+    IoName,
+    io_key,
     named_value,
 )
 from fleetgate.protocols.teltonika.model import AvlRecord, GprsMessage, codec_name
@@ -49,29 +52,38 @@ BASE_KEYS: Final = frozenset(
 if any(n.name in BASE_KEYS for n in IO_NAMES):  # pragma: no cover - table typo guard
     raise RuntimeError("an IO name collides with a base key of Teltonika record data")
 
-# (name, mode, spec) per io_key, so the common modes are handled inline below.
-_NAMED: Final = {key: (spec.name, spec.mode, spec) for key, spec in IO_NAMES_BY_KEY.items()}
 _GROUP_SIZES: Final = (1, 2, 4, 8, 0, 16)  # wire sizes of io_groups' six groups; 0 = NX
 
-# io_groups tuple -> wire size of each element in order. A device sends the same layout
-# again and again, so this is nearly always a hit; bounded against hostile variety.
-_sizes_cache: dict[tuple[int, ...], tuple[int, ...]] = {}
-_SIZES_CACHE_MAX: Final = 4096
+# A plan says, for one IO layout (group counts + ids in wire order), the string key of
+# each element, how many leading elements are integers (the rest are NX/16-byte bytes)
+# and which elements get a named value. A tracker sends the same layout over and over,
+# so building the data dict is then one dict(zip()) plus the named values. Bounded so
+# a hostile device cannot grow it without limit.
+_Named = tuple[int, str, int, int, frozenset[int], IoName]
+_Plan = tuple[tuple[str, ...], int, tuple[_Named, ...]]
+_plans: dict[tuple[tuple[int, ...], tuple[int, ...]], _Plan] = {}
+_PLANS_MAX: Final = 2048
 
 
-def _element_sizes(groups: tuple[int, ...]) -> tuple[int, ...]:
-    sizes = _sizes_cache.get(groups)
-    if sizes is None:
-        if len(_sizes_cache) >= _SIZES_CACHE_MAX:
-            _sizes_cache.clear()
-        sizes = tuple(s for s, n in zip(_GROUP_SIZES, groups, strict=True) for _ in range(n))
-        _sizes_cache[groups] = sizes
-    return sizes
+def _plan(groups: tuple[int, ...], keys: tuple[int, ...]) -> _Plan:
+    plan = _plans.get((groups, keys))
+    if plan is None:
+        if len(_plans) >= _PLANS_MAX:
+            _plans.clear()
+        sizes = [s for s, n in zip(_GROUP_SIZES, groups, strict=True) for _ in range(n)]
+        named: list[_Named] = []
+        for index, (key, size) in enumerate(zip(keys, sizes, strict=True)):
+            spec = IO_NAMES_BY_KEY.get(io_key(key, size))
+            if spec is not None:
+                named.append((index, spec.name, spec.mode, spec.divisor, spec.invalid, spec))
+        plan = (tuple(map(str, keys)), sum(groups[:4]), tuple(named))
+        _plans[(groups, keys)] = plan
+    return plan
 
 
 def avl_record_data(rec: AvlRecord) -> dict[str, Any]:
     """The JSON-safe ``data`` of one AVL record (shape in the module docstring)."""
-    raw_io: dict[str, int | str] = {}
+    io = rec.io
     data: dict[str, Any] = {
         "latitude": rec.latitude,
         "longitude": rec.longitude,
@@ -83,40 +95,44 @@ def avl_record_data(rec: AvlRecord) -> dict[str, Any]:
         "event_io_id": rec.event_io_id,
         "generation_type": rec.generation_type,
         "valid": rec.satellites != 0,
-        "io": raw_io,
+        "io": None,
     }
-    io = rec.io
     groups = rec.io_groups
     if groups is None or sum(groups) != len(io):
         # Hand-built record, or a duplicate id collapsed two elements: the wire size of
         # each value is unknown, so nothing is named (a guess could name a wrong value).
-        for key, value in io.items():
-            raw_io[str(key)] = value if value.__class__ is int else value.hex()  # type: ignore[union-attr]
+        data["io"] = {
+            str(key): value if value.__class__ is int else value.hex()  # type: ignore[union-attr]
+            for key, value in io.items()
+        }
         return data
-    named = _NAMED
-    for (key, value), size in zip(io.items(), _element_sizes(groups), strict=True):
-        if value.__class__ is int:
-            raw_io[str(key)] = value  # type: ignore[assignment]
-        else:
-            raw_io[str(key)] = value.hex()  # type: ignore[union-attr]
-        entry = named.get((key << 5) | size)
-        if entry is None:
-            continue
-        name, mode, spec = entry
-        if mode == RAW and not spec.invalid:
+    skeys, n_int, named = _plan(groups, tuple(io))
+    values = tuple(io.values())
+    if n_int == len(values):
+        raw_io: dict[str, int | str] = dict(zip(skeys, values, strict=True))  # type: ignore[arg-type]
+    else:
+        raw_io = dict(zip(skeys[:n_int], values[:n_int], strict=True))  # type: ignore[arg-type]
+        for index in range(n_int, len(values)):
+            raw_io[skeys[index]] = values[index].hex()  # type: ignore[union-attr]
+    data["io"] = raw_io
+    for index, name, mode, divisor, invalid, spec in named:
+        value = values[index]
+        if mode == RAW:
             data[name] = value
-            continue
-        if mode == FLAG:
+        elif mode == FLAG:
             if value in (0, 1):
                 data[name] = value == 1
-            continue
-        converted = named_value(spec, value)
-        if converted is None:
-            continue
-        if mode == CUSTOM and name in LIST_NAMES and isinstance(data.get(name), list):
-            data[name].extend(converted)
+        elif mode == SCALED:
+            if value not in invalid:
+                data[name] = value / divisor  # type: ignore[operator]
         else:
-            data[name] = converted
+            converted = named_value(spec, value)
+            if converted is None:
+                continue
+            if mode == CUSTOM and name in LIST_NAMES and isinstance(data.get(name), list):
+                data[name].extend(converted)
+            else:
+                data[name] = converted
     return data
 
 
