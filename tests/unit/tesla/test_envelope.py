@@ -1,0 +1,315 @@
+"""Flatbuffers envelope: reference vectors, round trips, foreign layouts, hostile input."""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+
+import flatbuffers
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fleetgate.protocols.tesla.envelope import (
+    ERROR_TEXT,
+    MESSAGE_STREAM,
+    MESSAGE_STREAM_ACK,
+    Envelope,
+    EnvelopeError,
+    StreamMessage,
+    build_ack,
+    build_error,
+    build_stream_envelope,
+    parse_envelope,
+)
+from tests.unit.tesla.helpers import ACK_VECTOR, ERROR_VECTOR
+
+# -- reference vectors --------------------------------------------------------------------
+
+
+def test_ack_is_byte_identical_to_reference_vector() -> None:
+    assert build_ack(b"integration-test-txid", b"V") == ACK_VECTOR
+    assert len(ACK_VECTOR) == 88
+
+
+def test_error_is_byte_identical_to_reference_vector() -> None:
+    assert build_error(b"1234") == ERROR_VECTOR
+    assert len(ERROR_VECTOR) == 136
+
+
+def test_reference_ack_parses_as_ack() -> None:
+    env = parse_envelope(ACK_VECTOR)
+    assert env.message_type == MESSAGE_STREAM_ACK
+    assert env.txid == b"integration-test-txid"
+    assert env.topic == b"V"
+    assert env.message_id == b""
+    assert env.stream is None
+    assert env.has_message  # the quirky empty-vector union body is still "present"
+
+
+def test_reference_error_parses_as_stream_with_error_text() -> None:
+    env = parse_envelope(ERROR_VECTOR)
+    assert env == Envelope(
+        txid=b"1234",
+        topic=b"",
+        message_type=MESSAGE_STREAM,
+        message_id=b"",
+        stream=StreamMessage(
+            created_at=0,
+            sender_id=b"",
+            payload=b"incorrect message format",
+            device_type=b"",
+            device_id=b"",
+            delivered_at_epoch_ms=0,
+        ),
+    )
+
+
+def test_error_with_empty_txid_and_ack_with_empty_fields_parse() -> None:
+    assert parse_envelope(build_error(b"")).txid == b""
+    assert parse_envelope(build_error(b"")).stream.payload == ERROR_TEXT  # type: ignore[union-attr]
+    env = parse_envelope(build_ack(b"", b""))
+    assert (env.txid, env.topic, env.message_type) == (b"", b"", MESSAGE_STREAM_ACK)
+
+
+# -- round trips --------------------------------------------------------------------------
+
+blobs = st.binary(max_size=64)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    txid=blobs,
+    topic=blobs,
+    payload=st.binary(max_size=512),
+    sender_id=blobs,
+    device_type=blobs,
+    device_id=blobs,
+    message_id=blobs,
+    created_at=st.integers(0, 2**32 - 1),
+    delivered=st.integers(0, 2**64 - 1),
+)
+def test_stream_round_trip(
+    txid: bytes,
+    topic: bytes,
+    payload: bytes,
+    sender_id: bytes,
+    device_type: bytes,
+    device_id: bytes,
+    message_id: bytes,
+    created_at: int,
+    delivered: int,
+) -> None:
+    frame = build_stream_envelope(
+        txid=txid,
+        topic=topic,
+        payload=payload,
+        sender_id=sender_id,
+        device_type=device_type,
+        device_id=device_id,
+        created_at=created_at,
+        delivered_at_epoch_ms=delivered,
+        message_id=message_id,
+    )
+    assert parse_envelope(frame) == Envelope(
+        txid,
+        topic,
+        MESSAGE_STREAM,
+        message_id,
+        StreamMessage(created_at, sender_id, payload, device_type, device_id, delivered),
+    )
+
+
+@settings(max_examples=100, deadline=None)
+@given(txid=blobs, topic=blobs)
+def test_ack_round_trip(txid: bytes, topic: bytes) -> None:
+    env = parse_envelope(build_ack(txid, topic))
+    assert (env.txid, env.topic, env.message_type, env.stream) == (
+        txid,
+        topic,
+        MESSAGE_STREAM_ACK,
+        None,
+    )
+
+
+@pytest.mark.parametrize(("created_at", "delivered"), [(-1, 0), (2**32, 0), (0, -1), (0, 2**64)])
+def test_builder_rejects_out_of_range_scalars(created_at: int, delivered: int) -> None:
+    with pytest.raises(ValueError, match="does not fit"):
+        build_stream_envelope(
+            txid=b"t",
+            topic=b"V",
+            payload=b"",
+            created_at=created_at,
+            delivered_at_epoch_ms=delivered,
+        )
+
+
+# -- other writers' layouts ---------------------------------------------------------------
+
+
+def _builder_other_order(message_type: int = MESSAGE_STREAM) -> bytes:
+    """Same schema, different writer: other creation order, reversed slots, forced defaults."""
+    b = flatbuffers.Builder(0)
+    b.ForceDefaults(True)
+    message_id = b.CreateByteVector(b"mid")
+    topic = b.CreateByteVector(b"alerts")
+    device_id = b.CreateByteVector(b"5YJ")
+    payload = b.CreateByteVector(b"\x0a\x00")
+    b.StartObject(6)
+    b.PrependUint64Slot(5, 1234567890123, 0)
+    b.PrependUOffsetTRelativeSlot(4, device_id, 0)
+    b.PrependUOffsetTRelativeSlot(2, payload, 0)
+    b.PrependUint32Slot(0, 0, 0)  # written explicitly although it is the default
+    stream = b.EndObject()
+    txid = b.CreateByteVector(b"tx-9")
+    b.StartObject(5)
+    b.PrependUOffsetTRelativeSlot(4, message_id, 0)
+    b.PrependUOffsetTRelativeSlot(3, stream, 0)
+    b.PrependUint8Slot(2, message_type, 0)
+    b.PrependUOffsetTRelativeSlot(0, txid, 0)
+    b.PrependUOffsetTRelativeSlot(1, topic, 0)
+    b.Finish(b.EndObject())
+    return bytes(b.Output())
+
+
+def test_envelope_written_in_another_order_parses() -> None:
+    env = parse_envelope(_builder_other_order())
+    assert env.txid == b"tx-9"
+    assert env.topic == b"alerts"
+    assert env.message_id == b"mid"
+    assert env.stream == StreamMessage(0, b"", b"\x0a\x00", b"", b"5YJ", 1234567890123)
+
+
+def _hand_layout() -> bytes:
+    """Envelope whose vtable lies *after* its table (negative soffset), stream table last."""
+    buf = bytearray(8)
+
+    def align() -> None:
+        while len(buf) % 4:
+            buf.append(0)
+
+    def vec(at: int, data: bytes) -> None:
+        align()
+        pos = len(buf)
+        buf.extend(struct.pack("<I", len(data)) + data)
+        struct.pack_into("<I", buf, at, pos - at)
+
+    t = 8
+    buf.extend(bytes(24))
+    vt = len(buf)
+    buf.extend(struct.pack("<7H", 14, 24, 4, 8, 12, 16, 20))
+    struct.pack_into("<i", buf, t, t - vt)
+    struct.pack_into("<I", buf, 0, t)
+    vec(t + 4, b"hand-txid")
+    vec(t + 8, b"V")
+    buf[t + 12] = MESSAGE_STREAM
+    vec(t + 20, b"hand-mid")
+    align()
+    svt = len(buf)
+    buf.extend(struct.pack("<8H", 16, 32, 4, 8, 12, 16, 20, 24))
+    s = len(buf)
+    buf.extend(bytes(32))
+    struct.pack_into("<i", buf, s, s - svt)
+    struct.pack_into("<I", buf, s + 4, 77)
+    struct.pack_into("<Q", buf, s + 24, 2**63 + 5)
+    struct.pack_into("<I", buf, t + 16, s - (t + 16))
+    vec(s + 8, b"vehicle_device.device-1")
+    vec(s + 12, b"\x01\x02\x03")
+    vec(s + 16, b"vehicle_device")
+    vec(s + 20, b"device-1")
+    return bytes(buf)
+
+
+def test_hand_written_layout_parses() -> None:
+    env = parse_envelope(_hand_layout())
+    assert (env.txid, env.topic, env.message_id) == (b"hand-txid", b"V", b"hand-mid")
+    assert env.stream == StreamMessage(
+        77,
+        b"vehicle_device.device-1",
+        b"\x01\x02\x03",
+        b"vehicle_device",
+        b"device-1",
+        2**63 + 5,
+    )
+
+
+def test_short_vtable_means_absent_fields() -> None:
+    # Root table whose vtable only covers txid: every other field reads as absent.
+    b = flatbuffers.Builder(0)
+    txid = b.CreateByteVector(b"only-txid")
+    b.StartObject(1)
+    b.PrependUOffsetTRelativeSlot(0, txid, 0)
+    b.Finish(b.EndObject())
+    env = parse_envelope(bytes(b.Output()))
+    assert env == Envelope(b"only-txid", b"", 0, b"", None, has_message=False)
+
+
+def test_union_present_with_other_type_keeps_txid_and_skips_body() -> None:
+    env = parse_envelope(_builder_other_order(message_type=2))
+    assert env.message_type == 2
+    assert env.has_message
+    assert env.stream is None
+    assert env.txid == b"tx-9"
+
+
+# -- empty, garbage, truncation -----------------------------------------------------------
+
+
+def test_empty_frame_is_an_empty_envelope_not_a_fault() -> None:
+    assert parse_envelope(b"") == Envelope(b"", b"", 0, b"", None, has_message=False)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b"D4,test,1234,1,2,3,4",
+        b"\x00",
+        b"\x01\x02\x03",
+        b"\x04\x00\x00\x00",
+        b"\xff\xff\xff\xff\x00\x00\x00\x00",
+        ACK_VECTOR[:40],
+        ERROR_VECTOR[:-30],
+    ],
+)
+def test_unreadable_frames_raise_envelope_error(frame: bytes) -> None:
+    with pytest.raises(EnvelopeError):
+        parse_envelope(frame)
+
+
+def test_union_offset_out_of_range_is_a_fault() -> None:
+    frame = bytearray(build_stream_envelope(txid=b"t", topic=b"V", payload=b"p"))
+    root = struct.unpack_from("<I", frame, 0)[0]
+    vtable = root - struct.unpack_from("<i", frame, root)[0]
+    message_at = root + struct.unpack_from("<H", frame, vtable + 10)[0]
+    struct.pack_into("<I", frame, message_at, 10_000)
+    with pytest.raises(EnvelopeError):
+        parse_envelope(bytes(frame))
+
+
+def test_every_truncation_is_parsed_or_refused_cleanly() -> None:
+    frame = build_stream_envelope(
+        txid=b"txid", topic=b"V", payload=b"x" * 50, sender_id=b"s", message_id=b"m"
+    )
+    for cut in range(len(frame)):
+        with contextlib.suppress(EnvelopeError):
+            parse_envelope(frame[:cut])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_bytes_never_leak_other_exceptions(data: bytes) -> None:
+    with contextlib.suppress(EnvelopeError):
+        parse_envelope(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_mutated_frames_never_leak_other_exceptions(data: st.DataObject) -> None:
+    frame = bytearray(
+        build_stream_envelope(txid=b"abc", topic=b"V", payload=b"\x0a\x02\x08\x01", sender_id=b"s")
+    )
+    for _ in range(data.draw(st.integers(1, 6))):
+        pos = data.draw(st.integers(0, len(frame) - 1))
+        frame[pos] = data.draw(st.integers(0, 255))
+    with contextlib.suppress(EnvelopeError):
+        parse_envelope(bytes(frame))
