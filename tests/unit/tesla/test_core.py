@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import flatbuffers
+import orjson
 import pytest
+from google.protobuf.descriptor import FieldDescriptor
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fleetgate.protocols.tesla.core import (
     FrameProcessor,
@@ -23,6 +28,7 @@ from fleetgate.protocols.tesla.envelope import (
     build_stream_envelope,
     parse_envelope,
 )
+from fleetgate.protocols.tesla.jsonform import log_form, mqtt_messages
 from fleetgate.protocols.tesla.proto import vehicle_connectivity_pb2 as vc
 from fleetgate.protocols.tesla.proto import vehicle_data_pb2 as vd
 from fleetgate.records import record_metadata, wire_payload
@@ -285,3 +291,68 @@ def test_decode_frame_to_json() -> None:
         "message_type": 5,
         "message_id": "",
     }
+
+
+# -- every Value member through the whole core --------------------------------------------
+
+_VALUE_FIELDS = list(vd.Value.DESCRIPTOR.fields)
+
+
+def _scalar(fd: FieldDescriptor) -> st.SearchStrategy[Any]:
+    kinds: dict[int, st.SearchStrategy[Any]] = {
+        FieldDescriptor.TYPE_STRING: st.text(max_size=30),
+        FieldDescriptor.TYPE_INT32: st.integers(-(2**31), 2**31 - 1),
+        FieldDescriptor.TYPE_INT64: st.integers(-(2**63), 2**63 - 1),
+        FieldDescriptor.TYPE_FLOAT: st.floats(width=32),
+        FieldDescriptor.TYPE_DOUBLE: st.floats(),
+        FieldDescriptor.TYPE_BOOL: st.booleans(),
+    }
+    if fd.type == FieldDescriptor.TYPE_ENUM:
+        return st.integers(0, len(fd.enum_type.values) + 2)  # includes unknown numbers
+    return kinds[fd.type]
+
+
+@st.composite
+def values(draw: st.DrawFn) -> vd.Value:
+    value = vd.Value()
+    fd = draw(st.sampled_from(_VALUE_FIELDS))
+    if fd.type == FieldDescriptor.TYPE_MESSAGE:
+        inner = getattr(value, fd.name)
+        inner.SetInParent()
+        for sub in fd.message_type.fields:
+            if draw(st.booleans()):
+                setattr(inner, sub.name, draw(_scalar(sub)))
+    else:
+        setattr(value, fd.name, draw(_scalar(fd)))
+    return value
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 300), values()), max_size=6),
+    st.binary(max_size=40),
+    st.booleans(),
+)
+def test_any_payload_round_trips_through_the_core(
+    data: list[tuple[int, vd.Value]], txid: bytes, resend: bool
+) -> None:
+    message = vd.Payload(is_resend=resend)
+    for key, value in data:
+        message.data.add(key=key, value=value)  # type: ignore[arg-type]
+    result = processor().process(frame(body=message.SerializeToString(), txid=txid), NOW)
+    assert result.outcome == "dispatch"
+    assert result.ack_reply == build_ack(txid, b"V")
+    [record] = result.records
+    out = vd.Payload.FromString(record.raw)
+    assert out.vin == VIN
+    assert [d.key for d in out.data] == [key for key, _ in data]
+    for before, after in zip(message.data, out.data, strict=True):
+        if before.value.WhichOneof("value") != "string_value":
+            assert before.value == after.value
+    # every JSON form renders
+    orjson.dumps(record.data)
+    json.loads(wire_payload(record, transmit_decoded=True))
+    for _, body in mqtt_messages(record, "t"):
+        json.loads(body)
+    orjson.dumps(log_form(record, True))
+    orjson.dumps(log_form(record, False))
