@@ -40,6 +40,8 @@ log = logging.getLogger("fleetgate.sinks.kafka")
 PUBLISH_TIMEOUT_KEY = "fleetgate.publish_timeout_ms"
 _DEFAULT_PUBLISH_TIMEOUT_S = 10.0
 _CLOSE_FLUSH_S = 5.0
+# Delivery wait while librdkafka reports every broker down.
+_DOWN_WAIT_S = 0.5
 # How long ``produce`` may wait for room in librdkafka's local queue before giving up.
 _QUEUE_FULL_WAIT_S = 5.0
 
@@ -82,6 +84,8 @@ class KafkaSink(Sink):
         self._stop = threading.Event()
         self._inflight: dict[int, _InFlight] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Set from librdkafka's error callback, cleared by the next successful delivery.
+        self._all_brokers_down = False
 
     def describe(self) -> str:
         return f"kafka broker {self.settings.get('bootstrap.servers', '?')}"
@@ -96,7 +100,7 @@ class KafkaSink(Sink):
 
         self._loop = asyncio.get_running_loop()
         try:
-            producer = Producer(self.settings)
+            producer = Producer({**self.settings, "error_cb": self._on_error})
         except (KafkaException, ValueError, TypeError) as exc:
             # A bad property map never gets better by retrying.
             raise PermanentSinkError(f"kafka: invalid producer config: {exc}") from exc
@@ -107,6 +111,15 @@ class KafkaSink(Sink):
         )
         self._poller.start()
         return producer
+
+    def _on_error(self, err: Any) -> None:
+        # Poll thread. librdkafka reconnects by itself; this only tells publish() to fail
+        # fast while nothing is reachable.
+        from confluent_kafka import KafkaError
+
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            self._all_brokers_down = True
+        log.debug("kafka: %s", err)
 
     def _poll_forever(self, producer: Any) -> None:
         # Delivery reports are served by poll(); 100 ms keeps shutdown prompt.
@@ -136,17 +149,20 @@ class KafkaSink(Sink):
             futures.append(future)
         if not futures:
             return
-        # Shield: a timeout must not cancel futures a later retry of this batch reuses.
-        gathered = asyncio.gather(*(asyncio.shield(f) for f in futures), return_exceptions=True)
-        try:
-            results = await asyncio.wait_for(gathered, self.publish_timeout_s)
-        except TimeoutError:
-            waiting_count = sum(1 for f in futures if not f.done())
+        # While librdkafka says every broker is down, do not sit out the full timeout:
+        # fail fast so the runner reports the outage (the messages stay queued inside
+        # librdkafka and a retry waits for them again).
+        timeout = _DOWN_WAIT_S if self._all_brokers_down else self.publish_timeout_s
+        # asyncio.wait neither cancels the futures on timeout nor leaves a gathering
+        # future behind when the runner cancels this publish.
+        _done, unreported = await asyncio.wait(futures, timeout=timeout)
+        if unreported:
+            state = "all brokers down" if self._all_brokers_down else "no delivery report"
             raise TransientSinkError(
-                f"{waiting_count} of {len(futures)} messages without delivery report "
-                f"after {self.publish_timeout_s:g}s"
-            ) from None
-        errors = [result for result in results if isinstance(result, BaseException)]
+                f"{len(unreported)} of {len(futures)} messages without delivery report "
+                f"after {timeout:g}s ({state})"
+            )
+        errors = [e for f in futures if (e := f.exception()) is not None]
         if errors:
             if all(isinstance(error, PermanentSinkError) for error in errors):
                 raise errors[0]
@@ -191,12 +207,15 @@ class KafkaSink(Sink):
         current = self._inflight.get(id(record))
         if current is not None and current.future is future:
             del self._inflight[id(record)]
+        if error is None:
+            self._all_brokers_down = False
         if future.done():
             return
         if error is None:
             future.set_result(None)
         else:
             future.set_exception(error)
+            future.exception()  # publish() may have timed out and never look at it
 
     async def close(self) -> None:
         producer = self._producer

@@ -8,7 +8,8 @@ Messages (spec section 11.1): a source that registered a form with
 :func:`fleetgate.sinks.forms.register_mqtt_form` is published as that form says (Tesla:
 one message per field under ``<topic_base>/<VIN>/v/<Field>``, alerts, errors,
 connectivity). Every other record becomes one message ``<topic_base>/<device_id>/<topic>``
-carrying the record JSON. QoS and the retain flag come from the config for every message.
+carrying :func:`~fleetgate.records.wire_payload`, which is the record JSON for every
+source without a wire form of its own (Teltonika, MQTT gateways). QoS and the retain flag come from the config for every message.
 
 Confirmation: every message of the batch completed (PUBACK for QoS 1, PUBCOMP for QoS 2,
 written to the socket for QoS 0) within ``publish_timeout_ms``, which the reference spends
@@ -29,7 +30,7 @@ import ssl
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from fleetgate.records import Record, record_json
+from fleetgate.records import Record, wire_payload
 from fleetgate.sinks.base import PermanentSinkError, Sink, SinkContext, TransientSinkError
 from fleetgate.sinks.forms import mqtt_form
 
@@ -84,7 +85,8 @@ class MqttSink(Sink):
         form = mqtt_form(record.source)
         if form is not None:
             return form(record, self.topic_base)
-        return [(f"{self.topic_base}/{record.device_id}/{record.topic}", record_json(record))]
+        topic = f"{self.topic_base}/{record.device_id}/{record.topic}"
+        return [(topic, wire_payload(record, self.context.transmit_decoded))]
 
     async def start(self) -> None:
         await self._connect()

@@ -1,21 +1,25 @@
 """``pubsub``: publish records to Google Cloud Pub/Sub.
 
-Library: google-cloud-pubsub, Google's own client. It honours ``PUBSUB_EMULATOR_HOST``
-(plain gRPC to an emulator, no credentials) and otherwise Application Default Credentials,
-exactly like the reference's Go client, and it batches messages per topic in the
-background. Its futures are ``concurrent.futures`` futures; :func:`asyncio.wrap_future`
-turns them into awaitables on the event loop.
+Library: google-cloud-pubsub, Google's own client. Its ``PublisherClient`` honours
+``PUBSUB_EMULATOR_HOST`` (plain gRPC to an emulator, no credentials) and otherwise
+Application Default Credentials, exactly like the reference's Go client. fleetgate calls
+its generated ``Publish`` RPC directly (``PublisherClient.api``) with up to 1000 messages
+per request instead of going through the client's background batcher: the runner already
+batches, one RPC confirms a whole chunk at once, and the batcher's concurrent commits
+could reorder a vehicle's messages. The blocking RPC runs in a worker thread.
 
 Names (spec section 11): topic ``<namespace>_<topic>`` in ``pubsub.gcp_project_id``, created
 on first use if missing (the reference creates them at start-up for every routed type;
-fleetgate's sink does not know the routed types up front, and creating lazily also heals
-an emulator that lost its state). Attributes = the seven metadata keys; data =
+the sink does not know the routed types up front, and creating lazily also heals an
+emulator that lost its state). Attributes = the seven metadata keys; data =
 :func:`~fleetgate.records.wire_payload`.
 
-Confirmation: every message's publish future resolved with a message id. A publish that
-cannot finish within ``publish_timeout_s`` raises :class:`TransientSinkError`. Setting both
-``PUBSUB_EMULATOR_HOST`` and ``GOOGLE_APPLICATION_CREDENTIALS``, or leaving the project id
-empty, is a configuration error at start-up, as in the reference.
+Confirmation: the Publish RPC returned a message id for every message. An RPC that
+cannot finish within ``publish_timeout_s`` (retries of UNAVAILABLE and friends included)
+raises :class:`TransientSinkError`; chunks already confirmed are skipped when the runner
+retries the batch. Setting both ``PUBSUB_EMULATOR_HOST`` and
+``GOOGLE_APPLICATION_CREDENTIALS``, or leaving the project id empty, is a configuration
+error at start-up, as in the reference.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ from typing import Any, ClassVar
 from fleetgate.records import Record, record_metadata, wire_payload
 from fleetgate.sinks.base import PermanentSinkError, Sink, SinkContext, TransientSinkError
 
+MAX_MESSAGES_PER_CALL = 1000
+# The service's request limit is 10 MB; stay clear of it including attributes.
+MAX_BYTES_PER_CALL = 8 * 1024 * 1024
 _DEFAULT_PUBLISH_TIMEOUT_S = 10.0
 _ADMIN_TIMEOUT_S = 5.0
 _CLOSE_TIMEOUT_S = 5.0
@@ -74,13 +81,7 @@ class PubSubSink(Sink):
         if self._publisher is None:
             from google.cloud import pubsub_v1
 
-            # Flush a batch after 5 ms or 1000 messages: publish() awaits every message,
-            # so a long latency would only add to each batch's confirmation time.
-            self._publisher = pubsub_v1.PublisherClient(
-                batch_settings=pubsub_v1.types.BatchSettings(
-                    max_messages=1000, max_bytes=9 * 1024 * 1024, max_latency=0.005
-                )
-            )
+            self._publisher = pubsub_v1.PublisherClient()
         return self._publisher
 
     async def _ensure_topic(self, path: str) -> None:
@@ -100,61 +101,59 @@ class PubSubSink(Sink):
         self._topics.add(path)
 
     async def publish(self, batch: Sequence[Record]) -> None:
-        publisher = self._ensure_publisher()
         pending = [r for r in batch if self._confirmed.get(id(r)) is not r]
-        paths = {record.topic: self.topic_path(record.topic) for record in pending}
-        for path in set(paths.values()):
+        by_topic: dict[str, list[Record]] = {}
+        for record in pending:
+            by_topic.setdefault(record.topic, []).append(record)
+        for topic, records in by_topic.items():
+            path = self.topic_path(topic)
             await self._ensure_topic(path)
-        retry = _retry(self.publish_timeout_s)
+            for chunk in _chunks(records, self.context.transmit_decoded):
+                await self._publish_chunk(path, chunk)
+                for record in chunk:
+                    self._confirmed[id(record)] = record
+        self._confirmed.clear()
+
+    async def _publish_chunk(self, path: str, chunk: list[Record]) -> None:
+        from google.api_core import exceptions
+        from google.pubsub_v1 import PubsubMessage
+
         transmit_decoded = self.context.transmit_decoded
-
-        def submit_all() -> list[Any]:
-            # publish() only queues into the client's batcher; doing it off the loop
-            # keeps a thousand small calls from stalling other sessions.
-            return [
-                publisher.publish(
-                    paths[record.topic],
-                    wire_payload(record, transmit_decoded),
-                    retry=retry,
-                    timeout=self.publish_timeout_s,
-                    **record_metadata(record),
-                )
-                for record in pending
-            ]
-
+        messages = [
+            PubsubMessage(
+                data=wire_payload(record, transmit_decoded), attributes=record_metadata(record)
+            )
+            for record in chunk
+        ]
+        api = self._ensure_publisher().api
+        call = asyncio.to_thread(
+            api.publish,
+            topic=path,
+            messages=messages,
+            retry=_retry(self.publish_timeout_s),
+            timeout=self.publish_timeout_s,
+        )
         try:
-            futures = [asyncio.wrap_future(f) for f in await asyncio.to_thread(submit_all)]
-        except Exception as exc:
-            raise TransientSinkError(f"pubsub: publish failed: {exc}") from exc
-        gathered = asyncio.gather(*futures, return_exceptions=True)
-        try:
-            results = await asyncio.wait_for(gathered, self.publish_timeout_s + 2.0)
+            response = await asyncio.wait_for(call, self.publish_timeout_s + 2.0)
         except TimeoutError:
             raise TransientSinkError(
-                f"pubsub: no publish result within {self.publish_timeout_s:g}s"
+                f"pubsub {path}: no publish result within {self.publish_timeout_s:g}s"
             ) from None
-        self._settle(pending, results)
-
-    def _settle(self, pending: list[Record], results: list[Any]) -> None:
-        from google.api_core import exceptions
-
-        errors: list[BaseException] = []
-        for record, result in zip(pending, results, strict=True):
-            if isinstance(result, BaseException):
-                errors.append(result)
-                if isinstance(result, exceptions.NotFound):
-                    # The topic vanished (emulator restarted, deleted by hand): recreate.
-                    self._topics.discard(self.topic_path(record.topic))
-            else:
-                self._confirmed[id(record)] = record
-        if not errors:
+        except exceptions.NotFound as exc:
+            # The topic vanished (emulator restarted, deleted by hand): recreate next time.
+            self._topics.discard(path)
+            raise TransientSinkError(f"pubsub {path}: {exc}") from exc
+        except exceptions.InvalidArgument as exc:
             self._confirmed.clear()
-            return
-        first = errors[0]
-        if all(isinstance(e, exceptions.InvalidArgument) for e in errors):
-            self._confirmed.clear()
-            raise PermanentSinkError(f"pubsub: {len(errors)} messages refused: {first}")
-        raise TransientSinkError(f"pubsub: {len(errors)} of {len(pending)} failed: {first}")
+            raise PermanentSinkError(f"pubsub {path}: messages refused: {exc}") from exc
+        except exceptions.GoogleAPICallError as exc:
+            raise TransientSinkError(f"pubsub {path}: {exc}") from exc
+        except exceptions.RetryError as exc:
+            raise TransientSinkError(f"pubsub {path}: {exc}") from exc
+        if len(response.message_ids) != len(messages):
+            raise TransientSinkError(
+                f"pubsub {path}: {len(response.message_ids)} ids for {len(messages)} messages"
+            )
 
     async def close(self) -> None:
         publisher, self._publisher = self._publisher, None
@@ -183,3 +182,21 @@ def _retry(timeout_s: float) -> Any:
             exceptions.Unknown,
         ),
     )
+
+
+def _chunks(records: list[Record], transmit_decoded: bool) -> list[list[Record]]:
+    """Split into Publish requests within the message-count and size limits."""
+    chunks: list[list[Record]] = []
+    current: list[Record] = []
+    size = 0
+    for record in records:
+        # Payload plus a generous allowance for the seven attributes.
+        entry = len(wire_payload(record, transmit_decoded)) + 256
+        if current and (len(current) >= MAX_MESSAGES_PER_CALL or size + entry > MAX_BYTES_PER_CALL):
+            chunks.append(current)
+            current, size = [], 0
+        current.append(record)
+        size += entry
+    if current:
+        chunks.append(current)
+    return chunks

@@ -1,0 +1,295 @@
+"""The kafka sink against a real Kafka-protocol broker (Tansu, memory-only).
+
+Conformance runs the shared suite; Tansu forgets everything on restart, so the durable
+restart tests are replaced by :mod:`volatile`'s kill/restart check. The last test is the
+user story: a Tesla ``config.json`` with ``"records": {"V": ["kafka", "logger"]}`` and the
+README's kafka section, run as a server, lands records with headers in
+``tesla_telemetry_V``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from fleetgate.records import Record, record_metadata, wire_payload
+from fleetgate.sinks.base import PermanentSinkError, Sink, SinkContext, sink_class
+from fleetgate.sinks.kafka import KafkaSink
+from tests.integration.conftest import start_private
+from tests.integration.services import ManagedProcess, tansu_server
+from tests.integration.sinks.conformance import (
+    Delivered,
+    SinkConformance,
+    SinkHarness,
+    make_records,
+)
+from tests.integration.sinks.volatile import kill_and_restart_under_live_sink
+
+pytestmark = pytest.mark.integration
+
+TOPICS = ("avl", "can", "V")
+
+
+@pytest.fixture(scope="session")
+def tansu(services_dir: Path) -> Any:
+    proc = start_private(tansu_server, services_dir)
+    try:
+        yield proc
+    finally:
+        proc.destroy()
+
+
+def read_topics(bootstrap: str, topics: list[str], expected: int, timeout: float) -> list[Any]:
+    """Every message of ``topics``, from the start (assign(): no slow group join)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        messages = _read_once(bootstrap, topics)
+        if len(messages) >= expected or time.monotonic() >= deadline:
+            return messages
+        time.sleep(0.1)
+
+
+def _read_once(bootstrap: str, topics: list[str]) -> list[Any]:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "fleetgate-test-reader",
+            "enable.auto.commit": False,
+            "socket.timeout.ms": 2000,
+            "reconnect.backoff.max.ms": 200,
+        }
+    )
+    try:
+        try:
+            metadata = consumer.list_topics(timeout=2)
+        except Exception:
+            return []  # broker restarting
+        wanted: dict[TopicPartition, int] = {}
+        for topic in topics:
+            info = metadata.topics.get(topic)
+            if info is None or info.error is not None:
+                continue
+            for partition in info.partitions:
+                tp = TopicPartition(topic, partition)
+                low, high = consumer.get_watermark_offsets(tp, timeout=2)
+                if high > low:
+                    wanted[TopicPartition(topic, partition, low)] = high
+        if not wanted:
+            return []
+        consumer.assign(list(wanted))
+        # Tansu reports the high watermark as (base offset of the last batch) + 1, not the
+        # log end, so: read until the last batch's first message shows up, then drain what
+        # that fetch brought along.
+        last = {(tp.topic, tp.partition): high - 1 for tp, high in wanted.items()}
+        seen = {key: -1 for key in last}
+        messages: list[Any] = []
+        deadline = time.monotonic() + 10
+        while any(seen[k] < last[k] for k in last) and time.monotonic() < deadline:
+            messages += _take(consumer.consume(1000, 0.2), seen)
+        while batch := consumer.consume(1000, 0.1):
+            messages += _take(batch, seen)
+        return messages
+    finally:
+        consumer.close()
+
+
+def _take(batch: list[Any], seen: dict[tuple[str, int], int]) -> list[Any]:
+    good = [m for m in batch if m.error() is None]
+    for message in good:
+        seen[(message.topic(), message.partition())] = message.offset()
+    return good
+
+
+class KafkaHarness(SinkHarness):
+    name = "kafka"
+    supports_headers = True
+    supports_keys = True
+    durable = False  # Tansu is memory-only: see volatile.py for the restart check
+
+    def __init__(self, server: ManagedProcess) -> None:
+        super().__init__(server)
+        self.bootstrap = server.address
+        self.namespace = ""
+
+    async def make_sink(self, ctx: SinkContext) -> Sink:
+        self.namespace = ctx.namespace
+        config = {
+            "bootstrap.servers": self.bootstrap,
+            # Short so outage tests notice fast; the default is 10 s.
+            "fleetgate.publish_timeout_ms": 2000,
+            "reconnect.backoff.ms": 50,
+            "reconnect.backoff.max.ms": 300,
+        }
+        return KafkaSink(config, ctx)
+
+    async def read_back(self, expected: int, timeout: float) -> list[Delivered]:
+        topics = [f"{self.namespace}_{topic}" for topic in TOPICS]
+        messages = await asyncio.to_thread(read_topics, self.bootstrap, topics, expected, timeout)
+        return [
+            Delivered(
+                destination=m.topic(),
+                key=m.key(),
+                headers=dict(m.headers() or []),
+                payload=m.value(),
+            )
+            for m in messages
+        ]
+
+
+class TestKafkaConformance(SinkConformance):
+    harness_class = KafkaHarness
+
+    @pytest.fixture
+    def harness_factory(self, tansu: ManagedProcess) -> Callable[[], SinkHarness]:
+        return lambda: KafkaHarness(tansu)
+
+    async def test_broker_killed_under_live_sink_then_back(
+        self, harness: SinkHarness, ctx: SinkContext
+    ) -> None:
+        await kill_and_restart_under_live_sink(harness, ctx)
+
+
+# -- kafka specifics ---------------------------------------------------------------------------
+
+
+def test_registered_under_its_name() -> None:
+    assert sink_class("kafka") is KafkaSink
+
+
+def test_describe_names_the_broker() -> None:
+    sink = KafkaSink({"bootstrap.servers": "127.0.0.1:9092"}, SinkContext())
+    assert sink.describe() == "kafka broker 127.0.0.1:9092"
+
+
+def test_fleetgate_keys_do_not_reach_librdkafka() -> None:
+    sink = KafkaSink(
+        {"bootstrap.servers": "x:1", "fleetgate.publish_timeout_ms": 1500}, SinkContext()
+    )
+    assert sink.publish_timeout_s == 1.5
+    assert "fleetgate.publish_timeout_ms" not in sink.settings
+
+
+async def test_invalid_librdkafka_property_is_permanent() -> None:
+    sink = KafkaSink({"bootstrap.servers": "127.0.0.1:1", "no.such.property": 1}, SinkContext())
+    with pytest.raises(PermanentSinkError, match=r"no\.such\.property"):
+        await sink.start()
+
+
+async def test_same_device_same_partition(tansu: ManagedProcess) -> None:
+    """Key = device id, so librdkafka's partitioner keeps one vehicle on one partition."""
+    ctx = SinkContext(namespace=f"fgtpart{time.monotonic_ns()}")
+    records = make_records(300)
+    sink = KafkaSink({"bootstrap.servers": tansu.address}, ctx)
+    await sink.start()
+    try:
+        await sink.publish(records)
+    finally:
+        await sink.close()
+    topics = [f"{ctx.namespace}_{t}" for t in TOPICS]
+    messages = await asyncio.to_thread(read_topics, tansu.address, topics, len(records), 10)
+    partitions: dict[bytes, set[tuple[str, int]]] = {}
+    for message in messages:
+        partitions.setdefault(message.key(), set()).add((message.topic(), message.partition()))
+    assert len(messages) == len(records)
+    assert all(len(where) == 1 for where in partitions.values()), partitions
+
+
+async def test_broker_down_publish_fails_in_bounded_time() -> None:
+    from tests.integration.services import free_port
+
+    config = {
+        "bootstrap.servers": f"127.0.0.1:{free_port()}",
+        "fleetgate.publish_timeout_ms": 500,
+    }
+    sink = KafkaSink(config, SinkContext(namespace="fgtdown"))
+    await sink.start()
+    from fleetgate.sinks.base import TransientSinkError
+
+    records = make_records(5)
+    with pytest.raises(TransientSinkError, match="without delivery report"):
+        await asyncio.wait_for(sink.publish(records), 10)
+    # A retry of the same batch waits for the messages librdkafka still holds instead of
+    # producing them a second time.
+    with pytest.raises(TransientSinkError):
+        await asyncio.wait_for(sink.publish(records), 10)
+    assert len(sink._inflight) == len(records)
+    await asyncio.wait_for(sink.close(), 15)
+
+
+# -- the user story: Tesla config.json with records V -> kafka + logger -------------------------
+
+
+def _tesla_v_record(vin: str, seq: int, run: str) -> Record:
+    from fleetgate.protocols.tesla.proto import vehicle_data_pb2 as vd
+
+    payload = vd.Payload(vin=vin, is_resend=False)
+    payload.created_at.FromMilliseconds(1_717_171_717_000 + seq)
+    datum = payload.data.add()
+    datum.key = vd.Field.VehicleSpeed
+    datum.value.string_value = f"{40 + seq}"
+    return Record(
+        source="tesla",
+        device_id=vin,
+        topic="V",
+        created_at=1_717_171_717_000 + seq,
+        received_at=1_717_171_718_000 + seq,
+        data={"VehicleSpeed": str(40 + seq)},
+        raw=payload.SerializeToString(),
+        meta={"txid": f"{run}-{seq}", "device_client_version": "2024.44.25.1"},
+    )
+
+
+async def test_tesla_config_records_v_to_kafka(tansu: ManagedProcess, tmp_path: Path) -> None:
+    from fleetgate.app import Server
+    from fleetgate.config import build_config
+    from fleetgate.protocols.tesla.proto import vehicle_data_pb2 as vd
+
+    config = build_config(
+        {
+            "host": "127.0.0.1",
+            "port": 0,
+            "namespace": "tesla_telemetry",
+            "tesla_enabled": False,
+            "records": {"V": ["kafka", "logger"]},
+            "kafka": {"bootstrap.servers": tansu.address, "queue.buffering.max.messages": 1000},
+            "api": {"enabled": False},
+            "teltonika": {"enabled": False},
+            "data_dir": str(tmp_path),
+        },
+        environ={},
+    )
+    run = uuid.uuid4().hex  # the broker is shared by the session: find this run's messages
+    server = Server(config)
+    await server.start()
+    vins = ("5YJ3E1EA7KF000001", "5YJ3E1EA7KF000002")
+    records = [_tesla_v_record(vins[i % 2], i, run) for i in range(20)]
+    try:
+        for record in records:
+            assert await server.pipeline.accept([record]) is True
+        assert server.pipeline.health()["kafka"]["status"] == "ok"
+    finally:
+        await server.stop()
+    messages = await asyncio.to_thread(
+        read_topics, tansu.address, ["tesla_telemetry_V"], len(records), 10
+    )
+    mine = [m for m in messages if dict(m.headers())["txid"].startswith(run.encode())]
+    assert len(mine) == len(records), "each record exactly once"
+    by_txid = {dict(m.headers())["txid"].decode(): m for m in mine}
+    assert len(by_txid) == len(records)
+    for record in records:
+        message = by_txid[record.meta["txid"]]  # type: ignore[index]
+        assert message.topic() == "tesla_telemetry_V"
+        assert message.key() == record.device_id.encode()
+        assert message.value() == wire_payload(record) == record.raw  # vehicle's protobuf
+        assert dict(message.headers()) == {
+            k: v.encode() for k, v in record_metadata(record).items()
+        }
+        decoded = vd.Payload.FromString(message.value())
+        assert decoded.vin == record.device_id
