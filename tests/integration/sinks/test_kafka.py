@@ -88,7 +88,7 @@ def _read_once(bootstrap: str, topics: list[str]) -> list[Any]:
         # log end, so: read until the last batch's first message shows up, then drain what
         # that fetch brought along.
         last = {(tp.topic, tp.partition): high - 1 for tp, high in wanted.items()}
-        seen = {key: -1 for key in last}
+        seen = dict.fromkeys(last, -1)
         messages: list[Any] = []
         deadline = time.monotonic() + 10
         while any(seen[k] < last[k] for k in last) and time.monotonic() < deadline:

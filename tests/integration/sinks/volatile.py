@@ -17,9 +17,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+from fleetgate.pipeline.runner import SinkRunner
 from fleetgate.records import Record
 from fleetgate.sinks.base import Health, SinkContext
-from fleetgate.pipeline.runner import SinkRunner
 from tests.integration.sinks.conformance import (
     SinkHarness,
     assert_all_delivered,
