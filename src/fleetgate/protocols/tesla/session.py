@@ -51,6 +51,32 @@ WRITE_TIMEOUT_S = 10.0
 CONNECTIVITY = "connectivity"
 
 
+_ACKS_SENT = metrics.ACKS.labels(protocol=PROTOCOL, result="acked")
+_ACKS_WITHHELD = metrics.ACKS.labels(protocol=PROTOCOL, result="withheld")
+_ACKS_SOCKET_GONE = metrics.ACKS.labels(protocol=PROTOCOL, result="socket_gone")
+
+_Child = Any  # a labelled prometheus metric
+_FRAME_COUNTERS: dict[str, tuple[_Child, _Child, _Child]] = {}
+_MAX_CACHED_TOPICS = 256  # topics come from vehicles; do not cache without bound
+
+
+def _frame_counters(record_type: str) -> tuple[_Child, _Child, _Child]:
+    """record_total, record_size_bytes_total and dispatch_total children of a record type.
+
+    Resolving labels costs more than the increment; the hot path looks them up once.
+    """
+    children = _FRAME_COUNTERS.get(record_type)
+    if children is None:
+        children = (
+            metrics.TESLA_RECORDS.labels(record_type=record_type),
+            metrics.TESLA_RECORD_SIZE_BYTES.labels(record_type=record_type),
+            metrics.TESLA_DISPATCH.labels(record_type=record_type),
+        )
+        if len(_FRAME_COUNTERS) < _MAX_CACHED_TOPICS:
+            _FRAME_COUNTERS[record_type] = children
+    return children
+
+
 class SessionSettings:
     """What every session of one listener shares (built once at listener start)."""
 
@@ -168,18 +194,23 @@ class VehicleSession:
     # -- frames --------------------------------------------------------------------------
     async def _on_frame(self, frame: bytes) -> None:
         self.frames += 1
-        limit = self.settings.rate_limit
-        if not self.limiter.allow(time.monotonic()):
+        over_limit = not self.limiter.allow(time.monotonic())
+        if over_limit and self.settings.rate_limit.enforce:
+            # Dropped without a reply: the vehicle resends what was not acked.
             topic = peek_topic(frame)
             metrics.TESLA_RATE_LIMIT_EXCEEDED.labels(device_id=self.device_id, txtype=topic).inc()
-            if limit.enforce:
-                # Dropped without a reply: the vehicle resends what was not acked.
-                log.debug(
-                    "rate_limit_exceeded",
-                    extra=fields(vin=self.device_id, txtype=topic, limit=limit.limit),
-                )
-                return
+            log.debug(
+                "rate_limit_exceeded",
+                extra=fields(vin=self.device_id, txtype=topic, limit=self.limiter.limit),
+            )
+            return
         result = self.processor.process(frame, now_ms())
+        if over_limit:
+            # Metrics-only limiter: counted, processed as usual (label from the result, so
+            # the frame is not parsed twice).
+            metrics.TESLA_RATE_LIMIT_EXCEEDED.labels(
+                device_id=self.device_id, txtype=result.record_type
+            ).inc()
         self._count(result)
         for reply in result.immediate_replies:
             self._send(reply)
@@ -209,9 +240,10 @@ class VehicleSession:
             )
         if result.counts_as_processed:
             record_type = result.record_type
-            metrics.TESLA_RECORDS.labels(record_type=record_type).inc()
-            metrics.TESLA_RECORD_SIZE_BYTES.labels(record_type=record_type).inc(result.payload_size)
-            metrics.TESLA_DISPATCH.labels(record_type=record_type).inc()
+            records, size, dispatch = _frame_counters(record_type)
+            records.inc()
+            size.inc(result.payload_size)
+            dispatch.inc()
             self.bytes_by_topic[record_type] = (
                 self.bytes_by_topic.get(record_type, 0) + result.payload_size
             )
@@ -227,7 +259,7 @@ class VehicleSession:
             self._in_flight.release()
         if not accepted:
             # Not safe (sink failed or timed out): no ack, so the vehicle resends.
-            metrics.ACKS.labels(protocol=PROTOCOL, result="withheld").inc()
+            _ACKS_WITHHELD.inc()
             log.warning(
                 "records not confirmed in time; ack withheld",
                 extra=fields(vin=self.device_id, txtype=topic, records=len(records)),
@@ -237,12 +269,12 @@ class VehicleSession:
             return
         reliable = self.settings.reliable_sinks.get(topic)
         if self.closed:
-            metrics.ACKS.labels(protocol=PROTOCOL, result="socket_gone").inc()
+            _ACKS_SOCKET_GONE.inc()
             if reliable is not None:
                 metrics.TESLA_RELIABLE_ACK_MISS.labels(record_type=topic, dispatcher=reliable).inc()
             return
         self._send(ack_reply)
-        metrics.ACKS.labels(protocol=PROTOCOL, result="acked").inc()
+        _ACKS_SENT.inc()
         if reliable is not None:
             metrics.TESLA_RELIABLE_ACK.labels(record_type=topic, dispatcher=reliable).inc()
 
