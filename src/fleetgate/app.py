@@ -187,7 +187,7 @@ class Server:
         )
         server = uvicorn.Server(config)
         # The process's own SIGINT/SIGTERM handling (in ``serve``) owns shutdown.
-        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
         self._api_server = server
         self._api_task = asyncio.create_task(server.serve(), name="api")
         while not server.started:

@@ -87,8 +87,12 @@ def test_decode_prints_the_frame_as_json() -> None:
         capture_output=True, text=True, timeout=60, check=True,
     )
     body = json.loads(result.stdout)
-    assert body["codec"] == 0x8E or body.get("codec_name") == "8E"
+    assert body["codec"] == "8E"
     assert body["record_count"] == 1
+    assert body["reply"] == "00000001"
+    [record] = body["records"]
+    assert record["time"] == "2019-06-10T11:36:32.000Z"
+    assert record["io"]["16"] == 22949000
 
 
 def test_decode_refuses_a_bad_crc_with_a_reason() -> None:
@@ -99,7 +103,8 @@ def test_decode_refuses_a_bad_crc_with_a_reason() -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert result.returncode == 1
-    assert "crc" in result.stderr.lower()
+    assert "crc mismatch" in result.stderr
+    assert json.loads(result.stdout)["crc"]["ok"] is False
 
 
 @pytest.mark.parametrize(

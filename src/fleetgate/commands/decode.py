@@ -45,4 +45,12 @@ def decode_teltonika(args: argparse.Namespace) -> int:
         return 1
     sys.stdout.write(orjson.dumps(frame_to_json(decoded), option=orjson.OPT_INDENT_2).decode())
     sys.stdout.write("\n")
+    if decoded.crc_ok is False:
+        # Still printed: an operator wants to see what the device tried to say.
+        print(
+            f"fleetgate: crc mismatch (stored {decoded.crc_stored:04x}, computed "
+            f"{decoded.crc_computed:04x}): a server discards this frame and sends no ack",
+            file=sys.stderr,
+        )
+        return 1
     return 0

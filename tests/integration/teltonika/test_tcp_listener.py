@@ -218,7 +218,8 @@ async def test_codec12_response_is_recorded_and_never_acked(server: Server) -> N
     writer.close()
     assert server.store is not None
     topics = {item["topic"] for item in server.store.records(IMEI)}
-    assert topics == {"command_response", "position"}
+    # doc-c8-tcp-example1 was triggered by IO 1, so it is an "event" record.
+    assert topics == {"command_response", "event"}
 
 
 async def test_allow_list_rejects_unknown_imei(tmp_path: Path) -> None:
@@ -236,8 +237,8 @@ async def test_ack_waits_until_the_required_sink_confirmed(tmp_path: Path) -> No
     GatedSink.gate = asyncio.Event()
     server = await start_server(
         tmp_path,
-        records={"position": ["test-gated"]},
-        reliable_ack_sources={"position": "test-gated"},
+        records={"event": ["test-gated"]},
+        reliable_ack_sources={"event": "test-gated"},
     )
     try:
         reader, writer = await handshake(server)

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import socket
 from collections import deque
-from typing import Any
+from typing import Any, cast
 
 from fleetgate.app import ServerContext
 from fleetgate.config import TeltonikaConfig
@@ -77,9 +77,9 @@ class TeltonikaSession(asyncio.Protocol):
 
     # -- asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        peer = transport.get_extra_info("peername")
+        # uvloop's transports do not subclass asyncio.Transport; they implement it.
+        self.transport = cast(asyncio.Transport, transport)
+        peer = self.transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         loop = asyncio.get_running_loop()
         self._last_activity = loop.time()
@@ -190,7 +190,9 @@ class TeltonikaSession(asyncio.Protocol):
                 log.info("tracker connected", extra=fields(peer=self.peer, imei=imei))
             self._identified = True
         else:
-            log.warning("tracker rejected: IMEI not allowed", extra=fields(peer=self.peer, imei=imei))
+            log.warning(
+                "tracker rejected: IMEI not allowed", extra=fields(peer=self.peer, imei=imei)
+            )
             self.close()
 
     async def _on_avl(self, frame: AvlFrame) -> None:
