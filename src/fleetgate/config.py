@@ -231,6 +231,7 @@ class NatsConfig(Section):
 class PostgresConfig(Section):
     dsn: str = "postgresql://127.0.0.1:5432/postgres"
     table: str = "fleetgate_records"
+    connect_timeout_ms: int = Field(5_000, ge=1)
 
 
 class Config(Section):
