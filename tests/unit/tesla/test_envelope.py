@@ -18,6 +18,7 @@ from fleetgate.protocols.tesla.envelope import (
     EnvelopeError,
     StreamMessage,
     build_ack,
+    build_ack_with_builder,
     build_error,
     build_stream_envelope,
     parse_envelope,
@@ -313,3 +314,9 @@ def test_mutated_frames_never_leak_other_exceptions(data: st.DataObject) -> None
         frame[pos] = data.draw(st.integers(0, 255))
     with contextlib.suppress(EnvelopeError):
         parse_envelope(bytes(frame))
+
+
+@settings(max_examples=200, deadline=None)
+@given(txid=st.binary(max_size=80), topic=st.binary(max_size=40))
+def test_direct_ack_equals_builder_ack(txid: bytes, topic: bytes) -> None:
+    assert build_ack(txid, topic) == build_ack_with_builder(txid, topic)

@@ -16,7 +16,8 @@ Go reference turns the same faults into an error reply.
 
 Building uses ``flatbuffers.Builder`` with the reference call order, so acks and error replies
 are byte-identical to the Go server's (including the ack's union slot pointing at an empty
-byte vector rather than a table, a harmless quirk readers never follow).
+byte vector rather than a table, a harmless quirk readers never follow). The ack, sent for
+every frame, is written directly with the same bytes; a test holds it to the builder.
 """
 
 from __future__ import annotations
@@ -220,8 +221,46 @@ def _stream_table(
     return end
 
 
+def _vector(data: bytes) -> bytes:
+    return _U32.pack(len(data)) + data + bytes(-len(data) % 4)
+
+
+# The reference ack's fixed part: root offset, 2 bytes of alignment, the vtable (14 bytes:
+# sizes, then field offsets txid 20, topic 16, type 15, message 8, message_id 4).
+_ACK_HEAD: Final = bytes.fromhex("14000000 0000 0e00 1800 1400 1000 0f00 0800 0400")
+_ACK_VTABLE_TO_TABLE: Final = 14
+
+
 def build_ack(txid: bytes, topic: bytes) -> bytes:
-    """The ack the server sends for a frame (message_type 5), byte-identical to the reference."""
+    """The ack the server sends for a frame (message_type 5), byte-identical to the reference.
+
+    The layout never changes shape (only vector lengths do), so it is written directly: the
+    same bytes ``flatbuffers.Builder`` produces with the reference call order (see
+    :func:`build_ack_with_builder`), about ten times faster on the per-frame path.
+    """
+    message_id_vec = _vector(b"")
+    topic_vec = _vector(topic)
+    txid_vec = _vector(txid)
+    # Table at offset 20; its fields: message_id @24, message @28, type @35, topic @36,
+    # txid @40; the vectors follow at 44 in the order message_id, topic, txid, body.
+    at = 44
+    message_id_pos = at
+    topic_pos = message_id_pos + len(message_id_vec)
+    txid_pos = topic_pos + len(topic_vec)
+    body_pos = txid_pos + len(txid_vec)
+    table = (
+        _U32.pack(_ACK_VTABLE_TO_TABLE)
+        + _U32.pack(message_id_pos - 24)
+        + _U32.pack(body_pos - 28)
+        + bytes((0, 0, 0, MESSAGE_STREAM_ACK))
+        + _U32.pack(topic_pos - 36)
+        + _U32.pack(txid_pos - 40)
+    )
+    return _ACK_HEAD + table + message_id_vec + topic_vec + txid_vec + _vector(b"")
+
+
+def build_ack_with_builder(txid: bytes, topic: bytes) -> bytes:
+    """:func:`build_ack` through ``flatbuffers.Builder`` (the reference call order)."""
     builder = flatbuffers.Builder(64 + len(txid) + len(topic))
     # QUIRK (reference): the union slot points at an empty byte vector, not at a table.
     body = builder.CreateByteVector(b"")

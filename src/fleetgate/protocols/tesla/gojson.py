@@ -47,11 +47,16 @@ def float32_repr(value: float) -> str:
     if not math.isfinite(value):
         return repr(value)
     target = to_float32(value)
-    for digits in range(1, 10):
-        text = f"{target:.{digits - 1}e}"
-        if to_float32(float(text)) == target:
-            return text
-    return repr(target)  # pragma: no cover - nine significant digits always round-trip
+    # Round-tripping is monotonic in the digit count (more digits are never farther away),
+    # so binary-search 1..9 significant digits; nine always round-trip for float32.
+    low, high = 1, 9
+    while low < high:
+        mid = (low + high) // 2
+        if to_float32(float(f"{target:.{mid - 1}e}")) == target:
+            high = mid
+        else:
+            low = mid + 1
+    return f"{target:.{low - 1}e}"
 
 
 def float32_value(value: float) -> float:

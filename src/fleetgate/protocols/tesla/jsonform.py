@@ -136,26 +136,57 @@ def _pj_scalar(fd: Any, value: Any) -> Any:
     return value
 
 
+# Per message type, the fields in declaration order: ("field", fd, map_value_fd) or
+# ("oneof", name, {member name: fd}) at the position of the oneof's first member, so each
+# oneof costs one WhichOneof call instead of one per member.
+_Plan = list[tuple[str, Any, Any]]
+_plans: dict[str, _Plan] = {}
+
+
+def _plan(desc: Any) -> _Plan:
+    plan = _plans.get(desc.full_name)
+    if plan is None:
+        plan = []
+        seen: set[str] = set()
+        for fd in desc.fields:
+            oneof = fd.containing_oneof
+            if oneof is not None:
+                if oneof.name not in seen:
+                    seen.add(oneof.name)
+                    plan.append(("oneof", oneof.name, {f.name: f for f in oneof.fields}))
+                continue
+            entry: Any = fd.message_type if fd.is_repeated else None
+            is_map = entry is not None and entry.GetOptions().map_entry
+            map_value = entry.fields_by_name["value"] if is_map else None
+            plan.append(("field", fd, map_value))
+        _plans[desc.full_name] = plan
+    return plan
+
+
+def _pj_field(message: Message, fd: Any, map_value: Any) -> Any:
+    value = getattr(message, fd.name)
+    if map_value is not None:
+        return {str(k): _pj_scalar(map_value, value[k]) for k in sorted(value)}
+    if fd.is_repeated:
+        return [_pj_scalar(fd, item) for item in value]
+    if fd.type == FieldDescriptor.TYPE_MESSAGE:
+        return _pj_message(value) if message.HasField(fd.name) else None
+    return _pj_scalar(fd, value)
+
+
 def _pj_message(message: Message) -> Any:
     desc = message.DESCRIPTOR
     if desc.full_name == _TIMESTAMP:
         return rfc3339_nanos(int(message.seconds), int(message.nanos))  # type: ignore[attr-defined]
     out: dict[str, Any] = {}
-    for fd in desc.fields:
-        oneof = fd.containing_oneof
-        if oneof is not None and message.WhichOneof(oneof.name) != fd.name:
-            continue
-        value = getattr(message, fd.name)
-        if fd.is_repeated:
-            if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
-                value_fd = fd.message_type.fields_by_name["value"]
-                out[fd.json_name] = {str(k): _pj_scalar(value_fd, value[k]) for k in sorted(value)}
-            else:
-                out[fd.json_name] = [_pj_scalar(fd, item) for item in value]
-        elif fd.type == FieldDescriptor.TYPE_MESSAGE:
-            out[fd.json_name] = _pj_message(value) if message.HasField(fd.name) else None
+    for kind, item, extra in _plan(desc):
+        if kind == "field":
+            out[item.json_name] = _pj_field(message, item, extra)
         else:
-            out[fd.json_name] = _pj_scalar(fd, value)
+            which = message.WhichOneof(item)
+            if which is not None:
+                fd = extra[which]
+                out[fd.json_name] = _pj_field(message, fd, None)
     return out
 
 
