@@ -162,6 +162,8 @@ class ZmqConfig(Section):
     server_key_json_path: str = ""
     allowed_public_keys_json_path: str = ""
     verbose: bool = False
+    # fleetgate addition: messages queued per subscriber before PUB drops (ZMQ_SNDHWM).
+    send_hwm: int = Field(100_000, ge=0)
 
 
 class MqttConfig(Section):

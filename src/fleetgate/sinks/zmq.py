@@ -1,0 +1,185 @@
+"""``zmq``: Tesla's ZMQ dispatcher, a PUB socket bound to ``zmq.addr``.
+
+Library: pyzmq, the libzmq binding (the reference uses libzmq through Go). A PUB socket never
+blocks on send, so the plain (non-asyncio) socket is used: a batch is a tight loop of
+``send_multipart`` calls with no event-loop round trip per message.
+
+Each record is one two-frame message ``[<namespace>_<topic>, payload]`` (payload =
+:func:`~fleetgate.records.wire_payload`), so subscribers filter by prefix on the first frame.
+No key, no headers, as in the reference.
+
+Confirmation = ``send`` returned, which is all PUB/SUB offers: ZeroMQ delivers to the
+subscribers connected *and subscribed* at that moment, and drops messages for a subscriber
+whose queue holds ``zmq.send_hwm`` messages (fleetgate addition; default 100,000, libzmq's
+is 1,000). A subscriber that connects late misses what was sent before its subscription
+reached the socket (the "slow joiner"). Use a broker sink when records must not be lost.
+
+CURVE (spec §11.3): ``server_key_json_path`` names a JSON file ``{"secret": z85, "public":
+z85}`` and turns on CURVE server mode; ``allowed_public_keys_json_path`` names a JSON array
+of z85 client public keys, checked by a ZAP handler for every domain (without it, any client
+with a valid CURVE handshake is accepted). ``verbose`` logs socket events at debug level.
+
+A bind that fails (address in use) is transient: the runner retries and the next publish
+binds again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import zmq
+from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import recv_monitor_message
+
+from fleetgate.config import ConfigError, ZmqConfig
+from fleetgate.records import Record, wire_payload
+from fleetgate.sinks.base import Sink, SinkContext, TransientSinkError
+
+log = logging.getLogger("fleetgate.sinks.zmq")
+
+_EVENT_NAMES = {
+    value: name.removeprefix("EVENT_")
+    for name, value in vars(zmq).items()
+    if name.startswith("EVENT_") and isinstance(value, int)
+}
+
+
+def load_server_keys(path: str) -> tuple[bytes, bytes]:
+    """(public, secret) z85 keys from ``{"secret": ..., "public": ...}``."""
+    try:
+        keys = json.loads(Path(path).read_text())
+        return keys["public"].encode(), keys["secret"].encode()
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"zmq.server_key_json_path: cannot read keys from {path}: {exc}") from exc
+
+
+def load_allowed_keys(path: str) -> frozenset[bytes]:
+    try:
+        keys = json.loads(Path(path).read_text())
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise ValueError("expected a JSON array of z85 strings")
+        return frozenset(k.encode() for k in keys)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"zmq.allowed_public_keys_json_path: {path}: {exc}") from exc
+
+
+class _AllowList:
+    """ZAP credentials provider: a client key is allowed when it is in the list."""
+
+    def __init__(self, keys: frozenset[bytes]) -> None:
+        self.keys = keys
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        allowed = key in self.keys
+        if not allowed:
+            log.warning("zmq: refused CURVE client key %s", key.decode(errors="replace"))
+        return allowed
+
+
+class ZmqSink(Sink):
+    name: ClassVar[str] = "zmq"
+
+    def __init__(self, config: Mapping[str, Any], context: SinkContext) -> None:
+        super().__init__(config, context)
+        self.settings = ZmqConfig.model_validate(dict(config))
+        if not self.settings.addr:
+            raise ConfigError("zmq.addr: a bind address is required (e.g. tcp://127.0.0.1:5284)")
+        s = self.settings
+        self._server_keys = (
+            load_server_keys(s.server_key_json_path) if s.server_key_json_path else None
+        )
+        self._allowed = (
+            load_allowed_keys(s.allowed_public_keys_json_path)
+            if s.allowed_public_keys_json_path
+            else None
+        )
+        self._zctx: zmq.Context[Any] | None = None
+        self._socket: zmq.Socket[Any] | None = None
+        self._auth: ThreadAuthenticator | None = None
+        self._monitor: threading.Thread | None = None
+
+    def describe(self) -> str:
+        return f"zmq {self.settings.addr}"
+
+    async def start(self) -> None:
+        self._bind()
+
+    def _bind(self) -> zmq.Socket[Any]:
+        if self._socket is not None:
+            return self._socket
+        s = self.settings
+        zctx: zmq.Context[Any] = zmq.Context()
+        sock: zmq.Socket[Any] = zctx.socket(zmq.PUB)
+        sock.setsockopt(zmq.SNDHWM, s.send_hwm)
+        sock.setsockopt(zmq.LINGER, 1000)  # close() waits this long to flush to subscribers
+        try:
+            if self._server_keys is not None:
+                if self._allowed is not None:
+                    self._auth = ThreadAuthenticator(zctx, log=log)
+                    self._auth.start()
+                    self._auth.configure_curve_callback("*", _AllowList(self._allowed))
+                sock.curve_publickey, sock.curve_secretkey = self._server_keys
+                sock.curve_server = True
+            if s.verbose:
+                self._monitor = threading.Thread(
+                    target=_log_events, args=(sock.get_monitor_socket(),), daemon=True
+                )
+                self._monitor.start()
+            sock.bind(s.addr)
+        except zmq.ZMQError as exc:
+            self._teardown(sock, zctx)
+            raise TransientSinkError(f"{self.describe()}: cannot bind: {exc}") from exc
+        self._zctx, self._socket = zctx, sock
+        return sock
+
+    async def publish(self, batch: Sequence[Record]) -> None:
+        sock = self._bind()
+        decoded = self.context.transmit_decoded
+        topics: dict[str, bytes] = {}
+        try:
+            for record in batch:
+                topic = topics.get(record.topic)
+                if topic is None:
+                    topic = topics[record.topic] = self.destination(record.topic).encode()
+                sock.send_multipart((topic, wire_payload(record, decoded)), flags=zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            raise TransientSinkError(f"{self.describe()}: {exc}") from exc
+
+    async def close(self) -> None:
+        sock, zctx = self._socket, self._zctx
+        self._socket = self._zctx = None
+        if sock is not None and zctx is not None:
+            # LINGER lets queued messages reach subscribers; don't block the loop meanwhile.
+            await asyncio.to_thread(self._teardown, sock, zctx)
+
+    def _teardown(self, sock: zmq.Socket[Any], zctx: zmq.Context[Any]) -> None:
+        if self._monitor is not None:
+            sock.disable_monitor()
+            self._monitor.join(timeout=2)
+            self._monitor = None
+        sock.close()
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        zctx.term()
+
+
+def _log_events(monitor: zmq.Socket[Any]) -> None:
+    """Log socket events (``zmq.verbose``) until the monitor is disabled."""
+    try:
+        while True:
+            event = recv_monitor_message(monitor)
+            name = _EVENT_NAMES.get(event["event"], str(event["event"]))
+            log.debug("zmq: socket event %s %s", name, event.get("endpoint", b"").decode())
+            if event["event"] == zmq.EVENT_MONITOR_STOPPED:
+                break
+    except zmq.ZMQError:
+        pass
+    finally:
+        monitor.close(linger=0)
