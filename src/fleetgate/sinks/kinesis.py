@@ -77,7 +77,6 @@ class KinesisSink(Sink):
             # The reference's start-up check: the service answers and credentials work.
             await client.list_streams(Limit=1)
         except Exception as exc:
-            await self._disconnect()
             raise TransientSinkError(f"kinesis: ListStreams failed: {exc}") from exc
 
     async def _connect(self) -> Any:
@@ -89,7 +88,8 @@ class KinesisSink(Sink):
         config = AioConfig(
             connect_timeout=_CONNECT_TIMEOUT_S,
             read_timeout=_READ_TIMEOUT_S,
-            retries={"max_attempts": self.max_retries, "mode": "standard"},
+            # botocore counts the first call as an attempt; max_retries counts retries.
+            retries={"max_attempts": self.max_retries + 1, "mode": "standard"},
         )
         stack = contextlib.AsyncExitStack()
         client = await stack.enter_async_context(

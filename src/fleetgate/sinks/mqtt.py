@@ -9,7 +9,8 @@ Messages (spec section 11.1): a source that registered a form with
 one message per field under ``<topic_base>/<VIN>/v/<Field>``, alerts, errors,
 connectivity). Every other record becomes one message ``<topic_base>/<device_id>/<topic>``
 carrying :func:`~fleetgate.records.wire_payload`, which is the record JSON for every
-source without a wire form of its own (Teltonika, MQTT gateways). QoS and the retain flag come from the config for every message.
+source without a wire form of its own (Teltonika, MQTT gateways). QoS and the retain
+flag come from the config for every message.
 
 Confirmation: every message of the batch completed (PUBACK for QoS 1, PUBCOMP for QoS 2,
 written to the socket for QoS 0) within ``publish_timeout_ms``, which the reference spends
