@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import orjson
@@ -22,7 +23,9 @@ from fleetgate.protocols.tesla.proto import vehicle_data_pb2 as vd
 from fleetgate.protocols.tesla.proto import vehicle_error_pb2 as ve
 from fleetgate.protocols.tesla.transforms import transform_payload
 from fleetgate.records import Record, record_json, wire_payload
+from fleetgate.sinks.base import SinkContext
 from fleetgate.sinks.forms import mqtt_form
+from fleetgate.sinks.logger import LoggerSink
 from tests.unit.tesla.helpers import VIN, payload
 
 
@@ -415,3 +418,21 @@ def test_mqtt_opaque_topic_publishes_nothing() -> None:
 def test_mqtt_topic_base_is_first_level(base: str) -> None:
     rec = record_for("V", payload((vd.Soc, {"int_value": 1})))
     assert mqtt_messages(rec, base)[0][0] == f"{base}/device-1/v/Soc"
+
+
+async def test_logger_sink_uses_the_reference_log_form(caplog: pytest.LogCaptureFixture) -> None:
+    rec = record_for("V", payload((vd.VehicleName, {"string_value": "x"}), created_at=0))
+    sink = LoggerSink({"verbose": True}, SinkContext())
+    with caplog.at_level(logging.INFO, logger="fleetgate.records"):
+        await sink.publish([rec])
+    [line] = caplog.records
+    fields = line.fields  # type: ignore[attr-defined]
+    assert fields["vin"] == VIN
+    assert fields["metadata"]["txtype"] == "V"
+    assert fields["data"] == {
+        "Vin": VIN,
+        "CreatedAt": "1970-01-01T00:00:00Z",
+        "IsResend": False,
+        "VehicleName": {"stringValue": "x"},
+    }
+    orjson.dumps(fields)
