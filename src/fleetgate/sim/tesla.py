@@ -129,7 +129,7 @@ class TeslaSimResult:
             f"frames sent={self.frames_sent} acked={self.frames_acked} "
             f"missing acks={self.missing_acks} error replies={self.error_replies} "
             f"unexpected replies={self.unexpected_replies} "
-            f"connection errors={self.connection_errors} vehicles={len(self.vins)} "
+            f"connection errors={self.connection_errors} distinct VINs={len(self.vins)} "
             f"elapsed={self.elapsed_s:.1f}s ({rate:,.0f} frames/s acked)"
         )
 

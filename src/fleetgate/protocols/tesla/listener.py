@@ -44,6 +44,9 @@ from fleetgate.protocols.tesla.ratelimit import rate_limit_settings
 from fleetgate.protocols.tesla.session import PROTOCOL, SessionSettings, VehicleSession
 
 log = logging.getLogger("fleetgate.tesla")
+# The websockets library logs every open/close at INFO, duplicating socket_connected and
+# socket_disconnected; its own lines go here, quiet unless configured otherwise.
+ws_log = logging.getLogger("fleetgate.tesla.websockets")
 
 DEV_CA_DIR = "tesla-dev-ca"
 # The WebSocket layer accepts messages up to this size so that the application check
@@ -121,6 +124,8 @@ class TeslaListener:
             config.reliable_ack_sources,
             limit,
         )
+        if ws_log.level == logging.NOTSET:
+            ws_log.setLevel(logging.WARNING)
         self._server = await serve(
             self._handle,
             config.host or None,
@@ -132,6 +137,7 @@ class TeslaListener:
             # The reference never pings; vehicles keep their own connections alive.
             ping_interval=None,
             server_header=None,
+            logger=ws_log,
             reuse_address=True,
             reuse_port=hasattr(socket, "SO_REUSEPORT"),
             backlog=1024,
