@@ -128,3 +128,22 @@ def test_bad_config_is_one_line_and_exit_code_2(
     assert len(lines) == 1, result.stderr
     assert needle in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_decode_tesla_applies_the_servers_transforms() -> None:
+    from fleetgate.protocols.tesla.envelope import build_stream_envelope
+    from fleetgate.protocols.tesla.proto import vehicle_data_pb2 as vd
+
+    payload = vd.Payload()
+    datum = payload.data.add()
+    datum.key = vd.Location
+    datum.value.string_value = "(37.412374 S, 122.145867 E)"
+    frame = build_stream_envelope(txid=b"t1", topic=b"V", payload=payload.SerializeToString())
+    result = subprocess.run(
+        [*FLEETGATE, "decode", "tesla", "--vin", "device-1", frame.hex()],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    body = json.loads(result.stdout)
+    assert body["topic"] == "V"
+    assert body["payload"]["vin"] == "device-1"
+    assert body["data"]["Location"] == {"latitude": -37.412374, "longitude": 122.145867}

@@ -21,6 +21,12 @@ def register(subparsers: Any) -> None:
         help="records carry Traccar's 'extended' 16-byte IO group (older FM devices)",
     )
     teltonika.set_defaults(handler=decode_teltonika)
+    tesla = protocols.add_parser(
+        "tesla", help="one Tesla fleet-telemetry WebSocket frame (flatbuffers envelope), as hex"
+    )
+    tesla.add_argument("hex", help="frame bytes as hex ('-' reads stdin); spaces allowed")
+    tesla.add_argument("--vin", default="", help="VIN the certificate would have given")
+    tesla.set_defaults(handler=decode_tesla)
 
 
 def _read_hex(text: str) -> bytes:
@@ -53,4 +59,24 @@ def decode_teltonika(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    return 0
+
+
+def decode_tesla(args: argparse.Namespace) -> int:
+    from fleetgate.protocols.tesla.core import decode_frame_to_json
+    from fleetgate.protocols.tesla.envelope import EnvelopeError
+    from fleetgate.protocols.tesla.transforms import PayloadError
+
+    try:
+        data = _read_hex(args.hex)
+    except ValueError as exc:
+        print(f"fleetgate: not hex: {exc}", file=sys.stderr)
+        return 2
+    try:
+        decoded = decode_frame_to_json(data, args.vin)
+    except (EnvelopeError, PayloadError) as exc:
+        print(f"fleetgate: cannot decode frame: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(orjson.dumps(decoded, option=orjson.OPT_INDENT_2).decode())
+    sys.stdout.write("\n")
     return 0
