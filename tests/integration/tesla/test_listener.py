@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from fleetgate.app import Server
 from fleetgate.observability import metrics
-from fleetgate.protocols.tesla.certs import DevPki, client_ssl_context, init_pki
+from fleetgate.protocols.tesla.certs import (
+    DevPki,
+    client_ssl_context,
+    generate_ca,
+    init_pki,
+    issue_client_cert,
+    write_cert,
+    write_key,
+)
 from fleetgate.protocols.tesla.envelope import (
     ERROR_TEXT,
     MESSAGE_STREAM,
@@ -342,5 +352,41 @@ async def test_listener_disabled_by_tesla_enabled_false(tmp_path: Path, pki: Dev
     server = await start_server(tmp_path, pki, tesla_enabled=False)
     try:
         assert server.listener("tesla") is None
+    finally:
+        await server.stop()
+
+
+async def test_frame_over_the_websocket_limit_closes_the_socket(
+    server: Server, pki: DevPki
+) -> None:
+    async with await connect_vehicle(server, pki) as ws:
+        await ws.send(stream_frame(payload=b"\x00" * 2_500_000))
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), TIMEOUT)
+
+
+async def test_certificate_without_a_tesla_identity_is_closed_after_upgrade(
+    tmp_path: Path, pki: DevPki, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A CA the TLS layer trusts, but whose name the identity rules do not accept.
+    other_ca, other_key = generate_ca("Example Fleet CA")
+    cert, key = issue_client_cert(other_ca, other_key, VIN)
+    write_cert(tmp_path / "other.crt", cert)
+    write_key(tmp_path / "other.key", key)
+    bundle = tmp_path / "trusted.pem"
+    bundle.write_bytes(pki.ca_cert.read_bytes() + other_ca.public_bytes(serialization.Encoding.PEM))
+    tls = {**pki.config_snippet()["tls"], "ca_file": str(bundle)}
+    server = await start_server(tmp_path, None, tls=tls)
+    try:
+        context = client_ssl_context(tmp_path / "other.crt", tmp_path / "other.key", pki.ca_cert)
+        with caplog.at_level(logging.WARNING, logger="fleetgate.tesla"):
+            # The TLS handshake and the upgrade succeed; then the server closes.
+            ws = await connect(url(server), ssl=context, open_timeout=TIMEOUT)
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), TIMEOUT)
+        assert ws.close_code == 1008
+        assert any(r.getMessage() == "extract_sender_id_err" for r in caplog.records)
+        assert server.store is not None
+        assert server.store.records(VIN) == []
     finally:
         await server.stop()
