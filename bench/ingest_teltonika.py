@@ -86,9 +86,8 @@ class Tracker(asyncio.Protocol):
         self.done = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(encode_imei(self.imei))
+        self.transport = transport  # type: ignore[assignment]  # uvloop: not a subclass
+        self.transport.write(encode_imei(self.imei))
 
     def send_next(self) -> None:
         assert self.transport is not None
@@ -160,9 +159,14 @@ def main() -> None:
         config.write_text(json.dumps({
             "data_dir": data_dir, "log_level": "warn", "tesla_enabled": False,
             "api": {"enabled": False}, "teltonika": {"host": "127.0.0.1", "port": port},
+            **json.loads(os.environ.get("BENCH_CONFIG", "{}")),
         }))
+        # BENCH_PROFILE=FILE runs the server under cProfile (stats written on shutdown).
+        profile = os.environ.get("BENCH_PROFILE")
+        wrapper = ["-m", "cProfile", "-o", profile] if profile else []
         server = subprocess.Popen(
-            [sys.executable, "-m", "fleetgate", "serve", "--config", str(config)], cwd=ROOT,
+            [sys.executable, *wrapper, "-m", "fleetgate", "serve", "--config", str(config)],
+            cwd=ROOT,
         )
         try:
             for _ in range(200):
@@ -172,12 +176,15 @@ def main() -> None:
                 except OSError:
                     time.sleep(0.05)
             cpu_before = cpu_seconds(server.pid)
+            own_before = cpu_seconds(os.getpid())
             wall_before = time.perf_counter()
             import uvloop
 
             result = uvloop.run(load(port, args.devices, args.seconds, args.records_per_frame,
                                      args.io_elements))
-            server_cpu = (cpu_seconds(server.pid) - cpu_before) / (time.perf_counter() - wall_before)
+            wall = time.perf_counter() - wall_before
+            server_cpu = (cpu_seconds(server.pid) - cpu_before) / wall
+            load_cpu = (cpu_seconds(os.getpid()) - own_before) / wall
             print(
                 f"{args.devices} trackers, codec 8E, {args.records_per_frame} records/frame, "
                 f"{args.io_elements} IO elements: {result['records_per_s']:,.0f} acked records/s "
@@ -185,6 +192,7 @@ def main() -> None:
             )
             print(
                 f"server: {server_cpu:.2f} CPU-s per s, RSS {rss_mb(server.pid):.0f} MB; "
+                f"load generator: {load_cpu:.2f} CPU-s per s; "
                 f"ack mismatches={result['mismatches']:.0f} lost connections={result['lost']:.0f}"
             )
         finally:
