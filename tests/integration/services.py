@@ -440,7 +440,9 @@ def mosquitto_durable_server(base: Path) -> ManagedProcess:
     conf = proc.workdir / "mosquitto.conf"
     text = conf.read_text().replace(
         "persistence false",
-        f"persistence true\npersistence_location {proc.workdir}/\nautosave_interval 1",
+        f"persistence true\npersistence_location {proc.workdir}/\nautosave_interval 1\n"
+        # The default queue of 1000 messages per offline/slow subscriber drops the rest.
+        "max_queued_messages 0\nmax_inflight_messages 100",
     )
     conf.write_text(text)
     return proc
