@@ -14,7 +14,7 @@ SQLite commit). The load generator runs in this process on uvloop, over loopback
 On a 2-core machine the generator and the server share the cores; the server's CPU use is
 printed next to the throughput so the figure can be read per server core.
 
-Run: ``.venv/bin/python bench/tesla_ws.py [--vehicles 50] [--window 16] [--seconds 15]
+Run: ``.venv/bin/python bench/tesla_ws.py [--vehicles 20] [--window 16] [--seconds 15]
 [--idle 1000 --idle 10000]``
 """
 
@@ -202,7 +202,7 @@ def stop_server(server: subprocess.Popen[bytes]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--vehicles", type=int, default=50)
+    parser.add_argument("--vehicles", type=int, default=20)
     parser.add_argument("--window", type=int, default=16, help="frames in flight per vehicle")
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--idle", type=int, action="append",
