@@ -77,3 +77,4 @@ def setup_logging(level: str = "info", json_lines: bool = False) -> None:
     root.setLevel(_LEVELS.get(level.lower(), logging.INFO))
     # Uvicorn's access log is per request; keep it out of the way unless debugging.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
