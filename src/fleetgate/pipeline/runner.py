@@ -59,6 +59,8 @@ class SinkRunner:
         self.health = Health.OK
         self.last_error: str = ""
         self._pending: deque[_Submission] = deque()
+        # The batch being published: out of the queue, not yet confirmed.
+        self._inflight: list[_Submission] = []
         self._queued_records = 0
         self._space = asyncio.Condition()
         self._wakeup = asyncio.Event()
@@ -116,10 +118,15 @@ class SinkRunner:
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
-        for submission in self._pending:
+        # Whatever is still unconfirmed (a publish cut short by the timeout, or never
+        # started) fails now, so nobody awaits it forever.
+        unconfirmed = [*self._inflight, *self._pending]
+        self._inflight = []
+        self._pending.clear()
+        for submission in unconfirmed:
             if not submission.future.done():
                 submission.future.set_exception(RuntimeError(f"sink {self.name} closed"))
-        self._pending.clear()
+                submission.future.exception()
         try:
             await self.sink.close()
         except Exception as exc:
@@ -138,8 +145,10 @@ class SinkRunner:
                 # Let a little more arrive so small frames share one publish.
                 await asyncio.sleep(settings.max_linger_s)
             taken = self._take_batch()
+            self._inflight = taken
             batch = [record for sub in taken for record in sub.records]
             await self._publish_with_retry(batch, taken)
+            self._inflight = []
 
     def _take_batch(self) -> list[_Submission]:
         taken: list[_Submission] = []

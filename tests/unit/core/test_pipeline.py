@@ -205,3 +205,18 @@ async def test_mixed_topics_route_per_record_and_observers_see_everything() -> N
 def test_pipeline_refuses_routes_to_unconfigured_sinks() -> None:
     with pytest.raises(ValueError, match="kafka"):
         Pipeline({}, Router({"V": ["kafka"]}), AckPolicy(AckLevel.RECEIPT, None))
+
+
+async def test_close_timeout_fails_the_batch_being_published() -> None:
+    sink = ScriptedSink()
+    sink.gate = asyncio.Event()  # never opened: the backend hangs
+    runner = SinkRunner(sink, FAST)
+    await runner.start()
+    inflight = await runner.submit([rec(1)])
+    await asyncio.sleep(0.01)
+    queued = await runner.submit([rec(2)])
+    await runner.close(timeout_s=0.05)
+    assert inflight.done()
+    assert queued.done()
+    with pytest.raises(RuntimeError, match="closed"):
+        await inflight
