@@ -149,6 +149,122 @@ async def _zmq(base: Path, ctx: SinkContext) -> AsyncIterator[tuple[Sink, Count]
     zctx.term()
 
 
+@contextlib.contextmanager
+def env(**values: str) -> Any:
+    """Set environment variables for the duration (the clients read them when created)."""
+    import os
+
+    old = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in old.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@target("kafka")
+async def _kafka(base: Path, ctx: SinkContext) -> AsyncIterator[tuple[Sink, Count]]:
+    from tests.integration.sinks.test_kafka import read_topics
+
+    with running(services.tansu_server(base)) as proc:
+        sink = sink_class("kafka")({"bootstrap.servers": proc.address}, ctx)
+
+        async def count() -> int:
+            topic = f"{ctx.namespace}_avl"
+            return len(await asyncio.to_thread(read_topics, proc.address, [topic], 1, 5))
+
+        yield sink, count
+
+
+@target("kinesis")
+async def _kinesis(base: Path, ctx: SinkContext) -> AsyncIterator[tuple[Sink, Count]]:
+    from tests.integration.sinks.test_kinesis import kinesis_client, read_stream
+
+    aws = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}
+    with running(services.moto_server(base)) as proc, env(**aws):
+        endpoint = proc.info["endpoint"]
+        stream = f"{ctx.namespace}_avl"
+        client = kinesis_client(endpoint)
+        client.create_stream(StreamName=stream, ShardCount=4)
+        sink = sink_class("kinesis")({"override_host": endpoint}, ctx)
+
+        async def count() -> int:
+            return len(await asyncio.to_thread(read_stream, client, stream))
+
+        yield sink, count
+
+
+@target("pubsub")
+async def _pubsub(base: Path, ctx: SinkContext) -> AsyncIterator[tuple[Sink, Count]]:
+    from google.cloud import pubsub_v1
+
+    with (
+        running(services.pubsub_emulator(base)) as proc,
+        env(PUBSUB_EMULATOR_HOST=proc.info["host"]),
+    ):
+        project = "bench"
+        topic = f"projects/{project}/topics/{ctx.namespace}_avl"
+        subscription = f"projects/{project}/subscriptions/{ctx.namespace}_avl"
+        subscriber = pubsub_v1.SubscriberClient()
+        pubsub_v1.PublisherClient().create_topic(name=topic)
+        subscriber.create_subscription(name=subscription, topic=topic)
+        sink = sink_class("pubsub")({"gcp_project_id": project}, ctx)
+
+        def pull_all() -> int:
+            total = 0
+            while received := subscriber.pull(
+                subscription=subscription, max_messages=1000, timeout=10
+            ).received_messages:
+                total += len(received)
+                subscriber.acknowledge(
+                    subscription=subscription, ack_ids=[m.ack_id for m in received]
+                )
+            return total
+
+        async def count() -> int:
+            return await asyncio.to_thread(pull_all)
+
+        yield sink, count
+        subscriber.close()
+
+
+@target("mqtt")
+async def _mqtt(base: Path, ctx: SinkContext) -> AsyncIterator[tuple[Sink, Count]]:
+    import subprocess
+
+    # QoS 1 to mosquitto; an out-of-process mosquitto_sub counts what the broker delivered.
+    with running(services.mosquitto_server(base)) as proc:
+        topic_base = ctx.namespace
+        out = base / f"{topic_base}.sub"
+        argv = ["mosquitto_sub", "-h", services.LOOPBACK, "-p", str(proc.port)]
+        argv += ["-t", f"{topic_base}/#", "-q", "1", "-N", "-F", "x"]  # one byte a message
+        with out.open("wb") as sink_file:
+            sub = subprocess.Popen(argv, stdout=sink_file)  # noqa: ASYNC220 - starts at once
+        config = {"broker": proc.address, "topic_base": topic_base, "qos": 1}
+        sink = sink_class("mqtt")(config, ctx)
+        probe = Record("bench", "probe", "probe", 0, 0, {})
+        await sink.start()
+        while not out.stat().st_size:  # wait until the subscription is in place
+            await sink.publish([probe])
+            await asyncio.sleep(0.05)
+        probes = out.stat().st_size
+
+        async def count() -> int:
+            last = -1
+            while (size := out.stat().st_size) != last:  # until delivery stops growing
+                last = size
+                await asyncio.sleep(0.5)
+            return last - probes
+
+        yield sink, count
+        sub.terminate()
+        sub.wait(10)
+
+
 def teltonika_records(count: int, devices: int = 100) -> list[Record]:
     base_ms = 1_717_171_717_000
     return [

@@ -399,7 +399,7 @@ def moto_server(base: Path) -> ManagedProcess:
 # drongo's PubSubEmulator binds a random port; this runner binds the given one, so a
 # restarted emulator keeps its address. Stops on SIGTERM.
 _PUBSUB_RUNNER = """
-import signal, sys, threading
+import json, os, signal, sys, threading
 from concurrent import futures
 import grpc
 from google.protobuf import empty_pb2
@@ -407,6 +407,15 @@ from google.pubsub_v1 import types
 from drongo.services.pubsub.emulator import PubSubEmulator
 emu = PubSubEmulator()
 emu._grpc, emu._pt, emu._empty = grpc, types, empty_pb2
+# Provision before the port opens, so no client can publish to a topic whose reading
+# subscription does not exist yet (Pub/Sub drops messages no subscription takes).
+if len(sys.argv) > 2 and os.path.exists(sys.argv[2]):
+    plan = json.load(open(sys.argv[2]))
+    backend = emu._backend()
+    for topic in plan.get("topics", []):
+        backend.create_topic(topic)
+    for name, topic in plan.get("subscriptions", []):
+        backend.create_subscription(name, topic)
 server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
 server.add_generic_rpc_handlers(emu._build_handlers())
 server.add_insecure_port(sys.argv[1])
@@ -427,9 +436,13 @@ def pubsub_emulator(base: Path) -> ManagedProcess:
     if importlib.util.find_spec("drongo") is None:
         raise ServiceUnavailableError("drongo (Pub/Sub emulator) is not installed")
     port = free_port()
-    argv = [sys.executable, "-c", _PUBSUB_RUNNER, f"{LOOPBACK}:{port}"]
+    workdir = _workdir(base, "pubsub")
+    # Optional JSON {"topics": [path...], "subscriptions": [[path, topic path]...]} created
+    # at every (re)start before the port opens.
+    plan = workdir / "provision.json"
+    argv = [sys.executable, "-c", _PUBSUB_RUNNER, f"{LOOPBACK}:{port}", str(plan)]
     return ManagedProcess(
-        "pubsub", argv, port, _workdir(base, "pubsub"), info={"host": f"{LOOPBACK}:{port}"}
+        "pubsub", argv, port, workdir, info={"host": f"{LOOPBACK}:{port}", "provision": plan}
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -86,8 +87,21 @@ class PubSubHarness(SinkHarness):
         return PubSubSink(config, ctx)
 
     async def start_server(self) -> None:
-        await super().start_server()
-        await asyncio.to_thread(self._provision)  # the emulator came back empty
+        # The emulator restarts empty: have it create this test's topics and reading
+        # subscriptions before its port opens, or the sink could publish into a topic
+        # nobody subscribes to yet (and Pub/Sub would drop those messages).
+        assert self.server is not None
+        plan = {
+            "topics": [f"projects/{PROJECT}/topics/{t}" for t in self.topics],
+            "subscriptions": [
+                [self._subscription(t), f"projects/{PROJECT}/topics/{t}"] for t in self.topics
+            ],
+        }
+        self.server.info["provision"].write_text(json.dumps(plan))
+        try:
+            await super().start_server()
+        finally:
+            self.server.info["provision"].unlink()
 
     async def read_back(self, expected: int, timeout: float) -> list[Delivered]:
         deadline = time.monotonic() + timeout
