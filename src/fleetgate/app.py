@@ -129,6 +129,7 @@ class Server:
         self.context = ServerContext(config, self.pipeline, self.store)
         self.listeners: list[Listener] = []
         self._api_server: Any = None
+        self._metrics_server: Any = None
         self._api_task: asyncio.Task[None] | None = None
         self.started = asyncio.Event()
 
@@ -136,6 +137,7 @@ class Server:
         await self.pipeline.start()
         if self.config.api.enabled:
             await self._start_api()
+        self._start_monitoring()
         for target in LISTENER_FACTORIES:
             module_name, function = target.split(":")
             try:
@@ -165,8 +167,43 @@ class Server:
             if self._api_task is not None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._api_task
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+            self._metrics_server = None
         if self.store is not None:
             self.store.close()
+
+    def _start_monitoring(self) -> None:
+        """Tesla's ``monitoring.prometheus_metrics_port``: ``/metrics`` on its own port, so a
+        Prometheus that scraped the reference server keeps scraping the same address."""
+        monitoring = self.config.monitoring
+        if monitoring is None or monitoring.prometheus_metrics_port <= 0:
+            return
+        from prometheus_client import start_http_server
+
+        from fleetgate.observability.metrics import REGISTRY
+
+        server, _thread = start_http_server(
+            monitoring.prometheus_metrics_port,
+            addr=monitoring.prometheus_metrics_host,
+            registry=REGISTRY,
+        )
+        self._metrics_server = server
+        log.info(
+            "prometheus metrics on http://%s:%d/metrics",
+            monitoring.prometheus_metrics_host,
+            monitoring.prometheus_metrics_port,
+        )
+        if monitoring.profiler_port > 0:
+            log.warning("monitoring.profiler_port: Go's pprof profiler has no equivalent; ignored")
+
+    @property
+    def metrics_port(self) -> int:
+        """Port of the separate Prometheus listener (0 when not configured)."""
+        if self._metrics_server is None:
+            return 0
+        return int(self._metrics_server.server_address[1])
 
     def listener(self, name: str) -> Listener | None:
         return next((item for item in self.listeners if item.name == name), None)

@@ -95,3 +95,33 @@ def test_openapi_docs_are_served(client: TestClient) -> None:
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
     assert "/api/v1/devices/{device_id}/records" in paths
+
+
+async def test_monitoring_port_serves_prometheus_metrics_like_the_reference(
+    tmp_path: Path,
+) -> None:
+    import socket
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = build_config(
+        {
+            "data_dir": str(tmp_path), "teltonika": {"enabled": False}, "tesla_enabled": False,
+            "api": {"enabled": False},
+            "monitoring": {"prometheus_metrics_port": port, "prometheus_metrics_host": "127.0.0.1"},
+        },
+        environ={},
+    )
+    server = Server(config)
+    await server.start()
+    try:
+        assert server.metrics_port == port
+        async with httpx.AsyncClient() as client:
+            response = await client.get(f"http://127.0.0.1:{port}/metrics")
+        assert response.status_code == 200
+        assert "fleetgate_records_total" in response.text
+    finally:
+        await server.stop()
