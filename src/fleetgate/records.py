@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
 import orjson
@@ -47,6 +47,51 @@ class Record:
     # Serialised JSON form, filled on first use: the store, the logger and several sinks
     # all need it, and serialising once per record matters on the hot path.
     _json: bytes | None = field(default=None, init=False, repr=False, compare=False)
+
+
+def _fast_record_constructor() -> Callable[..., Record]:
+    """Positional Record constructor for hot paths (one call per decoded record).
+
+    A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``;
+    writing the slot descriptors directly builds the same (still frozen) object in about
+    a third of the time. The field list is checked so a new field cannot be left unset.
+    """
+    names = tuple(f.name for f in fields(Record))
+    expected = ("source", "device_id", "topic", "created_at", "received_at", "data", "raw",
+                "meta", "_json")
+    if names != expected:  # pragma: no cover - guards future edits of Record
+        raise RuntimeError(f"Record fields changed to {names}; update new_record")
+    s_source, s_device, s_topic, s_created, s_received, s_data, s_raw, s_meta, s_json = (
+        getattr(Record, name).__set__ for name in names
+    )
+    new = object.__new__
+
+    def make(
+        source: str,
+        device_id: str,
+        topic: str,
+        created_at: int,
+        received_at: int,
+        data: Mapping[str, Any],
+        raw: bytes = b"",
+        meta: Mapping[str, str] | None = None,
+    ) -> Record:
+        record: Record = new(Record)
+        s_source(record, source)
+        s_device(record, device_id)
+        s_topic(record, topic)
+        s_created(record, created_at)
+        s_received(record, received_at)
+        s_data(record, data)
+        s_raw(record, raw)
+        s_meta(record, meta)
+        s_json(record, None)
+        return record
+
+    return make
+
+
+new_record: Final = _fast_record_constructor()
 
 
 def now_ms() -> int:

@@ -8,6 +8,8 @@ names (``reliable_ack``, ``record_total``, ...) so existing dashboards keep work
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -106,6 +108,19 @@ TESLA_RATE_LIMIT_EXCEEDED = Counter(
 TESLA_SOCKET_ERR = Counter(
     "socket_err_total", "Failed writes to Tesla sockets", registry=REGISTRY
 )
+
+
+_children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def labelled(metric: Any, *values: str) -> Any:
+    """``metric.labels(*values)``, cached: ``labels()`` costs ~2 µs, a cached child ~0.
+    For hot paths whose label values come from a small fixed set (codecs, topics)."""
+    key = (id(metric), values)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*values)
+    return child
 
 
 def render() -> bytes:

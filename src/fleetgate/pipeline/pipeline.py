@@ -92,7 +92,7 @@ class Pipeline:
             key = (record.source, record.topic)
             counts[key] = counts.get(key, 0) + 1
         for (source, topic), count in counts.items():
-            metrics.RECORDS.labels(source=source, topic=topic).inc(count)
+            metrics.labelled(metrics.RECORDS, source, topic).inc(count)
         for observer in self._observers:
             try:
                 observer(records)

@@ -81,3 +81,18 @@ def test_wire_payload_defaults_to_json_and_defers_to_registered_forms() -> None:
     raw_record = make_record(source="test-raw")
     assert wire_payload(raw_record) == b"\x00\x01"
     assert wire_payload(raw_record, transmit_decoded=True) == b"{}"
+
+
+def test_fast_constructor_builds_the_same_frozen_record() -> None:
+    import dataclasses
+
+    from fleetgate.records import new_record
+
+    fast = new_record("teltonika", "1", "position", 1, 2, {"a": 1}, b"r", {"txid": "t"})
+    assert fast == Record("teltonika", "1", "position", 1, 2, {"a": 1}, b"r", {"txid": "t"})
+    assert new_record("s", "d", "t", 1, 2, {}).meta is None
+    with __import__("pytest").raises(dataclasses.FrozenInstanceError):
+        fast.topic = "x"  # type: ignore[misc]
+    assert record_json(fast) == record_json(
+        Record("teltonika", "1", "position", 1, 2, {"a": 1}, b"r", {"txid": "t"})
+    )

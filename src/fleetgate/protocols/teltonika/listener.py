@@ -205,8 +205,8 @@ class TeltonikaSession(asyncio.Protocol):
         records = to_records(imei, frame, now_ms())
         if await self.pipeline.accept(records):
             self._send(self.connection.ack(len(records)))
-            metrics.TELTONIKA_FRAMES.labels(codec=codec, result="accepted").inc()
-            metrics.ACKS.labels(protocol=PROTOCOL, result="acked").inc()
+            metrics.labelled(metrics.TELTONIKA_FRAMES, codec, "accepted").inc()
+            metrics.labelled(metrics.ACKS, PROTOCOL, "acked").inc()
         else:
             # Not safe yet (sink failed or timed out): no ack, so the device resends.
             metrics.TELTONIKA_FRAMES.labels(codec=codec, result="not_acked").inc()

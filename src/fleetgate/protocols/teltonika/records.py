@@ -37,7 +37,7 @@ from fleetgate.protocols.teltonika.io_names import (
     named_value,
 )
 from fleetgate.protocols.teltonika.model import AvlRecord, GprsMessage, codec_name
-from fleetgate.records import SOURCE_TELTONIKA, Record
+from fleetgate.records import SOURCE_TELTONIKA, Record, new_record
 
 TOPIC_POSITION: Final = "position"
 TOPIC_EVENT: Final = "event"
@@ -167,7 +167,7 @@ def to_records(imei: str, frame: AvlFrame | GprsFrame, received_at: int) -> list
     raw = frame.raw
     if isinstance(frame, AvlFrame):
         return [
-            Record(
+            new_record(
                 SOURCE_TELTONIKA,
                 imei,
                 TOPIC_EVENT if rec.event_io_id else TOPIC_POSITION,
