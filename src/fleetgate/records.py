@@ -66,7 +66,7 @@ def _fast_record_constructor() -> Callable[..., Record]:
     )
     new = object.__new__
 
-    def make(
+    def make(  # noqa: PLR0917 - positional on purpose: the hot path
         source: str,
         device_id: str,
         topic: str,
