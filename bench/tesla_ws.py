@@ -15,7 +15,8 @@ On a 2-core machine the generator and the server share the cores; the server's C
 printed next to the throughput so the figure can be read per server core.
 
 Run: ``.venv/bin/python bench/tesla_ws.py [--vehicles 20] [--window 16] [--seconds 15]
-[--idle 1000 --idle 10000]``
+[--idle 1000 --idle 10000]`` (``--idle 0`` skips the memory part; ``BENCH_PROFILE=FILE``
+runs the server under cProfile).
 """
 
 from __future__ import annotations
@@ -179,8 +180,11 @@ def start_server(data_dir: Path, pki: DevPki, port: int, log_level: str) -> subp
         "records": {"V": ["logger"], "connectivity": ["logger"]},
         "tls": pki.config_snippet()["tls"],
     }))
+    # BENCH_PROFILE=FILE runs the server under cProfile (stats written on shutdown).
+    profile = os.environ.get("BENCH_PROFILE")
+    wrapper = ["-m", "cProfile", "-o", profile] if profile else []
     server = subprocess.Popen(
-        [sys.executable, "-m", "fleetgate", "serve", "--config", str(config)], cwd=ROOT,
+        [sys.executable, *wrapper, "-m", "fleetgate", "serve", "--config", str(config)], cwd=ROOT,
     )
     for _ in range(400):
         try:
@@ -206,7 +210,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=16, help="frames in flight per vehicle")
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--idle", type=int, action="append",
-                        help="idle connections to hold (repeat; default 1000)")
+                        help="idle connections to hold (repeat; default 1000; 0 skips)")
     parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()
     idle_counts = args.idle or [1000]
@@ -233,6 +237,8 @@ def main() -> None:
             finally:
                 stop_server(server)
         for count in idle_counts:
+            if count <= 0:
+                continue
             if count + 100 > fd_limit:
                 print(f"idle {count}: skipped, fd limit {fd_limit}")
                 continue

@@ -90,6 +90,23 @@ async def test_many_frames_in_flight_are_all_acked(server: Server, pki: DevPki) 
     assert {r.message_type for r in replies} == {MESSAGE_STREAM_ACK}
 
 
+async def test_a_burst_of_immediate_replies_comes_back_complete_and_in_order(
+    server: Server, pki: DevPki
+) -> None:
+    # Frames answered without a sink (ack for an unconfigured topic, error for a wrong
+    # sender) are queued while the burst is read; the writer sends what is queued together.
+    count = 40
+    async with await connect_vehicle(server, pki) as ws:
+        for n in range(count):
+            sender = f"vehicle_device.{VIN}" if n % 3 else "vehicle_device.BAD123"
+            await ws.send(stream_frame(txid=f"b-{n}", topic="metrics", sender=sender))
+        replies = [await receive(ws) for _ in range(count)]
+    assert [r.txid for r in replies] == [f"b-{n}".encode() for n in range(count)]
+    assert [r.message_type for r in replies] == [
+        MESSAGE_STREAM_ACK if n % 3 else MESSAGE_STREAM for n in range(count)
+    ]
+
+
 # -- TLS refusals --------------------------------------------------------------------------
 async def test_client_without_certificate_fails_the_handshake(server: Server, pki: DevPki) -> None:
     context = client_ssl_context(None, None, pki.ca_cert)

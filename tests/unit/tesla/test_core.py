@@ -32,6 +32,7 @@ from fleetgate.protocols.tesla.jsonform import log_form, mqtt_messages
 from fleetgate.protocols.tesla.proto import vehicle_connectivity_pb2 as vc
 from fleetgate.protocols.tesla.proto import vehicle_data_pb2 as vd
 from fleetgate.records import record_metadata, wire_payload
+from tests.unit.tesla import oracle
 from tests.unit.tesla.helpers import IDENTITY, VIN, integration_payload, payload
 
 NOW = 1_700_000_123_456
@@ -356,3 +357,17 @@ def test_any_payload_round_trips_through_the_core(
         json.loads(body)
     orjson.dumps(log_form(record, True))
     orjson.dumps(log_form(record, False))
+
+
+@settings(max_examples=300, deadline=None)
+@given(oracle.v_payloads())
+def test_v_record_equals_the_plain_transform_and_data(message: vd.Payload) -> None:
+    result = processor().process(frame(body=message.SerializeToString()), NOW)
+    [record] = result.records
+    expected = vd.Payload()
+    expected.CopyFrom(message)
+    oracle.transform_v(expected, VIN)
+    assert record.raw == expected.SerializeToString()
+    assert oracle.typed(record.data) == oracle.typed(oracle.v_data(expected))
+    assert result.payload_size == len(record.raw)
+    assert result.signals == len(message.data)

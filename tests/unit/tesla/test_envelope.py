@@ -17,6 +17,8 @@ from fleetgate.protocols.tesla.envelope import (
     Envelope,
     EnvelopeError,
     StreamMessage,
+    _parse_checked,
+    _parse_fast,
     build_ack,
     build_ack_with_builder,
     build_error,
@@ -320,3 +322,106 @@ def test_mutated_frames_never_leak_other_exceptions(data: st.DataObject) -> None
 @given(txid=st.binary(max_size=80), topic=st.binary(max_size=40))
 def test_direct_ack_equals_builder_ack(txid: bytes, topic: bytes) -> None:
     assert build_ack(txid, topic) == build_ack_with_builder(txid, topic)
+
+
+# -- fast reader vs field-by-field walker ------------------------------------------------
+
+
+def _both_readers(frame: bytes) -> None:
+    """The fast reader returns what the walker returns, or leaves the frame to the walker."""
+    try:
+        expected: Envelope | str = _parse_checked(frame)
+    except EnvelopeError as exc:
+        expected = f"EnvelopeError: {exc}"
+    fast = _parse_fast(frame)
+    if fast is not None:
+        assert fast == expected
+    try:
+        got: Envelope | str = parse_envelope(frame)
+    except EnvelopeError as exc:
+        got = f"EnvelopeError: {exc}"
+    assert got == expected
+
+
+def test_fast_reader_takes_the_usual_frames() -> None:
+    frames = [
+        build_stream_envelope(txid=b"t", topic=b"V", payload=b"p", sender_id=b"s"),
+        build_stream_envelope(
+            txid=b"t", topic=b"V", payload=b"p", created_at=5, delivered_at_epoch_ms=7
+        ),
+        build_ack(b"tx", b"V"),
+        build_error(b"1234"),
+        _builder_other_order(),
+        _hand_layout(),
+        ACK_VECTOR,
+        ERROR_VECTOR,
+    ]
+    for frame in frames:
+        assert _parse_fast(frame) == _parse_checked(frame)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b"",
+        b"\x00\x00\x00\x00",
+        b"\x04\x00\x00\x00",
+        b"\x04\x00\x00\x00\x04\x00\x00\x00\x05\x00",  # odd vtable size
+        b"\x04\x00\x00\x00\xfc\xff\xff\xff\x04\x00\x00\x00",  # vtable after the table, empty
+        ACK_VECTOR[:40],
+        ERROR_VECTOR[:-30],
+    ],
+)
+def test_fast_reader_agrees_on_edge_frames(frame: bytes) -> None:
+    _both_readers(frame)
+
+
+def test_fast_reader_agrees_on_every_truncation_and_short_vtable() -> None:
+    frames = [
+        build_stream_envelope(txid=b"txid", topic=b"V", payload=b"x" * 20, message_id=b"m"),
+        _builder_other_order(),
+        _hand_layout(),
+    ]
+    for frame in frames:
+        for cut in range(len(frame) + 1):
+            _both_readers(frame[:cut])
+    # Every vtable size, including odd ones and ones cutting a slot in half.
+    frame = bytearray(_hand_layout())
+    root = struct.unpack_from("<I", frame, 0)[0]
+    vtable = root - struct.unpack_from("<i", frame, root)[0]
+    for size in range(16):
+        struct.pack_into("<H", frame, vtable, size)
+        _both_readers(bytes(frame))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=200))
+def test_fast_reader_agrees_on_random_bytes(data: bytes) -> None:
+    _both_readers(data)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.data())
+def test_fast_reader_agrees_on_mutated_frames(data: st.DataObject) -> None:
+    source = data.draw(
+        st.sampled_from(
+            [
+                build_stream_envelope(
+                    txid=b"abc",
+                    topic=b"V",
+                    payload=b"\x0a\x02\x08\x01",
+                    sender_id=b"s",
+                    created_at=9,
+                    delivered_at_epoch_ms=11,
+                ),
+                _hand_layout(),
+                _builder_other_order(),
+                ACK_VECTOR,
+            ]
+        )
+    )
+    frame = bytearray(source)
+    for _ in range(data.draw(st.integers(1, 6))):
+        pos = data.draw(st.integers(0, len(frame) - 1))
+        frame[pos] = data.draw(st.integers(0, 255))
+    _both_readers(bytes(frame))

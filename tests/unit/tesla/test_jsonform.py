@@ -9,12 +9,15 @@ from typing import Any
 import orjson
 import pytest
 from google.protobuf.message import Message
+from hypothesis import given, settings
 
 import fleetgate.protocols.tesla  # noqa: F401 - registers the Tesla forms
 from fleetgate.protocols.tesla.jsonform import (
     log_form,
     mqtt_messages,
     natural_data,
+    natural_value,
+    natural_vehicle_data,
     protojson_dict,
 )
 from fleetgate.protocols.tesla.proto import vehicle_alert_pb2 as va
@@ -26,6 +29,7 @@ from fleetgate.records import Record, record_json, wire_payload
 from fleetgate.sinks.base import SinkContext
 from fleetgate.sinks.forms import mqtt_form
 from fleetgate.sinks.logger import LoggerSink
+from tests.unit.tesla import oracle
 from tests.unit.tesla.helpers import VIN, payload
 
 
@@ -436,3 +440,19 @@ async def test_logger_sink_uses_the_reference_log_form(caplog: pytest.LogCapture
         "VehicleName": {"stringValue": "x"},
     }
     orjson.dumps(fields)
+
+
+# -- lookup tables against the descriptor walk --------------------------------------------
+
+
+@settings(max_examples=400, deadline=None)
+@given(oracle.v_payloads())
+def test_natural_data_equals_the_descriptor_walk(message: vd.Payload) -> None:
+    expected = oracle.typed(oracle.v_data(message))
+    assert oracle.typed(natural_data("V", message)) == expected
+    entries = [(d.key, d.value.WhichOneof("value"), d.value) for d in message.data]
+    assert oracle.typed(natural_vehicle_data(entries, message.is_resend)) == expected
+    for datum in message.data:
+        assert oracle.typed(natural_value(datum.value)) == oracle.typed(
+            oracle.value_data(datum.value)
+        )

@@ -16,7 +16,9 @@ from fleetgate.protocols.tesla.transforms import (
     parse_location,
     rewrite_scientific,
     transform_payload,
+    transform_vehicle_data_entries,
 )
+from tests.unit.tesla import oracle
 from tests.unit.tesla.helpers import payload
 
 # -- Location -----------------------------------------------------------------------------
@@ -229,3 +231,32 @@ def test_transform_keeps_every_datum(data: list[tuple[int, dict[str, object]]], 
     out = _transformed_v(message, vin)
     assert out.vin == vin
     assert [d.key for d in out.data] == [d.key for d in message.data]
+
+
+# -- the single pass against the reference's two loops ------------------------------------
+
+
+@settings(max_examples=400, deadline=None)
+@given(oracle.v_payloads(), st.text(max_size=8))
+def test_single_pass_transform_equals_the_two_loops(message: vd.Payload, vin: str) -> None:
+    expected = vd.Payload()
+    expected.CopyFrom(message)
+    oracle.transform_v(expected, vin)
+    entries = transform_vehicle_data_entries(message, vin)
+    assert message.SerializeToString() == expected.SerializeToString()
+    assert [(key, which) for key, which, _ in entries] == [
+        (d.key, d.value.WhichOneof("value")) for d in expected.data
+    ]
+    for (_, _, value), datum in zip(entries, message.data, strict=True):
+        assert value == datum.value
+
+
+def test_single_pass_location_then_scientific_on_the_same_datum() -> None:
+    message = payload(
+        (vd.Location, {"string_value": "1.5e1"}),  # not a location: rewritten as a number
+        (vd.Location, {"string_value": "(1 N, 2 E)"}),  # second Location: left alone
+        (vd.Soc, {"string_value": "2.5e0"}),
+    )
+    entries = transform_vehicle_data_entries(message, "V1")
+    assert [which for _, which, _ in entries] == ["string_value"] * 3
+    assert [d.value.string_value for d in message.data] == ["15.00000", "(1 N, 2 E)", "2.50000"]

@@ -39,15 +39,19 @@ from fleetgate.protocols.tesla.envelope import (
 from fleetgate.protocols.tesla.identity import VehicleIdentity
 from fleetgate.protocols.tesla.jsonform import (
     natural_data,
+    natural_vehicle_data,
     payload_created_at_ms,
     protojson_dict,
 )
-from fleetgate.protocols.tesla.proto import vehicle_connectivity_pb2
+from fleetgate.protocols.tesla.proto import vehicle_connectivity_pb2, vehicle_data_pb2
 from fleetgate.protocols.tesla.transforms import (
     TOPIC_CONNECTIVITY,
     PayloadError,
+    VehicleDatum,
+    decode_payload,
     transform_message,
     transform_payload,
+    transform_vehicle_data_entries,
 )
 from fleetgate.records import SOURCE_TESLA, Record
 
@@ -92,13 +96,20 @@ class FrameResult:
         return self.outcome in (OUTCOME_DISPATCH, OUTCOME_ACK_ONLY, OUTCOME_UNKNOWN_TYPE)
 
 
+# Message type → the repeated field counted as "signals" ("" when it has none).
+_SIGNAL_FIELDS: dict[type[Message], str] = {}
+
+
 def _signals(message: Message | None) -> int:
     if message is None:
         return 0
-    for name in ("data", "alerts"):
-        if name in message.DESCRIPTOR.fields_by_name:
-            return len(getattr(message, name))
-    return 0
+    kind = type(message)
+    name = _SIGNAL_FIELDS.get(kind)
+    if name is None:
+        fields = message.DESCRIPTOR.fields_by_name
+        name = next((n for n in ("data", "alerts") if n in fields), "")
+        _SIGNAL_FIELDS[kind] = name  # bounded: one entry per generated message class
+    return len(getattr(message, name)) if name else 0
 
 
 class FrameProcessor:
@@ -164,10 +175,24 @@ class FrameProcessor:
                 f"unexpected_sender_id: {_text(stream.sender_id)!r} "
                 f"is not {self.identity.sender_id!r}"
             )
+        vin = self.identity.device_id
+        # transform_payload, except that V data read during the transforms is kept for
+        # natural_vehicle_data instead of being read from upb a second time.
+        entries: list[VehicleDatum] | None = None
+        is_resend = False
         try:
-            message, payload = transform_payload(topic, stream.payload, self.identity.device_id)
+            message = decode_payload(topic, stream.payload)
         except PayloadError as exc:
             return error(f"payload does not decode: {exc}")
+        if message is None:
+            payload = stream.payload
+        else:
+            if isinstance(message, vehicle_data_pb2.Payload):
+                entries = transform_vehicle_data_entries(message, vin)
+                is_resend = message.is_resend
+            else:
+                transform_message(topic, message, vin)
+            payload = message.SerializeToString()
 
         result = FrameResult(
             [],
@@ -193,7 +218,11 @@ class FrameProcessor:
                 topic=topic,
                 created_at=created_at,
                 received_at=received_at,
-                data=natural_data(topic, message),
+                data=(
+                    natural_vehicle_data(entries, is_resend)
+                    if entries is not None
+                    else natural_data(topic, message)
+                ),
                 raw=payload,
                 meta={
                     "txid": txid,

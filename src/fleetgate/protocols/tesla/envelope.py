@@ -12,7 +12,10 @@ No ``.fbs`` schema is published, so the two tables are described here by hand:
 Reading is a small bounds-checked walker over the generic flatbuffers encoding (root offset,
 vtable, field offsets), so any valid flatbuffer parses, whatever order its writer laid things
 out in. Every out-of-range offset or truncated vector becomes :class:`EnvelopeError`; the
-Go reference turns the same faults into an error reply.
+Go reference turns the same faults into an error reply. Every frame first goes through a
+fast reader (a few ``unpack_from`` calls, whole vtables at once) that handles frames with
+full-size vtables and every read in range; anything else is handed to the field-by-field
+walker, so both give the same envelope or the same error (a test holds them together).
 
 Building uses ``flatbuffers.Builder`` with the reference call order, so acks and error replies
 are byte-identical to the Go server's (including the ack's union slot pointing at an empty
@@ -138,6 +141,105 @@ def _read(fmt: struct.Struct, buf: bytes, pos: int) -> int:
     return value
 
 
+# A vtable's field offsets in one read: _SLOT_READERS[k] reads k u16 entries.
+_SLOT_READERS: Final = tuple(struct.Struct(f"<{k}H") for k in range(7))
+_ROOT_SLOTS: Final = 5
+_STREAM_SLOTS: Final = 6
+_u16 = _U16.unpack_from
+_u32 = _U32.unpack_from
+_i32 = _I32.unpack_from
+_u64 = _U64.unpack_from
+
+
+def _fast_slots(buf: bytes, size: int, table: int, slots: int) -> tuple[int, ...] | None:
+    """Field offsets (0 = absent) of the table at ``table``; None when a read is out of range.
+
+    Entries past the vtable's own size are absent, as in :meth:`_Table._field`.
+    """
+    if table + 4 > size:
+        return None
+    vtable = table - _i32(buf, table)[0]
+    if vtable < 0 or vtable + 2 > size:
+        return None
+    # Slot i is inside the vtable when 4 + 2i < its size.
+    present = min(slots, max(0, (_u16(buf, vtable)[0] - 3) // 2))
+    if vtable + 4 + 2 * present > size:
+        return None
+    offsets: tuple[int, ...] = _SLOT_READERS[present].unpack_from(buf, vtable + 4)
+    return offsets + (0,) * (slots - present) if present < slots else offsets
+
+
+def _fast_vector(buf: bytes, size: int, table: int, rel: int) -> bytes | None:
+    """The byte vector of a field at ``table + rel`` (``rel`` ≠ 0); None when out of range."""
+    at = table + rel
+    if at + 4 > size:
+        return None
+    vec = at + _u32(buf, at)[0]
+    if vec + 4 > size:
+        return None
+    end = vec + 4 + _u32(buf, vec)[0]
+    if end > size:
+        return None
+    return buf[vec + 4 : end]
+
+
+def _parse_fast(data: bytes) -> Envelope | None:
+    """:func:`_parse_checked` for the usual layout; None to let the walker decide.
+
+    Only returns when every read the walker would make lies inside the frame, so whenever
+    it returns, the walker would have returned the same envelope.
+    """
+    size = len(data)
+    if size < 4:
+        return None
+    root = _u32(data, 0)[0]
+    slots = _fast_slots(data, size, root, _ROOT_SLOTS)
+    if slots is None:
+        return None
+    o_txid, o_topic, o_type, o_message, o_message_id = slots
+    txid = _fast_vector(data, size, root, o_txid) if o_txid else b""
+    topic = _fast_vector(data, size, root, o_topic) if o_topic else b""
+    message_id = _fast_vector(data, size, root, o_message_id) if o_message_id else b""
+    if txid is None or topic is None or message_id is None:
+        return None
+    message_type = 0
+    if o_type:
+        at = root + o_type
+        if at + 1 > size:
+            return None
+        message_type = data[at]
+    message_pos = 0
+    if o_message:
+        at = root + o_message
+        if at + 4 > size:
+            return None
+        message_pos = at + _u32(data, at)[0]
+    stream = None
+    if message_pos and message_type == MESSAGE_STREAM:
+        pos = message_pos
+        slots = _fast_slots(data, size, pos, _STREAM_SLOTS)
+        if slots is None:
+            return None
+        o_created, o_sender, o_payload, o_type, o_device, o_delivered = slots
+        created_at = delivered = 0
+        if o_created:
+            if pos + o_created + 4 > size:
+                return None
+            created_at = _u32(data, pos + o_created)[0]
+        if o_delivered:
+            if pos + o_delivered + 8 > size:
+                return None
+            delivered = _u64(data, pos + o_delivered)[0]
+        sender_id = _fast_vector(data, size, pos, o_sender) if o_sender else b""
+        payload = _fast_vector(data, size, pos, o_payload) if o_payload else b""
+        device_type = _fast_vector(data, size, pos, o_type) if o_type else b""
+        device_id = _fast_vector(data, size, pos, o_device) if o_device else b""
+        if sender_id is None or payload is None or device_type is None or device_id is None:
+            return None
+        stream = StreamMessage(created_at, sender_id, payload, device_type, device_id, delivered)
+    return Envelope(txid, topic, message_type, message_id, stream, bool(message_pos))
+
+
 def parse_envelope(data: bytes) -> Envelope:
     """Decode one binary frame.
 
@@ -145,6 +247,12 @@ def parse_envelope(data: bytes) -> Envelope:
     which the reference answers with an ack. Anything unreadable raises :class:`EnvelopeError`.
     """
     data = bytes(data)
+    envelope = _parse_fast(data)
+    return envelope if envelope is not None else _parse_checked(data)
+
+
+def _parse_checked(data: bytes) -> Envelope:
+    """The field-by-field walker: every read bounds-checked on its own."""
     if not data:
         return Envelope(b"", b"", MESSAGE_NONE, b"", None, has_message=False)
     root = _Table(data, _read(_U32, data, 0))
@@ -231,6 +339,13 @@ _ACK_HEAD: Final = bytes.fromhex("14000000 0000 0e00 1800 1400 1000 0f00 0800 04
 _ACK_VTABLE_TO_TABLE: Final = 14
 
 
+# The table (vtable offset; message_id, message, 3 bytes of padding and the type byte, topic,
+# txid offsets), then the empty message_id vector and the topic vector's length, in one pack.
+_ACK_TABLE = struct.Struct("<III3xBIIII")
+_PADDING: Final = (b"", b"\0", b"\0\0", b"\0\0\0")
+_EMPTY_VECTOR: Final = _vector(b"")
+
+
 def build_ack(txid: bytes, topic: bytes) -> bytes:
     """The ack the server sends for a frame (message_type 5), byte-identical to the reference.
 
@@ -238,25 +353,34 @@ def build_ack(txid: bytes, topic: bytes) -> bytes:
     same bytes ``flatbuffers.Builder`` produces with the reference call order (see
     :func:`build_ack_with_builder`), about ten times faster on the per-frame path.
     """
-    message_id_vec = _vector(b"")
-    topic_vec = _vector(topic)
-    txid_vec = _vector(txid)
     # Table at offset 20; its fields: message_id @24, message @28, type @35, topic @36,
     # txid @40; the vectors follow at 44 in the order message_id, topic, txid, body.
-    at = 44
-    message_id_pos = at
-    topic_pos = message_id_pos + len(message_id_vec)
-    txid_pos = topic_pos + len(topic_vec)
-    body_pos = txid_pos + len(txid_vec)
-    table = (
-        _U32.pack(_ACK_VTABLE_TO_TABLE)
-        + _U32.pack(message_id_pos - 24)
-        + _U32.pack(body_pos - 28)
-        + bytes((0, 0, 0, MESSAGE_STREAM_ACK))
-        + _U32.pack(topic_pos - 36)
-        + _U32.pack(txid_pos - 40)
+    topic_len = len(topic)
+    txid_len = len(txid)
+    topic_pad = -topic_len % 4
+    txid_pos = 48 + 4 + topic_len + topic_pad
+    body_pos = txid_pos + 4 + txid_len + (-txid_len % 4)
+    return b"".join(
+        (
+            _ACK_HEAD,
+            _ACK_TABLE.pack(
+                _ACK_VTABLE_TO_TABLE,
+                44 - 24,
+                body_pos - 28,
+                MESSAGE_STREAM_ACK,
+                48 - 36,
+                txid_pos - 40,
+                0,
+                topic_len,
+            ),
+            topic,
+            _PADDING[topic_pad],
+            _U32.pack(txid_len),
+            txid,
+            _PADDING[-txid_len % 4],
+            _EMPTY_VECTOR,
+        )
     )
-    return _ACK_HEAD + table + message_id_vec + topic_vec + txid_vec + _vector(b"")
 
 
 def build_ack_with_builder(txid: bytes, topic: bytes) -> bytes:

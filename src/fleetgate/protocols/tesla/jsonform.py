@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import base64
 import math
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import orjson
@@ -63,7 +64,7 @@ from fleetgate.protocols.tesla.proto import (
     vehicle_data_pb2,
     vehicle_error_pb2,
 )
-from fleetgate.protocols.tesla.transforms import MESSAGE_TYPES
+from fleetgate.protocols.tesla.transforms import MESSAGE_TYPES, VehicleDatum
 from fleetgate.records import Record, format_rfc3339_ms
 
 _TIMESTAMP: Final = "google.protobuf.Timestamp"
@@ -95,8 +96,8 @@ def decode_record_message(record: Record) -> Message | None:
 
 def field_name(number: int) -> str:
     """Field enum name, or the number as text for fields newer than our protos."""
-    value = _FIELD_ENUM.values_by_number.get(number)
-    return value.name if value is not None else str(number)
+    name = _FIELD_NAMES.get(number)
+    return name if name is not None else str(number)
 
 
 def enum_name(fd: Any, number: int) -> str | None:
@@ -229,27 +230,93 @@ def _generic_message(message: Message) -> dict[str, Any]:
     return out
 
 
+def _enum_natural(fd: Any) -> Callable[[int], Any]:
+    names = {number: value.name for number, value in fd.enum_type.values_by_number.items()}
+
+    def convert(raw: int) -> Any:
+        name = names.get(raw)
+        return name if name is not None else int(raw)
+
+    return convert
+
+
+def _float_natural(raw: float) -> float | None:
+    return _finite(float32_value(raw))
+
+
+def _location_natural(raw: Any) -> dict[str, float | None]:
+    return {"latitude": _finite(raw.latitude), "longitude": _finite(raw.longitude)}
+
+
+def _time_natural(raw: Any) -> str:
+    return f"{raw.hour:02d}:{raw.minute:02d}:{raw.second:02d}"
+
+
+def _none(raw: Any) -> None:
+    return None
+
+
+def _natural_converter(fd: Any) -> Callable[[Any], Any] | None:
+    """How ``natural_value`` renders oneof member ``fd``; None: the raw value as it is."""
+    if fd.name == "invalid":
+        return _none
+    if fd.type == FieldDescriptor.TYPE_ENUM:
+        return _enum_natural(fd)
+    if fd.type == FieldDescriptor.TYPE_FLOAT:
+        return _float_natural
+    if fd.type == FieldDescriptor.TYPE_DOUBLE:
+        return _finite
+    if fd.name == "location_value":
+        return _location_natural
+    if fd.name == "time_value":
+        return _time_natural
+    if fd.type == FieldDescriptor.TYPE_MESSAGE:
+        return _generic_message  # Doors, TireLocation: every boolean, proto names
+    return None
+
+
+# Built once from the descriptors, so a datum costs one dict lookup instead of a walk
+# through descriptor attributes.
+_NATURAL: Final = {name: _natural_converter(fd) for name, fd in _VALUE_FIELDS.items()}
+_FIELD_NAMES: Final = {number: value.name for number, value in _FIELD_ENUM.values_by_number.items()}
+
+
 def natural_value(value: vehicle_data_pb2.Value) -> Any:
     """One datum value as plain JSON (see module docstring)."""
     which = value.WhichOneof("value")
-    if which is None or which == "invalid":
+    if which is None:
         return None
+    convert = _NATURAL[which]
     raw = getattr(value, which)
-    fd = _VALUE_FIELDS[which]
-    if fd.type == FieldDescriptor.TYPE_ENUM:
-        name = enum_name(fd, raw)
-        return name if name is not None else int(raw)
-    if fd.type == FieldDescriptor.TYPE_FLOAT:
-        return _finite(float32_value(raw))
-    if fd.type == FieldDescriptor.TYPE_DOUBLE:
-        return _finite(raw)
-    if which == "location_value":
-        return {"latitude": _finite(raw.latitude), "longitude": _finite(raw.longitude)}
-    if which == "time_value":
-        return f"{raw.hour:02d}:{raw.minute:02d}:{raw.second:02d}"
-    if fd.type == FieldDescriptor.TYPE_MESSAGE:
-        return _generic_message(raw)  # Doors, TireLocation: every boolean, proto names
-    return raw
+    return raw if convert is None else convert(raw)
+
+
+def natural_vehicle_data(entries: Iterable[VehicleDatum], is_resend: bool) -> dict[str, Any]:
+    """``Record.data`` of a ``V`` payload from its data as (key, set member, Value) tuples.
+
+    :func:`~.transforms.transform_vehicle_data_entries` returns exactly these, so the frame
+    path reads each datum from upb once.
+    """
+    names = _FIELD_NAMES
+    converters = _NATURAL
+    isfinite = math.isfinite
+    data: dict[str, Any] = {}
+    for key, which, value in entries:
+        name = names.get(key)
+        if name is None:
+            name = str(key)
+        if which == "double_value":  # the common case, inlined
+            raw = value.double_value
+            data[name] = raw if isfinite(raw) else None
+        elif which is None:
+            data[name] = None
+        else:
+            convert = converters[which]
+            raw = getattr(value, which)
+            data[name] = raw if convert is None else convert(raw)
+    if is_resend:
+        data["is_resend"] = True
+    return data
 
 
 def _ts_text(message: Message, name: str) -> str | None:
@@ -261,12 +328,11 @@ def _ts_text(message: Message, name: str) -> str | None:
 def natural_data(topic: str, message: Message | None) -> dict[str, Any]:
     """``Record.data`` for a transformed message (see module docstring for shapes)."""
     if isinstance(message, vehicle_data_pb2.Payload):
-        data: dict[str, Any] = {
-            field_name(datum.key): natural_value(datum.value) for datum in message.data
-        }
-        if message.is_resend:
-            data["is_resend"] = True
-        return data
+        entries = []
+        for datum in message.data:
+            value = datum.value
+            entries.append((datum.key, value.WhichOneof("value"), value))
+        return natural_vehicle_data(entries, message.is_resend)
     if isinstance(message, vehicle_alert_pb2.VehicleAlerts):
         audience = vehicle_alert_pb2.VehicleAlert.DESCRIPTOR.fields_by_name["audiences"]
         return {

@@ -96,25 +96,49 @@ def rewrite_scientific(text: str) -> str | None:
     return f"{value32:.5f}"
 
 
+# One datum after the transforms: (Field number, the set member of its value oneof, the Value).
+VehicleDatum = tuple[int, str | None, vehicle_data_pb2.Value]
+
+
 def transform_vehicle_data(message: vehicle_data_pb2.Payload, vin: str) -> None:
     """Apply the ``V`` transforms in place."""
+    transform_vehicle_data_entries(message, vin)
+
+
+def transform_vehicle_data_entries(
+    message: vehicle_data_pb2.Payload, vin: str
+) -> list[VehicleDatum]:
+    """Apply the ``V`` transforms in place; return every datum, in order, as it now stands.
+
+    One pass over the data: the only transform that looks beyond its own datum is the
+    location one (first ``Location`` datum only), and for that datum it runs before the
+    scientific rewrite, as in the reference's two loops. Callers that go on to read the
+    data (``natural_data``) reuse the returned tuples instead of asking upb again.
+    """
     message.vin = vin
+    entries: list[VehicleDatum] = []
+    location_seen = False
     for datum in message.data:
-        if datum.key == _FIELD_LOCATION:
-            # Only the first Location datum is looked at, parsed or not.
-            value = datum.value
-            if value.WhichOneof("value") == "string_value" and value.string_value:
-                parsed = parse_location(value.string_value)
+        key = datum.key
+        value = datum.value
+        which = value.WhichOneof("value")
+        if which == "string_value":
+            text = value.string_value
+            if text and key == _FIELD_LOCATION and not location_seen:
+                parsed = parse_location(text)
                 if parsed is not None:
                     value.location_value.latitude = parsed[0]
                     value.location_value.longitude = parsed[1]
-            break
-    for datum in message.data:
-        value = datum.value
-        if value.WhichOneof("value") == "string_value" and value.string_value:
-            rewritten = rewrite_scientific(value.string_value)
-            if rewritten is not None:
-                value.string_value = rewritten
+                    which = value.WhichOneof("value")
+            if text and which == "string_value":
+                rewritten = rewrite_scientific(text)
+                if rewritten is not None:
+                    value.string_value = rewritten
+        if key == _FIELD_LOCATION:
+            # Only the first Location datum is looked at, parsed or not.
+            location_seen = True
+        entries.append((key, which, value))
+    return entries
 
 
 def _fix_millis(ts: Timestamp) -> None:
