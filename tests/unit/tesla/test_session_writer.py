@@ -103,3 +103,18 @@ async def test_queue_limit_counts_the_batch_being_written() -> None:
     assert accepted - 1 == WRITE_QUEUE_FRAMES + 1  # the last one was refused
     assert ws.aborted
     assert (metrics.REGISTRY.get_sample_value("socket_err_total") or 0.0) == errors_before + 1
+
+
+async def test_without_send_context_frames_go_out_one_send_each() -> None:
+    ws = FakeWebSocket()
+    ws.send_context = None  # type: ignore[assignment,method-assign]
+    s = session(ws)
+    frames = [b"a", b"b", b"c"]
+    for frame in frames:
+        s._send(frame)
+    ws.gate.set()
+    writer = await start_writer(s)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    await stop(writer)
+    assert ws.writes == [[b"a"], [b"b"], [b"c"]]

@@ -137,6 +137,9 @@ class VehicleSession:
         self._writer: asyncio.Task[None] | None = None
         self._rate_counters: dict[str, _Child] = {}
         self._writing = 0  # frames of the batch being written, beyond the first
+        # send_context is how websockets' asyncio connection (13+) wraps every send; should
+        # a release drop it, frames go out one ws.send each.
+        self._batch_writes = callable(getattr(ws, "send_context", None))
 
     @property
     def device_id(self) -> str:
@@ -347,8 +350,9 @@ class VehicleSession:
 
     async def _write(self, frames: list[bytes]) -> None:
         ws = self.ws
-        if len(frames) == 1:
-            await ws.send(frames[0])
+        if len(frames) == 1 or not self._batch_writes:
+            for frame in frames:
+                await ws.send(frame)
             return
         # What ws.send does for one binary message, once for all of them: state check,
         # frames serialised, written, one drain (flow control).
