@@ -33,15 +33,37 @@ class Submission:
     async def wait(self, sinks: set[str], timeout_s: float) -> bool:
         """True once every named sink confirmed; False on failure or timeout."""
         futures = [self.confirmations[name] for name in sinks if name in self.confirmations]
-        if not futures:
-            return True
-        try:
-            async with asyncio.timeout(timeout_s):
-                for future in futures:
-                    await asyncio.shield(future)
-        except Exception:
-            return False
-        return True
+        pending = [future for future in futures if not future.done()]
+        if pending:
+            # One waiter future and one timer per call: cheaper per frame than a
+            # timeout context plus a shield per sink future (this runs for every frame).
+            loop = asyncio.get_running_loop()
+            waiter: asyncio.Future[None] = loop.create_future()
+            remaining = len(pending)
+
+            def settled(_: asyncio.Future[None]) -> None:
+                nonlocal remaining
+                remaining -= 1
+                if remaining == 0 and not waiter.done():
+                    waiter.set_result(None)
+
+            def expire() -> None:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+            for future in pending:
+                future.add_done_callback(settled)
+            timer = loop.call_later(timeout_s, expire)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                for future in pending:
+                    future.remove_done_callback(settled)
+        return all(
+            future.done() and not future.cancelled() and future.exception() is None
+            for future in futures
+        )
 
 
 class Pipeline:
