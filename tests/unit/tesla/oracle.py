@@ -89,12 +89,39 @@ def value_data(value: vd.Value) -> Any:
     return raw
 
 
+def string_data(name: str, text: str) -> Any:
+    """Numeric and boolean strings as numbers and booleans, free-text fields as they are."""
+    import re
+
+    from fleetgate.protocols.tesla.jsonform import TEXT_FIELDS
+
+    if name in TEXT_FIELDS:
+        return text
+    if text in ("true", "false"):
+        return text == "true"
+    if re.fullmatch(r"[+-]?\d{1,15}", text):
+        return int(text)
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if not re.fullmatch(r"[0-9+\-.eE]+", text) or number != number or number in (
+        float("inf"), float("-inf")
+    ):
+        return text
+    return number
+
+
 def v_data(message: vd.Payload) -> dict[str, Any]:
     """``Record.data`` of a (transformed) V payload."""
     data: dict[str, Any] = {}
     for datum in message.data:
         known = vd.Field.DESCRIPTOR.values_by_number.get(datum.key)
-        data[known.name if known is not None else str(datum.key)] = value_data(datum.value)
+        name = known.name if known is not None else str(datum.key)
+        if datum.value.WhichOneof("value") == "string_value":
+            data[name] = string_data(name, datum.value.string_value)
+        else:
+            data[name] = value_data(datum.value)
     if message.is_resend:
         data["is_resend"] = True
     return data

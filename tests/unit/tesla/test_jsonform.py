@@ -149,7 +149,13 @@ def test_wire_form_registration() -> None:
 def test_natural_data_for_v() -> None:
     message = payload(
         (vd.VehicleName, {"string_value": "My Tesla"}),
-        (vd.Soc, {"string_value": "75.3"}),  # numeric strings stay strings
+        (vd.Soc, {"string_value": "75.3"}),  # numeric strings become numbers
+        (vd.EstBatteryRange, {"string_value": "1.2e3"}),
+        (vd.ChargeLimitSoc, {"string_value": "80"}),
+        (vd.FastChargerPresent, {"string_value": "true"}),
+        (vd.ChargeState, {"string_value": "Idle"}),
+        (vd.Version, {"string_value": "2024"}),  # free text stays text
+        (vd.RatedRange, {"string_value": "12 km"}),
         (vd.BatteryLevel, {"float_value": 0.1}),
         (vd.Odometer, {"double_value": 12345.6}),
         (vd.ChargeAmps, {"int_value": 32}),
@@ -168,7 +174,14 @@ def test_natural_data_for_v() -> None:
     )
     data = natural_data("V", message)
     assert data["VehicleName"] == "My Tesla"
-    assert data["Soc"] == "75.3"
+    assert data["Soc"] == 75.3
+    assert data["EstBatteryRange"] == 1200.0
+    assert data["ChargeLimitSoc"] == 80
+    assert isinstance(data["ChargeLimitSoc"], int)
+    assert data["FastChargerPresent"] is True
+    assert data["ChargeState"] == "Idle"
+    assert data["Version"] == "2024"
+    assert data["RatedRange"] == "12 km"
     assert data["BatteryLevel"] == 0.1
     assert data["Odometer"] == 12345.6
     assert data["ChargeAmps"] == 32

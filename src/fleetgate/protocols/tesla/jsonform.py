@@ -14,8 +14,11 @@ Four audiences, four shapes:
 
    * ``V``: ``{"<FieldName>": value, ...}`` one key per datum (a repeated key keeps the last
      value). Unknown Field numbers from newer firmware use ``str(number)`` as key. Values:
-     strings stay strings (older firmware sends many numbers as strings; they are *not*
-     coerced), int/long → integer, float → number with float32's shortest digits, double →
+     strings that spell a number become that number and ``"true"``/``"false"`` become
+     booleans (vehicles without ``prefer_typed`` send almost every value as a string:
+     ``"VehicleSpeed": "16.0"`` → ``16.0``), except for the free-text fields in
+     :data:`TEXT_FIELDS` (``VehicleName``, ``Version``, media titles ...), which stay
+     strings whatever they contain; int/long → integer, float → number with float32's shortest digits, double →
      number, bool → bool, ``location_value`` → ``{"latitude": …, "longitude": …}``, enum
      values → their name (``"ShiftStateD"``; an unknown number stays a number), ``invalid``
      → ``null``, ``door_value`` → ``{"DriverFront": bool, …}`` (6 keys),
@@ -281,6 +284,39 @@ _NATURAL: Final = {name: _natural_converter(fd) for name, fd in _VALUE_FIELDS.it
 _FIELD_NAMES: Final = {number: value.name for number, value in _FIELD_ENUM.values_by_number.items()}
 
 
+# Fields whose string values are free text: never read as numbers ("VehicleName": "2024").
+TEXT_FIELDS: Final = frozenset(
+    {
+        "VehicleName", "Version", "SoftwareUpdateVersion", "RouteLine", "DestinationName",
+        "MediaNowPlayingArtist", "MediaNowPlayingTitle", "MediaNowPlayingAlbum",
+        "MediaNowPlayingStation", "MediaPlaybackSource", "MediaPlaybackStatus",
+    }
+)
+_NUMBER_CHARS: Final = frozenset("0123456789+-.eE")
+_BOOLEANS: Final = {"true": True, "false": False}
+
+
+def natural_string(name: str, text: str) -> Any:
+    """A string datum as its natural JSON value (see the module docstring)."""
+    if name in TEXT_FIELDS or not text:
+        return text
+    boolean = _BOOLEANS.get(text)
+    if boolean is not None:
+        return boolean
+    if not _NUMBER_CHARS.issuperset(text):
+        return text
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if not math.isfinite(number):
+        return text
+    digits = text.lstrip("+-")
+    if digits.isdigit() and len(digits) < 16:
+        return int(text)
+    return number
+
+
 def natural_value(value: vehicle_data_pb2.Value) -> Any:
     """One datum value as plain JSON (see module docstring)."""
     which = value.WhichOneof("value")
@@ -308,6 +344,8 @@ def natural_vehicle_data(entries: Iterable[VehicleDatum], is_resend: bool) -> di
         if which == "double_value":  # the common case, inlined
             raw = value.double_value
             data[name] = raw if isfinite(raw) else None
+        elif which == "string_value":
+            data[name] = natural_string(name, value.string_value)
         elif which is None:
             data[name] = None
         else:
