@@ -18,10 +18,11 @@ Four audiences, four shapes:
      booleans (vehicles without ``prefer_typed`` send almost every value as a string:
      ``"VehicleSpeed": "16.0"`` → ``16.0``), except for the free-text fields in
      :data:`TEXT_FIELDS` (``VehicleName``, ``Version``, media titles ...), which stay
-     strings whatever they contain; int/long → integer, float → number with float32's shortest digits, double →
-     number, bool → bool, ``location_value`` → ``{"latitude": …, "longitude": …}``, enum
-     values → their name (``"ShiftStateD"``; an unknown number stays a number), ``invalid``
-     → ``null``, ``door_value`` → ``{"DriverFront": bool, …}`` (6 keys),
+     strings whatever they contain; int/long → integer, float → number with float32's
+     shortest digits, double → number, bool → bool, ``location_value`` →
+     ``{"latitude": …, "longitude": …}``, enum values → their name (``"ShiftStateD"``;
+     an unknown number stays a number), ``invalid`` → ``null``, ``door_value`` →
+     ``{"DriverFront": bool, …}`` (6 keys),
      ``tire_location_value`` → ``{"front_left": bool, …}`` (10 keys), ``time_value`` →
      ``"HH:MM:SS"``, a datum without a (known) value → ``null``; non-finite numbers → ``null``.
      When the vehicle marks the payload as a resend, ``"is_resend": true`` is added
