@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from fleetgate.protocols.teltonika.encoder import encode_avl_frame, encode_imei
 from fleetgate.protocols.teltonika.model import CODEC_8, CODEC_8E, CODEC_16, AvlRecord
+from fleetgate.sim.report import run_devices
 
 CODECS = {"8": CODEC_8, "8E": CODEC_8E, "8e": CODEC_8E, "16": CODEC_16}
 FIRST_IMEI = 356307042441013
@@ -192,36 +193,18 @@ async def run_simulation(
 ) -> SimulationResult:
     """Run the trackers until the duration or frame count is reached; print live summaries."""
     result = SimulationResult()
-    started = time.monotonic()
-    deadline = started + settings.duration_s if settings.duration_s else None
-    tasks = [
-        asyncio.create_task(_run_tracker(index, settings, result, deadline))
-        for index in range(settings.devices)
+    deadline = time.monotonic() + settings.duration_s if settings.duration_s else None
+    trackers = [
+        _run_tracker(index, settings, result, deadline) for index in range(settings.devices)
     ]
-    reporter: asyncio.Task[None] | None = None
-    if report is not None:
-        reporter = asyncio.create_task(_report(result, started, settings.report_interval_s, report))
-    try:
-        await asyncio.gather(*tasks)
-    finally:
-        if reporter is not None:
-            reporter.cancel()
-        for task in tasks:
-            task.cancel()
-    result.elapsed_s = time.monotonic() - started
+    result.elapsed_s = await run_devices(
+        trackers,
+        lambda: (
+            result.records_sent,
+            result.records_acked,
+            result.connection_errors + result.ack_mismatches,
+        ),
+        settings.report_interval_s,
+        report,
+    )
     return result
-
-
-async def _report(
-    result: SimulationResult, started: float, interval: float, report: Callable[[str], None]
-) -> None:
-    last_sent = last_acked = 0
-    while True:
-        await asyncio.sleep(interval)
-        sent, acked = result.records_sent, result.records_acked
-        report(
-            f"t={time.monotonic() - started:6.1f}s  sent {(sent - last_sent) / interval:9,.0f}/s  "
-            f"acked {(acked - last_acked) / interval:9,.0f}/s  total sent={sent} acked={acked} "
-            f"errors={result.connection_errors + result.ack_mismatches}"
-        )
-        last_sent, last_acked = sent, acked

@@ -43,6 +43,7 @@ from fleetgate.protocols.tesla.envelope import (
     parse_envelope,
 )
 from fleetgate.protocols.tesla.proto import vehicle_data_pb2 as vd
+from fleetgate.sim.report import run_devices
 
 TOPIC = "V"
 
@@ -325,37 +326,20 @@ async def run_simulation(
         for creds in settings.credentials
     }
     result = TeslaSimResult()
-    started = time.monotonic()
-    deadline = started + settings.duration_s if settings.duration_s else None
+    deadline = time.monotonic() + settings.duration_s if settings.duration_s else None
     vehicles = []
     for index in range(settings.vehicles):
         creds = settings.credentials[index % len(settings.credentials)]
         vehicles.append(_Vehicle(index, creds, contexts[creds], settings, result))
-    tasks = [asyncio.create_task(vehicle.run(deadline)) for vehicle in vehicles]
-    reporter = None
-    if report is not None:
-        reporter = asyncio.create_task(_report(result, started, settings.report_interval_s, report))
-    try:
-        await asyncio.gather(*tasks)
-    finally:
-        if reporter is not None:
-            reporter.cancel()
-        for task in tasks:
-            task.cancel()
-    result.elapsed_s = time.monotonic() - started
+    result.elapsed_s = await run_devices(
+        [vehicle.run(deadline) for vehicle in vehicles],
+        lambda: (
+            result.frames_sent,
+            result.frames_acked,
+            result.error_replies + result.connection_errors + result.unexpected_replies,
+        ),
+        settings.report_interval_s,
+        report,
+    )
     return result
 
-
-async def _report(
-    result: TeslaSimResult, started: float, interval: float, report: Callable[[str], None]
-) -> None:
-    last_sent = last_acked = 0
-    while True:
-        await asyncio.sleep(interval)
-        sent, acked = result.frames_sent, result.frames_acked
-        report(
-            f"t={time.monotonic() - started:6.1f}s  sent {(sent - last_sent) / interval:9,.0f}/s  "
-            f"acked {(acked - last_acked) / interval:9,.0f}/s  total sent={sent} acked={acked} "
-            f"errors={result.error_replies + result.connection_errors + result.unexpected_replies}"
-        )
-        last_sent, last_acked = sent, acked
