@@ -5,19 +5,13 @@ from __future__ import annotations
 import json
 import math
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import orjson
 
 from fleetgate.protocols.teltonika.model import AvlRecord
 from fleetgate.protocols.teltonika.records import BASE_KEYS, avl_record_data
-
-VECTORS_PATH = Path("/work/shared/testdata/teltonika/vectors.json")
-if not VECTORS_PATH.exists():  # pragma: no cover - repo checked out elsewhere
-    VECTORS_PATH = (
-        Path(__file__).resolve().parents[4] / "shared" / "testdata" / "teltonika" / "vectors.json"
-    )
+from tests.teltonika_vectors import VECTORS_PATH
 
 IMEI = "123456789012345"
 IMEI_FRAME = b"\x00\x0f" + IMEI.encode()
