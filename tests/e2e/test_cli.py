@@ -147,3 +147,35 @@ def test_decode_tesla_applies_the_servers_transforms() -> None:
     assert body["topic"] == "V"
     assert body["payload"]["vin"] == "device-1"
     assert body["data"]["Location"] == {"latitude": -37.412374, "longitude": 122.145867}
+
+
+def test_demo_serves_and_the_api_shows_simulated_trackers_at_once(tmp_path: Path) -> None:
+    tracker_port, api_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "FLEETGATE_DATA_DIR": str(tmp_path / "data"),
+        "FLEETGATE_TELTONIKA__HOST": "127.0.0.1",
+        "FLEETGATE_TELTONIKA__PORT": str(tracker_port),
+        "FLEETGATE_API__PORT": str(api_port),
+        "FLEETGATE_TESLA_ENABLED": "false",
+    }
+    process = subprocess.Popen(
+        [*FLEETGATE, "demo", "--devices", "3", "--rate", "5"], env=env, cwd=tmp_path
+    )
+    try:
+        wait_port(api_port, process)
+        deadline = time.monotonic() + 20
+        devices: list[dict[str, object]] = []
+        while time.monotonic() < deadline:
+            devices = httpx.get(f"http://127.0.0.1:{api_port}/api/v1/devices").json()["devices"]
+            if len(devices) == 3 and all(int(str(d["record_count"])) > 0 for d in devices):
+                break
+            time.sleep(0.2)
+        assert len(devices) == 3
+        imei = devices[0]["id"]
+        latest = httpx.get(f"http://127.0.0.1:{api_port}/api/v1/devices/{imei}/latest").json()
+        assert latest["source"] == "teltonika"
+        assert -90 <= latest["data"]["latitude"] <= 90
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
