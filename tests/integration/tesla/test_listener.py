@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -108,19 +109,44 @@ async def test_a_burst_of_immediate_replies_comes_back_complete_and_in_order(
 
 
 # -- TLS refusals --------------------------------------------------------------------------
-async def test_client_without_certificate_fails_the_handshake(server: Server, pki: DevPki) -> None:
+def refusals(alert: str) -> float:
+    value = metrics.REGISTRY.get_sample_value(
+        "fleetgate_tls_handshake_errors_total", {"listener": "tesla", "alert": alert}
+    )
+    return value or 0.0
+
+
+async def wait_for_count(read: Callable[[], float], target: float) -> float:
+    for _ in range(100):
+        if read() >= target:
+            break
+        await asyncio.sleep(0.02)
+    return read()
+
+
+async def test_client_without_certificate_fails_the_handshake(
+    server: Server, pki: DevPki, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = refusals("certificate_required")
     context = client_ssl_context(None, None, pki.ca_cert)
-    assert await handshake_refused(url(server), context)
+    with caplog.at_level(logging.WARNING, logger="fleetgate.tesla"):
+        assert await handshake_refused(url(server), context)
+        assert await wait_for_count(lambda: refusals("certificate_required"), before + 1) == (
+            before + 1
+        )
     assert len(tesla(server).sessions) == 0
+    assert "tls handshake refused: certificate_required" in caplog.text
 
 
 async def test_certificate_from_an_unknown_ca_fails_the_handshake(
     server: Server, pki: DevPki, tmp_path: Path
 ) -> None:
+    before = refusals("unknown_ca")
     stranger = init_pki(tmp_path / "other-ca", vins=[VIN])
     cert, key = stranger.vehicles[VIN]
     context = client_ssl_context(cert, key, pki.ca_cert)
     assert await handshake_refused(url(server), context)
+    assert await wait_for_count(lambda: refusals("unknown_ca"), before + 1) == before + 1
     assert server.store is not None
     assert server.store.records(VIN) == []
 

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fleetgate.config import ConfigError, TlsConfig
+from fleetgate.protocols.tesla.tls_alerts import watch_refusals
 
 DEV_CA_NAME = "Tesla Motors Products CA"
 # The reference's cert tool gives a CN starting with "board" this OU, which the identity
@@ -86,6 +87,8 @@ def server_ssl_context(tls: TlsConfig, use_eng_ca: bool = False) -> ssl.SSLConte
             context.load_verify_locations(cadata=text)
         except (OSError, ValueError, ssl.SSLError):
             raise ConfigError(f"custom ca not properly loaded: {tls.ca_file}") from None
+    # A refused vehicle certificate must leave a log line and a metric, not silence.
+    watch_refusals(context, "tesla")
     return context
 
 
