@@ -120,8 +120,10 @@ def build_pipeline(config: Config, store: RecordStore | None = None) -> Pipeline
 class Server:
     """The running server: pipeline, listeners and API, started and stopped in order."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, workers: int = 1) -> None:
         self.config = config
+        # Worker processes sharing the device ports (reported by ``/health``).
+        self.workers = workers
         self.store: RecordStore | None = (
             RecordStore(config.store_path) if config.store.enabled else None
         )
@@ -182,12 +184,12 @@ class Server:
             return
         from prometheus_client import start_http_server
 
-        from fleetgate.observability.metrics import REGISTRY
+        from fleetgate.observability.metrics import exposition_registry
 
         server, _thread = start_http_server(
             monitoring.prometheus_metrics_port,
             addr=monitoring.prometheus_metrics_host,
-            registry=REGISTRY,
+            registry=exposition_registry(),
         )
         self._metrics_server = server
         log.info(
@@ -244,9 +246,11 @@ class Server:
         return 0
 
 
-async def serve(config: Config, ready: Callable[[Server], None] | None = None) -> None:
+async def serve(
+    config: Config, ready: Callable[[Server], None] | None = None, workers: int = 1
+) -> None:
     """Run until SIGINT/SIGTERM."""
-    server = Server(config)
+    server = Server(config, workers)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -251,6 +251,8 @@ class Config(Section):
     records: dict[str, list[str]] = Field(default_factory=dict)
     ack_level: AckLevel = AckLevel.STORE
     ack_timeout_s: float = Field(30.0, gt=0)
+    # Worker processes sharing the device ports (SO_REUSEPORT); 0 = one per CPU core.
+    workers: int = Field(1, ge=0, le=256)
 
     # Tesla vehicle listener (config.json top level)
     tesla_enabled: bool = True

@@ -77,6 +77,7 @@ def create_api(server: Server) -> FastAPI:
             "status": status,
             "version": __version__,
             "uptime_s": round(time.time() - started, 3),
+            "workers": server.workers,
             "listeners": listeners,
             "sinks": sinks,
         }

@@ -20,6 +20,13 @@ def register(subparsers: Any) -> None:
         "serve", help="run the server (embedded defaults when no config is given)"
     )
     add_config_argument(parser)
+    parser.add_argument(
+        "--workers",
+        type=_worker_count,
+        default=None,
+        help="worker processes sharing the device ports, 0 = one per CPU core "
+        "(overrides the config key workers; default 1)",
+    )
     parser.set_defaults(handler=run_serve)
 
     demo = subparsers.add_parser(
@@ -29,6 +36,16 @@ def register(subparsers: Any) -> None:
     demo.add_argument("--devices", type=int, default=5, help="simulated Teltonika trackers")
     demo.add_argument("--rate", type=float, default=1.0, help="records per second per tracker")
     demo.set_defaults(handler=run_demo)
+
+
+def _worker_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value <= 256:
+        raise argparse.ArgumentTypeError("must be between 0 and 256")
+    return value
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
@@ -70,6 +87,13 @@ def announce(server: Server) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     config = load(args)
+    if args.workers is not None:
+        config = config.model_copy(update={"workers": args.workers})
+    from fleetgate.supervisor import Supervisor, worker_count
+
+    count = worker_count(config)
+    if count > 1:
+        return Supervisor(config, count).run()
     run_loop(serve(config, ready=announce))
     return 0
 

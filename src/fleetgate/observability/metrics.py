@@ -8,6 +8,7 @@ names (``reliable_ack``, ``record_total``, ...) so existing dashboards keep work
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -20,7 +21,8 @@ RECORDS = Counter(
     registry=REGISTRY,
 )
 QUEUE_DEPTH = Gauge(
-    "fleetgate_queue_depth", "Records waiting in a bounded queue", ["queue"], registry=REGISTRY
+    "fleetgate_queue_depth", "Records waiting in a bounded queue", ["queue"], registry=REGISTRY,
+    multiprocess_mode="livesum",
 )
 ACKS = Counter(
     "fleetgate_acks_total", "Device acknowledgements by protocol and outcome",
@@ -50,7 +52,8 @@ SINK_LATENCY = Histogram(
 
 # -- connections --------------------------------------------------------------------------
 OPEN_CONNECTIONS = Gauge(
-    "fleetgate_open_connections", "Open device connections", ["protocol"], registry=REGISTRY
+    "fleetgate_open_connections", "Open device connections", ["protocol"], registry=REGISTRY,
+    multiprocess_mode="livesum",
 )
 
 # -- Teltonika ----------------------------------------------------------------------------
@@ -95,11 +98,11 @@ TESLA_RECORDS = Counter(
 # exports the bare name dashboards query.
 TESLA_RELIABLE_ACK = Gauge(
     "reliable_ack", "Reliable acks sent to a live Tesla socket", ["record_type", "dispatcher"],
-    registry=REGISTRY,
+    registry=REGISTRY, multiprocess_mode="sum",
 )
 TESLA_RELIABLE_ACK_MISS = Gauge(
     "reliable_ack_miss", "Reliable acks whose Tesla socket was gone",
-    ["record_type", "dispatcher"], registry=REGISTRY,
+    ["record_type", "dispatcher"], registry=REGISTRY, multiprocess_mode="sum",
 )
 TESLA_RATE_LIMIT_EXCEEDED = Counter(
     "rate_limit_exceeded_total", "Tesla frames over the per-connection rate limit",
@@ -123,6 +126,31 @@ def labelled(metric: Any, *values: str) -> Any:
     return child
 
 
+# -- several worker processes (``workers`` > 1) ------------------------------------------------
+# The supervisor sets PROMETHEUS_MULTIPROC_DIR before the workers start, so prometheus_client
+# keeps every value in per-process files there. Gauges above say how their per-worker values
+# combine (``multiprocess_mode``; ignored in a single process); exposition then sums over the
+# worker files instead of reading this process's registry alone.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+_exposition: CollectorRegistry | None = None
+
+
+def exposition_registry() -> CollectorRegistry:
+    """The registry to serve: :data:`REGISTRY`, or all workers' values in multiprocess mode."""
+    global _exposition
+    directory = os.environ.get(MULTIPROC_ENV)
+    if not directory:
+        return REGISTRY
+    if _exposition is None:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+        _exposition = registry
+    return _exposition
+
+
 def render() -> bytes:
-    """Prometheus text exposition of the registry."""
-    return generate_latest(REGISTRY)
+    """Prometheus text exposition of the registry (of all workers when there are several)."""
+    return generate_latest(exposition_registry())

@@ -148,7 +148,8 @@ class TeslaListener:
         )
         if config.status_port > 0:
             self._status_server = await asyncio.start_server(
-                _status_client, config.host or None, config.status_port, reuse_address=True
+                _status_client, config.host or None, config.status_port, reuse_address=True,
+                reuse_port=hasattr(socket, "SO_REUSEPORT"),
             )
             log.info("status_server_configured", extra=fields(port=self.status_port))
 
