@@ -58,6 +58,7 @@ ListenerFactory = Callable[[ServerContext], Listener | None]
 # Listener factories, "module:function". Each returns None when its config disables it.
 LISTENER_FACTORIES: list[str] = [
     "fleetgate.protocols.teltonika.listener:create_listener",
+    "fleetgate.protocols.teltonika.udp_listener:create_listener",
     "fleetgate.protocols.tesla.listener:create_listener",
 ]
 

@@ -62,11 +62,14 @@ class Section(BaseModel):
 
 # -- fleetgate's own sections --------------------------------------------------------------
 class TeltonikaConfig(Section):
-    """Teltonika tracker listener (TCP; UDP joins later on the same port number)."""
+    """Teltonika tracker listeners: TCP, and UDP on the same port number by default."""
 
     enabled: bool = True
     host: str = "0.0.0.0"
     port: int = Field(5027, ge=0, le=65535)
+    udp_enabled: bool = True
+    # None: the TCP port number (5027 serves both, as trackers expect).
+    udp_port: int | None = Field(None, ge=0, le=65535)
     # A frame whose data length exceeds this closes the connection (spec section 3.5).
     max_frame_bytes: int = Field(65_536, ge=64, le=16 * 1024 * 1024)
     # Close a connection that says nothing for this long (handshake or between frames).
@@ -74,6 +77,10 @@ class TeltonikaConfig(Section):
     handshake_timeout_s: float = Field(30.0, gt=0)
     # Allow-list of IMEIs; None accepts every syntactically valid IMEI.
     allowed_imeis: list[str] | None = None
+
+    @property
+    def udp_listen_port(self) -> int:
+        return self.port if self.udp_port is None else self.udp_port
 
 
 class ApiConfig(Section):
