@@ -96,7 +96,9 @@ class StoreConfig(Section):
 
     enabled: bool = True
     path: str | None = None  # default: <data_dir>/fleetgate.db
-    max_batch: int = Field(2000, ge=1)
+    # Large batches make the per-device index cheap per row (its pages are written once per
+    # batch, not once per record): 10,000 doubles sustained store writes over 2,000.
+    max_batch: int = Field(10_000, ge=1)
 
 
 class JsonlConfig(Section):
