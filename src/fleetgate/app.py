@@ -28,6 +28,10 @@ log = logging.getLogger("fleetgate")
 STORE_SINK = "sqlite"
 
 
+class StartupError(Exception):
+    """The server could not start (a port in use, a listener that failed): one line."""
+
+
 class Listener(Protocol):
     """A device-facing server (Teltonika TCP, Tesla WebSocket, MQTT subscriber...)."""
 
@@ -257,7 +261,11 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    await server.start()
+    try:
+        await server.start()
+    except OSError as exc:
+        await server.stop()
+        raise StartupError(f"cannot listen: {exc.strerror or exc}") from exc
     if ready is not None:
         ready(server)
     try:

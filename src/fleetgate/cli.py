@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from fleetgate import __version__
+from fleetgate.app import StartupError
 from fleetgate.config import ConfigError
 
 COMMAND_MODULES = [
@@ -52,6 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"fleetgate: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except StartupError as exc:
+        print(f"fleetgate: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return code

@@ -310,6 +310,15 @@ class Config(Section):
         }
 
     @property
+    def shares_ports(self) -> bool:
+        """Several worker processes listen on the same ports (SO_REUSEPORT).
+
+        Only then: a single process must fail loudly when its port is taken, instead of
+        silently splitting the port with another server.
+        """
+        return self.workers != 1
+
+    @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
 

@@ -179,3 +179,24 @@ def test_demo_serves_and_the_api_shows_simulated_trackers_at_once(tmp_path: Path
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
+
+
+def test_a_taken_port_is_one_line_and_exit_code_1(
+    served: tuple[int, int], tmp_path: Path
+) -> None:
+    tracker_port, _api_port = served
+    env = {
+        **os.environ,
+        "FLEETGATE_DATA_DIR": str(tmp_path / "second"),
+        "FLEETGATE_TELTONIKA__HOST": "127.0.0.1",
+        "FLEETGATE_TELTONIKA__PORT": str(tracker_port),
+        "FLEETGATE_API__PORT": str(free_port()),
+        "FLEETGATE_TESLA_ENABLED": "false",
+    }
+    result = subprocess.run(
+        [*FLEETGATE, "serve"], env=env, cwd=tmp_path, capture_output=True, text=True,
+        timeout=60, check=False,
+    )
+    assert result.returncode == 1
+    assert "address already in use" in result.stderr
+    assert "Traceback" not in result.stderr

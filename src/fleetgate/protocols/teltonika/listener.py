@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 from collections import deque
 from typing import Any, cast
 
@@ -263,9 +262,12 @@ class TeltonikaListener:
 
     name = "teltonika"
 
-    def __init__(self, settings: TeltonikaConfig, pipeline: Pipeline) -> None:
+    def __init__(
+        self, settings: TeltonikaConfig, pipeline: Pipeline, reuse_port: bool = False
+    ) -> None:
         self.settings = settings
         self.pipeline = pipeline
+        self.reuse_port = reuse_port
         self.authority = DeviceAuthority(settings.allowed_imeis)
         self.sessions: set[TeltonikaSession] = set()
         self._server: asyncio.Server | None = None
@@ -277,8 +279,8 @@ class TeltonikaListener:
             host=self.settings.host,
             port=self.settings.port,
             reuse_address=True,
-            # Several processes may share the port (scale by processes; see ARCHITECTURE.md).
-            reuse_port=hasattr(socket, "SO_REUSEPORT"),
+            # Worker processes share the port (scale by processes; see ARCHITECTURE.md).
+            reuse_port=self.reuse_port,
             backlog=1024,
         )
         log.info("teltonika listening", extra=fields(address=self.address))
@@ -316,4 +318,4 @@ def create_listener(context: ServerContext) -> TeltonikaListener | None:
     settings = context.config.teltonika
     if not settings.enabled:
         return None
-    return TeltonikaListener(settings, context.pipeline)
+    return TeltonikaListener(settings, context.pipeline, context.config.shares_ports)

@@ -94,8 +94,11 @@ class TeltonikaUdpListener:
 
     name = "teltonika-udp"
 
-    def __init__(self, settings: TeltonikaConfig, pipeline: Pipeline) -> None:
+    def __init__(
+        self, settings: TeltonikaConfig, pipeline: Pipeline, reuse_port: bool = False
+    ) -> None:
         self.settings = settings
+        self.reuse_port = reuse_port
         self.protocol = TeltonikaUdpProtocol(pipeline, DeviceAuthority(settings.allowed_imeis))
         self._transport: asyncio.DatagramTransport | None = None
 
@@ -104,7 +107,7 @@ class TeltonikaUdpListener:
         transport, _ = await loop.create_datagram_endpoint(
             lambda: self.protocol,
             local_addr=(self.settings.host, self.settings.udp_listen_port),
-            reuse_port=True,
+            reuse_port=self.reuse_port,
         )
         self._transport = transport
         log.info("teltonika udp listening", extra=fields(address=self.address))
@@ -141,4 +144,4 @@ def create_listener(context: ServerContext) -> TeltonikaUdpListener | None:
     settings = context.config.teltonika
     if not (settings.enabled and settings.udp_enabled):
         return None
-    return TeltonikaUdpListener(settings, context.pipeline)
+    return TeltonikaUdpListener(settings, context.pipeline, context.config.shares_ports)

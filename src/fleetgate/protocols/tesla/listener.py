@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import http
 import logging
-import socket
 import ssl
 import uuid
 from pathlib import Path
@@ -139,7 +138,7 @@ class TeslaListener:
             server_header=None,
             logger=ws_log,
             reuse_address=True,
-            reuse_port=hasattr(socket, "SO_REUSEPORT"),
+            reuse_port=config.shares_ports,
             backlog=1024,
         )
         log.info(
@@ -149,7 +148,7 @@ class TeslaListener:
         if config.status_port > 0:
             self._status_server = await asyncio.start_server(
                 _status_client, config.host or None, config.status_port, reuse_address=True,
-                reuse_port=hasattr(socket, "SO_REUSEPORT"),
+                reuse_port=config.shares_ports,
             )
             log.info("status_server_configured", extra=fields(port=self.status_port))
 
