@@ -22,12 +22,13 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from procstats import cpu_seconds, free_port, rss_mb
 
 from fleetgate.protocols.teltonika.encoder import encode_avl_frame, encode_imei
 from fleetgate.protocols.teltonika.model import CODEC_8E, AvlRecord
@@ -35,15 +36,8 @@ from fleetgate.protocols.teltonika.model import CODEC_8E, AvlRecord
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def tree_pids(pid: int) -> list[int]:
@@ -78,11 +72,6 @@ def listening_sockets(port: int) -> int:
     return count
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def frames_for(rng: random.Random, per_frame: int, count: int, io_elements: int) -> list[bytes]:
