@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fleetgate.config import Config
+from fleetgate.observability.dispatcher_metrics import dispatcher_metrics
 from fleetgate.pipeline import AckPolicy, Pipeline, Router, RunnerSettings, SinkRunner
+from fleetgate.records import wire_payload
 from fleetgate.sinks.base import Sink, SinkContext, sink_class
 from fleetgate.sinks.sqlite import SqliteSink
 from fleetgate.store import RecordStore
@@ -113,7 +115,11 @@ def build_pipeline(config: Config, store: RecordStore | None = None) -> Pipeline
     router = Router(config.records, always=always)
     for name in sorted(router.sink_names - set(runners)):
         sink: Sink = sink_class(name)(sink_section(config, name), context)
-        runners[name] = SinkRunner(sink, settings)
+        reliable = [t for t, s in config.reliable_ack_sources.items() if s == name]
+        hooks = dispatcher_metrics(
+            name, reliable, lambda r: len(wire_payload(r, config.transmit_decoded_records))
+        )
+        runners[name] = SinkRunner(sink, settings, hooks)
     policy = AckPolicy(
         config.ack_level,
         STORE_SINK if config.store.enabled else None,

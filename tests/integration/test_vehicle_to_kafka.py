@@ -18,6 +18,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from fleetgate.app import Server
 from fleetgate.config import build_config
+from fleetgate.observability import metrics
 from fleetgate.protocols.tesla.certs import init_pki
 from fleetgate.protocols.tesla.proto import vehicle_connectivity_pb2 as vc
 from fleetgate.protocols.tesla.proto import vehicle_data_pb2 as vd
@@ -84,6 +85,12 @@ async def test_vehicles_stream_through_fleetgate_into_kafka(
         },
         environ={},
     )
+    def sample(name: str, record_type: str) -> float:
+        value = metrics.REGISTRY.get_sample_value(name, {"record_type": record_type})
+        return value or 0.0
+
+    produced_before = sample("kafka_produce_total", "V")
+    reliable_before = sample("kafka_reliable_ack_total", "V")
     server = Server(config)
     await server.start()
     try:
@@ -107,6 +114,9 @@ async def test_vehicles_stream_through_fleetgate_into_kafka(
         assert result.frames_acked == 10
     finally:
         await server.stop()
+    # The reference's per-dispatcher metrics, for dashboards made for Tesla's server.
+    assert sample("kafka_produce_total", "V") == produced_before + 10
+    assert sample("kafka_reliable_ack_total", "V") == reliable_before + 10
 
     data = await asyncio.to_thread(read_all, broker.address, "tesla_telemetry_V", 10)
     assert len(data) == 10

@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from fleetgate.observability import metrics
 from fleetgate.records import Record
@@ -43,6 +44,14 @@ class RunnerSettings:
     down_after_failures: int = 3
 
 
+class PublishHooks(Protocol):
+    """Extra accounting per confirmed batch (e.g. the reference's dispatcher metrics)."""
+
+    def published(self, batch: Sequence[Record]) -> None: ...
+
+    def failed(self) -> None: ...
+
+
 @dataclass(slots=True)
 class _Submission:
     records: Sequence[Record]
@@ -52,8 +61,14 @@ class _Submission:
 class SinkRunner:
     """Owns one sink's queue and publish loop."""
 
-    def __init__(self, sink: Sink, settings: RunnerSettings | None = None) -> None:
+    def __init__(
+        self,
+        sink: Sink,
+        settings: RunnerSettings | None = None,
+        hooks: PublishHooks | None = None,
+    ) -> None:
         self.sink = sink
+        self.hooks = hooks
         self.name = sink.name
         self.settings = settings or RunnerSettings()
         self.health = Health.OK
@@ -187,6 +202,8 @@ class SinkRunner:
                 continue
             metrics.SINK_LATENCY.labels(sink=self.name).observe(time.perf_counter() - started)
             metrics.SINK_PUBLISHED.labels(sink=self.name).inc(len(batch))
+            if self.hooks is not None:
+                self.hooks.published(batch)
             if self.health is not Health.OK:
                 log.info("%s: recovered, publishing again", self.name)
             self.health = Health.OK
@@ -197,6 +214,8 @@ class SinkRunner:
     def _mark_failure(self, exc: BaseException, attempt: int) -> None:
         self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         metrics.SINK_ERRORS.labels(sink=self.name).inc()
+        if self.hooks is not None:
+            self.hooks.failed()
         down = attempt >= self.settings.down_after_failures
         new_health = Health.DOWN if down else Health.DEGRADED
         if new_health is not self.health or attempt == 1:

@@ -220,3 +220,28 @@ async def test_close_timeout_fails_the_batch_being_published() -> None:
     assert queued.done()
     with pytest.raises(RuntimeError, match="closed"):
         await inflight
+
+
+async def test_reference_dispatcher_metrics_count_confirmed_records_bytes_and_errors() -> None:
+    from fleetgate.observability import metrics
+    from fleetgate.observability.dispatcher_metrics import dispatcher_metrics
+
+    def sample(name: str, **labels: str) -> float:
+        return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = (sample("zmq_publish_total", record_type="V"),
+              sample("zmq_publish_total_bytes", record_type="V"),
+              sample("zmq_reliable_ack_total", record_type="V"), sample("zmq_err"))
+    hooks = dispatcher_metrics("zmq", ["V"], lambda record: len(record.raw))
+    assert hooks is not None
+    assert dispatcher_metrics("postgres", [], len) is None  # not a reference dispatcher
+    sink = ScriptedSink("zmq", fail_times=1)
+    runner = SinkRunner(sink, FAST, hooks)
+    await runner.start()
+    records = [Record("tesla", "VIN", "V", i, i, {}, b"abcd") for i in range(3)]
+    await (await runner.submit(records))
+    await runner.close()
+    assert sample("zmq_publish_total", record_type="V") == before[0] + 3
+    assert sample("zmq_publish_total_bytes", record_type="V") == before[1] + 12
+    assert sample("zmq_reliable_ack_total", record_type="V") == before[2] + 3
+    assert sample("zmq_err") == before[3] + 1
