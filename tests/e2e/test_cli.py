@@ -41,18 +41,23 @@ def wait_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30) 
     raise AssertionError(f"port {port} never opened")
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[int, int]]:
-    """``fleetgate serve`` on the embedded defaults, ports moved by environment variables."""
-    tracker_port, api_port = free_port(), free_port()
-    env = {
+def loopback_env(data_dir: Path, tracker_port: int, api_port: int) -> dict[str, str]:
+    """The embedded defaults, moved to loopback and free ports by environment variables."""
+    return {
         **os.environ,
-        "FLEETGATE_DATA_DIR": str(tmp_path / "data"),
+        "FLEETGATE_DATA_DIR": str(data_dir),
         "FLEETGATE_TELTONIKA__HOST": "127.0.0.1",
         "FLEETGATE_TELTONIKA__PORT": str(tracker_port),
         "FLEETGATE_API__PORT": str(api_port),
         "FLEETGATE_TESLA_ENABLED": "false",
     }
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[int, int]]:
+    """``fleetgate serve`` on the embedded defaults, ports moved by environment variables."""
+    tracker_port, api_port = free_port(), free_port()
+    env = loopback_env(tmp_path / "data", tracker_port, api_port)
     process = subprocess.Popen([*FLEETGATE, "serve"], env=env, cwd=tmp_path)
     try:
         wait_port(tracker_port, process)
@@ -151,14 +156,7 @@ def test_decode_tesla_applies_the_servers_transforms() -> None:
 
 def test_demo_serves_and_the_api_shows_simulated_trackers_at_once(tmp_path: Path) -> None:
     tracker_port, api_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "FLEETGATE_DATA_DIR": str(tmp_path / "data"),
-        "FLEETGATE_TELTONIKA__HOST": "127.0.0.1",
-        "FLEETGATE_TELTONIKA__PORT": str(tracker_port),
-        "FLEETGATE_API__PORT": str(api_port),
-        "FLEETGATE_TESLA_ENABLED": "false",
-    }
+    env = loopback_env(tmp_path / "data", tracker_port, api_port)
     process = subprocess.Popen(
         [*FLEETGATE, "demo", "--devices", "3", "--rate", "5"], env=env, cwd=tmp_path
     )
@@ -185,14 +183,7 @@ def test_a_taken_port_is_one_line_and_exit_code_1(
     served: tuple[int, int], tmp_path: Path
 ) -> None:
     tracker_port, _api_port = served
-    env = {
-        **os.environ,
-        "FLEETGATE_DATA_DIR": str(tmp_path / "second"),
-        "FLEETGATE_TELTONIKA__HOST": "127.0.0.1",
-        "FLEETGATE_TELTONIKA__PORT": str(tracker_port),
-        "FLEETGATE_API__PORT": str(free_port()),
-        "FLEETGATE_TESLA_ENABLED": "false",
-    }
+    env = loopback_env(tmp_path / "second", tracker_port, free_port())
     result = subprocess.run(
         [*FLEETGATE, "serve"], env=env, cwd=tmp_path, capture_output=True, text=True,
         timeout=60, check=False,
