@@ -299,6 +299,16 @@ class Config(Section):
             return "info"
         return value.lower()
 
+    @field_validator("vins_signal_tracking_enabled")
+    @classmethod
+    def _at_most_20_tracked_vins(cls, value: list[str]) -> list[str]:
+        # The reference refuses to start with more (one metric series per VIN).
+        if len(set(value)) > 20:
+            raise ValueError(
+                "set the value of `vins_signal_tracking_enabled` less than 20 unique vins"
+            )
+        return value
+
     @field_validator("kafka")
     @classmethod
     def _kafka_numbers_are_ints(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:

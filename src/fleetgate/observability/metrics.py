@@ -104,6 +104,15 @@ TESLA_RELIABLE_ACK_MISS = Gauge(
     "reliable_ack_miss", "Reliable acks whose Tesla socket was gone",
     ["record_type", "dispatcher"], registry=REGISTRY, multiprocess_mode="sum",
 )
+# The reference adds signals (V data entries, alerts) of frames past the rate limiter.
+TESLA_SIGNAL_COUNT = Gauge(
+    "signal_count", "Signals in Tesla frames over the rate limiter", ["record_type"],
+    registry=REGISTRY, multiprocess_mode="sum",
+)
+TESLA_VIN_SIGNAL_COUNT = Gauge(
+    "vin_signal_count", "signal_count for the VINs in vins_signal_tracking_enabled",
+    ["record_type", "vin"], registry=REGISTRY, multiprocess_mode="sum",
+)
 TESLA_RATE_LIMIT_EXCEEDED = Counter(
     "rate_limit_exceeded_total", "Tesla frames over the per-connection rate limit",
     ["device_id", "txtype"], registry=REGISTRY,

@@ -317,6 +317,30 @@ async def test_rate_limit_with_zero_limit_does_not_limit(tmp_path: Path, pki: De
         await server.stop()
 
 
+async def test_reference_mode_counts_signals_of_frames_over_the_limit(
+    tmp_path: Path, pki: DevPki
+) -> None:
+    from fleetgate.protocols.tesla.proto import vehicle_data_pb2 as vd
+    from tests.integration.tesla.helpers import vehicle_payload
+
+    signals = len(vd.Payload.FromString(vehicle_payload()).data)
+    tracked = {"record_type": "V", "vin": VIN}
+    before = (sample("signal_count", {"record_type": "V"}), sample("vin_signal_count", tracked))
+    server = await start_server(
+        tmp_path, pki, rate_limit={"mode": "reference"}, vins_signal_tracking_enabled=[VIN]
+    )
+    try:
+        async with await connect_vehicle(server, pki) as ws:
+            for n in range(103):  # the reference's metrics-only window is 100 per 60 s
+                await ws.send(stream_frame(txid=f"s-{n}"))
+            replies = [await receive(ws) for _ in range(103)]
+        assert len(replies) == 103  # counted, never dropped
+        assert sample("signal_count", {"record_type": "V"}) == before[0] + 3 * signals
+        assert sample("vin_signal_count", tracked) == before[1] + 3 * signals
+    finally:
+        await server.stop()
+
+
 # -- connectivity, headers -----------------------------------------------------------------
 async def test_connectivity_records_on_connect_and_disconnect(server: Server, pki: DevPki) -> None:
     headers = {

@@ -106,6 +106,8 @@ def test_environment_overrides_file_values() -> None:
          "connectivity"),
         ({"records": {"V": ["jsonl"]}, "reliable_ack_sources": {"V": "sqlite"}},
          "not a dispatcher of records.V"),
+        ({"vins_signal_tracking_enabled": [f"VIN{n}" for n in range(21)]},
+         "less than 20 unique vins"),
     ],
 )
 def test_bad_values_give_one_line_naming_the_key(data: dict[str, object], message: str) -> None:

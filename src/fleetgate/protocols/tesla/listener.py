@@ -122,6 +122,7 @@ class TeslaListener:
             frozenset(config.records),
             config.reliable_ack_sources,
             limit,
+            tracked_vins=frozenset(config.vins_signal_tracking_enabled),
         )
         if ws_log.level == logging.NOTSET:
             ws_log.setLevel(logging.WARNING)

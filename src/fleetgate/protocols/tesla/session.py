@@ -89,8 +89,11 @@ class SessionSettings:
         reliable_sinks: Mapping[str, str],
         rate_limit: RateLimitSettings,
         max_frame_bytes: int = 1_000_000,
+        *,
+        tracked_vins: frozenset[str] = frozenset(),
     ) -> None:
         self.pipeline = pipeline
+        self.tracked_vins = tracked_vins
         self.configured_topics = configured_topics
         self.reliable_sinks = dict(reliable_sinks)
         self.rate_limit = rate_limit
@@ -216,8 +219,9 @@ class VehicleSession:
         result = self.processor.process(frame, now_ms())
         if over_limit:
             # Metrics-only limiter: counted, processed as usual (label from the result, so
-            # the frame is not parsed twice).
+            # the frame is not parsed twice). The reference adds this frame's signals too.
             self._rate_limit_counter(result.record_type).inc()
+            self._count_signals(result)
         self._count(result)
         for reply in result.immediate_replies:
             self._send(reply)
@@ -243,6 +247,15 @@ class VehicleSession:
             if len(self._rate_counters) < _MAX_CACHED_TOPICS:
                 self._rate_counters[txtype] = child
         return child
+
+    def _count_signals(self, result: FrameResult) -> None:
+        if not result.signals:
+            return
+        metrics.TESLA_SIGNAL_COUNT.labels(result.record_type).inc(result.signals)
+        if self.device_id in self.settings.tracked_vins:
+            metrics.TESLA_VIN_SIGNAL_COUNT.labels(result.record_type, self.device_id).inc(
+                result.signals
+            )
 
     def _count(self, result: FrameResult) -> None:
         """The reference's frame metrics, from what the core decided."""
