@@ -11,7 +11,7 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from fleetgate.app import Server
 from fleetgate.observability import metrics
@@ -149,6 +149,14 @@ async def test_certificate_from_an_unknown_ca_fails_the_handshake(
     assert await wait_for_count(lambda: refusals("unknown_ca"), before + 1) == before + 1
     assert server.store is not None
     assert server.store.records(VIN) == []
+
+
+async def test_plaintext_websocket_never_gets_an_upgrade(server: Server) -> None:
+    port = tesla(server).port
+    with pytest.raises((ConnectionError, OSError, InvalidHandshake, TimeoutError)):
+        async with await connect(f"ws://127.0.0.1:{port}/", open_timeout=2):
+            pass
+    assert len(tesla(server).sessions) == 0
 
 
 # -- frames the decision table refuses -----------------------------------------------------
