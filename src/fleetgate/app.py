@@ -135,8 +135,11 @@ class Server:
         self.config = config
         # Worker processes sharing the device ports (reported by ``/health``).
         self.workers = workers
+        # The process that serves the API reads every worker's store file.
         self.store: RecordStore | None = (
-            RecordStore(config.store_path) if config.store.enabled else None
+            RecordStore(config.store_path, read_shards=config.api.enabled)
+            if config.store.enabled
+            else None
         )
         self.pipeline = build_pipeline(config, self.store)
         self.context = ServerContext(config, self.pipeline, self.store)

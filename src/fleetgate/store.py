@@ -12,6 +12,7 @@ write lock (``BEGIN IMMEDIATE`` with a busy timeout); reads are never blocked.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -162,10 +163,34 @@ class _WriterLock:
             self._fd = None
 
 
-class RecordStore:
-    """SQLite-backed record store."""
+def shard_path(base: str | Path, index: int) -> Path:
+    """The database worker ``index`` writes: worker 0 the configured file, worker 1
+    ``fleetgate.w1.db`` beside it, and so on (one writer per file, no lock to share)."""
+    base = Path(base)
+    return base if index == 0 else base.with_name(f"{base.stem}.w{index}{base.suffix}")
 
-    def __init__(self, path: str | Path) -> None:
+
+def existing_shards(base: str | Path) -> list[Path]:
+    """Shard files of ``base`` on disk (from this run's workers or an earlier run's)."""
+    base = Path(base)
+    pattern = re.compile(rf"{re.escape(base.stem)}\.w(\d+){re.escape(base.suffix)}$")
+    found = [
+        (int(match.group(1)), candidate)
+        for candidate in base.parent.glob(f"{base.stem}.w*{base.suffix}")
+        if (match := pattern.fullmatch(candidate.name))
+    ]
+    return [candidate for _, candidate in sorted(found)]
+
+
+class RecordStore:
+    """SQLite-backed record store.
+
+    With ``read_shards`` the reader also sees the other workers' files (see
+    :func:`shard_path`): every query runs over all of them, so the API answers for the whole
+    server whichever worker a device talked to.
+    """
+
+    def __init__(self, path: str | Path, read_shards: bool = False) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._write_lock = _WriterLock(self.path.with_name(self.path.name + ".writelock"))
@@ -175,6 +200,11 @@ class RecordStore:
             self._writer = _connect(self.path)
             self._writer.executescript(_SCHEMA)
             self._reader = _connect(self.path)
+        self._schemas = ["main"]
+        if read_shards:
+            for number, shard in enumerate(existing_shards(self.path), start=1):
+                self._reader.execute(f"ATTACH DATABASE ? AS shard{number}", (str(shard),))
+                self._schemas.append(f"shard{number}")
         self._read_lock = threading.Lock()
 
     def close(self) -> None:
@@ -232,22 +262,28 @@ class RecordStore:
             self._writer.execute(sql, params[full:])
 
     # -- reading (API side) ----------------------------------------------------------------
-    def devices(self) -> list[DeviceSummary]:
+    def _union(self, select: str) -> str:
+        """``select`` (with ``{schema}`` placeholders) over every attached database."""
+        return " UNION ALL ".join(select.format(schema=schema) for schema in self._schemas)
+
+    def _device_rows(self, where: str = "", params: Sequence[Any] = ()) -> list[Any]:
+        inner = self._union(
+            "SELECT device_id, source, first_seen, last_seen, record_count "
+            "FROM {schema}.devices" + where
+        )
+        sql = (
+            "SELECT device_id, max(source), min(first_seen), max(last_seen), sum(record_count) "
+            f"FROM ({inner}) GROUP BY device_id ORDER BY max(last_seen) DESC"
+        )
         with self._read_lock:
-            rows = self._reader.execute(
-                "SELECT device_id, source, first_seen, last_seen, record_count "
-                "FROM devices ORDER BY last_seen DESC"
-            ).fetchall()
-        return [DeviceSummary(*row) for row in rows]
+            return self._reader.execute(sql, list(params) * len(self._schemas)).fetchall()
+
+    def devices(self) -> list[DeviceSummary]:
+        return [DeviceSummary(*row) for row in self._device_rows()]
 
     def device(self, device_id: str) -> DeviceSummary | None:
-        with self._read_lock:
-            row = self._reader.execute(
-                "SELECT device_id, source, first_seen, last_seen, record_count "
-                "FROM devices WHERE device_id = ?",
-                (device_id,),
-            ).fetchone()
-        return DeviceSummary(*row) if row else None
+        rows = self._device_rows(" WHERE device_id = ?", (device_id,))
+        return DeviceSummary(*rows[0]) if rows else None
 
     def records(
         self,
@@ -257,21 +293,23 @@ class RecordStore:
         limit: int = 100,
     ) -> list[dict[str, Any]]:
         """A device's records in JSON form, newest (device time) first."""
-        sql = (
-            "SELECT source, device_id, topic, created_at, received_at, data FROM records "
-            "WHERE device_id = ?"
-        )
+        where = "WHERE device_id = ?"
         params: list[Any] = [device_id]
         if since is not None:
-            sql += " AND created_at >= ?"
+            where += " AND created_at >= ?"
             params.append(since)
         if until is not None:
-            sql += " AND created_at <= ?"
+            where += " AND created_at <= ?"
             params.append(until)
-        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
-        params.append(limit)
+        # Each part is cut to ``limit`` on its own index before the parts are merged.
+        part = (
+            "SELECT * FROM (SELECT source, device_id, topic, created_at, received_at, data, id "
+            f"FROM {{schema}}.records {where} ORDER BY created_at DESC, id DESC LIMIT ?)"
+        )
+        sql = f"{self._union(part)} ORDER BY created_at DESC, id DESC LIMIT ?"
+        bound = [*params, limit] * len(self._schemas) + [limit]
         with self._read_lock:
-            rows = self._reader.execute(sql, params).fetchall()
+            rows = self._reader.execute(sql, bound).fetchall()
         return [
             {
                 "source": source,
@@ -281,10 +319,11 @@ class RecordStore:
                 "received_at": format_rfc3339_ms(received),
                 "data": orjson.loads(data),
             }
-            for source, device, topic, created, received, data in rows
+            for source, device, topic, created, received, data, _id in rows
         ]
 
     def count(self) -> int:
+        sql = f"SELECT sum(n) FROM ({self._union('SELECT count(*) AS n FROM {schema}.records')})"
         with self._read_lock:
-            row = self._reader.execute("SELECT count(*) FROM records").fetchone()
-        return int(row[0])
+            row = self._reader.execute(sql).fetchone()
+        return int(row[0] or 0)

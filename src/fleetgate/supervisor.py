@@ -38,6 +38,7 @@ from typing import Any
 
 from fleetgate.config import Config, ConfigError
 from fleetgate.observability.logging import fields
+from fleetgate.store import shard_path
 
 log = logging.getLogger("fleetgate.supervisor")
 
@@ -72,7 +73,14 @@ def worker_config(config: Config, index: int) -> Config:
     """Worker 0 runs as configured; the others leave the API and monitoring port to it."""
     if index == 0:
         return config
-    update: dict[str, Any] = {"api": config.api.model_copy(update={"enabled": False})}
+    update: dict[str, Any] = {
+        "api": config.api.model_copy(update={"enabled": False}),
+        # Each worker writes its own store file (no write lock to take turns on); worker 0,
+        # which serves the API, reads them all.
+        "store": config.store.model_copy(
+            update={"path": str(shard_path(config.store_path, index))}
+        ),
+    }
     if config.monitoring is not None:
         update["monitoring"] = config.monitoring.model_copy(
             update={"prometheus_metrics_port": 0}
@@ -167,10 +175,12 @@ class Supervisor:
         os.environ[MULTIPROC_ENV] = self.metrics_dir
         config = self.config
         if config.store.enabled:
-            # Creates the schema and switches to WAL once, not N times at the same moment.
+            # Creates every worker's file (schema, WAL) before any worker starts, so worker
+            # 0 finds all of them to read.
             from fleetgate.store import RecordStore
 
-            RecordStore(config.store_path).close()
+            for index in range(self.count):
+                RecordStore(shard_path(config.store_path, index)).close()
         if config.tesla_enabled and config.tls is None:
             # Without this every worker would generate its own development CA at once.
             from fleetgate.protocols.tesla.certs import init_pki

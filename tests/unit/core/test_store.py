@@ -46,3 +46,31 @@ def test_data_survives_reopening(tmp_path: Path) -> None:
     reopened = RecordStore(path)
     assert reopened.count() == 1
     reopened.close()
+
+
+def test_reader_with_shards_sees_every_workers_file(tmp_path: Path) -> None:
+    from fleetgate.store import existing_shards, shard_path
+
+    base = tmp_path / "fleetgate.db"
+    assert shard_path(base, 0) == base
+    assert shard_path(base, 2) == tmp_path / "fleetgate.w2.db"
+    first, second = RecordStore(shard_path(base, 0)), RecordStore(shard_path(base, 1))
+    first.write([rec("a", 1000, 10), rec("a", 3000, 30), rec("b", 5, 5)])
+    second.write([rec("a", 2000, 40), rec("c", 7, 7)])
+    (tmp_path / "fleetgate.wx.db").write_bytes(b"")  # not a shard name: ignored
+    assert existing_shards(base) == [shard_path(base, 1)]
+
+    reader = RecordStore(base, read_shards=True)
+    assert [item["data"]["n"] for item in reader.records("a")] == [3000, 2000, 1000]
+    assert [item["data"]["n"] for item in reader.records("a", limit=2)] == [3000, 2000]
+    assert [item["data"]["n"] for item in reader.records("a", since=1500, until=2500)] == [2000]
+    devices = {d.device_id: d for d in reader.devices()}
+    assert set(devices) == {"a", "b", "c"}
+    assert devices["a"].record_count == 3
+    assert (devices["a"].first_seen, devices["a"].last_seen) == (10, 40)
+    assert reader.device("c") == devices["c"]
+    assert reader.count() == 5
+    # Without read_shards a worker sees only its own file.
+    assert first.count() == 3
+    for store in (first, second, reader):
+        store.close()
