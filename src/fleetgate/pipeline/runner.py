@@ -115,7 +115,8 @@ class SinkRunner:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append(_Submission(records, future))
         self._queued_records += count
-        self._queue_gauge.set(self._queued_records)
+        # The depth gauge is updated per batch (in _finish), not per submission: a gauge
+        # write per frame showed up in profiles.
         self._wakeup.set()
         return future
 
@@ -160,6 +161,7 @@ class SinkRunner:
                 # Let a little more arrive so small frames share one publish.
                 await asyncio.sleep(settings.max_linger_s)
             taken = self._take_batch()
+            self._queue_gauge.set(self._queued_records)
             self._inflight = taken
             batch = [record for sub in taken for record in sub.records]
             await self._publish_with_retry(batch, taken)
@@ -214,6 +216,7 @@ class SinkRunner:
     def _mark_failure(self, exc: BaseException, attempt: int) -> None:
         self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         metrics.SINK_ERRORS.labels(sink=self.name).inc()
+        self._queue_gauge.set(self._queued_records)
         if self.hooks is not None:
             self.hooks.failed()
         down = attempt >= self.settings.down_after_failures
