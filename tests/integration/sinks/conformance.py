@@ -109,6 +109,19 @@ class SinkHarness(abc.ABC):
         call (e.g. read up to the high watermark): the confirmation test relies on it.
         """
 
+    @staticmethod
+    async def poll(
+        read_all: Callable[[], Awaitable[list[Delivered]]], expected: int, timeout: float
+    ) -> list[Delivered]:
+        """``read_back`` for backends read by a full re-read: repeat until ``expected`` or
+        ``timeout``, returning the last read either way."""
+        deadline = time.monotonic() + timeout
+        while True:
+            delivered = await read_all()
+            if len(delivered) >= expected or time.monotonic() >= deadline:
+                return delivered
+            await asyncio.sleep(0.05)
+
     def expected_destination(self, sink: Sink, record: Record) -> str:
         """Where ``record`` should show up (``Delivered.destination``)."""
         return sink.destination(record.topic)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
 from collections.abc import Callable
 
 import nats
@@ -50,12 +48,7 @@ class NatsHarness(SinkHarness):
         return await nats.connect(self.url, allow_reconnect=False, connect_timeout=2)
 
     async def read_back(self, expected: int, timeout: float) -> list[Delivered]:
-        deadline = time.monotonic() + timeout
-        while True:
-            delivered = await self._read_all()
-            if len(delivered) >= expected or time.monotonic() >= deadline:
-                return delivered
-            await asyncio.sleep(0.05)
+        return await self.poll(self._read_all, expected, timeout)
 
     async def _read_all(self) -> list[Delivered]:
         try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -48,12 +47,7 @@ class RedisHarness(SinkHarness):
         return RedisSink(config, ctx)
 
     async def read_back(self, expected: int, timeout: float) -> list[Delivered]:
-        deadline = time.monotonic() + timeout
-        while True:
-            delivered = await self._read_all()
-            if len(delivered) >= expected or time.monotonic() >= deadline:
-                return delivered
-            await asyncio.sleep(0.05)
+        return await self.poll(self._read_all, expected, timeout)
 
     async def _read_all(self) -> list[Delivered]:
         client = self.reader()
