@@ -156,13 +156,8 @@ class Server:
         self._start_monitoring()
         for target in LISTENER_FACTORIES:
             module_name, function = target.split(":")
-            try:
-                module = importlib.import_module(module_name)
-            except ModuleNotFoundError as exc:
-                if exc.name != module_name:
-                    raise
-                continue
-            factory: ListenerFactory = getattr(module, function)
+            # Imported here: a protocol's dependencies load only when a server starts.
+            factory: ListenerFactory = getattr(importlib.import_module(module_name), function)
             listener = factory(self.context)
             if listener is None:
                 continue

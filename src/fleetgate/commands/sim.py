@@ -19,10 +19,4 @@ def register(subparsers: Any) -> None:
     )
     sims = parser.add_subparsers(dest="protocol", metavar="PROTOCOL", required=True)
     for module_name in SIM_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        module.register(sims)
+        importlib.import_module(module_name).register(sims)

@@ -100,15 +100,21 @@ class Pipeline:
 
     async def submit(self, records: Sequence[Record]) -> Submission:
         """Hand ``records`` to every sink their topics route to (waits while queues are full)."""
-        by_sink: dict[str, list[Record]] = {}
-        first_targets = self.router.targets(records[0].topic) if records else ()
-        if all(record.topic == records[0].topic for record in records):
-            for name in first_targets:
-                by_sink[name] = list(records)
+        by_sink: dict[str, Sequence[Record]] = {}
+        if not records:
+            return Submission({})
+        topic = records[0].topic
+        if all(record.topic == topic for record in records):
+            # The common case (one frame, one topic): every sink shares the same sequence;
+            # runners only read it.
+            for name in self.router.targets(topic):
+                by_sink[name] = records
         else:
+            grouped: dict[str, list[Record]] = {}
             for record in records:
                 for name in self.router.targets(record.topic):
-                    by_sink.setdefault(name, []).append(record)
+                    grouped.setdefault(name, []).append(record)
+            by_sink.update(grouped)
         counts: dict[tuple[str, str], int] = {}
         for record in records:
             key = (record.source, record.topic)
