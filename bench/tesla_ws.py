@@ -40,7 +40,7 @@ from procstats import cpu_seconds, free_port, rss_mb
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from fleetgate.protocols.tesla.certs import DevPki, client_ssl_context, init_pki
+from fleetgate.pki import DevPki, client_ssl_context, init_pki
 from fleetgate.protocols.tesla.envelope import MESSAGE_STREAM_ACK, parse_envelope
 from fleetgate.sim.tesla import VehicleModel, build_vehicle_frame
 

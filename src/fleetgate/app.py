@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fleetgate.config import Config
+from fleetgate.forms import wire_payload
 from fleetgate.observability.dispatcher_metrics import dispatcher_metrics
 from fleetgate.pipeline import AckPolicy, Pipeline, Router, RunnerSettings, SinkRunner
-from fleetgate.records import wire_payload
 from fleetgate.sinks.base import Sink, SinkContext, sink_class
 from fleetgate.sinks.sqlite import SqliteSink
 from fleetgate.store import RecordStore
@@ -63,9 +63,9 @@ ListenerFactory = Callable[[ServerContext], Listener | None]
 
 # Listener factories, "module:function". Each returns None when its config disables it.
 LISTENER_FACTORIES: list[str] = [
-    "fleetgate.protocols.teltonika.listener:create_listener",
-    "fleetgate.protocols.teltonika.udp_listener:create_listener",
-    "fleetgate.protocols.tesla.listener:create_listener",
+    "fleetgate.listeners.teltonika.tcp:create_listener",
+    "fleetgate.listeners.teltonika.udp:create_listener",
+    "fleetgate.listeners.tesla.listener:create_listener",
 ]
 
 

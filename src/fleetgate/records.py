@@ -7,9 +7,7 @@ and the original bytes (``raw``) so sinks can forward a vehicle's own protobuf u
 
 Records have exactly one JSON form (:func:`record_json`), used by the REST API, the live
 stream, the logger, JSON lines and every sink that sends JSON. Sinks that forward a
-protocol's *own* bytes (Tesla's protobuf, or its protojson when
-``transmit_decoded_records`` is set) ask :func:`wire_payload`, which defers to a per-source
-:class:`WireForm` registered by the protocol package.
+protocol's *own* bytes (Tesla's protobuf) ask :func:`fleetgate.forms.wire_payload`.
 """
 
 from __future__ import annotations
@@ -167,24 +165,3 @@ def record_metadata(record: Record) -> dict[str, str]:
         "version": "0",
         "device_client_version": meta.get("device_client_version", ""),
     }
-
-
-# A protocol's own payload form: (record, transmit_decoded) -> bytes.
-WireForm = Callable[[Record, bool], bytes]
-_wire_forms: dict[str, WireForm] = {}
-
-
-def register_wire_form(source: str, form: WireForm) -> None:
-    """Let a protocol package say how its records travel to sinks (e.g. Tesla protobuf)."""
-    _wire_forms[source] = form
-
-
-def wire_payload(record: Record, transmit_decoded: bool = False) -> bytes:
-    """Bytes a dispatcher sends for ``record``.
-
-    Sources without a registered wire form (Teltonika, MQTT) travel as the record JSON.
-    """
-    form = _wire_forms.get(record.source)
-    if form is None:
-        return record_json(record)
-    return form(record, transmit_decoded)

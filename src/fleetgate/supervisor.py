@@ -183,8 +183,8 @@ class Supervisor:
                 RecordStore(shard_path(config.store_path, index)).close()
         if config.tesla_enabled and config.tls is None:
             # Without this every worker would generate its own development CA at once.
-            from fleetgate.protocols.tesla.certs import init_pki
-            from fleetgate.protocols.tesla.listener import DEV_CA_DIR
+            from fleetgate.listeners.tesla.listener import DEV_CA_DIR
+            from fleetgate.pki import init_pki
 
             init_pki(config.data_path / DEV_CA_DIR, host="localhost")
         log.info(

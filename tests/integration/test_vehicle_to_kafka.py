@@ -19,7 +19,7 @@ from confluent_kafka import Consumer, TopicPartition
 from fleetgate.app import Server
 from fleetgate.config import build_config
 from fleetgate.observability import metrics
-from fleetgate.protocols.tesla.certs import init_pki
+from fleetgate.pki import init_pki
 from fleetgate.protocols.tesla.proto import vehicle_connectivity_pb2 as vc
 from fleetgate.protocols.tesla.proto import vehicle_data_pb2 as vd
 from fleetgate.sim.tesla import TeslaSimSettings, credentials_from_dir, run_simulation

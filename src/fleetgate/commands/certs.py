@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from fleetgate.protocols.tesla.certs import DEV_CA_NAME, init_pki
+from fleetgate.pki import DEV_CA_NAME, init_pki
 
 
 def register(subparsers: Any) -> None:

@@ -34,7 +34,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from fleetgate.protocols.tesla.certs import client_ssl_context
+from fleetgate.pki import client_ssl_context
 from fleetgate.protocols.tesla.envelope import (
     MESSAGE_STREAM,
     MESSAGE_STREAM_ACK,

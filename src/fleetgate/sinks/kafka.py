@@ -8,7 +8,7 @@ compression, idempotence and its own batching, and it is far faster than a pure-
 client.
 
 Message shape (spec section 11): topic ``<namespace>_<topic>``, key = device id, headers =
-the seven metadata keys, value = :func:`~fleetgate.records.wire_payload`.
+the seven metadata keys, value = :func:`~fleetgate.forms.wire_payload`.
 
 Confirmation: ``produce`` only queues a message inside librdkafka; a background thread
 polls the producer, and each delivery report resolves an asyncio future on the event loop
@@ -32,7 +32,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from fleetgate.records import Record, record_metadata, wire_payload
+from fleetgate.forms import wire_payload
+from fleetgate.records import Record, record_metadata
 from fleetgate.sinks.base import PermanentSinkError, Sink, SinkContext, TransientSinkError
 
 log = logging.getLogger("fleetgate.sinks.kafka")

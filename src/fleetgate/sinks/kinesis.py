@@ -9,7 +9,7 @@ request. ``PutRecords`` sends up to 500 records per call instead of the referenc
 Names (spec section 11): stream = ``kinesis.streams[topic]``, overridden by the environment
 variable ``KINESIS_STREAM_<TOPIC>``, else ``<namespace>_<topic>``; PartitionKey = device id
 (one shard per vehicle, so per-vehicle order); Data =
-:func:`~fleetgate.records.wire_payload`. The endpoint comes from ``kinesis.override_host``
+:func:`~fleetgate.forms.wire_payload`. The endpoint comes from ``kinesis.override_host``
 or ``AWS_ENDPOINT_URL_KINESIS``; the region from ``kinesis.region``, the AWS environment,
 else ``us-east-1``.
 
@@ -27,7 +27,8 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from fleetgate.records import Record, wire_payload
+from fleetgate.forms import wire_payload
+from fleetgate.records import Record
 from fleetgate.sinks.base import PermanentSinkError, Sink, SinkContext, TransientSinkError
 
 MAX_RECORDS_PER_CALL = 500

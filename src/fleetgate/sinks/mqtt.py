@@ -5,10 +5,10 @@ the protocol (QoS 1/2 handshakes, in-flight window, TLS); aiomqtt drives its soc
 the event loop, so waiting for a PUBACK is an ``await`` with a timeout and no thread.
 
 Messages (spec section 11.1): a source that registered a form with
-:func:`fleetgate.sinks.forms.register_mqtt_form` is published as that form says (Tesla:
+:func:`fleetgate.forms.register_mqtt_form` is published as that form says (Tesla:
 one message per field under ``<topic_base>/<VIN>/v/<Field>``, alerts, errors,
 connectivity). Every other record becomes one message ``<topic_base>/<device_id>/<topic>``
-carrying :func:`~fleetgate.records.wire_payload`, which is the record JSON for every
+carrying :func:`~fleetgate.forms.wire_payload`, which is the record JSON for every
 source without a wire form of its own (Teltonika, MQTT gateways). QoS and the retain
 flag come from the config for every message.
 
@@ -31,9 +31,9 @@ import ssl
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from fleetgate.records import Record, wire_payload
+from fleetgate.forms import mqtt_form, wire_payload
+from fleetgate.records import Record
 from fleetgate.sinks.base import PermanentSinkError, Sink, SinkContext, TransientSinkError
-from fleetgate.sinks.forms import mqtt_form
 
 _MESSAGES_PER_BUDGET = 1000
 _MAX_INFLIGHT = 200

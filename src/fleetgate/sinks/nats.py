@@ -41,7 +41,8 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from fleetgate.config import NatsConfig
-from fleetgate.records import Record, record_metadata, wire_payload
+from fleetgate.forms import wire_payload
+from fleetgate.records import Record, record_metadata
 from fleetgate.sinks.base import PermanentSinkError, Sink, SinkContext, TransientSinkError
 
 log = logging.getLogger("fleetgate.sinks.nats")

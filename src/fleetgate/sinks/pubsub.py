@@ -12,7 +12,7 @@ Names (spec section 11): topic ``<namespace>_<topic>`` in ``pubsub.gcp_project_i
 on first use if missing (the reference creates them at start-up for every routed type;
 the sink does not know the routed types up front, and creating lazily also heals an
 emulator that lost its state). Attributes = the seven metadata keys; data =
-:func:`~fleetgate.records.wire_payload`.
+:func:`~fleetgate.forms.wire_payload`.
 
 Confirmation: the Publish RPC returned a message id for every message. An RPC that
 cannot finish within ``publish_timeout_s`` (retries of UNAVAILABLE and friends included)
@@ -30,7 +30,8 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from fleetgate.records import Record, record_metadata, wire_payload
+from fleetgate.forms import wire_payload
+from fleetgate.records import Record, record_metadata
 from fleetgate.sinks.base import PermanentSinkError, Sink, SinkContext, TransientSinkError
 
 MAX_MESSAGES_PER_CALL = 1000

@@ -5,7 +5,7 @@ standalone and cluster servers, and has pipelines, which is what batching needs 
 round trip carries a whole batch and its replies are the confirmation.
 
 What one record becomes (``<dest>`` = ``<namespace>_<topic>``, payload =
-:func:`~fleetgate.records.wire_payload`), in this order, per the reference (spec §11.2):
+:func:`~fleetgate.forms.wire_payload`), in this order, per the reference (spec §11.2):
 
 1. ``subscriber_set_prefix``: the sorted set ``<prefix>_<dest>_{<VIN>}`` holds subscriber
    channels scored by lease expiry (epoch seconds). Members scored below now are removed,
@@ -48,7 +48,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from fleetgate.config import ConfigError, RedisConfig
-from fleetgate.records import Record, record_metadata, wire_payload
+from fleetgate.forms import wire_payload
+from fleetgate.records import Record, record_metadata
 from fleetgate.sinks.base import PermanentSinkError, Sink, SinkContext, TransientSinkError
 
 _CHUNK = 1000

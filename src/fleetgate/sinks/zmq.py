@@ -5,7 +5,7 @@ blocks on send, so the plain (non-asyncio) socket is used: a batch is a tight lo
 ``send_multipart`` calls with no event-loop round trip per message.
 
 Each record is one two-frame message ``[<namespace>_<topic>, payload]`` (payload =
-:func:`~fleetgate.records.wire_payload`), so subscribers filter by prefix on the first frame.
+:func:`~fleetgate.forms.wire_payload`), so subscribers filter by prefix on the first frame.
 No key, no headers, as in the reference.
 
 Confirmation = ``send`` returned, which is all PUB/SUB offers: ZeroMQ delivers to the
@@ -38,7 +38,8 @@ from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
 from fleetgate.config import ConfigError, ZmqConfig
-from fleetgate.records import Record, wire_payload
+from fleetgate.forms import wire_payload
+from fleetgate.records import Record
 from fleetgate.sinks.base import Sink, SinkContext, TransientSinkError
 
 log = logging.getLogger("fleetgate.sinks.zmq")

@@ -22,7 +22,7 @@ generated for it: ``conftest.py`` deselects them at collection (marker ``sink_re
 What the suite proves, per sink:
 
 * a batch read back by an independent consumer matches byte for byte: payload =
-  :func:`~fleetgate.records.wire_payload` (JSON records *and* raw wire bytes, both payload
+  :func:`~fleetgate.forms.wire_payload` (JSON records *and* raw wire bytes, both payload
   modes), key = device id, headers = :func:`~fleetgate.records.record_metadata`;
 * per-device order survives, through a real :class:`SinkRunner`;
 * 10,000 records arrive, each exactly once when nothing fails;
@@ -49,8 +49,9 @@ from typing import Any, ClassVar
 import orjson
 import pytest
 
+from fleetgate.forms import register_wire_form, wire_payload
 from fleetgate.pipeline.runner import RunnerSettings, SinkRunner
-from fleetgate.records import Record, record_metadata, register_wire_form, wire_payload
+from fleetgate.records import Record, record_metadata
 from fleetgate.sinks.base import Health, Sink, SinkContext
 from tests.integration.services import ManagedProcess
 

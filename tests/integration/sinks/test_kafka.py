@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from fleetgate.records import Record, record_metadata, wire_payload
+from fleetgate.forms import wire_payload
+from fleetgate.records import Record, record_metadata
 from fleetgate.sinks.base import PermanentSinkError, Sink, SinkContext, sink_class
 from fleetgate.sinks.kafka import KafkaSink
 from tests.integration.conftest import start_private

@@ -16,7 +16,7 @@ from typing import Any
 import boto3
 import pytest
 
-from fleetgate.records import wire_payload
+from fleetgate.forms import wire_payload
 from fleetgate.sinks.base import Sink, SinkContext, TransientSinkError, sink_class
 from fleetgate.sinks.kinesis import KinesisSink
 from tests.integration.conftest import start_private

@@ -20,9 +20,9 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from fleetgate.records import Record, record_json, wire_payload
+from fleetgate.forms import register_mqtt_form, wire_payload
+from fleetgate.records import Record, record_json
 from fleetgate.sinks.base import Sink, SinkContext, TransientSinkError, sink_class
-from fleetgate.sinks.forms import register_mqtt_form
 from fleetgate.sinks.mqtt import MqttSink
 from tests.integration.conftest import start_private
 from tests.integration.services import ManagedProcess, mosquitto_durable_server

@@ -10,7 +10,8 @@ import pytest
 from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from fleetgate.records import Record, wire_payload
+from fleetgate.forms import wire_payload
+from fleetgate.records import Record
 from fleetgate.sinks.base import Sink, SinkContext, sink_class
 from fleetgate.sinks.nats import NatsSink, message_id, subject_token
 from tests.integration.services import ManagedProcess

@@ -10,7 +10,8 @@ import pytest
 from redis.asyncio import Redis
 
 from fleetgate.config import ConfigError
-from fleetgate.records import record_metadata, wire_payload
+from fleetgate.forms import wire_payload
+from fleetgate.records import record_metadata
 from fleetgate.sinks.base import Sink, SinkContext, TransientSinkError, sink_class
 from fleetgate.sinks.redis import RedisSink
 from tests.integration.services import ManagedProcess, redis_server

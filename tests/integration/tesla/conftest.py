@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fleetgate.app import Server
-from fleetgate.protocols.tesla.certs import DevPki, init_pki
+from fleetgate.pki import DevPki, init_pki
 from tests.integration.tesla.helpers import OTHER_VIN, VIN, start_server
 
 

@@ -14,9 +14,9 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from fleetgate.app import Server
 from fleetgate.config import build_config
-from fleetgate.protocols.tesla.certs import DevPki, client_ssl_context
+from fleetgate.listeners.tesla.listener import TeslaListener
+from fleetgate.pki import DevPki, client_ssl_context
 from fleetgate.protocols.tesla.envelope import Envelope, build_stream_envelope, parse_envelope
-from fleetgate.protocols.tesla.listener import TeslaListener
 from fleetgate.protocols.tesla.proto import vehicle_data_pb2 as vd
 from fleetgate.records import Record
 from fleetgate.sinks.base import Sink, register_sink

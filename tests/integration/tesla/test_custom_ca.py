@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from websockets.asyncio.client import connect
 
-from fleetgate.protocols.tesla.certs import DEV_CA_NAME, client_ssl_context, init_pki, write_cert
+from fleetgate.pki import DEV_CA_NAME, client_ssl_context, init_pki, write_cert
 from fleetgate.protocols.tesla.envelope import MESSAGE_STREAM_ACK
 from tests.integration.tesla.helpers import (
     TIMEOUT,

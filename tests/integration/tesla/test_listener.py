@@ -15,7 +15,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from fleetgate.app import Server
 from fleetgate.observability import metrics
-from fleetgate.protocols.tesla.certs import (
+from fleetgate.pki import (
     DevPki,
     client_ssl_context,
     generate_ca,

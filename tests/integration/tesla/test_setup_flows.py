@@ -11,7 +11,7 @@ import pytest
 from fleetgate.app import Server
 from fleetgate.cli import main
 from fleetgate.config import build_config, read_config_file
-from fleetgate.protocols.tesla.certs import client_ssl_context, init_pki
+from fleetgate.pki import client_ssl_context, init_pki
 from fleetgate.protocols.tesla.envelope import MESSAGE_STREAM_ACK
 from fleetgate.sim.tesla import TeslaSimSettings, credentials_from_dir, run_simulation
 from tests.integration.tesla.helpers import (

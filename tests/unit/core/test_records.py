@@ -4,14 +4,13 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fleetgate.forms import register_wire_form, wire_payload
 from fleetgate.records import (
     Record,
     format_rfc3339_ms,
     parse_rfc3339_ms,
     record_json,
     record_metadata,
-    register_wire_form,
-    wire_payload,
 )
 
 

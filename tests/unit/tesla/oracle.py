@@ -93,7 +93,7 @@ def string_data(name: str, text: str) -> Any:
     """Numeric and boolean strings as numbers and booleans, free-text fields as they are."""
     import re
 
-    from fleetgate.protocols.tesla.jsonform import TEXT_FIELDS
+    from fleetgate.protocols.tesla.natural import TEXT_FIELDS
 
     if name in TEXT_FIELDS:
         return text

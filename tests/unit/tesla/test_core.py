@@ -12,6 +12,9 @@ from google.protobuf.descriptor import FieldDescriptor
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fleetgate.forms import wire_payload
+from fleetgate.forms.tesla_log import log_form
+from fleetgate.forms.tesla_mqtt import mqtt_messages
 from fleetgate.protocols.tesla.core import (
     FrameProcessor,
     FrameResult,
@@ -28,10 +31,9 @@ from fleetgate.protocols.tesla.envelope import (
     build_stream_envelope,
     parse_envelope,
 )
-from fleetgate.protocols.tesla.jsonform import log_form, mqtt_messages
 from fleetgate.protocols.tesla.proto import vehicle_connectivity_pb2 as vc
 from fleetgate.protocols.tesla.proto import vehicle_data_pb2 as vd
-from fleetgate.records import record_metadata, wire_payload
+from fleetgate.records import record_metadata
 from tests.unit.tesla import oracle
 from tests.unit.tesla.helpers import IDENTITY, VIN, integration_payload, payload
 

@@ -12,22 +12,18 @@ from google.protobuf.message import Message
 from hypothesis import given, settings
 
 import fleetgate.protocols.tesla  # noqa: F401 - registers the Tesla forms
-from fleetgate.protocols.tesla.jsonform import (
-    log_form,
-    mqtt_messages,
-    natural_data,
-    natural_value,
-    natural_vehicle_data,
-    protojson_dict,
-)
+from fleetgate.forms import mqtt_form, wire_payload
+from fleetgate.forms.tesla_log import log_form
+from fleetgate.forms.tesla_mqtt import mqtt_messages
+from fleetgate.protocols.tesla.natural import natural_data, natural_value, natural_vehicle_data
 from fleetgate.protocols.tesla.proto import vehicle_alert_pb2 as va
 from fleetgate.protocols.tesla.proto import vehicle_connectivity_pb2 as vc
 from fleetgate.protocols.tesla.proto import vehicle_data_pb2 as vd
 from fleetgate.protocols.tesla.proto import vehicle_error_pb2 as ve
+from fleetgate.protocols.tesla.protojson import protojson_dict
 from fleetgate.protocols.tesla.transforms import transform_payload
-from fleetgate.records import Record, record_json, wire_payload
+from fleetgate.records import Record, record_json
 from fleetgate.sinks.base import SinkContext
-from fleetgate.sinks.forms import mqtt_form
 from fleetgate.sinks.logger import LoggerSink
 from tests.unit.tesla import oracle
 from tests.unit.tesla.helpers import VIN, payload

@@ -7,14 +7,14 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fleetgate.observability import metrics
-from fleetgate.protocols.tesla.ratelimit import METRICS_ONLY
-from fleetgate.protocols.tesla.session import (
+from fleetgate.listeners.tesla.session import (
     WRITE_BATCH_FRAMES,
     WRITE_QUEUE_FRAMES,
     SessionSettings,
     VehicleSession,
 )
+from fleetgate.observability import metrics
+from fleetgate.protocols.tesla.ratelimit import METRICS_ONLY
 from tests.unit.tesla.helpers import IDENTITY
 
 

@@ -14,12 +14,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fleetgate.cli import main
 from fleetgate.config import ConfigError, TlsConfig
-from fleetgate.protocols.tesla.certs import (
-    DEV_CA_NAME,
-    ca_bundle,
-    init_pki,
-    server_ssl_context,
-)
+from fleetgate.listeners.tesla.tls import ca_bundle, server_ssl_context
+from fleetgate.pki import DEV_CA_NAME, init_pki
 from fleetgate.protocols.tesla.identity import identity_from_certificate
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fleetgate.cli import main
-from fleetgate.protocols.tesla.certs import init_pki
+from fleetgate.pki import init_pki
 from fleetgate.protocols.tesla.fleet_config import (
     FieldSpec,
     FleetConfigError,

@@ -6,7 +6,7 @@ The protocol core here is sans-I/O and usable as a library, without a server:
   ``build_error``, ``build_stream_envelope``);
 * :mod:`.identity` — VIN and client type from a verified client certificate;
 * :mod:`.transforms` — the per-topic protobuf fix-ups the reference applies;
-* :mod:`.jsonform` — protojson, fleetgate's ``Record.data``, log and MQTT forms;
+* :mod:`.natural` — fleetgate's ``Record.data``; :mod:`.protojson` — the reference's JSON;
 * :mod:`.core` — ``FrameProcessor``: one frame in, Records and replies out;
 * :mod:`.proto` — generated protobuf code (committed; regenerate with
   ``scripts/gen_tesla_protos.sh``).
@@ -19,14 +19,13 @@ Decode a captured frame::
     decoded["payload"]   # the reference server's protojson of the transformed payload
 
 Process frames like the server does (the I/O around it — TLS, WebSocket, pipeline — is in
-``listener.py`` / ``session.py``)::
+:mod:`fleetgate.listeners.tesla`)::
 
     processor = FrameProcessor(identity, configured_topics=frozenset({"V"}), socket_id=uuid)
     result = processor.process(frame, received_at=now_ms)
     # send result.immediate_replies; dispatch result.records; then send result.ack_reply
 
-Importing this package registers the Tesla wire form (protobuf / protojson for sinks), the
-reference logger form and the per-field MQTT form.
+The forms sinks need (log lines, MQTT messages) are in :mod:`fleetgate.forms`.
 """
 
 from __future__ import annotations
@@ -53,21 +52,9 @@ from fleetgate.protocols.tesla.identity import (
     VehicleIdentity,
     identity_from_certificate,
 )
-from fleetgate.protocols.tesla.jsonform import (
-    log_form,
-    mqtt_messages,
-    natural_data,
-    protojson_dict,
-    wire_form,
-)
+from fleetgate.protocols.tesla.natural import natural_data
+from fleetgate.protocols.tesla.protojson import protojson_dict
 from fleetgate.protocols.tesla.transforms import PayloadError, transform_payload
-from fleetgate.records import SOURCE_TESLA, register_wire_form
-from fleetgate.sinks.forms import register_mqtt_form
-from fleetgate.sinks.logger import register_log_form
-
-register_wire_form(SOURCE_TESLA, wire_form)
-register_log_form(SOURCE_TESLA, log_form)
-register_mqtt_form(SOURCE_TESLA, mqtt_messages)
 
 __all__ = [
     "MAX_FRAME_BYTES",
@@ -85,8 +72,6 @@ __all__ = [
     "connectivity_record",
     "decode_frame_to_json",
     "identity_from_certificate",
-    "log_form",
-    "mqtt_messages",
     "natural_data",
     "parse_envelope",
     "peek_topic",

@@ -37,13 +37,13 @@ from fleetgate.protocols.tesla.envelope import (
     parse_envelope,
 )
 from fleetgate.protocols.tesla.identity import VehicleIdentity
-from fleetgate.protocols.tesla.jsonform import (
+from fleetgate.protocols.tesla.natural import (
     natural_data,
     natural_vehicle_data,
     payload_created_at_ms,
-    protojson_dict,
 )
 from fleetgate.protocols.tesla.proto import vehicle_connectivity_pb2, vehicle_data_pb2
+from fleetgate.protocols.tesla.protojson import protojson_dict
 from fleetgate.protocols.tesla.transforms import (
     TOPIC_CONNECTIVITY,
     PayloadError,

@@ -25,8 +25,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-
-from fleetgate.config import RateLimitConfig
+from typing import Literal, Protocol
 
 # The reference's always-on metrics-only limiter.
 METRICS_ONLY_LIMIT = 100
@@ -47,7 +46,20 @@ class RateLimitSettings:
 METRICS_ONLY = RateLimitSettings(False, METRICS_ONLY_LIMIT, METRICS_ONLY_INTERVAL_S)
 
 
-def rate_limit_settings(config: RateLimitConfig | None) -> RateLimitSettings:
+class RateLimitOptions(Protocol):
+    """The ``rate_limit`` config section, as far as the limiter reads it."""
+
+    @property
+    def enabled(self) -> bool: ...
+    @property
+    def message_limit(self) -> int: ...
+    @property
+    def message_interval_time(self) -> int: ...
+    @property
+    def mode(self) -> Literal["fleetgate", "reference"]: ...
+
+
+def rate_limit_settings(config: RateLimitOptions | None) -> RateLimitSettings:
     """Turn the ``rate_limit`` config section into limiter settings."""
     if config is None or not config.enabled or config.mode == "reference":
         return METRICS_ONLY

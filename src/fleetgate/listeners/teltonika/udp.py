@@ -20,12 +20,12 @@ from typing import Any
 
 from fleetgate.app import ServerContext
 from fleetgate.config import TeltonikaConfig
+from fleetgate.listeners.teltonika.authority import DeviceAuthority
 from fleetgate.observability import metrics
 from fleetgate.observability.logging import fields
 from fleetgate.pipeline import Pipeline
 from fleetgate.protocols.teltonika.errors import TeltonikaDecodeError
 from fleetgate.protocols.teltonika.events import AvlFrame
-from fleetgate.protocols.teltonika.listener import DeviceAuthority
 from fleetgate.protocols.teltonika.model import codec_name
 from fleetgate.protocols.teltonika.records import to_records
 from fleetgate.protocols.teltonika.udp import UdpDatagram, decode_udp_datagram, encode_udp_ack
@@ -55,8 +55,9 @@ class TeltonikaUdpProtocol(asyncio.DatagramProtocol):
             metrics.labelled(metrics.TELTONIKA_FRAMES, "udp", "protocol_error").inc()
             log.warning(
                 "udp datagram refused; no ack",
-                extra=fields(peer=f"{addr[0]}:{addr[1]}", reason=exc.reason,
-                             evidence=data[:64].hex()),
+                extra=fields(
+                    peer=f"{addr[0]}:{addr[1]}", reason=exc.reason, evidence=data[:64].hex()
+                ),
             )
             return
         if not self.authority.allows(datagram.imei):

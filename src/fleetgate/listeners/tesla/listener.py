@@ -34,13 +34,14 @@ from websockets.http11 import Request, Response
 
 from fleetgate.app import ServerContext
 from fleetgate.config import Config, TlsConfig
+from fleetgate.listeners.tesla.session import PROTOCOL, SessionSettings, VehicleSession
+from fleetgate.listeners.tesla.tls import ca_file_warnings, server_ssl_context
 from fleetgate.observability import metrics
 from fleetgate.observability.logging import fields
 from fleetgate.pipeline import Pipeline
-from fleetgate.protocols.tesla.certs import ca_file_warnings, init_pki, server_ssl_context
+from fleetgate.pki import init_pki
 from fleetgate.protocols.tesla.identity import IdentityError, identity_from_certificate
 from fleetgate.protocols.tesla.ratelimit import rate_limit_settings
-from fleetgate.protocols.tesla.session import PROTOCOL, SessionSettings, VehicleSession
 
 log = logging.getLogger("fleetgate.tesla")
 # The websockets library logs every open/close at INFO, duplicating socket_connected and
@@ -148,7 +149,10 @@ class TeslaListener:
         )
         if config.status_port > 0:
             self._status_server = await asyncio.start_server(
-                _status_client, config.host or None, config.status_port, reuse_address=True,
+                _status_client,
+                config.host or None,
+                config.status_port,
+                reuse_address=True,
                 reuse_port=config.shares_ports,
             )
             log.info("status_server_configured", extra=fields(port=self.status_port))

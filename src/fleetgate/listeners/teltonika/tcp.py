@@ -21,6 +21,7 @@ from typing import Any, cast
 
 from fleetgate.app import ServerContext
 from fleetgate.config import TeltonikaConfig
+from fleetgate.listeners.teltonika.authority import DeviceAuthority
 from fleetgate.observability import metrics
 from fleetgate.observability.logging import fields
 from fleetgate.pipeline import Pipeline
@@ -43,16 +44,6 @@ log = logging.getLogger("fleetgate.teltonika")
 PROTOCOL = "teltonika"
 MAX_PENDING_EVENTS = 64
 RESUME_PENDING_EVENTS = 16
-
-
-class DeviceAuthority:
-    """Decides whether an IMEI may connect: everyone, or the configured allow-list."""
-
-    def __init__(self, allowed: list[str] | None) -> None:
-        self._allowed = frozenset(allowed) if allowed is not None else None
-
-    def allows(self, imei: str) -> bool:
-        return self._allowed is None or imei in self._allowed
 
 
 class TeltonikaSession(asyncio.Protocol):
@@ -223,7 +214,10 @@ class TeltonikaSession(asyncio.Protocol):
             log.info(
                 "gprs message received",
                 extra=fields(
-                    peer=self.peer, imei=imei, codec=codec, type=message.type,
+                    peer=self.peer,
+                    imei=imei,
+                    codec=codec,
+                    type=message.type,
                     payload=message.payload[:256].hex(),
                 ),
             )
@@ -238,8 +232,11 @@ class TeltonikaSession(asyncio.Protocol):
         log.warning(
             "protocol violation; closing connection",
             extra=fields(
-                peer=self.peer, imei=self.connection.imei, reason=event.reason,
-                codec=codec, evidence=event.evidence,
+                peer=self.peer,
+                imei=self.connection.imei,
+                reason=event.reason,
+                codec=codec,
+                evidence=event.evidence,
             ),
         )
         self.close()
