@@ -34,7 +34,8 @@ sys.path.insert(0, str(ROOT))  # tests.integration.services: the servers the tes
 
 from fleetgate.pipeline.runner import RunnerSettings, SinkRunner  # noqa: E402
 from fleetgate.records import Record  # noqa: E402
-from fleetgate.sinks.base import Sink, SinkContext, sink_class  # noqa: E402
+from fleetgate.sinks.base import Sink, SinkContext  # noqa: E402
+from fleetgate.sinks.registry import sink_class  # noqa: E402
 from tests.integration import services  # noqa: E402
 
 Count = Callable[[], Awaitable[int]]

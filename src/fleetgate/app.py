@@ -10,80 +10,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import importlib
 import logging
 import signal
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
 
+from fleetgate import __version__
 from fleetgate.config import Config
 from fleetgate.forms import wire_payload
+from fleetgate.listeners.teltonika.tcp import create_listener as teltonika_tcp_listener
+from fleetgate.listeners.teltonika.udp import create_listener as teltonika_udp_listener
+from fleetgate.listeners.tesla.listener import create_listener as tesla_listener
 from fleetgate.observability.dispatcher_metrics import dispatcher_metrics
 from fleetgate.pipeline import AckPolicy, Pipeline, Router, RunnerSettings, SinkRunner
-from fleetgate.sinks.base import Sink, SinkContext, sink_class
-from fleetgate.sinks.sqlite import SqliteSink
+from fleetgate.runtime import Listener, ListenerFactory, ServerContext, StartupError
+from fleetgate.sinks.base import Health, SinkContext
+from fleetgate.sinks.registry import build_sink
+from fleetgate.sinks.sqlite import SqliteSettings, SqliteSink
 from fleetgate.store import RecordStore
 
 log = logging.getLogger("fleetgate")
 
-STORE_SINK = "sqlite"
+STORE_SINK = SqliteSink.name
 
+# Started in this order; each returns None when its config disables it.
+LISTENER_FACTORIES: tuple[ListenerFactory, ...] = (
+    teltonika_tcp_listener,
+    teltonika_udp_listener,
+    tesla_listener,
+)
 
-class StartupError(Exception):
-    """The server could not start (a port in use, a listener that failed): one line."""
-
-
-class Listener(Protocol):
-    """A device-facing server (Teltonika TCP, Tesla WebSocket, MQTT subscriber...)."""
-
-    name: str
-
-    async def start(self) -> None:
-        """Bind and begin accepting devices."""
-
-    async def stop(self) -> None:
-        """Stop accepting, close sessions."""
-
-    def health(self) -> dict[str, Any]:
-        """State for ``/health`` (bound address, open connections...)."""
-
-
-@dataclass
-class ServerContext:
-    """What a listener factory receives: the config and the pipeline it feeds."""
-
-    config: Config
-    pipeline: Pipeline
-    store: RecordStore | None
-    extras: dict[str, Any] = field(default_factory=dict)
-
-
-ListenerFactory = Callable[[ServerContext], Listener | None]
-
-# Listener factories, "module:function". Each returns None when its config disables it.
-LISTENER_FACTORIES: list[str] = [
-    "fleetgate.listeners.teltonika.tcp:create_listener",
-    "fleetgate.listeners.teltonika.udp:create_listener",
-    "fleetgate.listeners.tesla.listener:create_listener",
-]
-
-
-def sink_section(config: Config, name: str) -> dict[str, Any]:
-    """The config section a sink is built from (``kafka`` is a raw librdkafka map)."""
-    if name == STORE_SINK:
-        return {"path": str(config.store_path)}
-    if name == "jsonl":
-        return {"path": str(config.jsonl_path), "fsync": config.jsonl.fsync}
-    if name == "logger":
-        return config.logger.model_dump()
-    section = getattr(config, name, None)
-    if section is None:
-        return {}
-    if isinstance(section, dict):
-        return dict(section)
-    dumped: dict[str, Any] = section.model_dump()
-    return dumped
+__all__ = ["Server", "StartupError", "build_pipeline", "serve"]
 
 
 def runner_settings(config: Config) -> RunnerSettings:
@@ -110,11 +68,11 @@ def build_pipeline(config: Config, store: RecordStore | None = None) -> Pipeline
     if config.store.enabled:
         always.append(STORE_SINK)
         store_settings = dataclasses.replace(settings, max_batch=config.store.max_batch)
-        store_sink = SqliteSink(sink_section(config, STORE_SINK), context, store=store)
+        store_sink = SqliteSink(SqliteSettings(path=str(config.store_path)), context, store=store)
         runners[STORE_SINK] = SinkRunner(store_sink, store_settings)
     router = Router(config.records, always=always)
     for name in sorted(router.sink_names - set(runners)):
-        sink: Sink = sink_class(name)(sink_section(config, name), context)
+        sink = build_sink(name, config.sink_section(name), context)
         reliable = [t for t, s in config.reliable_ack_sources.items() if s == name]
         hooks = dispatcher_metrics(
             name, reliable, lambda r: len(wire_payload(r, config.transmit_decoded_records))
@@ -144,6 +102,7 @@ class Server:
         self.pipeline = build_pipeline(config, self.store)
         self.context = ServerContext(config, self.pipeline, self.store)
         self.listeners: list[Listener] = []
+        self.started_at = time.time()
         self._api_server: Any = None
         self._metrics_server: Any = None
         self._api_task: asyncio.Task[None] | None = None
@@ -154,10 +113,7 @@ class Server:
         if self.config.api.enabled:
             await self._start_api()
         self._start_monitoring()
-        for target in LISTENER_FACTORIES:
-            module_name, function = target.split(":")
-            # Imported here: a protocol's dependencies load only when a server starts.
-            factory: ListenerFactory = getattr(importlib.import_module(module_name), function)
+        for factory in LISTENER_FACTORIES:
             listener = factory(self.context)
             if listener is None:
                 continue
@@ -219,12 +175,33 @@ class Server:
     def listener(self, name: str) -> Listener | None:
         return next((item for item in self.listeners if item.name == name), None)
 
+    def health_report(self) -> dict[str, Any]:
+        """``/health``: the worst status of any sink or listener, and each one's state."""
+        sinks = self.pipeline.health()
+        listeners = {item.name: item.health() for item in self.listeners}
+        statuses = {entry["status"] for entry in sinks.values()}
+        statuses.update(entry.get("status", "ok") for entry in listeners.values())
+        if Health.DOWN.value in statuses:
+            status = Health.DOWN.value
+        elif Health.DEGRADED.value in statuses:
+            status = Health.DEGRADED.value
+        else:
+            status = Health.OK.value
+        return {
+            "status": status,
+            "version": __version__,
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "workers": self.workers,
+            "listeners": listeners,
+            "sinks": sinks,
+        }
+
     async def _start_api(self) -> None:
         import uvicorn
 
         from fleetgate.api.app import create_api
 
-        api = create_api(self)
+        api = create_api(self.store, self.health_report)
         config = uvicorn.Config(
             api,
             host=self.config.api.host,
@@ -277,3 +254,22 @@ async def serve(
     finally:
         log.info("shutting down")
         await server.stop()
+
+
+def announce(server: Server) -> None:
+    """Log where each listener and the API are ready."""
+    config = server.config
+    for listener in server.listeners:
+        log.info("%s ready: %s", listener.name, listener.health().get("address", ""))
+    if config.api.enabled:
+        log.info("api ready: http://%s:%d (docs at /docs)", config.api.host, server.api_port)
+
+
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` on uvloop when available (the fast path), else asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(main)
+        return
+    uvloop.run(main)

@@ -8,21 +8,15 @@ Configuration problems print one line and exit 2, never a traceback.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
 from fleetgate import __version__
-from fleetgate.app import StartupError
-from fleetgate.config import ConfigError
+from fleetgate.commands import certs, decode, serve, sim, tesla
+from fleetgate.runtime import StartupError
+from fleetgate.settings import ConfigError
 
-COMMAND_MODULES = [
-    "fleetgate.commands.serve",
-    "fleetgate.commands.decode",
-    "fleetgate.commands.sim",
-    "fleetgate.commands.certs",
-    "fleetgate.commands.tesla",
-]
+COMMANDS = (serve, decode, sim, certs, tesla)
 
 EXIT_USAGE = 2
 
@@ -34,8 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"fleetgate {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module_name in COMMAND_MODULES:
-        importlib.import_module(module_name).register(subparsers)
+    for command in COMMANDS:
+        command.register(subparsers)
     return parser
 
 

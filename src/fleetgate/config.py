@@ -5,8 +5,13 @@ Sources, later ones winning:
 1. embedded defaults (no file at all is a working configuration);
 2. a JSON or TOML file (``fleetgate serve --config FILE``);
 3. environment variables ``FLEETGATE_<KEY>``, nested with a double underscore:
-   ``FLEETGATE_TELTONIKA__PORT=6000``, ``FLEETGATE_API__HOST=0.0.0.0``. Values are parsed as
-   JSON when they parse (numbers, booleans, objects), otherwise taken as strings.
+   ``FLEETGATE_TELTONIKA__PORT=6000``, ``FLEETGATE_API__HOST=0.0.0.0``. Values are read by
+   the type of their key: text keys take the text as it is (``FLEETGATE_NAMESPACE=123`` is
+   the namespace "123"), lists and objects are JSON (``FLEETGATE_RECORDS='{"*": ["jsonl"]}'``),
+   numbers and booleans are parsed by the model.
+
+Dispatcher sections (``kafka``, ``redis``, ``mqtt``...) are described by their sink modules
+(see :mod:`fleetgate.sinks.registry`); this module reads them through the registry.
 
 Tesla's reference decodes its config with Go's ``encoding/json``: keys match
 case-insensitively and unknown keys are ignored. fleetgate matches keys the same way but
@@ -16,6 +21,7 @@ warns about each unknown key by its dotted path, so a typo is visible. Invalid v
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import os
@@ -26,38 +32,34 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator
 
-from fleetgate.pipeline.ack import AckLevel
+from fleetgate.settings import (
+    ConfigError,
+    Section,
+    TlsFiles,
+    describe_validation_error,
+    validate_section,
+)
+from fleetgate.sinks.registry import known_sinks, section_models, sink_class
 
 log = logging.getLogger("fleetgate.config")
 
 ENV_PREFIX = "FLEETGATE_"
 
-# Sinks that need a section of their own before a ``records`` list may name them. The
-# reference fails start-up with "expected <Name> to be configured"; so do we.
-SINKS_NEEDING_SECTION: dict[str, str] = {
-    "kafka": "Kafka",
-    "kinesis": "Kinesis",
-    "pubsub": "Pubsub",
-    "zmq": "ZMQ",
-    "mqtt": "MQTT",
-    "redis": "Redis",
-    "nats": "NATS",
-    "postgres": "Postgres",
-}
-
 TESLA_LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error", "fatal", "panic")
 
+__all__ = ["AckLevel", "Config", "ConfigError", "Section", "TlsConfig", "build_config"]
 
-class ConfigError(Exception):
-    """A configuration problem, described in one line that names the key."""
+# Tesla's ``tls`` block (the vehicle listener's server pair and extra client CAs).
+TlsConfig = TlsFiles
 
 
-class Section(BaseModel):
-    """Base of every config section: typed, and unknown keys already filtered out."""
+class AckLevel(enum.StrEnum):
+    """How durable records must be before a device sees an ack."""
 
-    model_config = ConfigDict(extra="ignore", validate_default=True)
+    RECEIPT = "receipt"
+    STORE = "store"
 
 
 # -- fleetgate's own sections --------------------------------------------------------------
@@ -101,13 +103,6 @@ class StoreConfig(Section):
     max_batch: int = Field(10_000, ge=1)
 
 
-class JsonlConfig(Section):
-    """``jsonl`` sink: append each record's JSON form as one line."""
-
-    path: str | None = None  # default: <data_dir>/records.jsonl
-    fsync: bool = False
-
-
 class SinkSettingsConfig(Section):
     """Queue and retry limits applied to every sink runner."""
 
@@ -119,12 +114,6 @@ class SinkSettingsConfig(Section):
 
 
 # -- Tesla config.json sections (see spec/tesla-fleet-telemetry.md section 12) -------------
-class TlsConfig(Section):
-    server_cert: str | None = None
-    server_key: str | None = None
-    ca_file: str | None = None
-
-
 class RateLimitConfig(Section):
     enabled: bool = False
     message_limit: int = Field(0, ge=0)
@@ -150,99 +139,12 @@ class MonitoringConfig(Section):
     statsd: StatsdConfig | None = None
 
 
-class LoggerConfig(Section):
-    verbose: bool = False
-
-
-class KinesisConfig(Section):
-    max_retries: int = Field(1, ge=0)
-    override_host: str = ""
-    streams: dict[str, str] = Field(default_factory=dict)
-    region: str | None = None
-
-
-class PubsubConfig(Section):
-    gcp_project_id: str = ""
-    reliable_ack: bool | None = None  # documented by the reference, never read
-
-
-class ZmqConfig(Section):
-    addr: str = ""
-    server_key_json_path: str = ""
-    allowed_public_keys_json_path: str = ""
-    verbose: bool = False
-    # fleetgate addition: messages queued per subscriber before PUB drops (ZMQ_SNDHWM).
-    send_hwm: int = Field(100_000, ge=0)
-
-
-class MqttConfig(Section):
-    broker: str = ""
-    client_id: str = ""
-    username: str = ""
-    password: str = ""
-    topic_base: str = ""
-    qos: int = Field(0, ge=0, le=2)
-    retained: bool = False
-    connect_timeout_ms: int = Field(30_000, ge=0)
-    publish_timeout_ms: int = Field(2_500, ge=0)
-    disconnect_timeout_ms: int = Field(250, ge=0)
-    connect_retry_interval_ms: int = Field(10_000, ge=0)
-    keep_alive_seconds: int = Field(30, ge=0)
-    tls: TlsConfig | None = None
-
-
-class RedisPoolConfig(Section):
-    pool_size: int | None = None
-    min_idle_conns: int | None = None
-    max_idle_conns: int | None = None
-    max_active_conns: int | None = None
-    read_timeout: int | None = None
-    write_timeout: int | None = None
-    pool_timeout: int | None = None
-    conn_max_idle_time: int | None = None
-    conn_max_lifetime: int | None = None
-
-
-class RedisConfig(Section):
-    addrs: list[str] = Field(default_factory=list)
-    username: str = ""
-    password: str = ""
-    db: int = Field(0, ge=0)
-    tls: TlsConfig | None = None
-    override_tls_server_name: bool = False
-    cluster_mode: bool = False
-    publish_timeout: int = Field(5_000_000_000, ge=0)  # Go duration: nanoseconds
-    publish_vin_topics: bool = False
-    subscriber_set_prefix: str = ""
-    pool: RedisPoolConfig | None = None
-    # fleetgate additions: Redis Streams (XADD) next to the reference's pub/sub channels.
-    streams: bool = False
-    stream_maxlen: int = Field(100_000, ge=1)
-
-
 class AirbrakeConfig(Section):
     host: str = ""
     project_id: int = 0
     project_key: str = ""
     environment: str = ""
     tls: TlsConfig | None = None
-
-
-class NatsConfig(Section):
-    servers: list[str] = Field(default_factory=lambda: ["nats://127.0.0.1:4222"])
-    subject_prefix: str = ""
-    stream: str = ""
-    create_stream: bool = True
-    publish_timeout_ms: int = Field(5_000, ge=1)
-    # Publishes awaiting their JetStream ack at once (the sink's in-flight bound).
-    max_in_flight: int = Field(1_000, ge=1)
-    connect_timeout_ms: int = Field(2_000, ge=1)
-
-
-class PostgresConfig(Section):
-    dsn: str = "postgresql://127.0.0.1:5432/postgres"
-    table: str = "fleetgate_records"
-    connect_timeout_ms: int = Field(5_000, ge=1)
 
 
 class Config(Section):
@@ -255,7 +157,6 @@ class Config(Section):
     teltonika: TeltonikaConfig = Field(default_factory=TeltonikaConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
-    jsonl: JsonlConfig = Field(default_factory=JsonlConfig)
     sink_settings: SinkSettingsConfig = Field(default_factory=SinkSettingsConfig)
     records: dict[str, list[str]] = Field(default_factory=dict)
     ack_level: AckLevel = AckLevel.STORE
@@ -277,18 +178,11 @@ class Config(Section):
     rate_limit: RateLimitConfig | None = None
     vins_signal_tracking_enabled: list[str] = Field(default_factory=list)
     monitoring: MonitoringConfig | None = None
-    logger: LoggerConfig = Field(default_factory=LoggerConfig)
-
-    # dispatcher sections
-    kafka: dict[str, Any] | None = None
-    kinesis: KinesisConfig | None = None
-    pubsub: PubsubConfig | None = None
-    zmq: ZmqConfig | None = None
-    mqtt: MqttConfig | None = None
-    redis: RedisConfig | None = None
     airbrake: AirbrakeConfig | None = None
-    nats: NatsConfig | None = None
-    postgres: PostgresConfig | None = None
+
+    # Dispatcher sections (``kafka``, ``logger``, ``jsonl``...), validated by the models
+    # their sink modules declare; read them with :meth:`sink_section`.
+    _sink_sections: dict[str, Section] = PrivateAttr(default_factory=dict)
 
     @field_validator("log_level")
     @classmethod
@@ -309,16 +203,6 @@ class Config(Section):
             )
         return value
 
-    @field_validator("kafka")
-    @classmethod
-    def _kafka_numbers_are_ints(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        # The reference converts JSON numbers in the librdkafka map to integers.
-        if value is None:
-            return None
-        return {
-            key: int(item) if isinstance(item, float) else item for key, item in value.items()
-        }
-
     @property
     def shares_ports(self) -> bool:
         """Several worker processes listen on the same ports (SO_REUSEPORT).
@@ -336,9 +220,14 @@ class Config(Section):
     def store_path(self) -> Path:
         return Path(self.store.path) if self.store.path else self.data_path / "fleetgate.db"
 
+    def sink_section(self, name: str) -> Section | None:
+        """The validated section of sink ``name`` (``None`` when the file has none)."""
+        return self._sink_sections.get(name)
+
     @property
-    def jsonl_path(self) -> Path:
-        return Path(self.jsonl.path) if self.jsonl.path else self.data_path / "records.jsonl"
+    def sink_sections(self) -> Mapping[str, Section]:
+        """Every dispatcher section the configuration holds, by sink name."""
+        return dict(self._sink_sections)
 
 
 # -- loading -------------------------------------------------------------------------------
@@ -356,19 +245,62 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+def _takes_text(annotation: Any) -> bool:
+    """True when a key of this type takes an environment value as it is (text)."""
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        return any(_takes_text(arg) for arg in typing.get_args(annotation))
+    if origin is Literal:
+        return all(isinstance(arg, str) for arg in typing.get_args(annotation))
+    return annotation is str or (isinstance(annotation, type) and issubclass(annotation, str))
+
+
+class _EnvText(str):
+    """A value that came from an environment variable: text until its key's type is known."""
+
+    __slots__ = ()
+
+
+def _env_value(raw: _EnvText, annotation: Any) -> Any:
+    """An environment value read by the type of its key (see the module docstring)."""
+    if annotation is not None and _takes_text(annotation):
+        return str(raw)
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return str(raw)
+
+
 def _normalise(
-    data: Mapping[str, Any], model: type[BaseModel], path: str, warnings: list[str]
+    data: Mapping[str, Any],
+    model: type[BaseModel],
+    path: str,
+    warnings: list[str],
+    extra_sections: Mapping[str, type[BaseModel]] | None = None,
 ) -> dict[str, Any]:
-    """Match keys case-insensitively to ``model``'s fields; collect unknown keys."""
-    by_lower = {name.lower(): name for name in model.model_fields}
+    """Match keys case-insensitively to ``model``'s fields; collect unknown keys.
+
+    ``extra_sections`` are further sections the top level accepts (the sinks' sections). A
+    model that allows extra keys (the librdkafka map) keeps every key as given.
+    """
+    fields = {name: info.annotation for name, info in model.model_fields.items()}
+    fields.update(extra_sections or {})
+    by_lower = {name.lower(): name for name in fields}
+    free_form = model.model_config.get("extra") == "allow"
     result: dict[str, Any] = {}
     for key, value in data.items():
         name = by_lower.get(str(key).lower())
         dotted = f"{path}{key}"
         if name is None:
-            warnings.append(dotted)
+            if free_form:
+                result[str(key)] = _env_value(value, None) if isinstance(value, _EnvText) else value
+            else:
+                warnings.append(dotted)
             continue
-        submodel = _model_of(model.model_fields[name].annotation)
+        annotation = fields[name]
+        if isinstance(value, _EnvText):
+            value = _env_value(value, annotation)
+        submodel = _model_of(annotation)
         if submodel is not None and isinstance(value, Mapping):
             value = _normalise(value, submodel, f"{dotted}.", warnings)
         result[name] = value
@@ -383,14 +315,10 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         parts = [part.lower() for part in key[len(ENV_PREFIX) :].split("__") if part]
         if not parts:
             continue
-        try:
-            value: Any = json.loads(raw)
-        except ValueError:
-            value = raw
         target = overrides
         for part in parts[:-1]:
             target = target.setdefault(part, {})
-        target[parts[-1]] = value
+        target[parts[-1]] = _EnvText(raw)
     return overrides
 
 
@@ -421,14 +349,6 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _describe(error: ValidationError) -> str:
-    first = error.errors()[0]
-    location = ".".join(str(part) for part in first["loc"]) or "config"
-    value = first.get("input")
-    shown = f" (got {value!r})" if not isinstance(value, dict | list) else ""
-    return f"{location}: {first['msg']}{shown}"
-
-
 def build_config(
     data: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
@@ -437,14 +357,19 @@ def build_config(
     """Validate ``data`` (plus environment overrides) into a :class:`Config`."""
     merged = _merge(dict(data or {}), _env_overrides(os.environ if environ is None else environ))
     unknown: list[str] = []
-    normalised = _normalise(merged, Config, "", unknown)
+    sections = section_models()
+    normalised = _normalise(merged, Config, "", unknown, extra_sections=sections)
     if warn:
         for key in unknown:
             log.warning("config: unknown key %r ignored", key)
+    raw_sections = {name: normalised.pop(name) for name in sections if name in normalised}
     try:
         config = Config.model_validate(normalised)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
+        raise ConfigError(describe_validation_error(exc)) from None
+    for name, raw in raw_sections.items():
+        if raw is not None:
+            config._sink_sections[name] = validate_section(sections[name], raw, name)
     validate_routing(config)
     return config
 
@@ -457,8 +382,6 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
 
 def validate_routing(config: Config) -> None:
     """Start-up checks the reference makes on ``records`` and ``reliable_ack_sources``."""
-    from fleetgate.sinks.base import known_sinks
-
     known = set(known_sinks())
     for topic, sinks in config.records.items():
         if not sinks:
@@ -468,8 +391,8 @@ def validate_routing(config: Config) -> None:
                 raise ConfigError(
                     f"records.{topic}: unknown sink {sink!r}; known: {', '.join(sorted(known))}"
                 )
-            label = SINKS_NEEDING_SECTION.get(sink)
-            if label is not None and getattr(config, sink) is None:
+            label = sink_class(sink).label
+            if label is not None and config.sink_section(sink) is None:
                 raise ConfigError(f"records.{topic}: expected {label} to be configured")
     for topic, sink in config.reliable_ack_sources.items():
         where = f"reliable_ack_sources.{topic}"

@@ -105,8 +105,7 @@ class _WorkerField(logging.Filter):
 
 def run_worker(config: Config, index: int, count: int, ready: Connection) -> None:
     """Entry point of one worker process (a spawned interpreter)."""
-    from fleetgate.app import Server, serve
-    from fleetgate.commands.serve import announce, run_loop
+    from fleetgate.app import Server, announce, run_loop, serve
     from fleetgate.observability.logging import setup_logging
 
     setup_logging(config.log_level, config.json_log_enable)

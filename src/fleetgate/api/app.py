@@ -6,8 +6,8 @@ OpenAPI docs are served at ``/docs``. Record JSON is the one record form of
 
 from __future__ import annotations
 
-import time
-from typing import TYPE_CHECKING, Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import orjson
 from fastapi import FastAPI, HTTPException, Query
@@ -17,10 +17,10 @@ from fleetgate import __version__
 from fleetgate.observability import metrics
 from fleetgate.records import parse_rfc3339_ms
 from fleetgate.sinks.base import Health
+from fleetgate.store import RecordStore
 
-if TYPE_CHECKING:
-    from fleetgate.app import Server
-    from fleetgate.store import RecordStore
+# Returns the ``/health`` body; its ``status`` is ok, degraded or down.
+HealthReport = Callable[[], dict[str, Any]]
 
 MAX_LIMIT = 10_000
 
@@ -46,42 +46,23 @@ def _time_param(value: str | None, name: str) -> int | None:
         ) from None
 
 
-def create_api(server: Server) -> FastAPI:
-    """The FastAPI application for one running :class:`~fleetgate.app.Server`."""
+def create_api(record_store: RecordStore | None, health_report: HealthReport) -> FastAPI:
+    """The HTTP application over a record store (``None``: disabled) and a health report."""
     api = FastAPI(
         title="fleetgate",
         version=__version__,
         description="Vehicle telemetry gateway: devices, records, health and metrics.",
         default_response_class=JsonResponse,
     )
-    started = time.time()
-
     def store() -> RecordStore:
-        if server.store is None:
+        if record_store is None:
             raise HTTPException(status_code=503, detail="the embedded store is disabled")
-        return server.store
+        return record_store
 
     @api.get("/health", summary="Server, listener and sink health")
     def health() -> Response:
-        sinks = server.pipeline.health()
-        listeners = {item.name: item.health() for item in server.listeners}
-        statuses = {entry["status"] for entry in sinks.values()}
-        statuses.update(entry.get("status", "ok") for entry in listeners.values())
-        if Health.DOWN.value in statuses:
-            status = Health.DOWN.value
-        elif Health.DEGRADED.value in statuses:
-            status = Health.DEGRADED.value
-        else:
-            status = Health.OK.value
-        body = {
-            "status": status,
-            "version": __version__,
-            "uptime_s": round(time.time() - started, 3),
-            "workers": server.workers,
-            "listeners": listeners,
-            "sinks": sinks,
-        }
-        return JsonResponse(body, status_code=503 if status == Health.DOWN.value else 200)
+        body = health_report()
+        return JsonResponse(body, status_code=503 if body["status"] == Health.DOWN.value else 200)
 
     @api.get("/metrics", summary="Prometheus metrics", response_class=Response)
     def prometheus() -> Response:

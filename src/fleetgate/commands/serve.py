@@ -8,9 +8,10 @@ import logging
 import os
 from typing import Any
 
-from fleetgate.app import Server, serve
+from fleetgate.app import Server, announce, run_loop, serve
 from fleetgate.config import Config, load_config
 from fleetgate.observability.logging import setup_logging
+from fleetgate.supervisor import Supervisor, worker_count
 
 log = logging.getLogger("fleetgate")
 
@@ -67,30 +68,10 @@ def load(args: argparse.Namespace) -> Config:
     return config
 
 
-def run_loop(main: Any) -> None:
-    """Run ``main`` on uvloop when available (the fast path), else asyncio's loop."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        asyncio.run(main)
-        return
-    uvloop.run(main)
-
-
-def announce(server: Server) -> None:
-    config = server.config
-    for listener in server.listeners:
-        log.info("%s ready: %s", listener.name, listener.health().get("address", ""))
-    if config.api.enabled:
-        log.info("api ready: http://%s:%d (docs at /docs)", config.api.host, server.api_port)
-
-
 def run_serve(args: argparse.Namespace) -> int:
     config = load(args)
     if args.workers is not None:
         config = config.model_copy(update={"workers": args.workers})
-    from fleetgate.supervisor import Supervisor, worker_count
-
     count = worker_count(config)
     if count > 1:
         return Supervisor(config, count).run()

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 from typing import Any
 
+from fleetgate.sim import teltonika_cli, tesla_cli
+
 # Each module adds one ``sim <protocol>`` parser through ``register(subparsers)``.
-SIM_MODULES = [
-    "fleetgate.sim.teltonika_cli",
-    "fleetgate.sim.tesla_cli",
-]
+SIM_COMMANDS = (teltonika_cli, tesla_cli)
 
 
 def register(subparsers: Any) -> None:
@@ -18,5 +16,5 @@ def register(subparsers: Any) -> None:
         "sim", help="run simulated devices against a server"
     )
     sims = parser.add_subparsers(dest="protocol", metavar="PROTOCOL", required=True)
-    for module_name in SIM_MODULES:
-        importlib.import_module(module_name).register(sims)
+    for command in SIM_COMMANDS:
+        command.register(sims)

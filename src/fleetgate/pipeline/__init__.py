@@ -1,6 +1,7 @@
 """Router, sink runners, ack policy: everything between a decoded record and its sinks."""
 
-from fleetgate.pipeline.ack import AckLevel, AckPolicy
+from fleetgate.config import AckLevel
+from fleetgate.pipeline.ack import AckPolicy
 from fleetgate.pipeline.pipeline import Pipeline, Submission
 from fleetgate.pipeline.router import Router
 from fleetgate.pipeline.runner import RunnerSettings, SinkRunner

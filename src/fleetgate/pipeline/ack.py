@@ -13,15 +13,9 @@ must wait for:
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterable, Mapping
 
-
-class AckLevel(enum.StrEnum):
-    """How durable records must be before a device sees an ack."""
-
-    RECEIPT = "receipt"
-    STORE = "store"
+from fleetgate.config import AckLevel
 
 
 class AckPolicy:
@@ -55,7 +49,3 @@ class AckPolicy:
         for topic in topics:
             required.update(self.required_sinks(topic))
         return required
-
-    def reliable_sink(self, topic: str) -> str | None:
-        """The reliable-ack sink named for ``topic``, if any."""
-        return self._reliable.get(topic)

@@ -1,30 +1,33 @@
-"""The one interface every sink implements, and the registry that finds sinks by name.
+"""The one interface every sink implements.
 
 A sink is deliberately small: it connects (``start``), publishes one batch and returns only
-once the backend has confirmed it (``publish``), and closes. Batching, bounded queues,
-retries with backoff, metrics and health transitions live in one place, the pipeline's
-:class:`~fleetgate.pipeline.runner.SinkRunner`, so every backend gets the same guarantees
-without re-implementing them (Redpanda Connect's engine-owns-retries rule).
+once the backend has confirmed it (``publish``), and closes. It describes itself too: its
+``name`` (what ``records`` lists), the ``Settings`` model of its config section and the
+reference's ``label`` for a missing section (see :mod:`fleetgate.sinks.registry`).
+
+Batching, bounded queues, retries with backoff, metrics and health transitions live in one
+place, the pipeline's :class:`~fleetgate.pipeline.runner.SinkRunner`, so every backend gets
+the same guarantees without re-implementing them (Redpanda Connect's engine-owns-retries rule).
 
 Errors tell the runner what to do:
 
 * :class:`TransientSinkError` (or any ``OSError``/``TimeoutError``): the backend is
   unreachable or busy; the runner retries the same batch with backoff, marking the sink
   ``degraded`` then ``down``.
-* :class:`PermanentSinkError`: this batch can never be accepted (too large, rejected by the
-  backend); the runner counts it as failed and moves on.
+* :class:`PermanentSinkError`, or any other exception (a bug, a value the backend's client
+  cannot encode): retrying the same records cannot help; the runner does not retry them.
 """
 
 from __future__ import annotations
 
 import enum
-import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from fleetgate.records import Record
+from fleetgate.settings import Section, validate_section
 
 
 class Health(enum.StrEnum):
@@ -58,21 +61,30 @@ class SinkContext:
     namespace: str = ""
     transmit_decoded: bool = False
     data_dir: str = "data"
-    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+class NoSettings(Section):
+    """Settings of a sink that has no config section."""
 
 
 class Sink(ABC):
     """A backend records are published to.
 
-    Subclasses set ``name`` and implement the three coroutines. ``publish`` must not return
-    before the backend confirmed every record of the batch (delivery report, PUBACK,
-    commit, ...): reliable ack builds on that promise.
+    Subclasses set ``name``, ``Settings`` (the model of their config section) and, when a
+    ``records`` list may only name them once their section exists, ``label`` (the
+    reference's name in "expected <label> to be configured"); they implement ``publish``
+    and usually ``start``/``close``. ``publish`` must not return before the backend
+    confirmed every record of the batch (delivery report, PUBACK, commit, ...): reliable
+    ack builds on that promise.
     """
 
     name: ClassVar[str] = "sink"
+    Settings: ClassVar[type[Section]] = NoSettings
+    label: ClassVar[str | None] = None
 
-    def __init__(self, config: Mapping[str, Any], context: SinkContext) -> None:
-        self.config = config
+    def __init__(self, settings: Section | Mapping[str, Any], context: SinkContext) -> None:
+        # A mapping (tests, plug-ins) is validated like the config file's section.
+        self.settings = validate_section(self.Settings, settings, self.name)
         self.context = context
 
     async def start(self) -> None:  # noqa: B027 - optional hook
@@ -92,47 +104,3 @@ class Sink(ABC):
     def destination(self, topic: str) -> str:
         """Tesla's naming rule for topics, streams and subjects: ``<namespace>_<topic>``."""
         return f"{self.context.namespace}_{topic}"
-
-
-# name -> "module:Class". Modules are imported only when a config names the sink, so
-# heavy client libraries (grpc, librdkafka, botocore) stay off the start-up path.
-_BUILTIN_SINKS: dict[str, str] = {
-    "logger": "fleetgate.sinks.logger:LoggerSink",
-    "jsonl": "fleetgate.sinks.jsonl:JsonlSink",
-    "sqlite": "fleetgate.sinks.sqlite:SqliteSink",
-    "kafka": "fleetgate.sinks.kafka:KafkaSink",
-    "kinesis": "fleetgate.sinks.kinesis:KinesisSink",
-    "pubsub": "fleetgate.sinks.pubsub:PubSubSink",
-    "mqtt": "fleetgate.sinks.mqtt:MqttSink",
-    "zmq": "fleetgate.sinks.zmq:ZmqSink",
-    "redis": "fleetgate.sinks.redis:RedisSink",
-    "nats": "fleetgate.sinks.nats:NatsSink",
-    "postgres": "fleetgate.sinks.postgres:PostgresSink",
-}
-_registered: dict[str, type[Sink]] = {}
-
-
-def register_sink(cls: type[Sink]) -> type[Sink]:
-    """Class decorator: make a sink available under ``cls.name`` (for plug-ins)."""
-    _registered[cls.name] = cls
-    return cls
-
-
-def known_sinks() -> list[str]:
-    """Every sink name a ``records`` list may use."""
-    return sorted(set(_BUILTIN_SINKS) | set(_registered))
-
-
-def sink_class(name: str) -> type[Sink]:
-    """Resolve a sink name to its class, importing its module on first use."""
-    if name in _registered:
-        return _registered[name]
-    target = _BUILTIN_SINKS.get(name)
-    if target is None:
-        raise KeyError(f"unknown sink {name!r}; known: {', '.join(known_sinks())}")
-    module_name, class_name = target.split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    if not (isinstance(cls, type) and issubclass(cls, Sink)):
-        raise TypeError(f"{target} is not a Sink")
-    _registered[name] = cls
-    return cls

@@ -13,16 +13,26 @@ from pathlib import Path
 from typing import IO, Any, ClassVar
 
 from fleetgate.records import Record, record_json
+from fleetgate.settings import Section
 from fleetgate.sinks.base import Sink, SinkContext
+
+
+class JsonlSettings(Section):
+    """The ``jsonl`` section: where to append, and whether to fsync each batch."""
+
+    path: str | None = None  # default: <data_dir>/records.jsonl
+    fsync: bool = False
 
 
 class JsonlSink(Sink):
     name: ClassVar[str] = "jsonl"
+    Settings: ClassVar[type[Section]] = JsonlSettings
+    settings: JsonlSettings
 
-    def __init__(self, config: Mapping[str, Any], context: SinkContext) -> None:
-        super().__init__(config, context)
-        self.path = Path(config.get("path") or f"{context.data_dir}/records.jsonl")
-        self.fsync = bool(config.get("fsync", False))
+    def __init__(self, settings: Section | Mapping[str, Any], context: SinkContext) -> None:
+        super().__init__(settings, context)
+        self.path = Path(self.settings.path or f"{context.data_dir}/records.jsonl")
+        self.fsync = self.settings.fsync
         self._file: IO[bytes] | None = None
 
     async def start(self) -> None:

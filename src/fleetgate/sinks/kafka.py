@@ -32,8 +32,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from pydantic import ConfigDict, model_validator
+
 from fleetgate.forms import wire_payload
 from fleetgate.records import Record, record_metadata
+from fleetgate.settings import Section
 from fleetgate.sinks.base import PermanentSinkError, Sink, SinkContext, TransientSinkError
 
 log = logging.getLogger("fleetgate.sinks.kafka")
@@ -69,17 +72,43 @@ class _InFlight:
     future: asyncio.Future[None]
 
 
+class KafkaSettings(Section):
+    """The ``kafka`` section: a raw librdkafka property map, as in the reference.
+
+    Keys are librdkafka's own (``bootstrap.servers``, ...), kept as given; JSON numbers become
+    integers as the reference converts them. ``fleetgate.publish_timeout_ms`` is fleetgate's
+    and never reaches librdkafka.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers_are_ints(cls, value: Any) -> Any:
+        if not isinstance(value, Mapping):
+            return value
+        return {key: int(item) if isinstance(item, float) else item for key, item in value.items()}
+
+    @property
+    def properties(self) -> dict[str, Any]:
+        """Every key of the section (librdkafka properties plus fleetgate's own)."""
+        return dict(self.model_extra or {})
+
+
 class KafkaSink(Sink):
     name: ClassVar[str] = "kafka"
+    Settings: ClassVar[type[Section]] = KafkaSettings
+    label: ClassVar[str | None] = "Kafka"
+    settings: KafkaSettings
 
-    def __init__(self, config: Mapping[str, Any], context: SinkContext) -> None:
-        super().__init__(config, context)
-        settings = dict(config)
-        timeout_ms = settings.pop(PUBLISH_TIMEOUT_KEY, None)
+    def __init__(self, settings: Section | Mapping[str, Any], context: SinkContext) -> None:
+        super().__init__(settings, context)
+        properties = self.settings.properties
+        timeout_ms = properties.pop(PUBLISH_TIMEOUT_KEY, None)
         self.publish_timeout_s = (
             float(timeout_ms) / 1000 if timeout_ms is not None else _DEFAULT_PUBLISH_TIMEOUT_S
         )
-        self.settings: dict[str, Any] = settings
+        self.properties: dict[str, Any] = properties
         self._producer: Any = None
         self._poller: threading.Thread | None = None
         self._stop = threading.Event()
@@ -89,7 +118,7 @@ class KafkaSink(Sink):
         self._all_brokers_down = False
 
     def describe(self) -> str:
-        return f"kafka broker {self.settings.get('bootstrap.servers', '?')}"
+        return f"kafka broker {self.properties.get('bootstrap.servers', '?')}"
 
     async def start(self) -> None:
         self._ensure_producer()
@@ -101,7 +130,7 @@ class KafkaSink(Sink):
 
         self._loop = asyncio.get_running_loop()
         try:
-            producer = Producer({**self.settings, "error_cb": self._on_error})
+            producer = Producer({**self.properties, "error_cb": self._on_error})
         except (KafkaException, ValueError, TypeError) as exc:
             # A bad property map never gets better by retrying.
             raise PermanentSinkError(f"kafka: invalid producer config: {exc}") from exc

@@ -27,8 +27,11 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+from pydantic import Field
+
 from fleetgate.forms import wire_payload
 from fleetgate.records import Record
+from fleetgate.settings import Section
 from fleetgate.sinks.base import PermanentSinkError, Sink, SinkContext, TransientSinkError
 
 MAX_RECORDS_PER_CALL = 500
@@ -40,22 +43,33 @@ _CONNECT_TIMEOUT_S = 3.0
 _READ_TIMEOUT_S = 10.0
 
 
+class KinesisSettings(Section):
+    """The ``kinesis`` section (reference keys, plus ``region``)."""
+
+    max_retries: int = Field(1, ge=0)
+    override_host: str = ""
+    streams: dict[str, str] = Field(default_factory=dict)
+    region: str | None = None
+
+
 class KinesisSink(Sink):
     name: ClassVar[str] = "kinesis"
+    Settings: ClassVar[type[Section]] = KinesisSettings
+    label: ClassVar[str | None] = "Kinesis"
+    settings: KinesisSettings
 
-    def __init__(self, config: Mapping[str, Any], context: SinkContext) -> None:
-        super().__init__(config, context)
-        self.streams: dict[str, str] = dict(config.get("streams") or {})
-        self.endpoint = str(config.get("override_host") or "") or os.environ.get(
-            "AWS_ENDPOINT_URL_KINESIS", ""
-        )
+    def __init__(self, settings: Section | Mapping[str, Any], context: SinkContext) -> None:
+        super().__init__(settings, context)
+        config = self.settings
+        self.streams: dict[str, str] = dict(config.streams)
+        self.endpoint = config.override_host or os.environ.get("AWS_ENDPOINT_URL_KINESIS", "")
         self.region = (
-            config.get("region")
+            config.region
             or os.environ.get("AWS_REGION")
             or os.environ.get("AWS_DEFAULT_REGION")
             or "us-east-1"
         )
-        self.max_retries = int(config.get("max_retries", 1))
+        self.max_retries = config.max_retries
         self._client: Any = None
         self._stack: contextlib.AsyncExitStack | None = None
         # Records of a failed batch the service already took: skipped on the retry.

@@ -13,16 +13,25 @@ from typing import Any, ClassVar
 
 from fleetgate.forms import log_data
 from fleetgate.records import Record, record_metadata
+from fleetgate.settings import Section
 from fleetgate.sinks.base import Sink, SinkContext
 
 log = logging.getLogger("fleetgate.records")
 
+class LoggerSettings(Section):
+    """Tesla's ``logger`` section: ``verbose`` tags each V value with its type."""
+
+    verbose: bool = False
+
+
 class LoggerSink(Sink):
     name: ClassVar[str] = "logger"
+    Settings: ClassVar[type[Section]] = LoggerSettings
+    settings: LoggerSettings
 
-    def __init__(self, config: Mapping[str, Any], context: SinkContext) -> None:
-        super().__init__(config, context)
-        self.verbose = bool(config.get("verbose", False))
+    def __init__(self, settings: Section | Mapping[str, Any], context: SinkContext) -> None:
+        super().__init__(settings, context)
+        self.verbose = self.settings.verbose
 
     async def publish(self, batch: Sequence[Record]) -> None:
         if not log.isEnabledFor(logging.INFO):

@@ -31,8 +31,11 @@ import ssl
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+from pydantic import Field, field_validator
+
 from fleetgate.forms import mqtt_form, wire_payload
 from fleetgate.records import Record
+from fleetgate.settings import Section, TlsFiles
 from fleetgate.sinks.base import PermanentSinkError, Sink, SinkContext, TransientSinkError
 
 _MESSAGES_PER_BUDGET = 1000
@@ -54,31 +57,62 @@ _client_log = logging.getLogger("fleetgate.sinks.mqtt.client")
 _client_log.addFilter(_NoPendingCallWarnings())
 
 
-class MqttSink(Sink):
-    name: ClassVar[str] = "mqtt"
+class MqttSettings(Section):
+    """The ``mqtt`` section (the reference's keys and defaults)."""
 
-    def __init__(self, config: Mapping[str, Any], context: SinkContext) -> None:
-        super().__init__(config, context)
-        from fleetgate.config import ConfigError
+    broker: str = ""
+    client_id: str = ""
+    username: str = ""
+    password: str = ""
+    topic_base: str = ""
+    qos: int = Field(0, ge=0, le=2)
+    retained: bool = False
+    connect_timeout_ms: int = Field(30_000, ge=0)
+    publish_timeout_ms: int = Field(2_500, ge=0)
+    disconnect_timeout_ms: int = Field(250, ge=0)
+    connect_retry_interval_ms: int = Field(10_000, ge=0)
+    keep_alive_seconds: int = Field(30, ge=0)
+    tls: TlsFiles | None = None
 
-        broker = str(config.get("broker") or "")
+    @field_validator("broker")
+    @classmethod
+    def _host_and_port(cls, broker: str) -> str:
         host, sep, port = broker.rpartition(":")
         if not sep:
             host, port = broker, "1883"
         if not host or not port.isdigit():
-            raise ConfigError(f"mqtt.broker: expected host:port (got {broker!r})")
-        self.host, self.port = host.strip("[]"), int(port)
-        self.topic_base = str(config.get("topic_base") or "")
-        self.qos = int(config.get("qos", 0))
-        self.retained = bool(config.get("retained", False))
-        self.client_id = str(config.get("client_id") or "") or None
-        self.username = str(config.get("username") or "") or None
-        self.password = str(config.get("password") or "") or None
-        self.connect_timeout_s = (config.get("connect_timeout_ms") or 30_000) / 1000
-        self.publish_timeout_s = (config.get("publish_timeout_ms") or 2_500) / 1000
-        self.disconnect_timeout_s = (config.get("disconnect_timeout_ms") or 250) / 1000
-        self.keepalive = int(config.get("keep_alive_seconds") or 30)
-        self.tls: Mapping[str, Any] | None = config.get("tls")
+            raise ValueError(f"expected host:port (got {broker!r})")
+        return broker
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, sep, port = self.broker.rpartition(":")
+        if not sep:
+            return self.broker.strip("[]"), 1883
+        return host.strip("[]"), int(port)
+
+
+class MqttSink(Sink):
+    name: ClassVar[str] = "mqtt"
+    Settings: ClassVar[type[Section]] = MqttSettings
+    label: ClassVar[str | None] = "MQTT"
+    settings: MqttSettings
+
+    def __init__(self, settings: Section | Mapping[str, Any], context: SinkContext) -> None:
+        super().__init__(settings, context)
+        config = self.settings
+        self.host, self.port = config.address
+        self.topic_base = config.topic_base
+        self.qos = config.qos
+        self.retained = config.retained
+        self.client_id = config.client_id or None
+        self.username = config.username or None
+        self.password = config.password or None
+        self.connect_timeout_s = config.connect_timeout_ms / 1000
+        self.publish_timeout_s = config.publish_timeout_ms / 1000
+        self.disconnect_timeout_s = config.disconnect_timeout_ms / 1000
+        self.keepalive = config.keep_alive_seconds
+        self.tls = config.tls
         self._client: Any = None
 
     def describe(self) -> str:
@@ -100,8 +134,8 @@ class MqttSink(Sink):
         tls = self.tls
         if not tls:
             return None
-        context = ssl.create_default_context(cafile=tls.get("ca_file") or None)
-        cert, key = tls.get("server_cert"), tls.get("server_key")
+        context = ssl.create_default_context(cafile=tls.ca_file or None)
+        cert, key = tls.server_cert, tls.server_key
         if cert:
             context.load_cert_chain(cert, key or None)
         return context

@@ -32,18 +32,19 @@ import hashlib
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import nats
-import nats.errors
-import nats.js.errors
-from nats.aio.client import Client
-from nats.js import JetStreamContext
+from pydantic import Field
 
-from fleetgate.config import NatsConfig
 from fleetgate.forms import wire_payload
 from fleetgate.records import Record, record_metadata
+from fleetgate.settings import Section
 from fleetgate.sinks.base import PermanentSinkError, Sink, SinkContext, TransientSinkError
+
+if TYPE_CHECKING:
+    # nats-py is imported when the sink connects, not when the config is read.
+    from nats.aio.client import Client
+    from nats.js import JetStreamContext
 
 log = logging.getLogger("fleetgate.sinks.nats")
 
@@ -75,12 +76,27 @@ def message_id(record: Record, payload: bytes) -> str:
     return digest.hexdigest()
 
 
+class NatsSettings(Section):
+    """The ``nats`` section (fleetgate's; the reference has no NATS dispatcher)."""
+
+    servers: list[str] = Field(default_factory=lambda: ["nats://127.0.0.1:4222"])
+    subject_prefix: str = ""
+    stream: str = ""
+    create_stream: bool = True
+    publish_timeout_ms: int = Field(5_000, ge=1)
+    # Publishes awaiting their JetStream ack at once (the sink's in-flight bound).
+    max_in_flight: int = Field(1_000, ge=1)
+    connect_timeout_ms: int = Field(2_000, ge=1)
+
+
 class NatsSink(Sink):
     name: ClassVar[str] = "nats"
+    Settings: ClassVar[type[Section]] = NatsSettings
+    label: ClassVar[str | None] = "NATS"
+    settings: NatsSettings
 
-    def __init__(self, config: Mapping[str, Any], context: SinkContext) -> None:
-        super().__init__(config, context)
-        self.settings = NatsConfig.model_validate(dict(config))
+    def __init__(self, settings: Section | Mapping[str, Any], context: SinkContext) -> None:
+        super().__init__(settings, context)
         s = self.settings
         self.prefix = s.subject_prefix or context.namespace or "fleetgate"
         self.stream = s.stream or re.sub(r"[.*>\s]", "_", self.prefix)
@@ -106,6 +122,9 @@ class NatsSink(Sink):
                 await self._ensure_stream(self._js)
             return self._js
         await self._drop_connection()
+        import nats
+        import nats.errors
+
         lost = asyncio.Event()
         self._lost = lost
 
@@ -139,6 +158,9 @@ class NatsSink(Sink):
         return self._js
 
     async def _ensure_stream(self, js: JetStreamContext) -> None:
+        import nats.errors
+        import nats.js.errors
+
         if self.settings.create_stream:
             try:
                 await js.add_stream(name=self.stream, subjects=[f"{self.prefix}.>"])
@@ -151,6 +173,9 @@ class NatsSink(Sink):
         self._stream_ready = True
 
     async def publish(self, batch: Sequence[Record]) -> None:
+        import nats.errors
+        import nats.js.errors
+
         js = await self._ensure_connected()
         decoded = self.context.transmit_decoded
         pending: list[asyncio.Future[Any]] = []
@@ -192,6 +217,8 @@ class NatsSink(Sink):
             return
         acks.cancel()
         if lost in done:
+            import nats.errors
+
             raise nats.errors.ConnectionClosedError
         raise TimeoutError(f"no JetStream ack within {self.timeout_s:g} s")
 

@@ -30,16 +30,18 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import orjson
-import psycopg
-from psycopg import errors as pg_errors
-from psycopg import sql
+from pydantic import Field, field_validator
 
-from fleetgate.config import ConfigError, PostgresConfig
 from fleetgate.records import Record
+from fleetgate.settings import Section
 from fleetgate.sinks.base import PermanentSinkError, Sink, SinkContext, TransientSinkError
+
+if TYPE_CHECKING:
+    # psycopg is imported when the sink connects, not when the config is read.
+    import psycopg
 
 log = logging.getLogger("fleetgate.sinks.postgres")
 
@@ -101,15 +103,33 @@ def row(record: Record) -> tuple[Any, ...]:
     )
 
 
+class PostgresSettings(Section):
+    """The ``postgres`` section (fleetgate's; the reference has no PostgreSQL dispatcher)."""
+
+    dsn: str = "postgresql://127.0.0.1:5432/postgres"
+    table: str = "fleetgate_records"
+    connect_timeout_ms: int = Field(5_000, ge=1)
+
+    @field_validator("table")
+    @classmethod
+    def _schema_and_table(cls, table: str) -> str:
+        parts = table.split(".")
+        if not all(parts) or len(parts) > 2:
+            raise ValueError(f"{table!r} is not [schema.]table")
+        return table
+
+
 class PostgresSink(Sink):
     name: ClassVar[str] = "postgres"
+    Settings: ClassVar[type[Section]] = PostgresSettings
+    label: ClassVar[str | None] = "Postgres"
+    settings: PostgresSettings
 
-    def __init__(self, config: Mapping[str, Any], context: SinkContext) -> None:
-        super().__init__(config, context)
-        self.settings = PostgresConfig.model_validate(dict(config))
+    def __init__(self, settings: Section | Mapping[str, Any], context: SinkContext) -> None:
+        super().__init__(settings, context)
+        from psycopg import sql
+
         parts = self.settings.table.split(".")
-        if not all(parts) or len(parts) > 2:
-            raise ConfigError(f"postgres.table: {self.settings.table!r} is not [schema.]table")
         self.table = sql.Identifier(*parts)
         self.index = sql.Identifier(f"{parts[-1]}_device_created_idx")
         self._copy = sql.SQL("COPY {} ({}) FROM STDIN").format(
@@ -119,6 +139,8 @@ class PostgresSink(Sink):
         self._migrated = False
 
     def describe(self) -> str:
+        import psycopg
+
         info = psycopg.conninfo.conninfo_to_dict(self.settings.dsn)
         host = info.get("host") or "localhost"
         port = info.get("port") or 5432
@@ -128,6 +150,8 @@ class PostgresSink(Sink):
         await self._connection()
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
+        import psycopg
+
         conn = self._conn
         if conn is None or conn.closed or conn.broken:
             await self._drop_connection()
@@ -146,6 +170,8 @@ class PostgresSink(Sink):
         return conn
 
     async def _migrate(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        from psycopg import sql
+
         versions = sql.Identifier(_VERSION_TABLE)
         async with conn.transaction(), conn.cursor() as cur:
             await cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("fleetgate-schema",))
@@ -192,6 +218,9 @@ class PostgresSink(Sink):
 
     async def _guarded(self, operation: Any) -> None:
         """Run ``operation`` and sort its failure into transient or permanent."""
+        import psycopg
+        from psycopg import errors as pg_errors
+
         try:
             await operation
         except pg_errors.UndefinedTable as exc:

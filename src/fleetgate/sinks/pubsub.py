@@ -30,8 +30,11 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+from pydantic import Field
+
 from fleetgate.forms import wire_payload
 from fleetgate.records import Record, record_metadata
+from fleetgate.settings import ConfigError, Section
 from fleetgate.sinks.base import PermanentSinkError, Sink, SinkContext, TransientSinkError
 
 MAX_MESSAGES_PER_CALL = 1000
@@ -42,14 +45,23 @@ _ADMIN_TIMEOUT_S = 5.0
 _CLOSE_TIMEOUT_S = 5.0
 
 
+class PubSubSettings(Section):
+    """The ``pubsub`` section."""
+
+    gcp_project_id: str = ""
+    publish_timeout_ms: int = Field(0, ge=0)  # fleetgate addition; 0: the default
+    reliable_ack: bool | None = None  # documented by the reference, never read
+
+
 class PubSubSink(Sink):
     name: ClassVar[str] = "pubsub"
+    Settings: ClassVar[type[Section]] = PubSubSettings
+    label: ClassVar[str | None] = "Pubsub"
+    settings: PubSubSettings
 
-    def __init__(self, config: Mapping[str, Any], context: SinkContext) -> None:
-        super().__init__(config, context)
-        from fleetgate.config import ConfigError
-
-        self.project = str(config.get("gcp_project_id") or "")
+    def __init__(self, settings: Section | Mapping[str, Any], context: SinkContext) -> None:
+        super().__init__(settings, context)
+        self.project = self.settings.gcp_project_id
         if not self.project:
             raise ConfigError("pubsub.gcp_project_id: must be set to publish to Pub/Sub")
         if os.environ.get("PUBSUB_EMULATOR_HOST") and os.environ.get(
@@ -59,7 +71,7 @@ class PubSubSink(Sink):
                 "pubsub: PUBSUB_EMULATOR_HOST and GOOGLE_APPLICATION_CREDENTIALS are both set; "
                 "choose the emulator or real Google Cloud"
             )
-        timeout_ms = config.get("publish_timeout_ms")
+        timeout_ms = self.settings.publish_timeout_ms
         self.publish_timeout_s = (
             float(timeout_ms) / 1000 if timeout_ms else _DEFAULT_PUBLISH_TIMEOUT_S
         )

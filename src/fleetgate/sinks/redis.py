@@ -36,36 +36,74 @@ than one address uses the cluster client (not covered by the test suite: no clus
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from redis import exceptions as redis_errors
-from redis.asyncio import Redis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from pydantic import Field
 
-from fleetgate.config import ConfigError, RedisConfig
 from fleetgate.forms import wire_payload
 from fleetgate.records import Record, record_metadata
+from fleetgate.settings import ConfigError, Section, TlsFiles
 from fleetgate.sinks.base import PermanentSinkError, Sink, SinkContext, TransientSinkError
+
+if TYPE_CHECKING:
+    # redis-py is imported when the sink connects, not when the config is read.
+    from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
 
 _CHUNK = 1000
 _NS_PER_S = 1_000_000_000
 
-# Error replies that say "not now" rather than "never".
-_TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
-    redis_errors.ConnectionError,  # includes AuthenticationError, BusyLoadingError
-    redis_errors.TimeoutError,
-    redis_errors.ReadOnlyError,
-    redis_errors.TryAgainError,
-    redis_errors.ClusterDownError,
-    redis_errors.MasterDownError,
-    OSError,
-    TimeoutError,
-)
+
+@functools.cache
+def _transient_errors() -> tuple[type[Exception], ...]:
+    """Error replies and failures that say "not now" rather than "never"."""
+    from redis import exceptions as redis_errors
+
+    return (
+        redis_errors.ConnectionError,  # includes AuthenticationError, BusyLoadingError
+        redis_errors.TimeoutError,
+        redis_errors.ReadOnlyError,
+        redis_errors.TryAgainError,
+        redis_errors.ClusterDownError,
+        redis_errors.MasterDownError,
+        OSError,
+        TimeoutError,
+    )
+
+
+class RedisPoolSettings(Section):
+    pool_size: int | None = None
+    min_idle_conns: int | None = None
+    max_idle_conns: int | None = None
+    max_active_conns: int | None = None
+    read_timeout: int | None = None
+    write_timeout: int | None = None
+    pool_timeout: int | None = None
+    conn_max_idle_time: int | None = None
+    conn_max_lifetime: int | None = None
+
+
+class RedisSettings(Section):
+    """The ``redis`` section (reference keys, plus Redis Streams)."""
+
+    addrs: list[str] = Field(default_factory=list)
+    username: str = ""
+    password: str = ""
+    db: int = Field(0, ge=0)
+    tls: TlsFiles | None = None
+    override_tls_server_name: bool = False
+    cluster_mode: bool = False
+    publish_timeout: int = Field(5_000_000_000, ge=0)  # Go duration: nanoseconds
+    publish_vin_topics: bool = False
+    subscriber_set_prefix: str = ""
+    pool: RedisPoolSettings | None = None
+    # fleetgate additions: Redis Streams (XADD) next to the reference's pub/sub channels.
+    streams: bool = False
+    stream_maxlen: int = Field(100_000, ge=1)
 
 
 def _split_address(address: str) -> tuple[str, int]:
@@ -105,10 +143,12 @@ async def _send_packed(client: Redis, commands: Sequence[tuple[bytes, ...]]) -> 
 
 class RedisSink(Sink):
     name: ClassVar[str] = "redis"
+    Settings: ClassVar[type[Section]] = RedisSettings
+    label: ClassVar[str | None] = "Redis"
+    settings: RedisSettings
 
-    def __init__(self, config: Mapping[str, Any], context: SinkContext) -> None:
-        super().__init__(config, context)
-        self.settings = RedisConfig.model_validate(dict(config))
+    def __init__(self, settings: Section | Mapping[str, Any], context: SinkContext) -> None:
+        super().__init__(settings, context)
         s = self.settings
         if not s.addrs:
             raise ConfigError("redis.addrs: at least one address is required")
@@ -126,6 +166,11 @@ class RedisSink(Sink):
 
     def _connect(self) -> Redis | RedisCluster:
         """Build the client (no I/O yet: connections open on the first command)."""
+        from redis.asyncio import Redis
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
         s = self.settings
         options: dict[str, Any] = {
             "username": s.username or None,
@@ -161,15 +206,17 @@ class RedisSink(Sink):
         try:
             async with asyncio.timeout(self.timeout_s):
                 await self.client.ping()
-        except _TRANSIENT_ERRORS as exc:
+        except _transient_errors() as exc:
             raise TransientSinkError(f"{self.describe()}: {exc}") from exc
 
     async def publish(self, batch: Sequence[Record]) -> None:
+        from redis import exceptions as redis_errors
+
         try:
             for start in range(0, len(batch), _CHUNK):
                 async with asyncio.timeout(self.timeout_s):
                     await self._publish_chunk(batch[start : start + _CHUNK])
-        except _TRANSIENT_ERRORS as exc:
+        except _transient_errors() as exc:
             raise TransientSinkError(f"{self.describe()}: {exc}") from exc
         except redis_errors.RedisError as exc:
             raise PermanentSinkError(f"{self.describe()}: {exc}") from exc
@@ -194,6 +241,8 @@ class RedisSink(Sink):
                     fields += (key.encode(), value.encode())
                 fields += (b"key", record.device_id.encode())
                 commands.append((b"XADD", *fields))
+        from redis.asyncio import Redis
+
         client = self.client
         if isinstance(client, Redis):
             await _send_packed(client, commands)

@@ -11,18 +11,30 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from fleetgate.records import Record
+from fleetgate.settings import Section
 from fleetgate.sinks.base import Sink, SinkContext
 from fleetgate.store import RecordStore
 
 
+class SqliteSettings(Section):
+    """Where the store file is (the ``store`` section's ``path``)."""
+
+    path: str | None = None  # default: <data_dir>/fleetgate.db
+
+
 class SqliteSink(Sink):
     name: ClassVar[str] = "sqlite"
+    Settings: ClassVar[type[Section]] = SqliteSettings
+    settings: SqliteSettings
 
     def __init__(
-        self, config: Mapping[str, Any], context: SinkContext, store: RecordStore | None = None
+        self,
+        settings: Section | Mapping[str, Any],
+        context: SinkContext,
+        store: RecordStore | None = None,
     ) -> None:
-        super().__init__(config, context)
-        path = config.get("path") or f"{context.data_dir}/fleetgate.db"
+        super().__init__(settings, context)
+        path = self.settings.path or f"{context.data_dir}/fleetgate.db"
         self.store = store or RecordStore(path)
 
     async def publish(self, batch: Sequence[Record]) -> None:

@@ -31,24 +31,22 @@ import logging
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import zmq
-from zmq.auth.thread import ThreadAuthenticator
-from zmq.utils.monitor import recv_monitor_message
+from pydantic import Field
 
-from fleetgate.config import ConfigError, ZmqConfig
 from fleetgate.forms import wire_payload
 from fleetgate.records import Record
+from fleetgate.settings import ConfigError, Section
 from fleetgate.sinks.base import Sink, SinkContext, TransientSinkError
+
+if TYPE_CHECKING:
+    # pyzmq is imported when the sink binds, not when the config is read.
+    import zmq
+    from zmq.auth.thread import ThreadAuthenticator
 
 log = logging.getLogger("fleetgate.sinks.zmq")
 
-_EVENT_NAMES = {
-    value: name.removeprefix("EVENT_")
-    for name, value in vars(zmq).items()
-    if name.startswith("EVENT_") and isinstance(value, int)
-}
 
 
 def load_server_keys(path: str) -> tuple[bytes, bytes]:
@@ -83,12 +81,25 @@ class _AllowList:
         return allowed
 
 
+class ZmqSettings(Section):
+    """The ``zmq`` section (reference keys, plus ``send_hwm``)."""
+
+    addr: str = ""
+    server_key_json_path: str = ""
+    allowed_public_keys_json_path: str = ""
+    verbose: bool = False
+    # fleetgate addition: messages queued per subscriber before PUB drops (ZMQ_SNDHWM).
+    send_hwm: int = Field(100_000, ge=0)
+
+
 class ZmqSink(Sink):
     name: ClassVar[str] = "zmq"
+    Settings: ClassVar[type[Section]] = ZmqSettings
+    label: ClassVar[str | None] = "ZMQ"
+    settings: ZmqSettings
 
-    def __init__(self, config: Mapping[str, Any], context: SinkContext) -> None:
-        super().__init__(config, context)
-        self.settings = ZmqConfig.model_validate(dict(config))
+    def __init__(self, settings: Section | Mapping[str, Any], context: SinkContext) -> None:
+        super().__init__(settings, context)
         if not self.settings.addr:
             raise ConfigError("zmq.addr: a bind address is required (e.g. tcp://127.0.0.1:5284)")
         s = self.settings
@@ -114,6 +125,9 @@ class ZmqSink(Sink):
     def _bind(self) -> zmq.Socket[Any]:
         if self._socket is not None:
             return self._socket
+        import zmq
+        from zmq.auth.thread import ThreadAuthenticator
+
         s = self.settings
         zctx: zmq.Context[Any] = zmq.Context()
         sock: zmq.Socket[Any] = zctx.socket(zmq.PUB)
@@ -140,6 +154,8 @@ class ZmqSink(Sink):
         return sock
 
     async def publish(self, batch: Sequence[Record]) -> None:
+        import zmq
+
         sock = self._bind()
         decoded = self.context.transmit_decoded
         topics: dict[str, bytes] = {}
@@ -173,10 +189,18 @@ class ZmqSink(Sink):
 
 def _log_events(monitor: zmq.Socket[Any]) -> None:
     """Log socket events (``zmq.verbose``) until the monitor is disabled."""
+    import zmq
+    from zmq.utils.monitor import recv_monitor_message
+
+    names = {
+        value: name.removeprefix("EVENT_")
+        for name, value in vars(zmq).items()
+        if name.startswith("EVENT_") and isinstance(value, int)
+    }
     try:
         while True:
             event = recv_monitor_message(monitor)
-            name = _EVENT_NAMES.get(event["event"], str(event["event"]))
+            name = names.get(event["event"], str(event["event"]))
             log.debug("zmq: socket event %s %s", name, event.get("endpoint", b"").decode())
             if event["event"] == zmq.EVENT_MONITOR_STOPPED:
                 break

@@ -21,8 +21,9 @@ from confluent_kafka import Consumer, TopicPartition
 
 from fleetgate.forms import wire_payload
 from fleetgate.records import Record, record_metadata
-from fleetgate.sinks.base import PermanentSinkError, Sink, SinkContext, sink_class
+from fleetgate.sinks.base import PermanentSinkError, Sink, SinkContext
 from fleetgate.sinks.kafka import KafkaSink
+from fleetgate.sinks.registry import sink_class
 from tests.integration.conftest import start_private
 from tests.integration.services import ManagedProcess, tansu_server
 from tests.integration.sinks.conformance import (

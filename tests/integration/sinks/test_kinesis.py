@@ -17,8 +17,9 @@ import boto3
 import pytest
 
 from fleetgate.forms import wire_payload
-from fleetgate.sinks.base import Sink, SinkContext, TransientSinkError, sink_class
+from fleetgate.sinks.base import Sink, SinkContext, TransientSinkError
 from fleetgate.sinks.kinesis import KinesisSink
+from fleetgate.sinks.registry import sink_class
 from tests.integration.conftest import start_private
 from tests.integration.services import ManagedProcess, free_port, moto_server
 from tests.integration.sinks.conformance import (

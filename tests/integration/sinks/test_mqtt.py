@@ -22,8 +22,9 @@ import pytest
 
 from fleetgate.forms import register_mqtt_form, wire_payload
 from fleetgate.records import Record, record_json
-from fleetgate.sinks.base import Sink, SinkContext, TransientSinkError, sink_class
+from fleetgate.sinks.base import Sink, SinkContext, TransientSinkError
 from fleetgate.sinks.mqtt import MqttSink
+from fleetgate.sinks.registry import sink_class
 from tests.integration.conftest import start_private
 from tests.integration.services import ManagedProcess, mosquitto_durable_server
 from tests.integration.sinks.conformance import (

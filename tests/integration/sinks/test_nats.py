@@ -12,8 +12,9 @@ from nats.js.api import AckPolicy, ConsumerConfig
 
 from fleetgate.forms import wire_payload
 from fleetgate.records import Record
-from fleetgate.sinks.base import Sink, SinkContext, sink_class
+from fleetgate.sinks.base import Sink, SinkContext
 from fleetgate.sinks.nats import NatsSink, message_id, subject_token
+from fleetgate.sinks.registry import sink_class
 from tests.integration.services import ManagedProcess
 from tests.integration.sinks.conformance import (
     Delivered,

@@ -12,8 +12,9 @@ import pytest
 from psycopg import sql
 
 from fleetgate.records import Record
-from fleetgate.sinks.base import Sink, SinkContext, sink_class
+from fleetgate.sinks.base import Sink, SinkContext
 from fleetgate.sinks.postgres import MIGRATIONS, PostgresSink
+from fleetgate.sinks.registry import sink_class
 from tests.integration.services import ManagedProcess
 from tests.integration.sinks.conformance import (
     Delivered,

@@ -19,8 +19,9 @@ from google.api_core import exceptions
 from google.cloud import pubsub_v1
 
 from fleetgate.config import ConfigError
-from fleetgate.sinks.base import Sink, SinkContext, sink_class
+from fleetgate.sinks.base import Sink, SinkContext
 from fleetgate.sinks.pubsub import PubSubSink
+from fleetgate.sinks.registry import sink_class
 from tests.integration.conftest import start_private
 from tests.integration.services import ManagedProcess, pubsub_emulator
 from tests.integration.sinks.conformance import (

@@ -12,8 +12,9 @@ from redis.asyncio import Redis
 from fleetgate.config import ConfigError
 from fleetgate.forms import wire_payload
 from fleetgate.records import record_metadata
-from fleetgate.sinks.base import Sink, SinkContext, TransientSinkError, sink_class
+from fleetgate.sinks.base import Sink, SinkContext, TransientSinkError
 from fleetgate.sinks.redis import RedisSink
+from fleetgate.sinks.registry import sink_class
 from tests.integration.services import ManagedProcess, redis_server
 from tests.integration.sinks.conformance import (
     Delivered,

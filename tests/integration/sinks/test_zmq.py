@@ -19,7 +19,8 @@ from zmq.utils.monitor import recv_monitor_message
 from fleetgate.config import ConfigError
 from fleetgate.forms import wire_payload
 from fleetgate.records import Record
-from fleetgate.sinks.base import Sink, SinkContext, TransientSinkError, sink_class
+from fleetgate.sinks.base import Sink, SinkContext, TransientSinkError
+from fleetgate.sinks.registry import sink_class
 from fleetgate.sinks.zmq import ZmqSink
 from tests.integration.services import free_port
 from tests.integration.sinks.conformance import (

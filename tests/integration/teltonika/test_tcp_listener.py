@@ -16,7 +16,8 @@ from fleetgate.observability import metrics
 from fleetgate.protocols.teltonika.crc import crc16_ibm
 from fleetgate.protocols.teltonika.encoder import encode_imei
 from fleetgate.records import Record
-from fleetgate.sinks.base import Sink, register_sink
+from fleetgate.sinks.base import Sink
+from fleetgate.sinks.registry import register_sink
 from tests.teltonika_vectors import frame
 
 pytestmark = pytest.mark.integration

@@ -19,7 +19,8 @@ from fleetgate.pki import DevPki, client_ssl_context
 from fleetgate.protocols.tesla.envelope import Envelope, build_stream_envelope, parse_envelope
 from fleetgate.protocols.tesla.proto import vehicle_data_pb2 as vd
 from fleetgate.records import Record
-from fleetgate.sinks.base import Sink, register_sink
+from fleetgate.sinks.base import Sink
+from fleetgate.sinks.registry import register_sink
 
 VIN = "device-1"
 OTHER_VIN = "5YJ3E1EA7KF000002"

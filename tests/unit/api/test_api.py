@@ -35,7 +35,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
 def client(server: Server) -> TestClient:
     from fleetgate.api.app import create_api
 
-    return TestClient(create_api(server))
+    return TestClient(create_api(server.store, server.health_report))
 
 
 def test_devices_list_counts_and_last_seen(client: TestClient) -> None:

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from fleetgate.config import ConfigError, build_config, load_config
-from fleetgate.pipeline.ack import AckLevel
+from fleetgate.config import AckLevel
+from fleetgate.sinks.kafka import KafkaSettings
+from fleetgate.sinks.kinesis import KinesisSettings
 
 # The example config of Tesla's README (fleet-telemetry), unchanged but for file paths.
 TESLA_README_CONFIG = {
@@ -62,8 +64,11 @@ def test_teslas_readme_config_parses_unchanged() -> None:
     assert config.port == 443
     assert config.namespace == "tesla_telemetry"
     assert config.records["V"] == ["logger", "kafka"]
-    assert config.kafka == {"bootstrap.servers": "kafka:9092", "queue.buffering.max.messages": 1000000}
-    assert config.kinesis is not None and config.kinesis.streams == {"V": "custom_stream_name"}
+    kafka = config.sink_section("kafka")
+    assert isinstance(kafka, KafkaSettings)
+    assert kafka.properties == {"bootstrap.servers": "kafka:9092", "queue.buffering.max.messages": 1000000}
+    kinesis = config.sink_section("kinesis")
+    assert isinstance(kinesis, KinesisSettings) and kinesis.streams == {"V": "custom_stream_name"}
     assert config.rate_limit is not None and config.rate_limit.message_limit == 1000
     assert config.tls is not None and config.tls.server_key == "/etc/certs/server/server.key"
 
@@ -133,3 +138,27 @@ def test_unreadable_or_invalid_files_are_config_errors(tmp_path: Path) -> None:
     broken.write_text("{not json")
     with pytest.raises(ConfigError, match="not valid"):
         load_config(broken, environ={})
+
+
+def test_environment_values_are_read_by_the_type_of_their_key() -> None:
+    config = build_config(
+        {"records": {"V": ["kafka"]}, "kafka": {"bootstrap.servers": "a:1"}},
+        environ={
+            "FLEETGATE_NAMESPACE": "123",  # a text key keeps the text, digits or not
+            "FLEETGATE_TELTONIKA__ALLOWED_IMEIS": '["356307042441013"]',
+            "FLEETGATE_API__ENABLED": "false",
+            "FLEETGATE_KAFKA__LINGER.MS": "5",
+        },
+    )
+    assert config.namespace == "123"
+    assert config.teltonika.allowed_imeis == ["356307042441013"]
+    assert config.api.enabled is False
+    kafka = config.sink_section("kafka")
+    assert isinstance(kafka, KafkaSettings)
+    assert kafka.properties == {"bootstrap.servers": "a:1", "linger.ms": 5}
+
+
+def test_a_sink_section_error_names_the_section_and_key() -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config({"mqtt": {"broker": "host:notaport"}}, environ={})
+    assert str(info.value).startswith("mqtt.broker: expected host:port")

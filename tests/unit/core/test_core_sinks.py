@@ -7,9 +7,10 @@ import orjson
 import pytest
 
 from fleetgate.records import Record, record_json
-from fleetgate.sinks.base import SinkContext, known_sinks, sink_class
+from fleetgate.sinks.base import SinkContext
 from fleetgate.sinks.jsonl import JsonlSink
 from fleetgate.sinks.logger import LoggerSink
+from fleetgate.sinks.registry import known_sinks, sink_class
 
 
 def rec(i: int) -> Record:

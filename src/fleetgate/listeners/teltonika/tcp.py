@@ -19,7 +19,6 @@ import logging
 from collections import deque
 from typing import Any, cast
 
-from fleetgate.app import ServerContext
 from fleetgate.config import TeltonikaConfig
 from fleetgate.listeners.teltonika.authority import DeviceAuthority
 from fleetgate.observability import metrics
@@ -38,6 +37,7 @@ from fleetgate.protocols.teltonika.events import (
 from fleetgate.protocols.teltonika.model import codec_name
 from fleetgate.protocols.teltonika.records import to_records
 from fleetgate.records import now_ms
+from fleetgate.runtime import ServerContext
 
 log = logging.getLogger("fleetgate.teltonika")
 
@@ -311,7 +311,7 @@ class TeltonikaListener:
 
 
 def create_listener(context: ServerContext) -> TeltonikaListener | None:
-    """Listener factory for :mod:`fleetgate.app`."""
+    """Listener factory (see :data:`fleetgate.app.LISTENER_FACTORIES`)."""
     settings = context.config.teltonika
     if not settings.enabled:
         return None

@@ -18,7 +18,6 @@ import asyncio
 import logging
 from typing import Any
 
-from fleetgate.app import ServerContext
 from fleetgate.config import TeltonikaConfig
 from fleetgate.listeners.teltonika.authority import DeviceAuthority
 from fleetgate.observability import metrics
@@ -30,6 +29,7 @@ from fleetgate.protocols.teltonika.model import codec_name
 from fleetgate.protocols.teltonika.records import to_records
 from fleetgate.protocols.teltonika.udp import UdpDatagram, decode_udp_datagram, encode_udp_ack
 from fleetgate.records import now_ms
+from fleetgate.runtime import ServerContext
 
 log = logging.getLogger("fleetgate.teltonika")
 
@@ -141,7 +141,7 @@ class TeltonikaUdpListener:
 
 
 def create_listener(context: ServerContext) -> TeltonikaUdpListener | None:
-    """Listener factory for :mod:`fleetgate.app`."""
+    """Listener factory (see :data:`fleetgate.app.LISTENER_FACTORIES`)."""
     settings = context.config.teltonika
     if not (settings.enabled and settings.udp_enabled):
         return None

@@ -32,7 +32,6 @@ from websockets.asyncio.server import Server as WsServer
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from fleetgate.app import ServerContext
 from fleetgate.config import Config, TlsConfig
 from fleetgate.listeners.tesla.session import PROTOCOL, SessionSettings, VehicleSession
 from fleetgate.listeners.tesla.tls import ca_file_warnings, server_ssl_context
@@ -42,6 +41,7 @@ from fleetgate.pipeline import Pipeline
 from fleetgate.pki import init_pki
 from fleetgate.protocols.tesla.identity import IdentityError, identity_from_certificate
 from fleetgate.protocols.tesla.ratelimit import rate_limit_settings
+from fleetgate.runtime import ServerContext
 
 log = logging.getLogger("fleetgate.tesla")
 # The websockets library logs every open/close at INFO, duplicating socket_connected and
@@ -291,7 +291,7 @@ async def _status_client(reader: asyncio.StreamReader, writer: asyncio.StreamWri
 
 
 def create_listener(context: ServerContext) -> TeslaListener | None:
-    """Listener factory for :mod:`fleetgate.app`."""
+    """Listener factory (see :data:`fleetgate.app.LISTENER_FACTORIES`)."""
     if not context.config.tesla_enabled:
         return None
     return TeslaListener(context.config, context.pipeline)

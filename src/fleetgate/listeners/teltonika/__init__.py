@@ -1,0 +1,1 @@
+"""Teltonika TCP and UDP listeners and the device authority they apply."""

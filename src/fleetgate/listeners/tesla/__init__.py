@@ -1,0 +1,1 @@
+"""Tesla vehicle listener: mTLS WebSocket, one session per vehicle, TLS trust store."""
