@@ -32,6 +32,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.integration.services: the servers the tests use
 
+from fleetgate.config import AckLevel  # noqa: E402
+from fleetgate.pipeline import AckPolicy, Pipeline, Router  # noqa: E402
 from fleetgate.pipeline.runner import RunnerSettings, SinkRunner  # noqa: E402
 from fleetgate.records import Record  # noqa: E402
 from fleetgate.sinks.base import Sink, SinkContext  # noqa: E402
@@ -291,11 +293,20 @@ async def run_one(name: str, args: argparse.Namespace, base: Path) -> str:
     settings = RunnerSettings(max_queue_records=args.records + 1, max_batch=args.batch)
     async with TARGETS[name](base, ctx) as (sink, count):
         runner = SinkRunner(sink, settings)
+        pipeline = Pipeline(
+            {runner.name: runner},
+            Router({}, always=[runner.name]),
+            AckPolicy(AckLevel.STORE, runner.name),
+            ack_timeout_s=3600,
+        )
         await runner.start()
         step = args.submission
         started = time.perf_counter()
-        futures = [await runner.submit(records[i : i + step]) for i in range(0, len(records), step)]
-        await asyncio.gather(*futures)
+        last = 0
+        for i in range(0, len(records), step):
+            last = await pipeline.append(records[i : i + step])
+        if not await pipeline.settled(last, pipeline.requirement(records[0].topic)):
+            raise SystemExit(f"{name}: records refused")
         elapsed = time.perf_counter() - started
         await runner.close()
         stored = await count()

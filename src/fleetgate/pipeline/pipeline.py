@@ -1,8 +1,12 @@
 """Routes records to sink runners and answers the one question sessions ask before an ack.
 
-Sessions call :meth:`Pipeline.accept` with the records of one frame and send the device an
-ack only when it returns ``True``. Everything between (routing, bounded queues, which
-sinks must confirm) happens here, so ack levels can change without touching protocol code.
+A session hands the pipeline the records of one frame. :meth:`Pipeline.append` gives them
+offsets in the ledger and queues them for every sink their topic routes to; it waits only
+while a queue is full. :meth:`Pipeline.settled` then says whether the frame is safe by the
+ack policy (the policy names, per topic, the sinks whose watermark must pass the frame).
+:meth:`Pipeline.accept` is both in one call: ``True`` means acknowledge. Everything
+between (routing, bounded queues, which sinks must confirm) happens here, so ack levels
+can change without touching protocol code.
 """
 
 from __future__ import annotations
@@ -10,10 +14,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 from fleetgate.observability import metrics
 from fleetgate.pipeline.ack import AckPolicy
+from fleetgate.pipeline.ledger import Ledger, Requirement, requirement_of
 from fleetgate.pipeline.router import Router
 from fleetgate.pipeline.runner import SinkRunner
 from fleetgate.records import Record
@@ -22,52 +26,11 @@ from fleetgate.sinks.base import Health
 log = logging.getLogger("fleetgate.pipeline")
 
 RecordObserver = Callable[[Sequence[Record]], None]
-
-
-@dataclass(slots=True)
-class Submission:
-    """Futures of one submission, by sink name; each resolves when that sink confirmed."""
-
-    confirmations: dict[str, asyncio.Future[None]]
-
-    async def wait(self, sinks: set[str], timeout_s: float) -> bool:
-        """True once every named sink confirmed; False on failure or timeout."""
-        futures = [self.confirmations[name] for name in sinks if name in self.confirmations]
-        pending = [future for future in futures if not future.done()]
-        if pending:
-            # One waiter future and one timer per call: cheaper per frame than a
-            # timeout context plus a shield per sink future (this runs for every frame).
-            loop = asyncio.get_running_loop()
-            waiter: asyncio.Future[None] = loop.create_future()
-            remaining = len(pending)
-
-            def settled(_: asyncio.Future[None]) -> None:
-                nonlocal remaining
-                remaining -= 1
-                if remaining == 0 and not waiter.done():
-                    waiter.set_result(None)
-
-            def expire() -> None:
-                if not waiter.done():
-                    waiter.set_result(None)
-
-            for future in pending:
-                future.add_done_callback(settled)
-            timer = loop.call_later(timeout_s, expire)
-            try:
-                await waiter
-            finally:
-                timer.cancel()
-                for future in pending:
-                    future.remove_done_callback(settled)
-        return all(
-            future.done() and not future.cancelled() and future.exception() is None
-            for future in futures
-        )
+_MAX_CACHED_TOPICS = 1024  # topics come from devices; never cache without bound
 
 
 class Pipeline:
-    """Router + one :class:`SinkRunner` per sink + the ack policy."""
+    """Router + one :class:`SinkRunner` per sink + the ack policy, over one ledger."""
 
     def __init__(
         self,
@@ -82,11 +45,22 @@ class Pipeline:
         self.runners = dict(runners)
         self.router = router
         self.ack_policy = ack_policy
-        self.ack_timeout_s = ack_timeout_s
+        self.ledger = Ledger(ack_timeout_s)
+        for runner in self.runners.values():
+            runner.bind(self.ledger)
         self._observers: list[RecordObserver] = []
+        self._targets: dict[str, tuple[SinkRunner, ...]] = {}
+        self._requirements: dict[str, Requirement] = {}
+
+    @property
+    def ack_timeout_s(self) -> float:
+        return self.ledger.timeout_s
 
     def add_observer(self, observer: RecordObserver) -> None:
-        """Call ``observer`` with every submitted batch (live stream, tests)."""
+        """Call ``observer`` with the records of every frame appended (live stream, tests).
+
+        Observers run synchronously on the ingest path: they must not block.
+        """
         self._observers.append(observer)
 
     async def start(self) -> None:
@@ -95,52 +69,97 @@ class Pipeline:
             await runner.start()
 
     async def close(self) -> None:
-        """Flush and close every sink runner."""
+        """Flush and close every sink runner; acks still waiting are refused."""
         await asyncio.gather(*(runner.close() for runner in self.runners.values()))
+        self.ledger.close()
 
-    async def submit(self, records: Sequence[Record]) -> Submission:
-        """Hand ``records`` to every sink their topics route to (waits while queues are full)."""
-        by_sink: dict[str, Sequence[Record]] = {}
-        if not records:
-            return Submission({})
+    # -- routing and policy, cached per topic -------------------------------------------
+    def _targets_of(self, topic: str) -> tuple[SinkRunner, ...]:
+        targets = self._targets.get(topic)
+        if targets is None:
+            targets = tuple(self.runners[name] for name in self.router.targets(topic))
+            if len(self._targets) < _MAX_CACHED_TOPICS:
+                self._targets[topic] = targets
+        return targets
+
+    def requirement(self, topic: str) -> Requirement:
+        """The consumers an ack for records of ``topic`` waits for."""
+        cached = self._requirements.get(topic)
+        if cached is None:
+            cached = requirement_of(
+                [self.runners[name] for name in self.ack_policy.required_sinks(topic)]
+            )
+            if len(self._requirements) < _MAX_CACHED_TOPICS:
+                self._requirements[topic] = cached
+        return cached
+
+    def requirement_for(self, records: Sequence[Record]) -> Requirement:
+        """The consumers an ack for ``records`` (one frame) waits for."""
         topic = records[0].topic
         if all(record.topic == topic for record in records):
+            return self.requirement(topic)
+        topics = {record.topic for record in records}
+        return requirement_of([c for name in topics for c in self.requirement(name)])
+
+    # -- the ingest path -------------------------------------------------------------------
+    async def append(self, records: Sequence[Record]) -> int:
+        """Queue ``records`` (one frame) for their sinks; returns the frame's last offset.
+
+        Waits while a sink's queue is full (backpressure).
+        """
+        if not records:
+            return self.ledger.head
+        topic = records[0].topic
+        single_topic = all(record.topic == topic for record in records)
+        if single_topic:
             # The common case (one frame, one topic): every sink shares the same sequence;
             # runners only read it.
-            for name in self.router.targets(topic):
-                by_sink[name] = records
+            routed: Sequence[tuple[SinkRunner, Sequence[Record]]] = [
+                (runner, records) for runner in self._targets_of(topic)
+            ]
         else:
-            grouped: dict[str, list[Record]] = {}
+            grouped: dict[SinkRunner, list[Record]] = {}
             for record in records:
-                for name in self.router.targets(record.topic):
-                    grouped.setdefault(name, []).append(record)
-            by_sink.update(grouped)
-        counts: dict[tuple[str, str], int] = {}
-        for record in records:
-            key = (record.source, record.topic)
-            counts[key] = counts.get(key, 0) + 1
-        for (source, topic), count in counts.items():
-            metrics.labelled(metrics.RECORDS, source, topic).inc(count)
+                for runner in self._targets_of(record.topic):
+                    grouped.setdefault(runner, []).append(record)
+            routed = list(grouped.items())
+        for runner, batch in routed:
+            if not runner.has_room(len(batch)):
+                await runner.wait_for_room(len(batch))
+        # No await from here on: offsets reach every runner in the order they were given.
+        first = self.ledger.assign(len(records))
+        last = self.ledger.head
+        for runner, batch in routed:
+            runner.push(first, last, batch)
+        if single_topic:
+            metrics.labelled(metrics.RECORDS, records[0].source, topic).inc(len(records))
+        else:
+            for record in records:
+                metrics.labelled(metrics.RECORDS, record.source, record.topic).inc()
         for observer in self._observers:
             try:
                 observer(records)
             except Exception:
                 log.exception("record observer failed")
-        confirmations = {
-            name: await self.runners[name].submit(batch) for name, batch in by_sink.items()
-        }
-        return Submission(confirmations)
+        return last
+
+    async def settled(self, offset: int, requirement: Requirement) -> bool:
+        """True once the frame ending at ``offset`` is safe by ``requirement``."""
+        return await self.ledger.wait(offset, requirement)
 
     async def accept(self, records: Sequence[Record]) -> bool:
-        """Submit ``records`` and wait until the ack policy says they are safe.
+        """Append ``records`` and wait until the ack policy says they are safe.
 
         This is the single place a device ack is decided: ``True`` means acknowledge.
         """
         if not records:
             return True
-        submission = await self.submit(records)
-        required = self.ack_policy.required_for({record.topic for record in records})
-        return await submission.wait(required, self.ack_timeout_s)
+        offset = await self.append(records)
+        return await self.ledger.wait(offset, self.requirement_for(records))
+
+    async def submit(self, records: Sequence[Record]) -> None:
+        """Queue ``records`` that nobody acknowledges (connectivity records, ...)."""
+        await self.append(records)
 
     def health(self) -> dict[str, dict[str, object]]:
         """Per-sink health for ``/health``."""

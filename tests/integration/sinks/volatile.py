@@ -21,6 +21,7 @@ from fleetgate.pipeline.runner import SinkRunner
 from fleetgate.records import Record
 from fleetgate.sinks.base import Health, SinkContext
 from tests.integration.sinks.conformance import (
+    Feeder,
     SinkHarness,
     assert_all_delivered,
     await_all,
@@ -33,8 +34,8 @@ from tests.integration.sinks.conformance import (
 )
 
 
-async def _submit(runner: SinkRunner, records: Sequence[Record]) -> list[asyncio.Future[None]]:
-    return [await runner.submit(part) for part in chunks(records, 50)]
+async def _submit(feeder: Feeder, records: Sequence[Record]) -> list[asyncio.Task[bool]]:
+    return [await feeder.submit(part) for part in chunks(records, 50)]
 
 
 async def kill_and_restart_under_live_sink(harness: SinkHarness, ctx: SinkContext) -> None:
@@ -42,22 +43,23 @@ async def kill_and_restart_under_live_sink(harness: SinkHarness, ctx: SinkContex
     before, during, after = records[:1200], records[1200:2200], records[2200:]
     sink = await harness.make_sink(ctx)
     runner = SinkRunner(sink, fast_settings(max_batch=200))
+    feeder = Feeder(runner)
     await runner.start()
     try:
-        await await_all(await _submit(runner, before))
+        await await_all(await _submit(feeder, before))
         # 1. confirmed → on the server, seen before the kill.
         assert_all_delivered(before, await harness.read_back(len(before), 10), ctx)
 
         # 2. kill under the live connection; what arrives meanwhile waits, unconfirmed.
         await harness.stop_server()
-        waiting = await _submit(runner, during)
+        waiting = await _submit(feeder, during)
         await eventually(lambda: runner.health is not Health.OK, "the sink to notice")
         assert not any(f.done() for f in waiting), "confirmed while the server was down"
         assert runner.queued == len(during)
 
         # 3. back on the same port: the backlog and new records arrive.
         await harness.start_server()
-        waiting += await _submit(runner, after)
+        waiting += await _submit(feeder, after)
         await await_all(waiting, timeout=60)
         assert runner.health is Health.OK
         expected = [*during, *after]

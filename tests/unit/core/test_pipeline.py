@@ -57,77 +57,6 @@ class ScriptedSink(Sink):
         return [record.created_at for batch in self.batches for record in batch]
 
 
-async def test_submission_resolves_after_publish_and_small_frames_share_a_batch() -> None:
-    sink = ScriptedSink()
-    runner = SinkRunner(sink, FAST)
-    sink.gate = asyncio.Event()
-    await runner.start()
-    futures = [await runner.submit([rec(i)]) for i in range(5)]
-    await asyncio.sleep(0.01)
-    assert not any(future.done() for future in futures)
-    sink.gate.set()
-    await asyncio.gather(*futures)
-    assert sink.delivered == [0, 1, 2, 3, 4]
-    assert len(sink.batches) <= 2
-    await runner.close()
-    assert sink.closed
-
-
-async def test_transient_errors_are_retried_without_loss_and_health_follows() -> None:
-    sink = ScriptedSink(fail_times=4)
-    runner = SinkRunner(sink, FAST)
-    seen: list[Health] = []
-    await runner.start()
-    future = await runner.submit([rec(1), rec(2)])
-    while not future.done():
-        seen.append(runner.health)
-        await asyncio.sleep(0.001)
-    await future
-    assert Health.DOWN in seen
-    assert runner.health is Health.OK
-    assert sink.delivered == [1, 2]
-    await runner.close()
-
-
-async def test_permanent_error_fails_the_submission_and_moves_on() -> None:
-    sink = ScriptedSink(fail_times=1, error=PermanentSinkError("too large"))
-    runner = SinkRunner(sink, FAST)
-    await runner.start()
-    bad = await runner.submit([rec(1)])
-    with pytest.raises(PermanentSinkError):
-        await bad
-    good = await runner.submit([rec(2)])
-    await good
-    assert sink.delivered == [2]
-    await runner.close()
-
-
-async def test_full_queue_makes_submit_wait_until_space_frees() -> None:
-    sink = ScriptedSink()
-    sink.gate = asyncio.Event()
-    runner = SinkRunner(sink, RunnerSettings(max_queue_records=4, max_batch=4, max_linger_s=0))
-    await runner.start()
-    await runner.submit([rec(i) for i in range(4)])
-    blocked = asyncio.create_task(runner.submit([rec(9)]))
-    await asyncio.sleep(0.02)
-    assert not blocked.done()
-    assert runner.queued == 4
-    sink.gate.set()
-    await (await blocked)
-    assert sink.delivered == [0, 1, 2, 3, 9]
-    await runner.close()
-
-
-async def test_close_flushes_what_is_queued() -> None:
-    sink = ScriptedSink()
-    runner = SinkRunner(sink, FAST)
-    await runner.start()
-    for i in range(25):
-        await runner.submit([rec(i)])
-    await runner.close()
-    assert sink.delivered == list(range(25))
-
-
 def test_router_combines_always_topic_and_wildcard_rules() -> None:
     router = Router({"V": ["kafka", "logger"], "*": ["jsonl", "kafka"]}, always=["sqlite"])
     assert router.targets("V") == ("sqlite", "kafka", "logger", "jsonl")
@@ -207,19 +136,179 @@ def test_pipeline_refuses_routes_to_unconfigured_sinks() -> None:
         Pipeline({}, Router({"V": ["kafka"]}), AckPolicy(AckLevel.RECEIPT, None))
 
 
-async def test_close_timeout_fails_the_batch_being_published() -> None:
-    sink = ScriptedSink()
-    sink.gate = asyncio.Event()  # never opened: the backend hangs
-    runner = SinkRunner(sink, FAST)
-    await runner.start()
-    inflight = await runner.submit([rec(1)])
+def single(sink: ScriptedSink, settings: RunnerSettings = FAST,
+           level: AckLevel = AckLevel.STORE, timeout: float = 1.0,
+           hooks: Any = None) -> tuple[Pipeline, SinkRunner]:
+    """A pipeline whose store is ``sink`` (every topic goes there)."""
+    runner = SinkRunner(sink, settings, hooks)
+    pipeline = Pipeline({sink.name: runner}, Router({}, always=[sink.name]),
+                        AckPolicy(level, sink.name), ack_timeout_s=timeout)
+    return pipeline, runner
+
+
+async def test_acks_wait_for_the_publish_and_small_frames_share_a_batch() -> None:
+    sink = ScriptedSink("sqlite")
+    sink.gate = asyncio.Event()
+    pipeline, _ = single(sink)
+    await pipeline.start()
+    accepts = [asyncio.create_task(pipeline.accept([rec(i)])) for i in range(5)]
     await asyncio.sleep(0.01)
-    queued = await runner.submit([rec(2)])
+    assert not any(task.done() for task in accepts)
+    sink.gate.set()
+    assert await asyncio.gather(*accepts) == [True] * 5
+    assert sink.delivered == [0, 1, 2, 3, 4]
+    assert len(sink.batches) <= 2
+    await pipeline.close()
+    assert sink.closed
+
+
+async def test_waiters_share_one_group_per_batch_not_one_future_per_frame() -> None:
+    sink = ScriptedSink("sqlite")
+    sink.gate = asyncio.Event()
+    pipeline, _ = single(sink, RunnerSettings(max_batch=1000, max_linger_s=0))
+    await pipeline.start()
+    first = asyncio.create_task(pipeline.accept([rec(0)]))
+    await asyncio.sleep(0.01)  # the runner took frame 0 and waits at the gate
+    later = [asyncio.create_task(pipeline.accept([rec(i)])) for i in range(1, 200)]
+    await asyncio.sleep(0.01)
+    # One group for frame 0 (taken), one shared by the 199 frames queued behind it.
+    assert pipeline.ledger.waiting_groups() == 2
+    sink.gate.set()
+    assert await first and all(await asyncio.gather(*later))
+    assert pipeline.ledger.waiting_groups() == 0
+    await pipeline.close()
+
+
+async def test_transient_errors_are_retried_without_loss_and_health_follows() -> None:
+    sink = ScriptedSink("sqlite", fail_times=4)
+    pipeline, runner = single(sink)
+    seen: list[Health] = []
+    await pipeline.start()
+    accept = asyncio.create_task(pipeline.accept([rec(1), rec(2)]))
+    while not accept.done():
+        seen.append(runner.health)
+        await asyncio.sleep(0.001)
+    assert accept.result() is True
+    assert Health.DOWN in seen
+    assert runner.health is Health.OK
+    assert sink.delivered == [1, 2]
+    await pipeline.close()
+
+
+@pytest.mark.parametrize("error", [PermanentSinkError("too large"), TypeError("a bug"),
+                                   OverflowError("int too big")])
+async def test_an_error_that_is_not_transient_refuses_those_records_and_moves_on(
+    error: Exception,
+) -> None:
+    sink = ScriptedSink("sqlite", fail_times=1, error=error)
+    pipeline, _ = single(sink)
+    await pipeline.start()
+    assert await pipeline.accept([rec(1)]) is False
+    assert await pipeline.accept([rec(2)]) is True
+    assert sink.delivered == [2]
+    await pipeline.close()
+
+
+async def test_a_full_queue_makes_append_wait_until_space_frees() -> None:
+    sink = ScriptedSink("sqlite")
+    sink.gate = asyncio.Event()
+    pipeline, runner = single(sink, RunnerSettings(max_queue_records=4, max_batch=4,
+                                                   max_linger_s=0), level=AckLevel.RECEIPT)
+    await pipeline.start()
+    await pipeline.append([rec(i) for i in range(4)])
+    blocked = asyncio.create_task(pipeline.append([rec(9)]))
+    await asyncio.sleep(0.02)
+    assert not blocked.done()
+    assert runner.queued == 4
+    sink.gate.set()
+    await blocked
+    await pipeline.close()
+    assert sink.delivered == [0, 1, 2, 3, 9]
+
+
+async def test_close_flushes_what_is_queued() -> None:
+    sink = ScriptedSink("sqlite")
+    pipeline, _ = single(sink, level=AckLevel.RECEIPT)
+    await pipeline.start()
+    for i in range(25):
+        assert await pipeline.accept([rec(i)])
+    await pipeline.close()
+    assert sink.delivered == list(range(25))
+
+
+async def test_a_close_that_times_out_refuses_the_acks_still_waiting() -> None:
+    sink = ScriptedSink("sqlite")
+    sink.gate = asyncio.Event()  # never opened: the backend hangs
+    pipeline, runner = single(sink)
+    await pipeline.start()
+    inflight = asyncio.create_task(pipeline.accept([rec(1)]))
+    await asyncio.sleep(0.01)
+    queued = asyncio.create_task(pipeline.accept([rec(2)]))
+    await asyncio.sleep(0.01)
     await runner.close(timeout_s=0.05)
-    assert inflight.done()
-    assert queued.done()
+    await pipeline.close()
+    assert await inflight is False
+    assert await queued is False
     with pytest.raises(RuntimeError, match="closed"):
-        await inflight
+        await pipeline.accept([rec(3)])  # nothing is taken after close
+
+
+async def test_an_ack_for_a_topic_waits_only_for_the_sinks_it_goes_to() -> None:
+    store, kafka = ScriptedSink("sqlite"), ScriptedSink("kafka")
+    kafka.gate = asyncio.Event()  # kafka holds V records back
+    pipeline = make_pipeline({"sqlite": store, "kafka": kafka}, {"V": ["kafka"]},
+                             AckPolicy(AckLevel.STORE, "sqlite", {"V": "kafka"}))
+    await pipeline.start()
+    vehicle = asyncio.create_task(pipeline.accept([rec(1, topic="V")]))
+    await asyncio.sleep(0.01)
+    # A later position is behind the V record in offsets, but kafka never gets it.
+    assert await pipeline.accept([rec(2, topic="position")]) is True
+    assert not vehicle.done()
+    kafka.gate.set()
+    assert await vehicle is True
+    await pipeline.close()
+
+
+async def test_acks_time_out_from_one_timer_and_later_frames_still_get_theirs() -> None:
+    sink = ScriptedSink("sqlite")
+    sink.gate = asyncio.Event()
+    pipeline, _ = single(sink, timeout=0.05)
+    await pipeline.start()
+    assert await pipeline.accept([rec(1)]) is False  # timed out
+    sink.gate.set()
+    assert await pipeline.accept([rec(2)]) is True
+    await pipeline.close()
+    assert sink.delivered == [1, 2]  # the timed-out records were still delivered
+
+
+async def test_ack_queue_answers_in_order_and_lanes_are_independent() -> None:
+    from fleetgate.pipeline import AckQueue
+
+    store, kafka = ScriptedSink("sqlite"), ScriptedSink("kafka")
+    kafka.gate = asyncio.Event()
+    pipeline = make_pipeline({"sqlite": store, "kafka": kafka}, {"V": ["kafka"]},
+                             AckPolicy(AckLevel.STORE, "sqlite", {"V": "kafka"}))
+    await pipeline.start()
+    answers: list[tuple[str, bool]] = []
+    three = asyncio.Event()
+
+    def answer(item: str, safe: bool) -> None:
+        answers.append((item, safe))
+        if len(answers) == 3:
+            three.set()
+
+    acks: AckQueue[str] = AckQueue(pipeline, answer)
+    await acks.put([rec(1, topic="V")], "v1")
+    for i in range(2, 5):
+        await acks.put([rec(i)], f"p{i}")
+    await asyncio.wait_for(three.wait(), 5)
+    # Positions need only the store; the V frame before them waits for kafka alone.
+    assert answers == [("p2", True), ("p3", True), ("p4", True)]
+    kafka.gate.set()
+    await acks.drain(1.0)
+    assert answers[-1] == ("v1", True)
+    acks.finish()
+    await pipeline.close()
 
 
 async def test_reference_dispatcher_metrics_count_confirmed_records_bytes_and_errors() -> None:
@@ -236,11 +325,11 @@ async def test_reference_dispatcher_metrics_count_confirmed_records_bytes_and_er
     assert hooks is not None
     assert dispatcher_metrics("postgres", [], len) is None  # not a reference dispatcher
     sink = ScriptedSink("zmq", fail_times=1)
-    runner = SinkRunner(sink, FAST, hooks)
-    await runner.start()
+    pipeline, _ = single(sink, hooks=hooks)
+    await pipeline.start()
     records = [Record("tesla", "VIN", "V", i, i, {}, b"abcd") for i in range(3)]
-    await (await runner.submit(records))
-    await runner.close()
+    assert await pipeline.accept(records)
+    await pipeline.close()
     assert sample("zmq_publish_total", record_type="V") == before[0] + 3
     assert sample("zmq_publish_total_bytes", record_type="V") == before[1] + 12
     assert sample("zmq_reliable_ack_total", record_type="V") == before[2] + 3

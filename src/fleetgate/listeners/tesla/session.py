@@ -2,9 +2,10 @@
 
 Per binary frame: rate limiter, then ``FrameProcessor.process``; immediate replies (error
 frames, acks that need no sink) are queued for the writer at once. Frames that produced
-records are handed to :meth:`Pipeline.accept` in a task of their own, and their ack is
-queued only if ``accept`` returned true: an ack is a promise (for a topic in
-``reliable_ack_sources`` the pipeline waits for that sink too).
+records go to the session's :class:`~fleetgate.pipeline.AckQueue`, which appends them to
+the pipeline and answers each once the ack policy says it is safe; only then is its ack
+queued: an ack is a promise (for a topic in ``reliable_ack_sources`` the pipeline waits
+for that sink too).
 
 Reading never waits for an ack: up to ``MAX_IN_FLIGHT`` frames per connection may be
 waiting for the pipeline; beyond that the reader pauses (backpressure reaches the vehicle
@@ -24,11 +25,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 
 from fleetgate.observability import metrics
 from fleetgate.observability.logging import fields
-from fleetgate.pipeline import Pipeline
+from fleetgate.pipeline import AckQueue, Pipeline
 from fleetgate.protocols.tesla.core import (
     OUTCOME_TOO_BIG,
     FrameProcessor,
@@ -38,7 +39,7 @@ from fleetgate.protocols.tesla.core import (
 )
 from fleetgate.protocols.tesla.identity import VehicleIdentity
 from fleetgate.protocols.tesla.ratelimit import RateLimitSettings, SlidingWindowLimiter
-from fleetgate.records import Record, now_ms
+from fleetgate.records import now_ms
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -135,8 +136,10 @@ class VehicleSession:
         self.frames = 0
         self._on_close = on_close
         self._out: asyncio.Queue[bytes] = asyncio.Queue(WRITE_QUEUE_FRAMES)
-        self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
-        self._tasks: set[asyncio.Task[None]] = set()
+        # (topic, ack reply, record count) of frames waiting for the pipeline.
+        self._acks: AckQueue[tuple[str, bytes | None, int]] = AckQueue(
+            settings.pipeline, self._answer, MAX_IN_FLIGHT, name=f"tesla-acks:{self.device_id}"
+        )
         self._writer: asyncio.Task[None] | None = None
         self._rate_counters: dict[str, _Child] = {}
         self._writing = 0  # frames of the batch being written, beyond the first
@@ -160,6 +163,7 @@ class VehicleSession:
             await self._read_loop()
         finally:
             self.closed = True
+            self._acks.finish()
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
@@ -201,7 +205,7 @@ class VehicleSession:
 
     def abandon_tasks(self) -> set[asyncio.Task[None]]:
         """Ack tasks still waiting for the pipeline (the listener cancels them on stop)."""
-        return set(self._tasks)
+        return self._acks.pending_tasks()
 
     # -- frames --------------------------------------------------------------------------
     async def _on_frame(self, frame: bytes) -> None:
@@ -226,10 +230,13 @@ class VehicleSession:
         for reply in result.immediate_replies:
             self._send(reply)
         if result.records:
-            await self._in_flight.acquire()
-            task = asyncio.create_task(self._accept(result.records, result.ack_reply))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            records = result.records
+            try:
+                await self._acks.put(records, (records[0].topic, result.ack_reply, len(records)))
+            except RuntimeError as exc:  # the pipeline is closing: stop reading
+                log.warning("pipeline closed; frame not taken", extra=fields(vin=self.device_id))
+                self.closed = True
+                raise ConnectionClosedError(None, None) from exc
         elif result.ack_reply is not None:
             self._send(result.ack_reply)
 
@@ -283,21 +290,15 @@ class VehicleSession:
                 self.bytes_by_topic.get(record_type, 0) + result.payload_size
             )
 
-    async def _accept(self, records: list[Record], ack_reply: bytes | None) -> None:
-        topic = records[0].topic
-        try:
-            accepted = await self.settings.pipeline.accept(records)
-        except Exception:
-            log.exception("pipeline accept failed", extra=fields(vin=self.device_id))
-            accepted = False
-        finally:
-            self._in_flight.release()
-        if not accepted:
+    def _answer(self, frame: tuple[str, bytes | None, int], safe: bool) -> None:
+        """The pipeline decided on a frame: send its ack if it is safe and still wanted."""
+        topic, ack_reply, count = frame
+        if not safe:
             # Not safe (sink failed or timed out): no ack, so the vehicle resends.
             _ACKS_WITHHELD.inc()
             log.warning(
                 "records not confirmed in time; ack withheld",
-                extra=fields(vin=self.device_id, txtype=topic, records=len(records)),
+                extra=fields(vin=self.device_id, txtype=topic, records=count),
             )
             return
         if ack_reply is None:
