@@ -102,15 +102,21 @@ _MIN_MS: Final = -62_135_596_800_000
 _MAX_MS: Final = 253_402_300_799_999
 
 
+def rfc3339_seconds_text(seconds: int) -> str:
+    """Epoch seconds → ``2019-06-10T10:04:46`` (no fraction, no zone; years 1..9999)."""
+    seconds = min(max(seconds, _MIN_MS // 1000), _MAX_MS // 1000)
+    t = time.gmtime(seconds)
+    return (
+        f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+    )
+
+
 def format_rfc3339_ms(ms: int) -> str:
     """Epoch milliseconds → ``2019-06-10T10:04:46.000Z`` (clamped to years 1..9999)."""
     ms = min(max(ms, _MIN_MS), _MAX_MS)
     seconds, millis = divmod(ms, 1000)
-    t = time.gmtime(seconds)
-    return (
-        f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
-        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{millis:03d}Z"
-    )
+    return f"{rfc3339_seconds_text(seconds)}.{millis:03d}Z"
 
 
 def parse_rfc3339_ms(text: str) -> int:

@@ -5,28 +5,21 @@ connection (serialised by a lock) share a WAL-mode database, so API reads never 
 ingest. Writes are batched: one transaction per sink batch, with per-device counters
 folded in Python first so each batch costs one upsert per device, not per record.
 
-With ``workers`` > 1 every worker process has its own writer; they take turns on SQLite's
-write lock (``BEGIN IMMEDIATE`` with a busy timeout); reads are never blocked.
+With ``workers`` > 1 every worker process writes a file of its own (:func:`shard_path`),
+so each file has exactly one writer; the process that serves the API reads them all.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import sqlite3
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not POSIX: SQLite's busy timeout alone
-    fcntl = None  # type: ignore[assignment]
 
 from fleetgate.records import Record, format_rfc3339_ms
 
@@ -61,11 +54,10 @@ _INSERT_PREFIX = (
 # SQLite's 32766 bound-parameter limit.
 _ROWS_PER_INSERT = 400
 _INSERT_CHUNK = _INSERT_PREFIX + ",".join(["(?, ?, ?, ?, ?, ?, ?)"] * _ROWS_PER_INSERT)
-# Several worker processes write one database; each waits its turn for the write lock.
+# Opening a file another process is creating waits this long for its lock.
 BUSY_TIMEOUT_MS = 5000
 CACHE_KIB = 16_384
 WAL_AUTOCHECKPOINT_PAGES = 10_000
-LOCK_ATTEMPTS = 12  # x BUSY_TIMEOUT_MS: a minute before a batch is handed back as failed
 _UPSERT_DEVICE = (
     "INSERT INTO devices (device_id, source, first_seen, last_seen, record_count) "
     "VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET "
@@ -94,8 +86,8 @@ class DeviceSummary:
 
 def _connect(path: Path) -> sqlite3.Connection:
     connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    # First, so that even switching to WAL waits for another worker process opening the
-    # same database instead of failing with "database is locked".
+    # First, so that switching to WAL waits for a process still creating the database
+    # instead of failing with "database is locked".
     connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     connection.execute("PRAGMA journal_mode=WAL")
     # NORMAL in WAL mode: a commit survives a process crash; only an OS crash or power loss
@@ -109,58 +101,6 @@ def _connect(path: Path) -> sqlite3.Connection:
     connection.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
     connection.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
     return connection
-
-
-def _is_lock_error(exc: sqlite3.OperationalError) -> bool:
-    text = str(exc)
-    return "database is locked" in text or "database is busy" in text
-
-
-def _begin_immediate(connection: sqlite3.Connection) -> None:
-    """Take the database write lock, waiting for other writers (other worker processes).
-
-    ``BEGIN IMMEDIATE`` takes the lock up front, where SQLite's busy handler waits for it; a
-    deferred ``BEGIN`` would take it at the first insert. The busy timeout bounds one wait;
-    a writer that stays locked out longer (a long checkpoint, a slow disk) keeps waiting
-    here rather than failing a batch the devices are waiting to have acknowledged.
-    """
-    for attempt in range(LOCK_ATTEMPTS):
-        try:
-            connection.execute("BEGIN IMMEDIATE")
-            return
-        except sqlite3.OperationalError as exc:
-            if not _is_lock_error(exc) or attempt == LOCK_ATTEMPTS - 1:
-                raise
-            time.sleep(0.01)
-
-
-class _WriterLock:
-    """An exclusive ``flock`` on a file beside the database, held around each write.
-
-    Worker processes queue here rather than in SQLite's busy handler, which polls by
-    sleeping 1, 2, 5, 10... ms: under steady contention a waiter sleeps through most of the
-    moments the lock is free, and two workers then commit little more than one. A blocked
-    ``flock`` wakes as soon as the holder releases. (SQLite's own locking still applies
-    underneath, for writers that do not take this lock.)
-    """
-
-    def __init__(self, path: Path) -> None:
-        self._fd: int | None = None
-        if fcntl is not None:
-            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-
-    def __enter__(self) -> None:
-        if self._fd is not None and fcntl is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fd is not None and fcntl is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
 
 def shard_path(base: str | Path, index: int) -> Path:
@@ -193,13 +133,9 @@ class RecordStore:
     def __init__(self, path: str | Path, read_shards: bool = False) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._write_lock = _WriterLock(self.path.with_name(self.path.name + ".writelock"))
-        # Under the lock too: switching a new database to WAL while another process creates
-        # it fails with "database is locked" without waiting for the busy timeout.
-        with self._write_lock:
-            self._writer = _connect(self.path)
-            self._writer.executescript(_SCHEMA)
-            self._reader = _connect(self.path)
+        self._writer = _connect(self.path)
+        self._writer.executescript(_SCHEMA)
+        self._reader = _connect(self.path)
         self._schemas = ["main"]
         if read_shards:
             for number, shard in enumerate(existing_shards(self.path), start=1):
@@ -210,7 +146,6 @@ class RecordStore:
     def close(self) -> None:
         self._writer.close()
         self._reader.close()
-        self._write_lock.close()
 
     # -- writing (sink side) ---------------------------------------------------------------
     def write(self, records: Sequence[Record]) -> None:
@@ -239,15 +174,14 @@ class RecordStore:
                 entry[3] = max(entry[3], r.received_at)
                 entry[4] += 1
         writer = self._writer
-        with self._write_lock:
-            _begin_immediate(writer)
-            try:
-                self._insert(params)
-                writer.executemany(_UPSERT_DEVICE, devices.values())
-            except BaseException:
-                writer.execute("ROLLBACK")
-                raise
-            writer.execute("COMMIT")
+        writer.execute("BEGIN")
+        try:
+            self._insert(params)
+            writer.executemany(_UPSERT_DEVICE, devices.values())
+        except BaseException:
+            writer.execute("ROLLBACK")
+            raise
+        writer.execute("COMMIT")
 
     def _insert(self, params: list[Any]) -> None:
         width = 7

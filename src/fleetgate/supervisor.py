@@ -3,9 +3,10 @@
 One fleetgate process runs one event loop on one core (the GIL). To use a machine's cores,
 the supervisor starts N identical workers ("spawn": fresh interpreters, no forked loop
 state). Every device listener binds with SO_REUSEPORT, so the kernel spreads incoming
-connections over the workers. All workers write the one SQLite store (taking turns on its
-write lock) and the other configured sinks. Worker 0 alone also serves the HTTP API and the
-monitoring port: the API reads the shared store, so it sees every worker's devices.
+connections over the workers. Each worker writes a store file of its own
+(``fleetgate.wN.db`` beside the configured one; worker 0 the configured file) and feeds the
+other configured sinks. Worker 0 alone also serves the HTTP API and the monitoring port:
+its API reads every worker's store file, so it sees every worker's devices.
 
 Metrics: the supervisor points PROMETHEUS_MULTIPROC_DIR at a fresh directory before the
 workers start; ``/metrics`` then sums every worker's counters (see

@@ -1,4 +1,4 @@
-"""The session's writer: queued replies go out complete, in order, within the queue limit."""
+"""A vehicle's writer: queued replies go out complete, in order, within the queue limit."""
 
 from __future__ import annotations
 
@@ -7,15 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fleetgate.listeners.tesla.session import (
-    WRITE_BATCH_FRAMES,
-    WRITE_QUEUE_FRAMES,
-    SessionSettings,
-    VehicleSession,
-)
-from fleetgate.observability import metrics
-from fleetgate.protocols.tesla.ratelimit import METRICS_ONLY
-from tests.unit.tesla.helpers import IDENTITY
+from fleetgate.listeners.tesla.writer import WRITE_BATCH_FRAMES, WRITE_QUEUE_FRAMES, FrameWriter
 
 
 class FakeWebSocket:
@@ -47,15 +39,17 @@ class FakeWebSocket:
         self.aborted = True
 
 
-def session(ws: FakeWebSocket) -> VehicleSession:
-    settings = SessionSettings(None, frozenset({"V"}), {}, METRICS_ONLY)  # type: ignore[arg-type]
-    return VehicleSession(settings, ws, IDENTITY, "sock-1")  # type: ignore[arg-type]
+class Writer:
+    """A FrameWriter on a fake socket, recording why it failed."""
 
+    def __init__(self, ws: FakeWebSocket) -> None:
+        self.failures: list[str] = []
+        self.writer = FrameWriter(ws, self.failures.append)
 
-async def start_writer(s: VehicleSession) -> asyncio.Task[None]:
-    task = asyncio.create_task(s._write_loop())
-    await asyncio.sleep(0)
-    return task
+    async def start(self) -> asyncio.Task[None]:
+        task = asyncio.create_task(self.writer.run())
+        await asyncio.sleep(0)
+        return task
 
 
 async def stop(task: asyncio.Task[Any]) -> None:
@@ -66,54 +60,53 @@ async def stop(task: asyncio.Task[Any]) -> None:
 
 async def test_queued_frames_are_written_in_order_in_bounded_batches() -> None:
     ws = FakeWebSocket()
-    s = session(ws)
+    w = Writer(ws)
     frames = [f"frame-{n}".encode() for n in range(150)]
     for frame in frames:
-        s._send(frame)
+        w.writer.send(frame)
     ws.gate.set()
-    writer = await start_writer(s)
+    writer = await w.start()
     for _ in range(10):
         await asyncio.sleep(0)
     await stop(writer)
     assert [f for write in ws.writes for f in write] == frames
     assert [len(write) for write in ws.writes] == [WRITE_BATCH_FRAMES, WRITE_BATCH_FRAMES, 22]
     # a frame queued alone goes out alone
-    s._send(b"late")
-    writer = await start_writer(s)
+    w.writer.send(b"late")
+    writer = await w.start()
     await asyncio.sleep(0)
     await stop(writer)
     assert ws.writes[-1] == [b"late"]
-    assert not s.closed
+    assert w.failures == []
 
 
 async def test_queue_limit_counts_the_batch_being_written() -> None:
     ws = FakeWebSocket()
-    s = session(ws)
-    errors_before = metrics.REGISTRY.get_sample_value("socket_err_total") or 0.0
+    w = Writer(ws)
     for n in range(WRITE_BATCH_FRAMES):
-        s._send(b"%d" % n)
-    writer = await start_writer(s)  # takes the batch, then waits in the drain
-    assert s._out.qsize() == 0
+        w.writer.send(b"%d" % n)
+    writer = await w.start()  # takes the batch, then waits in the drain
+    assert w.writer.waiting == WRITE_BATCH_FRAMES - 1
     # Without batching: the queue's frames plus the one being written.
     accepted = WRITE_BATCH_FRAMES
-    while not s.closed:
-        s._send(b"more")
+    while not w.failures:
+        w.writer.send(b"more")
         accepted += 1
+    w.writer.send(b"after")  # a failed writer takes nothing more and fails only once
     await stop(writer)
     assert accepted - 1 == WRITE_QUEUE_FRAMES + 1  # the last one was refused
-    assert ws.aborted
-    assert (metrics.REGISTRY.get_sample_value("socket_err_total") or 0.0) == errors_before + 1
+    assert w.failures == ["write queue full"]
 
 
 async def test_without_send_context_frames_go_out_one_send_each() -> None:
     ws = FakeWebSocket()
     ws.send_context = None  # type: ignore[assignment,method-assign]
-    s = session(ws)
+    w = Writer(ws)
     frames = [b"a", b"b", b"c"]
     for frame in frames:
-        s._send(frame)
+        w.writer.send(frame)
     ws.gate.set()
-    writer = await start_writer(s)
+    writer = await w.start()
     for _ in range(5):
         await asyncio.sleep(0)
     await stop(writer)

@@ -9,10 +9,9 @@ for that sink too).
 
 Reading never waits for an ack: up to ``MAX_IN_FLIGHT`` frames per connection may be
 waiting for the pipeline; beyond that the reader pauses (backpressure reaches the vehicle
-through TCP). Outgoing frames go through one bounded queue drained by one writer task, the
-only place that writes to the socket; whatever is queued when it wakes (acks arrive in
-bursts, one per sink commit) is written in one go. A write that fails or takes longer than
-``WRITE_TIMEOUT_S`` ends the session (``socket_err_total``), as in the reference.
+through TCP). Outgoing frames go through the session's
+:class:`~fleetgate.listeners.tesla.writer.FrameWriter`, the only place that writes to the
+socket.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 
+from fleetgate.listeners.tesla.writer import FrameWriter
 from fleetgate.observability import metrics
 from fleetgate.observability.logging import fields
 from fleetgate.pipeline import AckQueue, Pipeline
@@ -48,9 +48,6 @@ log = logging.getLogger("fleetgate.tesla")
 
 PROTOCOL = "tesla"
 MAX_IN_FLIGHT = 64
-WRITE_QUEUE_FRAMES = 1000  # the reference's per-socket response queue depth
-WRITE_TIMEOUT_S = 10.0
-WRITE_BATCH_FRAMES = 64  # queued frames written together (~6 KB of acks)
 CONNECTIVITY = "connectivity"
 
 
@@ -135,17 +132,13 @@ class VehicleSession:
         self.bytes_by_topic: dict[str, int] = {}
         self.frames = 0
         self._on_close = on_close
-        self._out: asyncio.Queue[bytes] = asyncio.Queue(WRITE_QUEUE_FRAMES)
         # (topic, ack reply, record count) of frames waiting for the pipeline.
         self._acks: AckQueue[tuple[str, bytes | None, int]] = AckQueue(
             settings.pipeline, self._answer, MAX_IN_FLIGHT, name=f"tesla-acks:{self.device_id}"
         )
-        self._writer: asyncio.Task[None] | None = None
+        self._writer = FrameWriter(ws, self._fail)
+        self._writer_task: asyncio.Task[None] | None = None
         self._rate_counters: dict[str, _Child] = {}
-        self._writing = 0  # frames of the batch being written, beyond the first
-        # send_context is how websockets' asyncio connection (13+) wraps every send; should
-        # a release drop it, frames go out one ws.send each.
-        self._batch_writes = callable(getattr(ws, "send_context", None))
 
     @property
     def device_id(self) -> str:
@@ -155,8 +148,8 @@ class VehicleSession:
     async def run(self) -> None:
         """Serve the socket until it closes; connectivity records around the read loop."""
         started = time.monotonic()
-        self._writer = asyncio.create_task(
-            self._write_loop(), name=f"tesla-writer:{self.device_id}"
+        self._writer_task = asyncio.create_task(
+            self._writer.run(), name=f"tesla-writer:{self.device_id}"
         )
         await self._connectivity("CONNECTED")
         try:
@@ -164,9 +157,9 @@ class VehicleSession:
         finally:
             self.closed = True
             self._acks.finish()
-            self._writer.cancel()
+            self._writer_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+                await self._writer_task
             with contextlib.suppress(Exception):
                 await self.ws.close()
             log.info(
@@ -334,45 +327,8 @@ class VehicleSession:
     # -- output --------------------------------------------------------------------------
     def _send(self, frame: bytes) -> None:
         """Queue ``frame`` for the writer; a vehicle that stops reading is disconnected."""
-        if self.closed:
-            return
-        # As without batching: at most WRITE_QUEUE_FRAMES waiting plus the one being written.
-        if self._out.qsize() + self._writing >= WRITE_QUEUE_FRAMES:
-            self._fail("write queue full")
-            return
-        self._out.put_nowait(frame)
-
-    async def _write_loop(self) -> None:
-        out = self._out
-        while True:
-            frames = [await out.get()]
-            # Acks come in bursts (a sink confirms a whole batch at once): what is queued by
-            # now goes out as one write, under one timeout. The batch stays small next to
-            # the transport's high-water mark, so a drain waits about as long as it does
-            # after a single frame; frames held here still count against the queue limit.
-            while not out.empty() and len(frames) < WRITE_BATCH_FRAMES:
-                frames.append(out.get_nowait())
-            self._writing = len(frames) - 1
-            try:
-                async with asyncio.timeout(WRITE_TIMEOUT_S):
-                    await self._write(frames)
-            except (ConnectionClosed, TimeoutError, OSError) as exc:
-                self._fail(repr(exc))
-                return
-            finally:
-                self._writing = 0
-
-    async def _write(self, frames: list[bytes]) -> None:
-        ws = self.ws
-        if len(frames) == 1 or not self._batch_writes:
-            for frame in frames:
-                await ws.send(frame)
-            return
-        # What ws.send does for one binary message, once for all of them: state check,
-        # frames serialised, written, one drain (flow control).
-        async with ws.send_context():
-            for frame in frames:
-                ws.protocol.send_binary(frame)
+        if not self.closed:
+            self._writer.send(frame)
 
     def _fail(self, reason: str) -> None:
         metrics.TESLA_SOCKET_ERR.inc()

@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import math
 import struct
-import time
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Final
 
-_F32 = struct.Struct("<f")
+from fleetgate.records import rfc3339_seconds_text
 
-# RFC 3339 years 0001..9999 in epoch seconds.
-_MIN_SECONDS: Final = -62_135_596_800
-_MAX_SECONDS: Final = 253_402_300_799
+_F32 = struct.Struct("<f")
 
 
 class Float32(float):
@@ -158,12 +155,7 @@ def go_json_dumps(value: Any) -> bytes:
 
 def rfc3339_seconds(seconds: int) -> str:
     """Go ``t.UTC().Format(time.RFC3339)``: ``2023-08-14T20:28:06Z`` (clamped to 1..9999)."""
-    seconds = min(max(seconds, _MIN_SECONDS), _MAX_SECONDS)
-    t = time.gmtime(seconds)
-    return (
-        f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
-        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}Z"
-    )
+    return rfc3339_seconds_text(seconds) + "Z"
 
 
 def rfc3339_nanos(seconds: int, nanos: int) -> str:

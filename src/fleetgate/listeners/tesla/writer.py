@@ -1,0 +1,89 @@
+"""The one place a vehicle's WebSocket is written: a bounded queue drained in batches.
+
+Replies (acks, error frames) are queued with :meth:`FrameWriter.send` and written by
+:meth:`FrameWriter.run`, one task per vehicle. Acks come in bursts (a sink confirms a whole
+batch at once), so whatever is queued when the writer wakes goes out as one write under
+one timeout. A batch stays small next to the transport's high-water mark, so a drain waits
+about as long as it does after a single frame.
+
+A vehicle that stops reading cannot make the server hold replies without bound: at most
+``WRITE_QUEUE_FRAMES`` frames wait (the reference's per-socket queue depth; the frames of
+the batch being written count too), and a write that fails or takes longer than
+``WRITE_TIMEOUT_S`` ends the writer. Either way ``on_fail(reason)`` is called once and the
+session ends (``socket_err_total``), as in the reference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from websockets.exceptions import ConnectionClosed
+
+WRITE_QUEUE_FRAMES = 1000  # the reference's per-socket response queue depth
+WRITE_TIMEOUT_S = 10.0
+WRITE_BATCH_FRAMES = 64  # queued frames written together (~6 KB of acks)
+
+
+class FrameWriter:
+    """Bounded, batched writes to one websockets connection."""
+
+    def __init__(self, ws: Any, on_fail: Callable[[str], None]) -> None:
+        self.ws = ws
+        self.on_fail = on_fail
+        self.failed = False
+        self._out: asyncio.Queue[bytes] = asyncio.Queue()
+        self._writing = 0  # frames of the batch being written, beyond the first
+        # send_context is how websockets' asyncio connection (13+) wraps every send; should
+        # a release drop it, frames go out one ws.send each.
+        self._batch_writes = callable(getattr(ws, "send_context", None))
+
+    @property
+    def waiting(self) -> int:
+        """Frames queued or being written (what counts against the queue limit)."""
+        return self._out.qsize() + self._writing
+
+    def send(self, frame: bytes) -> None:
+        """Queue ``frame``; a full queue fails the writer (the vehicle stopped reading)."""
+        if self.failed:
+            return
+        # As without batching: at most WRITE_QUEUE_FRAMES waiting plus the one being written.
+        if self.waiting >= WRITE_QUEUE_FRAMES:
+            self._fail("write queue full")
+            return
+        self._out.put_nowait(frame)
+
+    async def run(self) -> None:
+        """Write queued frames until cancelled or a write fails."""
+        out = self._out
+        while True:
+            frames = [await out.get()]
+            while not out.empty() and len(frames) < WRITE_BATCH_FRAMES:
+                frames.append(out.get_nowait())
+            self._writing = len(frames) - 1
+            try:
+                async with asyncio.timeout(WRITE_TIMEOUT_S):
+                    await self._write(frames)
+            except (ConnectionClosed, TimeoutError, OSError) as exc:
+                self._fail(repr(exc))
+                return
+            finally:
+                self._writing = 0
+
+    async def _write(self, frames: list[bytes]) -> None:
+        ws = self.ws
+        if len(frames) == 1 or not self._batch_writes:
+            for frame in frames:
+                await ws.send(frame)
+            return
+        # What ws.send does for one binary message, once for all of them: state check,
+        # frames serialised, written, one drain (flow control).
+        async with ws.send_context():
+            for frame in frames:
+                ws.protocol.send_binary(frame)
+
+    def _fail(self, reason: str) -> None:
+        if not self.failed:
+            self.failed = True
+            self.on_fail(reason)
