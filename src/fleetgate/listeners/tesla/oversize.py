@@ -5,8 +5,10 @@ its error reply, keeping the socket; a server that closes instead (``websockets`
 with 1009) makes a car that resends the frame reconnect in a loop. Buffering any size is
 no option either, so a binary message over ``max_size`` is **skipped**: its bytes are
 discarded as they arrive and only its size is kept. Memory per connection stays at most
-``max_size`` for a message being assembled, plus one transport read (up to 256 KiB in
-asyncio) while an oversize frame streams past; it does not grow with the frame.
+``max_size`` for a message being assembled (the listener uses the reference's limit,
+1,000,000 bytes: nothing larger is ever looked at), plus one transport read (asyncio and
+uvloop hand over at most 256 KiB at a time) while an oversize frame streams past; it does
+not grow with the frame.
 
 :class:`VehicleConnection` (``create_connection`` for ``websockets``' ``serve``) gives the
 session :meth:`VehicleConnection.recv_message`: the next message, or an
@@ -69,19 +71,30 @@ class _OversizeSkipping(Protocol):
     _message_opcode: Opcode | None = None
 
     def parse(self) -> Generator[None]:
-        # The frame loop of websockets' Protocol.parse, with the same error handling,
-        # plus _skip_oversize before each frame.
+        # The frame loop of websockets' Protocol.parse (17.x), with the same error
+        # handling, plus _skip_oversize before any frame that might go over the limit.
+        reader = self.reader
+        limit = self.max_message_size
         try:
             while True:
-                if (yield from self.reader.at_eof()):
+                if (yield from reader.at_eof()):
                     raise EOFError("unexpected end of stream")
-                if (yield from self._skip_oversize()):
+                allowed = None if limit is None else limit - (self.current_size or 0)
+                skipping = self._skipped is not None
+                # The cheap test first, inline: a frame whose length code says at most
+                # 65,535 bytes cannot go over a limit that leaves more (most frames); the
+                # generator below costs about as much as parsing a small frame.
+                buffer = reader.buffer
+                surely_fits = not skipping and (
+                    allowed is None
+                    or (len(buffer) >= 2 and buffer[1] & 0x7F != 127 and allowed >= 0xFFFF)
+                )
+                if not surely_fits and (yield from self._skip_oversize()):
                     continue
+                if skipping:
+                    allowed = _MAX_CONTROL_PAYLOAD  # only control frames between fragments
                 frame = yield from Frame.parse(
-                    self.reader.read_exact,
-                    mask=True,
-                    max_size=self._frame_limit(),
-                    extensions=self.extensions,
+                    reader.read_exact, mask=True, max_size=allowed, extensions=self.extensions
                 )
                 if frame.opcode is TEXT or frame.opcode is BINARY:
                     self._message_opcode = None if frame.fin else frame.opcode
@@ -105,14 +118,6 @@ class _OversizeSkipping(Protocol):
             self.parser_exc = exc
         yield
         raise AssertionError("parse() shouldn't step after error")
-
-    def _frame_limit(self) -> int | None:
-        """Largest payload the next frame read by the library may have."""
-        if self._skipped is not None:
-            # Between fragments of a skipped message only control frames may come.
-            return _MAX_CONTROL_PAYLOAD
-        limit = self.max_message_size
-        return None if limit is None else limit - (self.current_size or 0)
 
     def _peek_header(self) -> Generator[None, None, tuple[int, int, int]]:
         """(first header byte, payload length, header size) of the next frame, unread."""
