@@ -117,7 +117,11 @@ def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "tesla",
         help="Tesla Fleet API helpers: configure vehicles to stream here",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
+        description=(
+            "config prints the fleet_telemetry_config body (offline); configure sends it "
+            "through the owner's vehicle-command proxy; status reads a vehicle's current "
+            "configuration and the errors it reported."
+        ),
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     config = actions.add_parser(
