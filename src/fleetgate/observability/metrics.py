@@ -66,6 +66,13 @@ TELTONIKA_FRAMES = Counter(
     ["codec", "result"], registry=REGISTRY,
 )
 
+TESLA_FRAMES_REFUSED = Counter(
+    "fleetgate_tesla_frames_refused_total",
+    "Tesla frames answered with the error reply, by reason (too_big, unreadable, sender, "
+    "payload, impossible_time)",
+    ["reason"], registry=REGISTRY,
+)
+
 
 # -- Tesla reference metrics ----------------------------------------------------------------
 # Unprefixed names identical to the Go fleet-telemetry server (spec section 13), so existing

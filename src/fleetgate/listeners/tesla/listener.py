@@ -33,12 +33,14 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from fleetgate.config import Config, TlsConfig
+from fleetgate.listeners.tesla.oversize import VehicleConnection
 from fleetgate.listeners.tesla.session import PROTOCOL, SessionSettings, VehicleSession
 from fleetgate.listeners.tesla.tls import ca_file_warnings, server_ssl_context
 from fleetgate.observability import metrics
 from fleetgate.observability.logging import fields
 from fleetgate.pipeline import Pipeline
 from fleetgate.pki import init_pki
+from fleetgate.protocols.tesla.core import MAX_FRAME_BYTES
 from fleetgate.protocols.tesla.identity import IdentityError, identity_from_certificate
 from fleetgate.protocols.tesla.ratelimit import rate_limit_settings
 from fleetgate.runtime import ServerContext
@@ -49,9 +51,11 @@ log = logging.getLogger("fleetgate.tesla")
 ws_log = logging.getLogger("fleetgate.tesla.websockets")
 
 DEV_CA_DIR = "tesla-dev-ca"
-# The WebSocket layer accepts messages up to this size so that the application check
-# (1,000,000 bytes, answered with an error frame) decides; larger messages close the socket.
-MAX_MESSAGE_BYTES = 2 * 1024 * 1024
+# Binary messages up to the reference's limit are assembled; the bytes of larger ones are
+# skipped as they arrive and the session answers them with the error reply, keeping the
+# socket, as the reference does (see oversize.py). So at most this much is buffered per
+# connection, however large the frame.
+MAX_MESSAGE_BYTES = MAX_FRAME_BYTES
 STATUS_PATH = "/status"
 
 
@@ -135,6 +139,7 @@ class TeslaListener:
             process_request=self._process_request,
             compression=None,
             max_size=MAX_MESSAGE_BYTES,
+            create_connection=VehicleConnection,
             # The reference never pings; vehicles keep their own connections alive.
             ping_interval=None,
             server_header=None,
@@ -236,6 +241,7 @@ class TeslaListener:
             )
             await ws.close(1008, "unauthorized certificate")
             return
+        assert isinstance(ws, VehicleConnection)  # serve(create_connection=...)
         session = VehicleSession(
             settings,
             ws,

@@ -23,9 +23,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 
+from fleetgate.listeners.tesla.oversize import OversizeMessage, VehicleConnection
 from fleetgate.listeners.tesla.writer import FrameWriter
 from fleetgate.observability import metrics
 from fleetgate.observability.logging import fields
@@ -105,7 +105,7 @@ class VehicleSession:
     def __init__(
         self,
         settings: SessionSettings,
-        ws: ServerConnection,
+        ws: VehicleConnection,
         identity: VehicleIdentity,
         socket_id: str,
         *,
@@ -178,7 +178,8 @@ class VehicleSession:
                 self._on_close(self)
 
     async def _read_loop(self) -> None:
-        recv = self.ws.recv  # what `async for` calls, minus an async generator per frame
+        # Messages, or the size of a binary message over the limit whose bytes were skipped.
+        recv = self.ws.recv_message
         try:
             while True:
                 message = await recv()
@@ -201,19 +202,24 @@ class VehicleSession:
         return self._acks.pending_tasks()
 
     # -- frames --------------------------------------------------------------------------
-    async def _on_frame(self, frame: bytes) -> None:
+    async def _on_frame(self, frame: bytes | OversizeMessage) -> None:
         self.frames += 1
         over_limit = not self.limiter.allow(time.monotonic())
         if over_limit and self.settings.rate_limit.enforce:
             # Dropped without a reply: the vehicle resends what was not acked.
-            topic = peek_topic(frame)
+            topic = peek_topic(frame) if isinstance(frame, bytes) else ""
             self._rate_limit_counter(topic).inc()
             log.debug(
                 "rate_limit_exceeded",
                 extra=fields(vin=self.device_id, txtype=topic, limit=self.limiter.limit),
             )
             return
-        result = self.processor.process(frame, now_ms())
+        # The reference checks the size after the rate limiter; of a skipped frame only
+        # its size is left.
+        if isinstance(frame, OversizeMessage):
+            result = self.processor.too_big(frame.size)
+        else:
+            result = self.processor.process(frame, now_ms())
         if over_limit:
             # Metrics-only limiter: counted, processed as usual (label from the result, so
             # the frame is not parsed twice). The reference adds this frame's signals too.
@@ -261,6 +267,7 @@ class VehicleSession:
         """The reference's frame metrics, from what the core decided."""
         if result.is_error:
             metrics.TESLA_UNEXPECTED_RECORD_ERR.inc()
+            metrics.TESLA_FRAMES_REFUSED.labels(reason=result.refusal or "").inc()
             if result.outcome == OUTCOME_TOO_BIG:
                 metrics.TESLA_RECORD_TOO_BIG.inc()
             log.debug(

@@ -54,7 +54,11 @@ from fleetgate.protocols.tesla.identity import (
 )
 from fleetgate.protocols.tesla.natural import natural_data
 from fleetgate.protocols.tesla.protojson import protojson_dict
-from fleetgate.protocols.tesla.transforms import PayloadError, transform_payload
+from fleetgate.protocols.tesla.transforms import (
+    ImpossibleTimeError,
+    PayloadError,
+    transform_payload,
+)
 
 __all__ = [
     "MAX_FRAME_BYTES",
@@ -63,6 +67,7 @@ __all__ = [
     "FrameProcessor",
     "FrameResult",
     "IdentityError",
+    "ImpossibleTimeError",
     "PayloadError",
     "StreamMessage",
     "VehicleIdentity",

@@ -5,20 +5,33 @@ topics are configured) and turns each binary WebSocket frame into a :class:`Fram
 the Record to dispatch (if any), replies to write now, and the ack to write once the
 pipeline (or, for reliable-ack topics, the reliable sink) has accepted the record.
 
-| frame | result |
+| frame | reply (``outcome``, ``refusal``) |
 |---|---|
-| over ``max_frame_bytes`` | error reply, empty txid (``too_big``) |
-| unreadable flatbuffer | error reply, empty txid (``error``) |
+| over ``max_frame_bytes`` (1) | error, empty txid (``too_big``, ``too_big``) |
+| unreadable flatbuffer | error, empty txid (``error``, ``unreadable``) |
 | empty / no union | two acks, empty txid and topic (``unknown_type``) |
 | union type ≠ 4 | two acks with the txid, empty topic (``unknown_type``) |
-| unconfigured topic, sender ≠ identity | error reply (``error``) |
-| known topic whose protobuf does not decode | error reply (``error``) |
+| unconfigured topic, sender ≠ identity | error (``error``, ``sender``) |
+| known topic whose protobuf does not decode | error (``error``, ``payload``) |
+| known topic holding a time that is not one (2) | error (``error``, ``impossible_time``) |
 | unconfigured topic, sender ok | ack now, nothing dispatched (``ack_only``) |
 | configured topic | one Record + ``ack_reply`` for later (``dispatch``) |
 
+(1) Any size, as the reference: the listener discards the bytes of a frame over the limit
+as they arrive and passes on only its size (:meth:`FrameProcessor.too_big`); the socket
+stays open.
+(2) ``created_at`` of the payload, an alert's ``started_at``/``ended_at`` (after the
+millisecond fix) or an error's ``created_at`` outside years 1-9999, e.g.
+``created_at.seconds = 10**17``; nothing is dispatched.
+
+An impossible time is refused like a payload that does not decode (the vehicle gets the
+reference's error reply, so it does not take the frame as delivered): such a value could
+never be stored or rendered, and a record no sink can take must not reach the pipeline.
+(The reference forwards such bytes unchecked; Go's protojson refuses to render them.)
+
 Nothing here touches sockets, clocks, loggers or metrics: the session counts the reference
 metrics from the result (``is_error``, ``counts_as_processed``, ``unknown_msg_type``,
-``record_type``, ``payload_size``).
+``record_type``, ``payload_size``) and fleetgate's own refusal count (``refusal``).
 """
 
 from __future__ import annotations
@@ -46,8 +59,10 @@ from fleetgate.protocols.tesla.proto import vehicle_connectivity_pb2, vehicle_da
 from fleetgate.protocols.tesla.protojson import protojson_dict
 from fleetgate.protocols.tesla.transforms import (
     TOPIC_CONNECTIVITY,
+    ImpossibleTimeError,
     PayloadError,
     VehicleDatum,
+    check_times,
     decode_payload,
     transform_message,
     transform_payload,
@@ -62,6 +77,13 @@ OUTCOME_ACK_ONLY: Final = "ack_only"
 OUTCOME_UNKNOWN_TYPE: Final = "unknown_type"
 OUTCOME_TOO_BIG: Final = "too_big"
 OUTCOME_ERROR: Final = "error"
+
+# Why a frame got an error reply (FrameResult.refusal).
+REFUSAL_TOO_BIG: Final = "too_big"
+REFUSAL_UNREADABLE: Final = "unreadable"
+REFUSAL_SENDER: Final = "sender"
+REFUSAL_PAYLOAD: Final = "payload"
+REFUSAL_IMPOSSIBLE_TIME: Final = "impossible_time"
 
 
 def _text(raw: bytes) -> str:
@@ -84,6 +106,7 @@ class FrameResult:
     payload_size: int = 0  # payload bytes after transform
     unknown_msg_type: str | None = None  # reference label: the union tag byte as a character
     signals: int = 0  # V data entries or alerts entries ("signals" in the reference)
+    refusal: str | None = None  # REFUSAL_* when an error reply was produced
 
     @property
     def is_error(self) -> bool:
@@ -134,20 +157,36 @@ class FrameProcessor:
             identity.device_id.encode("utf-8"),
         )
 
+    def too_big(self, size: int) -> FrameResult:
+        """The answer to a frame of ``size`` bytes over ``max_frame_bytes``.
+
+        For callers that never held the frame: the listener discards an oversize frame's
+        bytes as they arrive and passes on only its size.
+        """
+        return FrameResult(
+            [],
+            [build_error(b"")],
+            None,
+            OUTCOME_TOO_BIG,
+            error=f"frame of {size} bytes over {self.max_frame_bytes}",
+            refusal=REFUSAL_TOO_BIG,
+        )
+
     def process(self, frame: bytes, received_at: int) -> FrameResult:
         """Decide what one binary frame means; ``received_at`` is the server time in ms."""
         if len(frame) > self.max_frame_bytes:
+            return self.too_big(len(frame))
+        try:
+            envelope = parse_envelope(frame)
+        except EnvelopeError as exc:
             return FrameResult(
                 [],
                 [build_error(b"")],
                 None,
-                OUTCOME_TOO_BIG,
-                error=f"frame of {len(frame)} bytes over {self.max_frame_bytes}",
+                OUTCOME_ERROR,
+                error=str(exc),
+                refusal=REFUSAL_UNREADABLE,
             )
-        try:
-            envelope = parse_envelope(frame)
-        except EnvelopeError as exc:
-            return FrameResult([], [build_error(b"")], None, OUTCOME_ERROR, error=str(exc))
 
         if not envelope.has_message or envelope.message_type != MESSAGE_STREAM:
             return self._unknown_type(envelope)
@@ -156,7 +195,7 @@ class FrameProcessor:
         topic = _text(envelope.topic)
         txid = _text(envelope.txid)
 
-        def error(reason: str) -> FrameResult:
+        def error(refusal: str, reason: str) -> FrameResult:
             return FrameResult(
                 [],
                 [build_error(envelope.txid)],
@@ -165,6 +204,7 @@ class FrameProcessor:
                 error=reason,
                 record_type=topic,
                 txid=txid,
+                refusal=refusal,
             )
 
         configured = topic in self.configured_topics
@@ -172,8 +212,9 @@ class FrameProcessor:
         # topics take the VIN from the certificate whatever the frame claims (anti-spoofing).
         if not configured and stream.sender_id not in self._accepted_senders:
             return error(
+                REFUSAL_SENDER,
                 f"unexpected_sender_id: {_text(stream.sender_id)!r} "
-                f"is not {self.identity.sender_id!r}"
+                f"is not {self.identity.sender_id!r}",
             )
         vin = self.identity.device_id
         # transform_payload, except that V data read during the transforms is kept for
@@ -183,7 +224,7 @@ class FrameProcessor:
         try:
             message = decode_payload(topic, stream.payload)
         except PayloadError as exc:
-            return error(f"payload does not decode: {exc}")
+            return error(REFUSAL_PAYLOAD, f"payload does not decode: {exc}")
         if message is None:
             payload = stream.payload
         else:
@@ -192,6 +233,10 @@ class FrameProcessor:
                 is_resend = message.is_resend
             else:
                 transform_message(topic, message, vin)
+            try:
+                check_times(message)
+            except ImpossibleTimeError as exc:
+                return error(REFUSAL_IMPOSSIBLE_TIME, f"impossible value: {exc}")
             payload = message.SerializeToString()
 
         result = FrameResult(
@@ -304,9 +349,10 @@ def connectivity_record(  # noqa: PLR0917 - positional API shared with the sessi
 def decode_frame_to_json(frame: bytes, vin: str) -> dict[str, Any]:
     """Decode one captured frame without a server (for ``fleetgate decode tesla``).
 
-    Applies the same transforms as the server with ``vin`` as the certificate VIN. Raises
-    :class:`~fleetgate.protocols.tesla.envelope.EnvelopeError` for unreadable frames and
-    :class:`~fleetgate.protocols.tesla.transforms.PayloadError` for bad protobuf.
+    Applies the same transforms and checks as the server with ``vin`` as the certificate
+    VIN. Raises :class:`~fleetgate.protocols.tesla.envelope.EnvelopeError` for unreadable
+    frames and :class:`~fleetgate.protocols.tesla.transforms.PayloadError` for bad protobuf
+    or a timestamp that is not a time (:class:`~.transforms.ImpossibleTimeError`).
     """
     envelope = parse_envelope(frame)
     out: dict[str, Any] = {

@@ -10,14 +10,26 @@ through Tesla's Fleet API (signed by the vehicle-command proxy). The body is::
 
 ``exp`` is an epoch-seconds expiry. Field names are checked against the ``Field`` enum of
 the bundled ``vehicle_data.proto``, so a typo fails here rather than silently on the car.
+
+The Fleet API's replies are read here too (no I/O: JSON in, facts and text out). Every reply
+is ``{"response": ..., "error": ..., "error_description": ...}``:
+
+* ``POST /api/1/vehicles/fleet_telemetry_config``: ``{"updated_vehicles": 1,
+  "skipped_vehicles": {"missing_key": [VIN, ...], "unsupported_hardware": [...],
+  "unsupported_firmware": [...], "max_configs": [...]}}``;
+* ``GET /api/1/vehicles/{vin}/fleet_telemetry_config``: ``{"synced": bool, "config": {...}
+  | null, "alert_types": [...], "limit_reached": bool, "key_paired": bool}``;
+* ``GET /api/1/vehicles/{vin}/fleet_telemetry_errors``: ``{"fleet_telemetry_errors":
+  [{"name": str, "error": str, "vin": str}, ...]}``.
 """
 
 from __future__ import annotations
 
 import difflib
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Final
 
 from fleetgate.protocols.tesla.proto import vehicle_data_pb2
 
@@ -141,3 +153,131 @@ def build_fleet_config(
     if delivery_policy is not None:
         config["delivery_policy"] = delivery_policy
     return {"vins": list(vins), "config": config}
+
+
+# -- the Fleet API's replies ----------------------------------------------------------------
+
+# Why the Fleet API skips a vehicle (``skipped_vehicles`` keys), and what to do about it.
+SKIP_REASONS: Final = {
+    "missing_key": (
+        "the application's virtual key is not paired with the vehicle "
+        "(the owner adds it from https://tesla.com/_ak/<your domain>)"
+    ),
+    "unsupported_hardware": "pre-2021 Model S and X cannot stream fleet telemetry",
+    "unsupported_firmware": (
+        "the vehicle's firmware is too old (2024.26 or later through the vehicle-command proxy)"
+    ),
+    "max_configs": "the vehicle already holds as many fleet telemetry configurations as it takes",
+}
+
+
+class FleetApiReplyError(ValueError):
+    """A Fleet API reply whose shape is not the documented one."""
+
+
+def reply_response(body: Any) -> Any:
+    """The ``response`` member of a Fleet API reply (a bare object is taken as is)."""
+    if isinstance(body, dict) and "response" in body:
+        return body["response"]
+    return body
+
+
+def reply_error(body: Any) -> str:
+    """``error`` and ``error_description`` of an error reply, as one line ("" when none)."""
+    if not isinstance(body, dict):
+        return ""
+    parts = [str(body[key]).strip() for key in ("error", "error_description") if body.get(key)]
+    return ": ".join(part for part in parts if part)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigureOutcome:
+    """What ``POST fleet_telemetry_config`` did: vehicles updated, and each skipped VIN."""
+
+    updated: int
+    skipped: dict[str, str] = field(default_factory=dict)  # VIN -> reason key
+
+
+def read_configure_reply(body: Any) -> ConfigureOutcome:
+    """The outcome of a ``fleet_telemetry_config`` reply; raises :class:`FleetApiReplyError`."""
+    response = reply_response(body)
+    if not isinstance(response, dict) or not isinstance(response.get("updated_vehicles"), int):
+        raise FleetApiReplyError(f"no updated_vehicles in the reply: {_short(body)}")
+    skipped: dict[str, str] = {}
+    groups = response.get("skipped_vehicles") or {}
+    if not isinstance(groups, dict):
+        raise FleetApiReplyError(f"skipped_vehicles is not an object: {_short(groups)}")
+    for reason, vins in groups.items():
+        for vin in vins or ():
+            skipped[str(vin)] = str(reason)
+    return ConfigureOutcome(response["updated_vehicles"], skipped)
+
+
+def skip_reason_text(reason: str) -> str:
+    """A skipped-vehicle reason key in words."""
+    return SKIP_REASONS.get(reason, reason)
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _fields_text(fields: Any) -> str:
+    if not isinstance(fields, dict) or not fields:
+        return "none"
+    items = []
+    for name in sorted(fields):
+        spec = fields[name] if isinstance(fields[name], dict) else {}
+        text = f"{name} every {spec.get('interval_seconds', '?')} s"
+        if spec.get("minimum_delta") is not None:
+            text += f" (minimum delta {spec['minimum_delta']})"
+        items.append(text)
+    return ", ".join(items)
+
+
+def _yes_no(value: Any) -> str:
+    return "unknown" if value is None else "yes" if value else "no"
+
+
+def describe_status(vin: str, config_body: Any, errors_body: Any) -> list[str]:
+    """Lines a person reads: the vehicle's telemetry configuration and its reported errors."""
+    state = reply_response(config_body)
+    if not isinstance(state, dict):
+        raise FleetApiReplyError(f"fleet_telemetry_config reply is not an object: {_short(state)}")
+    config = state.get("config")
+    if not isinstance(config, dict) or not config:
+        lines = [f"{vin}: no fleet telemetry configuration"]
+    else:
+        synced = (
+            "synced (the vehicle uses it)"
+            if state.get("synced")
+            else "not synced yet (the vehicle takes it when it next connects to Tesla)"
+        )
+        lines = [
+            f"{vin}: streams to {config.get('hostname', '?')}:{config.get('port', '?')}, {synced}",
+            f"  fields: {_fields_text(config.get('fields'))}",
+        ]
+        alert_types = config.get("alert_types") or state.get("alert_types")
+        if alert_types:
+            lines.append(f"  alert types: {', '.join(map(str, alert_types))}")
+        if isinstance(config.get("exp"), int):
+            expiry = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(config["exp"]))
+            lines.append(f"  expires: {expiry}")
+        if config.get("prefer_typed") is not None:
+            lines.append(f"  typed values: {_yes_no(config['prefer_typed'])}")
+    lines.append(f"  virtual key paired: {_yes_no(state.get('key_paired'))}")
+    lines.append(f"  configuration limit reached: {_yes_no(state.get('limit_reached'))}")
+    errors = reply_response(errors_body)
+    entries = errors.get("fleet_telemetry_errors") if isinstance(errors, dict) else None
+    if not isinstance(entries, list):
+        raise FleetApiReplyError(f"no fleet_telemetry_errors in the reply: {_short(errors_body)}")
+    if not entries:
+        lines.append("  errors reported by the vehicle: none")
+    else:
+        lines.append(f"  errors reported by the vehicle ({len(entries)}):")
+        for entry in entries:
+            entry = entry if isinstance(entry, dict) else {"error": entry}
+            name = entry.get("name") or "error"
+            lines.append(f"    - {name}: {entry.get('error', '')}".rstrip())
+    return lines

@@ -13,6 +13,13 @@ The reference server decodes the four topics it knows, fixes them up, and re-ser
 
 Unknown protobuf fields and unknown ``Field`` enum numbers survive re-serialisation (the
 upb runtime keeps both), so newer firmware signals pass through unharmed.
+
+After the transforms, every timestamp the payload carries must be a time: ``created_at`` of
+the four messages, each alert's ``started_at``/``ended_at`` and each error's ``created_at``
+must lie in years 1 to 9999 (protobuf's Timestamp range; nanos 0 to 999,999,999).
+``created_at.seconds = 10**17`` is refused with :class:`ImpossibleTimeError`, a
+:class:`PayloadError`, like a payload that does not decode: such a value cannot be stored
+(epoch ms beyond 64 bits), rendered as RFC 3339, or written by Go's protojson.
 """
 
 from __future__ import annotations
@@ -66,6 +73,16 @@ _F32 = struct.Struct("<f")
 
 class PayloadError(ValueError):
     """The payload of a known topic is not valid protobuf for that topic."""
+
+
+class ImpossibleTimeError(PayloadError):
+    """The payload decodes, but one of its timestamps is not a time (outside years 1-9999)."""
+
+
+# protobuf's Timestamp range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
+MIN_TIMESTAMP_SECONDS: Final = -62_135_596_800
+MAX_TIMESTAMP_SECONDS: Final = 253_402_300_799
+_MAX_NANOS: Final = 999_999_999
 
 
 def parse_location(text: str) -> tuple[float, float] | None:
@@ -158,6 +175,36 @@ def transform_alerts(message: vehicle_alert_pb2.VehicleAlerts, vin: str) -> None
             _fix_millis(alert.ended_at)
 
 
+def _check_time(ts: Timestamp, where: str) -> None:
+    # An unset Timestamp reads as 0/0, a valid time: no HasField needed.
+    seconds = ts.seconds
+    nanos = ts.nanos
+    if not MIN_TIMESTAMP_SECONDS <= seconds <= MAX_TIMESTAMP_SECONDS:
+        raise ImpossibleTimeError(f"{where}.seconds {seconds} is not a time (years 1-9999)")
+    if not 0 <= nanos <= _MAX_NANOS:
+        raise ImpossibleTimeError(f"{where}.nanos {nanos} is not 0-999999999")
+
+
+def check_times(message: Message) -> None:
+    """Raise :class:`ImpossibleTimeError` when a timestamp in ``message`` is not a time.
+
+    Run after the transforms (an alert time in milliseconds is converted first).
+    """
+    if isinstance(message, vehicle_data_pb2.Payload):
+        _check_time(message.created_at, "created_at")
+    elif isinstance(message, vehicle_alert_pb2.VehicleAlerts):
+        _check_time(message.created_at, "created_at")
+        for n, alert in enumerate(message.alerts):
+            _check_time(alert.started_at, f"alerts[{n}].started_at")
+            _check_time(alert.ended_at, f"alerts[{n}].ended_at")
+    elif isinstance(message, vehicle_error_pb2.VehicleErrors):
+        _check_time(message.created_at, "created_at")
+        for n, error in enumerate(message.errors):
+            _check_time(error.created_at, f"errors[{n}].created_at")
+    elif isinstance(message, vehicle_connectivity_pb2.VehicleConnectivity):
+        _check_time(message.created_at, "created_at")
+
+
 def decode_payload(topic: str, payload: bytes) -> Message | None:
     """The payload as its topic's message, or None for topics without a decoder."""
     factory = MESSAGE_TYPES.get(topic)
@@ -189,10 +236,12 @@ def transform_payload(topic: str, payload: bytes, vin: str) -> tuple[Message | N
     """Decode, transform and re-serialise ``payload``.
 
     Returns the transformed message (None for unknown topics) and the bytes to forward.
-    Raises :class:`PayloadError` when a known topic's payload does not decode.
+    Raises :class:`PayloadError` when a known topic's payload does not decode, and its
+    :class:`ImpossibleTimeError` when a timestamp in it is not a time.
     """
     message = decode_payload(topic, payload)
     if message is None:
         return None, payload
     transform_message(topic, message, vin)
+    check_times(message)
     return message, message.SerializeToString()

@@ -1,0 +1,233 @@
+"""A vehicle WebSocket that answers binary messages over the size limit instead of closing.
+
+The reference server reads a frame of any size and answers one over 1,000,000 bytes with
+its error reply, keeping the socket; a server that closes instead (``websockets`` closes
+with 1009) makes a car that resends the frame reconnect in a loop. Buffering any size is
+no option either, so a binary message over ``max_size`` is **skipped**: its bytes are
+discarded as they arrive and only its size is kept. Memory per connection stays at most
+``max_size`` for a message being assembled (the listener uses the reference's limit,
+1,000,000 bytes: nothing larger is ever looked at), plus one transport read (asyncio and
+uvloop hand over at most 256 KiB at a time) while an oversize frame streams past; it does
+not grow with the frame.
+
+:class:`VehicleConnection` (``create_connection`` for ``websockets``' ``serve``) gives the
+session :meth:`VehicleConnection.recv_message`: the next message, or an
+:class:`OversizeMessage` with the size of a skipped one, in arrival order. Text messages
+keep the library's behaviour (a text message over the limit closes with 1009; the
+session ends on any text message anyway, as the reference does).
+
+How: the connection's sans-I/O protocol gets a frame loop that peeks at each frame header
+before ``websockets`` reads the frame; a data frame that would take its binary message
+over the limit is consumed and dropped here, and one empty marker frame (carrying the
+size) completes the message for the library's assembler. Everything else, control frames
+and errors included, goes through ``websockets`` unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Generator
+from typing import Any, Final
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import PayloadTooBig, ProtocolError
+from websockets.frames import BINARY, CONT, TEXT, CloseCode, Frame, Opcode
+from websockets.protocol import Event, Protocol
+from websockets.server import ServerProtocol
+from websockets.typing import Data
+
+_FIN: Final = 0x80
+_RSV: Final = 0x70
+_MASK: Final = 0x80
+_MAX_CONTROL_PAYLOAD: Final = 125  # RFC 6455 5.5
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OversizeMessage:
+    """A binary message over the limit whose bytes were discarded."""
+
+    size: int
+
+
+@dataclasses.dataclass
+class _SkippedMarker(Frame):
+    """Completes a skipped message in the library's assembler (empty data, FIN set)."""
+
+    size: int = 0
+
+
+class _OversizeSkipping(Protocol):
+    """``Protocol.parse`` with oversize binary messages skipped (see module docstring).
+
+    Placed after ``ServerProtocol`` in the MRO, so that ``ServerProtocol.parse`` handles
+    the HTTP handshake and then hands over to this frame loop through ``super()``.
+    """
+
+    # Bytes of the message being skipped so far; None when not skipping.
+    _skipped: int | None = None
+    # Whether the skipped message's first fragments already went to the assembler.
+    _skipped_continues: bool = False
+    # Opcode of the fragmented message in progress (TEXT or BINARY).
+    _message_opcode: Opcode | None = None
+
+    def parse(self) -> Generator[None]:
+        # The frame loop of websockets' Protocol.parse (17.x), with the same error
+        # handling, plus _skip_oversize before any frame that might go over the limit.
+        reader = self.reader
+        limit = self.max_message_size
+        try:
+            while True:
+                if (yield from reader.at_eof()):
+                    raise EOFError("unexpected end of stream")
+                allowed = None if limit is None else limit - (self.current_size or 0)
+                skipping = self._skipped is not None
+                # The cheap test first, inline: a frame whose length code says at most
+                # 65,535 bytes cannot go over a limit that leaves more (most frames); the
+                # generator below costs about as much as parsing a small frame.
+                buffer = reader.buffer
+                surely_fits = not skipping and (
+                    allowed is None
+                    or (len(buffer) >= 2 and buffer[1] & 0x7F != 127 and allowed >= 0xFFFF)
+                )
+                if not surely_fits and (yield from self._skip_oversize()):
+                    continue
+                if skipping:
+                    allowed = _MAX_CONTROL_PAYLOAD  # only control frames between fragments
+                frame = yield from Frame.parse(
+                    reader.read_exact, mask=True, max_size=allowed, extensions=self.extensions
+                )
+                if frame.opcode is TEXT or frame.opcode is BINARY:
+                    self._message_opcode = None if frame.fin else frame.opcode
+                self.recv_frame(frame)
+        except ProtocolError as exc:
+            self.fail(CloseCode.PROTOCOL_ERROR, str(exc))
+            self.parser_exc = exc
+        except EOFError as exc:
+            self.fail(CloseCode.ABNORMAL_CLOSURE, str(exc))
+            self.parser_exc = exc
+        except UnicodeDecodeError as exc:
+            self.fail(CloseCode.INVALID_DATA, f"{exc.reason} at position {exc.start}")
+            self.parser_exc = exc
+        except PayloadTooBig as exc:
+            exc.set_current_size(self.current_size)
+            self.fail(CloseCode.MESSAGE_TOO_BIG, str(exc))
+            self.parser_exc = exc
+        except Exception as exc:
+            self.logger.error("parser failed", exc_info=True)
+            self.fail(CloseCode.INTERNAL_ERROR)
+            self.parser_exc = exc
+        yield
+        raise AssertionError("parse() shouldn't step after error")
+
+    def _peek_header(self) -> Generator[None, None, tuple[int, int, int]]:
+        """(first header byte, payload length, header size) of the next frame, unread."""
+        reader = self.reader
+        while True:
+            buffer = reader.buffer
+            if len(buffer) >= 2:
+                head1, head2 = buffer[0], buffer[1]
+                length = head2 & 0x7F
+                size = 2 + (2 if length == 126 else 8 if length == 127 else 0)
+                size += 4 if head2 & _MASK else 0
+                if len(buffer) >= size:
+                    if length >= 126:
+                        length = int.from_bytes(buffer[2 : 4 if length == 126 else 10], "big")
+                    return head1, length, size
+            if reader.eof:
+                raise EOFError("unexpected end of stream")
+            yield
+
+    def _skip_oversize(self) -> Generator[None, None, bool]:
+        """Consume the next frame if it belongs to an oversize binary message."""
+        limit = self.max_message_size
+        if limit is None:
+            return False
+        head1, length, header_size = yield from self._peek_header()
+        opcode = head1 & 0x0F
+        if head1 & _RSV or not self.reader.buffer[1] & _MASK:
+            return False  # not a frame to skip: the library refuses it as usual
+        if self._skipped is None:
+            # A binary message: its first frame, or a continuation of one in progress.
+            # Anything else out of place is left to the library to refuse.
+            in_message = self.current_size is not None
+            binary = (opcode == BINARY.value and not in_message) or (
+                opcode == CONT.value and in_message and self._message_opcode is BINARY
+            )
+            if not binary or length <= limit - (self.current_size or 0):
+                return False
+            self._skipped_continues = self.current_size is not None
+            self._skipped = self.current_size or 0
+            if opcode == BINARY.value:
+                self._message_opcode = BINARY
+        elif opcode != CONT.value:
+            return False  # a control frame between fragments, or a protocol error
+        del self.reader.buffer[:header_size]
+        yield from self._discard(length)
+        self._skipped += length
+        # Until the last fragment the library must see a fragmented message in progress
+        # (it then refuses a new data frame, or a close, as a protocol error).
+        self.current_size = self._skipped
+        if head1 & _FIN:
+            self._finish_skipped()
+        return True
+
+    def _discard(self, length: int) -> Generator[None]:
+        reader = self.reader
+        while length:
+            buffer = reader.buffer
+            if not buffer:
+                if reader.eof:
+                    raise EOFError("unexpected end of stream")
+                yield
+                continue
+            taken = min(len(buffer), length)
+            del buffer[:taken]
+            length -= taken
+
+    def _finish_skipped(self) -> None:
+        # A message already partly handed to the assembler is completed by a final
+        # continuation frame; one skipped from its first frame by a binary frame.
+        opcode = CONT if self._skipped_continues else BINARY
+        self.events.append(_SkippedMarker(opcode, b"", True, size=self._skipped or 0))
+        self._skipped = None
+        self._message_opcode = None
+        self.current_size = None
+
+
+class _VehicleServerProtocol(ServerProtocol, _OversizeSkipping):
+    """The server protocol with the oversize-skipping frame loop."""
+
+
+def skip_oversize_messages(protocol: ServerProtocol) -> None:
+    """Give a fresh ``protocol`` (nothing received yet) the oversize-skipping frame loop."""
+    # serve() builds a plain ServerProtocol: it takes the subclass (same attributes) and
+    # restarts its parser, the handshake parser included.
+    protocol.__class__ = _VehicleServerProtocol
+    protocol.parser = protocol.parse()
+    next(protocol.parser)
+
+
+class VehicleConnection(ServerConnection):
+    """``ServerConnection`` whose oversize binary messages become :class:`OversizeMessage`."""
+
+    def __init__(self, protocol: ServerProtocol, *args: Any, **kwargs: Any) -> None:
+        skip_oversize_messages(protocol)
+        super().__init__(protocol, *args, **kwargs)
+        self._completed = 0  # data messages completed by the protocol, in order
+        self._delivered = 0  # messages handed out by recv_message
+        self._oversize: dict[int, int] = {}  # message number -> size of a skipped message
+
+    def process_event(self, event: Event) -> None:
+        super().process_event(event)
+        if isinstance(event, Frame) and event.fin and event.opcode in (TEXT, BINARY, CONT):
+            if isinstance(event, _SkippedMarker):
+                self._oversize[self._completed] = event.size
+            self._completed += 1
+
+    async def recv_message(self) -> Data | OversizeMessage:
+        """The next message (``bytes`` or ``str``), or the size of a skipped one."""
+        message = await self.recv()
+        number = self._delivered
+        self._delivered += 1
+        size = self._oversize.pop(number, None)
+        return message if size is None else OversizeMessage(size)
