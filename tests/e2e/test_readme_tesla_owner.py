@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from fleetgate.pki import init_pki
+from tests.readme import sh_lines
 from tests.tesla_fleet_api import KNOWN_VINS, TOKEN, FleetApiStandIn, fleet_api_stand_in
 
 pytestmark = pytest.mark.e2e
@@ -29,17 +29,7 @@ VIN = KNOWN_VINS[0]
 
 def section_commands(heading: str) -> list[str]:
     """The ``.venv/bin/fleetgate tesla`` commands of the sh blocks under ``heading``."""
-    text = README.read_text()
-    start = text.index(f"\n{heading}\n")
-    following = re.search(r"\n#{2,3} ", text[start + 1 :])
-    end = start + 1 + following.start() if following else len(text)
-    commands = []
-    for block in re.findall(r"```sh\n(.*?)```", text[start:end], flags=re.DOTALL):
-        for line in block.replace("\\\n", " ").splitlines():
-            line = " ".join(line.split())
-            if line.startswith(".venv/bin/fleetgate tesla "):
-                commands.append(line)
-    return commands
+    return [line for line in sh_lines(heading) if line.startswith(".venv/bin/fleetgate tesla ")]
 
 
 @pytest.fixture

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from fleetgate.pki import DEV_CA_NAME, init_pki
+from fleetgate.settings import ConfigError
 
 
 def register(subparsers: Any) -> None:
@@ -30,6 +32,12 @@ def register(subparsers: Any) -> None:
     init.add_argument(
         "--vin", action="append", default=[], help="vehicle VIN for a client certificate (repeat)"
     )
+    init.add_argument(
+        "--config",
+        metavar="FILE",
+        help="also write the tls section into this JSON config file (created if missing; "
+        "its other keys are kept)",
+    )
     init.set_defaults(handler=run_init)
 
 
@@ -46,6 +54,9 @@ def run_init(args: argparse.Namespace) -> int:
         print(f"  {label:<40} {path}  ({state})")
     print("\nconfig.json (tls section):")
     print(json.dumps(pki.config_snippet(), indent=2))
+    if args.config:
+        write_tls_section(Path(args.config), pki.config_snippet())
+        print(f"\nwritten to {args.config}: serve with --config {args.config}")
     if pki.vehicles:
         vin = next(iter(pki.vehicles))
         cert, key = pki.vehicles[vin]
@@ -55,3 +66,15 @@ def run_init(args: argparse.Namespace) -> int:
             f"--cert-dir {cert.parent} --vehicles {len(pki.vehicles)}"
         )
     return 0
+
+
+def write_tls_section(path: Path, snippet: dict[str, Any]) -> None:
+    """Put ``snippet`` (the ``tls`` section) into the JSON config at ``path``."""
+    config: dict[str, Any] = {}
+    if path.exists():
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must hold a JSON object")
+        config = loaded
+    config.update(snippet)
+    path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")

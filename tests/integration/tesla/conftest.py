@@ -22,3 +22,15 @@ async def server(tmp_path: Path, pki: DevPki) -> AsyncIterator[Server]:
     server = await start_server(tmp_path, pki)
     yield server
     await server.stop()
+
+
+@pytest.fixture
+async def reference_server(tmp_path: Path, pki: DevPki) -> AsyncIterator[Server]:
+    """A server with the reference's routing: no embedded store, only ``records``' topics.
+
+    Only then does a topic ``records`` does not name get the reference's ack-only (or
+    sender-check error) answer; with the store on, every topic is dispatched.
+    """
+    server = await start_server(tmp_path, pki, store={"enabled": False})
+    yield server
+    await server.stop()

@@ -92,8 +92,9 @@ async def test_many_frames_in_flight_are_all_acked(server: Server, pki: DevPki) 
 
 
 async def test_a_burst_of_immediate_replies_comes_back_complete_and_in_order(
-    server: Server, pki: DevPki
+    reference_server: Server, pki: DevPki
 ) -> None:
+    server = reference_server
     # Frames answered without a sink (ack for an unconfigured topic, error for a wrong
     # sender) are queued while the burst is read; the writer sends what is queued together.
     count = 40
@@ -192,8 +193,10 @@ async def test_garbage_gets_an_error_reply(server: Server, pki: DevPki) -> None:
     assert reply.stream.payload == ERROR_TEXT
 
 
-async def test_unknown_topic_with_wrong_sender_gets_an_error(server: Server, pki: DevPki) -> None:
-    async with await connect_vehicle(server, pki) as ws:
+async def test_unknown_topic_with_wrong_sender_gets_an_error(
+    reference_server: Server, pki: DevPki
+) -> None:
+    async with await connect_vehicle(reference_server, pki) as ws:
         await ws.send(stream_frame(txid="t1", topic="metrics", sender="vehicle_device.BAD123"))
         reply = await receive(ws)
     assert reply.message_type == MESSAGE_STREAM
@@ -201,15 +204,28 @@ async def test_unknown_topic_with_wrong_sender_gets_an_error(server: Server, pki
 
 
 async def test_unknown_topic_with_matching_sender_is_acked_with_its_topic(
-    server: Server, pki: DevPki
+    reference_server: Server, pki: DevPki
 ) -> None:
-    async with await connect_vehicle(server, pki) as ws:
+    topics: list[str] = []
+    reference_server.pipeline.add_observer(lambda records: topics.extend(r.topic for r in records))
+    async with await connect_vehicle(reference_server, pki) as ws:
         await ws.send(stream_frame(txid="t2", topic="metrics"))
         reply = await receive(ws)
     assert reply.message_type == MESSAGE_STREAM_ACK
     assert (reply.txid, reply.topic) == (b"t2", b"metrics")
+    assert "metrics" not in topics  # acked, nothing dispatched
+
+
+async def test_with_the_store_every_topic_is_stored_and_acked(server: Server, pki: DevPki) -> None:
+    # records names only V and connectivity; the store still keeps a "metrics" frame.
+    async with await connect_vehicle(server, pki) as ws:
+        await ws.send(stream_frame(txid="t3", topic="metrics"))
+        reply = await receive(ws)
+    assert (reply.message_type, reply.txid) == (MESSAGE_STREAM_ACK, b"t3")
     assert server.store is not None
-    assert [r for r in server.store.records(VIN) if r["topic"] == "metrics"] == []
+    assert [r["topic"] for r in server.store.records(VIN) if r["topic"] == "metrics"] == [
+        "metrics"
+    ]
 
 
 # -- reliable ack --------------------------------------------------------------------------
@@ -373,7 +389,9 @@ async def test_connectivity_records_on_connect_and_disconnect(server: Server, pk
         assert data["connection_id"] == "0b7e6a3c-9a35-4a3e-9a8e-3c2f6c7e1a11"
 
 
-async def test_no_connectivity_records_unless_configured(tmp_path: Path, pki: DevPki) -> None:
+async def test_connectivity_records_reach_the_store_unconfigured(
+    tmp_path: Path, pki: DevPki
+) -> None:
     server = await start_server(tmp_path, pki, records={"V": ["logger"]})
     try:
         async with await connect_vehicle(server, pki) as ws:
@@ -381,7 +399,24 @@ async def test_no_connectivity_records_unless_configured(tmp_path: Path, pki: De
             await receive(ws)
         await eventually(lambda: len(tesla(server).sessions) == 0)
         assert server.store is not None
-        assert [r for r in server.store.records(VIN) if r["topic"] == "connectivity"] == []
+        store = server.store
+        await eventually(
+            lambda: len([r for r in store.records(VIN) if r["topic"] == "connectivity"]) == 2
+        )
+    finally:
+        await server.stop()
+
+
+async def test_no_connectivity_records_without_store_or_rule(tmp_path: Path, pki: DevPki) -> None:
+    server = await start_server(
+        tmp_path, pki, records={"V": ["logger"]}, store={"enabled": False}
+    )
+    try:
+        async with await connect_vehicle(server, pki) as ws:
+            await ws.send(stream_frame())
+            await receive(ws)
+        await eventually(lambda: len(tesla(server).sessions) == 0)
+        assert server.pipeline.ledger.head == 1  # the V record alone
     finally:
         await server.stop()
 

@@ -39,6 +39,7 @@ from fleetgate.listeners.tesla.tls import ca_file_warnings, server_ssl_context
 from fleetgate.observability import metrics
 from fleetgate.observability.logging import fields
 from fleetgate.pipeline import Pipeline
+from fleetgate.pipeline.router import WILDCARD
 from fleetgate.pki import init_pki
 from fleetgate.protocols.tesla.core import MAX_FRAME_BYTES
 from fleetgate.protocols.tesla.identity import IdentityError, identity_from_certificate
@@ -122,9 +123,12 @@ class TeslaListener:
         limit = rate_limit_settings(config.rate_limit)
         if limit.warning:
             log.warning("config: %s", limit.warning)
+        # The store takes every record and "*" matches every topic: then every topic is
+        # dispatched; otherwise only the topics ``records`` names, as in the reference.
+        everything = config.store.enabled or WILDCARD in config.records
         self._settings = SessionSettings(
             self.pipeline,
-            frozenset(config.records),
+            None if everything else frozenset(config.records),
             config.reliable_ack_sources,
             limit,
             tracked_vins=frozenset(config.vins_signal_tracking_enabled),

@@ -83,7 +83,7 @@ class SessionSettings:
     def __init__(
         self,
         pipeline: Pipeline,
-        configured_topics: frozenset[str],
+        configured_topics: frozenset[str] | None,
         reliable_sinks: Mapping[str, str],
         rate_limit: RateLimitSettings,
         max_frame_bytes: int = 1_000_000,
@@ -96,7 +96,8 @@ class SessionSettings:
         self.reliable_sinks = dict(reliable_sinks)
         self.rate_limit = rate_limit
         self.max_frame_bytes = max_frame_bytes
-        self.connectivity = CONNECTIVITY in configured_topics
+        # None: every topic goes somewhere (the store, or a "*" rule).
+        self.connectivity = configured_topics is None or CONNECTIVITY in configured_topics
 
 
 class VehicleSession:

@@ -17,6 +17,10 @@ pipeline (or, for reliable-ack topics, the reliable sink) has accepted the recor
 | unconfigured topic, sender ok | ack now, nothing dispatched (``ack_only``) |
 | configured topic | one Record + ``ack_reply`` for later (``dispatch``) |
 
+``configured_topics`` ``None`` means every topic is configured: fleetgate's embedded store
+takes every record (and a ``"*"`` rule in ``records`` matches every topic), so with either
+a vehicle's frames are always dispatched, never merely acked.
+
 (1) Any size, as the reference: the listener discards the bytes of a frame over the limit
 as they arrive and passes on only its size (:meth:`FrameProcessor.too_big`); the socket
 stays open.
@@ -142,7 +146,7 @@ class FrameProcessor:
         self,
         identity: VehicleIdentity,
         *,
-        configured_topics: frozenset[str],
+        configured_topics: frozenset[str] | None,
         socket_id: str,
         device_client_version: str = "",
         max_frame_bytes: int = MAX_FRAME_BYTES,
@@ -207,7 +211,7 @@ class FrameProcessor:
                 refusal=refusal,
             )
 
-        configured = topic in self.configured_topics
+        configured = self.configured_topics is None or topic in self.configured_topics
         # The deprecated sender_id is only checked for topics nobody consumes; configured
         # topics take the VIN from the certificate whatever the frame claims (anti-spoofing).
         if not configured and stream.sender_id not in self._accepted_senders:

@@ -1,0 +1,100 @@
+"""The README's "Setting up vehicles" steps, run literally as a new user would.
+
+certs init writes config.json with the tls section alone; ``serve`` runs on that config
+(embedded store, default ports); simulated vehicles send frames and must see every one
+acked; ``curl`` on the API then lists both VINs. A server that acked the frames but kept
+them nowhere (the Tesla listener once dispatched only the topics ``records`` named) fails
+here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.readme import sh_lines
+
+pytestmark = pytest.mark.e2e
+
+VINS = ("5YJ3E1EA7KF000001", "5YJ3E1EA7KF000002")
+PORTS = (8080, 4443)  # the API and the vehicle port the README's commands use
+TIMEOUT_S = 60
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.2)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture
+def scratch(tmp_path: Path) -> Iterator[Path]:
+    """A directory laid out as the README assumes: ``.venv/bin/fleetgate`` at hand."""
+    if any(port_open(port) for port in PORTS):
+        pytest.fail(f"ports {PORTS} must be free for the README's literal commands")
+    work = tmp_path / "work"
+    (work / ".venv" / "bin").mkdir(parents=True)
+    fleetgate = shutil.which("fleetgate", path=str(Path(sys.executable).parent))
+    assert fleetgate is not None, "the fleetgate console script next to this Python"
+    (work / ".venv" / "bin" / "fleetgate").symlink_to(fleetgate)
+    yield work
+
+
+def test_setting_up_vehicles_as_the_readme_says(scratch: Path) -> None:
+    lines = [line for line in sh_lines("### Setting up vehicles") if " tesla config " not in line]
+    assert [line.split()[0] for line in lines] == [
+        ".venv/bin/fleetgate", ".venv/bin/fleetgate", ".venv/bin/fleetgate", "curl"
+    ]
+    env = {**os.environ, "NO_COLOR": "1"}
+    env.pop("FLEETGATE_CONFIG", None)
+    server: subprocess.Popen[str] | None = None
+    outputs: list[str] = []
+    try:
+        for line in lines:
+            if line.endswith("&"):
+                server = subprocess.Popen(
+                    ["bash", "-c", line.removesuffix("&").strip()], cwd=scratch, env=env,
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                    start_new_session=True,
+                )
+                deadline = time.monotonic() + TIMEOUT_S
+                while not all(port_open(port) for port in PORTS):
+                    assert server.poll() is None, server.communicate()[0]
+                    assert time.monotonic() < deadline, "serve did not open its ports"
+                    time.sleep(0.1)
+                continue
+            done = subprocess.run(
+                ["bash", "-c", line], cwd=scratch, env=env, capture_output=True, text=True,
+                timeout=TIMEOUT_S, check=False,
+            )
+            assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
+            outputs.append(done.stdout)
+    finally:
+        if server is not None:
+            os.killpg(server.pid, signal.SIGTERM)
+            log = server.communicate(timeout=TIMEOUT_S)[0]
+            assert server.returncode == 0, log
+    config = json.loads((scratch / "config.json").read_text())
+    assert set(config) == {"tls"}
+    summary = re.search(r"frames sent=(\d+) acked=(\d+) missing acks=0", outputs[1])
+    assert summary is not None, outputs[1]
+    sent, acked = int(summary[1]), int(summary[2])
+    assert sent == acked > 0
+    devices = {device["id"]: device for device in json.loads(outputs[2])["devices"]}
+    assert set(VINS) <= set(devices)
+    # Every acked V frame is stored, plus a connectivity record per connect (and one per
+    # disconnect, which may land just after curl asked).
+    stored = sum(devices[vin]["record_count"] for vin in VINS)
+    assert acked + len(VINS) <= stored <= acked + 2 * len(VINS)
+    assert all(devices[vin]["source"] == "tesla" for vin in VINS)
