@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,7 +38,7 @@ def port_open(port: int) -> bool:
 
 
 @pytest.fixture
-def scratch(tmp_path: Path) -> Iterator[Path]:
+def scratch(tmp_path: Path) -> Path:
     """A directory laid out as the README assumes: ``.venv/bin/fleetgate`` at hand."""
     if any(port_open(port) for port in PORTS):
         pytest.fail(f"ports {PORTS} must be free for the README's literal commands")
@@ -48,7 +47,7 @@ def scratch(tmp_path: Path) -> Iterator[Path]:
     fleetgate = shutil.which("fleetgate", path=str(Path(sys.executable).parent))
     assert fleetgate is not None, "the fleetgate console script next to this Python"
     (work / ".venv" / "bin" / "fleetgate").symlink_to(fleetgate)
-    yield work
+    return work
 
 
 def test_setting_up_vehicles_as_the_readme_says(scratch: Path) -> None:
