@@ -23,7 +23,10 @@ from fleetgate.listeners.teltonika.tcp import create_listener as teltonika_tcp_l
 from fleetgate.listeners.teltonika.udp import create_listener as teltonika_udp_listener
 from fleetgate.listeners.tesla.listener import create_listener as tesla_listener
 from fleetgate.observability.dispatcher_metrics import dispatcher_metrics
-from fleetgate.pipeline import AckPolicy, Pipeline, Router, RunnerSettings, SinkRunner
+from fleetgate.observability.logging import fields
+from fleetgate.pipeline import AckPolicy, Ledger, Pipeline, Router, RunnerSettings, SinkRunner
+from fleetgate.pipeline.deadletter import DeadLetters
+from fleetgate.pipeline.spool import Spool, SpoolSettings
 from fleetgate.runtime import Listener, ListenerFactory, ServerContext, StartupError
 from fleetgate.sinks.base import Health, SinkContext
 from fleetgate.sinks.registry import build_sink
@@ -33,6 +36,7 @@ from fleetgate.store import RecordStore
 log = logging.getLogger("fleetgate")
 
 STORE_SINK = SqliteSink.name
+DEAD_LETTER_DIR = "deadletter"
 
 # Started in this order; each returns None when its config disables it.
 LISTENER_FACTORIES: tuple[ListenerFactory, ...] = (
@@ -53,6 +57,33 @@ def runner_settings(config: Config) -> RunnerSettings:
         retry_initial_s=s.retry_initial_ms / 1000,
         retry_max_s=s.retry_max_ms / 1000,
     )
+
+
+def build_spool(config: Config, ledger: Ledger) -> Spool | None:
+    """The durable spool (``None`` when disabled), checked and recovered from disk."""
+    if not config.spool.enabled:
+        return None
+    s = config.spool
+    spool = Spool(
+        SpoolSettings(
+            config.spool_path,
+            segment_bytes=s.segment_bytes,
+            max_bytes=s.max_bytes,
+            fsync=s.fsync,
+            memory_records=s.memory_records,
+        ),
+        ledger,
+    )
+    recovery = spool.open()
+    if recovery.entries:
+        log.info(
+            "spool: %d frames in %d segments to deliver; resuming after offset %d",
+            recovery.entries,
+            recovery.segments,
+            recovery.head,
+            extra=fields(directory=str(config.spool_path), cut_bytes=recovery.cut_bytes),
+        )
+    return spool
 
 
 def build_pipeline(config: Config, store: RecordStore | None = None) -> Pipeline:
@@ -82,8 +113,17 @@ def build_pipeline(config: Config, store: RecordStore | None = None) -> Pipeline
         config.ack_level,
         STORE_SINK if config.store.enabled else None,
         config.reliable_ack_sources,
+        per_source=config.ack_policy,
     )
-    return Pipeline(runners, router, policy, ack_timeout_s=config.ack_timeout_s)
+    ledger = Ledger(config.ack_timeout_s)
+    return Pipeline(
+        runners,
+        router,
+        policy,
+        ack_timeout_s=config.ack_timeout_s,
+        spool=build_spool(config, ledger),
+        dead_letters=DeadLetters(config.data_path / DEAD_LETTER_DIR),
+    )
 
 
 class Server:

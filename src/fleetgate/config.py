@@ -56,10 +56,17 @@ TlsConfig = TlsFiles
 
 
 class AckLevel(enum.StrEnum):
-    """How durable records must be before a device sees an ack."""
+    """How durable records must be before a device sees an ack (see the README's table)."""
 
-    RECEIPT = "receipt"
+    RECEIVE = "receive"
+    SPOOL = "spool"
     STORE = "store"
+    SINKS = "sinks"
+    RECEIPT = "receive"  # the earlier name of RECEIVE
+
+    @classmethod
+    def _missing_(cls, value: object) -> AckLevel | None:
+        return cls.RECEIVE if value == "receipt" else None
 
 
 # -- fleetgate's own sections --------------------------------------------------------------
@@ -101,6 +108,21 @@ class StoreConfig(Section):
     # Large batches make the per-device index cheap per row (its pages are written once per
     # batch, not once per record): 10,000 doubles sustained store writes over 2,000.
     max_batch: int = Field(10_000, ge=1)
+
+
+class SpoolConfig(Section):
+    """The durable spool: every frame is written and synced here before its ``spool`` ack."""
+
+    enabled: bool = True
+    path: str | None = None  # default: <data_dir>/spool
+    # Disk budget: at this size the pipeline stops taking frames (devices keep their data)
+    # until sinks catch up and segments are deleted.
+    max_bytes: int = Field(10 * 1024**3, ge=1024 * 1024)
+    segment_bytes: int = Field(64 * 1024**2, ge=64 * 1024)
+    # Sync each group commit (survives power loss); off: survives a process crash only.
+    fsync: bool = True
+    # Records of the newest frames kept in memory for sinks that catch up.
+    memory_records: int = Field(50_000, ge=0)
 
 
 class SinkSettingsConfig(Section):
@@ -159,7 +181,11 @@ class Config(Section):
     store: StoreConfig = Field(default_factory=StoreConfig)
     sink_settings: SinkSettingsConfig = Field(default_factory=SinkSettingsConfig)
     records: dict[str, list[str]] = Field(default_factory=dict)
-    ack_level: AckLevel = AckLevel.STORE
+    spool: SpoolConfig = Field(default_factory=SpoolConfig)
+    # The ack level of every source, unless ack_policy names one for it: a level, or the
+    # list of sinks whose confirmation the ack waits for.
+    ack_level: AckLevel = AckLevel.SPOOL
+    ack_policy: dict[str, AckLevel | list[str]] = Field(default_factory=dict)
     ack_timeout_s: float = Field(30.0, gt=0)
     # Worker processes sharing the device ports (SO_REUSEPORT); 0 = one per CPU core.
     workers: int = Field(1, ge=0, le=256)
@@ -215,6 +241,10 @@ class Config(Section):
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
+
+    @property
+    def spool_path(self) -> Path:
+        return Path(self.spool.path) if self.spool.path else self.data_path / "spool"
 
     @property
     def store_path(self) -> Path:
@@ -394,6 +424,7 @@ def validate_routing(config: Config) -> None:
             label = sink_class(sink).label
             if label is not None and config.sink_section(sink) is None:
                 raise ConfigError(f"records.{topic}: expected {label} to be configured")
+    _validate_ack(config)
     for topic, sink in config.reliable_ack_sources.items():
         where = f"reliable_ack_sources.{topic}"
         if topic == "connectivity":
@@ -404,3 +435,22 @@ def validate_routing(config: Config) -> None:
             raise ConfigError(f"{where}: {topic} is not a key of records")
         if sink not in config.records[topic]:
             raise ConfigError(f"{where}: {sink} is not a dispatcher of records.{topic}")
+
+
+def _validate_ack(config: Config) -> None:
+    """The ack levels name what exists: a spool, a store, sinks that records feed."""
+    routed = {sink for sinks in config.records.values() for sink in sinks}
+    levels = [("ack_level", config.ack_level)] + [
+        (f"ack_policy.{source}", rule) for source, rule in config.ack_policy.items()
+    ]
+    for where, rule in levels:
+        if isinstance(rule, list):
+            unknown = [sink for sink in rule if sink not in routed and sink != "sqlite"]
+            if unknown:
+                raise ConfigError(f"{where}: {', '.join(unknown)} not a sink of records")
+        elif rule is AckLevel.SPOOL and not config.spool.enabled:
+            raise ConfigError(f"{where}: spool needs spool.enabled (or choose another level)")
+        elif rule is AckLevel.STORE and not config.store.enabled:
+            raise ConfigError(f"{where}: store needs store.enabled (or choose another level)")
+        elif rule is AckLevel.SINKS:
+            raise ConfigError(f"{where}: give the sinks to wait for as a list instead")

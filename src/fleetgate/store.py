@@ -32,9 +32,14 @@ CREATE TABLE IF NOT EXISTS records (
     created_at INTEGER NOT NULL,
     received_at INTEGER NOT NULL,
     data TEXT NOT NULL,
-    meta TEXT
+    meta TEXT,
+    seq INTEGER
 );
 CREATE INDEX IF NOT EXISTS records_by_device_time ON records (device_id, created_at, id);
+CREATE TABLE IF NOT EXISTS cursors (
+    consumer TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS devices (
     device_id TEXT PRIMARY KEY,
     source TEXT NOT NULL,
@@ -45,15 +50,25 @@ CREATE TABLE IF NOT EXISTS devices (
 """
 
 _INSERT_PREFIX = (
-    "INSERT INTO records (source, device_id, topic, created_at, received_at, data, meta) VALUES "
+    "INSERT INTO records (source, device_id, topic, created_at, received_at, data, meta, seq) "
+    "VALUES "
 )
+_ROW = "(?, ?, ?, ?, ?, ?, ?, ?)"
+_WIDTH = 8
+# The spool offset the rows of a transaction reach, committed with them: a replay after a
+# restart starts after it, so a record is never stored (or counted) twice.
+_SAVE_CURSOR = (
+    "INSERT INTO cursors (consumer, seq) VALUES (?, ?) "
+    "ON CONFLICT (consumer) DO UPDATE SET seq = max(seq, excluded.seq)"
+)
+STORE_CONSUMER = "sqlite"
 # Rows per INSERT statement. The writer runs in a worker thread and sqlite3 releases the
 # GIL around every statement step; one step per row makes the thread queue for the GIL
 # behind the event loop thousands of times per batch (a convoy that halved ingest). A
-# multi-row statement steps once per chunk. 7 columns x 400 rows stays well below
+# multi-row statement steps once per chunk. 8 columns x 400 rows stays well below
 # SQLite's 32766 bound-parameter limit.
 _ROWS_PER_INSERT = 400
-_INSERT_CHUNK = _INSERT_PREFIX + ",".join(["(?, ?, ?, ?, ?, ?, ?)"] * _ROWS_PER_INSERT)
+_INSERT_CHUNK = _INSERT_PREFIX + ",".join([_ROW] * _ROWS_PER_INSERT)
 # Opening a file another process is creating waits this long for its lock.
 BUSY_TIMEOUT_MS = 5000
 CACHE_KIB = 16_384
@@ -135,6 +150,9 @@ class RecordStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = _connect(self.path)
         self._writer.executescript(_SCHEMA)
+        columns = {row[1] for row in self._writer.execute("PRAGMA table_info(records)")}
+        if "seq" not in columns:  # a store made before records carried their offset
+            self._writer.execute("ALTER TABLE records ADD COLUMN seq INTEGER")
         self._reader = _connect(self.path)
         self._schemas = ["main"]
         if read_shards:
@@ -149,10 +167,13 @@ class RecordStore:
 
     # -- writing (sink side) ---------------------------------------------------------------
     def write(self, records: Sequence[Record]) -> None:
-        """Insert ``records`` and update device counters in one transaction."""
+        """Insert ``records``, update device counters and save the spool cursor (the
+        highest offset written) in one transaction."""
         dumps = orjson.dumps
         params: list[Any] = []
         extend = params.extend
+        # Batches come in offset order: the last record's offset is the highest.
+        cursor = records[-1].offset if records else 0
         for r in records:
             extend(
                 (
@@ -163,6 +184,7 @@ class RecordStore:
                     r.received_at,
                     dumps(r.data),
                     dumps(r.meta) if r.meta else None,
+                    r.offset or None,
                 )
             )
         devices: dict[str, list[Any]] = {}
@@ -178,13 +200,22 @@ class RecordStore:
         try:
             self._insert(params)
             writer.executemany(_UPSERT_DEVICE, devices.values())
+            if cursor:
+                writer.execute(_SAVE_CURSOR, (STORE_CONSUMER, cursor))
         except BaseException:
             writer.execute("ROLLBACK")
             raise
         writer.execute("COMMIT")
 
+    def cursor(self) -> int | None:
+        """The highest spool offset committed to this file, if any."""
+        row = self._writer.execute(
+            "SELECT seq FROM cursors WHERE consumer = ?", (STORE_CONSUMER,)
+        ).fetchone()
+        return int(row[0]) if row else None
+
     def _insert(self, params: list[Any]) -> None:
-        width = 7
+        width = _WIDTH
         chunk = _ROWS_PER_INSERT * width
         full = len(params) - len(params) % chunk
         for start in range(0, full, chunk):
@@ -192,7 +223,7 @@ class RecordStore:
         rest = len(params) - full
         if rest:
             rows = rest // width
-            sql = _INSERT_PREFIX + ",".join(["(?, ?, ?, ?, ?, ?, ?)"] * rows)
+            sql = _INSERT_PREFIX + ",".join([_ROW] * rows)
             self._writer.execute(sql, params[full:])
 
     # -- reading (API side) ----------------------------------------------------------------

@@ -81,6 +81,10 @@ def worker_config(config: Config, index: int) -> Config:
         "store": config.store.model_copy(
             update={"path": str(shard_path(config.store_path, index))}
         ),
+        # One spool per worker too: each worker's ledger is its own (spool.w1, ...).
+        "spool": config.spool.model_copy(
+            update={"path": str(config.spool_path.with_name(f"{config.spool_path.name}.w{index}"))}
+        ),
     }
     if config.monitoring is not None:
         update["monitoring"] = config.monitoring.model_copy(

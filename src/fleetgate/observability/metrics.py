@@ -50,6 +50,35 @@ SINK_LATENCY = Histogram(
     registry=REGISTRY,
 )
 
+# -- spool and dead letters ------------------------------------------------------------------
+SPOOL_BYTES = Gauge(
+    "fleetgate_spool_bytes", "Bytes in the durable spool (segments and unwritten frames)",
+    registry=REGISTRY, multiprocess_mode="livesum",
+)
+SPOOL_RECORDS = Counter(
+    "fleetgate_spool_records_total", "Records written durably to the spool", registry=REGISTRY
+)
+SPOOL_SYNC_SECONDS = Histogram(
+    "fleetgate_spool_commit_seconds", "Time to write and sync one group commit",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    registry=REGISTRY,
+)
+SPOOL_ERRORS = Counter(
+    "fleetgate_spool_errors_total", "Spool writes that failed (retried)", registry=REGISTRY
+)
+SPOOL_TORN = Counter(
+    "fleetgate_spool_torn_tails_total", "Torn or corrupt spool tails cut at start-up",
+    registry=REGISTRY,
+)
+SPOOL_FULL_WAITS = Counter(
+    "fleetgate_spool_full_waits_total", "Times the pipeline waited for the spool's disk budget",
+    registry=REGISTRY,
+)
+DEAD_LETTERS = Counter(
+    "fleetgate_dead_letters_total", "Records a sink refused for good, set aside with the reason",
+    ["sink"], registry=REGISTRY,
+)
+
 # -- connections --------------------------------------------------------------------------
 OPEN_CONNECTIONS = Gauge(
     "fleetgate_open_connections", "Open device connections", ["protocol"], registry=REGISTRY,

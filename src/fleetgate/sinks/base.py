@@ -101,6 +101,11 @@ class Sink(ABC):
         """Where this sink publishes, for log lines (``kafka 127.0.0.1:9092``)."""
         return self.name
 
+    def committed_offset(self) -> int | None:
+        """The ledger offset this sink committed together with its data, if it keeps one
+        (the store does); the pipeline resumes after it. None: use the spool's cursor."""
+        return None
+
     def destination(self, topic: str) -> str:
         """Tesla's naming rule for topics, streams and subjects: ``<namespace>_<topic>``."""
         return f"{self.context.namespace}_{topic}"

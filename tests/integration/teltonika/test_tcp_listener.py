@@ -18,6 +18,7 @@ from fleetgate.protocols.teltonika.encoder import encode_imei
 from fleetgate.records import Record
 from fleetgate.sinks.base import Sink
 from fleetgate.sinks.registry import register_sink
+from tests.integration.stores import stored
 from tests.teltonika_vectors import frame
 
 pytestmark = pytest.mark.integration
@@ -122,10 +123,9 @@ async def test_split_one_byte_at_a_time(server: Server) -> None:
         await writer.drain()
     assert await read_ack(reader) == 1
     writer.close()
-    assert server.store is not None
-    [stored] = server.store.records(IMEI)
-    assert stored["created_at"] == "2019-06-10T10:04:46.000Z"
-    assert stored["data"]["io"]["66"] == 24079
+    [record] = await stored(server.store, IMEI, 1)
+    assert record["created_at"] == "2019-06-10T10:04:46.000Z"
+    assert record["data"]["io"]["66"] == 24079
 
 
 async def test_several_frames_in_one_read_are_acked_in_order(server: Server) -> None:
@@ -140,7 +140,7 @@ async def test_several_frames_in_one_read_are_acked_in_order(server: Server) -> 
     assert [await read_ack(reader) for _ in range(3)] == [1, 1, 2]
     writer.close()
     assert server.store is not None
-    assert len(server.store.records(IMEI)) == 4
+    assert len(await stored(server.store, IMEI, 4)) == 4
 
 
 async def test_bad_crc_gets_no_ack_and_the_connection_stays_for_the_resend(server: Server) -> None:
@@ -217,8 +217,7 @@ async def test_codec12_response_is_recorded_and_never_acked(server: Server) -> N
     writer.write(frame("doc-c8-tcp-example1"))
     assert await read_ack(reader) == 1
     writer.close()
-    assert server.store is not None
-    topics = {item["topic"] for item in server.store.records(IMEI)}
+    topics = {item["topic"] for item in await stored(server.store, IMEI, 2)}
     # doc-c8-tcp-example1 was triggered by IO 1, so it is an "event" record.
     assert topics == {"command_response", "event"}
 

@@ -12,6 +12,7 @@ import pytest
 from fleetgate.app import Server
 from fleetgate.config import build_config
 from fleetgate.observability import metrics
+from tests.integration.stores import stored
 from tests.teltonika_vectors import frame
 
 pytestmark = pytest.mark.integration
@@ -89,8 +90,7 @@ async def test_datagram_is_stored_then_acked_with_its_packet_ids(
     reply = await exchange(server, frame(vector))
     assert reply is not None
     assert reply.hex() == ack
-    assert server.store is not None
-    assert len(server.store.records(imei)) == 1
+    assert len(await stored(server.store, imei, 1)) == 1
 
 
 async def test_length_mismatch_is_dropped_without_ack(server: Server) -> None:
