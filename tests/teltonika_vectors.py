@@ -7,7 +7,21 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-VECTORS_PATH = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "teltonika" / "vectors.json"
+_RELATIVE = Path("shared") / "testdata" / "teltonika" / "vectors.json"
+
+
+def _find_vectors() -> Path:
+    """The shared test data sits next to the checkout (``../shared``); a git worktree may be
+    nested deeper, so look upwards from this file."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        candidate = parent / _RELATIVE
+        if candidate.exists():
+            return candidate
+    return here.parents[2] / _RELATIVE
+
+
+VECTORS_PATH = _find_vectors()
 
 
 @cache
