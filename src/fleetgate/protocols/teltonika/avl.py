@@ -328,7 +328,8 @@ def encode_avl_body(
     Codec 7 goes to :func:`~.gh3000.encode_gh3000_body`. A record's ``io_groups`` (set by
     the decoder) reproduces the original layout exactly;
     without it each integer goes into the smallest group that holds it and ``bytes``
-    values go to the NX group (8E) or, with ``io16_group``, the 16-byte group.
+    values go to the 16-byte group (16 bytes, with ``io16_group``) or else the NX group
+    (8E).
     Raises ValueError for anything the codec cannot carry.
     """
     if codec not in AVL_CODECS:
@@ -359,10 +360,10 @@ def _layout(
     else:
         for key, value in items:
             if isinstance(value, bytes):
-                if codec == CODEC_8E:
-                    groups[4].append((key, value))
-                elif io16_group and len(value) == 16:
+                if io16_group and len(value) == 16:
                     groups[5].append((key, value))
+                elif codec == CODEC_8E:
+                    groups[4].append((key, value))
                 else:
                     raise ValueError(
                         f"IO {key}: a {len(value)}-byte value needs codec 8E (NX) "

@@ -54,8 +54,12 @@ _VALUE_SIZES: Final = (1, 2, 4)
 
 
 def shortest_float32(value: float) -> float:
-    """The shortest decimal whose float32 is the float32 of ``value``."""
+    """The shortest decimal whose float32 is the float32 of ``value``.
+
+    Searched from the float32 itself, so every value of one float32 gives one answer.
+    """
     packed = _F32.pack(value)
+    value = _F32.unpack(packed)[0]
     for digits in range(6, 10):
         candidate = float(f"{value:.{digits}g}")
         if _F32.pack(candidate) == packed:
