@@ -96,6 +96,7 @@ def test_imei_and_keepalive() -> None:
     [
         (b"", "empty"),
         (bytes(5), "header alone is 8"),
+        (b"\x00", "at least 2"),
         (bytes(10), "data length 0"),
         (b"\x00\x0f123", "length field says 15"),
         (b"\xff\xff", "keep-alive"),

@@ -211,6 +211,8 @@ def decode_frame(data: bytes, *, io16_group: bool = False) -> DecodedFrame:
 
 
 def _incomplete(data: bytes) -> str:
+    if len(data) < 2:
+        return f"frame is {len(data)} byte; a frame starts with at least 2"
     if data[1]:
         return f"IMEI frame is {len(data)} bytes but its length field says {data[1]} + 2"
     if len(data) < 8:
