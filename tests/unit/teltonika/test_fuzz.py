@@ -3,6 +3,7 @@ raises, and whatever does decode becomes Records that hold the invariants."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from hypothesis import given, settings
@@ -55,9 +56,8 @@ hostile = st.one_of(mutated(), st.binary(max_size=300))
 def _records_hold(frame: AvlFrame | GprsFrame) -> None:
     if isinstance(frame, AvlFrame):
         for rec in frame.records:
-            check_record_invariants(rec) if -90 <= rec.latitude <= 90 and (
-                -180 <= rec.longitude <= 180
-            ) else None
+            if -90 <= rec.latitude <= 90 and -180 <= rec.longitude <= 180:
+                check_record_invariants(rec)
     for table in IO_TABLES.values():
         records = to_records("1", frame, RECEIVED_AT, table)
         for record in records:
@@ -101,10 +101,8 @@ def test_the_connection_never_raises(chunks: list[bytes], logged_in: bool) -> No
 def test_bodies_raise_only_the_decode_error(body: bytes, codec: int) -> None:
     body = bytes((codec,)) + body[1:]
     decode = decode_avl_body if codec in (7, 8, 0x8E, 16) else decode_gprs_body
-    try:
+    with contextlib.suppress(TeltonikaDecodeError):
         decode(body, codec)
-    except TeltonikaDecodeError:
-        pass
     # the same body inside a valid envelope, through the server's path
     conn = TcpConnection()
     conn.receive_data(IMEI_FRAME)
