@@ -209,12 +209,6 @@ def _plan(table: IoTable, groups: tuple[int, ...], keys: tuple[int, ...]) -> _Pl
     return plan
 
 
-def _plans_clear() -> None:
-    """Forget every cached layout (tests: the cold path again)."""
-    for table in IO_TABLES.values():
-        table.plans.clear()
-
-
 def avl_record_data(rec: AvlRecord, table: IoTable | None = None) -> dict[str, Any]:
     """The JSON-safe ``data`` of one AVL record (shape in the module docstring).
 
