@@ -43,8 +43,18 @@ def actual_json(item: dict[str, object]) -> dict[str, object]:
     return {"created_at": item["created_at"], **{key: data[key] for key in keys}}
 
 
-@pytest.mark.parametrize("codec", ["8", "8E", "16"])
-async def test_simulator_records_come_back_from_the_api(tmp_path: Path, codec: str) -> None:
+@pytest.mark.parametrize(
+    ("codec", "io16_group", "transport"),
+    [
+        ("8", False, "tcp"), ("8E", False, "tcp"), ("16", False, "tcp"),
+        ("7", False, "tcp"),  # GH3000
+        ("8", True, "tcp"), ("16", True, "tcp"),  # 16-byte IO groups, no model configured
+        ("8E", False, "udp"), ("7", False, "udp"), ("16", True, "udp"),
+    ],
+)
+async def test_simulator_records_come_back_from_the_api(
+    tmp_path: Path, codec: str, io16_group: bool, transport: str
+) -> None:
     config = build_config(
         {
             "data_dir": str(tmp_path),
@@ -57,12 +67,13 @@ async def test_simulator_records_come_back_from_the_api(tmp_path: Path, codec: s
     server = Server(config)
     await server.start()
     try:
-        listener = server.listener("teltonika")
+        listener = server.listener("teltonika" if transport == "tcp" else "teltonika-udp")
         assert listener is not None
         port = int(listener.health()["address"].rsplit(":", 1)[1])
         settings = SimulationSettings(
             port=port, devices=3, rate=0, codec=codec, records_per_frame=4,
             frames_per_device=5, duration_s=None, io_elements=12, keep_sent=True, seed=7,
+            io16_group=io16_group, transport=transport,
         )
         result = await run_simulation(settings)
         assert result.ok, result.summary()
