@@ -65,7 +65,9 @@ def test_every_leaf_of_the_seed_tree_is_in_the_map() -> None:
     }
     where = parse_topic("vehicles/gateway-001/vehicle/gear_status")
     assert (where.gateway_id, where.group, where.signal.name) == (
-        "gateway-001", "vehicle", "gear_status",
+        "gateway-001",
+        "vehicle",
+        "gear_status",
     )
 
 
@@ -93,8 +95,13 @@ def test_unknown_topics_are_refused_and_attributed_when_possible(
 
 
 def test_a_configured_root_may_have_several_levels() -> None:
-    assert parse_topic("fleet/eu/vehicles/gw-9/engine/rpm", "fleet/eu/vehicles").gateway_id == "gw-9"
-    assert record("fleet/eu/vehicles/gw-9/engine/rpm", b"900", root="fleet/eu/vehicles").device_id == "gw-9"
+    assert (
+        parse_topic("fleet/eu/vehicles/gw-9/engine/rpm", "fleet/eu/vehicles").gateway_id == "gw-9"
+    )
+    assert (
+        record("fleet/eu/vehicles/gw-9/engine/rpm", b"900", root="fleet/eu/vehicles").device_id
+        == "gw-9"
+    )
 
 
 gateway_ids = st.from_regex(r"[A-Za-z0-9:_.-]{1,128}", fullmatch=True)
@@ -145,8 +152,12 @@ def test_json_object_carries_time_unit_and_sequence() -> None:
     assert result.created_at == 1_699_999_999_000
     assert result.received_at == NOW
     assert result.data == {
-        "signal": "speed", "value": 80.0, "unit": "mph", "device_time": 1_699_999_999_000,
-        "seq": 42, "signed": False,
+        "signal": "speed",
+        "value": 80.0,
+        "unit": "mph",
+        "device_time": 1_699_999_999_000,
+        "seq": 42,
+        "signed": False,
     }
 
 
@@ -235,9 +246,7 @@ def test_a_device_built_payload_verifies() -> None:
         b'{"value":3500, "ts":1700000000000, "seq":7, "unit":"rpm", '
         b'"hmac":"6DA913CCACBBD085A22AAD78C1A5979A88DE127E8B645312E3DF9EF5C728FA08"}'
     )
-    result = record(
-        "vehicles/gw-001/engine/rpm", payload, hmac_keys={"gw-001": KEY}
-    )
+    result = record("vehicles/gw-001/engine/rpm", payload, hmac_keys={"gw-001": KEY})
     assert result.data["signed"] is True
     assert result.data["value"] == 3500
 
@@ -355,7 +364,9 @@ def same_value(signal: Signal, got: Any, sent: Any) -> bool:
 
 @given(messages(), st.booleans())
 @settings(max_examples=300)
-def test_json_payload_round_trip(message: tuple[Signal, str, Any, dict[str, Any]], signed: bool) -> None:
+def test_json_payload_round_trip(
+    message: tuple[Signal, str, Any, dict[str, Any]], signed: bool
+) -> None:
     signal, gateway, value, context = message
     topic = signal_topic(gateway, signal.group, signal.name)
     key = KEY if signed else None
@@ -398,11 +409,15 @@ def test_decode_never_raises(topic: str, payload: bytes, drift: int | None) -> N
         assert isinstance(result, Record | Refusal)
 
 
-@given(st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
-    max_leaves=10,
-))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+        ),
+        max_leaves=10,
+    )
+)
 def test_arbitrary_json_objects_never_raise(value: Any) -> None:
     for fields in ({"value": value}, {"value": 1, "ts": value}, {"value": 1, "hmac": value}):
         try:

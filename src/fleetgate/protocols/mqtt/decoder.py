@@ -102,7 +102,9 @@ class GatewayDecoder:
         if key is not None:
             if parsed.hmac is None or parsed.fields is None:
                 return Refusal(
-                    RefusalReason.MISSING_HMAC, gateway_id, topic,
+                    RefusalReason.MISSING_HMAC,
+                    gateway_id,
+                    topic,
                     "gateway has an HMAC key; the message is not signed",
                 )
             if not verify(key, topic, parsed.fields, parsed.hmac):
@@ -115,7 +117,9 @@ class GatewayDecoder:
             drift = received_at - ts
             if abs(drift) > self.max_drift_ms:
                 return Refusal(
-                    RefusalReason.DRIFT, gateway_id, topic,
+                    RefusalReason.DRIFT,
+                    gateway_id,
+                    topic,
                     f"device time is {drift / 1000:+.3f} s from server time "
                     f"(limit {self.max_drift_ms / 1000:g} s)",
                 )
@@ -132,5 +136,6 @@ class GatewayDecoder:
             "signed": signed,
         }
         created_at = ts if ts is not None else received_at
-        return new_record(SOURCE_MQTT, gateway_id, signal.group, created_at, received_at, data,
-                          payload)
+        return new_record(
+            SOURCE_MQTT, gateway_id, signal.group, created_at, received_at, data, payload
+        )

@@ -147,14 +147,17 @@ SIGNALS: Final[tuple[Signal, ...]] = (
     Signal("vehicle", "gear_status", "enum", None, 1, None, choices=("P", "R", "N", "D")),
     Signal("diagnostics", "dtc", "dtc", None, 1, None),
     Signal("diagnostics", "error_count", "int", "count", 1, None, 0, _COUNT_MAX),
-    Signal(
-        "diagnostics", "health", "enum", None, 1, 10.0, choices=("ok", "warning", "critical")
-    ),
+    Signal("diagnostics", "health", "enum", None, 1, 10.0, choices=("ok", "warning", "critical")),
     Signal("security", "auth_failures", "int", "count", 1, 10.0, 0, _COUNT_MAX),
     Signal("security", "timestamp_drift", "int", "count", 1, 10.0, 0, _COUNT_MAX),
     Signal("security", "policy_violations", "int", "count", 1, 10.0, 0, _COUNT_MAX),
     Signal(
-        "gateway", "connection_state", "enum", None, 1, None,
+        "gateway",
+        "connection_state",
+        "enum",
+        None,
+        1,
+        None,
         choices=("connected", "disconnected", "reconnecting"),
     ),
     Signal("gateway", "uptime", "int", "s", 0, 10.0, 0, _COUNT_MAX),
