@@ -40,9 +40,11 @@ class ConnectError(Exception):
     """The broker could not be reached, refused us, or never answered CONNECT/SUBSCRIBE."""
 
 
-def new_client(client_id: str, *, mqtt5: bool, clean_session: bool = False) -> paho.Client:
+def new_client(
+    client_id: str, *, mqtt5: bool, connect_timeout_s: float, clean_session: bool = False
+) -> paho.Client:
     """A paho client that leaves PUBACKs to the application."""
-    return paho.Client(
+    client = paho.Client(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
         clean_session=None if mqtt5 else clean_session,
@@ -50,6 +52,9 @@ def new_client(client_id: str, *, mqtt5: bool, clean_session: bool = False) -> p
         manual_ack=True,
         reconnect_on_failure=False,
     )
+    # Bounds the TCP connect and TLS handshake (paho only lets it be set while idle).
+    client.connect_timeout = connect_timeout_s
+    return client
 
 
 class PahoDriver:
@@ -87,14 +92,13 @@ class PahoDriver:
         self._detach()
         self.lost = self.loop.create_future()
         self._connack = self.loop.create_future()
-        client.connect_timeout = timeout_s
         connect = partial(
             client.connect, host, port, keepalive, clean_start=clean_start, properties=properties
         )
         if client.protocol != paho.MQTTv5:
             connect = partial(client.connect, host, port, keepalive)
         try:
-            # Bounded by connect_timeout (TCP connect and TLS handshake); not abandoned
+            # Bounded by the client's connect_timeout; not abandoned
             # on a timeout of ours, so paho never runs in two threads at once.
             await self.loop.run_in_executor(None, connect)
         except (OSError, ssl.SSLError, ValueError) as exc:

@@ -52,7 +52,6 @@ log = logging.getLogger("fleetgate.mqtt_ingest")
 PROTOCOL = "mqtt"
 # A connection that lasted this long resets the reconnect backoff.
 STABLE_CONNECTION_S = 10.0
-STOP_DRAIN_TIMEOUT_S = 30.0
 DISCONNECT_TIMEOUT_S = 2.0
 
 
@@ -120,7 +119,11 @@ class MqttIngestListener:
     # -- Listener protocol -----------------------------------------------------------------
     async def start(self) -> None:
         """Connect (or keep trying in the background) and start delivering."""
-        client = new_client(self.client_id, mqtt5=self.settings.protocol == "5")
+        client = new_client(
+            self.client_id,
+            mqtt5=self.settings.protocol == "5",
+            connect_timeout_s=self.settings.connect_timeout_s,
+        )
         tls = self._tls_context()  # bad TLS files fail start-up, not every reconnect
         if tls is not None:
             client.tls_set_context(tls)
@@ -147,7 +150,7 @@ class MqttIngestListener:
         self._close_open_batch()
         self._wakeup.set()
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(STOP_DRAIN_TIMEOUT_S):
+            async with asyncio.timeout(self.settings.stop_timeout_s):
                 while self._pending > 0:  # noqa: ASYNC110 - the worker owns the count
                     await asyncio.sleep(0.005)
         for task in (self._runner, self._worker):
@@ -207,6 +210,9 @@ class MqttIngestListener:
                 await self._connect()
             except ConnectError as exc:
                 self._connection_failed(str(exc))
+            except Exception as exc:  # a bug must not end reconnecting for good
+                log.exception("connecting to the gateway broker failed")
+                self._connection_failed(f"{type(exc).__name__}: {exc}")
             else:
                 self._first_attempt.set()
                 assert self._driver is not None

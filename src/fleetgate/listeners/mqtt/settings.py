@@ -110,6 +110,9 @@ class MqttIngestConfig(BaseModel):
     # subscriber stops reading the socket (backpressure to the broker).
     max_batch: int = Field(2000, ge=1)
     max_pending: int = Field(20_000, ge=1)
+    # stop() waits this long for records in hand to be accepted and acknowledged; what is
+    # still unacknowledged then is redelivered by the broker on the next start.
+    stop_timeout_s: float = Field(30.0, ge=0)
     # Refusal log lines: at most one per gateway and reason in this many seconds.
     refusal_log_interval_s: float = Field(10.0, ge=0)
 
