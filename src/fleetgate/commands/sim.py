@@ -10,6 +10,7 @@ from typing import Any
 SIM_MODULES = [
     "fleetgate.sim.teltonika_cli",
     "fleetgate.sim.tesla_cli",
+    "fleetgate.sim.can_gateway_cli",
 ]
 
 

@@ -1,4 +1,5 @@
-"""paho-mqtt 2 on the asyncio event loop, with manual acknowledgement.
+"""paho-mqtt 2 on the asyncio event loop, with manual acknowledgement (and awaitable
+publishes, which the gateway simulator uses).
 
 paho does the protocol (packets, QoS handshakes, keepalive, MQTT 5 properties, TLS) and
 offers an *external event loop* API: the application watches the socket and calls
@@ -70,11 +71,13 @@ class PahoDriver:
         self._misc: asyncio.TimerHandle | None = None
         self._connack: asyncio.Future[bool] | None = None
         self._subacks: dict[int, asyncio.Future[list[ReasonCode]]] = {}
+        self._publishes: dict[int, asyncio.Future[None]] = {}
         self.lost: asyncio.Future[str] = self.loop.create_future()
         client.on_message = self._on_message
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
+        client.on_publish = self._on_publish
 
     # -- connection ----------------------------------------------------------------------------
     async def connect(
@@ -148,6 +151,25 @@ class PahoDriver:
         if refused or len(codes) != len(filters):
             raise ConnectError(f"broker refused the subscription: {', '.join(refused)}")
         return codes
+
+    async def publish(self, topic: str, payload: bytes, qos: int, timeout_s: float) -> None:
+        """PUBLISH; returns once written (QoS 0) or PUBACKed (QoS 1), else ConnectError."""
+        if not self.connected:
+            raise ConnectError("not connected")
+        info = self.client.publish(topic, payload, qos)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise ConnectError(f"cannot publish: {paho.error_string(info.rc)}")
+        if info.is_published():
+            return
+        waiter: asyncio.Future[None] = self.loop.create_future()
+        self._publishes[info.mid] = waiter
+        try:
+            async with asyncio.timeout(timeout_s):
+                await waiter
+        except TimeoutError:
+            raise ConnectError(f"no PUBACK within {timeout_s:g} s") from None
+        finally:
+            self._publishes.pop(info.mid, None)
 
     def ack(self, mid: int) -> None:
         """PUBACK one QoS 1 message."""
@@ -301,9 +323,25 @@ class PahoDriver:
         if waiter is not None and not waiter.done():
             waiter.set_result(list(codes))
 
+    def _on_publish(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        waiter = self._publishes.get(mid)
+        if waiter is not None and not waiter.done():
+            if reason.is_failure:
+                waiter.set_exception(ConnectError(f"broker refused the message: {reason}"))
+            else:
+                waiter.set_result(None)
+
     def _set_lost(self, reason: str) -> None:
         if not self.lost.done():
             self.lost.set_result(reason)
-        for waiter in self._subacks.values():
+        waiters: list[asyncio.Future[Any]] = [*self._subacks.values(), *self._publishes.values()]
+        for waiter in waiters:
             if not waiter.done():
                 waiter.set_exception(ConnectError(f"connection lost: {reason}"))
