@@ -577,10 +577,11 @@ class CanGatewaySimulator:
                     await self.stopping.wait()
 
     async def stop(self, flush_timeout_s: float = STOP_FLUSH_TIMEOUT_S) -> None:
-        """Give queued messages a moment to go out, then say goodbye and disconnect."""
+        """Give queued messages up to ``flush_timeout_s`` to go out (connecting first if
+        need be), then say goodbye and disconnect."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(flush_timeout_s):
-                while any(len(g.queue) and g.connected for g in self.gateways):  # noqa: ASYNC110
+                while any(len(g.queue) for g in self.gateways):  # noqa: ASYNC110
                     await asyncio.sleep(0.02)
         self.stopping.set()
         for gateway in self.gateways:
