@@ -361,14 +361,16 @@ class GatewayPki:
     gateways: dict[str, tuple[Path, Path, Path]] = field(default_factory=dict)
     created: list[Path] = field(default_factory=list)
 
-    def mosquitto_listener(self, port: int = 8883) -> str:
-        """mosquitto.conf lines for a mutual-TLS listener that trusts this CA."""
+    def mosquitto_listener(self, port: int = 8883, bind: str = "127.0.0.1") -> str:
+        """mosquitto.conf lines for a mutual-TLS listener that trusts this CA (loopback
+        unless ``bind`` says otherwise: 0.0.0.0 for gateways on the network)."""
         return "\n".join(
             [
-                f"listener {port}",
-                f"cafile {self.ca_cert}",
-                f"certfile {self.server_cert}",
-                f"keyfile {self.server_key}",
+                "per_listener_settings true",
+                f"listener {port} {bind}",
+                f"cafile {self.ca_cert.resolve()}",
+                f"certfile {self.server_cert.resolve()}",
+                f"keyfile {self.server_key.resolve()}",
                 "require_certificate true",
                 "use_identity_as_username true",
                 "tls_version tlsv1.2",

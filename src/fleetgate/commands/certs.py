@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from fleetgate.pki import DEV_CA_NAME, GATEWAY_KEY_TYPES, init_gateway_pki, init_pki
@@ -50,6 +51,8 @@ def register(subparsers: Any) -> None:
     gateway.add_argument(
         "--interval", type=int, default=300, help="publish_interval_seconds in config.json"
     )
+    gateway.add_argument("--bind", default="127.0.0.1", help="broker listen address")
+    gateway.add_argument("--mosquitto-conf", help="also write a mosquitto.conf here")
     gateway.set_defaults(handler=run_gateway)
 
 
@@ -107,8 +110,14 @@ def run_gateway(args: argparse.Namespace) -> int:
     for label, path in rows:
         state = "written" if path in created else "kept"
         print(f"  {label:<40} {path}  ({state})")
-    print("\nmosquitto.conf (mutual-TLS listener; each gateway's username is its id):")
-    print(pki.mosquitto_listener(args.port))
+    listener = pki.mosquitto_listener(args.port, args.bind)
+    if args.mosquitto_conf:
+        Path(args.mosquitto_conf).write_text(listener + "\n")
+        conf = args.mosquitto_conf
+        print(f"\nmosquitto config written: mosquitto -c {conf}")
+    else:
+        print("\nmosquitto.conf (mutual-TLS listener; each gateway's username is its id):")
+        print(listener)
     print("\nfleetgate config (subscriber):")
     print(json.dumps(pki.ingest_snippet(f"mqtts://{endpoint}"), indent=2))
     first = next(iter(pki.gateways.values()))
