@@ -19,6 +19,7 @@ from typing import Any
 from fleetgate import __version__
 from fleetgate.config import Config
 from fleetgate.forms import wire_payload
+from fleetgate.listeners.mqtt import create_listener as mqtt_ingest_listener
 from fleetgate.listeners.teltonika.tcp import create_listener as teltonika_tcp_listener
 from fleetgate.listeners.teltonika.udp import create_listener as teltonika_udp_listener
 from fleetgate.listeners.tesla.listener import create_listener as tesla_listener
@@ -43,6 +44,7 @@ LISTENER_FACTORIES: tuple[ListenerFactory, ...] = (
     teltonika_tcp_listener,
     teltonika_udp_listener,
     tesla_listener,
+    mqtt_ingest_listener,
 )
 
 __all__ = ["Server", "StartupError", "build_pipeline", "serve"]

@@ -12,11 +12,11 @@ import sys
 from collections.abc import Sequence
 
 from fleetgate import __version__
-from fleetgate.commands import certs, decode, serve, sim, tesla
+from fleetgate.commands import certs, decode, demo, serve, sim, tesla
 from fleetgate.runtime import StartupError
 from fleetgate.settings import ConfigError
 
-COMMANDS = (serve, decode, sim, certs, tesla)
+COMMANDS = (serve, demo, decode, sim, certs, tesla)
 
 EXIT_USAGE = 2
 

@@ -34,6 +34,7 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator
 
+from fleetgate.mqtt_settings import MqttIngestConfig
 from fleetgate.settings import (
     ConfigError,
     Section,
@@ -205,6 +206,8 @@ class Config(Section):
     vins_signal_tracking_enabled: list[str] = Field(default_factory=list)
     monitoring: MonitoringConfig | None = None
     airbrake: AirbrakeConfig | None = None
+    # CAN gateways: the broker they publish to (Tesla's "mqtt" key is the dispatcher).
+    mqtt_ingest: MqttIngestConfig | None = None
 
     # Dispatcher sections (``kafka``, ``logger``, ``jsonl``...), validated by the models
     # their sink modules declare; read them with :meth:`sink_section`.

@@ -65,6 +65,12 @@ def check_config(config: Config) -> None:
         raise ConfigError("teltonika.port: workers > 1 need a fixed port (0 picks one per worker)")
     if config.tesla_enabled and config.port == 0:
         raise ConfigError("port: workers > 1 need a fixed port (0 picks one per worker)")
+    ingest = config.mqtt_ingest
+    if ingest is not None and ingest.enabled and not ingest.shared_group:
+        raise ConfigError(
+            "mqtt_ingest.shared_group: workers > 1 need a shared subscription, "
+            "or every worker would receive every gateway message"
+        )
     routed = {sink for sinks in config.records.values() for sink in sinks}
     if "zmq" in routed:
         raise ConfigError("records: the zmq sink binds one address; it cannot run in workers > 1")
@@ -89,6 +95,12 @@ def worker_config(config: Config, index: int) -> Config:
     if config.monitoring is not None:
         update["monitoring"] = config.monitoring.model_copy(
             update={"prometheus_metrics_port": 0}
+        )
+    if config.mqtt_ingest is not None:
+        # Every worker needs a session of its own; shared_group splits the stream.
+        ingest = config.mqtt_ingest
+        update["mqtt_ingest"] = ingest.model_copy(
+            update={"client_id": f"{ingest.client_id}-w{index}"}
         )
     return config.model_copy(update=update)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import httpx
@@ -80,7 +81,13 @@ async def test_simulator_records_come_back_from_the_api(
         assert result.records_acked == 3 * 5 * 4
 
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.api_port}") as client:
-            devices = (await client.get("/api/v1/devices")).json()["devices"]
+            # Acked means spooled; the store commits a moment later.
+            async with asyncio.timeout(10):
+                while True:
+                    devices = (await client.get("/api/v1/devices")).json()["devices"]
+                    if sum(d["record_count"] for d in devices) >= 3 * 5 * 4:
+                        break
+                    await asyncio.sleep(0.02)
             assert sorted(d["id"] for d in devices) == sorted(result.sent)
             assert all(d["record_count"] == 20 and d["source"] == "teltonika" for d in devices)
             for imei, sent in result.sent.items():

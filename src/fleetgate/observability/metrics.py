@@ -101,6 +101,25 @@ TESLA_FRAMES_REFUSED = Counter(
     "payload, impossible_time)",
     ["reason"], registry=REGISTRY,
 )
+# -- CAN gateways over MQTT (the mqtt_ingest subscriber) -----------------------------------
+MQTT_MESSAGES = Counter(
+    "fleetgate_mqtt_messages_total", "Messages received from the gateway broker, by QoS",
+    ["qos"], registry=REGISTRY,
+)
+MQTT_REFUSED = Counter(
+    "fleetgate_mqtt_refused_total",
+    "Gateway messages dropped, by gateway and reason (unknown_topic, bad_payload, "
+    "missing_hmac, bad_hmac, drift)",
+    ["gateway", "reason"], registry=REGISTRY,
+)
+MQTT_CONNECTED = Gauge(
+    "fleetgate_mqtt_broker_connected", "1 while the subscriber is connected to its broker",
+    ["broker"], registry=REGISTRY, multiprocess_mode="livesum",
+)
+MQTT_CONNECTS = Counter(
+    "fleetgate_mqtt_connects_total", "Connection attempts to the gateway broker, by result",
+    ["result"], registry=REGISTRY,
+)
 
 
 # -- Tesla reference metrics ----------------------------------------------------------------

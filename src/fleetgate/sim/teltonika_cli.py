@@ -19,7 +19,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--port", type=int, default=5027)
     parser.add_argument("--devices", type=int, default=10, help="number of trackers")
     parser.add_argument(
-        "--rate", type=float, default=1.0,
+        "--rate",
+        type=float,
+        default=1.0,
         help="records per second per tracker (0 = as fast as acks return)",
     )
     parser.add_argument(
