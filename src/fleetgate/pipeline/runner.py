@@ -282,7 +282,8 @@ class SinkRunner:
             self._queue_gauge.set(self._queued_records)
             self._inflight = taken
             batch = [record for entry in taken for record in entry.records]
-            await self._publish_with_retry(batch, taken)
+            if not await self._publish_with_retry(batch, taken):
+                return  # closing, and the backend is still down: the batch stays unconfirmed
 
     async def _read_back(self) -> None:
         """Queue the next records for this sink from the spool (memory holds none)."""
@@ -334,23 +335,27 @@ class SinkRunner:
         self._taken += 1
         return taken
 
-    async def _publish_with_retry(self, batch: list[Record], taken: list[_Entry]) -> None:
+    async def _publish_with_retry(self, batch: list[Record], taken: list[_Entry]) -> bool:
+        """Deliver the batch (or set its refused records aside); False when the runner gave
+        up because it is closing while the backend is still failing."""
         error = await self._publish(batch)
         if error is None:
             self._finish(taken, refused=False)
-            return
+            return True
         if isinstance(error, asyncio.CancelledError):
-            return
+            return False
         if self.dead_letters is None:
             metrics.SINK_FAILED.labels(sink=self.name).inc(len(batch))
             log.error(
                 "%s: dropped %d records the backend refused: %s", self.name, len(batch), error
             )
             self._finish(taken, refused=True)
-            return
+            return True
         # Some record of the batch cannot be taken: find it, deliver the rest.
-        await self._set_aside(batch, error)
+        if not await self._set_aside(batch, error):
+            return False
         self._finish(taken, refused=False)
+        return True
 
     async def _publish(self, batch: Sequence[Record]) -> BaseException | None:
         """Publish, retrying transient errors; the error that is not transient, or None.
@@ -384,21 +389,21 @@ class SinkRunner:
             self.last_error = ""
             return None
 
-    async def _set_aside(self, batch: Sequence[Record], error: BaseException) -> None:
+    async def _set_aside(self, batch: Sequence[Record], error: BaseException) -> bool:
         """Halve ``batch`` until the records the sink refuses are found; publish the rest;
-        write the refused ones to the dead-letter file."""
+        write the refused ones to the dead-letter file. False if it gave up (closing)."""
         if len(batch) == 1:
-            await self._dead_letter(batch[0], error)
-            return
+            return await self._dead_letter(batch[0], error)
         middle = len(batch) // 2
         for part in (batch[:middle], batch[middle:]):
             part_error = await self._publish(part)
             if isinstance(part_error, asyncio.CancelledError):
-                return
-            if part_error is not None:
-                await self._set_aside(part, part_error)
+                return False
+            if part_error is not None and not await self._set_aside(part, part_error):
+                return False
+        return True
 
-    async def _dead_letter(self, record: Record, error: BaseException) -> None:
+    async def _dead_letter(self, record: Record, error: BaseException) -> bool:
         assert self.dead_letters is not None
         reason = f"{type(error).__name__}: {error}"
         delay = self.settings.retry_initial_s
@@ -409,7 +414,7 @@ class SinkRunner:
             except OSError as exc:
                 log.error("%s: cannot write the dead-letter file: %s", self.name, exc)
                 if self._closing:
-                    return
+                    return False
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.retry_max_s)
         metrics.DEAD_LETTERS.labels(sink=self.name).inc()
@@ -421,6 +426,7 @@ class SinkRunner:
             reason,
             self.dead_letters.path(self.name),
         )
+        return True
 
     def _mark_failure(self, exc: BaseException, attempt: int) -> None:
         self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

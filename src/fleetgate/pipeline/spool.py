@@ -421,7 +421,11 @@ class Spool:
                 if self._closing:
                     return
                 self._wakeup.clear()
-                await self._wakeup.wait()
+                # Also wake now and then: consumers confirm while nothing is appended, and
+                # their cursors free segments (and room under the disk budget).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), _CURSOR_PERSIST_S)
+                self._maybe_persist_cursors()
                 continue
             group, self._pending = self._pending, []
             first, last = group[0][0], group[-1][1]
@@ -552,6 +556,7 @@ class Spool:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._persist_cursors()
+        self._truncate()
         self._writer.close()
 
     def health(self) -> dict[str, object]:
