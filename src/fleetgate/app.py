@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import signal
+import socket
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -94,6 +95,7 @@ def build_pipeline(config: Config, store: RecordStore | None = None) -> Pipeline
         namespace=config.namespace,
         transmit_decoded=config.transmit_decoded_records,
         data_dir=config.data_dir,
+        node_id=config.node_id or socket.gethostname(),
     )
     always: list[str] = []
     runners: dict[str, SinkRunner] = {}

@@ -188,6 +188,8 @@ class Config(Section):
     ack_level: AckLevel = AckLevel.SPOOL
     ack_policy: dict[str, AckLevel | list[str]] = Field(default_factory=dict)
     ack_timeout_s: float = Field(30.0, gt=0)
+    # This server's name in record ids (<node_id>-<offset>); empty: the host name.
+    node_id: str = ""
     # Worker processes sharing the device ports (SO_REUSEPORT); 0 = one per CPU core.
     workers: int = Field(1, ge=0, le=256)
 

@@ -28,6 +28,7 @@ import multiprocessing.connection
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import time
 from collections import deque
@@ -81,6 +82,8 @@ def worker_config(config: Config, index: int) -> Config:
     if index == 0:
         return config
     update: dict[str, Any] = {
+        # Record ids stay unique: every worker has its own spool, so its own offsets.
+        "node_id": f"{config.node_id or socket.gethostname()}-w{index}",
         "api": config.api.model_copy(update={"enabled": False}),
         # Each worker writes its own store file (no write lock to take turns on); worker 0,
         # which serves the API, reads them all.
