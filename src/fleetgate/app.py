@@ -224,6 +224,7 @@ class Server:
             ssl_keyfile=settings.tls_key,
             ws_ping_interval=settings.stream.ping_interval_s,
             ws_ping_timeout=settings.stream.ping_timeout_s,
+            ws_per_message_deflate=settings.stream.compression,
             # A /stream client that reads nothing must not hold shutdown forever.
             timeout_graceful_shutdown=5,
         )

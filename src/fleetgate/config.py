@@ -127,6 +127,8 @@ class StreamConfig(Section):
     ping_interval_s: float = Field(20.0, gt=0)
     ping_timeout_s: float = Field(20.0, gt=0)
     max_clients: int = Field(1000, ge=1)
+    # permessage-deflate: less bandwidth, but every message is compressed once per client.
+    compression: bool = False
 
 
 class DashboardConfig(Section):

@@ -171,9 +171,11 @@ class LiveHub:
 
     def __init__(self) -> None:
         self._subscriptions: set[Subscription] = set()
-        self._by_device: dict[str, list[Subscription]] = {}
+        # Tuples, replaced on change (never mutated): publish iterates them while an offer
+        # may evict a subscriber.
+        self._by_device: dict[str, tuple[Subscription, ...]] = {}
         # Subscribers without a device filter: every batch is offered to them.
-        self._unindexed: list[Subscription] = []
+        self._unindexed: tuple[Subscription, ...] = ()
 
     @property
     def clients(self) -> int:
@@ -241,22 +243,22 @@ class LiveHub:
     def _index(self, subscription: Subscription) -> None:
         device_ids = subscription.filter.device_ids
         if not device_ids:
-            self._unindexed.append(subscription)
+            self._unindexed = (*self._unindexed, subscription)
             return
         for device_id in device_ids:
-            self._by_device.setdefault(device_id, []).append(subscription)
+            self._by_device[device_id] = (*self._by_device.get(device_id, ()), subscription)
 
     def _unindex(self, subscription: Subscription) -> None:
         device_ids = subscription.filter.device_ids
         if not device_ids:
-            _remove(self._unindexed, subscription)
+            self._unindexed = _without(self._unindexed, subscription)
             return
         for device_id in device_ids:
-            listeners = self._by_device.get(device_id)
-            if listeners is not None:
-                _remove(listeners, subscription)
-                if not listeners:
-                    del self._by_device[device_id]
+            remaining = _without(self._by_device.get(device_id, ()), subscription)
+            if remaining:
+                self._by_device[device_id] = remaining
+            else:
+                self._by_device.pop(device_id, None)
 
 
 def _offer(subscription: Subscription, records: Sequence[Record]) -> None:
@@ -268,11 +270,8 @@ def _offer(subscription: Subscription, records: Sequence[Record]) -> None:
     subscription.offer(records)
 
 
-def _remove(items: list[Subscription], item: Subscription) -> None:
-    for index, candidate in enumerate(items):
-        if candidate is item:
-            del items[index]
-            return
+def _without(items: tuple[Subscription, ...], item: Subscription) -> tuple[Subscription, ...]:
+    return tuple(candidate for candidate in items if candidate is not item)
 
 
 def parse_filter_values(values: Iterable[str]) -> frozenset[str]:
