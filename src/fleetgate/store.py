@@ -409,7 +409,7 @@ class RecordStore:
         part = (
             f"SELECT * FROM (SELECT {_LAT} AS lat, {_LON} AS lon, created_at, id FROM "
             "{schema}.records WHERE device_id = ? ORDER BY created_at DESC, id DESC LIMIT ?) "
-            f"WHERE {_HAS_POSITION}"
+            "WHERE lat IS NOT NULL AND lon IS NOT NULL AND NOT (lat = 0 AND lon = 0)"
         )
         sql = f"{self._union(part)} ORDER BY created_at DESC, id DESC LIMIT 1"
         with self._read_lock:

@@ -86,5 +86,5 @@ def create_api(
     api.include_router(create_history_router(record_store, auth, settings.online_window_s))
     if hub is not None:
         add_stream_route(api, hub, auth, settings.stream)
-    add_dashboard(api, settings.dashboard)
+    add_dashboard(api, settings.dashboard, settings.online_window_s)
     return api

@@ -56,7 +56,7 @@ def content_security_policy(tile_url: str) -> str:
     )
 
 
-def add_dashboard(api: FastAPI, settings: DashboardConfig) -> None:
+def add_dashboard(api: FastAPI, settings: DashboardConfig, online_window_s: float) -> None:
     """Serve ``/`` (dashboard), ``/static``, ``/dashboard/config.json`` and ``/docs``."""
     missing = missing_vendor_files()
     if missing:
@@ -81,6 +81,7 @@ def add_dashboard(api: FastAPI, settings: DashboardConfig) -> None:
             "version": __version__,
             "tile_url": settings.tile_url,
             "tile_attribution": settings.tile_attribution,
+            "online_window_s": online_window_s,
             "missing_libraries": missing_vendor_files(),
         }
 
