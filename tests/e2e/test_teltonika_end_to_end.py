@@ -12,6 +12,7 @@ from fleetgate.config import build_config
 from fleetgate.protocols.teltonika.model import AvlRecord
 from fleetgate.records import format_rfc3339_ms
 from fleetgate.sim.teltonika import SimulationSettings, run_simulation
+from tests.tokens import TEST_SECRET, bearer, make_token
 
 pytestmark = pytest.mark.e2e
 
@@ -49,7 +50,7 @@ async def test_simulator_records_come_back_from_the_api(tmp_path: Path, codec: s
         {
             "data_dir": str(tmp_path),
             "tesla_enabled": False,
-            "api": {"host": "127.0.0.1", "port": 0},
+            "api": {"host": "127.0.0.1", "port": 0, "auth": {"secret": TEST_SECRET}},
             "teltonika": {"host": "127.0.0.1", "port": 0},
         },
         environ={},
@@ -68,7 +69,9 @@ async def test_simulator_records_come_back_from_the_api(tmp_path: Path, codec: s
         assert result.ok, result.summary()
         assert result.records_acked == 3 * 5 * 4
 
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.api_port}") as client:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{server.api_port}", headers=bearer(make_token())
+        ) as client:
             devices = (await client.get("/api/v1/devices")).json()["devices"]
             assert sorted(d["id"] for d in devices) == sorted(result.sent)
             assert all(d["record_count"] == 20 and d["source"] == "teltonika" for d in devices)

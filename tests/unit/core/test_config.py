@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetgate.config import ConfigError, build_config, load_config
-from fleetgate.config import AckLevel
+from fleetgate.config import AckLevel, ConfigError, build_config, load_config
 from fleetgate.sinks.kafka import KafkaSettings
 from fleetgate.sinks.kinesis import KinesisSettings
 
