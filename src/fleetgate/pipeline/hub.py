@@ -233,12 +233,16 @@ class LiveHub:
             for subscription in self._by_device.get(device_id, ()):
                 _offer(subscription, records)
             return
-        groups: dict[str, list[Record]] = {}
-        for record in records:
-            groups.setdefault(record.device_id, []).append(record)
-        for device_id, group in groups.items():
-            for subscription in self._by_device.get(device_id, ()):
-                _offer(subscription, group)
+        # Several devices in one batch (rare: a frame is one device's): each subscriber gets
+        # its matches once, in the batch's order.
+        targets: dict[Subscription, None] = {}
+        for device in {record.device_id for record in records}:
+            targets.update(dict.fromkeys(self._by_device.get(device, ())))
+        for subscription in targets:
+            matches = subscription.filter.matches
+            matched = [record for record in records if matches(record)]
+            if matched:
+                subscription.offer(matched)
 
     def _index(self, subscription: Subscription) -> None:
         device_ids = subscription.filter.device_ids

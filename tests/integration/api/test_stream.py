@@ -449,3 +449,24 @@ async def test_reconnecting_clients_stream_again(start_server: ServerFactory) ->
             await publish(server, record(speed=attempt))
             assert (await receive(client))["data"] == {"speed": attempt}
         await wait_for(lambda: server.hub.clients == 0, "the client to be unsubscribed")
+
+
+async def test_the_api_serves_https_and_wss_with_a_certificate(
+    start_server: ServerFactory, tmp_path: Path
+) -> None:
+    """CERT_PATH / KEY_PATH (api.tls_cert / .tls_key): the Node server's dashboards used wss."""
+    import ssl
+
+    from fleetgate.pki import init_pki
+
+    pki = init_pki(tmp_path / "pki", host="localhost")
+    server = await start_server(tls_cert=str(pki.server_cert), tls_key=str(pki.server_key))
+    context = ssl.create_default_context(cafile=str(pki.ca_cert))
+    async with httpx.AsyncClient(verify=context) as http:
+        response = await http.get(f"https://localhost:{server.api_port}/health")
+    assert response.status_code == 200
+    wss = f"wss://localhost:{server.api_port}/stream"
+    async with connect(wss, ssl=context, additional_headers=bearer(make_token())) as client:
+        await ready(client)
+        await publish(server, record(speed=11))
+        assert (await receive(client))["data"] == {"speed": 11}
