@@ -37,8 +37,14 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from fleetgate.api.auth import Authenticator, AuthError, Principal, bearer_token
 from fleetgate.config import StreamConfig
 from fleetgate.observability import metrics
-from fleetgate.pipeline.hub import LiveHub, StreamFilter, Subscription, parse_filter_values
-from fleetgate.records import Record, record_json
+from fleetgate.pipeline.hub import (
+    Batch,
+    LiveHub,
+    StreamFilter,
+    Subscription,
+    parse_filter_values,
+)
+from fleetgate.records import record_json
 
 log = logging.getLogger("fleetgate.api.stream")
 
@@ -253,23 +259,32 @@ class StreamSession:
             if linger:
                 await asyncio.sleep(linger)
             while not subscription.evicted:
-                records, dropped = subscription.take(limit)
+                batches, dropped = subscription.take(limit)
                 if dropped:
                     await self._send_control(
                         {"type": "dropped", "count": dropped, "total": subscription.dropped_total}
                     )
-                if not records:
+                if not batches:
                     break
-                await self._send_records(records, subscription.filter)
+                await self._send_batches(batches, subscription.filter)
                 if not subscription.buffered:
                     break
 
-    async def _send_records(self, records: list[Record], stream_filter: StreamFilter) -> None:
+    async def _send_batches(self, batches: list[Batch], stream_filter: StreamFilter) -> None:
+        send = self.websocket.send_text
+        count = sum(len(batch) for batch in batches)
+        if self.batch and not stream_filter.signals:
+            # Each batch's JSON is joined once for all clients; only the brackets are ours.
+            items = b",".join([batch.joined_json() for batch in batches])
+            await send((b"[" + items + b"]").decode())
+            metrics.STREAM_MESSAGES.inc()
+            metrics.STREAM_RECORDS.inc(count)
+            return
+        records = [record for batch in batches for record in batch.records]
         if stream_filter.signals:
             forms = [orjson.dumps(stream_filter.record_json_dict(record)) for record in records]
         else:
             forms = [record_json(record) for record in records]
-        send = self.websocket.send_text
         if self.batch:
             await send((b"[" + b",".join(forms) + b"]").decode())
             metrics.STREAM_MESSAGES.inc()
@@ -277,7 +292,7 @@ class StreamSession:
             for form in forms:
                 await send(form.decode())
             metrics.STREAM_MESSAGES.inc(len(forms))
-        metrics.STREAM_RECORDS.inc(len(forms))
+        metrics.STREAM_RECORDS.inc(count)
 
     async def _receive_loop(self) -> None:
         while True:

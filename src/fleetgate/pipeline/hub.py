@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleetgate.observability import metrics
-from fleetgate.records import Record, record_dict
+from fleetgate.records import Record, record_dict, record_json
 
 
 def select_signals(data: Mapping[str, Any], signals: frozenset[str]) -> dict[str, Any] | None:
@@ -81,6 +81,29 @@ class StreamFilter:
         }
 
 
+class Batch:
+    """Records offered together. Their JSON forms, joined once (``a,b,c``), are shared by
+    every subscriber the batch went to whole: a hundred clients cost one serialisation."""
+
+    __slots__ = ("_joined", "records")
+
+    def __init__(self, records: Sequence[Record]) -> None:
+        self.records = records
+        self._joined: bytes | None = None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def joined_json(self) -> bytes:
+        joined = self._joined
+        if joined is None:
+            joined = self._joined = b",".join([record_json(record) for record in self.records])
+        return joined
+
+    def split(self, count: int) -> tuple[Batch, Batch]:
+        return Batch(self.records[:count]), Batch(self.records[count:])
+
+
 class Subscription:
     """One subscriber's bounded buffer, drop count and wake-up event.
 
@@ -104,7 +127,7 @@ class Subscription:
         # Records dropped since the consumer last took (what the next notice reports).
         self.dropped = 0
         self.dropped_total = 0
-        self._batches: deque[Sequence[Record]] = deque()
+        self._batches: deque[Batch] = deque()
         self._buffered = 0
         self._dropping_since: float | None = None
         self._wakeup = asyncio.Event()
@@ -113,17 +136,17 @@ class Subscription:
     def buffered(self) -> int:
         return self._buffered
 
-    def offer(self, records: Sequence[Record]) -> None:
-        """Buffer ``records`` (already matched) or drop what does not fit; never blocks."""
+    def offer(self, batch: Batch) -> None:
+        """Buffer ``batch`` (already matched) or drop what does not fit; never blocks."""
         room = self.buffer_records - self._buffered
-        if room >= len(records):
-            self._batches.append(records)
-            self._buffered += len(records)
+        if room >= len(batch):
+            self._batches.append(batch)
+            self._buffered += len(batch)
         else:
             if room > 0:
-                self._batches.append(records[:room])
+                self._batches.append(batch.split(room)[0])
                 self._buffered += room
-            self._drop(len(records) - max(room, 0))
+            self._drop(len(batch) - max(room, 0))
         self._wakeup.set()
 
     def _drop(self, count: int) -> None:
@@ -141,17 +164,20 @@ class Subscription:
         await self._wakeup.wait()
         self._wakeup.clear()
 
-    def take(self, limit: int) -> tuple[list[Record], int]:
-        """Up to ``limit`` buffered records, oldest first, and the drops since the last take."""
-        taken: list[Record] = []
-        while self._batches and len(taken) < limit:
+    def take(self, limit: int) -> tuple[list[Batch], int]:
+        """Up to ``limit`` buffered records (in batches, oldest first) and the drops since
+        the last take."""
+        taken: list[Batch] = []
+        count = 0
+        while self._batches and count < limit:
             batch = self._batches.popleft()
-            room = limit - len(taken)
+            room = limit - count
             if len(batch) > room:
-                self._batches.appendleft(batch[room:])
-                batch = batch[:room]
-            taken.extend(batch)
-        self._buffered -= len(taken)
+                batch, rest = batch.split(room)
+                self._batches.appendleft(rest)
+            taken.append(batch)
+            count += len(batch)
+        self._buffered -= count
         if self._batches:
             self._wakeup.set()
         dropped, self.dropped = self.dropped, 0
@@ -224,14 +250,15 @@ class LiveHub:
         """Offer ``records`` to every matching subscriber (the pipeline observer)."""
         if not records or not self._subscriptions:
             return
+        batch = Batch(records)
         for subscription in self._unindexed:
-            _offer(subscription, records)
+            _offer(subscription, batch)
         if not self._by_device:
             return
         device_id = records[0].device_id
         if all(record.device_id == device_id for record in records):
             for subscription in self._by_device.get(device_id, ()):
-                _offer(subscription, records)
+                _offer(subscription, batch)
             return
         # Several devices in one batch (rare: a frame is one device's): each subscriber gets
         # its matches once, in the batch's order.
@@ -242,7 +269,7 @@ class LiveHub:
             matches = subscription.filter.matches
             matched = [record for record in records if matches(record)]
             if matched:
-                subscription.offer(matched)
+                subscription.offer(Batch(matched))
 
     def _index(self, subscription: Subscription) -> None:
         device_ids = subscription.filter.device_ids
@@ -265,13 +292,14 @@ class LiveHub:
                 self._by_device.pop(device_id, None)
 
 
-def _offer(subscription: Subscription, records: Sequence[Record]) -> None:
+def _offer(subscription: Subscription, batch: Batch) -> None:
     if subscription.filter.beyond_device:
         matches = subscription.filter.matches
-        records = [record for record in records if matches(record)]
-        if not records:
+        matched = [record for record in batch.records if matches(record)]
+        if not matched:
             return
-    subscription.offer(records)
+        batch = Batch(matched)
+    subscription.offer(batch)
 
 
 def _without(items: tuple[Subscription, ...], item: Subscription) -> tuple[Subscription, ...]:

@@ -5,11 +5,16 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleetgate.pipeline.hub import LiveHub, StreamFilter, select_signals
-from fleetgate.records import Record
+from fleetgate.pipeline.hub import LiveHub, StreamFilter, Subscription, select_signals
+from fleetgate.records import Record, record_json
 
 DEVICES = ("A", "B", "C")
 TOPICS = ("position", "event")
+
+
+def taken(subscription: Subscription, limit: int = 10_000) -> tuple[list[Record], int]:
+    batches, dropped = subscription.take(limit)
+    return [record for batch in batches for record in batch.records], dropped
 
 
 def rec(device: str = "A", topic: str = "position", source: str = "teltonika", **data: object) -> Record:
@@ -22,11 +27,11 @@ async def test_device_filters_use_the_index_and_can_change() -> None:
     everyone = hub.subscribe(StreamFilter())
     hub.publish([rec("A"), rec("B")])
     hub.publish([rec("B", speed=2)])
-    assert [r.device_id for r in a.take(100)[0]] == ["A"]
-    assert [r.device_id for r in everyone.take(100)[0]] == ["A", "B", "B"]
+    assert [r.device_id for r in taken(a)[0]] == ["A"]
+    assert [r.device_id for r in taken(everyone)[0]] == ["A", "B", "B"]
     a.set_filter(StreamFilter(device_ids=frozenset({"B"}), topics=frozenset({"event"})))
     hub.publish([rec("A", "event"), rec("B", "position"), rec("B", "event")])
-    assert [(r.device_id, r.topic) for r in a.take(100)[0]] == [("B", "event")]
+    assert [(r.device_id, r.topic) for r in taken(a)[0]] == [("B", "event")]
     a.close()
     everyone.close()
     assert hub.clients == 0
@@ -38,10 +43,10 @@ async def test_a_full_buffer_drops_and_counts_then_takes_in_order() -> None:
     sub = hub.subscribe(StreamFilter(), buffer_records=4)
     hub.publish([rec(speed=n) for n in range(3)])
     hub.publish([rec(speed=n) for n in range(3, 6)])
-    records, dropped = sub.take(2)
+    records, dropped = taken(sub, 2)
     assert [r.data["speed"] for r in records] == [0, 1]
     assert dropped == 2
-    records, dropped = sub.take(100)
+    records, dropped = taken(sub)
     assert [r.data["speed"] for r in records] == [2, 3]
     assert dropped == 0
     assert sub.dropped_total == 2
@@ -58,7 +63,7 @@ async def test_a_subscriber_dropping_past_the_stall_timeout_is_evicted() -> None
     assert evicted == [True] and stalled.evicted
     assert hub.clients == 1
     # The other subscriber got every batch, including the one during which the eviction ran.
-    assert [r.data["speed"] for r in other.take(100)[0]] == [1, 2, 3]
+    assert [r.data["speed"] for r in taken(other)[0]] == [1, 2, 3]
 
 
 def test_signal_selection() -> None:
@@ -96,6 +101,15 @@ def test_every_subscriber_gets_exactly_its_matches_in_order(
         sent += records
         hub.publish(records)
     for stream_filter, subscription in zip(subscriber_filters, subscriptions, strict=True):
-        taken, dropped = subscription.take(10_000)
+        got, dropped = taken(subscription)
         assert dropped == 0
-        assert taken == [r for r in sent if stream_filter.matches(r)]
+        assert got == [r for r in sent if stream_filter.matches(r)]
+
+
+async def test_a_batch_is_serialised_once_for_every_subscriber() -> None:
+    hub = LiveHub()
+    subscribers = [hub.subscribe(StreamFilter()) for _ in range(3)]
+    hub.publish([rec(speed=1), rec(speed=2)])
+    batches = [subscriber.take(10)[0][0] for subscriber in subscribers]
+    assert batches[0] is batches[1] is batches[2]
+    assert batches[0].joined_json() == record_json(rec(speed=1)) + b"," + record_json(rec(speed=2))
