@@ -73,9 +73,20 @@ class ClientProcess:
 
     def __init__(self, port: int, clients: int, follow: str, devices: int) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-c", CLIENTS_SCRIPT, str(port), str(clients), follow,
-             str(devices), str(FIRST_IMEI), SECRET],
-            stdout=subprocess.PIPE, text=True, cwd=ROOT,
+            [
+                sys.executable,
+                "-c",
+                CLIENTS_SCRIPT,
+                str(port),
+                str(clients),
+                follow,
+                str(devices),
+                str(FIRST_IMEI),
+                SECRET,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
         )
         self.latest = (0.0, 0, 0, 0, 0)
         self.thread = threading.Thread(target=self._read, daemon=True)
@@ -118,12 +129,18 @@ def main() -> None:
     tracker_port, api_port = free_port(), free_port()
     with tempfile.TemporaryDirectory() as data_dir:
         config = Path(data_dir) / "config.json"
-        config.write_text(json.dumps({
-            "data_dir": data_dir, "log_level": "warn", "tesla_enabled": False,
-            "teltonika": {"host": "127.0.0.1", "port": tracker_port, "udp_enabled": False},
-            "api": {"host": "127.0.0.1", "port": api_port, "auth": {"secret": SECRET}},
-            **json.loads(os.environ.get("BENCH_CONFIG", "{}")),
-        }))
+        config.write_text(
+            json.dumps(
+                {
+                    "data_dir": data_dir,
+                    "log_level": "warn",
+                    "tesla_enabled": False,
+                    "teltonika": {"host": "127.0.0.1", "port": tracker_port, "udp_enabled": False},
+                    "api": {"host": "127.0.0.1", "port": api_port, "auth": {"secret": SECRET}},
+                    **json.loads(os.environ.get("BENCH_CONFIG", "{}")),
+                }
+            )
+        )
         # BENCH_PROFILE=FILE runs the server under cProfile (stats written on shutdown).
         profile = os.environ.get("BENCH_PROFILE")
         wrapper = ["-m", "cProfile", "-o", profile] if profile else []
@@ -151,17 +168,21 @@ def main() -> None:
                 result = run_load(tracker_port, args)
                 wall = time.perf_counter() - wall_before
                 label = f"{args.clients} clients" if clients else "no clients"
-                line = (f"{label:>12}: {result['records_per_s']:>9,.0f} acked records/s in, "
-                        f"server {(tree_cpu_seconds(server.pid) - cpu_before) / wall:.2f} CPU-s/s, "
-                        f"RSS {rss_mb(server.pid):.0f} MB")
+                line = (
+                    f"{label:>12}: {result['records_per_s']:>9,.0f} acked records/s in, "
+                    f"server {(tree_cpu_seconds(server.pid) - cpu_before) / wall:.2f} CPU-s/s, "
+                    f"RSS {rss_mb(server.pid):.0f} MB"
+                )
                 if clients is not None and seen_before is not None:
                     seen = clients.latest
                     span = seen[0] - seen_before[0]
                     fanned = (seen[1] - seen_before[1]) / span if span > 0 else 0.0
                     client_cpu = (cpu_seconds(clients.process.pid) - client_cpu_before) / wall
-                    line += (f"; out: {fanned:,.0f} records/s to {args.clients} clients "
-                             f"({args.follow}), dropped {seen[2] - seen_before[2]:,}, "
-                             f"clients {client_cpu:.2f} CPU-s/s")
+                    line += (
+                        f"; out: {fanned:,.0f} records/s to {args.clients} clients "
+                        f"({args.follow}), dropped {seen[2] - seen_before[2]:,}, "
+                        f"clients {client_cpu:.2f} CPU-s/s"
+                    )
                     clients.stop()
                     with_clients.append(result["records_per_s"])
                 else:
@@ -169,10 +190,12 @@ def main() -> None:
                 print(line, flush=True)
             base = sum(without) / len(without)
             change = sum(with_clients) / len(with_clients) / base - 1
-            print(f"ingest with {args.clients} clients ({args.follow}): {change:+.1%} vs the "
-                  f"mean without (runs without: {min(without):,.0f}-{max(without):,.0f}); "
-                  f"{args.devices} trackers, {args.records_per_frame} records/frame, store "
-                  "commit before every ack")
+            print(
+                f"ingest with {args.clients} clients ({args.follow}): {change:+.1%} vs the "
+                f"mean without (runs without: {min(without):,.0f}-{max(without):,.0f}); "
+                f"{args.devices} trackers, {args.records_per_frame} records/frame, store "
+                "commit before every ack"
+            )
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(30)

@@ -34,14 +34,21 @@ ARTIFACTS = Path(os.environ.get("FLEETGATE_TEST_ARTIFACTS", ROOT / "test-artifac
 WAIT_MS = 20_000
 FEWER_THAN_TWO = re.compile(r"^[01]$")
 LAUNCH_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
 ]
 
 
 def _unavailable(reason: str) -> None:
     if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"browser test cannot run in CI: {reason} (make test installs it)", pytrace=False)
+        pytest.fail(
+            f"browser test cannot run in CI: {reason} (make test installs it)", pytrace=False
+        )
     pytest.skip(reason)
 
 
@@ -65,47 +72,112 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     base = tmp_path_factory.mktemp("dashboard")
     subprocess.run(
-        [*FLEETGATE, "certs", "init", "--out", str(base / "certs"), "--host", "localhost",
-         "--vin", VIN],
-        check=True, capture_output=True, timeout=60,
+        [
+            *FLEETGATE,
+            "certs",
+            "init",
+            "--out",
+            str(base / "certs"),
+            "--host",
+            "localhost",
+            "--vin",
+            VIN,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
     )
     tracker_port, vehicle_port, api_port = free_port(), free_port(), free_port()
     config = base / "config.json"
-    config.write_text(json.dumps({
-        "data_dir": str(base / "data"),
-        "teltonika": {"host": "127.0.0.1", "port": tracker_port},
-        "host": "127.0.0.1",
-        "port": vehicle_port,
-        "tls": {"server_cert": str(base / "certs/server.crt"),
-                "server_key": str(base / "certs/server.key"),
-                "ca_file": str(base / "certs/ca.crt")},
-        # No tile server reachable here: the map shows positions on a plain background.
-        "api": {"port": api_port, "dashboard": {"tile_url": ""}},
-        # Tesla topics not named in records are acked and dropped (as by the reference).
-        "records": {"V": ["sqlite"]},
-    }))
+    config.write_text(
+        json.dumps(
+            {
+                "data_dir": str(base / "data"),
+                "teltonika": {"host": "127.0.0.1", "port": tracker_port},
+                "host": "127.0.0.1",
+                "port": vehicle_port,
+                "tls": {
+                    "server_cert": str(base / "certs/server.crt"),
+                    "server_key": str(base / "certs/server.key"),
+                    "ca_file": str(base / "certs/ca.crt"),
+                },
+                # No tile server reachable here: the map shows positions on a plain background.
+                "api": {"port": api_port, "dashboard": {"tile_url": ""}},
+                # Tesla topics not named in records are acked and dropped (as by the reference).
+                "records": {"V": ["sqlite"]},
+            }
+        )
+    )
     env = {key: value for key, value in os.environ.items() if not key.startswith("FLEETGATE_")}
     server = subprocess.Popen([*FLEETGATE, "serve", "--config", str(config)], env=env, cwd=base)
     sims: list[subprocess.Popen[bytes]] = []
     try:
         wait_port(api_port, server)
         wait_port(vehicle_port, server)
-        token = subprocess.run(
-            [*FLEETGATE, "token", "--config", str(config), "--sub", "browser", "--ttl", "1h",
-             "--scope", "read,stream"],
-            check=True, capture_output=True, text=True, timeout=60, env=env, cwd=base,
-        ).stdout.strip().splitlines()[-1]
-        sims.append(subprocess.Popen(
-            [*FLEETGATE, "sim", "teltonika", "--port", str(tracker_port), "--devices", "1",
-             "--rate", "2", "--duration", "300"],
-            stdout=subprocess.DEVNULL, cwd=base,
-        ))
-        sims.append(subprocess.Popen(
-            [*FLEETGATE, "sim", "tesla", "--url", f"wss://localhost:{vehicle_port}/",
-             "--ca", str(base / "certs/ca.crt"), "--cert-dir", str(base / "certs/vehicles"),
-             "--rate", "2", "--duration", "300"],
-            stdout=subprocess.DEVNULL, cwd=base,
-        ))
+        token = (
+            subprocess.run(
+                [
+                    *FLEETGATE,
+                    "token",
+                    "--config",
+                    str(config),
+                    "--sub",
+                    "browser",
+                    "--ttl",
+                    "1h",
+                    "--scope",
+                    "read,stream",
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=env,
+                cwd=base,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+        sims.append(
+            subprocess.Popen(
+                [
+                    *FLEETGATE,
+                    "sim",
+                    "teltonika",
+                    "--port",
+                    str(tracker_port),
+                    "--devices",
+                    "1",
+                    "--rate",
+                    "2",
+                    "--duration",
+                    "300",
+                ],
+                stdout=subprocess.DEVNULL,
+                cwd=base,
+            )
+        )
+        sims.append(
+            subprocess.Popen(
+                [
+                    *FLEETGATE,
+                    "sim",
+                    "tesla",
+                    "--url",
+                    f"wss://localhost:{vehicle_port}/",
+                    "--ca",
+                    str(base / "certs/ca.crt"),
+                    "--cert-dir",
+                    str(base / "certs/vehicles"),
+                    "--rate",
+                    "2",
+                    "--duration",
+                    "300",
+                ],
+                stdout=subprocess.DEVNULL,
+                cwd=base,
+            )
+        )
         yield Deployment(f"http://127.0.0.1:{api_port}", token, config)
     finally:
         for process in sims:

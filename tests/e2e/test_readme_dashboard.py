@@ -33,7 +33,7 @@ def section(title: str) -> str:
     start = text.index(f"\n{title}\n") + 1
     level = title.split(maxsplit=1)[0]
     pattern = rf"\n#{{1,{len(level)}}} "
-    found = re.search(pattern, text[start + len(title):])
+    found = re.search(pattern, text[start + len(title) :])
     return text[start : start + len(title) + found.start()] if found else text[start:]
 
 
@@ -43,9 +43,8 @@ def shell_blocks(text: str) -> list[str]:
 
 def localised(command: str, api_port: int) -> str:
     """The README's command with this test's ports and interpreter."""
-    return (
-        command.replace(".venv/bin/fleetgate", FLEETGATE)
-        .replace("localhost:8080", f"127.0.0.1:{api_port}")
+    return command.replace(".venv/bin/fleetgate", FLEETGATE).replace(
+        "localhost:8080", f"127.0.0.1:{api_port}"
     )
 
 
@@ -57,7 +56,12 @@ def run_lines(lines: list[str], api_port: int, env: dict[str, str], cwd: Path) -
         script.append(localised(line, api_port))
     result = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", "\n".join(script)],
-        capture_output=True, text=True, timeout=120, env=env, cwd=cwd, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=cwd,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     outputs = re.split(r"^@@\d+\n", result.stdout, flags=re.MULTILINE)[1:]
@@ -71,10 +75,13 @@ def _wait_for_records(api_port: int, secret_file: Path, wanted: int = 10) -> Non
     while time.monotonic() < deadline:
         if secret_file.exists():
             now = int(time.time())
-            token = jwt.encode({"sub": "test", "exp": now + 60, "scope": "read"},
-                               secret_file.read_text().strip())
-            response = httpx.get(f"http://127.0.0.1:{api_port}/api/v1/devices/{IMEI}",
-                                 headers={"Authorization": f"Bearer {token}"})
+            token = jwt.encode(
+                {"sub": "test", "exp": now + 60, "scope": "read"}, secret_file.read_text().strip()
+            )
+            response = httpx.get(
+                f"http://127.0.0.1:{api_port}/api/v1/devices/{IMEI}",
+                headers={"Authorization": f"Bearer {token}"},
+            )
             if response.status_code == 200 and response.json()["record_count"] >= wanted:
                 return
         time.sleep(0.1)
@@ -86,21 +93,36 @@ def served(tmp_path: Path) -> Iterator[tuple[int, dict[str, str]]]:
     """``fleetgate serve`` on the embedded defaults (generated key) and a tracker sending."""
     tracker_port, api_port = free_port(), free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("FLEETGATE_")}
-    env.update({
-        "FLEETGATE_TELTONIKA__HOST": "127.0.0.1",
-        "FLEETGATE_TELTONIKA__PORT": str(tracker_port),
-        "FLEETGATE_API__PORT": str(api_port),
-        "FLEETGATE_TESLA_ENABLED": "false",
-    })
-    server = subprocess.Popen([*FLEETGATE.split(), "serve"], env=env, cwd=tmp_path,
-                              stderr=subprocess.PIPE, text=True)
+    env.update(
+        {
+            "FLEETGATE_TELTONIKA__HOST": "127.0.0.1",
+            "FLEETGATE_TELTONIKA__PORT": str(tracker_port),
+            "FLEETGATE_API__PORT": str(api_port),
+            "FLEETGATE_TESLA_ENABLED": "false",
+        }
+    )
+    server = subprocess.Popen(
+        [*FLEETGATE.split(), "serve"], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True
+    )
     sim = None
     try:
         wait_port(api_port, server)
         sim = subprocess.Popen(
-            [*FLEETGATE.split(), "sim", "teltonika", "--port", str(tracker_port), "--devices", "1",
-             "--rate", "5",
-             "--duration", "120"], stdout=subprocess.DEVNULL, cwd=tmp_path,
+            [
+                *FLEETGATE.split(),
+                "sim",
+                "teltonika",
+                "--port",
+                str(tracker_port),
+                "--devices",
+                "1",
+                "--rate",
+                "5",
+                "--duration",
+                "120",
+            ],
+            stdout=subprocess.DEVNULL,
+            cwd=tmp_path,
         )
         _wait_for_records(api_port, tmp_path / "data" / "api-secret.key")
         yield api_port, env
@@ -112,7 +134,9 @@ def served(tmp_path: Path) -> Iterator[tuple[int, dict[str, str]]]:
         _, log = server.communicate(timeout=30)
         assert server.returncode == 0, log
         # The sign-in link is logged on the embedded defaults.
-        assert re.search(rf"sign-in link \(valid 12 h\): http://127\.0\.0\.1:{api_port}/#token=ey", log)
+        assert re.search(
+            rf"sign-in link \(valid 12 h\): http://127\.0\.0\.1:{api_port}/#token=ey", log
+        )
 
 
 def test_readme_token_commands(served: tuple[int, dict[str, str]], tmp_path: Path) -> None:
@@ -136,8 +160,9 @@ def test_readme_token_commands(served: tuple[int, dict[str, str]], tmp_path: Pat
 def test_readme_try_it_api_commands(served: tuple[int, dict[str, str]], tmp_path: Path) -> None:
     api_port, env = served
     block = shell_blocks(section("## Try it"))[0]
-    lines = [line.split("  #")[0] for line in block.splitlines()
-             if "TOKEN" in line or "curl" in line]
+    lines = [
+        line.split("  #")[0] for line in block.splitlines() if "TOKEN" in line or "curl" in line
+    ]
     outputs = run_lines(lines, api_port, env, tmp_path)
     assert json.loads(outputs[1])["devices"]
     assert len(json.loads(outputs[2])["records"]) == 5

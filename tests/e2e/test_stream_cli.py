@@ -23,14 +23,16 @@ FLEETGATE = [sys.executable, "-m", "fleetgate"]
 
 def env_for(data_dir: Path, tracker_port: int, api_port: int) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("FLEETGATE_")}
-    env.update({
-        "FLEETGATE_DATA_DIR": str(data_dir),
-        "FLEETGATE_TELTONIKA__HOST": "127.0.0.1",
-        "FLEETGATE_TELTONIKA__PORT": str(tracker_port),
-        "FLEETGATE_API__PORT": str(api_port),
-        "FLEETGATE_TESLA_ENABLED": "false",
-        "FLEETGATE_API__AUTH__SECRET": TEST_SECRET,
-    })
+    env.update(
+        {
+            "FLEETGATE_DATA_DIR": str(data_dir),
+            "FLEETGATE_TELTONIKA__HOST": "127.0.0.1",
+            "FLEETGATE_TELTONIKA__PORT": str(tracker_port),
+            "FLEETGATE_API__PORT": str(api_port),
+            "FLEETGATE_TESLA_ENABLED": "false",
+            "FLEETGATE_API__AUTH__SECRET": TEST_SECRET,
+        }
+    )
     return env
 
 
@@ -40,8 +42,12 @@ def test_token_refuses_unknown_scopes_and_bad_durations(tmp_path: Path) -> None:
         (["--ttl", "soon"], "not a duration"),
     ):
         result = subprocess.run(
-            [*FLEETGATE, "token", "--sub", "x", *args], capture_output=True, text=True,
-            timeout=60, cwd=tmp_path, check=False,
+            [*FLEETGATE, "token", "--sub", "x", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+            check=False,
         )
         assert result.returncode == 2
         assert words in result.stderr
@@ -50,14 +56,25 @@ def test_token_refuses_unknown_scopes_and_bad_durations(tmp_path: Path) -> None:
 
 def test_stream_with_a_refused_token_exits_1_with_the_reason(tmp_path: Path) -> None:
     tracker_port, api_port = free_port(), free_port()
-    server = subprocess.Popen([*FLEETGATE, "serve"], env=env_for(tmp_path / "data", tracker_port, api_port),
-                              cwd=tmp_path)
+    server = subprocess.Popen(
+        [*FLEETGATE, "serve"], env=env_for(tmp_path / "data", tracker_port, api_port), cwd=tmp_path
+    )
     try:
         wait_port(api_port, server)
         expired = make_token(exp=int(time.time()) - 600)
         result = subprocess.run(
-            [*FLEETGATE, "stream", "--token", expired, "--url", f"ws://127.0.0.1:{api_port}/stream"],
-            capture_output=True, text=True, timeout=60, check=False,
+            [
+                *FLEETGATE,
+                "stream",
+                "--token",
+                expired,
+                "--url",
+                f"ws://127.0.0.1:{api_port}/stream",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
         assert result.returncode == 1
         assert "token_expired: token expired at" in result.stderr
@@ -80,16 +97,32 @@ def test_stream_reconnects_across_a_server_restart(tmp_path: Path) -> None:
 
     def send(frames: int) -> None:
         subprocess.run(
-            [*FLEETGATE, "sim", "teltonika", "--port", str(tracker_port), "--devices", "1",
-             "--rate", "0", "--frames", str(frames)],
-            check=True, capture_output=True, timeout=60,
+            [
+                *FLEETGATE,
+                "sim",
+                "teltonika",
+                "--port",
+                str(tracker_port),
+                "--devices",
+                "1",
+                "--rate",
+                "0",
+                "--frames",
+                str(frames),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
         )
 
     server = serve()
     stream = subprocess.Popen(
         [*FLEETGATE, "stream", "--token", token, "--count", "4", "--device", "356307042441013"],
-        env={**env, "FLEETGATE_API__HOST": "127.0.0.1"}, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        env={**env, "FLEETGATE_API__HOST": "127.0.0.1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
     )
     try:
         assert stream.stderr is not None

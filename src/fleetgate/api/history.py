@@ -187,4 +187,3 @@ def create_history_router(
         return signal_units()
 
     return router
-

@@ -131,7 +131,8 @@ class StreamSession:
             return
         if self.hub.clients >= self.settings.max_clients:
             await self._refuse(
-                CLOSE_TRY_AGAIN_LATER, "too_many_clients",
+                CLOSE_TRY_AGAIN_LATER,
+                "too_many_clients",
                 f"the server already streams to {self.settings.max_clients} clients",
             )
             return

@@ -56,7 +56,9 @@ def run(args: argparse.Namespace) -> int:
         else f"the configured {config.api.auth.algorithm} key"
     )
     expires = format_rfc3339_ms(int((now + ttl_s) * 1000))
-    print(f"token for {args.sub!r}, scopes {' '.join(sorted(scopes))}, expires {expires}, "
-          f"signed with {key}:")
+    print(
+        f"token for {args.sub!r}, scopes {' '.join(sorted(scopes))}, expires {expires}, "
+        f"signed with {key}:"
+    )
     print(token)
     return 0

@@ -110,9 +110,11 @@ async def wait_for(predicate: Callable[[], bool], what: str) -> None:
 # -- sign-in ---------------------------------------------------------------------------------
 async def test_token_in_header_query_or_first_message(server: Server) -> None:
     token = make_token()
-    async with connect(url(server), additional_headers=bearer(token)) as by_header, connect(
-        url(server, f"?token={token}")
-    ) as by_query, connect(url(server)) as by_message:
+    async with (
+        connect(url(server), additional_headers=bearer(token)) as by_header,
+        connect(url(server, f"?token={token}")) as by_query,
+        connect(url(server)) as by_message,
+    ):
         await by_message.send(orjson.dumps({"type": "auth", "token": token}).decode())
         for client in (by_header, by_query, by_message):
             hello = await ready(client)
@@ -129,16 +131,21 @@ async def test_token_in_header_query_or_first_message(server: Server) -> None:
 REFUSALS = {
     "forged (another key)": (
         lambda: make_token("another-secret-that-is-long-enough-0123456789"),
-        "invalid_token", "signature",
+        "invalid_token",
+        "signature",
     ),
     "expired": (lambda: make_token(exp=int(time.time()) - 3600), "token_expired", "expired"),
     "not yet valid (nbf)": (
-        lambda: make_token(nbf=int(time.time()) + 3600), "token_not_yet_valid", "not valid before",
+        lambda: make_token(nbf=int(time.time()) + 3600),
+        "token_not_yet_valid",
+        "not valid before",
     ),
     "no exp": (lambda: make_token(exp=None), "invalid_token", "'exp'"),
     "malformed": (lambda: "not.a.jwt", "invalid_token", "not a JWT"),
     "alg none": (
-        lambda: make_token(algorithm="none", secret=""), "invalid_token", "algorithm",
+        lambda: make_token(algorithm="none", secret=""),
+        "invalid_token",
+        "algorithm",
     ),
 }
 
@@ -206,7 +213,9 @@ async def test_issuer_and_audience_are_checked_when_configured(
             if first["type"] == "error":
                 assert "iss" in first["detail"] or "audience" in first["detail"]
     assert outcomes == {
-        "right": "ready", "wrong iss": "invalid_token", "wrong aud": "invalid_token",
+        "right": "ready",
+        "wrong iss": "invalid_token",
+        "wrong aud": "invalid_token",
         "no iss": "invalid_token",
     }
 
@@ -220,8 +229,13 @@ async def test_a_node_telemetry_server_token_works_with_jwt_secret(
 
     secret = "the-node-servers-jwt-secret-0123456789"
     config = build_config(
-        {"data_dir": str(tmp_path), "teltonika": {"enabled": False}, "tesla_enabled": False,
-         "store": {"enabled": False}, "api": {"port": 0}},
+        {
+            "data_dir": str(tmp_path),
+            "teltonika": {"enabled": False},
+            "tesla_enabled": False,
+            "store": {"enabled": False},
+            "api": {"port": 0},
+        },
         environ={"JWT_SECRET": secret},
     )
     server = Server(config)
@@ -252,7 +266,9 @@ async def test_filters_from_the_query_and_changed_by_message(server: Server) -> 
         assert hello["filter"]["device_id"] == ["A", "B"]
         await publish(
             server,
-            record("A", speed=1), record("C", speed=2), record("B", "event", speed=3),
+            record("A", speed=1),
+            record("C", speed=2),
+            record("B", "event", speed=3),
             record("B", speed=4),
         )
         assert [(await receive(client))["data"]["speed"] for _ in range(2)] == [1, 4]
@@ -285,7 +301,9 @@ async def test_signal_filter_narrows_data_and_source_filter_selects(server: Serv
             Record("teltonika", "T", "position", now, now, {"speed": 3, "altitude": 100}),
             Record("teltonika", "T", "position", now, now, {"altitude": 101}),
             Record("tesla", "V", "V", now, now, {"speed": 9}),
-            Record("mqtt", "G", "engine", now, now, {"signal": "rpm", "value": 3500, "unit": "rpm"}),
+            Record(
+                "mqtt", "G", "engine", now, now, {"signal": "rpm", "value": 3500, "unit": "rpm"}
+            ),
             Record("mqtt", "G", "engine", now, now, {"signal": "load", "value": 40, "unit": "%"}),
         )
         first, second = await receive(client), await receive(client)
@@ -341,7 +359,9 @@ async def test_a_stalled_client_neither_slows_ingest_nor_other_clients_and_is_di
     total = batches * per_batch
     # The stalled client reads nothing: its socket fills, then the server's buffers.
     stalled = await connect(
-        url(server), additional_headers=bearer(token), max_queue=1,
+        url(server),
+        additional_headers=bearer(token),
+        max_queue=1,
         sock=_small_buffer_socket(server.api_port),
     )
     received: list[int] = []
@@ -411,7 +431,9 @@ async def test_server_sends_websocket_pings(start_server: ServerFactory) -> None
     deadline = time.monotonic() + WAIT_S
     while Opcode.PING not in opcodes and time.monotonic() < deadline:
         protocol.receive_data(await asyncio.wait_for(reader.read(65536), WAIT_S))
-        opcodes += [event.opcode for event in protocol.events_received() if hasattr(event, "opcode")]
+        opcodes += [
+            event.opcode for event in protocol.events_received() if hasattr(event, "opcode")
+        ]
     writer.close()
     assert Opcode.TEXT in opcodes  # the ready message
     assert Opcode.PING in opcodes

@@ -38,17 +38,42 @@ def store(tmp_path: Path) -> Iterator[RecordStore]:
     store = RecordStore(tmp_path / "fleetgate.db")
     now = now_ms()
     records = [
-        Record("teltonika", IMEI, "position", 1_000 + n * 1000, now,
-               {"latitude": 54.0 + n / 100, "longitude": 25.0, "speed": n, "altitude": 100})
+        Record(
+            "teltonika",
+            IMEI,
+            "position",
+            1_000 + n * 1000,
+            now,
+            {"latitude": 54.0 + n / 100, "longitude": 25.0, "speed": n, "altitude": 100},
+        )
         for n in range(10)
     ]
-    records.append(Record("teltonika", IMEI, "event", 20_000, now,
-                          {"latitude": 0.0, "longitude": 0.0, "speed": 0, "event_io_id": 1}))
-    records.append(Record("tesla", VIN, "V", 5_000, now - 3_600_000,
-                          {"Location": {"latitude": 37.4, "longitude": -122.1}, "VehicleSpeed": 30}))
+    records.append(
+        Record(
+            "teltonika",
+            IMEI,
+            "event",
+            20_000,
+            now,
+            {"latitude": 0.0, "longitude": 0.0, "speed": 0, "event_io_id": 1},
+        )
+    )
+    records.append(
+        Record(
+            "tesla",
+            VIN,
+            "V",
+            5_000,
+            now - 3_600_000,
+            {"Location": {"latitude": 37.4, "longitude": -122.1}, "VehicleSpeed": 30},
+        )
+    )
     records.append(Record("tesla", VIN, "V", 6_000, now - 3_600_000, {"Soc": 80}))
-    records.append(Record("mqtt", GATEWAY, "engine", 7_000, now,
-                          {"signal": "rpm", "value": 3500, "unit": "rpm"}))
+    records.append(
+        Record(
+            "mqtt", GATEWAY, "engine", 7_000, now, {"signal": "rpm", "value": 3500, "unit": "rpm"}
+        )
+    )
     store.write(records)
     yield store
     store.close()
@@ -71,7 +96,11 @@ def get(client: TestClient, path: str, token: str | None = None, **params: Any) 
         ({}, "missing_token", "Authorization: Bearer"),
         ({"Authorization": "Basic dXNlcjpwYXNz"}, "invalid_token", "must be 'Bearer"),
         (bearer("garbage"), "invalid_token", "not a JWT"),
-        (bearer(make_token("a-different-secret-that-is-long-enough")), "invalid_token", "signature"),
+        (
+            bearer(make_token("a-different-secret-that-is-long-enough")),
+            "invalid_token",
+            "signature",
+        ),
         (bearer(make_token(exp=int(time.time()) - 600)), "token_expired", "expired at"),
         (bearer(make_token(nbf=int(time.time()) + 600)), "token_not_yet_valid", "not valid before"),
         (bearer(make_token(algorithm="HS512")), "invalid_token", "HS512"),
@@ -98,7 +127,9 @@ def test_a_token_without_the_read_scope_gets_403(client: TestClient) -> None:
         "detail": "this token lacks the 'read' scope (it has: stream)",
     }
     assert 'error="insufficient_scope"' in response.headers["www-authenticate"]
-    assert get(client, "/api/v1/devices", make_token(scopes=["read"], scope=None)).status_code == 200
+    assert (
+        get(client, "/api/v1/devices", make_token(scopes=["read"], scope=None)).status_code == 200
+    )
 
 
 def test_health_and_metrics_are_open_by_default_and_can_be_closed(
@@ -145,27 +176,46 @@ def test_rs256_and_es256_key_pairs(tmp_path: Path) -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-    keys = {"RS256": rsa.generate_private_key(65537, 2048), "ES256": ec.generate_private_key(ec.SECP256R1())}
+    keys = {
+        "RS256": rsa.generate_private_key(65537, 2048),
+        "ES256": ec.generate_private_key(ec.SECP256R1()),
+    }
     for algorithm, key in keys.items():
         private = tmp_path / f"{algorithm}.pem"
         public = tmp_path / f"{algorithm}.pub"
-        private.write_bytes(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption()))
-        public.write_bytes(key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-        issuer = Authenticator(build_config({"api": {"auth": {
-            "algorithm": algorithm, "private_key_file": str(private)}}}, environ={}).api.auth,
-            tmp_path)
-        verifier = Authenticator(build_config({"api": {"auth": {
-            "algorithm": algorithm, "public_key_file": str(public)}}}, environ={}).api.auth,
-            tmp_path)
+        private.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        public.write_bytes(
+            key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+        issuer = Authenticator(
+            build_config(
+                {"api": {"auth": {"algorithm": algorithm, "private_key_file": str(private)}}},
+                environ={},
+            ).api.auth,
+            tmp_path,
+        )
+        verifier = Authenticator(
+            build_config(
+                {"api": {"auth": {"algorithm": algorithm, "public_key_file": str(public)}}},
+                environ={},
+            ).api.auth,
+            tmp_path,
+        )
         assert not verifier.can_issue
         assert verifier.verify(issuer.issue("svc", 60, ["stream"]), "stream").subject == "svc"
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("90s", 90), ("15m", 900),
-                                               ("1h", 3600), ("7d", 604800)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90", 90), ("90s", 90), ("15m", 900), ("1h", 3600), ("7d", 604800)]
+)
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
@@ -176,7 +226,10 @@ def test_devices_carry_online_state_and_last_position(client: TestClient) -> Non
     assert devices[IMEI]["online"] is True
     # The newest Teltonika record is at 0, 0 (no GPS fix): the one before is the position.
     assert devices[IMEI]["position"] == {
-        "latitude": 54.09, "longitude": 25.0, "at": "1970-01-01T00:00:10.000Z"}
+        "latitude": 54.09,
+        "longitude": 25.0,
+        "at": "1970-01-01T00:00:10.000Z",
+    }
     assert devices[VIN]["online"] is False  # heard an hour ago, online_window_s is 600
     assert devices[VIN]["position"]["latitude"] == 37.4
     assert devices[GATEWAY]["position"] is None
@@ -213,18 +266,22 @@ def test_topic_fields_and_time_range(client: TestClient) -> None:
     assert [r["topic"] for r in events] == ["event"]
     narrowed = get(client, url, fields="speed,altitude", since="5000", until="6000").json()
     assert [r["data"] for r in narrowed["records"]] == [
-        {"speed": 5, "altitude": 100}, {"speed": 4, "altitude": 100}]
+        {"speed": 5, "altitude": 100},
+        {"speed": 4, "altitude": 100},
+    ]
     gateway = get(client, f"/api/v1/devices/{GATEWAY}/records", fields="rpm").json()["records"]
     assert gateway[0]["data"] == {"signal": "rpm", "value": 3500, "unit": "rpm"}
 
 
 def test_time_range_queries_use_the_device_time_index(store: RecordStore) -> None:
-    sql, params = store._page_query(
-        IMEI, since=1, until=2, topic="position", limit=10, after=None
-    )
+    sql, params = store._page_query(IMEI, since=1, until=2, topic="position", limit=10, after=None)
     with sqlite3.connect(store.path) as connection:
-        plan = " ".join(str(row[-1]) for row in connection.execute(f"EXPLAIN QUERY PLAN {sql}", params))
-    assert "USING INDEX records_by_device_time (device_id=? AND created_at>? AND created_at<?)" in plan
+        plan = " ".join(
+            str(row[-1]) for row in connection.execute(f"EXPLAIN QUERY PLAN {sql}", params)
+        )
+    assert (
+        "USING INDEX records_by_device_time (device_id=? AND created_at>? AND created_at<?)" in plan
+    )
     assert "SCAN records" not in plan.replace("SCAN records USING", "")
 
 

@@ -25,9 +25,14 @@ def test_node_server_variables_are_aliases() -> None:
     assert config.api.port == 3001
     assert config.tls is not None
     assert (config.tls.server_cert, config.tls.server_key, config.tls.ca_file) == (
-        "/etc/telemetry/cert.pem", "/etc/telemetry/key.pem", "/etc/telemetry/ca.pem")
+        "/etc/telemetry/cert.pem",
+        "/etc/telemetry/key.pem",
+        "/etc/telemetry/ca.pem",
+    )
     assert (config.api.tls_cert, config.api.tls_key) == (
-        "/etc/telemetry/cert.pem", "/etc/telemetry/key.pem")
+        "/etc/telemetry/cert.pem",
+        "/etc/telemetry/key.pem",
+    )
 
 
 def test_fleetgate_variables_win_over_the_aliases_and_aliases_over_the_file() -> None:

@@ -17,7 +17,9 @@ def taken(subscription: Subscription, limit: int = 10_000) -> tuple[list[Record]
     return [record for batch in batches for record in batch.records], dropped
 
 
-def rec(device: str = "A", topic: str = "position", source: str = "teltonika", **data: object) -> Record:
+def rec(
+    device: str = "A", topic: str = "position", source: str = "teltonika", **data: object
+) -> Record:
     return Record(source, device, topic, 1, 2, data or {"speed": 1})
 
 
@@ -55,8 +57,9 @@ async def test_a_full_buffer_drops_and_counts_then_takes_in_order() -> None:
 async def test_a_subscriber_dropping_past_the_stall_timeout_is_evicted() -> None:
     hub = LiveHub()
     evicted: list[bool] = []
-    stalled = hub.subscribe(StreamFilter(), buffer_records=1, stall_timeout_s=0.0,
-                            on_evict=lambda: evicted.append(True))
+    stalled = hub.subscribe(
+        StreamFilter(), buffer_records=1, stall_timeout_s=0.0, on_evict=lambda: evicted.append(True)
+    )
     other = hub.subscribe(StreamFilter())
     hub.publish([rec(speed=1), rec(speed=2)])  # first drop starts the stall clock
     hub.publish([rec(speed=3)])  # still dropping, nothing taken: evicted
