@@ -148,3 +148,46 @@ def test_stream_reconnects_across_a_server_restart(tmp_path: Path) -> None:
             stream.kill()
         server.send_signal(signal.SIGTERM)
         server.wait(30)
+
+
+def test_stream_into_a_closed_pipe_ends_without_a_traceback(tmp_path: Path) -> None:
+    tracker_port, api_port = free_port(), free_port()
+    env = env_for(tmp_path / "data", tracker_port, api_port)
+    server = subprocess.Popen([*FLEETGATE, "serve"], env=env, cwd=tmp_path)
+    sim = None
+    try:
+        wait_port(api_port, server)
+        wait_port(tracker_port, server)
+        sim = subprocess.Popen(
+            [
+                *FLEETGATE,
+                "sim",
+                "teltonika",
+                "--port",
+                str(tracker_port),
+                "--rate",
+                "20",
+                "--duration",
+                "60",
+            ],
+            stdout=subprocess.DEVNULL,
+            cwd=tmp_path,
+        )
+        command = " ".join([*FLEETGATE, "stream", "--token", make_token()])
+        result = subprocess.run(
+            ["bash", "-o", "pipefail", "-c", f"{command} | head -n 1"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            check=False,
+        )
+        assert json.loads(result.stdout)["source"] == "teltonika"
+        assert result.returncode == 141
+        assert "Traceback" not in result.stderr
+    finally:
+        if sim is not None:
+            sim.terminate()
+            sim.wait(30)
+        server.send_signal(signal.SIGTERM)
+        server.wait(30)

@@ -76,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
         return asyncio.run(follow(url, args.token, args.count, args.ca))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`fleetgate stream ... | head`): no traceback, the shell's code.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 async def follow(url: str, token: str, count: int | None, ca: str | None) -> int:
@@ -106,6 +110,8 @@ async def follow(url: str, token: str, count: int | None, ca: str | None) -> int
                             return 0
                     out.flush()
                 closed = websocket.close_code
+        except BrokenPipeError:
+            raise  # our reader is gone, not the server
         except (OSError, InvalidHandshake, ConnectionClosed, TimeoutError) as exc:
             closed = getattr(getattr(exc, "rcvd", None), "code", None)
             if closed is None:

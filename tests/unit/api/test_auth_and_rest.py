@@ -103,7 +103,7 @@ def get(client: TestClient, path: str, token: str | None = None, **params: Any) 
         ),
         (bearer(make_token(exp=int(time.time()) - 600)), "token_expired", "expired at"),
         (bearer(make_token(nbf=int(time.time()) + 600)), "token_not_yet_valid", "not valid before"),
-        (bearer(make_token(algorithm="HS512")), "invalid_token", "HS512"),
+        (bearer(make_token("x" * 64, algorithm="HS512")), "invalid_token", "HS512"),
     ],
 )
 def test_refused_tokens_get_401_with_a_json_reason(
