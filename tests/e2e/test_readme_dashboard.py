@@ -88,9 +88,10 @@ def _wait_for_records(api_port: int, secret_file: Path, wanted: int = 10) -> Non
     raise AssertionError("the simulated tracker's records never reached the store")
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[int, dict[str, str]]]:
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, dict[str, str]]]:
     """``fleetgate serve`` on the embedded defaults (generated key) and a tracker sending."""
+    tmp_path = tmp_path_factory.mktemp("readme")
     tracker_port, api_port = free_port(), free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("FLEETGATE_")}
     env.update(
