@@ -89,7 +89,7 @@ def _wait_for_records(api_port: int, secret_file: Path, wanted: int = 10) -> Non
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, dict[str, str]]]:
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, dict[str, str], Path]]:
     """``fleetgate serve`` on the embedded defaults (generated key) and a tracker sending."""
     tmp_path = tmp_path_factory.mktemp("readme")
     tracker_port, api_port = free_port(), free_port()
@@ -126,7 +126,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, dict
             cwd=tmp_path,
         )
         _wait_for_records(api_port, tmp_path / "data" / "api-secret.key")
-        yield api_port, env
+        yield api_port, env, tmp_path
     finally:
         if sim is not None:
             sim.terminate()
@@ -140,11 +140,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, dict
         )
 
 
-def test_readme_token_commands(served: tuple[int, dict[str, str]], tmp_path: Path) -> None:
-    api_port, env = served
+def test_readme_token_commands(served: tuple[int, dict[str, str], Path]) -> None:
+    # In the server's directory: fleetgate token finds the key the server generated there.
+    api_port, env, cwd = served
     [block] = shell_blocks(section("### Tokens"))
     lines = [line for line in block.splitlines() if line.strip()]
-    outputs = run_lines(lines, api_port, env, tmp_path)
+    outputs = run_lines(lines, api_port, env, cwd)
     token_line, devices, records, track, stream = outputs
     assert token_line == ""
     assert IMEI in [d["id"] for d in json.loads(devices)["devices"]]
@@ -158,13 +159,13 @@ def test_readme_token_commands(served: tuple[int, dict[str, str]], tmp_path: Pat
     assert {record["device_id"] for record in printed} == {IMEI}
 
 
-def test_readme_try_it_api_commands(served: tuple[int, dict[str, str]], tmp_path: Path) -> None:
-    api_port, env = served
+def test_readme_try_it_api_commands(served: tuple[int, dict[str, str], Path]) -> None:
+    api_port, env, cwd = served
     block = shell_blocks(section("## Try it"))[0]
     lines = [
         line.split("  #")[0] for line in block.splitlines() if "TOKEN" in line or "curl" in line
     ]
-    outputs = run_lines(lines, api_port, env, tmp_path)
+    outputs = run_lines(lines, api_port, env, cwd)
     assert json.loads(outputs[1])["devices"]
     assert len(json.loads(outputs[2])["records"]) == 5
     assert json.loads(outputs[3])["device_id"] == IMEI
