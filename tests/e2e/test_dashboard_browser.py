@@ -287,3 +287,27 @@ def test_a_refused_token_shows_the_sign_in_again(deployment: Deployment, browser
     assert page.evaluate("localStorage.getItem('fleetgate.token')") is None
     _shot(page, "5-refused-token")
     page.close()
+
+
+def test_no_data_and_unreachable_states(deployment: Deployment, browser: Any) -> None:
+    from playwright.sync_api import expect
+
+    # An empty server: no devices, a stream that has nothing to say.
+    page = browser.new_page()
+    page.route("**/api/v1/devices", lambda route: route.fulfill(json={"devices": []}))
+    page.route_web_socket(
+        "**/stream*", lambda ws: ws.on_message(lambda _message: ws.send('{"type": "ready"}'))
+    )
+    page.goto(f"{deployment.api}/#token={deployment.token}")
+    expect(page.locator('#status[data-state="no-data"]')).to_have_text("no data yet")
+    expect(page.locator("#no-devices")).to_be_visible()
+    _shot(page, "6-no-data")
+    page.close()
+
+    # The server gone: the page says so and retries.
+    page = browser.new_page()
+    page.route("**/api/v1/**", lambda route: route.abort())
+    page.goto(f"{deployment.api}/#token={deployment.token}")
+    expect(page.locator('#status[data-state="unreachable"]')).to_contain_text("retrying")
+    _shot(page, "7-unreachable")
+    page.close()

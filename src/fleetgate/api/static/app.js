@@ -59,19 +59,19 @@
   }
 
   async function api(path) {
-    let response;
-    try {
-      response = await fetch(path, { headers: { Authorization: `Bearer ${state.token}` } });
-    } catch (error) {
-      setStatus("unreachable", "server unreachable");
-      throw error;
-    }
+    const response = await fetch(path, { headers: { Authorization: `Bearer ${state.token}` } });
     if (response.status === 401 || response.status === 403) {
       const body = await response.json().catch(() => ({}));
       throw new AuthError(body.detail || response.statusText);
     }
     if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
     return response.json();
+  }
+
+  // A failed request outside the start-up path: say why, never an unhandled rejection.
+  function reportFailure(error) {
+    if (error instanceof AuthError) tokenExpired(error.message);
+    else setStatus("unreachable", "server unreachable");
   }
 
   // -- devices and values ---------------------------------------------------------------
@@ -132,7 +132,7 @@
       item.querySelector(".kind").textContent = entry.source;
       item.querySelector(".device-id").textContent = entry.id;
       item.querySelector(".seen").textContent = entry.lastSeen ? `last seen ${ago(entry.lastSeen)}` : "";
-      item.addEventListener("click", () => select(entry.id));
+      item.addEventListener("click", () => select(entry.id).catch(reportFailure));
       return item;
     }));
     $("#no-devices").hidden = state.devices.size > 0;
@@ -162,7 +162,7 @@
       marker = L.circleMarker(position, {
         radius: 7, weight: 2, color: "#fff", fillColor: COLORS[entry.source] || "#57606a",
         fillOpacity: 0.95, className: `device-marker marker-${entry.source}`,
-      }).bindTooltip(entry.id).on("click", () => select(entry.id)).addTo(state.map);
+      }).bindTooltip(entry.id).on("click", () => select(entry.id).catch(reportFailure)).addTo(state.map);
       state.markers.set(entry.id, marker);
       if (!state.selected) fitAll();
     } else {
@@ -414,8 +414,11 @@
       state.map.invalidateSize();
       renderList();
     });
-    $("#chart-field").addEventListener("change", (event) => { state.chartField = event.target.value; drawChart(); });
-    $("#chart-range").addEventListener("change", drawChart);
+    $("#chart-field").addEventListener("change", (event) => {
+      state.chartField = event.target.value;
+      drawChart().catch(reportFailure);
+    });
+    $("#chart-range").addEventListener("change", () => drawChart().catch(reportFailure));
     setInterval(() => { if (state.token) renderList(); }, 5000);
     const token = takeToken();
     if (token) signIn(token); else showSignIn();
