@@ -93,12 +93,75 @@ class TeltonikaConfig(Section):
         return self.port if self.udp_port is None else self.udp_port
 
 
+class ApiAuthConfig(Section):
+    """JWT bearer tokens for the REST API and ``/stream`` (see :mod:`fleetgate.api.auth`)."""
+
+    enabled: bool = True
+    algorithm: Literal["HS256", "HS384", "HS512", "RS256", "ES256"] = "HS256"
+    # HS*: the shared secret (env alias JWT_SECRET). Neither set: <data_dir>/api-secret.key,
+    # created on first start.
+    secret: str | None = None
+    secret_file: str | None = None
+    # RS256 / ES256: PEM keys; the private key is needed only where tokens are issued.
+    public_key_file: str | None = None
+    private_key_file: str | None = None
+    # When set, tokens must carry exactly this ``iss`` / an ``aud`` naming this audience.
+    issuer: str | None = None
+    audience: str | None = None
+    leeway_s: float = Field(10.0, ge=0)
+    require_exp: bool = True
+    # Scopes of a token that names none (the Node telemetry server's tokens): stream only.
+    unscoped: list[str] = Field(default_factory=lambda: ["stream"])
+    # Paths served without a token.
+    public_paths: list[str] = Field(default_factory=lambda: ["/health", "/metrics"])
+    # With the generated key: log a sign-in link (a read+stream token) at every start.
+    sign_in_link: bool = True
+    sign_in_link_ttl_s: float = Field(12 * 3600, gt=0)
+
+
+class StreamConfig(Section):
+    """``/stream``: per-client buffers and keepalive."""
+
+    # Records waiting for one client; past it, records for that client are dropped (counted).
+    buffer_records: int = Field(10_000, ge=1)
+    # A client that has been dropping records this long without taking any is disconnected.
+    stall_timeout_s: float = Field(10.0, gt=0)
+    # Batching clients (``batch=1``): at most this many records per message, gathered for
+    # up to ``batch_linger_ms``.
+    batch_max_records: int = Field(1000, ge=1)
+    batch_linger_ms: float = Field(50.0, ge=0)
+    # A client without a token in its request must send one in its first message this soon.
+    auth_timeout_s: float = Field(10.0, gt=0)
+    ping_interval_s: float = Field(20.0, gt=0)
+    ping_timeout_s: float = Field(20.0, gt=0)
+    max_clients: int = Field(1000, ge=1)
+    # permessage-deflate: less bandwidth, but every message is compressed once per client.
+    compression: bool = False
+
+
+class DashboardConfig(Section):
+    """The web dashboard at ``/``."""
+
+    enabled: bool = True
+    # Map tiles; empty: no tiles, positions on a plain background.
+    tile_url: str = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
+    tile_attribution: str = "&copy; OpenStreetMap contributors"
+
+
 class ApiConfig(Section):
     """HTTP API, health and metrics."""
 
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    # HTTPS for the API (env aliases CERT_PATH / KEY_PATH); none: plain HTTP.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    # A device heard from within this many seconds is shown as online.
+    online_window_s: float = Field(600.0, gt=0)
+    auth: ApiAuthConfig = Field(default_factory=ApiAuthConfig)
+    stream: StreamConfig = Field(default_factory=StreamConfig)
+    dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
 
 
 class StoreConfig(Section):
@@ -357,6 +420,39 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     return overrides
 
 
+# The Node telemetry server's environment variables, read as aliases of fleetgate keys
+# (FLEETGATE_* variables win over them): its dashboards' /stream port and token secret, and
+# the certificate files of its one TLS server (here: the vehicle listener and the API).
+NODE_ENV_ALIASES: Mapping[str, tuple[tuple[str, ...], ...]] = {
+    "JWT_SECRET": (("api", "auth", "secret"),),
+    "PORT": (("api", "port"),),
+    "CERT_PATH": (("tls", "server_cert"), ("api", "tls_cert")),
+    "KEY_PATH": (("tls", "server_key"), ("api", "tls_key")),
+    "CA_PATH": (("tls", "ca_file"),),
+}
+
+
+def _node_env_aliases(environ: Mapping[str, str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for variable, targets in NODE_ENV_ALIASES.items():
+        raw = environ.get(variable, "")
+        if not raw:
+            continue
+        for *sections, key in targets:
+            target = overrides
+            for section in sections:
+                target = target.setdefault(section, {})
+            target[key] = _EnvText(raw)
+    request = environ.get("REQUEST_CLIENT_CERT", "").strip().lower()
+    if request in ("false", "0", "no"):
+        log.warning(
+            "REQUEST_CLIENT_CERT=%s ignored: the vehicle listener always requires and verifies "
+            "client certificates (the VIN comes from them)",
+            request,
+        )
+    return overrides
+
+
 def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in override.items():
@@ -390,7 +486,9 @@ def build_config(
     warn: bool = True,
 ) -> Config:
     """Validate ``data`` (plus environment overrides) into a :class:`Config`."""
-    merged = _merge(dict(data or {}), _env_overrides(os.environ if environ is None else environ))
+    environ = os.environ if environ is None else environ
+    overrides = _merge(_node_env_aliases(environ), _env_overrides(environ))
+    merged = _merge(dict(data or {}), overrides)
     unknown: list[str] = []
     sections = section_models()
     normalised = _normalise(merged, Config, "", unknown, extra_sections=sections)

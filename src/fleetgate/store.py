@@ -11,6 +11,7 @@ so each file has exactly one writer; the process that serves the API reads them 
 
 from __future__ import annotations
 
+import base64
 import re
 import sqlite3
 import threading
@@ -292,3 +293,163 @@ class RecordStore:
         with self._read_lock:
             row = self._reader.execute(sql).fetchone()
         return int(row[0] or 0)
+
+    # -- reading for the REST API: pages, positions, tracks ------------------------------------
+    def records_page(
+        self,
+        device_id: str,
+        *,
+        since: int | None = None,
+        until: int | None = None,
+        topic: str | None = None,
+        limit: int = 100,
+        after: PageCursor | None = None,
+    ) -> tuple[list[dict[str, Any]], PageCursor | None]:
+        """A page of a device's records (JSON form), newest first, and the next page's cursor.
+
+        Each store file is read on the ``(device_id, created_at, id)`` index, within the time
+        range and past the cursor; rows are ordered by ``(created_at, file, id)``, so pages
+        neither repeat nor skip a record while new ones arrive.
+        """
+        sql, params = self._page_query(
+            device_id, since=since, until=until, topic=topic, limit=limit + 1, after=after
+        )
+        with self._read_lock:
+            rows = self._reader.execute(sql, params).fetchall()
+        cursor = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            last = rows[-1]
+            cursor = PageCursor(created_at=last[3], shard=last[7], row_id=last[6])
+        return [_row_json(row) for row in rows], cursor
+
+    def _page_query(
+        self,
+        device_id: str,
+        *,
+        since: int | None,
+        until: int | None,
+        topic: str | None,
+        limit: int,
+        after: PageCursor | None,
+    ) -> tuple[str, list[Any]]:
+        parts: list[str] = []
+        params: list[Any] = []
+        for shard, schema in enumerate(self._schemas):
+            where = ["device_id = ?"]
+            part_params: list[Any] = [device_id]
+            if since is not None:
+                where.append("created_at >= ?")
+                part_params.append(since)
+            if until is not None:
+                where.append("created_at <= ?")
+                part_params.append(until)
+            if topic is not None:
+                where.append("topic = ?")
+                part_params.append(topic)
+            if after is not None:
+                # Rows after the cursor in (created_at, shard, id) descending order.
+                if shard < after.shard:
+                    where.append("created_at <= ?")
+                    part_params.append(after.created_at)
+                elif shard == after.shard:
+                    where.append("(created_at, id) < (?, ?)")
+                    part_params += [after.created_at, after.row_id]
+                else:
+                    where.append("created_at < ?")
+                    part_params.append(after.created_at)
+            parts.append(
+                "SELECT * FROM (SELECT source, device_id, topic, created_at, received_at, data, "
+                f"id, {shard} AS shard FROM {schema}.records WHERE {' AND '.join(where)} "
+                "ORDER BY created_at DESC, id DESC LIMIT ?)"
+            )
+            params += [*part_params, limit]
+        sql = " UNION ALL ".join(parts) + " ORDER BY created_at DESC, shard DESC, id DESC LIMIT ?"
+        return sql, [*params, limit]
+
+    def positions(self, device_ids: Sequence[str]) -> dict[str, tuple[float, float, int]]:
+        """Each device's newest position ``(latitude, longitude, created_at)``, if it has one
+        among its newest :data:`POSITION_LOOKBACK` records."""
+        found: dict[str, tuple[float, float, int]] = {}
+        part = (
+            f"SELECT * FROM (SELECT {_LAT} AS lat, {_LON} AS lon, created_at, id FROM "
+            "{schema}.records WHERE device_id = ? ORDER BY created_at DESC, id DESC LIMIT ?) "
+            "WHERE lat IS NOT NULL AND lon IS NOT NULL AND NOT (lat = 0 AND lon = 0)"
+        )
+        sql = f"{self._union(part)} ORDER BY created_at DESC, id DESC LIMIT 1"
+        with self._read_lock:
+            for device_id in device_ids:
+                bound = [device_id, POSITION_LOOKBACK] * len(self._schemas)
+                row = self._reader.execute(sql, bound).fetchone()
+                if row is not None:
+                    found[device_id] = (float(row[0]), float(row[1]), int(row[2]))
+        return found
+
+    def track(
+        self, device_id: str, since: int | None, until: int | None, limit: int
+    ) -> list[tuple[float, float, int]]:
+        """A device's positions ``(latitude, longitude, created_at)`` in the time range, oldest
+        first: the newest ``limit`` of them."""
+        where = "device_id = ?"
+        params: list[Any] = [device_id]
+        if since is not None:
+            where += " AND created_at >= ?"
+            params.append(since)
+        if until is not None:
+            where += " AND created_at <= ?"
+            params.append(until)
+        part = (
+            f"SELECT * FROM (SELECT {_LAT} AS lat, {_LON} AS lon, created_at, id FROM "
+            f"{{schema}}.records WHERE {where} AND {_HAS_POSITION} "
+            "ORDER BY created_at DESC, id DESC LIMIT ?)"
+        )
+        sql = f"{self._union(part)} ORDER BY created_at DESC, id DESC LIMIT ?"
+        bound = [*params, limit] * len(self._schemas) + [limit]
+        with self._read_lock:
+            rows = self._reader.execute(sql, bound).fetchall()
+        return [(float(lat), float(lon), int(created)) for lat, lon, created, _id in reversed(rows)]
+
+
+# Positions in record data: Teltonika's top-level latitude/longitude, Tesla's Location.
+# A Teltonika record without a GPS fix says 0, 0: not a position.
+_LAT = "coalesce(json_extract(data, '$.latitude'), json_extract(data, '$.Location.latitude'))"
+_LON = "coalesce(json_extract(data, '$.longitude'), json_extract(data, '$.Location.longitude'))"
+_HAS_POSITION = (
+    f"{_LAT} IS NOT NULL AND {_LON} IS NOT NULL AND NOT ({_LAT} = 0 AND {_LON} = 0)"
+)
+# How far back (records) the device list looks for a device's last position.
+POSITION_LOOKBACK = 500
+
+
+@dataclass(frozen=True, slots=True)
+class PageCursor:
+    """Where the next page of a device's records starts (opaque text in the API)."""
+
+    created_at: int
+    shard: int
+    row_id: int
+
+    def encode(self) -> str:
+        text = f"{self.created_at}.{self.shard}.{self.row_id}"
+        return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> PageCursor:
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+            created_at, shard, row_id = (int(part) for part in raw.split("."))
+        except (ValueError, UnicodeDecodeError):
+            raise ValueError(f"not a cursor from this API: {text!r}") from None
+        return cls(created_at, shard, row_id)
+
+
+def _row_json(row: Sequence[Any]) -> dict[str, Any]:
+    source, device, topic, created, received, data = row[:6]
+    return {
+        "source": source,
+        "device_id": device,
+        "topic": topic,
+        "created_at": format_rfc3339_ms(created),
+        "received_at": format_rfc3339_ms(received),
+        "data": orjson.loads(data),
+    }

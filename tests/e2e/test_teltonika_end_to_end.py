@@ -13,6 +13,7 @@ from fleetgate.config import build_config
 from fleetgate.protocols.teltonika.model import AvlRecord
 from fleetgate.records import format_rfc3339_ms
 from fleetgate.sim.teltonika import SimulationSettings, run_simulation
+from tests.tokens import TEST_SECRET, bearer, make_token
 
 pytestmark = pytest.mark.e2e
 
@@ -60,7 +61,7 @@ async def test_simulator_records_come_back_from_the_api(
         {
             "data_dir": str(tmp_path),
             "tesla_enabled": False,
-            "api": {"host": "127.0.0.1", "port": 0},
+            "api": {"host": "127.0.0.1", "port": 0, "auth": {"secret": TEST_SECRET}},
             "teltonika": {"host": "127.0.0.1", "port": 0},
         },
         environ={},
@@ -80,7 +81,9 @@ async def test_simulator_records_come_back_from_the_api(
         assert result.ok, result.summary()
         assert result.records_acked == 3 * 5 * 4
 
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.api_port}") as client:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{server.api_port}", headers=bearer(make_token())
+        ) as client:
             # Acked means spooled; the store commits a moment later.
             async with asyncio.timeout(10):
                 while True:

@@ -85,6 +85,33 @@ OPEN_CONNECTIONS = Gauge(
     multiprocess_mode="livesum",
 )
 
+# -- live stream and API auth ------------------------------------------------------------------
+STREAM_CLIENTS = Gauge(
+    "fleetgate_stream_clients", "Connected /stream clients", registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
+STREAM_MESSAGES = Counter(
+    "fleetgate_stream_messages_total", "WebSocket messages sent to /stream clients",
+    registry=REGISTRY,
+)
+STREAM_RECORDS = Counter(
+    "fleetgate_stream_records_total", "Records sent to /stream clients (one per client)",
+    registry=REGISTRY,
+)
+STREAM_DROPPED = Counter(
+    "fleetgate_stream_dropped_total",
+    "Records dropped for /stream clients whose buffer was full", registry=REGISTRY,
+)
+STREAM_EVICTED = Counter(
+    "fleetgate_stream_evicted_total",
+    "/stream clients disconnected for taking nothing while their buffer overflowed",
+    registry=REGISTRY,
+)
+AUTH_FAILURES = Counter(
+    "fleetgate_api_auth_failures_total", "Refused API and /stream requests by reason",
+    ["reason"], registry=REGISTRY,
+)
+
 # -- Teltonika ----------------------------------------------------------------------------
 TELTONIKA_HANDSHAKES = Counter(
     "fleetgate_teltonika_handshakes_total", "IMEI handshakes by result", ["result"],
