@@ -48,7 +48,7 @@ from fleetgate.pipeline.spool_format import (
     Entry,
     TornEntry,
     check_entry,
-    encode_entry,
+    frame_entry,
     read_entry,
 )
 from fleetgate.records import Record
@@ -395,11 +395,12 @@ class Spool:
                 return
             await self._room.wait()
 
-    def append(self, first: int, records: Sequence[Record]) -> None:
-        """Queue one frame's records (offsets ``first``...) for the next group commit."""
+    def append(self, first: int, records: Sequence[Record], payload: bytes) -> None:
+        """Queue one frame's records (offsets ``first``...; ``payload`` from
+        :func:`~fleetgate.pipeline.spool_format.encode_payload`) for the next commit."""
         if self._closing:
             raise RuntimeError("spool is closed")
-        data = encode_entry(first, records)
+        data = frame_entry(first, len(records), payload)
         last = first + len(records) - 1
         self._pending.append((first, last, data))
         self._pending_bytes += len(data)

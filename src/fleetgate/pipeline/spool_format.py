@@ -57,8 +57,32 @@ class Entry:
         return self.first + len(self.records) - 1
 
 
+class UnspoolableRecordError(ValueError):
+    """A record the spool cannot write (a time beyond 64 bits, data that is not JSON)."""
+
+
 def encode_entry(first: int, records: Sequence[Record]) -> bytes:
     """The bytes of one entry (header and payload)."""
+    return frame_entry(first, len(records), encode_payload(records))
+
+
+def frame_entry(first: int, count: int, payload: bytes) -> bytes:
+    """Header and payload of the entry of ``count`` records from offset ``first``."""
+    checked = _CHECKED.pack(first, count, 0)
+    crc = zlib.crc32(payload, zlib.crc32(checked))
+    return HEADER.pack(len(payload), crc, first, count, 0) + payload
+
+
+def encode_payload(records: Sequence[Record]) -> bytes:
+    """The payload of an entry; :class:`UnspoolableRecordError` if a record cannot be
+    written (nothing else can store it either)."""
+    try:
+        return _encode_payload(records)
+    except (struct.error, TypeError, OverflowError, UnicodeEncodeError) as exc:
+        raise UnspoolableRecordError(str(exc)) from exc
+
+
+def _encode_payload(records: Sequence[Record]) -> bytes:
     dumps = orjson.dumps
     parts: list[bytes] = []
     append = parts.append
@@ -88,10 +112,7 @@ def encode_entry(first: int, records: Sequence[Record]) -> bytes:
         append(data)
         append(raw)
         append(meta)
-    payload = b"".join(parts)
-    checked = _CHECKED.pack(first, len(records), 0)
-    crc = zlib.crc32(payload, zlib.crc32(checked))
-    return HEADER.pack(len(payload), crc, first, len(records), 0) + payload
+    return b"".join(parts)
 
 
 def check_entry(buffer: bytes | memoryview, position: int) -> tuple[int, int, int]:
