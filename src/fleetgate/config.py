@@ -39,7 +39,7 @@ from fleetgate.settings import (
     ConfigError,
     Section,
     TlsFiles,
-    describe_validation_error,
+    describe_validation_errors,
     validate_section,
 )
 from fleetgate.sinks.registry import known_sinks, section_models, sink_class
@@ -233,6 +233,28 @@ class AirbrakeConfig(Section):
     tls: TlsConfig | None = None
 
 
+class FileConnectorConfig(Section):
+    """``data_connectors.file``: a JSON file ``{"allowed_vins": [...]}`` re-read on change."""
+
+    path: str = ""
+    capabilities: list[str] = Field(default_factory=list)
+
+
+class DataConnectorsConfig(Section):
+    """Tesla's ``data_connectors``: where the ``vin_allowed`` check gets its answer.
+
+    Only the ``file`` connector exists here; the reference's ``redis``, ``http``, ``grpc``
+    and ``nats`` connectors are refused at start-up (see :mod:`fleetgate.preflight`), never
+    silently skipped: an allow-list that is not applied would admit every vehicle.
+    """
+
+    file: FileConnectorConfig | None = None
+    redis: dict[str, Any] | None = None
+    http: dict[str, Any] | None = None
+    grpc: dict[str, Any] | None = None
+    nats: dict[str, Any] | None = None
+
+
 class Config(Section):
     """The whole configuration."""
 
@@ -271,6 +293,8 @@ class Config(Section):
     vins_signal_tracking_enabled: list[str] = Field(default_factory=list)
     monitoring: MonitoringConfig | None = None
     airbrake: AirbrakeConfig | None = None
+    # The VIN allow-list (vin_allowed capability) checked when a vehicle connects.
+    data_connectors: DataConnectorsConfig | None = None
     # CAN gateways: the broker they publish to (Tesla's "mqtt" key is the dispatcher).
     mqtt_ingest: MqttIngestConfig | None = None
 
@@ -480,29 +504,65 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+# Which top-level keys configure which device listener. A configuration that names at least
+# one of them opens only the listeners it names (a Tesla config.json opens the vehicle port,
+# not Teltonika's 5027); one that names none opens every listener, as the embedded defaults
+# do. ``mqtt_ingest`` is only ever opened when configured.
+TESLA_LISTENER_KEYS = frozenset(
+    {"host", "port", "status_port", "tls", "use_default_eng_ca", "tesla_enabled"}
+)
+TELTONIKA_LISTENER_KEYS = frozenset({"teltonika"})
+LISTENER_KEYS = TESLA_LISTENER_KEYS | TELTONIKA_LISTENER_KEYS | {"mqtt_ingest"}
+
+
+def _select_listeners(given: Mapping[str, Any], normalised: dict[str, Any]) -> None:
+    """Turn off the listeners a configuration that names some listeners does not name."""
+    keys = {str(key).lower() for key in given}
+    if not keys & LISTENER_KEYS:
+        return
+    if not keys & TESLA_LISTENER_KEYS:
+        normalised["tesla_enabled"] = False
+    if not keys & TELTONIKA_LISTENER_KEYS:
+        normalised["teltonika"] = {"enabled": False}
+
+
 def build_config(
     data: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
     warn: bool = True,
 ) -> Config:
-    """Validate ``data`` (plus environment overrides) into a :class:`Config`."""
+    """Validate ``data`` (plus environment overrides) into a :class:`Config`.
+
+    Every problem found is reported at once: :class:`ConfigError` carries one line each.
+    """
     environ = os.environ if environ is None else environ
     overrides = _merge(_node_env_aliases(environ), _env_overrides(environ))
     merged = _merge(dict(data or {}), overrides)
     unknown: list[str] = []
     sections = section_models()
     normalised = _normalise(merged, Config, "", unknown, extra_sections=sections)
+    _select_listeners(_merge(dict(data or {}), _env_overrides(environ)), normalised)
     if warn:
         for key in unknown:
             log.warning("config: unknown key %r ignored", key)
     raw_sections = {name: normalised.pop(name) for name in sections if name in normalised}
+    problems: list[str] = []
+    config: Config | None = None
     try:
         config = Config.model_validate(normalised)
     except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc)) from None
+        problems += describe_validation_errors(exc)
+    validated: dict[str, Section] = {}
     for name, raw in raw_sections.items():
-        if raw is not None:
-            config._sink_sections[name] = validate_section(sections[name], raw, name)
+        if raw is None:
+            continue
+        try:
+            validated[name] = validate_section(sections[name], raw, name)
+        except ConfigError as exc:
+            problems += exc.problems
+    if config is None or problems:
+        raise ConfigError.of(problems)
+    config._sink_sections.update(validated)
     validate_routing(config)
     return config
 
@@ -515,33 +575,44 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
 
 def validate_routing(config: Config) -> None:
     """Start-up checks the reference makes on ``records`` and ``reliable_ack_sources``."""
+    problems = routing_problems(config)
+    if problems:
+        raise ConfigError.of(problems)
+
+
+def routing_problems(config: Config) -> list[str]:
+    """Every problem of ``records``, the ack levels and ``reliable_ack_sources``."""
+    problems: list[str] = []
     known = set(known_sinks())
     for topic, sinks in config.records.items():
         if not sinks:
-            raise ConfigError(f"records.{topic}: empty dispatcher list (unknown_dispatch_rule)")
+            problems.append(f"records.{topic}: empty dispatcher list (unknown_dispatch_rule)")
         for sink in sinks:
             if sink not in known:
-                raise ConfigError(
+                problems.append(
                     f"records.{topic}: unknown sink {sink!r}; known: {', '.join(sorted(known))}"
                 )
+                continue
             label = sink_class(sink).label
             if label is not None and config.sink_section(sink) is None:
-                raise ConfigError(f"records.{topic}: expected {label} to be configured")
-    _validate_ack(config)
+                problems.append(f"records.{topic}: expected {label} to be configured")
+    problems += _ack_problems(config)
     for topic, sink in config.reliable_ack_sources.items():
         where = f"reliable_ack_sources.{topic}"
         if topic == "connectivity":
-            raise ConfigError(f"{where}: reliable ack not needed for txType: connectivity")
-        if sink == "logger":
-            raise ConfigError(f"{where}: logger cannot be a reliable ack source")
-        if topic not in config.records:
-            raise ConfigError(f"{where}: {topic} is not a key of records")
-        if sink not in config.records[topic]:
-            raise ConfigError(f"{where}: {sink} is not a dispatcher of records.{topic}")
+            problems.append(f"{where}: reliable ack not needed for txType: connectivity")
+        elif sink == "logger":
+            problems.append(f"{where}: logger cannot be a reliable ack source")
+        elif topic not in config.records:
+            problems.append(f"{where}: {topic} is not a key of records")
+        elif sink not in config.records[topic]:
+            problems.append(f"{where}: {sink} is not a dispatcher of records.{topic}")
+    return problems
 
 
-def _validate_ack(config: Config) -> None:
+def _ack_problems(config: Config) -> list[str]:
     """The ack levels name what exists: a spool, a store, sinks that records feed."""
+    problems: list[str] = []
     routed = {sink for sinks in config.records.values() for sink in sinks}
     levels = [("ack_level", config.ack_level)] + [
         (f"ack_policy.{source}", rule) for source, rule in config.ack_policy.items()
@@ -550,10 +621,11 @@ def _validate_ack(config: Config) -> None:
         if isinstance(rule, list):
             unknown = [sink for sink in rule if sink not in routed and sink != "sqlite"]
             if unknown:
-                raise ConfigError(f"{where}: {', '.join(unknown)} not a sink of records")
+                problems.append(f"{where}: {', '.join(unknown)} not a sink of records")
         elif rule is AckLevel.SPOOL and not config.spool.enabled:
-            raise ConfigError(f"{where}: spool needs spool.enabled (or choose another level)")
+            problems.append(f"{where}: spool needs spool.enabled (or choose another level)")
         elif rule is AckLevel.STORE and not config.store.enabled:
-            raise ConfigError(f"{where}: store needs store.enabled (or choose another level)")
+            problems.append(f"{where}: store needs store.enabled (or choose another level)")
         elif rule is AckLevel.SINKS:
-            raise ConfigError(f"{where}: give the sinks to wait for as a list instead")
+            problems.append(f"{where}: give the sinks to wait for as a list instead")
+    return problems

@@ -14,7 +14,19 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 
 class ConfigError(Exception):
-    """A configuration problem, described in one line that names the key."""
+    """Configuration problems, each described in one line that names the key.
+
+    ``ConfigError("line")`` carries one problem; :meth:`of` gathers several, so a config
+    with many mistakes is reported whole instead of one start-up at a time.
+    """
+
+    def __init__(self, *problems: str) -> None:
+        self.problems: tuple[str, ...] = problems or ("invalid configuration",)
+        super().__init__("\n".join(self.problems))
+
+    @classmethod
+    def of(cls, problems: list[str]) -> ConfigError:
+        return cls(*problems)
 
 
 class Section(BaseModel):
@@ -37,14 +49,21 @@ class TlsFiles(Section):
 
 def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
     """One line naming the first invalid key (``kinesis.max_retries: ...``) and its value."""
-    first = error.errors()[0]
-    parts = [prefix] if prefix else []
-    parts += [str(part) for part in first["loc"]]
-    location = ".".join(parts) or "config"
-    message = str(first["msg"]).removeprefix("Value error, ")
-    value = first.get("input")
-    shown = f" (got {value!r})" if not isinstance(value, dict | list) else ""
-    return f"{location}: {message}{shown}"
+    return describe_validation_errors(error, prefix)[0]
+
+
+def describe_validation_errors(error: ValidationError, prefix: str = "") -> list[str]:
+    """One line per invalid key (``kinesis.max_retries: ...``), each with its value."""
+    lines = []
+    for problem in error.errors():
+        parts = [prefix] if prefix else []
+        parts += [str(part) for part in problem["loc"]]
+        location = ".".join(parts) or "config"
+        message = str(problem["msg"]).removeprefix("Value error, ")
+        value = problem.get("input")
+        shown = f" (got {value!r})" if not isinstance(value, dict | list) else ""
+        lines.append(f"{location}: {message}{shown}")
+    return lines
 
 
 S = TypeVar("S", bound=Section)
@@ -57,4 +76,4 @@ def validate_section(model: type[S], data: object, name: str) -> S:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc, name)) from None
+        raise ConfigError.of(describe_validation_errors(exc, name)) from None

@@ -33,6 +33,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from fleetgate.config import Config, TlsConfig
+from fleetgate.listeners.tesla.allowlist import vin_allow_list
 from fleetgate.listeners.tesla.oversize import VehicleConnection
 from fleetgate.listeners.tesla.session import PROTOCOL, SessionSettings, VehicleSession
 from fleetgate.listeners.tesla.tls import ca_file_warnings, server_ssl_context
@@ -85,6 +86,8 @@ class TeslaListener:
         self._server: WsServer | None = None
         self._status_server: asyncio.Server | None = None
         self._settings: SessionSettings | None = None
+        # data_connectors' vin_allowed check (None: every VIN may connect).
+        self.allow_list = vin_allow_list(config)
 
     # -- configuration -------------------------------------------------------------------
     def _tls(self) -> TlsConfig:
@@ -135,6 +138,8 @@ class TeslaListener:
         )
         if ws_log.level == logging.NOTSET:
             ws_log.setLevel(logging.WARNING)
+        if self.allow_list is not None:
+            await self.allow_list.start()
         self._server = await serve(
             self._handle,
             config.host or None,
@@ -167,6 +172,8 @@ class TeslaListener:
             log.info("status_server_configured", extra=fields(port=self.status_port))
 
     async def stop(self) -> None:
+        if self.allow_list is not None:
+            await self.allow_list.stop()
         if self._status_server is not None:
             self._status_server.close()
             with contextlib.suppress(Exception):
@@ -244,6 +251,10 @@ class TeslaListener:
                 extra=fields(socket_id=socket_id, remote=str(ws.remote_address), error=str(exc)),
             )
             await ws.close(1008, "unauthorized certificate")
+            return
+        if self.allow_list is not None and not self.allow_list.admits(identity.device_id):
+            # As the reference: the connection is dropped, no close frame, nothing dispatched.
+            ws.transport.close()
             return
         assert isinstance(ws, VehicleConnection)  # serve(create_connection=...)
         session = VehicleSession(
