@@ -11,10 +11,12 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
+import re
 import signal
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 from fleetgate import __version__
@@ -159,15 +161,20 @@ class Server:
         self.started = asyncio.Event()
 
     async def start(self) -> None:
+        """Start everything; a port that cannot be bound raises :class:`StartupError`
+        naming the listener and the address."""
         await self.pipeline.start()
         if self.config.api.enabled:
-            await self._start_api()
+            with bind_failure("api", self.config.api.host, self.config.api.port):
+                await self._start_api()
         self._start_monitoring()
         for factory in LISTENER_FACTORIES:
             listener = factory(self.context)
             if listener is None:
                 continue
-            await listener.start()
+            host, port = listen_address(listener.name, self.config)
+            with bind_failure(listener.name, host, port, self.config):
+                await listener.start()
             self.listeners.append(listener)
         self.started.set()
 
@@ -201,11 +208,16 @@ class Server:
 
         from fleetgate.observability.metrics import exposition_registry
 
-        server, _thread = start_http_server(
+        with bind_failure(
+            "prometheus metrics",
+            monitoring.prometheus_metrics_host,
             monitoring.prometheus_metrics_port,
-            addr=monitoring.prometheus_metrics_host,
-            registry=exposition_registry(),
-        )
+        ):
+            server, _thread = start_http_server(
+                monitoring.prometheus_metrics_port,
+                addr=monitoring.prometheus_metrics_host,
+                registry=exposition_registry(),
+            )
         self._metrics_server = server
         log.info(
             "prometheus metrics on http://%s:%d/metrics",
@@ -275,8 +287,11 @@ class Server:
         server = uvicorn.Server(config)
         # The process's own SIGINT/SIGTERM handling (in ``serve``) owns shutdown.
         server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+        # Bound here, not by uvicorn: a taken port is then our one-line error (uvicorn logs
+        # its own and exits 3).
+        sock = bind_tcp(settings.host, settings.port)
         self._api_server = server
-        self._api_task = asyncio.create_task(server.serve(), name="api")
+        self._api_task = asyncio.create_task(server.serve(sockets=[sock]), name="api")
         while not server.started:
             if self._api_task.done():
                 self._api_task.result()
@@ -306,9 +321,11 @@ async def serve(
             loop.add_signal_handler(sig, stop.set)
     try:
         await server.start()
-    except OSError as exc:
+    except (OSError, StartupError) as exc:
         await server.stop()
-        raise StartupError(f"cannot listen: {exc.strerror or exc}") from exc
+        if isinstance(exc, StartupError):
+            raise
+        raise StartupError(f"cannot start: {exc.strerror or exc}") from exc
     if ready is not None:
         ready(server)
     try:
@@ -316,6 +333,63 @@ async def serve(
     finally:
         log.info("shutting down")
         await server.stop()
+
+
+def listen_address(name: str, config: Config) -> tuple[str, int]:
+    """Where a device listener is configured to listen (for its bind-failure line)."""
+    if name == "teltonika":
+        return config.teltonika.host, config.teltonika.port
+    if name == "teltonika-udp":
+        return config.teltonika.host, config.teltonika.udp_listen_port
+    if name == "tesla":
+        return config.host or "0.0.0.0", config.port
+    return "", 0
+
+
+_BOUND_ADDRESS = re.compile(r"(?:bind on address|local_addr) \('([^']*)', (\d+)")
+
+
+@contextlib.contextmanager
+def bind_failure(
+    name: str, host: str, port: int, config: Config | None = None
+) -> Iterator[None]:
+    """Turn an ``OSError`` of binding ``name`` into one :class:`StartupError` line naming
+    the listener and its address (``tesla: cannot listen on 0.0.0.0:4443: address already
+    in use``). The address in asyncio's message wins: a listener that binds two ports (the
+    Tesla vehicle and status ports) is named by the one that failed."""
+    try:
+        yield
+    except OSError as exc:
+        text = exc.strerror or str(exc)
+        # uvloop wraps the errno in a cause ("could not bind to local_addr ...").
+        errno = exc.errno or getattr(exc.__cause__, "errno", None)
+        reason = (os.strerror(errno) if errno else text).lower()
+        found = _BOUND_ADDRESS.search(text)
+        if found:
+            host, port = found[1], int(found[2])
+        if config is not None and name == "tesla" and port == config.status_port:
+            name = "tesla status"
+        shown = f"[{host}]" if ":" in host else host or "0.0.0.0"
+        raise StartupError(f"{name}: cannot listen on {shown}:{port}: {reason}") from exc
+
+
+def bind_tcp(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (the first address ``host`` resolves to)."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
 
 
 def announce(server: Server) -> None:

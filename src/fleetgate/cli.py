@@ -39,7 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.handler(args)
     except ConfigError as exc:
-        print(f"fleetgate: config error: {exc}", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"fleetgate: config error: {problem}", file=sys.stderr)
         return EXIT_USAGE
     except StartupError as exc:
         print(f"fleetgate: {exc}", file=sys.stderr)

@@ -530,10 +530,12 @@ def build_config(
     data: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
     warn: bool = True,
+    routing: bool = True,
 ) -> Config:
     """Validate ``data`` (plus environment overrides) into a :class:`Config`.
 
     Every problem found is reported at once: :class:`ConfigError` carries one line each.
+    ``routing=False`` leaves :func:`routing_problems` to the caller (who adds its own).
     """
     environ = os.environ if environ is None else environ
     overrides = _merge(_node_env_aliases(environ), _env_overrides(environ))
@@ -563,14 +565,19 @@ def build_config(
     if config is None or problems:
         raise ConfigError.of(problems)
     config._sink_sections.update(validated)
-    validate_routing(config)
+    if routing:
+        validate_routing(config)
     return config
 
 
-def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    routing: bool = True,
+) -> Config:
     """Load the config file at ``path`` (or only defaults and environment)."""
     data = read_config_file(path) if path is not None else {}
-    return build_config(data, environ)
+    return build_config(data, environ, routing=routing)
 
 
 def validate_routing(config: Config) -> None:

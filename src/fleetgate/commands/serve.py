@@ -7,9 +7,12 @@ import logging
 import os
 from typing import Any
 
+from fleetgate import preflight
 from fleetgate.app import announce, run_loop, serve
-from fleetgate.config import Config, load_config
+from fleetgate.config import Config, load_config, read_config_file, routing_problems
 from fleetgate.observability.logging import setup_logging
+from fleetgate.observability.startup_log import held_log_records, replay
+from fleetgate.settings import ConfigError
 from fleetgate.supervisor import Supervisor, worker_count
 
 log = logging.getLogger("fleetgate")
@@ -53,11 +56,38 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def load(args: argparse.Namespace) -> Config:
-    # Log set-up first, so config warnings are printed in the configured format.
-    setup_logging()
-    config = load_config(args.config)
+    """The checked configuration, with logging set up as it says.
+
+    Warnings logged while the configuration is read are held and written once logging is
+    configured, in its format. Every problem (types, routing, files, missing extras) is
+    reported at once by the :class:`ConfigError` raised.
+    """
+    with held_log_records() as held:
+        try:
+            config = load_config(args.config, routing=False)
+            problems = routing_problems(config) + preflight.problems(config)
+            if problems:
+                raise ConfigError.of(problems)
+        except ConfigError:
+            setup_logging(json_lines=_json_log_wanted(args.config))
+            replay(held)
+            raise
     setup_logging(config.log_level, config.json_log_enable)
+    replay(held)
     return config
+
+
+def _json_log_wanted(path: str | None) -> bool:
+    """``json_log_enable`` of a config file that did not load (its warnings still need a
+    format); environment overrides included."""
+    value: object = os.environ.get("FLEETGATE_JSON_LOG_ENABLE")
+    if value is None and path is not None:
+        try:
+            data = read_config_file(path)
+        except ConfigError:
+            return False
+        value = next((v for k, v in data.items() if k.lower() == "json_log_enable"), False)
+    return value is True or str(value).lower() == "true"
 
 
 def run_serve(args: argparse.Namespace) -> int:

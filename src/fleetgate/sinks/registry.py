@@ -9,6 +9,7 @@ with :func:`build_sink`. Plug-ins add classes with :func:`register_sink`.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Mapping
 
 from fleetgate.settings import Section
@@ -44,6 +45,39 @@ _sinks: dict[str, type[Sink]] = {
 # Sinks whose settings come from a section of their own name in the config file (the
 # store's file is the ``store`` section's business).
 _NO_SECTION = frozenset({SqliteSink.name})
+
+
+# The install extra of each sink whose client library is not part of ``pip install
+# fleetgate``, and the modules that extra brings (the sink modules import them lazily).
+SINK_EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
+    KafkaSink.name: ("kafka", ("confluent_kafka",)),
+    KinesisSink.name: ("kinesis", ("aiobotocore",)),
+    PubSubSink.name: ("pubsub", ("google.cloud.pubsub_v1",)),
+    RedisSink.name: ("redis", ("redis",)),
+    NatsSink.name: ("nats", ("nats",)),
+    PostgresSink.name: ("postgres", ("psycopg",)),
+    ZmqSink.name: ("zmq", ("zmq",)),
+    MqttSink.name: ("mqtt", ("aiomqtt",)),
+}
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # a parent package (``google``) is missing
+        return False
+
+
+def missing_extra(name: str) -> str | None:
+    """Why sink ``name`` cannot run here (its extra is not installed), or ``None``."""
+    extra, modules = SINK_EXTRAS.get(name, ("", ()))
+    absent = [module for module in modules if not _installed(module)]
+    if not absent:
+        return None
+    return (
+        f"the {name} sink needs its extra: pip install 'fleetgate[{extra}]' "
+        f"({', '.join(absent)} not installed)"
+    )
 
 
 def register_sink(cls: type[Sink]) -> type[Sink]:
