@@ -20,7 +20,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 from fleetgate import __version__
-from fleetgate.config import Config
+from fleetgate.config import Config, StatsdConfig
 from fleetgate.forms import wire_payload
 from fleetgate.listeners.mqtt import create_listener as mqtt_ingest_listener
 from fleetgate.listeners.teltonika.tcp import create_listener as teltonika_tcp_listener
@@ -28,6 +28,9 @@ from fleetgate.listeners.teltonika.udp import create_listener as teltonika_udp_l
 from fleetgate.listeners.tesla.listener import create_listener as tesla_listener
 from fleetgate.observability.dispatcher_metrics import dispatcher_metrics
 from fleetgate.observability.logging import fields
+from fleetgate.observability.process_metrics import keep_fresh
+from fleetgate.observability.process_metrics import refresh as refresh_process_metrics
+from fleetgate.observability.profiler import ProfilerServer
 from fleetgate.pipeline import AckPolicy, Ledger, Pipeline, Router, RunnerSettings, SinkRunner
 from fleetgate.pipeline.deadletter import DeadLetters
 from fleetgate.pipeline.hub import LiveHub
@@ -157,6 +160,9 @@ class Server:
         self.started_at = time.time()
         self._api_server: Any = None
         self._metrics_server: Any = None
+        self._profiler: ProfilerServer | None = None
+        self._statsd: Any = None
+        self._process_metrics: asyncio.Task[None] | None = None
         self._api_task: asyncio.Task[None] | None = None
         self.started = asyncio.Event()
 
@@ -167,7 +173,7 @@ class Server:
         if self.config.api.enabled:
             with bind_failure("api", self.config.api.host, self.config.api.port):
                 await self._start_api()
-        self._start_monitoring()
+        await self._start_monitoring()
         for factory in LISTENER_FACTORIES:
             listener = factory(self.context)
             if listener is None:
@@ -195,14 +201,47 @@ class Server:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
             self._metrics_server = None
+        for part in (self._profiler, self._statsd):
+            if part is not None:
+                await part.stop()
+        self._profiler = self._statsd = None
+        if self._process_metrics is not None:
+            self._process_metrics.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._process_metrics
+            self._process_metrics = None
         if self.store is not None:
             self.store.close()
 
-    def _start_monitoring(self) -> None:
-        """Tesla's ``monitoring.prometheus_metrics_port``: ``/metrics`` on its own port, so a
-        Prometheus that scraped the reference server keeps scraping the same address."""
+    async def _start_monitoring(self) -> None:
+        """Tesla's ``monitoring``: the process gauges, ``/metrics`` on its own port (so a
+        Prometheus that scraped the reference server keeps scraping the same address), or
+        StatsD instead, and the profiling endpoints."""
+        refresh_process_metrics(self.started_at)
+        self._process_metrics = asyncio.create_task(
+            keep_fresh(self.started_at), name="process-metrics"
+        )
         monitoring = self.config.monitoring
-        if monitoring is None or monitoring.prometheus_metrics_port <= 0:
+        if monitoring is None:
+            return
+        if monitoring.profiler_port > 0:
+            self._profiler = ProfilerServer(
+                monitoring.profiler_host, monitoring.profiler_port, monitoring.profiling_path
+            )
+            with bind_failure("profiler", monitoring.profiler_host, monitoring.profiler_port):
+                await self._profiler.start()
+        elif monitoring.profiling_path:
+            log.warning("monitoring.profiling_path is used only with profiler_port; ignored")
+        statsd = monitoring.statsd
+        if statsd is not None and statsd.host:
+            if monitoring.prometheus_metrics_port > 0:
+                log.warning(
+                    "monitoring.statsd ignored: prometheus_metrics_port is set (as in the "
+                    "reference, Prometheus wins)"
+                )
+            else:
+                await self._start_statsd(statsd)
+        if monitoring.prometheus_metrics_port <= 0:
             return
         from prometheus_client import start_http_server
 
@@ -224,8 +263,20 @@ class Server:
             monitoring.prometheus_metrics_host,
             monitoring.prometheus_metrics_port,
         )
-        if monitoring.profiler_port > 0:
-            log.warning("monitoring.profiler_port: Go's pprof profiler has no equivalent; ignored")
+
+    async def _start_statsd(self, statsd: StatsdConfig) -> None:
+        from fleetgate.observability.metrics import REGISTRY
+        from fleetgate.observability.statsd import StatsdExporter
+
+        if statsd.sample_rate not in (None, 100, 100.0):
+            log.warning(
+                "monitoring.statsd.sample_rate ignored: counts are sent summed per flush "
+                "period, which needs no sampling"
+            )
+        self._statsd = StatsdExporter(
+            statsd.host, statsd.prefix, statsd.flush_period / 1000, REGISTRY
+        )
+        await self._statsd.start()
 
     @property
     def metrics_port(self) -> int:

@@ -174,3 +174,11 @@ async def test_metrics_port_taken(tmp_path: Path, taken_tcp: int) -> None:
     assert await start_failure(data) == (
         f"prometheus metrics: cannot listen on 127.0.0.1:{taken_tcp}: address already in use"
     )
+
+
+async def test_profiler_port_taken(tmp_path: Path, taken_tcp: int) -> None:
+    data = base(tmp_path, teltonika={"enabled": False}, tesla_enabled=False,
+                monitoring={"profiler_port": taken_tcp})
+    assert await start_failure(data) == (
+        f"profiler: cannot listen on 127.0.0.1:{taken_tcp}: address already in use"
+    )
