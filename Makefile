@@ -57,7 +57,7 @@ install-run: $(RUN_STAMP) $(VENDOR_STAMP)
 # The wheel the Dockerfile installs: the package with the dashboard's vendored JavaScript
 # and the Tesla CA bundles (tests/e2e/test_slim_install.py checks what it carries).
 wheel: $(VENV)/.venv-stamp $(VENDOR_STAMP)
-	rm -rf $(DIST) && $(BIN)/pip wheel -q --disable-pip-version-check --no-deps -w $(DIST) .
+	rm -rf $(DIST) build && $(BIN)/pip wheel -q --disable-pip-version-check --no-deps -w $(DIST) .
 
 # Test path only: Debian's chromium (+ chromedriver) and the playwright pip package.
 mosquitto:
