@@ -23,6 +23,7 @@ import contextlib
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -42,6 +43,7 @@ from fleetgate.protocols.teltonika.model import (
 )
 from fleetgate.protocols.teltonika.udp import encode_udp_datagram
 from fleetgate.records import format_rfc3339_ms
+from fleetgate.sim.failures import describe
 from fleetgate.sim.report import run_devices
 
 CODECS = {"7": CODEC_7, "8": CODEC_8, "8E": CODEC_8E, "8e": CODEC_8E, "16": CODEC_16}
@@ -100,6 +102,12 @@ class SimulationResult:
     commands_answered: int = 0
     elapsed_s: float = 0.0
     sent: dict[str, list[AvlRecord]] = field(default_factory=dict)
+    # Why connections failed: reason -> count (see fleetgate.sim.failures).
+    failures: Counter[str] = field(default_factory=Counter)
+
+    def failed(self, exc: BaseException, target: str) -> None:
+        self.connection_errors += 1
+        self.failures[describe(exc, target)] += 1
 
     @property
     def ok(self) -> bool:
@@ -323,10 +331,11 @@ async def _run_tcp_tracker(
     imei = str(settings.first_imei + index)
     rng = random.Random(None if settings.seed is None else settings.seed + index)
     model = TrackerModel(imei, rng, settings)
+    target = f"{settings.host}:{settings.port}"
     try:
         reader, writer = await asyncio.open_connection(settings.host, settings.port)
-    except OSError:
-        result.connection_errors += 1
+    except OSError as exc:
+        result.failed(exc, target)
         return
     acks: asyncio.Queue[int | None] = asyncio.Queue()
     listener: asyncio.Task[None] | None = None
@@ -366,8 +375,10 @@ async def _run_tcp_tracker(
             frames += 1
         if settings.linger_s:
             await asyncio.sleep(settings.linger_s)  # commands are still answered meanwhile
-    except (OSError, asyncio.IncompleteReadError, TimeoutError):
-        result.connection_errors += 1
+    except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+        if isinstance(exc, asyncio.IncompleteReadError):
+            exc = ConnectionResetError("server closed the connection")
+        result.failed(exc, target)
     finally:
         if listener is not None:
             listener.cancel()
@@ -398,8 +409,8 @@ async def _run_udp_tracker(
         transport, client = await loop.create_datagram_endpoint(
             _UdpClient, remote_addr=(settings.host, settings.port)
         )
-    except OSError:
-        result.connection_errors += 1
+    except OSError as exc:
+        result.failed(exc, f"udp {settings.host}:{settings.port}")
         return
     try:
         per_frame = settings.records_per_frame
@@ -427,7 +438,7 @@ async def _run_udp_tracker(
                 transport, client, datagram, expected[:6], settings=settings, result=result
             )
             if ack is None:
-                result.connection_errors += 1
+                result.failed(TimeoutError(), f"udp {settings.host}:{settings.port}")
                 return
             if ack != expected:
                 result.ack_mismatches += 1

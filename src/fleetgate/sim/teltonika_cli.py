@@ -7,6 +7,7 @@ import asyncio
 import sys
 from typing import Any
 
+from fleetgate.sim.failures import report_lines
 from fleetgate.sim.teltonika import CODECS, TRANSPORTS, SimulationSettings, run_simulation
 
 
@@ -67,4 +68,6 @@ def run(args: argparse.Namespace) -> int:
         return 2
     result = asyncio.run(run_simulation(settings, report=print))
     print(result.summary())
+    for line in report_lines(result.failures, "fleetgate sim teltonika"):
+        print(line, file=sys.stderr)
     return 0 if result.ok else 1

@@ -24,6 +24,7 @@ import math
 import random
 import ssl
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ from fleetgate.protocols.tesla.envelope import (
     parse_envelope,
 )
 from fleetgate.protocols.tesla.proto import vehicle_data_pb2 as vd
+from fleetgate.sim.failures import describe
 from fleetgate.sim.report import run_devices
 
 TOPIC = "V"
@@ -109,6 +111,12 @@ class TeslaSimResult:
     connection_errors: int = 0
     elapsed_s: float = 0.0
     vins: set[str] = field(default_factory=set)
+    # Why connections failed: reason -> count (see fleetgate.sim.failures).
+    failures: Counter[str] = field(default_factory=Counter)
+
+    def failed(self, exc: BaseException, target: str) -> None:
+        self.connection_errors += 1
+        self.failures[describe(exc, target)] += 1
 
     @property
     def missing_acks(self) -> int:
@@ -244,8 +252,8 @@ class _Vehicle:
                 ping_interval=None,
                 open_timeout=settings.ack_timeout_s,
             )
-        except (OSError, InvalidHandshake, TimeoutError, ssl.SSLError):
-            self.result.connection_errors += 1
+        except (OSError, InvalidHandshake, TimeoutError, ssl.SSLError) as exc:
+            self.result.failed(exc, settings.url)
             return
         self.result.vins.add(self.creds.vin)
         receiver = asyncio.create_task(self._receive(ws))
@@ -255,8 +263,8 @@ class _Vehicle:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(settings.ack_timeout_s):
                     await self.drained.wait()
-        except (ConnectionClosed, OSError):
-            self.result.connection_errors += 1
+        except (ConnectionClosed, OSError) as exc:
+            self.result.failed(exc, settings.url)
         finally:
             receiver.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

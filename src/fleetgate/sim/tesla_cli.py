@@ -7,6 +7,7 @@ import asyncio
 import sys
 from typing import Any
 
+from fleetgate.sim.failures import report_lines
 from fleetgate.sim.tesla import (
     TeslaSimSettings,
     VehicleCredentials,
@@ -77,4 +78,6 @@ def run(args: argparse.Namespace) -> int:
     )
     result = asyncio.run(run_simulation(settings, report=print))
     print(result.summary())
+    for line in report_lines(result.failures, "fleetgate sim tesla"):
+        print(line, file=sys.stderr)
     return 0 if result.ok else 1

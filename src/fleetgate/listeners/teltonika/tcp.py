@@ -98,6 +98,12 @@ class TeltonikaSession(asyncio.Protocol):
             self._idle_handle.cancel()
         self.listener.sessions.discard(self)
         metrics.OPEN_CONNECTIONS.labels(protocol=PROTOCOL).dec()
+        if self._identified:  # logged like "tracker connected"
+            reason = str(exc) if exc is not None else "closed"
+            log.info(
+                "tracker disconnected",
+                extra=fields(peer=self.peer, imei=self.connection.imei, reason=reason),
+            )
 
     # -- timers --------------------------------------------------------------------------
     def _arm_idle_timer(self, timeout_s: float) -> None:
