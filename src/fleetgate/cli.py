@@ -21,6 +21,31 @@ COMMANDS = (serve, demo, decode, sim, certs, tesla, token, stream)
 EXIT_USAGE = 2
 
 
+class DefaultsShown(argparse.HelpFormatter):
+    """Help that ends each option with its default, when it has a meaningful one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help
+        default = action.default
+        if (
+            text
+            and "%(default)" not in text
+            and "(default:" not in text
+            and action.nargs != 0
+            and default not in (None, False, "", [], argparse.SUPPRESS)
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = DefaultsShown
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _show_defaults(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fleetgate",
@@ -30,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
         command.register(subparsers)
+    _show_defaults(parser)
     return parser
 
 

@@ -52,7 +52,10 @@ def register(subparsers: Any) -> None:
     )
     gateway.add_argument("--out", required=True, help="directory to write into")
     gateway.add_argument("--gateway-id", action="append", required=True, help="gateway id (repeat)")
-    gateway.add_argument("--key-type", choices=GATEWAY_KEY_TYPES, default="p256")
+    gateway.add_argument(
+        "--key-type", choices=GATEWAY_KEY_TYPES, default="p256",
+        help="key type of the gateway certificates (AWS IoT accepts each)",
+    )
     gateway.add_argument("--host", default="localhost", help="broker host name")
     gateway.add_argument("--port", type=int, default=8883, help="broker TLS port")
     gateway.add_argument(

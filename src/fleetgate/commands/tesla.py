@@ -64,7 +64,7 @@ class _UsageError(Exception):
 
 def _add_body_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="public host name vehicles connect to")
-    parser.add_argument("--port", type=int, default=443, help="public port (default: 443)")
+    parser.add_argument("--port", type=int, default=443, help="public port")
     parser.add_argument("--ca", help="PEM file of the CA that issued the server certificate")
     parser.add_argument(
         "--fields",
@@ -109,7 +109,7 @@ def _add_api_arguments(parser: argparse.ArgumentParser) -> None:
         "self-signed tls-cert.pem (default: the system's CAs)",
     )
     parser.add_argument(
-        "--timeout", type=float, default=30.0, help="seconds to wait for a reply (default: 30)"
+        "--timeout", type=float, default=30.0, help="seconds to wait for a reply"
     )
 
 

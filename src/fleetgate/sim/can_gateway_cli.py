@@ -53,7 +53,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--duration", type=float, help="stop after this many seconds")
     parser.add_argument("--snapshots", type=int, help="stop after this many snapshots")
     parser.add_argument("--seed", type=int, help="random seed (repeatable values)")
-    parser.add_argument("--api-host", default="127.0.0.1")
+    parser.add_argument(
+        "--api-host", default="127.0.0.1", help="address of the simulated gateway's REST API"
+    )
     parser.add_argument("--api-port", type=int, default=5000, help="REST API port (0: any)")
     parser.add_argument("--no-api", action="store_true", help="do not serve the REST API")
     parser.set_defaults(handler=run)

@@ -16,8 +16,8 @@ def register(subparsers: Any) -> None:
         "teltonika",
         help="simulated Teltonika trackers over TCP or UDP (checks every ack, answers commands)",
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=5027)
+    parser.add_argument("--host", default="127.0.0.1", help="fleetgate's tracker listener host")
+    parser.add_argument("--port", type=int, default=5027, help="tracker listener port")
     parser.add_argument("--devices", type=int, default=10, help="number of trackers")
     parser.add_argument(
         "--rate",
@@ -33,8 +33,12 @@ def register(subparsers: Any) -> None:
         "--io16-group", action="store_true",
         help="add a 16-byte IO group to every record, as older FM devices do (not codec 7)",
     )
-    parser.add_argument("--transport", choices=TRANSPORTS, default="tcp")
-    parser.add_argument("--records-per-frame", type=int, default=1)
+    parser.add_argument(
+        "--transport", choices=TRANSPORTS, default="tcp", help="how trackers send their frames"
+    )
+    parser.add_argument(
+        "--records-per-frame", type=int, default=1, help="AVL records in each frame"
+    )
     parser.add_argument("--io-elements", type=int, default=8, help="IO elements per record")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds (0 = no limit)")
     parser.add_argument("--frames", type=int, default=None, help="frames per tracker, then stop")
@@ -42,7 +46,10 @@ def register(subparsers: Any) -> None:
         "--linger", type=float, default=0.0,
         help="TCP: seconds to stay connected after the last frame, answering commands",
     )
-    parser.add_argument("--first-imei", type=int, default=356307042441013)
+    parser.add_argument(
+        "--first-imei", type=int, default=356307042441013,
+        help="IMEI of the first tracker; the others count up from it",
+    )
     parser.set_defaults(handler=run)
 
 

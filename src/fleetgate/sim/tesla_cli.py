@@ -30,7 +30,9 @@ def register(subparsers: Any) -> None:
             "share one certificate (one VIN, many connections)."
         ),
     )
-    parser.add_argument("--url", default="wss://127.0.0.1:4443/")
+    parser.add_argument(
+        "--url", default="wss://127.0.0.1:4443/", help="fleetgate's vehicle listener (wss://)"
+    )
     parser.add_argument("--ca", help="CA file that issued the server certificate")
     parser.add_argument("--cert", help="client certificate (PEM) shared by all vehicles")
     parser.add_argument("--key", help="key of --cert")
@@ -46,7 +48,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--count", type=int, default=None, help="frames per vehicle, then stop")
     parser.add_argument("--window", type=int, default=1, help="frames in flight per vehicle")
     parser.add_argument("--ack-timeout", type=float, default=30.0, help="seconds to wait for acks")
-    parser.add_argument("--network-interface", default="wifi")
+    parser.add_argument(
+        "--network-interface", default="wifi",
+        help="the X-Network-Interface header vehicles send (wifi, cellular)",
+    )
     parser.set_defaults(handler=run)
 
 
