@@ -78,3 +78,13 @@ def test_warnings_before_logging_is_configured_are_json_when_asked(tmp_path: Pat
     warning = json.loads(done.stderr.splitlines()[0])
     assert warning["level"] == "warning"
     assert warning["msg"] == "config: unknown key 'bogus' ignored"
+
+
+def test_config_check_names_the_listeners_a_tesla_config_opens(tmp_path: Path) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"port": 4443, "namespace": "tesla_telemetry"}))
+    done = subprocess.run(
+        [*FLEETGATE, "config", "check", "--config", str(config)], cwd=tmp_path,
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert (done.returncode, done.stdout) == (0, "config ok; listeners: tesla\n")
