@@ -68,7 +68,7 @@ def run(command: str, cwd: Path, api: FleetApiStandIn) -> subprocess.CompletedPr
 
 
 def test_the_readme_has_the_owner_commands() -> None:
-    assert [c.split()[2] for c in section_commands("### Setting up vehicles")] == ["config"]
+    assert [c.split()[2] for c in section_commands("### Quick start for a Tesla owner or fleet")] == ["config"]
     assert [c.split()[2] for c in section_commands("### Configuring a car to stream here")] == [
         "configure",
         "status",
@@ -77,7 +77,7 @@ def test_the_readme_has_the_owner_commands() -> None:
 
 def test_readme_tesla_config_prints_the_body(scratch: tuple[Path, FleetApiStandIn]) -> None:
     work, api = scratch
-    [command] = section_commands("### Setting up vehicles")
+    [command] = section_commands("### Quick start for a Tesla owner or fleet")
     result = run(command, work, api)
     assert result.returncode == 0, result.stderr
     body = json.loads(result.stdout)

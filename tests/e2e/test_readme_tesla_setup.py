@@ -1,4 +1,4 @@
-"""The README's "Setting up vehicles" steps, run literally as a new user would.
+"""The README's "Quick start for a Tesla owner or fleet", run literally as a new user would.
 
 certs init writes config.json with the tls section alone; ``serve`` runs on that config
 (embedded store, default ports); simulated vehicles send frames and must see every one
@@ -51,7 +51,8 @@ def scratch(tmp_path: Path) -> Path:
 
 
 def test_setting_up_vehicles_as_the_readme_says(scratch: Path) -> None:
-    lines = [line for line in sh_lines("### Setting up vehicles") if " tesla config " not in line]
+    heading = "### Quick start for a Tesla owner or fleet"
+    lines = [line for line in sh_lines(heading) if " tesla config " not in line]
     assert [line.split()[0] for line in lines] == [
         ".venv/bin/fleetgate", ".venv/bin/fleetgate", ".venv/bin/fleetgate", "TOKEN=$(.venv/bin/fleetgate",
         "curl",
