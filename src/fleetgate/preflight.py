@@ -221,6 +221,11 @@ def _monitoring(config: Config) -> list[str]:
             "since January 2023; remove the airbrake section (errors are logged and counted "
             "in /metrics)"
         )
+    if config.reliable_ack is not None:
+        log.warning(
+            "config: reliable_ack is documented by the reference but never read; the ack "
+            "waits for a sink only through reliable_ack_sources or ack_policy"
+        )
     monitoring = config.monitoring
     if monitoring is None:
         return found

@@ -2,10 +2,8 @@
 
 Deviations, all mechanical: ``.venv/bin/fleetgate`` is this interpreter's ``-m fleetgate``;
 fixed ports (8883, 5000, 8080) become free loopback ports; run as root, mosquitto gets
-``user root`` (README says why). Until ``mqtt_ingest`` is wired into the server config,
-step 3 (``fleetgate serve``) is played by the subscriber itself with the README's
-``gateways.json``; the full path through ``serve`` and the REST API runs once
-:class:`fleetgate.config.Config` has the section.
+``user root`` (README says why). One test plays step 3 with the subscriber alone; the other
+runs ``fleetgate serve --config gateways.json`` and reads the record back through the API.
 """
 
 from __future__ import annotations
@@ -210,13 +208,11 @@ def test_quick_start_through_fleetgate_serve(quick: QuickStart, tmp_path: Path) 
     quick.start_broker()
     config = tmp_path / "gateways.json"
     config.write_text(json.dumps(gateways_json()).replace(":8883", f":{quick.ports[8883]}"))
+    # gateways.json names only mqtt_ingest: serve opens no tracker or vehicle port.
     env = {
         **os.environ,
         "FLEETGATE_DATA_DIR": str(tmp_path / "data"),
         "FLEETGATE_API__PORT": str(quick.ports[8080]),
-        "FLEETGATE_TELTONIKA__HOST": "127.0.0.1",
-        "FLEETGATE_TELTONIKA__PORT": str(free_port()),
-        "FLEETGATE_TESLA_ENABLED": "false",
     }
     serve = subprocess.Popen(argv(quick.commands[2], quick.ports), cwd=tmp_path, env=env)
     try:

@@ -26,7 +26,7 @@ from pydantic_core import PydanticUndefined
 
 from fleetgate.commands.serve import add_config_argument, load
 from fleetgate.config import Config
-from fleetgate.sinks.registry import SINK_EXTRAS, section_models
+from fleetgate.sinks.registry import SINK_EXTRAS, section_models, sink_class
 
 HEADER = """\
 # Configuration reference
@@ -207,6 +207,8 @@ def reference() -> str:
     parts = [HEADER]
     parts += _section("Top level", "", Config)
     for name, model in sorted(section_models().items()):
+        if not sink_class(name).__module__.startswith("fleetgate.sinks."):
+            continue  # a plug-in registered at run time documents itself
         extra = SINK_EXTRAS.get(name)
         note = f" (install `fleetgate[{extra[0]}]`)" if extra else ""
         if name in FREE_FORM:
