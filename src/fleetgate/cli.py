@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from fleetgate import __version__
 from fleetgate.commands import certs, config, decode, demo, serve, sim, stream, tesla, token
@@ -39,7 +40,10 @@ class DefaultsShown(argparse.HelpFormatter):
 
 
 def _show_defaults(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = DefaultsShown
+    own: Any = parser.formatter_class
+    if not (isinstance(own, type) and issubclass(own, DefaultsShown)):
+        # Keep what the parser chose (raw epilog text...) and add the defaults.
+        parser.formatter_class = type("DefaultsShown", (DefaultsShown, own), {})
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():

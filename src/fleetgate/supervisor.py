@@ -125,7 +125,7 @@ class _WorkerField(logging.Filter):
 
 def run_worker(config: Config, index: int, count: int, ready: Connection) -> None:
     """Entry point of one worker process (a spawned interpreter)."""
-    from fleetgate.app import Server, announce, run_loop, serve
+    from fleetgate.app import Server, StartupError, announce, run_loop, serve
     from fleetgate.observability.logging import setup_logging
 
     setup_logging(config.log_level, config.json_log_enable)
@@ -139,6 +139,9 @@ def run_worker(config: Config, index: int, count: int, ready: Connection) -> Non
 
     try:
         run_loop(serve(worker_config(config, index), ready=started, workers=count))
+    except StartupError as exc:  # a taken port: its one line, no traceback
+        log.error("%s", exc)
+        raise SystemExit(1) from None
     except Exception:
         log.exception("worker %d failed", index)
         raise SystemExit(1) from None

@@ -77,9 +77,12 @@ async def test_reference_example_config_loads_unchanged_and_serves(tmp_path: Pat
     pki = init_pki(tmp_path / "pki", vins=[VIN])
     config_file = tmp_path / "config.json"
     config_file.write_text(REFERENCE_EXAMPLE)
+    allowed = tmp_path / "data.json"  # its data_connectors allow-list, naming our vehicle
+    allowed.write_text(json.dumps({"allowed_vins": [VIN]}))
     # The file stays as Tesla ships it; only deployment specifics come from the environment
     # (loopback and a free port instead of 0.0.0.0:443, our generated certificate files).
     environ = {
+        "FLEETGATE_DATA_CONNECTORS__FILE__PATH": str(allowed),
         "FLEETGATE_HOST": "127.0.0.1",
         "FLEETGATE_PORT": "0",
         "FLEETGATE_TLS__SERVER_CERT": str(pki.server_cert),

@@ -28,6 +28,7 @@ from prometheus_client import Gauge
 from fleetgate.config import Config
 from fleetgate.observability.logging import fields
 from fleetgate.observability.metrics import REGISTRY
+from fleetgate.settings import ConfigError
 
 log = logging.getLogger("fleetgate.tesla")
 
@@ -121,7 +122,10 @@ class VinAllowList:
         return allowed
 
     async def start(self) -> None:
-        self.load()
+        try:
+            self.load()
+        except AllowListError as exc:  # preflight names it first; this is the last guard
+            raise ConfigError(f"data_connectors.file.path: {exc}") from None
         self._task = asyncio.create_task(self._follow(), name="vin-allow-list")
 
     async def stop(self) -> None:
