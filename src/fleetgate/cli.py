@@ -43,7 +43,8 @@ def _show_defaults(parser: argparse.ArgumentParser) -> None:
     own: Any = parser.formatter_class
     if not (isinstance(own, type) and issubclass(own, DefaultsShown)):
         # Keep what the parser chose (raw epilog text...) and add the defaults.
-        parser.formatter_class = type("DefaultsShown", (DefaultsShown, own), {})
+        combined: Any = type("DefaultsShown", (DefaultsShown, own), {})
+        parser.formatter_class = combined
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
