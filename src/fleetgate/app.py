@@ -36,6 +36,7 @@ from fleetgate.pipeline.deadletter import DeadLetters
 from fleetgate.pipeline.hub import LiveHub
 from fleetgate.pipeline.spool import Spool, SpoolSettings
 from fleetgate.runtime import Listener, ListenerFactory, ServerContext, StartupError
+from fleetgate.settings import ConfigError
 from fleetgate.sinks.base import Health, SinkContext
 from fleetgate.sinks.registry import build_sink
 from fleetgate.sinks.sqlite import SqliteSettings, SqliteSink
@@ -372,9 +373,9 @@ async def serve(
             loop.add_signal_handler(sig, stop.set)
     try:
         await server.start()
-    except (OSError, StartupError) as exc:
+    except (OSError, StartupError, ConfigError) as exc:
         await server.stop()
-        if isinstance(exc, StartupError):
+        if not isinstance(exc, OSError):
             raise
         raise StartupError(f"cannot start: {exc.strerror or exc}") from exc
     if ready is not None:
