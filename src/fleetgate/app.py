@@ -23,6 +23,7 @@ from fleetgate.listeners.teltonika.tcp import create_listener as teltonika_tcp_l
 from fleetgate.listeners.teltonika.udp import create_listener as teltonika_udp_listener
 from fleetgate.listeners.tesla.listener import create_listener as tesla_listener
 from fleetgate.observability.dispatcher_metrics import dispatcher_metrics
+from fleetgate.observability.redact import redact_tree
 from fleetgate.pipeline import AckPolicy, Pipeline, Router, RunnerSettings, SinkRunner
 from fleetgate.runtime import Listener, ListenerFactory, ServerContext, StartupError
 from fleetgate.sinks.base import Health, SinkContext
@@ -177,7 +178,8 @@ class Server:
 
     def health_report(self) -> dict[str, Any]:
         """``/health``: the worst status of any sink or listener, and each one's state."""
-        sinks = self.pipeline.health()
+        # Unauthenticated: error texts lose any credentials a backend's message quoted.
+        sinks = redact_tree(self.pipeline.health())
         listeners = {item.name: item.health() for item in self.listeners}
         statuses = {entry["status"] for entry in sinks.values()}
         statuses.update(entry.get("status", "ok") for entry in listeners.values())

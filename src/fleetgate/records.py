@@ -12,6 +12,7 @@ protocol's *own* bytes (Tesla's protobuf) ask :func:`fleetgate.forms.wire_payloa
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -100,6 +101,19 @@ def now_ms() -> int:
 # RFC 3339 can only express years 0001..9999; device clocks can say anything.
 _MIN_MS: Final = -62_135_596_800_000
 _MAX_MS: Final = 253_402_300_799_999
+# The same bounds for callers that refuse times outside them (the API's since/until).
+MIN_TIME_MS: Final = _MIN_MS
+MAX_TIME_MS: Final = _MAX_MS
+
+# Device ids travel in URL paths, file names, subjects and topics: letters, digits and
+# ``._:-``, starting with a letter or digit (so never ``.`` or ``..``), bounded in length.
+DEVICE_ID_MAX_LENGTH: Final = 128
+_DEVICE_ID = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._:-]{{0,{DEVICE_ID_MAX_LENGTH - 1}}}")
+
+
+def valid_device_id(device_id: str) -> bool:
+    """True when ``device_id`` is safe everywhere an id is used (see the rule above)."""
+    return _DEVICE_ID.fullmatch(device_id) is not None
 
 
 def rfc3339_seconds_text(seconds: int) -> str:

@@ -43,7 +43,9 @@ def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
     location = ".".join(parts) or "config"
     message = str(first["msg"]).removeprefix("Value error, ")
     value = first.get("input")
-    shown = f" (got {value!r})" if not isinstance(value, dict | list) else ""
+    # The value helps fix a typo, but a secret's value never goes to a terminal or a log.
+    secret = any(word in location.lower() for word in ("password", "secret", "token"))
+    shown = f" (got {value!r})" if not isinstance(value, dict | list) and not secret else ""
     return f"{location}: {message}{shown}"
 
 

@@ -15,7 +15,7 @@ from fastapi.responses import Response
 
 from fleetgate import __version__
 from fleetgate.observability import metrics
-from fleetgate.records import parse_rfc3339_ms
+from fleetgate.records import MAX_TIME_MS, MIN_TIME_MS, parse_rfc3339_ms
 from fleetgate.sinks.base import Health
 from fleetgate.store import RecordStore
 
@@ -38,12 +38,18 @@ def _time_param(value: str | None, name: str) -> int | None:
     if value is None or value == "":
         return None
     try:
-        return parse_rfc3339_ms(value)
-    except ValueError:
+        ms = parse_rfc3339_ms(value)
+    except (ValueError, OverflowError):
+        ms = None
+    # Beyond years 1..9999 no record can match, and beyond 64 bits SQLite cannot compare.
+    if ms is None or not MIN_TIME_MS <= ms <= MAX_TIME_MS:
+        shown = value if len(value) <= 64 else f"{value[:64]}..."
         raise HTTPException(
             status_code=400,
-            detail=f"{name}: expected RFC 3339 time or epoch milliseconds, got {value!r}",
-        ) from None
+            detail=f"{name}: expected an RFC 3339 time or epoch milliseconds within years "
+            f"1..9999, got {shown!r}",
+        )
+    return ms
 
 
 def create_api(record_store: RecordStore | None, health_report: HealthReport) -> FastAPI:
@@ -72,7 +78,11 @@ def create_api(record_store: RecordStore | None, health_report: HealthReport) ->
     def devices() -> dict[str, Any]:
         return {"devices": [device.as_json() for device in store().devices()]}
 
-    @api.get("/api/v1/devices/{device_id}/records", summary="A device's records, newest first")
+    # ``{device_id:path}``: an id holding ``/`` (percent-encoded by the client as ``%2F``)
+    # still reaches its device instead of a 404.
+    @api.get(
+        "/api/v1/devices/{device_id:path}/records", summary="A device's records, newest first"
+    )
     def records(
         device_id: str,
         since: Annotated[str | None, Query(description="RFC 3339 time or epoch ms")] = None,
@@ -85,7 +95,7 @@ def create_api(record_store: RecordStore | None, health_report: HealthReport) ->
         # Returned as a ready response: skips FastAPI's per-field re-encoding of records.
         return JsonResponse({"records": items})
 
-    @api.get("/api/v1/devices/{device_id}/latest", summary="A device's newest record")
+    @api.get("/api/v1/devices/{device_id:path}/latest", summary="A device's newest record")
     def latest(device_id: str) -> Response:
         items = store().records(device_id, limit=1)
         if not items:

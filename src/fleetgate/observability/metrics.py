@@ -56,6 +56,19 @@ OPEN_CONNECTIONS = Gauge(
     multiprocess_mode="livesum",
 )
 
+CONNECTIONS_REFUSED = Counter(
+    "fleetgate_connections_refused_total",
+    "Device connections refused or closed by a limit (caps, handshake and frame deadlines)",
+    ["protocol", "reason"], registry=REGISTRY,
+)
+
+# -- logging ------------------------------------------------------------------------------
+LOG_LINES_SUPPRESSED = Counter(
+    "fleetgate_log_lines_suppressed_total",
+    "Log lines a rate-limited call site did not write (summarised instead)", ["key"],
+    registry=REGISTRY,
+)
+
 # -- Teltonika ----------------------------------------------------------------------------
 TELTONIKA_HANDSHAKES = Counter(
     "fleetgate_teltonika_handshakes_total", "IMEI handshakes by result", ["result"],

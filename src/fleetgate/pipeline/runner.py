@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from fleetgate.observability import metrics
+from fleetgate.observability.redact import redact
 from fleetgate.pipeline.ledger import Ledger
 from fleetgate.records import Record
 from fleetgate.sinks.base import Health, Sink, TransientSinkError
@@ -262,7 +263,9 @@ class SinkRunner:
             return
 
     def _mark_failure(self, exc: BaseException, attempt: int) -> None:
-        self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        # Shown by the unauthenticated /health: never a URL's credentials.
+        self.last_error = redact(text)
         metrics.SINK_ERRORS.labels(sink=self.name).inc()
         self._queue_gauge.set(self._queued_records)
         if self.hooks is not None:
