@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +33,14 @@ from fleetgate.observability.metrics import LOG_LINES_SUPPRESSED
 
 DEFAULT_BURST = 10
 DEFAULT_INTERVAL_S = 60.0
+
+_instances: weakref.WeakSet[LimitedLog] = weakref.WeakSet()
+
+
+def reset_all() -> None:
+    """Start a fresh window everywhere, dropping what was suppressed (tests use this)."""
+    for limited in list(_instances):
+        limited.reset()
 
 
 class LimitedLog:
@@ -61,6 +70,7 @@ class LimitedLog:
         self._msg = ""
         self._timer: threading.Timer | None = None
         self._counter = LOG_LINES_SUPPRESSED.labels(key=key)
+        _instances.add(self)
 
     @property
     def suppressed(self) -> int:
@@ -95,16 +105,30 @@ class LimitedLog:
         return allowed
 
     def debug(self, msg: str, *args: Any, **kwargs: Any) -> bool:
+        kwargs.setdefault("stacklevel", 3)  # the line that called debug()
         return self.log(logging.DEBUG, msg, *args, **kwargs)
 
     def info(self, msg: str, *args: Any, **kwargs: Any) -> bool:
+        kwargs.setdefault("stacklevel", 3)  # the line that called info()
         return self.log(logging.INFO, msg, *args, **kwargs)
 
     def warning(self, msg: str, *args: Any, **kwargs: Any) -> bool:
+        kwargs.setdefault("stacklevel", 3)  # the line that called warning()
         return self.log(logging.WARNING, msg, *args, **kwargs)
 
     def error(self, msg: str, *args: Any, **kwargs: Any) -> bool:
+        kwargs.setdefault("stacklevel", 3)  # the line that called error()
         return self.log(logging.ERROR, msg, *args, **kwargs)
+
+    def reset(self) -> None:
+        """Forget the current window and what it suppressed."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._window_end = 0.0
+            self._passed = 0
+            self._suppressed = 0
 
     def flush(self) -> None:
         """Write the summary of what was suppressed so far now (e.g. at shutdown)."""
