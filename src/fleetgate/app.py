@@ -123,11 +123,14 @@ class Server:
         self.started.set()
 
     async def stop(self) -> None:
-        for listener in reversed(self.listeners):
-            try:
-                await listener.stop()
-            except Exception:
-                log.exception("stopping %s failed", listener.name)
+        # All listeners at once: each stops accepting at once, then drains its sessions
+        # within its own deadline (one listener's drain does not keep another accepting).
+        results = await asyncio.gather(
+            *(listener.stop() for listener in reversed(self.listeners)), return_exceptions=True
+        )
+        for listener, result in zip(reversed(self.listeners), results, strict=True):
+            if isinstance(result, Exception):
+                log.error("stopping %s failed", listener.name, exc_info=result)
         self.listeners.clear()
         await self.pipeline.close()
         if self._api_server is not None:
@@ -141,6 +144,14 @@ class Server:
             self._metrics_server = None
         if self.store is not None:
             self.store.close()
+
+    def reload(self) -> None:
+        """SIGHUP: listeners holding certificates read them again (new handshakes use
+        them; connected devices keep their sessions)."""
+        for listener in self.listeners:
+            reload = getattr(listener, "reload", None)
+            if callable(reload):
+                reload()
 
     def _start_monitoring(self) -> None:
         """Tesla's ``monitoring.prometheus_metrics_port``: ``/metrics`` on its own port, so a
@@ -244,6 +255,8 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(NotImplementedError, AttributeError):
+        loop.add_signal_handler(signal.SIGHUP, server.reload)
     try:
         await server.start()
     except OSError as exc:
