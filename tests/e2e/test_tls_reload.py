@@ -91,10 +91,7 @@ async def acked(ws: ClientConnection, txid: str) -> bool:
     return reply.message_type == MESSAGE_STREAM_ACK and reply.txid == txid.encode()
 
 
-async def test_sighup_reloads_the_certificate_and_keeps_vehicles(tmp_path: Path) -> None:
-    pki = init_pki(tmp_path / "pki", host="localhost", vins=[VIN])
-    first_serial = x509.load_pem_x509_certificate(pki.server_cert.read_bytes()).serial_number
-    port = free_port()
+def start(tmp_path: Path, pki: DevPki, port: int, *args: str) -> Process:
     config = {
         "data_dir": str(tmp_path / "data"),
         "json_log_enable": True,
@@ -107,11 +104,20 @@ async def test_sighup_reloads_the_certificate_and_keeps_vehicles(tmp_path: Path)
     (tmp_path / "config.json").write_text(json.dumps(config))
     log_path = tmp_path / "server.log"
     with log_path.open("wb") as log_file:
-        process = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
-            [sys.executable, "-m", "fleetgate", "serve", "--config", str(tmp_path / "config.json")],
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fleetgate", "serve", "--config",
+             str(tmp_path / "config.json"), *args],
             stdout=log_file, stderr=subprocess.STDOUT, cwd=tmp_path,
         )
-    served = Process(process, log_path)
+    return Process(process, log_path)
+
+
+async def test_sighup_reloads_the_certificate_and_keeps_vehicles(tmp_path: Path) -> None:
+    pki = init_pki(tmp_path / "pki", host="localhost", vins=[VIN])
+    first_serial = x509.load_pem_x509_certificate(pki.server_cert.read_bytes()).serial_number
+    port = free_port()
+    served = start(tmp_path, pki, port)
+    process = served.process
     try:
         served.wait_for("tesla listening")
         connected = await vehicle(port, pki)
@@ -139,6 +145,40 @@ async def test_sighup_reloads_the_certificate_and_keeps_vehicles(tmp_path: Path)
         third = await vehicle(port, pki)
         assert serial_of(third) == second_serial
         for ws in (connected, newcomer, third):
+            await ws.close()
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(process.wait, 60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+async def test_the_supervisor_passes_sighup_to_every_worker(tmp_path: Path) -> None:
+    pki = init_pki(tmp_path / "pki", host="localhost", vins=[VIN])
+    port = free_port()
+    served = start(tmp_path, pki, port, "--workers", "2")
+    process = served.process
+    try:
+        served.wait_for("2 workers ready")
+        second_serial = replace_server_certificate(pki)
+        mark = len(served.lines())
+        process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while True:
+            reloaded = [
+                entry for entry in served.lines()[mark:]
+                if entry["msg"] == "tls certificate reloaded"
+            ]
+            if len(reloaded) == 2:
+                break
+            assert time.monotonic() < deadline, served.log_path.read_text()
+            await asyncio.sleep(0.05)
+        assert sorted(entry["worker"] for entry in reloaded) == [0, 1]
+        # Whichever worker takes the connection serves the new certificate.
+        for _ in range(4):
+            ws = await vehicle(port, pki)
+            assert serial_of(ws) == second_serial
             await ws.close()
         process.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(process.wait, 60) == 0
