@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import signal
+import socket
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -19,12 +20,17 @@ from typing import Any
 from fleetgate import __version__
 from fleetgate.config import Config
 from fleetgate.forms import wire_payload
+from fleetgate.listeners.mqtt import create_listener as mqtt_ingest_listener
 from fleetgate.listeners.teltonika.tcp import create_listener as teltonika_tcp_listener
 from fleetgate.listeners.teltonika.udp import create_listener as teltonika_udp_listener
 from fleetgate.listeners.tesla.listener import create_listener as tesla_listener
 from fleetgate.observability.dispatcher_metrics import dispatcher_metrics
+from fleetgate.observability.logging import fields
 from fleetgate.observability.redact import redact_tree
-from fleetgate.pipeline import AckPolicy, Pipeline, Router, RunnerSettings, SinkRunner
+from fleetgate.pipeline import AckPolicy, Ledger, Pipeline, Router, RunnerSettings, SinkRunner
+from fleetgate.pipeline.deadletter import DeadLetters
+from fleetgate.pipeline.hub import LiveHub
+from fleetgate.pipeline.spool import Spool, SpoolSettings
 from fleetgate.runtime import Listener, ListenerFactory, ServerContext, StartupError
 from fleetgate.sinks.base import Health, SinkContext
 from fleetgate.sinks.registry import build_sink
@@ -34,12 +40,14 @@ from fleetgate.store import RecordStore
 log = logging.getLogger("fleetgate")
 
 STORE_SINK = SqliteSink.name
+DEAD_LETTER_DIR = "deadletter"
 
 # Started in this order; each returns None when its config disables it.
 LISTENER_FACTORIES: tuple[ListenerFactory, ...] = (
     teltonika_tcp_listener,
     teltonika_udp_listener,
     tesla_listener,
+    mqtt_ingest_listener,
 )
 
 __all__ = ["Server", "StartupError", "build_pipeline", "serve"]
@@ -56,12 +64,40 @@ def runner_settings(config: Config) -> RunnerSettings:
     )
 
 
+def build_spool(config: Config, ledger: Ledger) -> Spool | None:
+    """The durable spool (``None`` when disabled), checked and recovered from disk."""
+    if not config.spool.enabled:
+        return None
+    s = config.spool
+    spool = Spool(
+        SpoolSettings(
+            config.spool_path,
+            segment_bytes=s.segment_bytes,
+            max_bytes=s.max_bytes,
+            fsync=s.fsync,
+            memory_records=s.memory_records,
+        ),
+        ledger,
+    )
+    recovery = spool.open()
+    if recovery.entries:
+        log.info(
+            "spool: %d frames in %d segments to deliver; resuming after offset %d",
+            recovery.entries,
+            recovery.segments,
+            recovery.head,
+            extra=fields(directory=str(config.spool_path), cut_bytes=recovery.cut_bytes),
+        )
+    return spool
+
+
 def build_pipeline(config: Config, store: RecordStore | None = None) -> Pipeline:
     """Sinks named by ``records`` (plus the store) wired behind a router and ack policy."""
     context = SinkContext(
         namespace=config.namespace,
         transmit_decoded=config.transmit_decoded_records,
         data_dir=config.data_dir,
+        node_id=config.node_id or socket.gethostname(),
     )
     always: list[str] = []
     runners: dict[str, SinkRunner] = {}
@@ -83,8 +119,17 @@ def build_pipeline(config: Config, store: RecordStore | None = None) -> Pipeline
         config.ack_level,
         STORE_SINK if config.store.enabled else None,
         config.reliable_ack_sources,
+        per_source=config.ack_policy,
     )
-    return Pipeline(runners, router, policy, ack_timeout_s=config.ack_timeout_s)
+    ledger = Ledger(config.ack_timeout_s)
+    return Pipeline(
+        runners,
+        router,
+        policy,
+        ack_timeout_s=config.ack_timeout_s,
+        spool=build_spool(config, ledger),
+        dead_letters=DeadLetters(config.data_path / DEAD_LETTER_DIR),
+    )
 
 
 class Server:
@@ -101,6 +146,11 @@ class Server:
             else None
         )
         self.pipeline = build_pipeline(config, self.store)
+        # Live fan-out to /stream clients, fed with every batch entering the pipeline.
+        self.hub = LiveHub()
+        if config.api.enabled:
+            self.pipeline.add_observer(self.hub.publish)
+        self.auth: Any = None
         self.context = ServerContext(config, self.pipeline, self.store)
         self.listeners: list[Listener] = []
         self.started_at = time.time()
@@ -213,15 +263,27 @@ class Server:
         import uvicorn
 
         from fleetgate.api.app import create_api
+        from fleetgate.api.auth import Authenticator
 
-        api = create_api(self.store, self.health_report)
+        settings = self.config.api
+        self.auth = Authenticator(settings.auth, self.config.data_path)
+        api = create_api(
+            self.store, self.health_report, auth=self.auth, settings=settings, hub=self.hub
+        )
         config = uvicorn.Config(
             api,
-            host=self.config.api.host,
-            port=self.config.api.port,
+            host=settings.host,
+            port=settings.port,
             log_config=None,
             access_log=False,
             lifespan="off",
+            ssl_certfile=settings.tls_cert,
+            ssl_keyfile=settings.tls_key,
+            ws_ping_interval=settings.stream.ping_interval_s,
+            ws_ping_timeout=settings.stream.ping_timeout_s,
+            ws_per_message_deflate=settings.stream.compression,
+            # A /stream client that reads nothing must not hold shutdown forever.
+            timeout_graceful_shutdown=5,
         )
         server = uvicorn.Server(config)
         # The process's own SIGINT/SIGTERM handling (in ``serve``) owns shutdown.
@@ -277,7 +339,37 @@ def announce(server: Server) -> None:
     for listener in server.listeners:
         log.info("%s ready: %s", listener.name, listener.health().get("address", ""))
     if config.api.enabled:
-        log.info("api ready: http://%s:%d (docs at /docs)", config.api.host, server.api_port)
+        log.info("api ready: %s (dashboard at /, docs at /docs)", api_url(server))
+        sign_in_link(server)
+
+
+def api_url(server: Server) -> str:
+    """Where the API answers (a wildcard bind address shown as loopback)."""
+    api = server.config.api
+    host = "127.0.0.1" if api.host in ("", "0.0.0.0", "::") else api.host
+    host = f"[{host}]" if ":" in host else host
+    scheme = "https" if api.tls_cert else "http"
+    return f"{scheme}://{host}:{server.api_port}"
+
+
+def sign_in_link(server: Server) -> None:
+    """On the embedded defaults (the generated secret), log a ready dashboard link."""
+    from fleetgate.api.auth import Authenticator
+
+    auth = server.auth
+    settings = server.config.api.auth
+    if not isinstance(auth, Authenticator) or not auth.enabled:
+        if not settings.enabled:
+            log.warning("api: authentication is disabled; anyone who reaches the port can read")
+        return
+    if not (auth.key_in_data_dir and settings.sign_in_link):
+        return
+    token = auth.issue("dashboard", settings.sign_in_link_ttl_s, ("read", "stream"))
+    # In the fragment: browsers never send it to the server (no access logs, no Referer).
+    log.info(
+        "dashboard sign-in link (valid %g h): %s/#token=%s",
+        settings.sign_in_link_ttl_s / 3600, api_url(server), token,
+    )
 
 
 def run_loop(main: Coroutine[Any, Any, None]) -> None:

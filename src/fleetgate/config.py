@@ -34,6 +34,7 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator
 
+from fleetgate.mqtt_settings import MqttIngestConfig
 from fleetgate.settings import (
     ConfigError,
     Section,
@@ -56,10 +57,17 @@ TlsConfig = TlsFiles
 
 
 class AckLevel(enum.StrEnum):
-    """How durable records must be before a device sees an ack."""
+    """How durable records must be before a device sees an ack (see the README's table)."""
 
-    RECEIPT = "receipt"
+    RECEIVE = "receive"
+    SPOOL = "spool"
     STORE = "store"
+    SINKS = "sinks"
+    RECEIPT = "receive"  # the earlier name of RECEIVE
+
+    @classmethod
+    def _missing_(cls, value: object) -> AckLevel | None:
+        return cls.RECEIVE if value == "receipt" else None
 
 
 # -- fleetgate's own sections --------------------------------------------------------------
@@ -106,12 +114,75 @@ class TeslaListenerConfig(Section):
     shutdown_timeout_s: float = Field(10.0, gt=0)
 
 
+class ApiAuthConfig(Section):
+    """JWT bearer tokens for the REST API and ``/stream`` (see :mod:`fleetgate.api.auth`)."""
+
+    enabled: bool = True
+    algorithm: Literal["HS256", "HS384", "HS512", "RS256", "ES256"] = "HS256"
+    # HS*: the shared secret (env alias JWT_SECRET). Neither set: <data_dir>/api-secret.key,
+    # created on first start.
+    secret: str | None = None
+    secret_file: str | None = None
+    # RS256 / ES256: PEM keys; the private key is needed only where tokens are issued.
+    public_key_file: str | None = None
+    private_key_file: str | None = None
+    # When set, tokens must carry exactly this ``iss`` / an ``aud`` naming this audience.
+    issuer: str | None = None
+    audience: str | None = None
+    leeway_s: float = Field(10.0, ge=0)
+    require_exp: bool = True
+    # Scopes of a token that names none (the Node telemetry server's tokens): stream only.
+    unscoped: list[str] = Field(default_factory=lambda: ["stream"])
+    # Paths served without a token.
+    public_paths: list[str] = Field(default_factory=lambda: ["/health", "/metrics"])
+    # With the generated key: log a sign-in link (a read+stream token) at every start.
+    sign_in_link: bool = True
+    sign_in_link_ttl_s: float = Field(12 * 3600, gt=0)
+
+
+class StreamConfig(Section):
+    """``/stream``: per-client buffers and keepalive."""
+
+    # Records waiting for one client; past it, records for that client are dropped (counted).
+    buffer_records: int = Field(10_000, ge=1)
+    # A client that has been dropping records this long without taking any is disconnected.
+    stall_timeout_s: float = Field(10.0, gt=0)
+    # Batching clients (``batch=1``): at most this many records per message, gathered for
+    # up to ``batch_linger_ms``.
+    batch_max_records: int = Field(1000, ge=1)
+    batch_linger_ms: float = Field(50.0, ge=0)
+    # A client without a token in its request must send one in its first message this soon.
+    auth_timeout_s: float = Field(10.0, gt=0)
+    ping_interval_s: float = Field(20.0, gt=0)
+    ping_timeout_s: float = Field(20.0, gt=0)
+    max_clients: int = Field(1000, ge=1)
+    # permessage-deflate: less bandwidth, but every message is compressed once per client.
+    compression: bool = False
+
+
+class DashboardConfig(Section):
+    """The web dashboard at ``/``."""
+
+    enabled: bool = True
+    # Map tiles; empty: no tiles, positions on a plain background.
+    tile_url: str = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
+    tile_attribution: str = "&copy; OpenStreetMap contributors"
+
+
 class ApiConfig(Section):
     """HTTP API, health and metrics."""
 
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    # HTTPS for the API (env aliases CERT_PATH / KEY_PATH); none: plain HTTP.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    # A device heard from within this many seconds is shown as online.
+    online_window_s: float = Field(600.0, gt=0)
+    auth: ApiAuthConfig = Field(default_factory=ApiAuthConfig)
+    stream: StreamConfig = Field(default_factory=StreamConfig)
+    dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
 
 
 class StoreConfig(Section):
@@ -122,6 +193,21 @@ class StoreConfig(Section):
     # Large batches make the per-device index cheap per row (its pages are written once per
     # batch, not once per record): 10,000 doubles sustained store writes over 2,000.
     max_batch: int = Field(10_000, ge=1)
+
+
+class SpoolConfig(Section):
+    """The durable spool: every frame is written and synced here before its ``spool`` ack."""
+
+    enabled: bool = True
+    path: str | None = None  # default: <data_dir>/spool
+    # Disk budget: at this size the pipeline stops taking frames (devices keep their data)
+    # until sinks catch up and segments are deleted.
+    max_bytes: int = Field(10 * 1024**3, ge=1024 * 1024)
+    segment_bytes: int = Field(64 * 1024**2, ge=64 * 1024)
+    # Sync each group commit (survives power loss); off: survives a process crash only.
+    fsync: bool = True
+    # Records of the newest frames kept in memory for sinks that catch up.
+    memory_records: int = Field(50_000, ge=0)
 
 
 class SinkSettingsConfig(Section):
@@ -180,8 +266,14 @@ class Config(Section):
     store: StoreConfig = Field(default_factory=StoreConfig)
     sink_settings: SinkSettingsConfig = Field(default_factory=SinkSettingsConfig)
     records: dict[str, list[str]] = Field(default_factory=dict)
-    ack_level: AckLevel = AckLevel.STORE
+    spool: SpoolConfig = Field(default_factory=SpoolConfig)
+    # The ack level of every source, unless ack_policy names one for it: a level, or the
+    # list of sinks whose confirmation the ack waits for.
+    ack_level: AckLevel = AckLevel.SPOOL
+    ack_policy: dict[str, AckLevel | list[str]] = Field(default_factory=dict)
     ack_timeout_s: float = Field(30.0, gt=0)
+    # This server's name in record ids (<node_id>-<offset>); empty: the host name.
+    node_id: str = ""
     # Worker processes sharing the device ports (SO_REUSEPORT); 0 = one per CPU core.
     workers: int = Field(1, ge=0, le=256)
 
@@ -201,6 +293,8 @@ class Config(Section):
     vins_signal_tracking_enabled: list[str] = Field(default_factory=list)
     monitoring: MonitoringConfig | None = None
     airbrake: AirbrakeConfig | None = None
+    # CAN gateways: the broker they publish to (Tesla's "mqtt" key is the dispatcher).
+    mqtt_ingest: MqttIngestConfig | None = None
 
     # Dispatcher sections (``kafka``, ``logger``, ``jsonl``...), validated by the models
     # their sink modules declare; read them with :meth:`sink_section`.
@@ -237,6 +331,10 @@ class Config(Section):
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
+
+    @property
+    def spool_path(self) -> Path:
+        return Path(self.spool.path) if self.spool.path else self.data_path / "spool"
 
     @property
     def store_path(self) -> Path:
@@ -344,6 +442,39 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     return overrides
 
 
+# The Node telemetry server's environment variables, read as aliases of fleetgate keys
+# (FLEETGATE_* variables win over them): its dashboards' /stream port and token secret, and
+# the certificate files of its one TLS server (here: the vehicle listener and the API).
+NODE_ENV_ALIASES: Mapping[str, tuple[tuple[str, ...], ...]] = {
+    "JWT_SECRET": (("api", "auth", "secret"),),
+    "PORT": (("api", "port"),),
+    "CERT_PATH": (("tls", "server_cert"), ("api", "tls_cert")),
+    "KEY_PATH": (("tls", "server_key"), ("api", "tls_key")),
+    "CA_PATH": (("tls", "ca_file"),),
+}
+
+
+def _node_env_aliases(environ: Mapping[str, str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for variable, targets in NODE_ENV_ALIASES.items():
+        raw = environ.get(variable, "")
+        if not raw:
+            continue
+        for *sections, key in targets:
+            target = overrides
+            for section in sections:
+                target = target.setdefault(section, {})
+            target[key] = _EnvText(raw)
+    request = environ.get("REQUEST_CLIENT_CERT", "").strip().lower()
+    if request in ("false", "0", "no"):
+        log.warning(
+            "REQUEST_CLIENT_CERT=%s ignored: the vehicle listener always requires and verifies "
+            "client certificates (the VIN comes from them)",
+            request,
+        )
+    return overrides
+
+
 def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in override.items():
@@ -377,7 +508,9 @@ def build_config(
     warn: bool = True,
 ) -> Config:
     """Validate ``data`` (plus environment overrides) into a :class:`Config`."""
-    merged = _merge(dict(data or {}), _env_overrides(os.environ if environ is None else environ))
+    environ = os.environ if environ is None else environ
+    overrides = _merge(_node_env_aliases(environ), _env_overrides(environ))
+    merged = _merge(dict(data or {}), overrides)
     unknown: list[str] = []
     sections = section_models()
     normalised = _normalise(merged, Config, "", unknown, extra_sections=sections)
@@ -416,6 +549,7 @@ def validate_routing(config: Config) -> None:
             label = sink_class(sink).label
             if label is not None and config.sink_section(sink) is None:
                 raise ConfigError(f"records.{topic}: expected {label} to be configured")
+    _validate_ack(config)
     for topic, sink in config.reliable_ack_sources.items():
         where = f"reliable_ack_sources.{topic}"
         if topic == "connectivity":
@@ -426,3 +560,22 @@ def validate_routing(config: Config) -> None:
             raise ConfigError(f"{where}: {topic} is not a key of records")
         if sink not in config.records[topic]:
             raise ConfigError(f"{where}: {sink} is not a dispatcher of records.{topic}")
+
+
+def _validate_ack(config: Config) -> None:
+    """The ack levels name what exists: a spool, a store, sinks that records feed."""
+    routed = {sink for sinks in config.records.values() for sink in sinks}
+    levels = [("ack_level", config.ack_level)] + [
+        (f"ack_policy.{source}", rule) for source, rule in config.ack_policy.items()
+    ]
+    for where, rule in levels:
+        if isinstance(rule, list):
+            unknown = [sink for sink in rule if sink not in routed and sink != "sqlite"]
+            if unknown:
+                raise ConfigError(f"{where}: {', '.join(unknown)} not a sink of records")
+        elif rule is AckLevel.SPOOL and not config.spool.enabled:
+            raise ConfigError(f"{where}: spool needs spool.enabled (or choose another level)")
+        elif rule is AckLevel.STORE and not config.store.enabled:
+            raise ConfigError(f"{where}: store needs store.enabled (or choose another level)")
+        elif rule is AckLevel.SINKS:
+            raise ConfigError(f"{where}: give the sinks to wait for as a list instead")

@@ -1,6 +1,13 @@
 """Certificates for development and tests: a CA, server and client certificates, TLS
 client contexts.
 
+:func:`init_gateway_pki` does the same for CAN gateways on an MQTT broker with mutual
+TLS: the CA, a broker certificate, one client certificate per gateway (CN = gateway id,
+so a broker that takes the certificate identity as username can restrict each gateway to
+its own topics) with the gateway's own ``config.json``, and one for fleetgate's
+subscriber. Gateway keys are ECC P-256 by default (what an ESP32 handles best); P-384,
+P-521 and RSA 2048, which AWS IoT Core also accepts, can be chosen.
+
 :func:`init_pki` makes a CA whose name Tesla's identity rules accept (``Tesla Motors Products
 CA``, so a leaf issued by it maps to ``vehicle_device.<CN>``), a server certificate and one
 client certificate per VIN. The CA key is **EC**: Tesla's production bundle already holds
@@ -15,15 +22,17 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import os
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal, get_args
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 DEV_CA_NAME = "Tesla Motors Products CA"
@@ -38,6 +47,14 @@ SERVER_KEY = "server.key"
 VEHICLES_DIR = "vehicles"
 
 PrivateKey = ec.EllipticCurvePrivateKey
+AnyPrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+GatewayKeyType = Literal["p256", "p384", "p521", "rsa2048"]
+GATEWAY_KEY_TYPES: tuple[str, ...] = get_args(GatewayKeyType)
+GATEWAYS_DIR = "gateways"
+SUBSCRIBER_NAME = "fleetgate"
+SUBSCRIBER_CERT = "subscriber.crt"
+SUBSCRIBER_KEY = "subscriber.key"
 
 
 def client_ssl_context(
@@ -106,7 +123,11 @@ def generate_ca(
 
 
 def _leaf_builder(
-    ca_cert: x509.Certificate, ca_key: PrivateKey, subject: x509.Name, key: PrivateKey, days: int
+    ca_cert: x509.Certificate,
+    ca_key: PrivateKey,
+    subject: x509.Name,
+    key: AnyPrivateKey,
+    days: int,
 ) -> x509.CertificateBuilder:
     now = _now()
     return (
@@ -174,7 +195,7 @@ def write_cert(path: Path, cert: x509.Certificate) -> None:
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def write_key(path: Path, key: PrivateKey) -> None:
+def write_key(path: Path, key: AnyPrivateKey) -> None:
     data = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -260,3 +281,170 @@ def init_pki(directory: str | Path, host: str = "localhost", vins: Sequence[str]
             created += [cert_path, key_path]
         vehicles[vin] = (cert_path, key_path)
     return DevPki(out, out / CA_CERT, out / CA_KEY, server_cert, server_key, vehicles, created)
+
+
+# -- CAN gateways (MQTT with mutual TLS) ---------------------------------------------------
+def new_gateway_key(key_type: GatewayKeyType = "p256") -> AnyPrivateKey:
+    """A private key of one of the types AWS IoT Core accepts for devices."""
+    if key_type == "rsa2048":
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    curves: dict[str, ec.EllipticCurve] = {
+        "p256": ec.SECP256R1(),
+        "p384": ec.SECP384R1(),
+        "p521": ec.SECP521R1(),
+    }
+    if key_type not in curves:
+        raise ValueError(f"key type must be one of {', '.join(GATEWAY_KEY_TYPES)}")
+    return ec.generate_private_key(curves[key_type])
+
+
+def issue_gateway_cert(
+    ca_cert: x509.Certificate,
+    ca_key: PrivateKey,
+    gateway_id: str,
+    key_type: GatewayKeyType = "p256",
+    days: int = 825,
+) -> tuple[x509.Certificate, AnyPrivateKey]:
+    """A TLS client certificate for an MQTT client, CN = ``gateway_id``."""
+    key = new_gateway_key(key_type)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, gateway_id)])
+    cert = (
+        _leaf_builder(ca_cert, ca_key, subject, key, days)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def gateway_paths(directory: Path, gateway_id: str) -> tuple[Path, Path, Path]:
+    """Certificate, key and config.json of ``gateway_id`` under ``directory``."""
+    base = directory / GATEWAYS_DIR
+    return (
+        base / f"{gateway_id}.crt",
+        base / f"{gateway_id}.key",
+        base / f"{gateway_id}.json",
+    )
+
+
+def gateway_config(
+    gateway_id: str,
+    endpoint: str,
+    cert: Path,
+    key: Path,
+    ca: Path,
+    *,
+    publish_interval_seconds: int = 300,
+) -> dict[str, Any]:
+    """The gateway's own config file (the CAN-gateway publisher's format), absolute paths."""
+    return {
+        "endpoint": endpoint,
+        "thing_name": gateway_id,
+        "client_id": gateway_id,
+        "cert_path": str(cert.resolve()),
+        "key_path": str(key.resolve()),
+        "ca_path": str(ca.resolve()),
+        "publish_interval_seconds": publish_interval_seconds,
+    }
+
+
+@dataclass(frozen=True)
+class GatewayPki:
+    """Paths written by :func:`init_gateway_pki`."""
+
+    directory: Path
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+    subscriber_cert: Path
+    subscriber_key: Path
+    # gateway id -> (certificate, key, config.json)
+    gateways: dict[str, tuple[Path, Path, Path]] = field(default_factory=dict)
+    created: list[Path] = field(default_factory=list)
+
+    def mosquitto_listener(self, port: int = 8883, bind: str = "127.0.0.1") -> str:
+        """mosquitto.conf lines for a mutual-TLS listener that trusts this CA (loopback
+        unless ``bind`` says otherwise: 0.0.0.0 for gateways on the network)."""
+        return "\n".join(
+            [
+                "per_listener_settings true",
+                f"listener {port} {bind}",
+                f"cafile {self.ca_cert.resolve()}",
+                f"certfile {self.server_cert.resolve()}",
+                f"keyfile {self.server_key.resolve()}",
+                "require_certificate true",
+                "use_identity_as_username true",
+                "tls_version tlsv1.2",
+            ]
+        )
+
+    def ingest_snippet(self, url: str) -> dict[str, Any]:
+        """The ``mqtt_ingest`` section that subscribes with the subscriber certificate."""
+        return {
+            "mqtt_ingest": {
+                "url": url,
+                "tls": {
+                    "ca_file": str(self.ca_cert),
+                    "cert": str(self.subscriber_cert),
+                    "key": str(self.subscriber_key),
+                },
+            }
+        }
+
+
+def init_gateway_pki(
+    directory: str | Path,
+    gateway_ids: Sequence[str],
+    *,
+    key_type: GatewayKeyType = "p256",
+    host: str = "localhost",
+    endpoint: str | None = None,
+    publish_interval_seconds: int = 300,
+) -> GatewayPki:
+    """Create (or extend) a PKI for gateways on a mutual-TLS broker in ``directory``.
+
+    The CA and broker certificate are shared with :func:`init_pki` (same files), so one
+    development CA can serve vehicles and gateways. Existing gateway certificates are
+    kept; running again with more ids only adds gateways.
+    """
+    out = Path(directory)
+    base = init_pki(out, host=host)
+    created = list(base.created)
+    loaded = _load_ca(out)
+    assert loaded is not None  # init_pki wrote it
+    ca_cert, ca_key = loaded
+    subscriber_cert, subscriber_key = out / SUBSCRIBER_CERT, out / SUBSCRIBER_KEY
+    if not (subscriber_cert.is_file() and subscriber_key.is_file()):
+        cert, key = issue_gateway_cert(ca_cert, ca_key, SUBSCRIBER_NAME)
+        write_cert(subscriber_cert, cert)
+        write_key(subscriber_key, key)
+        created += [subscriber_cert, subscriber_key]
+    gateways: dict[str, tuple[Path, Path, Path]] = {}
+    for gateway_id in gateway_ids:
+        cert_path, key_path, config_path = gateway_paths(out, gateway_id)
+        if not (cert_path.is_file() and key_path.is_file()):
+            cert_path.parent.mkdir(parents=True, exist_ok=True)
+            cert, key = issue_gateway_cert(ca_cert, ca_key, gateway_id, key_type)
+            write_cert(cert_path, cert)
+            write_key(key_path, key)
+            created += [cert_path, key_path]
+        config = gateway_config(
+            gateway_id,
+            endpoint or f"{host}:8883",
+            cert_path,
+            key_path,
+            base.ca_cert,
+            publish_interval_seconds=publish_interval_seconds,
+        )
+        config_path.write_text(json.dumps(config, indent=2) + "\n")
+        created.append(config_path)
+        gateways[gateway_id] = (cert_path, key_path, config_path)
+    return GatewayPki(
+        out,
+        base.ca_cert,
+        base.server_cert,
+        base.server_key,
+        subscriber_cert,
+        subscriber_key,
+        gateways,
+        created,
+    )

@@ -33,6 +33,8 @@ class Record:
 
     ``meta`` carries protocol metadata that is not part of the decoded data but that sinks
     forward as headers (Tesla: ``txid``, ``device_client_version``, ``socket_id``).
+    ``offset`` is the record's position in the pipeline's ledger (0 until the pipeline took
+    it); with the node's id it identifies the record for consumers that de-duplicate.
     """
 
     source: str
@@ -43,6 +45,7 @@ class Record:
     data: Mapping[str, Any]
     raw: bytes = b""
     meta: Mapping[str, str] | None = None
+    offset: int = field(default=0, compare=False)
     # Serialised JSON form, filled on first use: the store, the logger and several sinks
     # all need it, and serialising once per record matters on the hot path.
     _json: bytes | None = field(default=None, init=False, repr=False, compare=False)
@@ -57,12 +60,11 @@ def _fast_record_constructor() -> Callable[..., Record]:
     """
     names = tuple(f.name for f in fields(Record))
     expected = ("source", "device_id", "topic", "created_at", "received_at", "data", "raw",
-                "meta", "_json")
+                "meta", "offset", "_json")
     if names != expected:  # pragma: no cover - guards future edits of Record
         raise RuntimeError(f"Record fields changed to {names}; update new_record")
-    s_source, s_device, s_topic, s_created, s_received, s_data, s_raw, s_meta, s_json = (
-        getattr(Record, name).__set__ for name in names
-    )
+    (s_source, s_device, s_topic, s_created, s_received, s_data, s_raw, s_meta, s_offset,
+     s_json) = (getattr(Record, name).__set__ for name in names)
     new = object.__new__
 
     def make(  # noqa: PLR0917 - positional on purpose: the hot path
@@ -84,6 +86,7 @@ def _fast_record_constructor() -> Callable[..., Record]:
         s_data(record, data)
         s_raw(record, raw)
         s_meta(record, meta)
+        s_offset(record, 0)
         s_json(record, None)
         return record
 
@@ -91,6 +94,12 @@ def _fast_record_constructor() -> Callable[..., Record]:
 
 
 new_record: Final = _fast_record_constructor()
+_set_offset: Final = Record.__dict__["offset"].__set__
+
+
+def set_offset(record: Record, offset: int) -> None:
+    """Give ``record`` its ledger offset (records are frozen; the pipeline is the writer)."""
+    _set_offset(record, offset)
 
 
 def now_ms() -> int:

@@ -11,6 +11,7 @@ so each file has exactly one writer; the process that serves the API reads them 
 
 from __future__ import annotations
 
+import base64
 import re
 import sqlite3
 import threading
@@ -32,9 +33,14 @@ CREATE TABLE IF NOT EXISTS records (
     created_at INTEGER NOT NULL,
     received_at INTEGER NOT NULL,
     data TEXT NOT NULL,
-    meta TEXT
+    meta TEXT,
+    seq INTEGER
 );
 CREATE INDEX IF NOT EXISTS records_by_device_time ON records (device_id, created_at, id);
+CREATE TABLE IF NOT EXISTS cursors (
+    consumer TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS devices (
     device_id TEXT PRIMARY KEY,
     source TEXT NOT NULL,
@@ -45,15 +51,25 @@ CREATE TABLE IF NOT EXISTS devices (
 """
 
 _INSERT_PREFIX = (
-    "INSERT INTO records (source, device_id, topic, created_at, received_at, data, meta) VALUES "
+    "INSERT INTO records (source, device_id, topic, created_at, received_at, data, meta, seq) "
+    "VALUES "
 )
+_ROW = "(?, ?, ?, ?, ?, ?, ?, ?)"
+_WIDTH = 8
+# The spool offset the rows of a transaction reach, committed with them: a replay after a
+# restart starts after it, so a record is never stored (or counted) twice.
+_SAVE_CURSOR = (
+    "INSERT INTO cursors (consumer, seq) VALUES (?, ?) "
+    "ON CONFLICT (consumer) DO UPDATE SET seq = max(seq, excluded.seq)"
+)
+STORE_CONSUMER = "sqlite"
 # Rows per INSERT statement. The writer runs in a worker thread and sqlite3 releases the
 # GIL around every statement step; one step per row makes the thread queue for the GIL
 # behind the event loop thousands of times per batch (a convoy that halved ingest). A
-# multi-row statement steps once per chunk. 7 columns x 400 rows stays well below
+# multi-row statement steps once per chunk. 8 columns x 400 rows stays well below
 # SQLite's 32766 bound-parameter limit.
 _ROWS_PER_INSERT = 400
-_INSERT_CHUNK = _INSERT_PREFIX + ",".join(["(?, ?, ?, ?, ?, ?, ?)"] * _ROWS_PER_INSERT)
+_INSERT_CHUNK = _INSERT_PREFIX + ",".join([_ROW] * _ROWS_PER_INSERT)
 # Opening a file another process is creating waits this long for its lock.
 BUSY_TIMEOUT_MS = 5000
 CACHE_KIB = 16_384
@@ -135,6 +151,9 @@ class RecordStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = _connect(self.path)
         self._writer.executescript(_SCHEMA)
+        columns = {row[1] for row in self._writer.execute("PRAGMA table_info(records)")}
+        if "seq" not in columns:  # a store made before records carried their offset
+            self._writer.execute("ALTER TABLE records ADD COLUMN seq INTEGER")
         self._reader = _connect(self.path)
         self._schemas = ["main"]
         if read_shards:
@@ -149,10 +168,13 @@ class RecordStore:
 
     # -- writing (sink side) ---------------------------------------------------------------
     def write(self, records: Sequence[Record]) -> None:
-        """Insert ``records`` and update device counters in one transaction."""
+        """Insert ``records``, update device counters and save the spool cursor (the
+        highest offset written) in one transaction."""
         dumps = orjson.dumps
         params: list[Any] = []
         extend = params.extend
+        # Batches come in offset order: the last record's offset is the highest.
+        cursor = records[-1].offset if records else 0
         for r in records:
             extend(
                 (
@@ -163,6 +185,7 @@ class RecordStore:
                     r.received_at,
                     dumps(r.data),
                     dumps(r.meta) if r.meta else None,
+                    r.offset or None,
                 )
             )
         devices: dict[str, list[Any]] = {}
@@ -178,13 +201,22 @@ class RecordStore:
         try:
             self._insert(params)
             writer.executemany(_UPSERT_DEVICE, devices.values())
+            if cursor:
+                writer.execute(_SAVE_CURSOR, (STORE_CONSUMER, cursor))
         except BaseException:
             writer.execute("ROLLBACK")
             raise
         writer.execute("COMMIT")
 
+    def cursor(self) -> int | None:
+        """The highest spool offset committed to this file, if any."""
+        row = self._writer.execute(
+            "SELECT seq FROM cursors WHERE consumer = ?", (STORE_CONSUMER,)
+        ).fetchone()
+        return int(row[0]) if row else None
+
     def _insert(self, params: list[Any]) -> None:
-        width = 7
+        width = _WIDTH
         chunk = _ROWS_PER_INSERT * width
         full = len(params) - len(params) % chunk
         for start in range(0, full, chunk):
@@ -192,7 +224,7 @@ class RecordStore:
         rest = len(params) - full
         if rest:
             rows = rest // width
-            sql = _INSERT_PREFIX + ",".join(["(?, ?, ?, ?, ?, ?, ?)"] * rows)
+            sql = _INSERT_PREFIX + ",".join([_ROW] * rows)
             self._writer.execute(sql, params[full:])
 
     # -- reading (API side) ----------------------------------------------------------------
@@ -261,3 +293,163 @@ class RecordStore:
         with self._read_lock:
             row = self._reader.execute(sql).fetchone()
         return int(row[0] or 0)
+
+    # -- reading for the REST API: pages, positions, tracks ------------------------------------
+    def records_page(
+        self,
+        device_id: str,
+        *,
+        since: int | None = None,
+        until: int | None = None,
+        topic: str | None = None,
+        limit: int = 100,
+        after: PageCursor | None = None,
+    ) -> tuple[list[dict[str, Any]], PageCursor | None]:
+        """A page of a device's records (JSON form), newest first, and the next page's cursor.
+
+        Each store file is read on the ``(device_id, created_at, id)`` index, within the time
+        range and past the cursor; rows are ordered by ``(created_at, file, id)``, so pages
+        neither repeat nor skip a record while new ones arrive.
+        """
+        sql, params = self._page_query(
+            device_id, since=since, until=until, topic=topic, limit=limit + 1, after=after
+        )
+        with self._read_lock:
+            rows = self._reader.execute(sql, params).fetchall()
+        cursor = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            last = rows[-1]
+            cursor = PageCursor(created_at=last[3], shard=last[7], row_id=last[6])
+        return [_row_json(row) for row in rows], cursor
+
+    def _page_query(
+        self,
+        device_id: str,
+        *,
+        since: int | None,
+        until: int | None,
+        topic: str | None,
+        limit: int,
+        after: PageCursor | None,
+    ) -> tuple[str, list[Any]]:
+        parts: list[str] = []
+        params: list[Any] = []
+        for shard, schema in enumerate(self._schemas):
+            where = ["device_id = ?"]
+            part_params: list[Any] = [device_id]
+            if since is not None:
+                where.append("created_at >= ?")
+                part_params.append(since)
+            if until is not None:
+                where.append("created_at <= ?")
+                part_params.append(until)
+            if topic is not None:
+                where.append("topic = ?")
+                part_params.append(topic)
+            if after is not None:
+                # Rows after the cursor in (created_at, shard, id) descending order.
+                if shard < after.shard:
+                    where.append("created_at <= ?")
+                    part_params.append(after.created_at)
+                elif shard == after.shard:
+                    where.append("(created_at, id) < (?, ?)")
+                    part_params += [after.created_at, after.row_id]
+                else:
+                    where.append("created_at < ?")
+                    part_params.append(after.created_at)
+            parts.append(
+                "SELECT * FROM (SELECT source, device_id, topic, created_at, received_at, data, "
+                f"id, {shard} AS shard FROM {schema}.records WHERE {' AND '.join(where)} "
+                "ORDER BY created_at DESC, id DESC LIMIT ?)"
+            )
+            params += [*part_params, limit]
+        sql = " UNION ALL ".join(parts) + " ORDER BY created_at DESC, shard DESC, id DESC LIMIT ?"
+        return sql, [*params, limit]
+
+    def positions(self, device_ids: Sequence[str]) -> dict[str, tuple[float, float, int]]:
+        """Each device's newest position ``(latitude, longitude, created_at)``, if it has one
+        among its newest :data:`POSITION_LOOKBACK` records."""
+        found: dict[str, tuple[float, float, int]] = {}
+        part = (
+            f"SELECT * FROM (SELECT {_LAT} AS lat, {_LON} AS lon, created_at, id FROM "
+            "{schema}.records WHERE device_id = ? ORDER BY created_at DESC, id DESC LIMIT ?) "
+            "WHERE lat IS NOT NULL AND lon IS NOT NULL AND NOT (lat = 0 AND lon = 0)"
+        )
+        sql = f"{self._union(part)} ORDER BY created_at DESC, id DESC LIMIT 1"
+        with self._read_lock:
+            for device_id in device_ids:
+                bound = [device_id, POSITION_LOOKBACK] * len(self._schemas)
+                row = self._reader.execute(sql, bound).fetchone()
+                if row is not None:
+                    found[device_id] = (float(row[0]), float(row[1]), int(row[2]))
+        return found
+
+    def track(
+        self, device_id: str, since: int | None, until: int | None, limit: int
+    ) -> list[tuple[float, float, int]]:
+        """A device's positions ``(latitude, longitude, created_at)`` in the time range, oldest
+        first: the newest ``limit`` of them."""
+        where = "device_id = ?"
+        params: list[Any] = [device_id]
+        if since is not None:
+            where += " AND created_at >= ?"
+            params.append(since)
+        if until is not None:
+            where += " AND created_at <= ?"
+            params.append(until)
+        part = (
+            f"SELECT * FROM (SELECT {_LAT} AS lat, {_LON} AS lon, created_at, id FROM "
+            f"{{schema}}.records WHERE {where} AND {_HAS_POSITION} "
+            "ORDER BY created_at DESC, id DESC LIMIT ?)"
+        )
+        sql = f"{self._union(part)} ORDER BY created_at DESC, id DESC LIMIT ?"
+        bound = [*params, limit] * len(self._schemas) + [limit]
+        with self._read_lock:
+            rows = self._reader.execute(sql, bound).fetchall()
+        return [(float(lat), float(lon), int(created)) for lat, lon, created, _id in reversed(rows)]
+
+
+# Positions in record data: Teltonika's top-level latitude/longitude, Tesla's Location.
+# A Teltonika record without a GPS fix says 0, 0: not a position.
+_LAT = "coalesce(json_extract(data, '$.latitude'), json_extract(data, '$.Location.latitude'))"
+_LON = "coalesce(json_extract(data, '$.longitude'), json_extract(data, '$.Location.longitude'))"
+_HAS_POSITION = (
+    f"{_LAT} IS NOT NULL AND {_LON} IS NOT NULL AND NOT ({_LAT} = 0 AND {_LON} = 0)"
+)
+# How far back (records) the device list looks for a device's last position.
+POSITION_LOOKBACK = 500
+
+
+@dataclass(frozen=True, slots=True)
+class PageCursor:
+    """Where the next page of a device's records starts (opaque text in the API)."""
+
+    created_at: int
+    shard: int
+    row_id: int
+
+    def encode(self) -> str:
+        text = f"{self.created_at}.{self.shard}.{self.row_id}"
+        return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> PageCursor:
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+            created_at, shard, row_id = (int(part) for part in raw.split("."))
+        except (ValueError, UnicodeDecodeError):
+            raise ValueError(f"not a cursor from this API: {text!r}") from None
+        return cls(created_at, shard, row_id)
+
+
+def _row_json(row: Sequence[Any]) -> dict[str, Any]:
+    source, device, topic, created, received, data = row[:6]
+    return {
+        "source": source,
+        "device_id": device,
+        "topic": topic,
+        "created_at": format_rfc3339_ms(created),
+        "received_at": format_rfc3339_ms(received),
+        "data": orjson.loads(data),
+    }

@@ -38,6 +38,7 @@ import multiprocessing.connection
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -79,6 +80,12 @@ def check_config(config: Config) -> None:
         raise ConfigError("teltonika.port: workers > 1 need a fixed port (0 picks one per worker)")
     if config.tesla_enabled and config.port == 0:
         raise ConfigError("port: workers > 1 need a fixed port (0 picks one per worker)")
+    ingest = config.mqtt_ingest
+    if ingest is not None and ingest.enabled and not ingest.shared_group:
+        raise ConfigError(
+            "mqtt_ingest.shared_group: workers > 1 need a shared subscription, "
+            "or every worker would receive every gateway message"
+        )
     routed = {sink for sinks in config.records.values() for sink in sinks}
     if "zmq" in routed:
         raise ConfigError("records: the zmq sink binds one address; it cannot run in workers > 1")
@@ -89,16 +96,28 @@ def worker_config(config: Config, index: int) -> Config:
     if index == 0:
         return config
     update: dict[str, Any] = {
+        # Record ids stay unique: every worker has its own spool, so its own offsets.
+        "node_id": f"{config.node_id or socket.gethostname()}-w{index}",
         "api": config.api.model_copy(update={"enabled": False}),
         # Each worker writes its own store file (no write lock to take turns on); worker 0,
         # which serves the API, reads them all.
         "store": config.store.model_copy(
             update={"path": str(shard_path(config.store_path, index))}
         ),
+        # One spool per worker too: each worker's ledger is its own (spool.w1, ...).
+        "spool": config.spool.model_copy(
+            update={"path": str(config.spool_path.with_name(f"{config.spool_path.name}.w{index}"))}
+        ),
     }
     if config.monitoring is not None:
         update["monitoring"] = config.monitoring.model_copy(
             update={"prometheus_metrics_port": 0}
+        )
+    if config.mqtt_ingest is not None:
+        # Every worker needs a session of its own; shared_group splits the stream.
+        ingest = config.mqtt_ingest
+        update["mqtt_ingest"] = ingest.model_copy(
+            update={"client_id": f"{ingest.client_id}-w{index}"}
         )
     return config.model_copy(update=update)
 

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from tests.teltonika_vectors import vectors
+from tests.tokens import TEST_SECRET, bearer, make_token
 
 pytestmark = pytest.mark.e2e
 
@@ -50,6 +51,7 @@ def loopback_env(data_dir: Path, tracker_port: int, api_port: int) -> dict[str, 
         "FLEETGATE_TELTONIKA__PORT": str(tracker_port),
         "FLEETGATE_API__PORT": str(api_port),
         "FLEETGATE_TESLA_ENABLED": "false",
+        "FLEETGATE_API__AUTH__SECRET": TEST_SECRET,
     }
 
 
@@ -77,7 +79,9 @@ def test_serve_then_sim_then_api(served: tuple[int, int]) -> None:
     )
     assert sim.returncode == 0, sim.stdout + sim.stderr
     assert "records sent=24 acked=24" in sim.stdout
-    devices = httpx.get(f"http://127.0.0.1:{api_port}/api/v1/devices").json()["devices"]
+    devices = httpx.get(
+        f"http://127.0.0.1:{api_port}/api/v1/devices", headers=bearer(make_token())
+    ).json()["devices"]
     assert sorted(d["record_count"] for d in devices) == [8, 8, 8]
     health = httpx.get(f"http://127.0.0.1:{api_port}/health").json()
     assert health["status"] == "ok"
@@ -154,24 +158,38 @@ def test_decode_tesla_applies_the_servers_transforms() -> None:
     assert body["data"]["Location"] == {"latitude": -37.412374, "longitude": 122.145867}
 
 
-def test_demo_serves_and_the_api_shows_simulated_trackers_at_once(tmp_path: Path) -> None:
-    tracker_port, api_port = free_port(), free_port()
+def test_demo_serves_and_the_api_shows_every_kind_of_device_at_once(tmp_path: Path) -> None:
+    tracker_port, api_port, vehicle_port = free_port(), free_port(), free_port()
     env = loopback_env(tmp_path / "data", tracker_port, api_port)
+    env.update({"FLEETGATE_TESLA_ENABLED": "true", "FLEETGATE_HOST": "127.0.0.1",
+                "FLEETGATE_PORT": str(vehicle_port)})
     process = subprocess.Popen(
-        [*FLEETGATE, "demo", "--devices", "3", "--rate", "5"], env=env, cwd=tmp_path
+        [*FLEETGATE, "demo", "--devices", "3", "--rate", "5", "--vehicles", "2",
+         "--gateways", "2"],
+        env=env, cwd=tmp_path,
     )
+    wanted = {"teltonika": 3, "tesla": 2, "mqtt": 2}
     try:
         wait_port(api_port, process)
-        deadline = time.monotonic() + 20
-        devices: list[dict[str, object]] = []
+        deadline = time.monotonic() + 30
+        kinds: dict[str, list[dict[str, object]]] = {}
         while time.monotonic() < deadline:
-            devices = httpx.get(f"http://127.0.0.1:{api_port}/api/v1/devices").json()["devices"]
-            if len(devices) == 3 and all(int(str(d["record_count"])) > 0 for d in devices):
+            devices = httpx.get(
+                f"http://127.0.0.1:{api_port}/api/v1/devices", headers=bearer(make_token())
+            ).json()["devices"]
+            kinds = {}
+            for device in devices:
+                if int(str(device["record_count"])) > 0:
+                    kinds.setdefault(str(device["source"]), []).append(device)
+            if {kind: len(found) for kind, found in kinds.items()} == wanted:
                 break
             time.sleep(0.2)
-        assert len(devices) == 3
-        imei = devices[0]["id"]
-        latest = httpx.get(f"http://127.0.0.1:{api_port}/api/v1/devices/{imei}/latest").json()
+        assert {kind: len(found) for kind, found in kinds.items()} == wanted
+        imei = kinds["teltonika"][0]["id"]
+        latest = httpx.get(
+            f"http://127.0.0.1:{api_port}/api/v1/devices/{imei}/latest",
+            headers=bearer(make_token()),
+        ).json()
         assert latest["source"] == "teltonika"
         assert -90 <= latest["data"]["latitude"] <= 90
     finally:

@@ -117,7 +117,7 @@ def test_input_that_is_not_hex_is_exit_2(args: list[str], needle: str) -> None:
         # A Teltonika frame reads as an envelope with nothing in it.
         (["tesla", TELTONIKA_HEX], "not a Tesla frame: the envelope holds no message"),
         # A Tesla reply is not a Teltonika frame.
-        (["teltonika", REFERENCE_ACK_1234_V.hex()], "not a Teltonika frame: IMEI length"),
+        (["teltonika", REFERENCE_ACK_1234_V.hex()], "not a Teltonika frame: byte 0x14 cannot start a frame"),
         (["teltonika", "00000000000000ff08"], "not a Teltonika frame"),
         # A payload time no calendar holds: the server answers with the error reply.
         (["tesla", v_frame(10**17).hex()], "not a valid Tesla record: created_at.seconds"),

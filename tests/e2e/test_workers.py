@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.tokens import TEST_SECRET, bearer, make_token
+
 pytestmark = pytest.mark.e2e
 
 FLEETGATE = [sys.executable, "-m", "fleetgate"]
@@ -76,6 +78,7 @@ def env_for(tmp_path: Path, tracker_port: int, api_port: int) -> dict[str, str]:
         "FLEETGATE_API__PORT": str(api_port),
         "FLEETGATE_TESLA_ENABLED": "false",
         "FLEETGATE_JSON_LOG_ENABLE": "true",
+        "FLEETGATE_API__AUTH__SECRET": TEST_SECRET,
     }
 
 
@@ -110,7 +113,7 @@ def test_two_workers_share_the_port_the_store_and_the_metrics(served: Served) ->
 
     # The API (worker 0) lists the devices worker 1 wrote too: one shared store.
     api = f"http://127.0.0.1:{served.api_port}"
-    devices = httpx.get(f"{api}/api/v1/devices").json()["devices"]
+    devices = httpx.get(f"{api}/api/v1/devices", headers=bearer(make_token())).json()["devices"]
     assert len(devices) == DEVICES
     assert {device["record_count"] for device in devices} == {4}
     imeis_by_worker = {entry["imei"] for entry in connected if entry["worker"] == 1}

@@ -287,28 +287,40 @@ def postgres_server(base: Path) -> ManagedProcess:
     )
 
 
-def mosquitto_server(base: Path, *, client_cn: str = "5YJ3E1EA7KF000001") -> ManagedProcess:
+def mosquitto_server(
+    base: Path,
+    *,
+    client_cn: str = "5YJ3E1EA7KF000001",
+    pki: dict[str, str | Path] | None = None,
+) -> ManagedProcess:
     """mosquitto with a plain listener (``port``) and a mutual-TLS one (``info['tls_port']``).
 
     ``info`` holds the PEM paths: ``ca``, ``client_cert``, ``client_key`` (the client
-    certificate's CN becomes the MQTT username on the TLS listener).
+    certificate's CN becomes the MQTT username on the TLS listener). ``pki`` brings your
+    own ``ca``, ``server_cert`` and ``server_key`` files (copied; then ``client_*`` are not
+    made) instead of a throwaway trustme CA.
     """
-    import trustme
-
     port, tls_port = free_port(), free_port()
     workdir = _workdir(base, "mosquitto")
-    ca = trustme.CA()
-    server = ca.issue_cert("localhost", LOOPBACK, "::1", common_name="localhost")
-    client = ca.issue_cert("vehicle-client", common_name=client_cn)
-    paths = {
-        name: workdir / f"{name}.pem"
-        for name in ("ca", "server_cert", "server_key", "client_cert", "client_key")
-    }
-    ca.cert_pem.write_to_path(str(paths["ca"]))
-    server.cert_chain_pems[0].write_to_path(str(paths["server_cert"]))
-    server.private_key_pem.write_to_path(str(paths["server_key"]))
-    client.cert_chain_pems[0].write_to_path(str(paths["client_cert"]))
-    client.private_key_pem.write_to_path(str(paths["client_key"]))
+    if pki is not None:
+        paths = {name: workdir / f"{name}.pem" for name in ("ca", "server_cert", "server_key")}
+        for name, path in paths.items():
+            shutil.copyfile(pki[name], path)
+    else:
+        import trustme
+
+        ca = trustme.CA()
+        server = ca.issue_cert("localhost", LOOPBACK, "::1", common_name="localhost")
+        client = ca.issue_cert("vehicle-client", common_name=client_cn)
+        paths = {
+            name: workdir / f"{name}.pem"
+            for name in ("ca", "server_cert", "server_key", "client_cert", "client_key")
+        }
+        ca.cert_pem.write_to_path(str(paths["ca"]))
+        server.cert_chain_pems[0].write_to_path(str(paths["server_cert"]))
+        server.private_key_pem.write_to_path(str(paths["server_key"]))
+        client.cert_chain_pems[0].write_to_path(str(paths["client_cert"]))
+        client.private_key_pem.write_to_path(str(paths["client_key"]))
     # `user root`: started as root, mosquitto would switch to user mosquitto and then
     # fail to read the root-owned key files.
     lines = ["user root"] if os.geteuid() == 0 else []
@@ -446,10 +458,11 @@ def pubsub_emulator(base: Path) -> ManagedProcess:
     )
 
 
-def mosquitto_durable_server(base: Path) -> ManagedProcess:
-    """:func:`mosquitto_server` with persistence on: QoS 1 messages queued for a durable
-    (clean_session=False) subscriber survive a restart, so a reader loses nothing."""
-    proc = mosquitto_server(base)
+def mosquitto_durable_server(base: Path, **options: Any) -> ManagedProcess:
+    """:func:`mosquitto_server` (same options) with persistence on: QoS 1 messages queued
+    for a durable (clean_session=False) subscriber survive a restart, so a reader loses
+    nothing."""
+    proc = mosquitto_server(base, **options)
     conf = proc.workdir / "mosquitto.conf"
     text = conf.read_text().replace(
         "persistence false",

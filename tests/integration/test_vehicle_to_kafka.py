@@ -122,8 +122,10 @@ async def test_vehicles_stream_through_fleetgate_into_kafka(
     assert len(data) == 10
     for message in data:
         headers = {key: value.decode() for key, value in message.headers()}
+        # Tesla's seven metadata headers, plus the record id consumers de-duplicate by.
         assert set(headers) == {"vin", "receivedat", "timestamp", "txid", "txtype", "version",
-                                "device_client_version"}
+                                "device_client_version", "record_id"}
+        assert headers["record_id"].rsplit("-", 1)[1].isdigit()
         assert headers["txtype"] == "V"
         assert message.key().decode() == headers["vin"]
         payload = vd.Payload.FromString(message.value())

@@ -1,105 +1,92 @@
-"""HTTP API: health, Prometheus metrics and the REST view of the embedded store.
+"""HTTP API: health, Prometheus metrics, the REST view of the store, ``/stream``, dashboard.
 
-OpenAPI docs are served at ``/docs``. Record JSON is the one record form of
-:mod:`fleetgate.records`; times are RFC 3339 UTC with milliseconds.
+OpenAPI docs are served at ``/docs`` (from local files). Record JSON is the one record form
+of :mod:`fleetgate.records`; times are RFC 3339 UTC with milliseconds. Everything but the
+pages, ``/docs`` and the paths in ``api.auth.public_paths`` (``/health`` and ``/metrics`` by
+default) needs a bearer token (:mod:`fleetgate.api.auth`); a refusal is a 401 or 403 with a
+JSON body ``{"error": ..., "detail": ...}``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Any
 
-import orjson
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 
 from fleetgate import __version__
+from fleetgate.api.auth import Authenticator, AuthError
+from fleetgate.api.dashboard import add_dashboard
+from fleetgate.api.history import DeviceIdPaths, create_history_router
+from fleetgate.api.responses import JsonResponse
+from fleetgate.api.stream import add_stream_route
+from fleetgate.config import ApiConfig
 from fleetgate.observability import metrics
-from fleetgate.records import MAX_TIME_MS, MIN_TIME_MS, parse_rfc3339_ms
+from fleetgate.pipeline.hub import LiveHub
 from fleetgate.sinks.base import Health
 from fleetgate.store import RecordStore
 
 # Returns the ``/health`` body; its ``status`` is ok, degraded or down.
 HealthReport = Callable[[], dict[str, Any]]
 
-MAX_LIMIT = 10_000
+__all__ = ["HealthReport", "JsonResponse", "create_api"]
 
 
-class JsonResponse(Response):
-    """orjson-encoded JSON (fast, and handles the records' nested data as is)."""
-
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
-
-
-def _time_param(value: str | None, name: str) -> int | None:
-    if value is None or value == "":
-        return None
-    try:
-        ms = parse_rfc3339_ms(value)
-    except (ValueError, OverflowError):
-        ms = None
-    # Beyond years 1..9999 no record can match, and beyond 64 bits SQLite cannot compare.
-    if ms is None or not MIN_TIME_MS <= ms <= MAX_TIME_MS:
-        shown = value if len(value) <= 64 else f"{value[:64]}..."
-        raise HTTPException(
-            status_code=400,
-            detail=f"{name}: expected an RFC 3339 time or epoch milliseconds within years "
-            f"1..9999, got {shown!r}",
-        )
-    return ms
-
-
-def create_api(record_store: RecordStore | None, health_report: HealthReport) -> FastAPI:
-    """The HTTP application over a record store (``None``: disabled) and a health report."""
+def create_api(
+    record_store: RecordStore | None,
+    health_report: HealthReport,
+    *,
+    auth: Authenticator,
+    settings: ApiConfig | None = None,
+    hub: LiveHub | None = None,
+) -> FastAPI:
+    """The HTTP application over a record store (``None``: disabled), a health report, the
+    token checker and the live hub (``None``: no ``/stream``)."""
+    settings = settings or ApiConfig()
     api = FastAPI(
         title="fleetgate",
         version=__version__,
-        description="Vehicle telemetry gateway: devices, records, health and metrics.",
+        description=(
+            "Vehicle telemetry gateway: devices, records, live stream, health and metrics. "
+            "Send `Authorization: Bearer <token>` (`fleetgate token` prints one)."
+        ),
         default_response_class=JsonResponse,
+        docs_url=None,
+        redoc_url=None,
     )
-    def store() -> RecordStore:
-        if record_store is None:
-            raise HTTPException(status_code=503, detail="the embedded store is disabled")
-        return record_store
 
-    @api.get("/health", summary="Server, listener and sink health")
+    @api.exception_handler(AuthError)
+    async def refused(_request: Request, exc: AuthError) -> Response:
+        return JsonResponse(
+            exc.as_json(),
+            status_code=exc.status,
+            headers={"WWW-Authenticate": exc.www_authenticate()},
+        )
+
+    public = set(settings.auth.public_paths)
+
+    def guard(path: str) -> list[Any]:
+        return [] if path in public else [Depends(auth.dependency("read"))]
+
+    @api.get("/health", summary="Server, listener and sink health", dependencies=guard("/health"))
     def health() -> Response:
         body = health_report()
         return JsonResponse(body, status_code=503 if body["status"] == Health.DOWN.value else 200)
 
-    @api.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    @api.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=Response,
+        dependencies=guard("/metrics"),
+    )
     def prometheus() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @api.get("/api/v1/devices", summary="Devices seen, most recently heard first")
-    def devices() -> dict[str, Any]:
-        return {"devices": [device.as_json() for device in store().devices()]}
-
-    # ``{device_id:path}``: an id holding ``/`` (percent-encoded by the client as ``%2F``)
-    # still reaches its device instead of a 404.
-    @api.get(
-        "/api/v1/devices/{device_id:path}/records", summary="A device's records, newest first"
-    )
-    def records(
-        device_id: str,
-        since: Annotated[str | None, Query(description="RFC 3339 time or epoch ms")] = None,
-        until: Annotated[str | None, Query(description="RFC 3339 time or epoch ms")] = None,
-        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
-    ) -> Response:
-        items = store().records(
-            device_id, _time_param(since, "since"), _time_param(until, "until"), limit
-        )
-        # Returned as a ready response: skips FastAPI's per-field re-encoding of records.
-        return JsonResponse({"records": items})
-
-    @api.get("/api/v1/devices/{device_id:path}/latest", summary="A device's newest record")
-    def latest(device_id: str) -> Response:
-        items = store().records(device_id, limit=1)
-        if not items:
-            raise HTTPException(status_code=404, detail=f"no records for device {device_id!r}")
-        return JsonResponse(items[0])
-
+    # Device ids holding "/" (percent-encoded by clients) stay one path segment.
+    api.add_middleware(DeviceIdPaths)
+    api.include_router(create_history_router(record_store, auth, settings.online_window_s))
+    if hub is not None:
+        add_stream_route(api, hub, auth, settings.stream)
+    add_dashboard(api, settings.dashboard, settings.online_window_s)
     return api

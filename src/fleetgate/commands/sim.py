@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from fleetgate.sim import teltonika_cli, tesla_cli
+from fleetgate.sim import can_gateway_cli, teltonika_cli, tesla_cli
 
 # Each module adds one ``sim <protocol>`` parser through ``register(subparsers)``.
-SIM_COMMANDS = (teltonika_cli, tesla_cli)
+SIM_COMMANDS = (teltonika_cli, tesla_cli, can_gateway_cli)
 
 
 def register(subparsers: Any) -> None:

@@ -50,6 +50,35 @@ SINK_LATENCY = Histogram(
     registry=REGISTRY,
 )
 
+# -- spool and dead letters ------------------------------------------------------------------
+SPOOL_BYTES = Gauge(
+    "fleetgate_spool_bytes", "Bytes in the durable spool (segments and unwritten frames)",
+    registry=REGISTRY, multiprocess_mode="livesum",
+)
+SPOOL_RECORDS = Counter(
+    "fleetgate_spool_records_total", "Records written durably to the spool", registry=REGISTRY
+)
+SPOOL_SYNC_SECONDS = Histogram(
+    "fleetgate_spool_commit_seconds", "Time to write and sync one group commit",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    registry=REGISTRY,
+)
+SPOOL_ERRORS = Counter(
+    "fleetgate_spool_errors_total", "Spool writes that failed (retried)", registry=REGISTRY
+)
+SPOOL_TORN = Counter(
+    "fleetgate_spool_torn_tails_total", "Torn or corrupt spool tails cut at start-up",
+    registry=REGISTRY,
+)
+SPOOL_FULL_WAITS = Counter(
+    "fleetgate_spool_full_waits_total", "Times the pipeline waited for the spool's disk budget",
+    registry=REGISTRY,
+)
+DEAD_LETTERS = Counter(
+    "fleetgate_dead_letters_total", "Records a sink refused for good, set aside with the reason",
+    ["sink"], registry=REGISTRY,
+)
+
 # -- connections --------------------------------------------------------------------------
 OPEN_CONNECTIONS = Gauge(
     "fleetgate_open_connections", "Open device connections", ["protocol"], registry=REGISTRY,
@@ -69,6 +98,33 @@ LOG_LINES_SUPPRESSED = Counter(
     registry=REGISTRY,
 )
 
+# -- live stream and API auth ------------------------------------------------------------------
+STREAM_CLIENTS = Gauge(
+    "fleetgate_stream_clients", "Connected /stream clients", registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
+STREAM_MESSAGES = Counter(
+    "fleetgate_stream_messages_total", "WebSocket messages sent to /stream clients",
+    registry=REGISTRY,
+)
+STREAM_RECORDS = Counter(
+    "fleetgate_stream_records_total", "Records sent to /stream clients (one per client)",
+    registry=REGISTRY,
+)
+STREAM_DROPPED = Counter(
+    "fleetgate_stream_dropped_total",
+    "Records dropped for /stream clients whose buffer was full", registry=REGISTRY,
+)
+STREAM_EVICTED = Counter(
+    "fleetgate_stream_evicted_total",
+    "/stream clients disconnected for taking nothing while their buffer overflowed",
+    registry=REGISTRY,
+)
+AUTH_FAILURES = Counter(
+    "fleetgate_api_auth_failures_total", "Refused API and /stream requests by reason",
+    ["reason"], registry=REGISTRY,
+)
+
 # -- Teltonika ----------------------------------------------------------------------------
 TELTONIKA_HANDSHAKES = Counter(
     "fleetgate_teltonika_handshakes_total", "IMEI handshakes by result", ["result"],
@@ -84,6 +140,25 @@ TESLA_FRAMES_REFUSED = Counter(
     "Tesla frames answered with the error reply, by reason (too_big, unreadable, sender, "
     "payload, impossible_time)",
     ["reason"], registry=REGISTRY,
+)
+# -- CAN gateways over MQTT (the mqtt_ingest subscriber) -----------------------------------
+MQTT_MESSAGES = Counter(
+    "fleetgate_mqtt_messages_total", "Messages received from the gateway broker, by QoS",
+    ["qos"], registry=REGISTRY,
+)
+MQTT_REFUSED = Counter(
+    "fleetgate_mqtt_refused_total",
+    "Gateway messages dropped, by gateway and reason (unknown_topic, bad_payload, "
+    "missing_hmac, bad_hmac, drift)",
+    ["gateway", "reason"], registry=REGISTRY,
+)
+MQTT_CONNECTED = Gauge(
+    "fleetgate_mqtt_broker_connected", "1 while the subscriber is connected to its broker",
+    ["broker"], registry=REGISTRY, multiprocess_mode="livesum",
+)
+MQTT_CONNECTS = Counter(
+    "fleetgate_mqtt_connects_total", "Connection attempts to the gateway broker, by result",
+    ["result"], registry=REGISTRY,
 )
 
 

@@ -1,10 +1,12 @@
 """Routes records to sink runners and answers the one question sessions ask before an ack.
 
 A session hands the pipeline the records of one frame. :meth:`Pipeline.append` gives them
-offsets in the ledger and queues them for every sink their topic routes to; it waits only
-while a queue is full. :meth:`Pipeline.settled` then says whether the frame is safe by the
-ack policy (the policy names, per topic, the sinks whose watermark must pass the frame).
-:meth:`Pipeline.accept` is both in one call: ``True`` means acknowledge. Everything
+offsets in the ledger, appends them to the durable spool (when there is one) and queues
+them for every sink their topic routes to; it waits only while the spool is at its disk
+budget (or, without a spool, while a sink's queue is full). :meth:`Pipeline.settled`
+then says whether the frame is safe by the ack policy (which names, per source and topic,
+the consumers whose watermark must pass the frame). :meth:`Pipeline.accept` is both in
+one call: ``True`` means acknowledge. Everything
 between (routing, bounded queues, which sinks must confirm) happens here, so ack levels
 can change without touching protocol code.
 """
@@ -16,11 +18,13 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 
 from fleetgate.observability import metrics
-from fleetgate.pipeline.ack import AckPolicy
-from fleetgate.pipeline.ledger import Ledger, Requirement, requirement_of
+from fleetgate.pipeline.ack import SPOOL_CONSUMER, AckPolicy
+from fleetgate.pipeline.deadletter import DeadLetters
+from fleetgate.pipeline.ledger import Consumer, Ledger, Requirement, requirement_of
 from fleetgate.pipeline.router import Router
 from fleetgate.pipeline.runner import SinkRunner
-from fleetgate.records import Record
+from fleetgate.pipeline.spool import Spool
+from fleetgate.records import Record, set_offset
 from fleetgate.sinks.base import Health
 
 log = logging.getLogger("fleetgate.pipeline")
@@ -38,6 +42,9 @@ class Pipeline:
         router: Router,
         ack_policy: AckPolicy,
         ack_timeout_s: float = 30.0,
+        *,
+        spool: Spool | None = None,
+        dead_letters: DeadLetters | None = None,
     ) -> None:
         missing = router.sink_names - set(runners)
         if missing:
@@ -45,12 +52,24 @@ class Pipeline:
         self.runners = dict(runners)
         self.router = router
         self.ack_policy = ack_policy
-        self.ledger = Ledger(ack_timeout_s)
-        for runner in self.runners.values():
-            runner.bind(self.ledger)
+        # The spool recovered the ledger's head from disk: share its ledger.
+        self.ledger = spool.ledger if spool is not None else Ledger(ack_timeout_s)
+        self.ledger.timeout_s = ack_timeout_s
+        self.spool = spool
+        self._consumers: dict[str, Consumer] = dict(self.runners)
+        if spool is not None:
+            self._consumers[SPOOL_CONSUMER] = spool
+        for name, runner in self.runners.items():
+            runner.bind(self.ledger, spool, self._router_for(name), dead_letters)
+            if spool is not None:
+                spool.register(runner)
         self._observers: list[RecordObserver] = []
         self._targets: dict[str, tuple[SinkRunner, ...]] = {}
-        self._requirements: dict[str, Requirement] = {}
+        self._requirements: dict[tuple[str, str], Requirement] = {}
+
+    def _router_for(self, name: str) -> Callable[[str], bool]:
+        router = self.router
+        return lambda topic: name in router.targets(topic)
 
     @property
     def ack_timeout_s(self) -> float:
@@ -64,13 +83,24 @@ class Pipeline:
         self._observers.append(observer)
 
     async def start(self) -> None:
-        """Start every sink runner."""
+        """Start the spool and every sink runner, each after its cursor."""
+        if self.spool is not None:
+            self.spool.start()
         for runner in self.runners.values():
+            if self.spool is not None:
+                cursor = runner.sink.committed_offset()
+                if cursor is None:
+                    cursor = self.spool.recovered_cursor(runner.name)
+                if cursor is not None:
+                    runner.resume_after(cursor)
             await runner.start()
 
-    async def close(self) -> None:
-        """Flush and close every sink runner; acks still waiting are refused."""
-        await asyncio.gather(*(runner.close() for runner in self.runners.values()))
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Flush and close every sink runner (within ``timeout_s``), then the spool; acks
+        still waiting are refused (with the spool, nothing unconfirmed is lost)."""
+        await asyncio.gather(*(runner.close(timeout_s) for runner in self.runners.values()))
+        if self.spool is not None:
+            await self.spool.close()
         self.ledger.close()
 
     # -- routing and policy, cached per topic -------------------------------------------
@@ -82,24 +112,25 @@ class Pipeline:
                 self._targets[topic] = targets
         return targets
 
-    def requirement(self, topic: str) -> Requirement:
-        """The consumers an ack for records of ``topic`` waits for."""
-        cached = self._requirements.get(topic)
+    def requirement(self, topic: str, source: str = "") -> Requirement:
+        """The consumers an ack for records of ``source``/``topic`` waits for."""
+        key = (source, topic)
+        cached = self._requirements.get(key)
         if cached is None:
-            cached = requirement_of(
-                [self.runners[name] for name in self.ack_policy.required_sinks(topic)]
-            )
+            names = self.ack_policy.required_sinks(topic, source)
+            cached = requirement_of([self._consumers[name] for name in names])
             if len(self._requirements) < _MAX_CACHED_TOPICS:
-                self._requirements[topic] = cached
+                self._requirements[key] = cached
         return cached
 
     def requirement_for(self, records: Sequence[Record]) -> Requirement:
         """The consumers an ack for ``records`` (one frame) waits for."""
-        topic = records[0].topic
-        if all(record.topic == topic for record in records):
-            return self.requirement(topic)
-        topics = {record.topic for record in records}
-        return requirement_of([c for name in topics for c in self.requirement(name)])
+        first = records[0]
+        topic, source = first.topic, first.source
+        if all(record.topic == topic and record.source == source for record in records):
+            return self.requirement(topic, source)
+        keys = {(record.topic, record.source) for record in records}
+        return requirement_of([c for key in keys for c in self.requirement(*key)])
 
     # -- the ingest path -------------------------------------------------------------------
     async def append(self, records: Sequence[Record]) -> int:
@@ -123,12 +154,21 @@ class Pipeline:
                 for runner in self._targets_of(record.topic):
                     grouped.setdefault(runner, []).append(record)
             routed = list(grouped.items())
-        for runner, batch in routed:
-            if not runner.has_room(len(batch)):
-                await runner.wait_for_room(len(batch))
-        # No await from here on: offsets reach every runner in the order they were given.
+        spool = self.spool
+        if spool is not None:
+            if spool.over_budget:
+                await spool.wait_for_room()
+        else:
+            for runner, batch in routed:
+                if not runner.has_room(len(batch)):
+                    await runner.wait_for_room(len(batch))
+        # No await from here on: offsets reach the spool and every runner in order.
         first = self.ledger.assign(len(records))
         last = self.ledger.head
+        for index, record in enumerate(records, first):
+            set_offset(record, index)
+        if spool is not None:
+            spool.append(first, records)
         for runner, batch in routed:
             runner.push(first, last, batch)
         if single_topic:
@@ -162,12 +202,16 @@ class Pipeline:
         await self.append(records)
 
     def health(self) -> dict[str, dict[str, object]]:
-        """Per-sink health for ``/health``."""
-        return {
+        """Per-sink health for ``/health`` (and the spool's, when there is one)."""
+        report: dict[str, dict[str, object]] = {
             name: {
                 "status": runner.health.value,
                 "queued": runner.queued,
+                **({"behind": True} if runner.behind else {}),
                 **({"error": runner.last_error} if runner.health is not Health.OK else {}),
             }
             for name, runner in self.runners.items()
         }
+        if self.spool is not None:
+            report[SPOOL_CONSUMER] = self.spool.health()
+        return report

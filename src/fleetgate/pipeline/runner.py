@@ -9,13 +9,21 @@ waiters when the watermark passes them.
 
 Errors, as :mod:`fleetgate.sinks.base` defines them: transient ones (the backend is
 unreachable or busy) are retried with exponential backoff, forever, until the runner is
-closed, so records wait in the queue while a backend is down and nothing a sink was given
-is dropped for a transient error. Any other error means these records cannot be taken:
-they are not retried, and their offsets are marked refused (no ack waits for them).
+closed, so records wait while a backend is down and nothing a sink was given is dropped
+for a transient error. Any other error means some record of the batch cannot be taken:
+the runner halves the batch until it has found the records the sink refuses, publishes
+the others, and sets the refused ones aside (:mod:`fleetgate.pipeline.deadletter`), so
+one bad record never blocks the records behind it.
 
-The queue is bounded in records. When it is full, the pipeline waits before adding more:
+The in-memory queue is bounded in records. With the durable spool, a full queue *spills*:
+further records stay only in the spool, and the runner reads them back from there once it
+has caught up, so a slow or absent backend costs disk, not memory, and never stops the
+other sinks. Without the spool, a full queue makes the pipeline wait before adding more:
 sessions stop reading, devices are not acknowledged, and their retransmission takes over.
-That is the backpressure rule of the architecture: memory never grows without bound.
+Either way memory never grows without bound.
+
+After a restart the runner starts again after its cursor (what it confirmed before), from
+the spool.
 """
 
 from __future__ import annotations
@@ -25,13 +33,15 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from fleetgate.observability import metrics
 from fleetgate.observability.redact import redact
+from fleetgate.pipeline.deadletter import DeadLetters
 from fleetgate.pipeline.ledger import Ledger
+from fleetgate.pipeline.spool import Spool, SpoolReader
 from fleetgate.records import Record
 from fleetgate.sinks.base import Health, Sink, TransientSinkError
 
@@ -91,11 +101,21 @@ class SinkRunner:
         self.health = Health.OK
         self.last_error: str = ""
         self.ledger = Ledger()  # replaced by the pipeline's (bind)
+        self.spool: Spool | None = None
+        self.dead_letters: DeadLetters | None = None
+        self.routes: Callable[[str], bool] = lambda topic: True
         self._pending: deque[_Entry] = deque()
         # The batch being published: out of the queue, not yet confirmed.
         self._inflight: list[_Entry] = []
         self._queued_records = 0
+        # With the spool: the first offset not in memory (read back from the spool), and
+        # how many records routed here were left there since.
+        self._spilled_from: int | None = None
+        self._spilled_records = 0
+        self._reader: SpoolReader | None = None
         self._taken = 0
+        # Set at shutdown: the cursor to save (records refused then were never confirmed).
+        self._final_cursor: int | None = None
         # Last offsets of refused frames (what ack waiters ask about), oldest first.
         self._refused: set[int] = set()
         self._refused_order: deque[int] = deque()
@@ -105,9 +125,26 @@ class SinkRunner:
         self._closing = False
         self._queue_gauge = metrics.QUEUE_DEPTH.labels(queue=f"sink:{self.name}")
 
-    def bind(self, ledger: Ledger) -> None:
-        """Use ``ledger`` (the pipeline's) for offsets and for waking ack waiters."""
+    def bind(
+        self,
+        ledger: Ledger,
+        spool: Spool | None = None,
+        routes: Callable[[str], bool] | None = None,
+        dead_letters: DeadLetters | None = None,
+    ) -> None:
+        """Use the pipeline's ``ledger`` and ``spool``; ``routes(topic)`` says which of the
+        spool's records are for this sink (when reading them back)."""
         self.ledger = ledger
+        self.spool = spool
+        self.dead_letters = dead_letters
+        if routes is not None:
+            self.routes = routes
+
+    def resume_after(self, cursor: int) -> None:
+        """Start after ``cursor``: what follows it in the spool was never confirmed here."""
+        if self.spool is not None and cursor < self.ledger.head:
+            self._spilled_from = cursor + 1
+            self._wakeup.set()
 
     # -- the ledger's view ---------------------------------------------------------------
     @property
@@ -120,21 +157,38 @@ class SinkRunner:
             return self._inflight[0].first - 1
         if self._pending:
             return self._pending[0].first - 1
+        if self._spilled_from is not None:
+            return self._spilled_from - 1
         return self.ledger.head
 
     def refused(self, offset: int) -> bool:
         """True when the frame whose last offset is ``offset`` was refused here."""
         return offset in self._refused
 
+    def cursor(self) -> int:
+        """The offset to resume after on the next start: everything up to it is confirmed
+        here (or never was for this sink)."""
+        if self._final_cursor is not None:
+            return self._final_cursor
+        return self.watermark()
+
     @property
     def queued(self) -> int:
-        """Records waiting for this sink (not yet confirmed)."""
+        """Records waiting for this sink (not yet confirmed), as far as this run knows
+        (records left in the spool by an earlier run are counted as they are read)."""
         return self._queued_records
+
+    @property
+    def behind(self) -> bool:
+        """True while records for this sink are waiting in the spool, not in memory."""
+        return self._spilled_from is not None
 
     # -- feeding ---------------------------------------------------------------------------
     def has_room(self, count: int) -> bool:
-        """Whether ``count`` more records fit. A batch larger than the whole queue fits an
-        empty queue, so it can never deadlock."""
+        """Whether ``count`` more records fit (always, with a spool to spill to). A batch
+        larger than the whole queue fits an empty queue, so it can never deadlock."""
+        if self.spool is not None:
+            return True
         queued = self._queued_records
         return queued == 0 or queued + count <= self.settings.max_queue_records
 
@@ -150,8 +204,18 @@ class SinkRunner:
         """Queue the ``records`` of the frame at offsets ``first``..``last``."""
         if self._closing:
             raise RuntimeError(f"sink {self.name} is closed")
-        self._pending.append(_Entry(first, last, records))
-        self._queued_records += len(records)
+        count = len(records)
+        self._queued_records += count
+        if self.spool is not None and (
+            self._spilled_from is not None
+            or self._queued_records > self.settings.max_queue_records
+        ):
+            # Memory is full: the record stays in the spool and is read back from there.
+            if self._spilled_from is None:
+                self._spilled_from = first
+            self._spilled_records += count
+        else:
+            self._pending.append(_Entry(first, last, records))
         # The depth gauge is updated per batch (in _finish), not per frame: a gauge write
         # per frame showed up in profiles.
         self._wakeup.set()
@@ -178,18 +242,23 @@ class SinkRunner:
             try:
                 await asyncio.wait_for(asyncio.shield(task), timeout_s)
             except TimeoutError:
-                log.error(
-                    "%s: shutdown with %d records unconfirmed", self.name, self._queued_records
-                )
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         # Whatever is still unconfirmed (a publish cut short by the timeout, or never
-        # started) is refused now, so no ack waits for it forever.
+        # started) is refused now, so no ack waits for it forever. With the spool it is
+        # not lost: the next start reads it back from there.
         unconfirmed = [*self._inflight, *self._pending]
+        remaining = self._queued_records
+        self._final_cursor = self.watermark()
         self._pending.clear()
         if unconfirmed:
             self._finish(unconfirmed, refused=True)
+        if remaining:
+            where = "spooled, delivered after the restart" if self.spool else "not delivered"
+            log.warning(
+                "%s: %d records unconfirmed at shutdown (%s)", self.name, remaining, where
+            )
         try:
             await self.sink.close()
         except Exception as exc:
@@ -199,6 +268,9 @@ class SinkRunner:
         settings = self.settings
         while True:
             if not self._pending:
+                if self._spilled_from is not None and not self._closing:
+                    await self._read_back()
+                    continue
                 if self._closing:
                     return
                 self._wakeup.clear()
@@ -211,7 +283,46 @@ class SinkRunner:
             self._queue_gauge.set(self._queued_records)
             self._inflight = taken
             batch = [record for entry in taken for record in entry.records]
-            await self._publish_with_retry(batch, taken)
+            if not await self._publish_with_retry(batch, taken):
+                return  # closing, and the backend is still down: the batch stays unconfirmed
+
+    async def _read_back(self) -> None:
+        """Queue the next records for this sink from the spool (memory holds none)."""
+        spool = self.spool
+        start = self._spilled_from
+        assert spool is not None
+        assert start is not None
+        if start > self.ledger.head:
+            self._spilled_from = None  # nothing left in the spool for us
+            return
+        limit = self.settings.max_batch
+        entries = spool.recent_from(start, limit)
+        if entries is None:
+            if self._reader is None or self._reader.next != start:
+                self._reader = spool.reader(start)
+            upto = min(spool.written, (spool.oldest_in_memory or start) - 1)
+            if upto < start:
+                upto = spool.written
+            entries = await asyncio.to_thread(self._reader.read, limit, upto)
+            if not entries:
+                # Not written yet: the next group commit brings it.
+                await spool.flushed()
+                return
+        for entry in entries:
+            routed = [record for record in entry.records if self.routes(record.topic)]
+            if routed:
+                counted = min(self._spilled_records, len(routed))
+                self._spilled_records -= counted
+                self._queued_records += len(routed) - counted
+                self._pending.append(_Entry(entry.first, entry.last, routed))
+            self._spilled_from = entry.last + 1
+        if self._spilled_from is not None and self._spilled_from > self.ledger.head:
+            # Caught up: from here on records are queued in memory again.
+            self._spilled_from = None
+            self._spilled_records = 0
+            self._reader = None
+        self._space.set()
+        self.ledger.advanced(self)
 
     def _take_batch(self) -> list[_Entry]:
         taken: list[_Entry] = []
@@ -225,7 +336,32 @@ class SinkRunner:
         self._taken += 1
         return taken
 
-    async def _publish_with_retry(self, batch: list[Record], taken: list[_Entry]) -> None:
+    async def _publish_with_retry(self, batch: list[Record], taken: list[_Entry]) -> bool:
+        """Deliver the batch (or set its refused records aside); False when the runner gave
+        up because it is closing while the backend is still failing."""
+        error = await self._publish(batch)
+        if error is None:
+            self._finish(taken, refused=False)
+            return True
+        if isinstance(error, asyncio.CancelledError):
+            return False
+        if self.dead_letters is None:
+            metrics.SINK_FAILED.labels(sink=self.name).inc(len(batch))
+            log.error(
+                "%s: dropped %d records the backend refused: %s", self.name, len(batch), error
+            )
+            self._finish(taken, refused=True)
+            return True
+        # Some record of the batch cannot be taken: find it, deliver the rest.
+        if not await self._set_aside(batch, error):
+            return False
+        self._finish(taken, refused=False)
+        return True
+
+    async def _publish(self, batch: Sequence[Record]) -> BaseException | None:
+        """Publish, retrying transient errors; the error that is not transient, or None.
+
+        While closing, gives up after a few attempts (CancelledError is returned then)."""
         attempt = 0
         delay = self.settings.retry_initial_s
         while True:
@@ -238,19 +374,12 @@ class SinkRunner:
                 metrics.SINK_RETRIES.labels(sink=self.name).inc()
                 self._mark_failure(exc, attempt)
                 if self._closing and attempt >= self.settings.down_after_failures:
-                    self._finish(taken, refused=True)
-                    return
+                    return asyncio.CancelledError()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.retry_max_s)
                 continue
             except Exception as exc:
-                # Not "not now": retrying the same records cannot help.
-                metrics.SINK_FAILED.labels(sink=self.name).inc(len(batch))
-                log.error(
-                    "%s: dropped %d records the backend refused: %s", self.name, len(batch), exc
-                )
-                self._finish(taken, refused=True)
-                return
+                return exc
             metrics.SINK_LATENCY.labels(sink=self.name).observe(time.perf_counter() - started)
             metrics.SINK_PUBLISHED.labels(sink=self.name).inc(len(batch))
             if self.hooks is not None:
@@ -259,8 +388,46 @@ class SinkRunner:
                 log.info("%s: recovered, publishing again", self.name)
             self.health = Health.OK
             self.last_error = ""
-            self._finish(taken, refused=False)
-            return
+            return None
+
+    async def _set_aside(self, batch: Sequence[Record], error: BaseException) -> bool:
+        """Halve ``batch`` until the records the sink refuses are found; publish the rest;
+        write the refused ones to the dead-letter file. False if it gave up (closing)."""
+        if len(batch) == 1:
+            return await self._dead_letter(batch[0], error)
+        middle = len(batch) // 2
+        for part in (batch[:middle], batch[middle:]):
+            part_error = await self._publish(part)
+            if isinstance(part_error, asyncio.CancelledError):
+                return False
+            if part_error is not None and not await self._set_aside(part, part_error):
+                return False
+        return True
+
+    async def _dead_letter(self, record: Record, error: BaseException) -> bool:
+        assert self.dead_letters is not None
+        reason = f"{type(error).__name__}: {error}"
+        delay = self.settings.retry_initial_s
+        while True:
+            try:
+                await asyncio.to_thread(self.dead_letters.write, self.name, [record], reason)
+                break
+            except OSError as exc:
+                log.error("%s: cannot write the dead-letter file: %s", self.name, exc)
+                if self._closing:
+                    return False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.retry_max_s)
+        metrics.DEAD_LETTERS.labels(sink=self.name).inc()
+        log.error(
+            "%s: refused a record of %s/%s for good (%s); set aside in %s",
+            self.name,
+            record.device_id,
+            record.topic,
+            reason,
+            self.dead_letters.path(self.name),
+        )
+        return True
 
     def _mark_failure(self, exc: BaseException, attempt: int) -> None:
         text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -1,10 +1,19 @@
-"""Simulated Teltonika trackers: IMEI handshake, AVL frames, and a check of every ack.
+"""Simulated Teltonika trackers: IMEI handshake, AVL frames, a check of every ack, and
+answers to commands, like a device.
 
 Each tracker drives a random walk from a start point, packs ``records_per_frame`` records
-into one codec 8 / 8E / 16 frame with the protocol core's encoder, sends it, and waits for
-the u32 ack, which must equal the number of records in the frame. The simulator reuses the
-server's own encoder, so a decoder bug shows up as a mismatch on the wire rather than
-hiding in both halves.
+into one codec 7 / 8 / 8E / 16 frame with the protocol core's encoder (optionally with a
+16-byte IO group, as older FM devices send), sends it, and waits for the ack, which must
+equal the number of records in the frame. The simulator reuses the server's own encoder,
+so a decoder bug shows up as a mismatch on the wire rather than hiding in both halves.
+
+Over TCP (default) a reader task per tracker separates what the server sends: u32 acks go
+to the sender, codec 12 / 14 command frames are answered at once like a device would
+(:func:`answer_command`: ``getinfo``, ``getver``, ``getstatus``, ``getgps``, ``getio``;
+codec 14 with another IMEI gets a nACK). Over UDP each datagram carries the IMEI and an
+AVL packet id; a datagram whose ack does not come within ``resend_after_s`` is resent
+(up to ``udp_resends`` times) exactly as a tracker does, and the 7-byte ack must echo
+both packet ids and the record count.
 """
 
 from __future__ import annotations
@@ -17,12 +26,29 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from fleetgate.protocols.teltonika import DecodedFrame, TeltonikaDecodeError, decode_frame
 from fleetgate.protocols.teltonika.encoder import encode_avl_frame, encode_imei
-from fleetgate.protocols.teltonika.model import CODEC_8, CODEC_8E, CODEC_16, AvlRecord
+from fleetgate.protocols.teltonika.gh3000 import ANGLE_STEP, shortest_float32
+from fleetgate.protocols.teltonika.gprs import TYPE_COMMAND, encode_response
+from fleetgate.protocols.teltonika.model import (
+    CODEC_7,
+    CODEC_8,
+    CODEC_8E,
+    CODEC_12,
+    CODEC_14,
+    CODEC_16,
+    AvlRecord,
+    Gh3000Record,
+)
+from fleetgate.protocols.teltonika.udp import encode_udp_datagram
+from fleetgate.records import format_rfc3339_ms
 from fleetgate.sim.report import run_devices
 
-CODECS = {"8": CODEC_8, "8E": CODEC_8E, "8e": CODEC_8E, "16": CODEC_16}
+CODECS = {"7": CODEC_7, "8": CODEC_8, "8E": CODEC_8E, "8e": CODEC_8E, "16": CODEC_16}
+TRANSPORTS = ("tcp", "udp")
 FIRST_IMEI = 356307042441013
+FIRMWARE = "03.27.07_00"
+HARDWARE = "FMB920"
 
 
 @dataclass(slots=True)
@@ -43,6 +69,22 @@ class SimulationSettings:
     first_imei: int = FIRST_IMEI
     keep_sent: bool = False
     seed: int | None = None
+    transport: str = "tcp"
+    # Add a 16-byte IO group to every record (codecs 8, 8E, 16), as older FM devices do.
+    io16_group: bool = False
+    # UDP: resend a datagram whose ack has not come after this long, this many times.
+    resend_after_s: float = 2.0
+    udp_resends: int = 3
+    # After the last frame, keep TCP connections open this long to answer commands.
+    linger_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.codec not in CODECS:
+            raise ValueError(f"codec must be one of {', '.join(CODECS)}, not {self.codec!r}")
+        if self.transport not in TRANSPORTS:
+            raise ValueError(f"transport must be tcp or udp, not {self.transport!r}")
+        if self.io16_group and CODECS[self.codec] == CODEC_7:
+            raise ValueError("codec 7 (GH3000) has no 16-byte IO group")
 
 
 @dataclass(slots=True)
@@ -54,6 +96,8 @@ class SimulationResult:
     ack_mismatches: int = 0
     handshake_failures: int = 0
     connection_errors: int = 0
+    resends: int = 0
+    commands_answered: int = 0
     elapsed_s: float = 0.0
     sent: dict[str, list[AvlRecord]] = field(default_factory=dict)
 
@@ -72,7 +116,8 @@ class SimulationResult:
             f"records sent={self.records_sent} acked={self.records_acked} "
             f"frames sent={self.frames_sent} acked={self.frames_acked} "
             f"ack mismatches={self.ack_mismatches} handshake failures={self.handshake_failures} "
-            f"connection errors={self.connection_errors} elapsed={self.elapsed_s:.1f}s "
+            f"connection errors={self.connection_errors} resends={self.resends} "
+            f"commands answered={self.commands_answered} elapsed={self.elapsed_s:.1f}s "
             f"({rate:,.0f} records/s acked)"
         )
 
@@ -84,12 +129,17 @@ class TrackerModel:
         self.imei = imei
         self.rng = rng
         self.codec = CODECS[settings.codec]
+        self.io16_group = settings.io16_group
         self.io_elements = settings.io_elements
         self.latitude = 54.68 + rng.uniform(-0.2, 0.2)
         self.longitude = 25.28 + rng.uniform(-0.2, 0.2)
         self.heading = rng.uniform(0, 360)
+        self.speed = 0
+        self.altitude = 120
+        self.satellites = 0
         self.odometer = rng.randrange(1_000_000, 50_000_000)
-        self.timestamp_ms = int(time.time() * 1000) - 3_600_000
+        self.started_ms = int(time.time() * 1000)
+        self.timestamp_ms = self.started_ms - 3_600_000
 
     def next_record(self) -> AvlRecord:
         rng = self.rng
@@ -101,6 +151,11 @@ class TrackerModel:
         self.longitude = ((self.longitude + step * math.sin(heading) + 180) % 360) - 180
         self.odometer += speed * 1000 // 3600
         self.timestamp_ms += 1000
+        self.speed = speed
+        self.altitude = rng.randrange(80, 200)
+        self.satellites = rng.randrange(6, 16)
+        if self.codec == CODEC_7:
+            return self._gh3000_record()
         io: dict[int, int | bytes] = {
             239: 1,  # ignition
             240: 1 if speed else 0,  # movement
@@ -113,27 +168,153 @@ class TrackerModel:
         }
         # Pad with more elements (ids the table does not name) up to the requested count.
         extra_id = 1000 if self.codec != CODEC_8 else 150
-        while len(io) < self.io_elements:
-            io[extra_id] = rng.randrange(0, 200)
-            extra_id += 1
-        while len(io) > self.io_elements:
-            io.popitem()
+        self._pad(io, extra_id)
+        if self.io16_group:
+            # One 16-byte value (an id no table names); the encoder puts it in the group.
+            io[extra_id + 500 if self.codec != CODEC_8 else 140] = rng.randbytes(16)
         return AvlRecord(
             timestamp_ms=self.timestamp_ms,
             priority=0,
             longitude=round(self.longitude, 7),
             latitude=round(self.latitude, 7),
-            altitude=rng.randrange(80, 200),
+            altitude=self.altitude,
             angle=int(self.heading),
-            satellites=rng.randrange(6, 16),
+            satellites=self.satellites,
             speed=speed,
             event_io_id=0,
             io=io,
             generation_type=5 if self.codec == CODEC_16 else None,
         )
 
+    def _gh3000_record(self) -> Gh3000Record:
+        """A GH3000 record: float32 coordinates, 360/256-degree angle, whole seconds."""
+        rng = self.rng
+        io: dict[int, int | bytes] = {
+            240: 1 if self.speed else 0,  # movement
+            1: rng.randrange(20, 101),  # battery level, %
+            67: rng.randrange(3_600, 4_200),  # battery voltage, mV
+            5: (self.timestamp_ms - self.started_ms) // 1000 + 3600,  # uptime, s
+        }
+        self._pad(io, 150)
+        return Gh3000Record(
+            timestamp_ms=self.timestamp_ms - self.timestamp_ms % 1000,
+            priority=0,
+            longitude=shortest_float32(self.longitude),
+            latitude=shortest_float32(self.latitude),
+            altitude=self.altitude,
+            angle=int(self.heading / ANGLE_STEP) * ANGLE_STEP,
+            satellites=self.satellites,
+            speed=min(self.speed, 255),
+            event_io_id=0,
+            io=io,
+            gps_mask=0x7F,  # position, altitude, angle, speed, satellites, cell, signal
+            lac=1,
+            cell_id=rng.randrange(1, 0xFFFF),
+            signal_quality=rng.randrange(0, 32),
+        )
 
-async def _run_tracker(
+    def _pad(self, io: dict[int, int | bytes], extra_id: int) -> None:
+        while len(io) < self.io_elements:
+            io[extra_id] = self.rng.randrange(0, 200)
+            extra_id += 1
+        while len(io) > self.io_elements:
+            io.popitem()
+
+    def encode_frame(self, records: list[AvlRecord]) -> bytes:
+        return encode_avl_frame(self.codec, records, io16_group=self.io16_group)
+
+    def encode_datagram(self, records: list[AvlRecord], packet_id: int, avl_id: int) -> bytes:
+        return encode_udp_datagram(
+            self.imei, self.codec, records, packet_id=packet_id, avl_packet_id=avl_id,
+            io16_group=self.io16_group,
+        )
+
+    def reply_to(self, command: str) -> str:
+        """What this tracker answers to ``command`` (text of a codec 12/14 command)."""
+        name = command.strip().split(" ", 1)[0].lower()
+        now = format_rfc3339_ms(int(time.time() * 1000))
+        if name == "getinfo":
+            return (
+                f"INI:{format_rfc3339_ms(self.started_ms)} RTC:{now} RST:0 ERR:0 SR:0 BR:0 "
+                f"CF:0 FG:0 FL:0 TU:0/0 UT:0 SMS:0 NOGPS:0:0 GPS:1 SAT:{self.satellites} "
+                "RS:3 RF:0 SF:1 MD:0"
+            )
+        if name == "getver":
+            uptime = (int(time.time() * 1000) - self.started_ms) // 1000
+            return (
+                f"Ver:{FIRMWARE} GPS:AXN_5.1.9 Hw:{HARDWARE} Mod:15 IMEI:{self.imei} "
+                f"Init:{format_rfc3339_ms(self.started_ms)} Uptime:{uptime} BL:1.10"
+            )
+        if name == "getstatus":
+            return (
+                "Data Link: 1 GPRS: 1 Phone: 0 SIM: 0 OP: 24602 Signal: 5 NewSMS: 0 "
+                "Roaming: 0 SMSFull: 0 LAC: 1 Cell ID: 3055 NetType: 1 FwUpd:-7"
+            )
+        if name == "getgps":
+            return (
+                f"GPS:1 Sat:{self.satellites} Lat:{self.latitude:.6f} "
+                f"Long:{self.longitude:.6f} Alt:{self.altitude} Speed:{self.speed} "
+                f"Dir:{int(self.heading)} Date: {now[:10]} Time: {now[11:19]}"
+            )
+        if name == "getio":
+            return "DI1:1 DI2:0 DI3:0 AIN1:0 AIN2:0 DO1:0 DO2:0"
+        return f"Unknown command: {command.strip()[:64]}"
+
+
+def answer_command(frame: bytes, model: TrackerModel) -> bytes | None:
+    """The device's answer to one server → device frame, or None (not a command for us).
+
+    Codec 12 commands get a codec 12 response. Codec 14 commands get an ACK with the
+    response when their IMEI is the tracker's, else a nACK, as the firmware does.
+    """
+    try:
+        decoded: DecodedFrame = decode_frame(frame)
+    except TeltonikaDecodeError:
+        return None
+    if decoded.kind != "gprs" or not decoded.crc_ok or not decoded.messages:
+        return None
+    message = decoded.messages[0]
+    if message.type != TYPE_COMMAND:
+        return None
+    text = message.payload.decode("ascii", "replace")
+    if message.codec == CODEC_12:
+        return encode_response(model.reply_to(text))
+    if message.codec == CODEC_14:
+        if message.imei != model.imei:
+            return encode_response(b"", codec=CODEC_14, imei=model.imei, nack=True)
+        return encode_response(model.reply_to(text), codec=CODEC_14, imei=model.imei)
+    return None
+
+
+async def _read_from_server(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    model: TrackerModel,
+    acks: asyncio.Queue[int | None],
+    result: SimulationResult,
+) -> None:
+    """Split the server's bytes: u32 acks to ``acks``, command frames answered at once.
+
+    An ack is four bytes that are not all zero (the server acks at least one record); a
+    frame starts with the zero preamble. ``None`` in ``acks`` means the connection ended.
+    """
+    try:
+        while True:
+            head = await reader.readexactly(4)
+            if head != b"\x00\x00\x00\x00":
+                acks.put_nowait(int.from_bytes(head, "big"))
+                continue
+            length = await reader.readexactly(4)
+            rest = await reader.readexactly(int.from_bytes(length, "big") + 4)
+            reply = answer_command(head + length + rest, model)
+            if reply is not None:
+                writer.write(reply)
+                result.commands_answered += 1
+    except (OSError, asyncio.IncompleteReadError):
+        acks.put_nowait(None)
+
+
+async def _run_tcp_tracker(
     index: int,
     settings: SimulationSettings,
     result: SimulationResult,
@@ -147,12 +328,15 @@ async def _run_tracker(
     except OSError:
         result.connection_errors += 1
         return
+    acks: asyncio.Queue[int | None] = asyncio.Queue()
+    listener: asyncio.Task[None] | None = None
     try:
         writer.write(encode_imei(imei))
         reply = await asyncio.wait_for(reader.readexactly(1), settings.ack_timeout_s)
         if reply != b"\x01":
             result.handshake_failures += 1
             return
+        listener = asyncio.create_task(_read_from_server(reader, writer, model, acks, result))
         per_frame = settings.records_per_frame
         interval = per_frame / settings.rate if settings.rate > 0 else 0.0
         # Spread trackers over the first interval so they do not all send at once.
@@ -166,25 +350,126 @@ async def _run_tracker(
                 await asyncio.sleep(next_send - now)
             next_send += interval
             records = [model.next_record() for _ in range(per_frame)]
-            writer.write(encode_avl_frame(model.codec, records))
+            writer.write(model.encode_frame(records))
             result.frames_sent += 1
             result.records_sent += per_frame
             if settings.keep_sent:
                 result.sent.setdefault(imei, []).extend(records)
-            ack = await asyncio.wait_for(reader.readexactly(4), settings.ack_timeout_s)
-            count = int.from_bytes(ack, "big")
+            count = await asyncio.wait_for(acks.get(), settings.ack_timeout_s)
+            if count is None:
+                raise ConnectionResetError("server closed the connection")
             if count != per_frame:
                 result.ack_mismatches += 1
             else:
                 result.frames_acked += 1
                 result.records_acked += count
             frames += 1
+        if settings.linger_s:
+            await asyncio.sleep(settings.linger_s)  # commands are still answered meanwhile
     except (OSError, asyncio.IncompleteReadError, TimeoutError):
         result.connection_errors += 1
     finally:
+        if listener is not None:
+            listener.cancel()
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
+
+
+class _UdpClient(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.replies: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        self.replies.put_nowait(data)
+
+
+async def _run_udp_tracker(
+    index: int,
+    settings: SimulationSettings,
+    result: SimulationResult,
+    deadline: float | None,
+) -> None:
+    imei = str(settings.first_imei + index)
+    rng = random.Random(None if settings.seed is None else settings.seed + index)
+    model = TrackerModel(imei, rng, settings)
+    loop = asyncio.get_running_loop()
+    try:
+        transport, client = await loop.create_datagram_endpoint(
+            _UdpClient, remote_addr=(settings.host, settings.port)
+        )
+    except OSError:
+        result.connection_errors += 1
+        return
+    try:
+        per_frame = settings.records_per_frame
+        interval = per_frame / settings.rate if settings.rate > 0 else 0.0
+        next_send = time.monotonic() + (rng.uniform(0, interval) if interval else 0.0)
+        frames = 0
+        while settings.frames_per_device is None or frames < settings.frames_per_device:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                break
+            if interval and next_send > now:
+                await asyncio.sleep(next_send - now)
+            next_send += interval
+            records = [model.next_record() for _ in range(per_frame)]
+            packet_id, avl_id = rng.randrange(0x10000), frames & 0xFF
+            datagram = model.encode_datagram(records, packet_id, avl_id)
+            result.frames_sent += 1
+            result.records_sent += per_frame
+            if settings.keep_sent:
+                result.sent.setdefault(imei, []).extend(records)
+            expected = (5).to_bytes(2, "big") + packet_id.to_bytes(2, "big") + bytes(
+                (1, avl_id, per_frame)
+            )
+            ack = await _send_until_acked(
+                transport, client, datagram, expected[:6], settings=settings, result=result
+            )
+            if ack is None:
+                result.connection_errors += 1
+                return
+            if ack != expected:
+                result.ack_mismatches += 1
+            else:
+                result.frames_acked += 1
+                result.records_acked += per_frame
+            frames += 1
+    finally:
+        transport.close()
+
+
+async def _send_until_acked(
+    transport: asyncio.DatagramTransport,
+    client: _UdpClient,
+    datagram: bytes,
+    ack_prefix: bytes,
+    *,
+    settings: SimulationSettings,
+    result: SimulationResult,
+) -> bytes | None:
+    """Send, wait for this datagram's ack, resend after ``resend_after_s`` like a tracker.
+
+    An ack is this datagram's when it echoes its packet ids (``ack_prefix``); others (a
+    late second ack of a resent earlier datagram) are skipped. None if no ack came within
+    ``ack_timeout_s`` or after ``udp_resends`` resends.
+    """
+    give_up = time.monotonic() + settings.ack_timeout_s
+    sends = 0
+    while True:
+        transport.sendto(datagram)
+        sends += 1
+        resend_at = min(time.monotonic() + settings.resend_after_s, give_up)
+        while (wait := resend_at - time.monotonic()) > 0:
+            try:
+                reply = await asyncio.wait_for(client.replies.get(), wait)
+            except TimeoutError:
+                break
+            if reply[:6] == ack_prefix:
+                return reply
+        if sends > settings.udp_resends or time.monotonic() >= give_up:
+            return None
+        result.resends += 1
 
 
 async def run_simulation(
@@ -194,9 +479,8 @@ async def run_simulation(
     """Run the trackers until the duration or frame count is reached; print live summaries."""
     result = SimulationResult()
     deadline = time.monotonic() + settings.duration_s if settings.duration_s else None
-    trackers = [
-        _run_tracker(index, settings, result, deadline) for index in range(settings.devices)
-    ]
+    run = _run_udp_tracker if settings.transport == "udp" else _run_tcp_tracker
+    trackers = [run(index, settings, result, deadline) for index in range(settings.devices)]
     result.elapsed_s = await run_devices(
         trackers,
         lambda: (

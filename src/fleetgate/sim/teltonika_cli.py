@@ -4,44 +4,67 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from typing import Any
 
-from fleetgate.sim.teltonika import CODECS, SimulationSettings, run_simulation
+from fleetgate.sim.teltonika import CODECS, TRANSPORTS, SimulationSettings, run_simulation
 
 
 def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "teltonika", help="simulated Teltonika trackers over TCP (checks every ack)"
+        "teltonika",
+        help="simulated Teltonika trackers over TCP or UDP (checks every ack, answers commands)",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5027)
     parser.add_argument("--devices", type=int, default=10, help="number of trackers")
     parser.add_argument(
-        "--rate", type=float, default=1.0,
+        "--rate",
+        type=float,
+        default=1.0,
         help="records per second per tracker (0 = as fast as acks return)",
     )
-    parser.add_argument("--codec", choices=sorted(set(CODECS) - {"8e"}), default="8E")
+    parser.add_argument(
+        "--codec", choices=sorted(set(CODECS) - {"8e"}), default="8E",
+        help="7 = GH3000; 8, 8E, 16 = FMB and older FM devices",
+    )
+    parser.add_argument(
+        "--io16-group", action="store_true",
+        help="add a 16-byte IO group to every record, as older FM devices do (not codec 7)",
+    )
+    parser.add_argument("--transport", choices=TRANSPORTS, default="tcp")
     parser.add_argument("--records-per-frame", type=int, default=1)
     parser.add_argument("--io-elements", type=int, default=8, help="IO elements per record")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds (0 = no limit)")
     parser.add_argument("--frames", type=int, default=None, help="frames per tracker, then stop")
+    parser.add_argument(
+        "--linger", type=float, default=0.0,
+        help="TCP: seconds to stay connected after the last frame, answering commands",
+    )
     parser.add_argument("--first-imei", type=int, default=356307042441013)
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = SimulationSettings(
-        host=args.host,
-        port=args.port,
-        devices=args.devices,
-        rate=args.rate,
-        codec=args.codec,
-        records_per_frame=args.records_per_frame,
-        io_elements=args.io_elements,
-        duration_s=args.duration or None,
-        frames_per_device=args.frames,
-        first_imei=args.first_imei,
-    )
+    try:
+        settings = SimulationSettings(
+            host=args.host,
+            port=args.port,
+            devices=args.devices,
+            rate=args.rate,
+            codec=args.codec,
+            records_per_frame=args.records_per_frame,
+            io_elements=args.io_elements,
+            duration_s=args.duration or None,
+            frames_per_device=args.frames,
+            first_imei=args.first_imei,
+            transport=args.transport,
+            io16_group=args.io16_group,
+            linger_s=args.linger,
+        )
+    except ValueError as exc:
+        print(f"fleetgate: {exc}", file=sys.stderr)
+        return 2
     result = asyncio.run(run_simulation(settings, report=print))
     print(result.summary())
     return 0 if result.ok else 1

@@ -342,4 +342,3 @@ async def run_simulation(
         report,
     )
     return result
-

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from fleetgate.records import Record
+from fleetgate.records import Record, record_metadata
 from fleetgate.settings import Section, validate_section
 
 
@@ -61,6 +61,8 @@ class SinkContext:
     namespace: str = ""
     transmit_decoded: bool = False
     data_dir: str = "data"
+    # This server's name in record ids (``<node_id>-<offset>``); with workers, per worker.
+    node_id: str = ""
 
 
 class NoSettings(Section):
@@ -100,6 +102,20 @@ class Sink(ABC):
     def describe(self) -> str:
         """Where this sink publishes, for log lines (``kafka 127.0.0.1:9092``)."""
         return self.name
+
+    def committed_offset(self) -> int | None:
+        """The ledger offset this sink committed together with its data, if it keeps one
+        (the store does); the pipeline resumes after it. None: use the spool's cursor."""
+        return None
+
+    def headers(self, record: Record) -> dict[str, str]:
+        """Tesla's seven metadata keys, plus ``record_id`` (``<node>-<offset>``) once the
+        pipeline gave the record its offset: consumers de-duplicate what a replay after a
+        restart delivers twice."""
+        headers = record_metadata(record)
+        if record.offset:
+            headers["record_id"] = f"{self.context.node_id}-{record.offset}"
+        return headers
 
     def destination(self, topic: str) -> str:
         """Tesla's naming rule for topics, streams and subjects: ``<namespace>_<topic>``."""

@@ -41,7 +41,7 @@ from pydantic import ConfigDict, model_validator
 
 from fleetgate.forms import wire_payload
 from fleetgate.observability.ratelimit import LimitedLog
-from fleetgate.records import Record, record_metadata
+from fleetgate.records import Record
 from fleetgate.settings import Section
 from fleetgate.sinks.base import PermanentSinkError, Sink, SinkContext, TransientSinkError
 
@@ -193,7 +193,7 @@ class KafkaSink(Sink):
                 "topic": self.destination(record.topic),
                 "value": wire_payload(record, transmit_decoded),
                 "key": record.device_id.encode(),
-                "headers": list(record_metadata(record).items()),
+                "headers": list(self.headers(record).items()),
                 "on_delivery": self._on_delivery(loop, record, future),
             }
             await self._produce(producer, message)

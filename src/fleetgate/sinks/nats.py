@@ -38,7 +38,7 @@ from pydantic import Field
 
 from fleetgate.forms import wire_payload
 from fleetgate.observability.redact import redact
-from fleetgate.records import Record, record_metadata
+from fleetgate.records import Record
 from fleetgate.settings import Section
 from fleetgate.sinks.base import PermanentSinkError, Sink, SinkContext, TransientSinkError
 
@@ -185,8 +185,11 @@ class NatsSink(Sink):
             try:
                 for record in batch:
                     payload = wire_payload(record, decoded)
-                    headers = record_metadata(record)
-                    headers["Nats-Msg-Id"] = message_id(record, payload)
+                    headers = self.headers(record)
+                    # JetStream drops a second message with the same id (a replay).
+                    headers["Nats-Msg-Id"] = headers.get("record_id") or message_id(
+                        record, payload
+                    )
                     # Waits (in order) while max_in_flight acks are outstanding.
                     pending.append(
                         await js.publish_async(self.subject(record), payload, headers=headers)

@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from fleetgate.forms import wire_payload
-from fleetgate.records import Record, record_metadata
+from fleetgate.records import Record
 from fleetgate.settings import ConfigError, Section
 from fleetgate.sinks.base import PermanentSinkError, Sink, SinkContext, TransientSinkError
 
@@ -134,7 +134,7 @@ class PubSubSink(Sink):
         transmit_decoded = self.context.transmit_decoded
         messages = [
             PubsubMessage(
-                data=wire_payload(record, transmit_decoded), attributes=record_metadata(record)
+                data=wire_payload(record, transmit_decoded), attributes=self.headers(record)
             )
             for record in chunk
         ]

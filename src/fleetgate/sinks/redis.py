@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import Field
 
 from fleetgate.forms import wire_payload
-from fleetgate.records import Record, record_metadata
+from fleetgate.records import Record
 from fleetgate.settings import ConfigError, Section, TlsFiles
 from fleetgate.sinks.base import PermanentSinkError, Sink, SinkContext, TransientSinkError
 
@@ -237,7 +237,7 @@ class RedisSink(Sink):
                 commands.append((b"PUBLISH", vin_channel.encode(), payload))
             if s.streams:
                 fields = [dest.encode(), b"MAXLEN", b"~", maxlen, b"*", b"payload", payload]
-                for key, value in record_metadata(record).items():
+                for key, value in self.headers(record).items():
                     fields += (key.encode(), value.encode())
                 fields += (b"key", record.device_id.encode())
                 commands.append((b"XADD", *fields))

@@ -1,7 +1,8 @@
 """``sqlite``: the embedded store (WAL, one transaction per batch); it backs the REST API.
 
-Confirmation = the transaction committed. The pipeline always routes every record here
-when the store is enabled, and the default ack level waits for this confirmation.
+Confirmation = the transaction committed; the transaction also saves the spool offset its
+rows reach, so after a restart the store resumes exactly after what it holds. The pipeline
+always routes every record here when the store is enabled.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ class SqliteSink(Sink):
         super().__init__(settings, context)
         path = self.settings.path or f"{context.data_dir}/fleetgate.db"
         self.store = store or RecordStore(path)
+
+    def committed_offset(self) -> int | None:
+        # The store commits the spool offset with its rows: replay resumes exactly there.
+        return self.store.cursor()
 
     async def publish(self, batch: Sequence[Record]) -> None:
         # sqlite3 releases the GIL while it works; a thread keeps the event loop free.

@@ -17,8 +17,11 @@ import pytest
 import uvicorn
 
 from fleetgate.api.app import create_api
+from fleetgate.api.auth import Authenticator
+from fleetgate.config import build_config
 from fleetgate.records import Record
 from fleetgate.store import RecordStore
+from tests.tokens import TEST_SECRET, bearer, make_token
 
 pytestmark = pytest.mark.integration
 
@@ -37,10 +40,16 @@ async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
             for index, device_id in enumerate(ODD_IDS)
         ]
     )
-    config = uvicorn.Config(
-        create_api(store, lambda: {"status": "ok"}),
-        host="127.0.0.1", port=0, log_config=None, lifespan="off",
+    settings = build_config(
+        {"data_dir": str(tmp_path), "api": {"auth": {"secret": TEST_SECRET}}}, environ={}
+    ).api
+    api = create_api(
+        store,
+        lambda: {"status": "ok"},
+        auth=Authenticator(settings.auth, tmp_path),
+        settings=settings,
     )
+    config = uvicorn.Config(api, host="127.0.0.1", port=0, log_config=None, lifespan="off")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     async with asyncio.timeout(10):
@@ -48,7 +57,9 @@ async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
             await asyncio.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", headers=bearer(make_token())
+        ) as http:
             yield http
     finally:
         server.should_exit = True
@@ -99,9 +110,20 @@ async def test_any_stored_id_is_reachable_percent_encoded(client: httpx.AsyncCli
     latest = await client.get(f"/api/v1/devices/{path}/latest")
     assert latest.status_code == 200
     assert latest.json()["device_id"] == device_id
+    device = await client.get(f"/api/v1/devices/{path}")
+    assert device.status_code == 200
+    assert device.json()["id"] == device_id
+    track = await client.get(f"/api/v1/devices/{path}/track")
+    assert track.status_code == 200
 
 
 async def test_ids_that_only_look_like_paths_do_not_reach_other_devices(client: httpx.AsyncClient) -> None:
     # "a%2F..%2Fb" is the device "a/../b", never "b" nor a directory walk.
     assert (await client.get("/api/v1/devices/b/latest")).status_code == 404
     assert (await client.get(f"/api/v1/devices/{quote('a/..', safe='')}/latest")).status_code == 404
+    # "a/b/records" is a device, not the records of device "a/b".
+    one = (await client.get(f"/api/v1/devices/{quote('a/b/records', safe='')}")).json()
+    assert one["id"] == "a/b/records"
+    assert (await client.get(f"/api/v1/devices/{quote('a/b', safe='')}/records")).json()[
+        "records"
+    ] == []

@@ -68,8 +68,9 @@ def teltonika_config(tmp_path: Path, **teltonika: Any) -> dict[str, Any]:
         "data_dir": str(tmp_path),
         "api": {"enabled": False},
         "tesla_enabled": False,
-        "records": {"event": ["test-held"]},
-        "reliable_ack_sources": {"event": "test-held"},
+        "records": {"*": ["test-held"]},
+        # The ack waits for the held sink: the frame is in flight until the test lets go.
+        "ack_policy": {"teltonika": ["test-held"]},
         "teltonika": {"host": "127.0.0.1", "port": 0, "udp_enabled": False, **teltonika},
     }
 

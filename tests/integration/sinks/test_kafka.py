@@ -10,6 +10,7 @@ README's kafka section, run as a server, lands records with headers in
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -290,8 +291,10 @@ async def test_tesla_config_records_v_to_kafka(tansu: ManagedProcess, tmp_path: 
         assert message.topic() == "tesla_telemetry_V"
         assert message.key() == record.device_id.encode()
         assert message.value() == wire_payload(record) == record.raw  # vehicle's protobuf
+        # Tesla's seven metadata headers, plus the record id consumers de-duplicate by.
         assert dict(message.headers()) == {
-            k: v.encode() for k, v in record_metadata(record).items()
+            **{k: v.encode() for k, v in record_metadata(record).items()},
+            "record_id": f"{socket.gethostname()}-{record.offset}".encode(),
         }
         decoded = vd.Payload.FromString(message.value())
         assert decoded.vin == record.device_id

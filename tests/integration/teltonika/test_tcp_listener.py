@@ -18,6 +18,7 @@ from fleetgate.protocols.teltonika.encoder import encode_imei
 from fleetgate.records import Record
 from fleetgate.sinks.base import Sink
 from fleetgate.sinks.registry import register_sink
+from tests.integration.stores import stored
 from tests.teltonika_vectors import frame
 
 pytestmark = pytest.mark.integration
@@ -122,10 +123,9 @@ async def test_split_one_byte_at_a_time(server: Server) -> None:
         await writer.drain()
     assert await read_ack(reader) == 1
     writer.close()
-    assert server.store is not None
-    [stored] = server.store.records(IMEI)
-    assert stored["created_at"] == "2019-06-10T10:04:46.000Z"
-    assert stored["data"]["io"]["66"] == 24079
+    [record] = await stored(server.store, IMEI, 1)
+    assert record["created_at"] == "2019-06-10T10:04:46.000Z"
+    assert record["data"]["io"]["66"] == 24079
 
 
 async def test_several_frames_in_one_read_are_acked_in_order(server: Server) -> None:
@@ -140,7 +140,7 @@ async def test_several_frames_in_one_read_are_acked_in_order(server: Server) -> 
     assert [await read_ack(reader) for _ in range(3)] == [1, 1, 2]
     writer.close()
     assert server.store is not None
-    assert len(server.store.records(IMEI)) == 4
+    assert len(await stored(server.store, IMEI, 4)) == 4
 
 
 async def test_bad_crc_gets_no_ack_and_the_connection_stays_for_the_resend(server: Server) -> None:
@@ -177,6 +177,38 @@ async def test_garbage_preamble_closes(server: Server) -> None:
     reader, writer = await handshake(server)
     writer.write(b"\x00\x00\xde\xad" + frame("doc-c8-tcp-example1")[4:])
     await assert_closed_without_reply(reader)
+
+
+@pytest.mark.parametrize(
+    ("vector", "records"),
+    [("traccar-gh3000-L111", 4), ("traccar-gh3000-L129", 2),  # codec 7 (GH3000)
+     ("traccar-c8-L158", 11), ("traccar-c8-L161", 11)],  # 16-byte IO groups, no model set
+)
+async def test_codec7_and_16_byte_group_frames_are_stored_and_acked(
+    server: Server, vector: str, records: int
+) -> None:
+    reader, writer = await handshake(server)
+    writer.write(frame(vector))
+    assert await read_ack(reader) == records
+    writer.close()
+    rows = await stored(server.store, IMEI, records)
+    assert len(rows) == records
+    assert {item["topic"] for item in rows} == {"position"}
+
+
+async def test_impossible_device_time_gets_no_ack_and_the_connection_stays(
+    server: Server,
+) -> None:
+    reader, writer = await handshake(server)
+    good = frame("doc-c8-tcp-example1")
+    body = bytearray(body_of(good))
+    body[2:10] = (2**63).to_bytes(8, "big")  # the record's timestamp
+    writer.write(reframe(bytes(body)))
+    await assert_no_reply_yet(reader)
+    writer.write(good)
+    assert await read_ack(reader) == 1
+    writer.close()
+    assert len(await stored(server.store, IMEI, 1)) == 1
 
 
 async def test_unknown_codec_closes_with_a_metric(server: Server) -> None:
@@ -217,10 +249,11 @@ async def test_codec12_response_is_recorded_and_never_acked(server: Server) -> N
     writer.write(frame("doc-c8-tcp-example1"))
     assert await read_ack(reader) == 1
     writer.close()
-    assert server.store is not None
-    topics = {item["topic"] for item in server.store.records(IMEI)}
-    # doc-c8-tcp-example1 was triggered by IO 1, so it is an "event" record.
-    assert topics == {"command_response", "event"}
+    rows = await stored(server.store, IMEI, 2)
+    assert {item["topic"] for item in rows} == {"command_response", "position"}
+    # doc-c8-tcp-example1 was triggered by IO 1: still a position, with the event in data.
+    (position,) = [item for item in rows if item["topic"] == "position"]
+    assert (position["data"]["event_io_id"], position["data"]["event_triggered"]) == (1, True)
 
 
 async def test_allow_list_rejects_unknown_imei(tmp_path: Path) -> None:
@@ -238,8 +271,8 @@ async def test_ack_waits_until_the_required_sink_confirmed(tmp_path: Path) -> No
     GatedSink.gate = asyncio.Event()
     server = await start_server(
         tmp_path,
-        records={"event": ["test-gated"]},
-        reliable_ack_sources={"event": "test-gated"},
+        records={"position": ["test-gated"]},
+        reliable_ack_sources={"position": "test-gated"},
     )
     try:
         reader, writer = await handshake(server)

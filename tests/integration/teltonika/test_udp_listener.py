@@ -12,6 +12,10 @@ import pytest
 from fleetgate.app import Server
 from fleetgate.config import build_config
 from fleetgate.observability import metrics
+from fleetgate.protocols.teltonika import decode_frame
+from fleetgate.protocols.teltonika.model import CODEC_7, CODEC_8, CODEC_8E, AvlRecord
+from fleetgate.protocols.teltonika.udp import encode_udp_datagram
+from tests.integration.stores import stored
 from tests.teltonika_vectors import frame
 
 pytestmark = pytest.mark.integration
@@ -89,8 +93,34 @@ async def test_datagram_is_stored_then_acked_with_its_packet_ids(
     reply = await exchange(server, frame(vector))
     assert reply is not None
     assert reply.hex() == ack
-    assert server.store is not None
-    assert len(server.store.records(imei)) == 1
+    assert len(await stored(server.store, imei, 1)) == 1
+
+
+async def test_codec7_and_16_byte_group_datagrams_are_stored_and_acked(server: Server) -> None:
+    gh = encode_udp_datagram(
+        "352093086403600", CODEC_7,
+        decode_frame(frame("traccar-gh3000-L129")).records, packet_id=0xBEEF, avl_packet_id=9,
+    )
+    reply = await exchange(server, gh)
+    assert reply is not None
+    assert reply.hex() == "0005beef010902"
+    io16 = encode_udp_datagram(
+        "352093086403601", CODEC_8, decode_frame(frame("traccar-c8-L161")).records,
+        avl_packet_id=3, io16_group=True,
+    )
+    reply = await exchange(server, io16)
+    assert reply is not None
+    assert reply.hex() == "0005cafe01030b"
+    assert len(await stored(server.store, "352093086403600", 2)) == 2
+    assert len(await stored(server.store, "352093086403601", 11)) == 11
+
+
+async def test_impossible_device_time_is_dropped_without_ack(server: Server) -> None:
+    before = refused()
+    record = AvlRecord(2**63, 0, 0.0, 0.0, 0, 0, 0, 0, 0)
+    datagram = encode_udp_datagram("352093086403602", CODEC_8E, [record])
+    assert await exchange(server, datagram, wait=0.5) is None
+    assert refused() == before + 1
 
 
 async def test_length_mismatch_is_dropped_without_ack(server: Server) -> None:

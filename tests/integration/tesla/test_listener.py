@@ -29,6 +29,7 @@ from fleetgate.protocols.tesla.envelope import (
     MESSAGE_STREAM,
     MESSAGE_STREAM_ACK,
 )
+from tests.integration.stores import stored
 from tests.integration.tesla.helpers import (
     OTHER_VIN,
     TIMEOUT,
@@ -62,11 +63,10 @@ async def test_vehicle_frame_is_acked_and_stored(server: Server, pki: DevPki) ->
     assert reply.message_type == MESSAGE_STREAM_ACK
     assert reply.txid == b"integration-test-txid"
     assert reply.topic == b"V"
-    assert server.store is not None
-    stored = [r for r in server.store.records(VIN) if r["topic"] == "V"]
-    assert len(stored) == 1
-    assert stored[0]["source"] == "tesla"
-    assert stored[0]["device_id"] == VIN
+    rows = await stored(server.store, VIN, 1, topic="V")
+    assert len(rows) == 1
+    assert rows[0]["source"] == "tesla"
+    assert rows[0]["device_id"] == VIN
 
 
 async def test_spoofed_sender_is_acked_but_stored_under_the_certificate_vin(
@@ -77,8 +77,8 @@ async def test_spoofed_sender_is_acked_but_stored_under_the_certificate_vin(
         reply = await receive(ws)
     assert reply.message_type == MESSAGE_STREAM_ACK
     assert server.store is not None
+    assert len(await stored(server.store, VIN, 1, topic="V")) == 1
     assert server.store.records("BAD123") == []
-    assert len([r for r in server.store.records(VIN) if r["topic"] == "V"]) == 1
 
 
 async def test_many_frames_in_flight_are_all_acked(server: Server, pki: DevPki) -> None:
@@ -222,8 +222,7 @@ async def test_with_the_store_every_topic_is_stored_and_acked(server: Server, pk
         await ws.send(stream_frame(txid="t3", topic="metrics"))
         reply = await receive(ws)
     assert (reply.message_type, reply.txid) == (MESSAGE_STREAM_ACK, b"t3")
-    assert server.store is not None
-    assert [r["topic"] for r in server.store.records(VIN) if r["topic"] == "metrics"] == [
+    assert [r["topic"] for r in await stored(server.store, VIN, 1, topic="metrics")] == [
         "metrics"
     ]
 
@@ -323,8 +322,7 @@ async def test_rate_limit_drops_frames_over_the_limit(tmp_path: Path, pki: DevPk
             assert await no_message(ws, 0.5)
         assert sorted(r.txid for r in replies) == [b"rl-0", b"rl-1", b"rl-2"]
         assert sample("rate_limit_exceeded_total", labels) == before + 2
-        assert server.store is not None
-        assert len([r for r in server.store.records(VIN) if r["topic"] == "V"]) == 3
+        assert len(await stored(server.store, VIN, 3, topic="V")) == 3
     finally:
         await server.stop()
 

@@ -14,6 +14,7 @@ from fleetgate.config import build_config, read_config_file
 from fleetgate.pki import client_ssl_context, init_pki
 from fleetgate.protocols.tesla.envelope import MESSAGE_STREAM_ACK
 from fleetgate.sim.tesla import TeslaSimSettings, credentials_from_dir, run_simulation
+from tests.integration.stores import stored
 from tests.integration.tesla.helpers import (
     TIMEOUT,
     VIN,
@@ -102,8 +103,7 @@ async def test_reference_example_config_loads_unchanged_and_serves(tmp_path: Pat
             await ws.send(stream_frame())
             reply = await receive(ws)
         assert reply.message_type == MESSAGE_STREAM_ACK
-        assert server.store is not None
-        assert len([r for r in server.store.records(VIN) if r["topic"] == "V"]) == 1
+        assert len(await stored(server.store, VIN, 1, topic="V")) == 1
     finally:
         await server.stop()
 
@@ -158,8 +158,7 @@ async def test_new_user_flow_certs_init_serve_sim(
         assert result.vins == set(vins)
         assert server.store is not None
         for vin in vins:
-            stored = [r for r in server.store.records(vin) if r["topic"] == "V"]
-            assert len(stored) == 5
+            assert len(await stored(server.store, vin, 5, topic="V")) == 5
     finally:
         await server.stop()
 

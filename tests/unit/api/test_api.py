@@ -6,15 +6,18 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from fleetgate.api.auth import Authenticator
 from fleetgate.app import Server
 from fleetgate.config import build_config
 from fleetgate.records import Record
+from tests.tokens import TEST_SECRET, bearer, make_token
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
     config = build_config(
-        {"data_dir": str(tmp_path), "teltonika": {"enabled": False}, "tesla_enabled": False},
+        {"data_dir": str(tmp_path), "teltonika": {"enabled": False}, "tesla_enabled": False,
+         "api": {"auth": {"secret": TEST_SECRET}}},
         environ={},
     )
     server = Server(config)
@@ -35,16 +38,20 @@ def server(tmp_path: Path) -> Iterator[Server]:
 def client(server: Server) -> TestClient:
     from fleetgate.api.app import create_api
 
-    return TestClient(create_api(server.store, server.health_report))
+    auth = Authenticator(server.config.api.auth, server.config.data_path)
+    api = create_api(server.store, server.health_report, auth=auth, settings=server.config.api)
+    return TestClient(api, headers=bearer(make_token()))
 
 
 def test_devices_list_counts_and_last_seen(client: TestClient) -> None:
     body = client.get("/api/v1/devices").json()
     assert body["devices"] == [
         {"id": "5YJ3E1EA7KF000001", "source": "tesla", "first_seen": "1970-01-01T00:00:08.000Z",
-         "last_seen": "1970-01-01T00:00:08.000Z", "record_count": 1},
+         "last_seen": "1970-01-01T00:00:08.000Z", "record_count": 1, "online": False,
+         "position": None},
         {"id": "356307042441013", "source": "teltonika", "first_seen": "1970-01-01T00:00:05.000Z",
-         "last_seen": "1970-01-01T00:00:07.000Z", "record_count": 3},
+         "last_seen": "1970-01-01T00:00:07.000Z", "record_count": 3, "online": False,
+         "position": None},
     ]
 
 
@@ -76,7 +83,7 @@ def test_latest_and_unknown_device(client: TestClient) -> None:
     latest = client.get("/api/v1/devices/356307042441013/latest").json()
     assert latest["data"] == {"speed": 3}
     assert client.get("/api/v1/devices/nobody/latest").status_code == 404
-    assert client.get("/api/v1/devices/nobody/records").json() == {"records": []}
+    assert client.get("/api/v1/devices/nobody/records").json() == {"records": [], "next": None}
 
 
 def test_health_reports_sinks_and_metrics_are_prometheus_text(client: TestClient) -> None:

@@ -54,7 +54,8 @@ def test_no_config_gives_embedded_defaults() -> None:
     assert (config.teltonika.host, config.teltonika.port) == ("0.0.0.0", 5027)
     assert (config.api.host, config.api.port) == ("127.0.0.1", 8080)
     assert config.store.enabled
-    assert config.ack_level is AckLevel.STORE
+    assert config.ack_level is AckLevel.SPOOL  # every source: durable before its ack
+    assert config.spool.enabled and str(config.spool_path) == "data/spool"
     assert str(config.store_path) == "data/fleetgate.db"
 
 

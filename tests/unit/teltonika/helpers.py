@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from functools import cache
 from typing import Any
 
 import orjson
 
-from fleetgate.protocols.teltonika.model import AvlRecord
+from fleetgate.protocols.teltonika.model import MAX_TIMESTAMP_MS, AvlRecord
 from fleetgate.protocols.teltonika.records import BASE_KEYS, avl_record_data
+from fleetgate.records import Record, parse_rfc3339_ms, record_json
 from tests.teltonika_vectors import VECTORS_PATH
 
 IMEI = "123456789012345"
@@ -88,9 +90,9 @@ def check_record_invariants(rec: AvlRecord) -> dict[str, Any]:
     assert -180.0 <= rec.longitude <= 180.0
     assert math.isfinite(rec.latitude)
     assert math.isfinite(rec.longitude)
-    assert 0 <= rec.timestamp_ms < 2**64
-    assert -32768 <= rec.altitude <= 32767
-    assert 0 <= rec.angle <= 0xFFFF
+    assert 0 <= rec.timestamp_ms <= MAX_TIMESTAMP_MS
+    assert -32768 <= rec.altitude <= 0xFFFF
+    assert 0 <= rec.angle < 0x10000
     assert 0 <= rec.speed <= 0xFFFF
     assert rec.io_groups is not None
     assert len(rec.io_groups) == 6
@@ -102,7 +104,8 @@ def check_record_invariants(rec: AvlRecord) -> dict[str, Any]:
     data = avl_record_data(rec)
     orjson.dumps(data)  # JSON-safe or it raises
     assert set(BASE_KEYS) <= set(data)
-    assert data["valid"] is (rec.satellites != 0)
+    assert data["valid"] is (rec.satellites != 0 and getattr(rec, "location_present", True))
+    assert data["event_triggered"] is (rec.event_io_id != 0)
     for key, value in data["io"].items():
         assert key.isdigit()
         if isinstance(value, str):
@@ -111,3 +114,50 @@ def check_record_invariants(rec: AvlRecord) -> dict[str, Any]:
         else:
             assert isinstance(value, int)
     return data
+
+
+# Traccar's ProtocolTest checks every decoded position: a time after 1999 and not far in
+# the future, coordinates in range. Ours adds: values survive JSON exactly (no NaN, no
+# integer a 64-bit consumer cannot hold) and an implausible device time is flagged.
+_FROM_2000_MS = 946_684_800_000
+_AHEAD_MS = 25 * 3600 * 1000
+
+
+def check_traccar_invariants(records: Iterable[Record], received_at: int) -> None:
+    """The invariants every Record made from a device frame must hold."""
+    for record in records:
+        assert record.source == "teltonika"
+        assert record.received_at == received_at
+        assert _FROM_2000_MS <= record.created_at <= received_at + _AHEAD_MS, record
+        data = record.data
+        if data.get("device_time_valid") is False:
+            assert record.created_at == received_at
+            parse_rfc3339_ms(data["device_time"])
+        else:
+            assert "device_time" not in data
+        if record.topic == "position":
+            assert -90.0 <= data["latitude"] <= 90.0
+            assert -180.0 <= data["longitude"] <= 180.0
+            assert isinstance(data["valid"], bool)
+            assert isinstance(data["event_triggered"], bool)
+        else:
+            assert record.topic == "command_response"
+            assert data["kind"] in {"command", "response", "nack", "camera", "message", "other"}
+        _json_safe(data)
+        assert orjson.loads(record_json(record))["data"] == orjson.loads(orjson.dumps(data))
+
+
+def _json_safe(value: object) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            assert isinstance(key, str)
+            _json_safe(item)
+    elif isinstance(value, list):
+        for item in value:
+            _json_safe(item)
+    elif isinstance(value, float):
+        assert math.isfinite(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        assert -(2**63) <= value < 2**64
+    else:
+        assert value is None or isinstance(value, str | bool)

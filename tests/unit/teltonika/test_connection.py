@@ -11,6 +11,7 @@ from fleetgate.protocols.teltonika.encoder import encode_avl_frame, encode_imei
 from fleetgate.protocols.teltonika.events import (
     AvlFrame,
     CrcMismatch,
+    FrameRefused,
     GprsFrame,
     ImeiReceived,
     KeepAlive,
@@ -81,13 +82,13 @@ def test_integrity_errors_are_refused(v: dict[str, Any]) -> None:
         assert conn.closed
 
 
-def test_gh3000_codec7_is_an_unknown_codec() -> None:
+def test_gh3000_codec7_is_an_avl_frame() -> None:
     conn = TcpConnection()
     conn.receive_data(IMEI_FRAME)
     (event,) = conn.receive_data(frame("traccar-gh3000-L111"))
-    assert isinstance(event, ProtocolViolation)
+    assert isinstance(event, AvlFrame)
     assert event.codec == 7
-    assert "unknown codec" in event.reason
+    assert conn.ack(len(event.records)) == b"\x00\x00\x00\x04"
 
 
 def test_one_byte_at_a_time_equals_one_read() -> None:
@@ -136,7 +137,7 @@ def test_n1_not_n2_closes(established: TcpConnection) -> None:
 
 
 def test_record_structure_error_closes(established: TcpConnection) -> None:
-    body = DOC_C8[8:-5] + b"\x00\x01"  # an extra byte before N2
+    body = DOC_C8[8:-5] + b"\x03\x01"  # an extra byte before N2
     (event,) = established.receive_data(wrap_tcp(body))
     assert isinstance(event, ProtocolViolation)
     assert "N2 is at byte" in event.reason
@@ -269,14 +270,31 @@ def test_ack_bytes() -> None:
         conn.ack(-1)
 
 
-def test_io16_group_option_is_per_connection() -> None:
+def test_io16_group_is_detected_on_the_first_frame() -> None:
     raw = frame("traccar-c8-L158")
-    plain = TcpConnection()
-    plain.receive_data(IMEI_FRAME)
-    assert isinstance(plain.receive_data(raw)[0], ProtocolViolation)
-    extended = TcpConnection(io16_group=True)
-    extended.receive_data(IMEI_FRAME)
-    assert isinstance(extended.receive_data(raw)[0], AvlFrame)
+    for conn in (TcpConnection(), TcpConnection(io16_group=True)):
+        conn.receive_data(IMEI_FRAME)
+        (event,) = conn.receive_data(raw + DOC_C8)[:1]
+        assert isinstance(event, AvlFrame)
+        assert len(event.records) == 11
+    # and a standard frame after it still decodes the standard way
+    conn = TcpConnection()
+    events = conn.receive_data(IMEI_FRAME + raw + DOC_C8 + frame("traccar-c8-L161"))
+    assert [len(e.records) for e in events[1:]] == [11, 1, 11]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("timestamp", [253_402_300_800_000, 2**63, 2**64 - 1])
+def test_impossible_time_is_refused_and_the_connection_kept(
+    established: TcpConnection, timestamp: int
+) -> None:
+    bad = encode_avl_frame(CODEC_8E, [AvlRecord(timestamp, 0, 0.0, 0.0, 0, 0, 0, 0, 0)])
+    events = established.receive_data(bad + DOC_C8)
+    assert isinstance(events[0], FrameRefused)
+    assert events[0].codec == CODEC_8E
+    assert events[0].raw == bad
+    assert "9999-12-31" in events[0].reason
+    assert isinstance(events[1], AvlFrame)
+    assert not established.closed
 
 
 def test_big_frame_byte_by_byte_keeps_buffer_bounded(established: TcpConnection) -> None:

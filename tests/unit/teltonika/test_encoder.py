@@ -10,7 +10,7 @@ from fleetgate.protocols.teltonika.connection import TcpConnection
 from fleetgate.protocols.teltonika.encoder import encode_avl_frame, encode_imei
 from fleetgate.protocols.teltonika.events import AvlFrame, ImeiReceived, KeepAlive, TcpEvent
 from fleetgate.protocols.teltonika.gprs import encode_gprs_frame
-from fleetgate.protocols.teltonika.model import CODEC_8, CODEC_8E, CODEC_16, AvlRecord
+from fleetgate.protocols.teltonika.model import CODEC_7, CODEC_8, CODEC_8E, CODEC_16, AvlRecord
 from tests.unit.teltonika.helpers import IMEI, frame, vector
 from tests.unit.teltonika.strategies import AVL_CASES, avl_records, gprs_messages
 
@@ -66,7 +66,7 @@ def streams(draw: st.DrawFn) -> tuple[bytes, list[int]]:
     for _ in range(draw(st.integers(1, 6))):
         kind = draw(st.sampled_from(["avl", "ping", "gprs", "imei"]))
         if kind == "avl":
-            codec = draw(st.sampled_from([CODEC_8, CODEC_8E, CODEC_16]))
+            codec = draw(st.sampled_from([CODEC_7, CODEC_8, CODEC_8E, CODEC_16]))
             parts.append(encode_avl_frame(codec, draw(st.lists(avl_records(codec), max_size=3))))
         elif kind == "ping":
             parts.append(b"\xff")

@@ -1,4 +1,4 @@
-"""The IO-name table and its conversions."""
+"""The IO-name tables per device family and their conversions."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from fleetgate.protocols.teltonika.io_names import (
     CUSTOM,
     IO_NAMES,
     IO_NAMES_BY_KEY,
+    IO_TABLES,
     VARIABLE,
     io_key,
+    io_table,
     named_value,
 )
 
@@ -102,3 +104,74 @@ def test_eddystone_beacon_with_battery_and_temperature() -> None:
         "instance": bytes(range(10, 16)).hex(), "rssi": -60, "battery": 3000, "temperature": 25,
     }]
     assert decode(value[:-1]) is None
+
+
+# -- families ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "family"),
+    [
+        (None, "fmb"), ("", "fmb"), ("fmb", "fmb"), ("FMC", "fmb"), ("fmt", "fmb"),
+        ("FMB130", "fmb"), ("fmc130", "fmb"), ("FMT100", "fmb"), ("FMM130", "fmb"),
+        ("TMT250", "fmb"), ("TAT100", "fmb"), ("MTB100", "fmb"), (" FMB920 ", "fmb"),
+        ("FMB640", "fm6"), ("FMC650", "fm6"), ("FMB630", "fm6"), ("fm6", "fm6"),
+        ("GH3000", "gh"), ("gh5200", "gh"), ("gh", "gh"),
+    ],
+)
+def test_io_table_by_family_or_model(name: str | None, family: str) -> None:
+    assert io_table(name).family == family
+    assert io_table(name) is IO_TABLES[family]
+
+
+@pytest.mark.parametrize("name", ["FM6300", "FMB13", "XYZ", "fmx", "FMB1300"])
+def test_unknown_names_are_refused(name: str) -> None:
+    with pytest.raises(ValueError, match="no Teltonika IO table"):
+        io_table(name)
+
+
+def test_every_table_is_well_formed() -> None:
+    for table in IO_TABLES.values():
+        assert len(table.by_key) == len(table.names)
+        assert repr(table).startswith(f"IoTable('{table.family}'")
+        for entry in table.names:
+            assert re.fullmatch(r"[a-z][a-z0-9_]*", entry.name), entry.name
+            assert entry.size in (VARIABLE, 1, 2, 4, 8)
+        names = [e.name for e in table.names]
+        # one name per meaning: a name used twice must be the same id at two sizes or a
+        # list collected from several ids
+        for name in set(names):
+            ids = {e.io_id for e in table.names if e.name == name}
+            assert len(ids) == 1 or name in {"vin", "eye_sensors"}, name
+
+
+def test_fm6_differs_where_the_spec_says() -> None:
+    fmb, fm6 = io_table("FMB130"), io_table("FMB640")
+    assert fmb.by_key.get(io_key(84, 2)) is not None  # CAN fuel level: FMB only
+    assert fm6.by_key.get(io_key(84, 2)) is None
+    assert fm6.by_key[io_key(10, 2)].name == "analog_input_2"
+    assert fmb.by_key.get(io_key(10, 2)) is None
+    assert named_value(fm6.by_key[io_key(701, 2)], 0xFB50) == -12.0
+    assert fmb.by_key.get(io_key(701, 2)) is None
+    assert fm6.by_key[io_key(239, 1)].name == "ignition"
+
+
+def test_gh_table() -> None:
+    gh = io_table("GH3000")
+    assert named_value(gh.by_key[io_key(21, 2)], 10) == 1.0  # VDOP, not GSM signal
+    assert gh.by_key[io_key(21, 2)].name == "vdop"
+    assert named_value(gh.by_key[io_key(222, 1)], 1) is True
+    assert gh.by_key.get(io_key(239, 1)) is None
+
+
+def test_beacon_ids_are_split_by_length() -> None:
+    decode = spec(548, VARIABLE).convert
+    assert decode is not None
+    ibeacon = bytes(range(16)) + b"\x00\x0b\x00\x0c"
+    value = b"\x01" + bytes([22]) + b"\x01\x14" + ibeacon
+    assert decode(value) == [{"io": 548, "id": ibeacon.hex(), "ibeacon": {
+        "uuid": bytes(range(16)).hex(), "major": 11, "minor": 12}}]
+    eddystone = bytes(range(16))
+    value = b"\x01" + bytes([18]) + b"\x01\x10" + eddystone
+    assert decode(value) == [{"io": 548, "id": eddystone.hex(), "eddystone": {
+        "namespace": bytes(range(10)).hex(), "instance": bytes(range(10, 16)).hex()}}]

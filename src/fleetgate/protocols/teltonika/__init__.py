@@ -11,11 +11,20 @@ Usable on its own, like a Traccar decoder, with no server around it::
 
 A server drives :class:`TcpConnection` (bytes in, events out; see its module docstring),
 turns ``AvlFrame``/``GprsFrame`` events into fleetgate records with :func:`to_records`
-and acks with ``TcpConnection.ack``. Simulators build traffic with :func:`encode_imei`,
-:func:`encode_avl_frame` and :func:`encode_command`.
+and acks with ``TcpConnection.ack``; over UDP it uses :func:`decode_udp_datagram`,
+:func:`encode_udp_ack` and :class:`UdpDuplicateFilter`. Simulators build traffic with
+:func:`encode_imei`, :func:`encode_avl_frame`, :func:`encode_udp_datagram` and answer
+commands with :func:`encode_response`.
 
-Modules: ``framing`` (cutting the TCP stream), ``avl`` (codecs 8/8E/16), ``gprs`` (codecs
-12–15), ``udp``, ``crc``, ``io_names`` (the IO-id table), ``records`` (Record mapping),
+Refusals: every decoder raises only :class:`TeltonikaDecodeError`. Its subclass
+:class:`ImpossibleValueError` marks a well-framed packet carrying a value that cannot be
+true (a device time of 2**63 ms or later, or past 9999-12-31T23:59:59.999Z; non-finite
+GH3000 coordinates): like a CRC mismatch it gets no ack and the device keeps its data, and
+on TCP it arrives as a ``FrameRefused`` event that keeps the connection open.
+
+Modules: ``framing`` (cutting the TCP stream), ``avl`` (codecs 8/8E/16, and the entry
+point for every AVL codec), ``gh3000`` (codec 7), ``gprs`` (codecs 12–15), ``udp``,
+``crc``, ``io_names`` (IO-id tables per device family), ``records`` (Record mapping),
 ``encoder``, ``connection``, ``events``, ``model``, ``errors``.
 """
 
@@ -24,14 +33,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from fleetgate.protocols.teltonika.avl import decode_avl_body, decode_avl_span, encode_avl_body
-from fleetgate.protocols.teltonika.connection import TcpConnection
+from fleetgate.protocols.teltonika.avl import decode_avl_body, encode_avl_body
+from fleetgate.protocols.teltonika.connection import TcpConnection, decode_data_frame
 from fleetgate.protocols.teltonika.crc import crc16_ibm
 from fleetgate.protocols.teltonika.encoder import encode_avl_frame, encode_imei
-from fleetgate.protocols.teltonika.errors import TeltonikaDecodeError
+from fleetgate.protocols.teltonika.errors import ImpossibleValueError, TeltonikaDecodeError
 from fleetgate.protocols.teltonika.events import (
     AvlFrame,
     CrcMismatch,
+    FrameRefused,
     GprsFrame,
     ImeiReceived,
     KeepAlive,
@@ -40,21 +50,23 @@ from fleetgate.protocols.teltonika.events import (
 )
 from fleetgate.protocols.teltonika.framing import (
     ENVELOPE,
-    KEEPALIVE_BYTE,
-    MIN_DATA_LENGTH,
+    IMEI,
+    KEEPALIVE,
+    NEED_MORE,
     frame_crc,
+    next_frame,
     parse_imei,
 )
 from fleetgate.protocols.teltonika.gprs import (
     decode_gprs_body,
-    decode_gprs_span,
     encode_command,
     encode_gprs_frame,
+    encode_response,
 )
+from fleetgate.protocols.teltonika.io_names import IoTable, io_table
 from fleetgate.protocols.teltonika.model import (
-    AVL_CODECS,
-    GPRS_CODECS,
     AvlRecord,
+    Gh3000Record,
     GprsMessage,
     codec_name,
 )
@@ -65,6 +77,8 @@ from fleetgate.protocols.teltonika.records import (
 )
 from fleetgate.protocols.teltonika.udp import (
     UdpDatagram,
+    UdpDuplicateFilter,
+    Verdict,
     decode_udp_datagram,
     encode_udp_ack,
     encode_udp_datagram,
@@ -76,15 +90,21 @@ __all__ = [
     "AvlRecord",
     "CrcMismatch",
     "DecodedFrame",
+    "FrameRefused",
+    "Gh3000Record",
     "GprsFrame",
     "GprsMessage",
     "ImeiReceived",
+    "ImpossibleValueError",
+    "IoTable",
     "KeepAlive",
     "ProtocolViolation",
     "TcpConnection",
     "TcpEvent",
     "TeltonikaDecodeError",
     "UdpDatagram",
+    "UdpDuplicateFilter",
+    "Verdict",
     "avl_record_data",
     "crc16_ibm",
     "decode_avl_body",
@@ -96,14 +116,17 @@ __all__ = [
     "encode_command",
     "encode_gprs_frame",
     "encode_imei",
+    "encode_response",
     "encode_udp_ack",
     "encode_udp_datagram",
     "frame_to_json",
     "gprs_message_data",
+    "io_table",
     "to_records",
 ]
 
 FrameKind = Literal["imei", "keepalive", "avl", "gprs"]
+_NO_LIMIT: Final = 0xFFFF_FFFF  # a complete frame in memory: no buffering bound needed
 _NO_RECORDS: Final[tuple[AvlRecord, ...]] = ()
 _NO_MESSAGES: Final[tuple[GprsMessage, ...]] = ()
 
@@ -148,49 +171,54 @@ class DecodedFrame:
 def decode_frame(data: bytes, *, io16_group: bool = False) -> DecodedFrame:
     """Decode ONE complete TCP frame: IMEI login, ``ff`` keep-alive, AVL or GPRS packet.
 
-    Length, preamble, N1 = N2 and the record structure are validated and raise
-    :class:`TeltonikaDecodeError` with a one-line reason. A wrong CRC does not raise:
-    the frame is decoded and reported with ``crc_ok`` False (a server would not ack it).
+    The frame is cut by the same framing code as :class:`TcpConnection` and decoded by
+    the same :func:`~.connection.decode_data_frame`, so the library and the server agree
+    on every frame. Length, preamble, N1 = N2 and the record structure are validated and
+    raise :class:`TeltonikaDecodeError` with a one-line reason (an impossible device time
+    raises its subclass :class:`ImpossibleValueError`). A wrong CRC does not raise: the
+    frame is decoded and reported with ``crc_ok`` False (a server would not ack it).
+    16-byte IO groups are detected; ``io16_group=True`` forces them.
     """
     data = bytes(data)
     if not data:
         raise TeltonikaDecodeError("empty frame")
-    if data[0] == KEEPALIVE_BYTE:
+    kind, length = next_frame(data, 0, len(data), established=True, max_frame_bytes=_NO_LIMIT)
+    if kind == NEED_MORE:
+        raise TeltonikaDecodeError(_incomplete(data))
+    if kind == KEEPALIVE:
         if len(data) != 1:
             raise TeltonikaDecodeError(
                 f"keep-alive is the single byte ff; {len(data) - 1} more bytes follow"
             )
         return DecodedFrame("keepalive", data)
-    if len(data) >= 2 and (data[0] or data[1]):
+    if kind == IMEI:
         return DecodedFrame("imei", data, imei=parse_imei(data))
-    if len(data) < ENVELOPE + MIN_DATA_LENGTH:
-        raise TeltonikaDecodeError(f"data frame is {len(data)} bytes; at least 15 needed")
-    if data[:4] != b"\x00\x00\x00\x00":
-        raise TeltonikaDecodeError("preamble is not 00000000")
-    data_length = int.from_bytes(data[4:8], "big")
-    if data_length < MIN_DATA_LENGTH:
-        raise TeltonikaDecodeError(f"data length {data_length} is below {MIN_DATA_LENGTH}")
-    if len(data) != data_length + ENVELOPE:
+    if length != len(data):
         raise TeltonikaDecodeError(
-            f"frame is {len(data)} bytes but data length {data_length} implies "
-            f"{data_length + ENVELOPE}"
+            f"frame is {len(data)} bytes but data length {length - ENVELOPE} implies {length}"
         )
     stored, computed = frame_crc(data)
-    codec = data[8]
-    end = len(data) - 4
-    if codec in AVL_CODECS:
-        records = decode_avl_span(data, 8, end, io16_group)
+    event = decode_data_frame(data, io16_group)
+    if isinstance(event, AvlFrame):
         return DecodedFrame(
-            "avl", data, codec, records=records, data_length=data_length,
+            "avl", data, event.codec, records=event.records, data_length=length - ENVELOPE,
             crc_stored=stored, crc_computed=computed,
         )
-    if codec in GPRS_CODECS:
-        messages = decode_gprs_span(data, 8, end)
-        return DecodedFrame(
-            "gprs", data, codec, messages=messages, data_length=data_length,
-            crc_stored=stored, crc_computed=computed,
-        )
-    raise TeltonikaDecodeError(f"unknown codec {codec_name(codec)}")
+    return DecodedFrame(
+        "gprs", data, data[8], messages=event.messages, data_length=length - ENVELOPE,
+        crc_stored=stored, crc_computed=computed,
+    )
+
+
+def _incomplete(data: bytes) -> str:
+    if len(data) < 2:
+        return f"frame is {len(data)} byte; a frame starts with at least 2"
+    if data[1]:
+        return f"IMEI frame is {len(data)} bytes but its length field says {data[1]} + 2"
+    if len(data) < 8:
+        return f"data frame is {len(data)} bytes; its header alone is 8"
+    implied = int.from_bytes(data[4:8], "big") + ENVELOPE
+    return f"frame is {len(data)} bytes but data length {implied - ENVELOPE} implies {implied}"
 
 
 def frame_to_json(decoded: DecodedFrame) -> dict[str, Any]:
@@ -223,8 +251,8 @@ def frame_to_json(decoded: DecodedFrame) -> dict[str, Any]:
         messages = []
         for message in decoded.messages:
             item = gprs_message_data(message)
-            if message.timestamp_s is not None:
-                item["time"] = format_rfc3339_ms(message.timestamp_s * 1000)
+            if message.timestamp_ms is not None:
+                item["time"] = format_rfc3339_ms(message.timestamp_ms)
             messages.append(item)
         out["messages"] = messages
     out["reply"] = reply.hex() if reply is not None else None

@@ -2,17 +2,23 @@
 
 A *body* is what the TCP data-length field counts: codec byte, N1, the records, N2. The
 decoder is strict (spec section 8): N1 must equal N2 and the records must end exactly at
-N2; anything else raises :class:`TeltonikaDecodeError`.
+N2; anything else raises :class:`TeltonikaDecodeError`. A device time past
+9999-12-31T23:59:59.999Z (which includes every value of 2**63 ms and more) raises
+:class:`ImpossibleValueError`: the frame is refused like a CRC mismatch. Codec 7 (GH3000)
+bodies are handed to :mod:`.gh3000`, so callers have one entry point for every AVL codec.
 
 Field widths per codec (the part implementations get wrong, spec 5.2):
 
-=========  =========  ==========  =========  ========  =====================
-codec      event id   gen. type   counts     IO ids    variable group
-=========  =========  ==========  =========  ========  =====================
-8          u8         -           u8         u8        16-byte (option)
-8E         u16        -           u16        u16       NX (id, u16 len, data)
-16         u16        u8          u8         u16       16-byte (option)
-=========  =========  ==========  =========  ========  =====================
+=========  =========  ==========  =========  ========  ==============================
+codec      event id   gen. type   counts     IO ids    after the 8-byte group
+=========  =========  ==========  =========  ========  ==============================
+8          u8         -           u8         u8        [16-byte group]
+8E         u16        -           u16        u16       [16-byte group], NX group
+16         u16        u8          u8         u16       [16-byte group]
+=========  =========  ==========  =========  ========  ==============================
+
+The 16-byte group (Traccar's "extended" option, some older FM devices) is not announced
+anywhere in the frame; :func:`decode_avl_span` detects it per frame.
 
 Speed matters here (it runs once per record on the ingest path): each IO group is read
 with one precompiled :class:`struct.Struct` of ``count`` (id, value) pairs, so a record
@@ -22,16 +28,20 @@ costs a handful of C calls however many elements it has.
 from __future__ import annotations
 
 import dataclasses
+import struct
 from collections.abc import Callable, Sequence
 from struct import Struct
 from typing import Final
 
-from fleetgate.protocols.teltonika.errors import TeltonikaDecodeError
+from fleetgate.protocols.teltonika.errors import ImpossibleValueError, TeltonikaDecodeError
+from fleetgate.protocols.teltonika.gh3000 import decode_gh3000_span, encode_gh3000_body
 from fleetgate.protocols.teltonika.model import (
     AVL_CODECS,
+    CODEC_7,
     CODEC_8,
     CODEC_8E,
     CODEC_16,
+    MAX_TIMESTAMP_MS,
     AvlRecord,
     codec_name,
 )
@@ -116,8 +126,9 @@ def decode_avl_body(
     """Records of one AVL body (codec byte through N2).
 
     ``codec`` is the codec the caller expects; it must match the body's first byte.
-    ``io16_group`` reads Traccar's "extended" group of 16-byte values after the 8-byte
-    group (older FM devices, spec 5.2); it cannot be detected from the bytes.
+    ``io16_group`` forces Traccar's "extended" group of 16-byte values after the 8-byte
+    group (older FM devices, spec 5.2); without it the group is detected (see
+    :func:`decode_avl_span`).
     """
     if len(body) < 3:
         raise TeltonikaDecodeError(f"AVL body is {len(body)} bytes; at least 3 needed")
@@ -135,15 +146,42 @@ def decode_avl_span(
 
     The TCP connection calls this on the whole frame (``start`` = 8, after preamble and
     length) so a frame is copied exactly once, when it leaves the receive buffer.
+
+    16-byte IO groups are detected per frame: the body is read with the standard layout
+    first and, only if that does not end exactly at N2, again with a 16-byte group after
+    the 8-byte one; the first reading that fits is the frame. A device's very first
+    frame therefore decodes with no model configured, and standard frames cost nothing
+    extra. When neither fits, the error of the standard reading is raised.
+    ``io16_group=True`` skips the standard reading (callers that know the device).
     """
     codec = buf[start]
+    if codec == CODEC_7:
+        return decode_gh3000_span(buf, start, end)
     header = _HEADERS.get(codec)
     if header is None:
-        raise TeltonikaDecodeError(f"codec {codec_name(codec)} is not an AVL codec (8, 8E, 16)")
+        raise TeltonikaDecodeError(
+            f"codec {codec_name(codec)} is not an AVL codec (7, 8, 8E, 16)"
+        )
+    count = buf[start + 1]
+    if buf[end - 1] != count:
+        raise TeltonikaDecodeError(f"N1 ({count}) != N2 ({buf[end - 1]})")
+    if io16_group:
+        return _decode_records(buf, start, end, header, True)
+    try:
+        return _decode_records(buf, start, end, header, False)
+    except TeltonikaDecodeError as standard:
+        try:
+            return _decode_records(buf, start, end, header, True)
+        except TeltonikaDecodeError:
+            raise standard from None
+
+
+def _decode_records(
+    buf: bytes | bytearray | memoryview, start: int, end: int, header: Struct, io16: bool
+) -> tuple[AvlRecord, ...]:
+    codec = buf[start]
     count = buf[start + 1]
     last = end - 1  # index of N2: the records must end exactly here
-    if buf[last] != count:
-        raise TeltonikaDecodeError(f"N1 ({count}) != N2 ({buf[last]})")
     wide_counts = codec == CODEC_8E
     codec16 = codec == CODEC_16
     tables = _PAIRS[_ID_STR_FORMAT[codec]]
@@ -153,6 +191,7 @@ def decode_avl_span(
     records: list[AvlRecord] = []
     append = records.append
     generation: int | None = None
+    max_ts = MAX_TIMESTAMP_MS
     for index in range(count):
         if pos + hsize > last:
             raise _truncated(index, count, pos + hsize, last, start)
@@ -162,6 +201,11 @@ def decode_avl_span(
             ts, pri, lon, lat, alt, angle, sats, speed, event, generation, _total = fields
         else:
             ts, pri, lon, lat, alt, angle, sats, speed, event, _total = fields
+        if ts > max_ts:
+            raise ImpossibleValueError(
+                f"record {index + 1} of {count}: device time {ts} ms is past "
+                "9999-12-31T23:59:59.999Z"
+            )
         # N (the total) is ignored: records are sized from the group counts (spec 5.2).
         # The four fixed-width groups are unpacked into one flat (id, value, ...) tuple
         # and turned into the dict in one go: cheaper than four dict updates.
@@ -190,6 +234,14 @@ def decode_avl_span(
                 groups[width_index] = n
         it = iter(flat)
         io: dict[int, int | bytes] = dict(zip(it, it, strict=True))
+        wide: list[tuple[int, bytes]] | None = None
+        if io16:
+            # Traccar's "extended" group, on the wire right after the 8-byte group; its
+            # elements go into ``io`` last, matching io_groups' order.
+            wide = []
+            pos = _read_io16(buf, pos, last, wide, codec=codec, index=index, count=count,
+                             start=start)
+            groups[5] = len(wide)
         if wide_counts:
             # NX group: count u16, then (id u16, length u16, value) elements.
             if pos + 2 > last:
@@ -206,12 +258,8 @@ def decode_avl_span(
                 io[key] = bytes(buf[pos + 4 : stop])
                 pos = stop
             groups[4] = n
-        if io16_group:
-            # Traccar's "extended" group: count and ids as wide as this codec's.
-            pos, n = _read_io16(
-                buf, pos, last, io, codec=codec, index=index, count=count, start=start
-            )
-            groups[5] = n
+        if wide:
+            io.update(wide)
         append(
             _new_record(
                 ts, pri, lon / 10_000_000, lat / 10_000_000, alt, angle, sats, speed,
@@ -229,13 +277,13 @@ def _read_io16(
     buf: bytes | bytearray | memoryview,
     pos: int,
     last: int,
-    io: dict[int, int | bytes],
+    out: list[tuple[int, bytes]],
     *,
     codec: int,
     index: int,
     count: int,
     start: int,
-) -> tuple[int, int]:
+) -> int:
     wide_counts = codec == CODEC_8E
     wide_ids = codec != CODEC_8
     step = 2 if wide_counts else 1
@@ -249,9 +297,9 @@ def _read_io16(
         if stop > last:
             raise _truncated(index, count, stop, last, start)
         key = (buf[pos] << 8) | buf[pos + 1] if wide_ids else buf[pos]
-        io[key] = bytes(buf[pos + id_size : stop])
+        out.append((key, bytes(buf[pos + id_size : stop])))
         pos = stop
-    return pos, n
+    return pos
 
 
 def _big_group(codec: int, width_index: int, n: int) -> Struct:
@@ -277,13 +325,19 @@ def encode_avl_body(
 ) -> bytes:
     """Body (codec byte through N2) carrying ``records``; the inverse of decode_avl_body.
 
-    A record's ``io_groups`` (set by the decoder) reproduces the original layout exactly;
+    Codec 7 goes to :func:`~.gh3000.encode_gh3000_body`. A record's ``io_groups`` (set by
+    the decoder) reproduces the original layout exactly;
     without it each integer goes into the smallest group that holds it and ``bytes``
-    values go to the NX group (8E) or, with ``io16_group``, the 16-byte group.
+    values go to the 16-byte group (16 bytes, with ``io16_group``) or else the NX group
+    (8E).
     Raises ValueError for anything the codec cannot carry.
     """
     if codec not in AVL_CODECS:
-        raise ValueError(f"codec {codec_name(codec)} is not an AVL codec (8, 8E, 16)")
+        raise ValueError(f"codec {codec_name(codec)} is not an AVL codec (7, 8, 8E, 16)")
+    if codec == CODEC_7:
+        if io16_group:
+            raise ValueError("codec 7 has no 16-byte IO group")
+        return encode_gh3000_body(records)
     if len(records) > 255:
         raise ValueError(f"{len(records)} records; N1 is one byte (at most 255)")
     parts = [bytes((codec, len(records)))]
@@ -306,10 +360,10 @@ def _layout(
     else:
         for key, value in items:
             if isinstance(value, bytes):
-                if codec == CODEC_8E:
-                    groups[4].append((key, value))
-                elif io16_group and len(value) == 16:
+                if io16_group and len(value) == 16:
                     groups[5].append((key, value))
+                elif codec == CODEC_8E:
+                    groups[4].append((key, value))
                 else:
                     raise ValueError(
                         f"IO {key}: a {len(value)}-byte value needs codec 8E (NX) "
@@ -345,8 +399,10 @@ def _encode_record(codec: int, record: AvlRecord, io16_group: bool) -> bytes:
         raise ValueError(
             f"event IO id {record.event_io_id} does not fit codec {codec_name(codec)}"
         )
-    out = bytearray(
-        _HEADER_ONLY.pack(
+    if not isinstance(record.angle, int):
+        raise ValueError(f"angle {record.angle}: codec {codec_name(codec)} sends whole degrees")
+    try:
+        header = _HEADER_ONLY.pack(
             record.timestamp_ms,
             record.priority,
             round(record.longitude * 10_000_000),
@@ -356,7 +412,9 @@ def _encode_record(codec: int, record: AvlRecord, io16_group: bool) -> bytes:
             record.satellites,
             record.speed,
         )
-    )
+    except struct.error as exc:
+        raise ValueError(f"record header does not fit codec {codec_name(codec)}: {exc}") from None
+    out = bytearray(header)
     if codec == CODEC_8:
         out += bytes((record.event_io_id, total))
     elif codec == CODEC_8E:
@@ -371,16 +429,17 @@ def _encode_record(codec: int, record: AvlRecord, io16_group: bool) -> bytes:
             if not isinstance(value, int) or not 0 <= key <= id_limit:
                 raise ValueError(f"IO {key}={value!r} does not fit its group")
             out += Struct(">" + id_format + value_format).pack(key, value)
+    if io16_group:
+        # Right after the 8-byte group, before NX (as Traccar reads it).
+        out += Struct(count_format).pack(len(groups[5]))
+        for key, value in groups[5]:
+            if not isinstance(value, bytes) or len(value) != 16 or not 0 <= key <= id_limit:
+                raise ValueError(f"16-byte IO {key} must be exactly 16 bytes")
+            out += Struct(">" + id_format).pack(key) + value
     if codec == CODEC_8E:
         out += len(groups[4]).to_bytes(2, "big")
         for key, value in groups[4]:
             if not isinstance(value, bytes) or len(value) > 0xFFFF:
                 raise ValueError(f"NX IO {key} must be bytes of at most 65535")
             out += key.to_bytes(2, "big") + len(value).to_bytes(2, "big") + value
-    if io16_group:
-        out += Struct(count_format).pack(len(groups[5]))
-        for key, value in groups[5]:
-            if not isinstance(value, bytes) or len(value) != 16 or not 0 <= key <= id_limit:
-                raise ValueError(f"16-byte IO {key} must be exactly 16 bytes")
-            out += Struct(">" + id_format).pack(key) + value
     return bytes(out)

@@ -9,6 +9,7 @@ The asyncio session around it does three things only::
         GprsFrame      -> record it; no reply
         KeepAlive      -> nothing
         CrcMismatch    -> count it; no reply (the device resends)
+        FrameRefused   -> count it, log the reason; no reply (an impossible value)
         ProtocolViolation -> log reason + evidence, close the socket
 
 States: awaiting IMEI → established (after the IMEI frame) → closed (protocol violation,
@@ -22,6 +23,11 @@ Buffering is linear whatever the read pattern (one byte at a time or many frames
 read): bytes are appended to one bytearray, frames are cut at a moving offset and the
 consumed prefix is dropped once per call. A frame declaring more than
 ``max_frame_bytes`` is refused before its bytes arrive, which bounds the buffer.
+
+Every AVL codec (7, 8, 8E, 16) arrives as an ``AvlFrame``; 16-byte IO groups are
+detected per frame by the AVL decoder (``io16_group=True`` forces them for callers that
+know their devices). :func:`decode_data_frame` is the one place a complete data frame is
+turned into an event; :func:`~fleetgate.protocols.teltonika.decode_frame` uses it too.
 """
 
 from __future__ import annotations
@@ -29,10 +35,11 @@ from __future__ import annotations
 from typing import Final
 
 from fleetgate.protocols.teltonika.avl import decode_avl_span
-from fleetgate.protocols.teltonika.errors import TeltonikaDecodeError
+from fleetgate.protocols.teltonika.errors import ImpossibleValueError, TeltonikaDecodeError
 from fleetgate.protocols.teltonika.events import (
     AvlFrame,
     CrcMismatch,
+    FrameRefused,
     GprsFrame,
     ImeiReceived,
     KeepAlive,
@@ -64,6 +71,7 @@ class TcpConnection:
     def __init__(
         self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, io16_group: bool = False
     ) -> None:
+        """``io16_group`` forces the 16-byte IO group; by default it is detected."""
         self._max_frame_bytes = max_frame_bytes
         self._io16_group = io16_group
         self._buf = bytearray()
@@ -151,14 +159,11 @@ class TcpConnection:
         if stored != computed:
             return CrcMismatch(codec, stored, computed, frame)
         try:
-            if codec in AVL_CODECS:
-                records = decode_avl_span(frame, 8, len(frame) - 4, self._io16_group)
-                return AvlFrame(codec, records, frame)
-            if codec in GPRS_CODECS:
-                return GprsFrame(decode_gprs_span(frame, 8, len(frame) - 4), frame)
+            return decode_data_frame(frame, self._io16_group)
+        except ImpossibleValueError as exc:
+            return FrameRefused(codec, exc.reason, frame)
         except TeltonikaDecodeError as exc:
             return ProtocolViolation(exc.reason, evidence(frame), codec)
-        return ProtocolViolation(f"unknown codec {codec_name(codec)}", evidence(frame), codec)
 
     def accept_imei(self, accepted: bool) -> bytes:
         """The one-byte handshake reply; rejecting closes the connection."""
@@ -177,3 +182,19 @@ class TcpConnection:
         self._closed = True
         self._buf.clear()
         self._pos = 0
+
+
+def decode_data_frame(frame: bytes, io16_group: bool = False) -> AvlFrame | GprsFrame:
+    """The event of one complete data frame (preamble .. CRC) whose length is checked.
+
+    The CRC is not looked at here (the caller decides what a mismatch means). Raises
+    :class:`TeltonikaDecodeError` (:class:`ImpossibleValueError` for impossible values)
+    for an unknown codec or a body that does not decode.
+    """
+    codec = frame[8]
+    end = len(frame) - 4
+    if codec in AVL_CODECS:
+        return AvlFrame(codec, decode_avl_span(frame, 8, end, io16_group), frame)
+    if codec in GPRS_CODECS:
+        return GprsFrame(decode_gprs_span(frame, 8, end), frame)
+    raise TeltonikaDecodeError(f"unknown codec {codec_name(codec)}")

@@ -1,7 +1,10 @@
 """Device-side encoders: what a tracker sends (used by the simulator and by tests).
 
-``encode_avl_frame`` is the exact inverse of the TCP connection's AVL path: decoding its
-output gives back equal records (hypothesis round trips in the tests prove it).
+``encode_avl_frame`` is the exact inverse of the TCP connection's AVL path for every AVL
+codec (7, 8, 8E, 16; 16-byte IO groups with ``io16_group``): decoding its output gives back
+equal records (hypothesis round trips in the tests prove it). Command answers a device
+sends are built by :func:`~.gprs.encode_response`, UDP datagrams by
+:func:`~.udp.encode_udp_datagram`.
 """
 
 from __future__ import annotations

@@ -26,7 +26,8 @@ class KeepAlive:
 
 @dataclass(frozen=True, slots=True)
 class AvlFrame:
-    """A valid AVL data packet (CRC good, N1 = N2, records fill the body exactly).
+    """A valid AVL data packet, any codec (7, 8, 8E, 16): CRC good, N1 = N2, records
+    fill the body exactly.
 
     ``raw`` is the whole frame, preamble to CRC. Ack with ``ack(len(records))`` only after
     the pipeline accepted the records.
@@ -56,6 +57,19 @@ class CrcMismatch:
 
 
 @dataclass(frozen=True, slots=True)
+class FrameRefused:
+    """A complete, well-framed packet that carries an impossible value (a device time past
+    9999-12-31, non-finite GH3000 coordinates): discard, send nothing, keep the
+    connection, count it and log ``reason``. Like a CRC mismatch, the device keeps the
+    data; no sink ever sees a value it could not store.
+    """
+
+    codec: int
+    reason: str
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class ProtocolViolation:
     """The stream is broken (bad IMEI, preamble, length, N1 != N2, unknown codec, bad record
     structure): log ``reason`` with ``evidence`` (hex), count it, close the connection.
@@ -68,4 +82,7 @@ class ProtocolViolation:
     codec: int | None = None
 
 
-TcpEvent = ImeiReceived | KeepAlive | AvlFrame | GprsFrame | CrcMismatch | ProtocolViolation
+TcpEvent = (
+    ImeiReceived | KeepAlive | AvlFrame | GprsFrame | CrcMismatch | FrameRefused
+    | ProtocolViolation
+)

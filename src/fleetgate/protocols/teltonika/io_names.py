@@ -1,10 +1,23 @@
-"""Names, sizes and scaling of the common FMB/FMC/FMT IO elements (spec section 10).
+"""Names, sizes and scaling of Teltonika IO elements, one table per device family.
 
-The table is data, built once at import. Each entry says which IO id, at which *wire size*,
+Each table is data, built once at import. An entry says which IO id, at which *wire size*,
 means what: a named value is produced only when the element arrived with exactly that size
 (and, for flags, a 0/1 value), so a device of another family, whose id means something
 else at another width, never yields a wrong named value. The raw value is always kept
 under ``io`` by the record builder, named or not.
+
+Families (:func:`io_table` takes a family or a model name):
+
+==========  =======================================================  =====================
+family      models                                                   table
+==========  =======================================================  =====================
+``fmb``     FMB/FMC/FMT/FMM/FMU…, MTB100, MSP500, TAT/TMT/TFT/TST    common table (default)
+``fm6``     FM?6?? (FMB640, FMC640, FMM640, FMB630, FMC650)          common, minus the CAN
+                                                                     ids 80–89, id 10 =
+                                                                     analog input 2,
+                                                                     BLE temperatures 701–704
+``gh``      GH3000, GH4000, GH5200 … (always for codec 7)            spec section 6
+==========  =======================================================  =====================
 
 Units after conversion: volts, amperes, degrees Celsius, litres, metres, km/h, percent.
 Known sensor error codes (Dallas 850/2000/3000/4000/5000, BLE 2000/3000/4000 raw) give
@@ -12,12 +25,14 @@ no named value.
 
 Variable-length (NX, codec 8E) elements are keyed with size ``0``; beacon and EYE-sensor
 lists (ids 385, 548, 10828, 10829, 10831, 11317) are decoded to lists of dicts per
-spec 5.3; a list that does not parse cleanly is simply not named.
+spec 5.3 (a beacon id of 20 bytes is split into iBeacon UUID/major/minor, one of 16 bytes
+into Eddystone namespace/instance); a list that does not parse cleanly is not named.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -124,6 +139,21 @@ def _beacon_list(value: bytes) -> list[dict[str, Any]] | None:
     return beacons
 
 
+def _beacon_id(value: bytes) -> dict[str, Any]:
+    """A beacon id's structure when its length says it: iBeacon (20) or Eddystone (16)."""
+    if len(value) == 20:
+        return {
+            "ibeacon": {
+                "uuid": value[:16].hex(),
+                "major": int.from_bytes(value[16:18], "big"),
+                "minor": int.from_bytes(value[18:20], "big"),
+            }
+        }
+    if len(value) == 16:
+        return {"eddystone": {"namespace": value[:10].hex(), "instance": value[10:].hex()}}
+    return {}
+
+
 # TLV parameter id -> (key, fixed width or 0 for "whole value", decoder).
 _TLV: Final[dict[int, tuple[str, int, Callable[[bytes], Any]]]] = {
     0: ("rssi", 1, lambda b: _i8(b[0])),
@@ -185,6 +215,8 @@ def _tlv_sensor_list(io_id: int) -> Callable[[bytes], list[dict[str, Any]] | Non
                         continue
                     data = data[:width]
                 sensor[key] = conv(data)
+                if param == 1:
+                    sensor.update(_beacon_id(data))
             sensors.append(sensor)
         return sensors
 
@@ -296,10 +328,102 @@ def _entries() -> list[IoName]:
     return rows
 
 
-IO_NAMES: Final[tuple[IoName, ...]] = tuple(_entries())
-IO_NAMES_BY_KEY: Final[dict[int, IoName]] = {io_key(n.io_id, n.size): n for n in IO_NAMES}
-if len(IO_NAMES_BY_KEY) != len(IO_NAMES):  # pragma: no cover - table typo guard
-    raise RuntimeError("duplicate (id, size) in the Teltonika IO name table")
+def _gh_entries() -> list[IoName]:
+    """GH3000-family IO ids (spec section 6; sizes as the GH frames send them)."""
+    e = IoName
+    return [
+        e(1, "battery_level", 1, RAW, 1, "%"),
+        e(2, "usb_connected", 1, FLAG),
+        e(5, "uptime", 4, RAW, 1, "s"),
+        e(20, "hdop", 2, SCALED, 10),
+        e(21, "vdop", 2, SCALED, 10),
+        e(22, "pdop", 2, SCALED, 10),
+        e(67, "battery_voltage", 2, SCALED, 1000, "V"),
+        e(221, "button", 1),
+        e(222, "sos_alarm", 1, FLAG),
+        e(240, "movement", 1, FLAG),
+        e(244, "roaming", 1, FLAG),
+    ]
+
+
+# FMB ids that FM6 devices do not have (Traccar scopes them "FMB, not FM6"), and the
+# ids whose FM6 meaning differs (replaced below).
+_NOT_FM6: Final = frozenset({80, 81, 82, 83, 84, 85, 87, 89, 6, 10, 25, 26, 27, 28})
+
+
+def _fm6_entries() -> list[IoName]:
+    e = IoName
+    rows = [n for n in _entries() if n.io_id not in _NOT_FM6]
+    rows.append(e(10, "analog_input_2", 2, SCALED, 1000, "V"))
+    for n, io_id in enumerate((701, 702, 703, 704), start=1):
+        rows.append(e(io_id, f"ble_temperature_{n}", 2, SIGNED_SCALED, 100, "°C", _BLE_TEMP_ERRORS))
+    return rows
+
+
+class IoTable:
+    """One device family's IO names, looked up by :func:`io_key` (id, wire size).
+
+    ``plans`` is a cache the record builder fills (one entry per IO layout seen); it lives
+    here so each family's layouts are cached separately.
+    """
+
+    __slots__ = ("by_key", "family", "names", "plans")
+
+    def __init__(self, family: str, names: Iterable[IoName]) -> None:
+        self.family = family
+        self.names: tuple[IoName, ...] = tuple(names)
+        self.by_key: dict[int, IoName] = {io_key(n.io_id, n.size): n for n in self.names}
+        if len(self.by_key) != len(self.names):  # pragma: no cover - table typo guard
+            raise RuntimeError(f"duplicate (id, size) in the Teltonika {family} IO table")
+        self.plans: dict[Any, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"IoTable({self.family!r}, {len(self.names)} names)"
+
+
+FMB_TABLE: Final = IoTable("fmb", _entries())
+FM6_TABLE: Final = IoTable("fm6", _fm6_entries())
+GH_TABLE: Final = IoTable("gh", _gh_entries())
+DEFAULT_IO_TABLE: Final = FMB_TABLE
+IO_TABLES: Final = {"fmb": FMB_TABLE, "fm6": FM6_TABLE, "gh": GH_TABLE}
+
+# The common table, as plain data (kept for callers that need no family).
+IO_NAMES: Final[tuple[IoName, ...]] = FMB_TABLE.names
+IO_NAMES_BY_KEY: Final[dict[int, IoName]] = FMB_TABLE.by_key
+
+_FAMILY_ALIASES: Final = {"fmc": "fmb", "fmt": "fmb", "fmm": "fmb", "fmu": "fmb", "fmp": "fmb"}
+# Model name patterns (upper case, whole name) -> family, first match wins (spec 10).
+_MODEL_FAMILIES: Final = (
+    (re.compile(r"GH\d{4}[A-Z]*"), "gh"),
+    (re.compile(r"FM[B-Z]6[0-9A-Z]{2}"), "fm6"),
+    (re.compile(r"FM[B-Z][0-9A-Z]{3}"), "fmb"),
+    (re.compile(r"T[A-Z]T\d{3}"), "fmb"),
+    (re.compile(r"MTB100|MSP500"), "fmb"),
+)
+
+
+def io_table(name: str | None = None) -> IoTable:
+    """The IO table for a family (``fmb``, ``fm6``, ``gh``) or a model (``FMB130``).
+
+    None or "" gives the default (common FMB/FMC/FMT/FMM) table. Raises ValueError for a
+    name that is neither a known family nor a model of one, so a typo in a configuration
+    is reported instead of silently naming nothing.
+    """
+    if not name:
+        return DEFAULT_IO_TABLE
+    key = name.strip().lower()
+    family = _FAMILY_ALIASES.get(key, key)
+    if family in IO_TABLES:
+        return IO_TABLES[family]
+    model = name.strip().upper()
+    for pattern, family in _MODEL_FAMILIES:
+        if pattern.fullmatch(model):
+            return IO_TABLES[family]
+    raise ValueError(
+        f"no Teltonika IO table for {name!r}: use a family ({', '.join(sorted(IO_TABLES))}) "
+        "or a model such as FMB130, FMB640, TMT250, GH3000"
+    )
+
 
 # Names whose values are lists collected from several ids (one record may carry two lists).
 LIST_NAMES: Final = frozenset({"beacons", "ble_beacons", "eye_sensors", "dtcs"})

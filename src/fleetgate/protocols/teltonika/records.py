@@ -1,102 +1,243 @@
 """Teltonika frames → fleetgate :class:`~fleetgate.records.Record` objects (spec section 14).
 
-One AVL record becomes one Record: ``device_id`` = IMEI, ``created_at`` = the record's own
-timestamp, topic ``position`` (or ``event`` when an IO change triggered it, i.e. the event
-IO id is non-zero) and ``raw`` = the whole frame it came from (records of one frame share
-it; the ack is per frame). GPRS messages (codecs 12–15) become ``command_response`` records.
+One AVL record (any codec: 7, 8, 8E, 16) becomes one Record with topic ``position``:
+``device_id`` = IMEI, ``created_at`` = the record's own timestamp, ``raw`` = the whole
+frame it came from (records of one frame share it; the ack is per frame). Whether an IO
+change triggered the record is in ``data`` (``event_io_id``, ``event_triggered``), not in
+the topic, so one tracker's stream stays on one topic, in order. GPRS messages (codecs
+12–15) become ``command_response`` records.
 
 Shape of an AVL record's ``data``::
 
-    latitude, longitude   degrees (float)         valid         satellites != 0
-    altitude              metres                  priority      0 low, 1 high, 2 panic
-    angle                 degrees from north      event_io_id   0 = periodic record
-    satellites, speed     count, km/h             generation_type  codec 16 only, else null
+    latitude, longitude   degrees (float)         valid         fix usable: satellites != 0
+    altitude              metres                                and coordinates in range
+    angle                 degrees from north      priority      0 low, 1 high, 2 panic
+    satellites, speed     count, km/h             event_io_id   IO that triggered it, 0 = none
+    event_triggered       event_io_id != 0        generation_type  codec 16 only, else null
     io                    {"<id>": int | "<hex>"} every element exactly as received
-    <name>                named values (io_names): booleans for 0/1 flags, floats for
-                          scaled values, lists for beacon/sensor lists
+    <name>                named values from the device family's IO table (io_names):
+                          booleans for 0/1 flags, floats for scaled values, lists for
+                          beacon/sensor lists
+    device_time, device_time_valid   only when the device's clock is implausible (below)
 
-``generation_type`` is always present (null for codecs 8 and 8E) so every AVL record has
+Codec 7 (GH3000) records add ``location_present`` (false: the record carried no GPS
+element, latitude/longitude are 0 and ``valid`` is false) and, when sent, ``lac``,
+``cell_id``, ``signal_quality``, ``operator``; they are named with the GH table.
+
+Device time: a record time before 2000-01-01 or more than 25 h after ``received_at`` is a
+clock that was not set (or garbage), never a fact: ``created_at`` becomes ``received_at``
+and ``data`` keeps the device's value as ``device_time`` (RFC 3339) with
+``device_time_valid: false``. Times that no sink could store (past year 9999) never get
+here: the decoders refuse those frames.
+
+``generation_type`` is always present (null for codecs 7, 8 and 8E) so every AVL record has
 the same base keys. This runs once per record on the ingest path: no per-call tables.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Final
 
 from fleetgate.protocols.teltonika.events import AvlFrame, GprsFrame
+from fleetgate.protocols.teltonika.gprs import (
+    TYPE_CAMERA,
+    TYPE_COMMAND,
+    TYPE_NACK,
+    TYPE_RESPONSE,
+)
 from fleetgate.protocols.teltonika.io_names import (
-    CUSTOM,
+    DEFAULT_IO_TABLE,
     FLAG,
-    IO_NAMES,
-    IO_NAMES_BY_KEY,
+    GH_TABLE,
+    IO_TABLES,
     LIST_NAMES,
     RAW,
     SCALED,
+    SIGNED,
+    SIGNED_SCALED,
     IoName,
+    IoTable,
     io_key,
     named_value,
 )
-from fleetgate.protocols.teltonika.model import AvlRecord, GprsMessage, codec_name
-from fleetgate.records import SOURCE_TELTONIKA, Record, new_record
+from fleetgate.protocols.teltonika.model import (
+    CODEC_13,
+    CODEC_15,
+    AvlRecord,
+    Gh3000Record,
+    GprsMessage,
+    codec_name,
+)
+from fleetgate.records import SOURCE_TELTONIKA, Record, format_rfc3339_ms, new_record
 
 TOPIC_POSITION: Final = "position"
-TOPIC_EVENT: Final = "event"
 TOPIC_COMMAND_RESPONSE: Final = "command_response"
+
+# Plausible device times (module docstring).
+DEVICE_TIME_FROM_MS: Final = 946_684_800_000  # 2000-01-01T00:00:00Z
+DEVICE_TIME_AHEAD_MS: Final = 25 * 3600 * 1000
 
 BASE_KEYS: Final = frozenset(
     {
         "latitude", "longitude", "altitude", "angle", "satellites", "speed", "priority",
-        "event_io_id", "generation_type", "valid", "io",
+        "event_io_id", "event_triggered", "generation_type", "valid", "io",
     }
 )
-if any(n.name in BASE_KEYS for n in IO_NAMES):  # pragma: no cover - table typo guard
+_GH_KEYS: Final = frozenset({"location_present", "lac", "cell_id", "signal_quality", "operator"})
+_TIME_KEYS: Final = frozenset({"device_time", "device_time_valid"})
+if any(  # pragma: no cover - table typo guard
+    n.name in BASE_KEYS | _GH_KEYS | _TIME_KEYS for t in IO_TABLES.values() for n in t.names
+):
     raise RuntimeError("an IO name collides with a base key of Teltonika record data")
 
 _GROUP_SIZES: Final = (1, 2, 4, 8, 0, 16)  # wire sizes of io_groups' six groups; 0 = NX
 
 # A plan says, for one IO layout (group counts + ids in wire order), the string key of
 # each element, how many leading elements are integers (the rest are NX/16-byte bytes)
-# and which elements get a named value. A tracker sends the same layout over and over,
-# so building the data dict is then one dict(zip()) plus the named values. Bounded so
-# a hostile device cannot grow it without limit.
-_Named = tuple[int, str, int, int, frozenset[int], IoName]
-_Plan = tuple[tuple[str, ...], int, tuple[_Named, ...]]
-_plans: dict[tuple[tuple[int, ...], tuple[int, ...]], _Plan] = {}
+# and which elements get a named value. A tracker sends the same layout over and over:
+# once a layout has been seen ``_COMPILE_AFTER`` times its plan gets a builder compiled
+# for it (:func:`_compile`), which fills ``data`` with two dict displays and a few
+# conditionals instead of a loop over every element, about twice as fast. Until then,
+# and for layouts of more than ``_COMPILE_MAX_ELEMENTS`` elements, a generic loop does
+# the same work, so a device sending ever new layouts costs compile time at most once
+# per ``_COMPILE_AFTER`` records. Plans are cached per IO table (a family) and bounded.
 _PLANS_MAX: Final = 2048
+_COMPILE_AFTER: Final = 8
+_COMPILE_MAX_ELEMENTS: Final = 128
+
+_Fill = Callable[[tuple[Any, ...], dict[str, Any]], None]
+_PLAIN_MODES: Final = frozenset({RAW, SCALED, SIGNED, SIGNED_SCALED})  # always named
 
 
-def _plan(groups: tuple[int, ...], keys: tuple[int, ...]) -> _Plan:
-    plan = _plans.get((groups, keys))
-    if plan is None:
-        if len(_plans) >= _PLANS_MAX:
-            _plans.clear()
+class _Plan:
+    __slots__ = ("fill", "hits", "n_int", "named", "plain", "skeys")
+
+    def __init__(self, table: IoTable, groups: tuple[int, ...], keys: tuple[int, ...]) -> None:
         sizes = [s for s, n in zip(_GROUP_SIZES, groups, strict=True) for _ in range(n)]
-        named: list[_Named] = []
+        plain: list[tuple[int, str, IoName]] = []
+        rest: list[tuple[int, str, IoName]] = []
+        seen: set[str] = set()
         for index, (key, size) in enumerate(zip(keys, sizes, strict=True)):
-            spec = IO_NAMES_BY_KEY.get(io_key(key, size))
-            if spec is not None:
-                named.append((index, spec.name, spec.mode, spec.divisor, spec.invalid, spec))
-        plan = (tuple(map(str, keys)), sum(groups[:4]), tuple(named))
-        _plans[(groups, keys)] = plan
+            spec = table.by_key.get(io_key(key, size))
+            if spec is None:
+                continue
+            name = spec.name
+            simple = spec.mode in _PLAIN_MODES and not spec.invalid and name not in LIST_NAMES
+            (plain if simple and name not in seen else rest).append((index, name, spec))
+            seen.add(name)
+        self.skeys = tuple(map(str, keys))
+        self.n_int = sum(groups[:4])
+        # Values that are always named come first, then the conditional ones, each in
+        # wire order: the order a compiled builder sets them in, so the keys of ``data``
+        # come out in the same order whichever path built it.
+        self.plain = len(plain)
+        self.named = tuple(plain + rest)
+        self.hits = 0
+        self.fill: _Fill | None = None
+
+    def fill_generic(self, values: tuple[Any, ...], data: dict[str, Any]) -> None:
+        """What a compiled builder does, as a loop (cold or very large layouts)."""
+        skeys, n_int = self.skeys, self.n_int
+        raw_io: dict[str, Any] = dict(zip(skeys[:n_int], values[:n_int], strict=True))
+        for index in range(n_int, len(values)):
+            raw_io[skeys[index]] = values[index].hex()
+        data["io"] = raw_io
+        for index, name, spec in self.named:
+            _merge(data, name, named_value(spec, values[index]))
+
+
+def _merge(data: dict[str, Any], name: str, value: Any) -> None:
+    """Set a named value; lists collected from several ids (two sensor lists) extend."""
+    if value is None:
+        return
+    if name in LIST_NAMES and isinstance(data.get(name), list):
+        data[name].extend(value)
+    else:
+        data[name] = value
+
+
+def _compile(plan: _Plan) -> _Fill:
+    """A builder for one layout: ``fill(values, data)`` == ``plan.fill_generic``.
+
+    The source holds only integers and ``repr`` of strings from the IO table and of the
+    decimal ids, so nothing a device sends can reach it as code; values are read from
+    ``v`` at run time.
+    """
+    env: dict[str, Any] = {"_merge": _merge, "_named_value": named_value}
+    items = [
+        f"{skey!r}: v[{i}]" if i < plan.n_int else f"{skey!r}: v[{i}].hex()"
+        for i, skey in enumerate(plan.skeys)
+    ]
+    plain: list[str] = []
+    statements: list[str] = []
+    for position, (i, name, spec) in enumerate(plan.named):
+        mode = spec.mode
+        if position >= plan.plain:
+            if mode == FLAG and not spec.invalid and name not in LIST_NAMES:
+                statements.append(f"if v[{i}] < 2: data[{name!r}] = v[{i}] == 1")
+            else:
+                env[f"s{i}"] = spec
+                statements.append(f"_merge(data, {name!r}, _named_value(s{i}, v[{i}]))")
+        elif mode == RAW:
+            plain.append(f"{name!r}: v[{i}]")
+        elif mode == SCALED:
+            plain.append(f"{name!r}: v[{i}] / {spec.divisor}")
+        else:  # SIGNED, SIGNED_SCALED: two's complement of the element's size
+            half, full = 1 << (spec.size * 8 - 1), 1 << (spec.size * 8)
+            value = f"(v[{i}] - {full} if v[{i}] >= {half} else v[{i}])"
+            plain.append(
+                f"{name!r}: {value}" if mode == SIGNED else f"{name!r}: {value} / {spec.divisor}"
+            )
+    body = [f"data['io'] = {{{', '.join(items)}}}"]
+    if plain:
+        body.append(f"data.update({{{', '.join(plain)}}})")
+    body.extend(statements)
+    source = "def fill(v, data):\n" + "".join(f"    {line}\n" for line in body)
+    exec(compile(source, "<teltonika IO layout>", "exec"), env)
+    fill: _Fill = env["fill"]
+    return fill
+
+
+def _plan(table: IoTable, groups: tuple[int, ...], keys: tuple[int, ...]) -> _Plan:
+    plans: dict[tuple[tuple[int, ...], tuple[int, ...]], _Plan] = table.plans
+    plan = plans.get((groups, keys))
+    if plan is None:
+        if len(plans) >= _PLANS_MAX:
+            plans.clear()
+        plan = plans[(groups, keys)] = _Plan(table, groups, keys)
     return plan
 
 
-def avl_record_data(rec: AvlRecord) -> dict[str, Any]:
-    """The JSON-safe ``data`` of one AVL record (shape in the module docstring)."""
+def avl_record_data(rec: AvlRecord, table: IoTable | None = None) -> dict[str, Any]:
+    """The JSON-safe ``data`` of one AVL record (shape in the module docstring).
+
+    ``table`` names the IO elements (default: the common FMB table; codec 7 records
+    always use the GH table, the only family that sends them).
+    """
     io = rec.io
+    lat = rec.latitude
+    lon = rec.longitude
+    event = rec.event_io_id
     data: dict[str, Any] = {
-        "latitude": rec.latitude,
-        "longitude": rec.longitude,
+        "latitude": lat,
+        "longitude": lon,
         "altitude": rec.altitude,
         "angle": rec.angle,
         "satellites": rec.satellites,
         "speed": rec.speed,
         "priority": rec.priority,
-        "event_io_id": rec.event_io_id,
+        "event_io_id": event,
+        "event_triggered": event != 0,
         "generation_type": rec.generation_type,
-        "valid": rec.satellites != 0,
+        "valid": rec.satellites != 0 and -90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0,
         "io": None,
     }
+    if rec.__class__ is Gh3000Record:
+        table = GH_TABLE
+        _add_gh3000(data, rec)  # type: ignore[arg-type]
+    elif table is None:
+        table = DEFAULT_IO_TABLE
     groups = rec.io_groups
     if groups is None or sum(groups) != len(io):
         # Hand-built record, or a duplicate id collapsed two elements: the wire size of
@@ -106,34 +247,30 @@ def avl_record_data(rec: AvlRecord) -> dict[str, Any]:
             for key, value in io.items()
         }
         return data
-    skeys, n_int, named = _plan(groups, tuple(io))
+    plan = _plan(table, groups, tuple(io))
     values = tuple(io.values())
-    if n_int == len(values):
-        raw_io: dict[str, int | str] = dict(zip(skeys, values, strict=True))  # type: ignore[arg-type]
-    else:
-        raw_io = dict(zip(skeys[:n_int], values[:n_int], strict=True))  # type: ignore[arg-type]
-        for index in range(n_int, len(values)):
-            raw_io[skeys[index]] = values[index].hex()  # type: ignore[union-attr]
-    data["io"] = raw_io
-    for index, name, mode, divisor, invalid, spec in named:
-        value = values[index]
-        if mode == RAW:
-            data[name] = value
-        elif mode == FLAG:
-            if value in (0, 1):
-                data[name] = value == 1
-        elif mode == SCALED:
-            if value not in invalid:
-                data[name] = value / divisor  # type: ignore[operator]
-        else:
-            converted = named_value(spec, value)
-            if converted is None:
-                continue
-            if mode == CUSTOM and name in LIST_NAMES and isinstance(data.get(name), list):
-                data[name].extend(converted)
-            else:
-                data[name] = converted
+    fill = plan.fill
+    if fill is not None:
+        fill(values, data)
+        return data
+    plan.hits += 1
+    if plan.hits >= _COMPILE_AFTER and len(values) <= _COMPILE_MAX_ELEMENTS:
+        plan.fill = _compile(plan)
+    plan.fill_generic(values, data)
     return data
+
+
+def _add_gh3000(data: dict[str, Any], rec: Gh3000Record) -> None:
+    present = rec.location_present
+    data["location_present"] = present
+    if not present:
+        data["valid"] = False
+    for key, value in (
+        ("lac", rec.lac), ("cell_id", rec.cell_id), ("signal_quality", rec.signal_quality),
+        ("operator", rec.operator),
+    ):
+        if value is not None:
+            data[key] = value
 
 
 def _printable(payload: bytes) -> str | None:
@@ -146,47 +283,114 @@ def _printable(payload: bytes) -> str | None:
     return None
 
 
+def _kind(message: GprsMessage) -> str:
+    if message.codec in (CODEC_13, CODEC_15):
+        return "message"
+    return _KINDS.get(message.type, "other")
+
+
+_KINDS: Final = {
+    TYPE_COMMAND: "command", TYPE_RESPONSE: "response", TYPE_NACK: "nack",
+    TYPE_CAMERA: "camera",
+}
+
+
+def camera_data(payload: bytes) -> dict[str, Any]:
+    """What a codec 12 camera message (type 0x0d, spec 7.5) says, as far as it parses.
+
+    Sub-type 1 announces a photo (id, size), sub-type 2 carries one chunk of it (id,
+    offset, length); the photo bytes themselves stay in the message's ``hex``. A payload
+    that does not parse still yields ``subtype`` (None when empty): camera frames are
+    recognised and kept, never refused.
+    """
+    if not payload:
+        return {"subtype": None}
+    subtype = payload[0]
+    out: dict[str, Any] = {"subtype": subtype}
+    if subtype == 1 and len(payload) == 9:
+        out["event"] = "photo_announcement"
+        out["photo_id"] = int.from_bytes(payload[1:5], "big")
+        out["photo_size"] = int.from_bytes(payload[5:9], "big")
+    elif subtype == 2 and len(payload) >= 11:
+        length = int.from_bytes(payload[9:11], "big")
+        if len(payload) == 11 + length:
+            out["event"] = "photo_chunk"
+            out["photo_id"] = int.from_bytes(payload[1:5], "big")
+            out["offset"] = int.from_bytes(payload[5:9], "big")
+            out["chunk_length"] = length
+    return out
+
+
 def gprs_message_data(message: GprsMessage) -> dict[str, Any]:
-    """``data`` of a codec 12–15 message: codec, type, text or hex, timestamp, imei."""
+    """``data`` of a codec 12–15 message: codec, type, kind, text or hex, imei.
+
+    ``kind`` is ``command`` / ``response`` / ``nack`` / ``camera`` / ``other`` for codecs
+    12 and 14 (by type) and ``message`` for the one-way codecs 13 and 15. Camera messages
+    add ``camera`` (:func:`camera_data`). The message time is the record's
+    ``created_at`` (see the module docstring for implausible clocks).
+    """
+    kind = _kind(message)
     data: dict[str, Any] = {
         "codec": codec_name(message.codec),
         "type": message.type,
+        "kind": kind,
     }
     text = _printable(message.payload)
     if text is not None:
         data["text"] = text
     else:
         data["hex"] = message.payload.hex()
-    data["timestamp"] = message.timestamp_s
     data["imei"] = message.imei
+    if kind == "camera":
+        data["camera"] = camera_data(message.payload)
     return data
 
 
-def to_records(imei: str, frame: AvlFrame | GprsFrame, received_at: int) -> list[Record]:
-    """Records for one decoded frame from device ``imei`` received at ``received_at`` (ms)."""
+def to_records(
+    imei: str,
+    frame: AvlFrame | GprsFrame,
+    received_at: int,
+    io_table: IoTable | None = None,
+) -> list[Record]:
+    """Records for one decoded frame from device ``imei`` received at ``received_at`` (ms).
+
+    ``io_table`` names IO elements for the device's family (:func:`~.io_names.io_table`);
+    the default is the common FMB table.
+    """
     raw = frame.raw
+    latest = received_at + DEVICE_TIME_AHEAD_MS
+    out: list[Record] = []
+    append = out.append
     if isinstance(frame, AvlFrame):
-        return [
-            new_record(
-                SOURCE_TELTONIKA,
-                imei,
-                TOPIC_EVENT if rec.event_io_id else TOPIC_POSITION,
-                rec.timestamp_ms,
-                received_at,
-                avl_record_data(rec),
-                raw,
+        for rec in frame.records:
+            data = avl_record_data(rec, io_table)
+            created = rec.timestamp_ms
+            if not DEVICE_TIME_FROM_MS <= created <= latest:
+                _implausible(data, created)
+                created = received_at
+            append(
+                new_record(
+                    SOURCE_TELTONIKA, imei, TOPIC_POSITION, created, received_at, data, raw
+                )
             )
-            for rec in frame.records
-        ]
-    return [
-        Record(
-            SOURCE_TELTONIKA,
-            imei,
-            TOPIC_COMMAND_RESPONSE,
-            message.timestamp_s * 1000 if message.timestamp_s is not None else received_at,
-            received_at,
-            gprs_message_data(message),
-            raw,
+        return out
+    for message in frame.messages:
+        data = gprs_message_data(message)
+        created = received_at
+        stamp = message.timestamp_ms
+        if stamp is not None:
+            if DEVICE_TIME_FROM_MS <= stamp <= latest:
+                created = stamp
+            else:
+                _implausible(data, stamp)
+        append(
+            new_record(
+                SOURCE_TELTONIKA, imei, TOPIC_COMMAND_RESPONSE, created, received_at, data, raw
+            )
         )
-        for message in frame.messages
-    ]
+    return out
+
+
+def _implausible(data: dict[str, Any], device_time_ms: int) -> None:
+    data["device_time"] = format_rfc3339_ms(device_time_ms)
+    data["device_time_valid"] = False

@@ -1,0 +1,569 @@
+"""The durable spool: the ledger on local disk, so nothing acknowledged is lost.
+
+Every frame the pipeline takes is appended here as one checksummed entry
+(:mod:`fleetgate.pipeline.spool_format`) before anything else happens to it. A flusher
+task writes what has accumulated and syncs it to disk in a worker thread, then publishes
+the *durable* watermark: the ``spool`` ack level waits for it. Frames arriving while one
+write is in progress go into the next one (group commit: many frames per ``fdatasync``,
+the added latency bounded by one write and sync).
+
+Consumers (the sink runners and the store) are registered with the spool; the flusher
+saves their cursors (what each has confirmed) in ``cursors.json`` now and then (the store
+keeps its own in its database too, committed with its rows). After a restart every
+consumer starts again after its cursor and reads what it had not confirmed from the
+segments (:class:`SpoolReader`), so each sink gets every record at least once. A segment
+is deleted once every consumer has confirmed all of it.
+
+Files: ``<directory>/segment-<first offset>.log`` (rotated at ``segment_bytes``) and
+``cursors.json``. On start-up the segments are checked entry by entry; a torn or corrupt
+tail (a write cut short by ``kill -9`` or a power loss) is cut off with a log line, and
+everything before it is kept.
+
+Disk budget: when the segments reach ``max_bytes`` the pipeline stops taking frames (so
+devices get no ack and keep their data) until consumers confirm enough for segments to
+be deleted. A write that fails (a full disk) is retried with backoff; acks wait meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+import time
+from bisect import bisect_right
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Protocol
+
+import orjson
+
+from fleetgate.observability import metrics
+from fleetgate.pipeline.ledger import Ledger
+from fleetgate.pipeline.spool_format import (
+    HEADER,
+    Entry,
+    TornEntry,
+    check_entry,
+    encode_entry,
+    read_entry,
+)
+from fleetgate.records import Record
+
+log = logging.getLogger("fleetgate.spool")
+
+SEGMENT_PREFIX: Final = "segment-"
+SEGMENT_SUFFIX: Final = ".log"
+CURSORS_FILE: Final = "cursors.json"
+_CURSOR_PERSIST_S: Final = 0.2
+_RETRY_INITIAL_S: Final = 0.05
+_RETRY_MAX_S: Final = 2.0
+
+
+class CursorHolder(Protocol):
+    """A consumer of the spool, as far as the spool needs to know it."""
+
+    name: str
+
+    def cursor(self) -> int:
+        """Everything up to this offset is confirmed by (or not meant for) the consumer."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolSettings:
+    """Where the spool lives and how it behaves."""
+
+    directory: Path
+    segment_bytes: int = 64 * 1024 * 1024
+    max_bytes: int = 10 * 1024 * 1024 * 1024
+    # fdatasync after each write: off means the spool survives a process crash but not an
+    # operating-system crash or a power loss (see the README's ack table).
+    fsync: bool = True
+    # Records of the newest entries kept in memory for consumers that catch up.
+    memory_records: int = 50_000
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """What :meth:`Spool.open` found on disk."""
+
+    segments: int
+    entries: int
+    head: int
+    cut_bytes: int
+
+
+def segment_name(first: int) -> str:
+    return f"{SEGMENT_PREFIX}{first:020d}{SEGMENT_SUFFIX}"
+
+
+def _segment_first(path: Path) -> int:
+    return int(path.name[len(SEGMENT_PREFIX) : -len(SEGMENT_SUFFIX)])
+
+
+class _Segments:
+    """The segment files on disk, by first offset; shared by the writer and the readers."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.firsts: list[int] = []
+        self.paths: list[Path] = []
+        self.sizes: list[int] = []
+
+    def add(self, first: int, path: Path, size: int = 0) -> None:
+        with self.lock:
+            self.firsts.append(first)
+            self.paths.append(path)
+            self.sizes.append(size)
+
+    def locate(self, offset: int) -> tuple[int, Path] | None:
+        """The segment that holds ``offset`` (the last one starting at or before it)."""
+        with self.lock:
+            index = bisect_right(self.firsts, offset) - 1
+            index = max(index, 0)
+            if not self.paths:
+                return None
+            return self.firsts[index], self.paths[index]
+
+    def after(self, first: int) -> tuple[int, Path] | None:
+        """The segment following the one that starts at ``first``."""
+        with self.lock:
+            index = bisect_right(self.firsts, first)
+            if index >= len(self.paths):
+                return None
+            return self.firsts[index], self.paths[index]
+
+    @property
+    def total(self) -> int:
+        with self.lock:
+            return sum(self.sizes)
+
+
+def scan_segment(path: Path) -> tuple[list[tuple[int, int]], int, int]:
+    """Entries of a segment file as (first, last) offsets, the intact length, the file length.
+
+    Stops at the first torn or corrupt entry: the intact length is where it starts.
+    """
+    data = path.read_bytes()
+    entries: list[tuple[int, int]] = []
+    position = 0
+    while position < len(data):
+        try:
+            first, count, position_after = check_entry(data, position)
+        except TornEntry:
+            break
+        entries.append((first, first + count - 1))
+        position = position_after
+    return entries, position, len(data)
+
+
+class SpoolReader:
+    """A consumer's way through the segments, from one offset on (used from a thread)."""
+
+    def __init__(self, segments: _Segments, start: int) -> None:
+        self._segments = segments
+        self.next = start  # the first offset not read yet
+        self._segment_first: int | None = None
+        self._position = 0
+
+    def read(self, limit_records: int, upto: int) -> list[Entry]:
+        """Entries from :attr:`next` on, at most ``limit_records`` records (but at least one
+        entry), none past offset ``upto`` (what is written)."""
+        entries: list[Entry] = []
+        count = 0
+        while self.next <= upto and (not entries or count < limit_records):
+            located = self._open_at(self.next)
+            if located is None:
+                break
+            first, path = located
+            with path.open("rb") as file:
+                file.seek(self._position)
+                header = file.read(HEADER.size)
+                if len(header) < HEADER.size:
+                    # The end of this segment: the next one, if any, continues.
+                    following = self._segments.after(first)
+                    if following is None or following[0] > upto:
+                        break
+                    self._segment_first, self._position = following[0], 0
+                    continue
+                length = HEADER.unpack(header)[0]
+                body = file.read(length)
+            try:
+                entry, _ = read_entry(header + body, 0)
+            except TornEntry:
+                break  # not written completely yet
+            self._position += HEADER.size + length
+            if entry.last < self.next:
+                continue  # confirmed before; skip
+            entries.append(entry)
+            count += len(entry.records)
+            self.next = entry.last + 1
+        return entries
+
+    def _open_at(self, offset: int) -> tuple[int, Path] | None:
+        if self._segment_first is not None:
+            segment = self._segments.locate(self._segment_first)
+            if segment is not None and segment[0] == self._segment_first:
+                return segment
+        located = self._segments.locate(offset)
+        if located is None:
+            return None
+        self._segment_first, self._position = located[0], 0
+        return located
+
+
+class _Writer:
+    """Appends entries to the current segment and syncs them (runs in a worker thread)."""
+
+    def __init__(self, settings: SpoolSettings, segments: _Segments) -> None:
+        self.settings = settings
+        self.segments = segments
+        self._fd: int | None = None
+        self._size = 0
+
+    def reopen_last(self, path: Path, size: int) -> None:
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        self._size = size
+
+    def write(self, first: int, data: bytes) -> None:
+        """Write one group (entries from offset ``first`` on) and sync it."""
+        if self._fd is None or self._size >= self.settings.segment_bytes:
+            self._rotate(first)
+        fd = self._fd
+        assert fd is not None
+        start = self._size
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            if self.settings.fsync:
+                os.fdatasync(fd)
+        except OSError:
+            # Cut what was half written, so the segment ends with a whole entry again.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+            raise
+        self._size = start + len(data)
+        with self.segments.lock:
+            self.segments.sizes[-1] = self._size
+
+    def _rotate(self, first: int) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        path = self.settings.directory / segment_name(first)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self._size = 0
+        if self.settings.fsync:
+            # The new file's name must survive a crash too.
+            directory = os.open(self.settings.directory, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+        self.segments.add(first, path)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class Spool:
+    """The on-disk ledger; also the ledger consumer whose watermark is "durable"."""
+
+    name = "spool"
+
+    def __init__(self, settings: SpoolSettings, ledger: Ledger) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self._segments = _Segments()
+        self._writer = _Writer(settings, self._segments)
+        self._pending: list[tuple[int, int, bytes]] = []  # (first, last, bytes) not written
+        self._pending_bytes = 0
+        self._recent: deque[Entry] = deque()
+        self._recent_records = 0
+        self.durable = 0
+        self.written = 0
+        self._taken = 0
+        self._consumers: list[CursorHolder] = []
+        self._cursors_saved: dict[str, int] = {}
+        self._cursors_at = 0.0
+        self._wakeup = asyncio.Event()
+        self._flushed = asyncio.Event()
+        self._room = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.failing: str = ""
+        self._bytes_gauge = metrics.SPOOL_BYTES
+        self._recovered_cursors: dict[str, int] = {}
+
+    # -- the ledger's view ---------------------------------------------------------------
+    @property
+    def taken(self) -> int:
+        return self._taken
+
+    def watermark(self) -> int:
+        return self.durable
+
+    def refused(self, offset: int) -> bool:
+        return False
+
+    # -- start-up ------------------------------------------------------------------------
+    def open(self) -> Recovery:
+        """Check the segments on disk, cut a torn tail, and find the head offset."""
+        directory = self.settings.directory
+        directory.mkdir(parents=True, exist_ok=True)
+        paths = sorted(directory.glob(f"{SEGMENT_PREFIX}*{SEGMENT_SUFFIX}"), key=_segment_first)
+        head = 0
+        entries = 0
+        cut = 0
+        last_path: Path | None = None
+        last_size = 0
+        for path in paths:
+            found, intact, length = scan_segment(path)
+            if intact < length:
+                cut += length - intact
+                log.warning(
+                    "spool: cut a torn or corrupt tail off %s (%d bytes after offset %d); "
+                    "everything before it is kept",
+                    path.name,
+                    length - intact,
+                    found[-1][1] if found else _segment_first(path) - 1,
+                )
+                metrics.SPOOL_TORN.inc()
+                with open(path, "r+b") as file:
+                    file.truncate(intact)
+                    file.flush()
+                    os.fsync(file.fileno())
+            if not found:
+                path.unlink()
+                continue
+            entries += len(found)
+            head = max(head, found[-1][1])
+            self._segments.add(_segment_first(path), path, intact)
+            last_path, last_size = path, intact
+        cursors = self._load_cursors()
+        head = max(head, *cursors.values(), self.ledger.head) if cursors else max(
+            head, self.ledger.head
+        )
+        self.ledger.head = head
+        self.durable = self.written = head
+        self._recovered_cursors = cursors
+        if last_path is not None and last_size < self.settings.segment_bytes:
+            self._writer.reopen_last(last_path, last_size)
+        self._update_gauge()
+        return Recovery(len(self._segments.paths), entries, head, cut)
+
+    def _load_cursors(self) -> dict[str, int]:
+        path = self.settings.directory / CURSORS_FILE
+        try:
+            loaded = orjson.loads(path.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except (OSError, orjson.JSONDecodeError) as exc:
+            log.error("spool: %s unreadable (%s); consumers start at the head", path, exc)
+            return {}
+        if not isinstance(loaded, dict):
+            return {}
+        return {str(k): int(v) for k, v in loaded.items() if isinstance(v, int)}
+
+    def recovered_cursor(self, name: str) -> int | None:
+        """The confirmed offset ``name`` had persisted before the restart, if any."""
+        return self._recovered_cursors.get(name)
+
+    def register(self, consumer: CursorHolder) -> None:
+        """``consumer`` reads the spool; its cursor keeps its records from being deleted."""
+        self._consumers.append(consumer)
+
+    # -- appending -----------------------------------------------------------------------
+    @property
+    def over_budget(self) -> bool:
+        return self._segments.total + self._pending_bytes >= self.settings.max_bytes
+
+    async def wait_for_room(self) -> None:
+        """Wait while the spool is at its disk budget (the pipeline stops taking frames)."""
+        while self.over_budget and not self._closing:
+            metrics.SPOOL_FULL_WAITS.inc()
+            self._room.clear()
+            self._truncate()
+            if not self.over_budget:
+                return
+            await self._room.wait()
+
+    def append(self, first: int, records: Sequence[Record]) -> None:
+        """Queue one frame's records (offsets ``first``...) for the next group commit."""
+        if self._closing:
+            raise RuntimeError("spool is closed")
+        data = encode_entry(first, records)
+        last = first + len(records) - 1
+        self._pending.append((first, last, data))
+        self._pending_bytes += len(data)
+        entry = Entry(first, records)
+        self._recent.append(entry)
+        self._recent_records += len(records)
+        while self._recent_records > self.settings.memory_records and len(self._recent) > 1:
+            self._recent_records -= len(self._recent.popleft().records)
+        self._wakeup.set()
+
+    # -- group commit ----------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="spool")
+
+    async def _run(self) -> None:
+        delay = _RETRY_INITIAL_S
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                # Also wake now and then: consumers confirm while nothing is appended, and
+                # their cursors free segments (and room under the disk budget).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), _CURSOR_PERSIST_S)
+                self._maybe_persist_cursors()
+                continue
+            group, self._pending = self._pending, []
+            first, last = group[0][0], group[-1][1]
+            data = b"".join(part for _, _, part in group)
+            started = time.perf_counter()
+            try:
+                await asyncio.to_thread(self._writer.write, first, data)
+            except OSError as exc:
+                # A full disk or an I/O error: keep the group, acks wait, try again.
+                self._pending = group + self._pending
+                metrics.SPOOL_ERRORS.inc()
+                if not self.failing:
+                    log.error("spool: write failed (%s); acks wait until it succeeds", exc)
+                self.failing = f"{type(exc).__name__}: {exc}"
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX_S)
+                continue
+            if self.failing:
+                log.info("spool: writing again")
+                self.failing = ""
+            delay = _RETRY_INITIAL_S
+            metrics.SPOOL_SYNC_SECONDS.observe(time.perf_counter() - started)
+            metrics.SPOOL_RECORDS.inc(last - first + 1)
+            self._pending_bytes -= len(data)
+            self.written = self.durable = last
+            self._taken += 1
+            self._flushed.set()
+            self.ledger.advanced(self)
+            self._maybe_persist_cursors()
+            self._update_gauge()
+
+    # -- consumers' progress ---------------------------------------------------------------
+    def cursors(self) -> dict[str, int]:
+        """Each registered consumer's cursor now."""
+        return {consumer.name: consumer.cursor() for consumer in self._consumers}
+
+    def _maybe_persist_cursors(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._cursors_at < _CURSOR_PERSIST_S:
+            return
+        self._cursors_at = now
+        self._persist_cursors()
+        self._truncate()
+
+    def _persist_cursors(self) -> None:
+        path = self.settings.directory / CURSORS_FILE
+        temporary = path.with_suffix(".tmp")
+        snapshot = self.cursors()
+        if snapshot == self._cursors_saved:
+            return
+        try:
+            temporary.write_bytes(orjson.dumps(snapshot))
+            os.replace(temporary, path)
+        except OSError as exc:
+            log.error("spool: cannot save cursors (%s); a restart replays more", exc)
+            return
+        self._cursors_saved = snapshot
+
+    def _truncate(self) -> None:
+        """Delete segments every consumer has confirmed completely (never the newest)."""
+        if not self._cursors_saved:
+            return
+        low = min(self._cursors_saved.values())
+        segments = self._segments
+        while True:
+            with segments.lock:
+                if len(segments.paths) < 2 or segments.firsts[1] - 1 > low:
+                    break
+                path = segments.paths.pop(0)
+                segments.firsts.pop(0)
+                segments.sizes.pop(0)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        self._update_gauge()
+        if not self.over_budget:
+            self._room.set()
+
+    def _update_gauge(self) -> None:
+        self._bytes_gauge.set(self._segments.total + self._pending_bytes)
+
+    # -- reading back ----------------------------------------------------------------------
+    def reader(self, start: int) -> SpoolReader:
+        """A reader from offset ``start`` on (for a consumer catching up)."""
+        return SpoolReader(self._segments, start)
+
+    def recent_from(self, offset: int, limit_records: int) -> list[Entry] | None:
+        """Entries from ``offset`` on out of memory, or None when they are not all there.
+
+        Everything from ``offset`` to the head is returned (up to the limit) when memory
+        still holds ``offset``; the caller then needs no disk read.
+        """
+        recent = self._recent
+        if not recent or recent[0].first > offset:
+            return None
+        out: list[Entry] = []
+        count = 0
+        for entry in recent:
+            if entry.last < offset:
+                continue
+            out.append(entry)
+            count += len(entry.records)
+            if count >= limit_records:
+                break
+        return out
+
+    @property
+    def oldest_in_memory(self) -> int | None:
+        return self._recent[0].first if self._recent else None
+
+    async def flushed(self) -> None:
+        """Wait for the next group commit."""
+        self._flushed.clear()
+        await self._flushed.wait()
+
+    # -- shutdown --------------------------------------------------------------------------
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Write what is pending, save the cursors, close the files."""
+        self._closing = True
+        self._wakeup.set()
+        self._room.set()
+        task, self._task = self._task, None
+        if task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(task), timeout_s)
+            except TimeoutError:
+                log.error("spool: %d frames not written at shutdown", len(self._pending))
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._persist_cursors()
+        self._truncate()
+        self._writer.close()
+
+    def health(self) -> dict[str, object]:
+        return {
+            "status": "degraded" if self.failing else "ok",
+            "bytes": self._segments.total + self._pending_bytes,
+            "max_bytes": self.settings.max_bytes,
+            "durable_offset": self.durable,
+            **({"error": self.failing} if self.failing else {}),
+        }

@@ -1,0 +1,157 @@
+"""The spool's on-disk entry: one frame's records, checksummed (pure functions, no I/O).
+
+An entry is a 24-byte header and a payload::
+
+    length   u32   payload bytes
+    crc32    u32   CRC-32 of the 16 header bytes after it and of the payload
+    first    u64   offset of the entry's first record
+    count    u32   records in the entry
+    reserved u32   0
+
+and the payload holds ``count`` records, each a fixed part and its variable fields::
+
+    created_at i64, received_at i64,
+    lengths: source u16, device_id u16, topic u16, data u32, raw u32, meta u32
+    (meta 0xFFFFFFFF = no meta), then those bytes in that order;
+    data and meta are JSON (the record's ``data`` and ``meta``), raw is the device's bytes.
+
+All integers are little-endian. A reader that finds a short header, a short payload, a
+length over :data:`MAX_ENTRY_BYTES` or a checksum that does not match has reached a torn
+or corrupt tail: :func:`read_entry` says so with :class:`TornEntry`, and everything before
+it is intact.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import orjson
+
+from fleetgate.records import Record, new_record, set_offset
+
+HEADER: Final = struct.Struct("<IIQII")
+_CHECKED: Final = struct.Struct("<QII")  # the header fields the CRC covers, before payload
+_FIXED: Final = struct.Struct("<qqHHHIII")
+_NO_META: Final = 0xFFFFFFFF
+# One frame's records: Teltonika frames are < 64 KiB, Tesla's < 1 MB; far above both.
+MAX_ENTRY_BYTES: Final = 64 * 1024 * 1024
+
+
+class TornEntry(Exception):  # noqa: N818 - a condition the reader meets, not a bug
+    """The bytes at this position are not a whole, intact entry."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One frame's records as the spool keeps them, with the offset of the first."""
+
+    first: int
+    records: Sequence[Record]
+
+    @property
+    def last(self) -> int:
+        return self.first + len(self.records) - 1
+
+
+def encode_entry(first: int, records: Sequence[Record]) -> bytes:
+    """The bytes of one entry (header and payload)."""
+    dumps = orjson.dumps
+    parts: list[bytes] = []
+    append = parts.append
+    pack = _FIXED.pack
+    for record in records:
+        source = record.source.encode()
+        device = record.device_id.encode()
+        topic = record.topic.encode()
+        data = dumps(record.data)
+        meta = dumps(dict(record.meta)) if record.meta is not None else b""
+        raw = record.raw
+        append(
+            pack(
+                record.created_at,
+                record.received_at,
+                len(source),
+                len(device),
+                len(topic),
+                len(data),
+                len(raw),
+                len(meta) if record.meta is not None else _NO_META,
+            )
+        )
+        append(source)
+        append(device)
+        append(topic)
+        append(data)
+        append(raw)
+        append(meta)
+    payload = b"".join(parts)
+    checked = _CHECKED.pack(first, len(records), 0)
+    crc = zlib.crc32(payload, zlib.crc32(checked))
+    return HEADER.pack(len(payload), crc, first, len(records), 0) + payload
+
+
+def check_entry(buffer: bytes | memoryview, position: int) -> tuple[int, int, int]:
+    """``(first, count, position after)`` of the intact entry at ``position``, without
+    decoding its records; :class:`TornEntry` if there is no whole, intact entry there."""
+    end = position + HEADER.size
+    if end > len(buffer):
+        raise TornEntry(f"short header at {position}")
+    length, crc, first, count, reserved = HEADER.unpack_from(buffer, position)
+    if length > MAX_ENTRY_BYTES or reserved != 0 or count == 0:
+        raise TornEntry(f"implausible header at {position}")
+    stop = end + length
+    if stop > len(buffer):
+        raise TornEntry(f"short payload at {position}")
+    if zlib.crc32(buffer[end:stop], zlib.crc32(_CHECKED.pack(first, count, 0))) != crc:
+        raise TornEntry(f"checksum mismatch at {position}")
+    return first, count, stop
+
+
+def read_entry(buffer: bytes | memoryview, position: int) -> tuple[Entry, int]:
+    """The entry at ``position`` and the position after it; :class:`TornEntry` if there is
+    no whole, intact entry there."""
+    first, count, stop = check_entry(buffer, position)
+    payload = bytes(buffer[position + HEADER.size : stop])
+    return Entry(first, decode_records(payload, first, count)), stop
+
+
+def decode_records(payload: bytes, first: int, count: int) -> list[Record]:
+    """The records of a checked payload, their offsets set from ``first``."""
+    records: list[Record] = []
+    loads = orjson.loads
+    unpack = _FIXED.unpack_from
+    fixed = _FIXED.size
+    at = 0
+    try:
+        for index in range(count):
+            created, received, n_source, n_device, n_topic, n_data, n_raw, n_meta = unpack(
+                payload, at
+            )
+            at += fixed
+            source = payload[at : at + n_source].decode()
+            at += n_source
+            device = payload[at : at + n_device].decode()
+            at += n_device
+            topic = payload[at : at + n_topic].decode()
+            at += n_topic
+            data = loads(payload[at : at + n_data])
+            at += n_data
+            raw = payload[at : at + n_raw]
+            at += n_raw
+            meta = None
+            if n_meta != _NO_META:
+                meta = loads(payload[at : at + n_meta])
+                at += n_meta
+            record = new_record(source, device, topic, created, received, data, raw, meta)
+            set_offset(record, first + index)
+            records.append(record)
+    except (struct.error, UnicodeDecodeError, orjson.JSONDecodeError) as exc:
+        # The checksum matched, so this is a writer bug, not a torn write; still a refusal.
+        raise TornEntry(f"undecodable payload of entry {first}: {exc}") from exc
+    if at != len(payload):
+        raise TornEntry(f"payload of entry {first} has {len(payload) - at} stray bytes")
+    return records

@@ -1,0 +1,266 @@
+"""The durable spool: entries on disk, group commit, replay after a restart, torn tails,
+truncation, the disk budget and dead letters, through the pipeline as sessions use it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fleetgate.config import AckLevel
+from fleetgate.pipeline import AckPolicy, Ledger, Pipeline, Router, RunnerSettings, SinkRunner
+from fleetgate.pipeline.deadletter import DeadLetters
+from fleetgate.pipeline.spool import Spool, SpoolSettings, segment_name
+from fleetgate.pipeline.spool_format import TornEntry, encode_entry, read_entry
+from fleetgate.records import Record
+from fleetgate.sinks.base import PermanentSinkError, Sink, SinkContext, TransientSinkError
+
+FAST = RunnerSettings(max_queue_records=50, max_batch=20, max_linger_s=0,
+                      retry_initial_s=0.001, retry_max_s=0.01)
+
+
+def rec(index: int, topic: str = "position", device: str = "d1", raw: bytes = b"") -> Record:
+    return Record("teltonika", device, topic, index, index, {"i": index}, raw)
+
+
+class MemorySink(Sink):
+    """A sink that keeps what it confirmed; can be down, or refuse chosen records."""
+
+    name = "memory"
+
+    def __init__(self, name: str = "memory") -> None:
+        super().__init__({}, SinkContext())
+        self.name = name  # type: ignore[misc]
+        self.down = False
+        self.refuse: set[int] = set()  # created_at values it refuses for good
+        self.confirmed: list[int] = []
+        self.published = asyncio.Event()
+
+    async def publish(self, batch: Sequence[Record]) -> None:
+        if self.down:
+            raise TransientSinkError("backend down")
+        bad = [r.created_at for r in batch if r.created_at in self.refuse]
+        if bad:
+            raise PermanentSinkError(f"cannot take {bad}")
+        self.confirmed.extend(r.created_at for r in batch)
+        self.published.set()
+
+
+def spool_pipeline(
+    directory: Path, *sinks: MemorySink, level: AckLevel = AckLevel.SPOOL,
+    routes: dict[str, list[str]] | None = None, dead_letters: Path | None = None,
+    **spool_options: Any,
+) -> Pipeline:
+    ledger = Ledger()
+    spool = Spool(SpoolSettings(directory / "spool", **spool_options), ledger)
+    spool.open()
+    runners = {sink.name: SinkRunner(sink, FAST) for sink in sinks}
+    always = [] if routes else [sink.name for sink in sinks]
+    return Pipeline(
+        runners, Router(routes or {}, always=always),
+        AckPolicy(level, None), ack_timeout_s=5, spool=spool,
+        dead_letters=DeadLetters(dead_letters) if dead_letters else None,
+    )
+
+
+async def wait_for(predicate: Any, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110 - state without an event to wait on
+            await asyncio.sleep(0.005)
+
+
+# -- the entry format ---------------------------------------------------------------------
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                 max_size=3),
+    max_leaves=8,
+)
+records = st.builds(
+    Record,
+    source=st.sampled_from(["teltonika", "tesla", "mqtt"]),
+    device_id=st.text(min_size=1, max_size=20),
+    topic=st.text(min_size=1, max_size=12),
+    created_at=st.integers(-(2**62), 2**62),
+    received_at=st.integers(0, 2**62),
+    data=st.dictionaries(st.text(max_size=8), json_values, max_size=4),
+    raw=st.binary(max_size=64),
+    meta=st.none() | st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3),
+)
+
+
+@given(first=st.integers(1, 2**60), batch=st.lists(records, min_size=1, max_size=5))
+@settings(max_examples=150)
+def test_an_entry_reads_back_as_written_with_offsets(first: int, batch: list[Record]) -> None:
+    data = encode_entry(first, batch)
+    entry, end = read_entry(data, 0)
+    assert end == len(data)
+    assert entry.first == first and entry.last == first + len(batch) - 1
+    assert list(entry.records) == batch
+    assert [r.raw for r in entry.records] == [r.raw for r in batch]
+    assert [r.offset for r in entry.records] == list(range(first, first + len(batch)))
+
+
+@given(batch=st.lists(records, min_size=1, max_size=3), data=st.data())
+def test_any_cut_or_flipped_byte_is_a_torn_entry(batch: list[Record], data: st.DataObject) -> None:
+    encoded = encode_entry(7, batch)
+    cut = data.draw(st.integers(0, len(encoded) - 1))
+    with pytest.raises(TornEntry):
+        read_entry(encoded[:cut], 0)
+    flipped = bytearray(encoded)
+    position = data.draw(st.integers(0, len(encoded) - 1))
+    flipped[position] ^= 1 << data.draw(st.integers(0, 7))
+    with pytest.raises(TornEntry):
+        read_entry(bytes(flipped), 0)
+
+
+# -- acks, replay, recovery -------------------------------------------------------------------
+async def test_a_spool_ack_waits_for_the_sync_not_for_the_sinks(tmp_path: Path) -> None:
+    sink = MemorySink()
+    sink.down = True
+    pipeline = spool_pipeline(tmp_path, sink)
+    await pipeline.start()
+    assert await pipeline.accept([rec(1), rec(2)])  # durable: acked with the sink down
+    assert sink.confirmed == []
+    assert pipeline.spool is not None and pipeline.spool.durable == 2
+    sink.down = False
+    await wait_for(lambda: sink.confirmed == [1, 2])
+    await pipeline.close()
+
+
+async def test_records_for_a_down_sink_survive_a_restart_and_are_delivered_once(
+    tmp_path: Path,
+) -> None:
+    sink = MemorySink()
+    sink.down = True
+    first_run = spool_pipeline(tmp_path, sink)
+    await first_run.start()
+    for i in range(1, 121):  # more than the runner keeps in memory: it spills
+        assert await first_run.accept([rec(i)])
+    assert first_run.runners["memory"].behind
+    await first_run.close(timeout_s=0.2)
+
+    again = MemorySink()
+    second_run = spool_pipeline(tmp_path, again)
+    await second_run.start()
+    await wait_for(lambda: len(again.confirmed) >= 120)
+    assert again.confirmed == list(range(1, 121))
+    assert await second_run.accept([rec(121)])  # offsets continue after the restart
+    await wait_for(lambda: again.confirmed[-1] == 121)
+    await second_run.close()
+    third = MemorySink()
+    third_run = spool_pipeline(tmp_path, third)
+    await third_run.start()
+    assert await third_run.accept([rec(122)])
+    await wait_for(lambda: third.confirmed == [122])  # nothing replayed twice
+    await third_run.close()
+
+
+async def test_a_sink_that_falls_behind_reads_back_from_the_spool_in_order(
+    tmp_path: Path,
+) -> None:
+    slow, fast = MemorySink("slow"), MemorySink("fast")
+    slow.down = True
+    pipeline = spool_pipeline(tmp_path, slow, fast, memory_records=10)
+    await pipeline.start()
+    for i in range(1, 301):
+        assert await pipeline.accept([rec(i)])
+    await wait_for(lambda: len(fast.confirmed) == 300)
+    assert pipeline.runners["slow"].behind
+    assert pipeline.runners["slow"].queued == 300
+    slow.down = False
+    await wait_for(lambda: len(slow.confirmed) == 300)
+    assert slow.confirmed == list(range(1, 301))
+    assert not pipeline.runners["slow"].behind
+    await pipeline.close()
+
+
+async def test_a_torn_tail_is_cut_on_start_and_the_rest_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = MemorySink()
+    sink.down = True
+    pipeline = spool_pipeline(tmp_path, sink)
+    await pipeline.start()
+    for i in range(1, 6):
+        assert await pipeline.accept([rec(i, raw=b"x" * 40)])
+    await pipeline.close(timeout_s=0.1)
+    segment = tmp_path / "spool" / segment_name(1)
+    whole = segment.read_bytes()
+    segment.write_bytes(whole + whole[:30])  # a write cut short by kill -9
+
+    again = MemorySink()
+    recovered = spool_pipeline(tmp_path, again)
+    assert "cut a torn or corrupt tail" in caplog.text
+    assert segment.stat().st_size == len(whole)
+    await recovered.start()
+    await wait_for(lambda: len(again.confirmed) == 5)
+    assert again.confirmed == [1, 2, 3, 4, 5]
+    assert await recovered.accept([rec(6)])
+    await wait_for(lambda: again.confirmed[-1] == 6)
+    await recovered.close()
+
+
+async def test_segments_are_deleted_once_every_sink_confirmed_them(tmp_path: Path) -> None:
+    sink = MemorySink()
+    pipeline = spool_pipeline(tmp_path, sink, segment_bytes=2048)
+    await pipeline.start()
+    for i in range(1, 201):
+        assert await pipeline.accept([rec(i, raw=b"y" * 50)])
+    await wait_for(lambda: len(sink.confirmed) == 200)
+    await pipeline.close()  # saves the cursors, deletes what everyone confirmed
+    segments = sorted((tmp_path / "spool").glob("segment-*.log"))
+    assert len(segments) == 1  # the newest one is always kept
+    cursors = json.loads((tmp_path / "spool" / "cursors.json").read_text())
+    assert cursors == {"memory": 200}
+
+
+async def test_at_the_disk_budget_acks_stop_and_resume_when_sinks_catch_up(
+    tmp_path: Path,
+) -> None:
+    sink = MemorySink()
+    sink.down = True
+    pipeline = spool_pipeline(tmp_path, sink, segment_bytes=64 * 1024, max_bytes=1024 * 1024)
+    await pipeline.start()
+    accepted = 0
+    blocked: asyncio.Task[bool] | None = None
+    while blocked is None:
+        task = asyncio.create_task(pipeline.accept([rec(accepted + 1, raw=b"z" * 4000)]))
+        done, _ = await asyncio.wait({task}, timeout=1.0)
+        if done:
+            assert task.result()
+            accepted += 1
+        else:
+            blocked = task  # the spool is full: this frame waits, unacked
+    assert accepted > 100
+    assert not blocked.done()
+    sink.down = False  # the sink catches up, segments are deleted, room returns
+    assert await asyncio.wait_for(blocked, 10)
+    await wait_for(lambda: len(sink.confirmed) == accepted + 1)
+    await pipeline.close()
+
+
+async def test_a_record_a_sink_never_takes_is_set_aside_and_the_rest_delivered(
+    tmp_path: Path,
+) -> None:
+    sink = MemorySink()
+    sink.refuse = {7}
+    pipeline = spool_pipeline(tmp_path, sink, level=AckLevel.SINKS, dead_letters=tmp_path / "dl")
+    pipeline.ack_policy = AckPolicy(AckLevel.RECEIVE, None, per_source={"teltonika": ["memory"]})
+    await pipeline.start()
+    results = await asyncio.gather(*(pipeline.accept([rec(i)]) for i in range(1, 21)))
+    assert all(results)  # set aside safely counts as taken: no resend loop for the poison
+    await wait_for(lambda: len(sink.confirmed) == 19)
+    assert sorted(sink.confirmed) == [i for i in range(1, 21) if i != 7]
+    [line] = (tmp_path / "dl" / "memory.jsonl").read_text().splitlines()
+    letter = json.loads(line)
+    assert letter["record"]["data"] == {"i": 7}
+    assert "cannot take [7]" in letter["reason"]
+    assert letter["offset"] == 7
+    await pipeline.close()
