@@ -241,7 +241,7 @@ class Server:
         """``/health``: the worst status of any sink or listener, and each one's state."""
         # Unauthenticated: error texts lose any credentials a backend's message quoted.
         sinks = redact_tree(self.pipeline.health())
-        listeners = {item.name: item.health() for item in self.listeners}
+        listeners = redact_tree({item.name: item.health() for item in self.listeners})
         statuses = {entry["status"] for entry in sinks.values()}
         statuses.update(entry.get("status", "ok") for entry in listeners.values())
         if Health.DOWN.value in statuses:

@@ -14,7 +14,8 @@ What is replaced:
   it is replaced whole: ``scheme://***@host``;
 * the value of a secret-looking key in ``key=value`` text (DSNs, query strings):
   ``password``, ``passwd``, ``pwd``, ``secret``, ``token``, ``api_key``/``apikey``,
-  ``sasl.password``: ``password=***``;
+  ``sasl.password``: ``password=***``; not in a URL fragment (``#token=``): the sign-in
+  link of the dashboard is logged on purpose;
 * the same keys quoted in a mapping's text form: ``'password': 'x'`` → ``'password': '***'``.
 """
 
@@ -30,7 +31,11 @@ _URL_USERINFO = re.compile(
     r"(?::(?P<password>[^@/\s\"'<>]*))?@"
 )
 _SECRET_KEY = r"(?:sasl\.password|password|passwd|pwd|secret|token|api[_-]?key)"
-_KEY_VALUE = re.compile(rf"(?i)(?P<key>\b[\w.-]*{_SECRET_KEY})=(?P<value>[^\s&;,'\"]+)")
+# Not after "#": a URL fragment never leaves the browser, and the sign-in link the server
+# logs on purpose (api.auth.sign_in_link) carries its token there.
+_KEY_VALUE = re.compile(
+    rf"(?i)(?P<key>(?<![#\w.-])[\w.-]*{_SECRET_KEY})=(?P<value>[^\s&;,'\"]+)"
+)
 _QUOTED = re.compile(
     rf"(?i)(?P<key>[\"'][\w.-]*{_SECRET_KEY}[\"']\s*:\s*)"
     r"(?P<quote>[\"'])(?P<value>[^\"']*)(?P=quote)"

@@ -40,6 +40,8 @@ PASSWORD = st.text(
         ("tracker connected imei=356307042441013", "tracker connected imei=356307042441013"),
         ("mail admin@example.com", "mail admin@example.com"),
         ("idle_timeout_s=600 records=3", "idle_timeout_s=600 records=3"),
+        # The sign-in link is logged on purpose; its token is in the fragment.
+        ("sign-in link: http://127.0.0.1:8080/#token=eyJabc", "sign-in link: http://127.0.0.1:8080/#token=eyJabc"),
     ],
 )
 def test_redact(text: str, expected: str) -> None:
