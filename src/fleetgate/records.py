@@ -12,6 +12,7 @@ protocol's *own* bytes (Tesla's protobuf) ask :func:`fleetgate.forms.wire_payloa
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -125,8 +126,13 @@ def valid_device_id(device_id: str) -> bool:
     return _DEVICE_ID.fullmatch(device_id) is not None
 
 
+@functools.lru_cache(maxsize=4096)
 def rfc3339_seconds_text(seconds: int) -> str:
-    """Epoch seconds → ``2019-06-10T10:04:46`` (no fraction, no zone; years 1..9999)."""
+    """Epoch seconds → ``2019-06-10T10:04:46`` (no fraction, no zone; years 1..9999).
+
+    Cached: records of the same second (most of a stream) share the formatted text, which
+    costs more than the rest of a record's JSON form.
+    """
     seconds = min(max(seconds, _MIN_MS // 1000), _MAX_MS // 1000)
     t = time.gmtime(seconds)
     return (

@@ -154,17 +154,18 @@ class RecordStore:
         columns = {row[1] for row in self._writer.execute("PRAGMA table_info(records)")}
         if "seq" not in columns:  # a store made before records carried their offset
             self._writer.execute("ALTER TABLE records ADD COLUMN seq INTEGER")
-        self._reader = _connect(self.path)
-        self._schemas = ["main"]
-        if read_shards:
-            for number, shard in enumerate(existing_shards(self.path), start=1):
-                self._reader.execute(f"ATTACH DATABASE ? AS shard{number}", (str(shard),))
-                self._schemas.append(f"shard{number}")
+        # Readers: this file, and with ``read_shards`` every worker's file, ATTACHed to as
+        # few connections as SQLite allows (at most 10 attached databases per connection).
+        shards = [self.path, *(existing_shards(self.path) if read_shards else [])]
+        self._groups: list[_ReadGroup] = []
+        for first in range(0, len(shards), _SHARDS_PER_READER):
+            self._groups.append(_ReadGroup(shards[first : first + _SHARDS_PER_READER], first))
         self._read_lock = threading.Lock()
 
     def close(self) -> None:
         self._writer.close()
-        self._reader.close()
+        for group in self._groups:
+            group.connection.close()
 
     # -- writing (sink side) ---------------------------------------------------------------
     def write(self, records: Sequence[Record]) -> None:
@@ -228,21 +229,36 @@ class RecordStore:
             self._writer.execute(sql, params[full:])
 
     # -- reading (API side) ----------------------------------------------------------------
-    def _union(self, select: str) -> str:
-        """``select`` (with ``{schema}`` placeholders) over every attached database."""
-        return " UNION ALL ".join(select.format(schema=schema) for schema in self._schemas)
+    def _query(
+        self, select: str, params: Sequence[Any], tail: str = "", tail_params: Sequence[Any] = ()
+    ) -> list[Any]:
+        """``select`` (``{schema}`` placeholders, ``params`` each) over every store file,
+        ``tail`` applied per reader connection; the rows of all connections, concatenated."""
+        rows: list[Any] = []
+        with self._read_lock:
+            for group in self._groups:
+                sql = " UNION ALL ".join(select.format(schema=name) for name in group.schemas)
+                bound = [*params] * len(group.schemas) + [*tail_params]
+                rows += group.connection.execute(sql + tail, bound).fetchall()
+        return rows
 
     def _device_rows(self, where: str = "", params: Sequence[Any] = ()) -> list[Any]:
-        inner = self._union(
+        rows = self._query(
             "SELECT device_id, source, first_seen, last_seen, record_count "
-            "FROM {schema}.devices" + where
+            "FROM {schema}.devices" + where,
+            params,
         )
-        sql = (
-            "SELECT device_id, max(source), min(first_seen), max(last_seen), sum(record_count) "
-            f"FROM ({inner}) GROUP BY device_id ORDER BY max(last_seen) DESC"
-        )
-        with self._read_lock:
-            return self._reader.execute(sql, list(params) * len(self._schemas)).fetchall()
+        merged: dict[str, list[Any]] = {}
+        for device_id, source, first_seen, last_seen, count in rows:
+            entry = merged.get(device_id)
+            if entry is None:
+                merged[device_id] = [device_id, source, first_seen, last_seen, count]
+            else:
+                entry[1] = max(entry[1], source)
+                entry[2] = min(entry[2], first_seen)
+                entry[3] = max(entry[3], last_seen)
+                entry[4] += count
+        return sorted(merged.values(), key=lambda row: row[3], reverse=True)
 
     def devices(self) -> list[DeviceSummary]:
         return [DeviceSummary(*row) for row in self._device_rows()]
@@ -272,10 +288,7 @@ class RecordStore:
             "SELECT * FROM (SELECT source, device_id, topic, created_at, received_at, data, id "
             f"FROM {{schema}}.records {where} ORDER BY created_at DESC, id DESC LIMIT ?)"
         )
-        sql = f"{self._union(part)} ORDER BY created_at DESC, id DESC LIMIT ?"
-        bound = [*params, limit] * len(self._schemas) + [limit]
-        with self._read_lock:
-            rows = self._reader.execute(sql, bound).fetchall()
+        rows = self._newest(self._query(part, [*params, limit]), limit, created=3, row_id=6)
         return [
             {
                 "source": source,
@@ -289,10 +302,14 @@ class RecordStore:
         ]
 
     def count(self) -> int:
-        sql = f"SELECT sum(n) FROM ({self._union('SELECT count(*) AS n FROM {schema}.records')})"
-        with self._read_lock:
-            row = self._reader.execute(sql).fetchone()
-        return int(row[0] or 0)
+        rows = self._query("SELECT count(*) FROM {schema}.records", ())
+        return sum(int(row[0]) for row in rows)
+
+    @staticmethod
+    def _newest(rows: list[Any], limit: int, created: int, row_id: int) -> list[Any]:
+        """The ``limit`` newest rows by (created_at, id), newest first."""
+        rows.sort(key=lambda row: (row[created], row[row_id]), reverse=True)
+        return rows[:limit]
 
     # -- reading for the REST API: pages, positions, tracks ------------------------------------
     def records_page(
@@ -311,11 +328,16 @@ class RecordStore:
         range and past the cursor; rows are ordered by ``(created_at, file, id)``, so pages
         neither repeat nor skip a record while new ones arrive.
         """
-        sql, params = self._page_query(
-            device_id, since=since, until=until, topic=topic, limit=limit + 1, after=after
-        )
+        rows: list[Any] = []
         with self._read_lock:
-            rows = self._reader.execute(sql, params).fetchall()
+            for group in self._groups:
+                sql, params = self._page_query(
+                    group, device_id, since=since, until=until, topic=topic, limit=limit + 1,
+                    after=after,
+                )
+                rows += group.connection.execute(sql, params).fetchall()
+        rows.sort(key=lambda row: (row[3], row[7], row[6]), reverse=True)
+        rows = rows[: limit + 1]
         cursor = None
         if len(rows) > limit:
             rows = rows[:limit]
@@ -323,8 +345,9 @@ class RecordStore:
             cursor = PageCursor(created_at=last[3], shard=last[7], row_id=last[6])
         return [_row_json(row) for row in rows], cursor
 
+    @staticmethod
     def _page_query(
-        self,
+        group: _ReadGroup,
         device_id: str,
         *,
         since: int | None,
@@ -335,7 +358,7 @@ class RecordStore:
     ) -> tuple[str, list[Any]]:
         parts: list[str] = []
         params: list[Any] = []
-        for shard, schema in enumerate(self._schemas):
+        for shard, schema in group.numbered():
             where = ["device_id = ?"]
             part_params: list[Any] = [device_id]
             if since is not None:
@@ -376,13 +399,13 @@ class RecordStore:
             "{schema}.records WHERE device_id = ? ORDER BY created_at DESC, id DESC LIMIT ?) "
             "WHERE lat IS NOT NULL AND lon IS NOT NULL AND NOT (lat = 0 AND lon = 0)"
         )
-        sql = f"{self._union(part)} ORDER BY created_at DESC, id DESC LIMIT 1"
-        with self._read_lock:
-            for device_id in device_ids:
-                bound = [device_id, POSITION_LOOKBACK] * len(self._schemas)
-                row = self._reader.execute(sql, bound).fetchone()
-                if row is not None:
-                    found[device_id] = (float(row[0]), float(row[1]), int(row[2]))
+        for device_id in device_ids:
+            rows = self._newest(
+                self._query(part, [device_id, POSITION_LOOKBACK]), 1, created=2, row_id=3
+            )
+            if rows:
+                lat, lon, created, _id = rows[0]
+                found[device_id] = (float(lat), float(lon), int(created))
         return found
 
     def track(
@@ -403,11 +426,28 @@ class RecordStore:
             f"{{schema}}.records WHERE {where} AND {_HAS_POSITION} "
             "ORDER BY created_at DESC, id DESC LIMIT ?)"
         )
-        sql = f"{self._union(part)} ORDER BY created_at DESC, id DESC LIMIT ?"
-        bound = [*params, limit] * len(self._schemas) + [limit]
-        with self._read_lock:
-            rows = self._reader.execute(sql, bound).fetchall()
+        rows = self._newest(self._query(part, [*params, limit]), limit, created=2, row_id=3)
         return [(float(lat), float(lon), int(created)) for lat, lon, created, _id in reversed(rows)]
+
+
+# main + the most databases SQLite lets one connection attach (SQLITE_MAX_ATTACHED, 10).
+_SHARDS_PER_READER = 1 + 10
+
+
+class _ReadGroup:
+    """One reader connection: the first of its files as ``main``, the others ATTACHed."""
+
+    def __init__(self, paths: Sequence[Path], first_index: int) -> None:
+        self.connection = _connect(paths[0])
+        self.first_index = first_index
+        self.schemas = ["main"]
+        for number, path in enumerate(paths[1:], start=1):
+            self.connection.execute(f"ATTACH DATABASE ? AS shard{number}", (str(path),))
+            self.schemas.append(f"shard{number}")
+
+    def numbered(self) -> list[tuple[int, str]]:
+        """(shard index across all files, schema name) of this connection's files."""
+        return [(self.first_index + n, schema) for n, schema in enumerate(self.schemas)]
 
 
 # Positions in record data: Teltonika's top-level latitude/longitude, Tesla's Location.

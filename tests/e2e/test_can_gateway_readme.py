@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -72,7 +73,8 @@ def test_the_commands_are_the_ones_this_test_runs() -> None:
         [".venv/bin/fleetgate", "serve", "--config"],
         [".venv/bin/fleetgate", "sim", "can-gateway"],
         ["curl", "-X", "POST"],
-        ["curl", "-s", "localhost:8080/api/v1/devices/gw-001/latest"],
+        ["TOKEN=$(.venv/bin/fleetgate", "token", "--config"],
+        ["curl", "-s", "-H"],
     ]
 
 
@@ -85,6 +87,22 @@ class QuickStart:
         self.commands = quick_start()
         self.broker: ManagedProcess | None = None
         self.sim: subprocess.Popen[str] | None = None
+
+    def read_back(self, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        """Step 5's token and read-back lines, in one shell as the README has them."""
+        script = "\n".join(self.commands[5:7])
+        for fixed, free in self.ports.items():
+            script = script.replace(f":{fixed}", f":{free}")
+        bin_dir = self.workdir / ".venv" / "bin"
+        bin_dir.mkdir(parents=True, exist_ok=True)
+        fleetgate = shutil.which("fleetgate", path=str(Path(sys.executable).parent))
+        assert fleetgate is not None
+        if not (bin_dir / "fleetgate").exists():
+            (bin_dir / "fleetgate").symlink_to(fleetgate)
+        return subprocess.run(
+            ["bash", "-c", script], cwd=self.workdir, env=env, capture_output=True, text=True,
+            timeout=60, check=False,
+        )
 
     def run(self, command: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -214,7 +232,7 @@ def test_quick_start_through_fleetgate_serve(quick: QuickStart, tmp_path: Path) 
         deadline = time.monotonic() + 20
         latest: dict[str, Any] = {}
         while time.monotonic() < deadline:
-            result = quick.run(quick.commands[5])
+            result = quick.read_back(env)
             if result.returncode == 0 and result.stdout.startswith("{"):
                 latest = json.loads(result.stdout)
                 if latest.get("data", {}).get("signal") in ("rpm", "speed"):

@@ -274,7 +274,9 @@ def test_topic_fields_and_time_range(client: TestClient) -> None:
 
 
 def test_time_range_queries_use_the_device_time_index(store: RecordStore) -> None:
-    sql, params = store._page_query(IMEI, since=1, until=2, topic="position", limit=10, after=None)
+    sql, params = store._page_query(
+        store._groups[0], IMEI, since=1, until=2, topic="position", limit=10, after=None
+    )
     with sqlite3.connect(store.path) as connection:
         plan = " ".join(
             str(row[-1]) for row in connection.execute(f"EXPLAIN QUERY PLAN {sql}", params)

@@ -3,7 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fleetgate.records import Record
-from fleetgate.store import RecordStore
+from fleetgate.store import RecordStore, shard_path
 
 
 def rec(device: str, created: int, received: int, topic: str = "position") -> Record:
@@ -74,3 +74,44 @@ def test_reader_with_shards_sees_every_workers_file(tmp_path: Path) -> None:
     assert first.count() == 3
     for store in (first, second, reader):
         store.close()
+
+
+def test_the_reader_sees_every_worker_file_even_past_sqlites_attach_limit(tmp_path: Path) -> None:
+    # workers: 0 on a 12-core host gives 12 files; SQLite attaches at most 10 to a connection.
+    base = tmp_path / "fleetgate.db"
+    for index in range(12):
+        writer = RecordStore(shard_path(base, index))
+        writer.write(
+            [
+                Record(
+                    "teltonika",
+                    f"dev-{index}",
+                    "position",
+                    1_000 + index,
+                    2_000 + index,
+                    {"w": index},
+                ),
+                Record(
+                    "teltonika", "shared", "position", 10_000 + index, 20_000 + index, {"w": index}
+                ),
+            ]
+        )
+        writer.close()
+    reader = RecordStore(base, read_shards=True)
+    try:
+        devices = {device.device_id: device for device in reader.devices()}
+        assert set(devices) == {f"dev-{index}" for index in range(12)} | {"shared"}
+        assert devices["shared"].record_count == 12
+        assert devices["shared"].first_seen == 20_000 and devices["shared"].last_seen == 20_011
+        assert reader.count() == 24
+        newest = reader.records("shared", limit=3)
+        assert [item["data"]["w"] for item in newest] == [11, 10, 9]
+        seen: list[int] = []
+        page, cursor = reader.records_page("shared", limit=5)
+        seen += [item["data"]["w"] for item in page]
+        while cursor is not None:
+            page, cursor = reader.records_page("shared", limit=5, after=cursor)
+            seen += [item["data"]["w"] for item in page]
+        assert seen == list(range(11, -1, -1))  # every file, each record once, newest first
+    finally:
+        reader.close()
