@@ -49,7 +49,9 @@ def test_passwords_are_in_no_log_line_and_not_in_health(tmp_path: Path) -> None:
         "postgres": {"dsn": f"postgresql://fleet:{SECRETS[2]}@127.0.0.1:{closed[2]}/telemetry"},
         "redis": {"addrs": [f"127.0.0.1:{closed[3]}"], "password": SECRETS[3], "streams": True},
         "mqtt": {
-            "broker": f"127.0.0.1:{closed[4]}", "username": "fleet", "password": SECRETS[4],
+            "broker": f"127.0.0.1:{closed[4]}",
+            "username": "fleet",
+            "password": SECRETS[4],
             "connect_timeout_ms": 200,
         },
         "sink_settings": {"retry_initial_ms": 50, "retry_max_ms": 200},
@@ -59,7 +61,9 @@ def test_passwords_are_in_no_log_line_and_not_in_health(tmp_path: Path) -> None:
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "fleetgate", "serve", "--config", str(tmp_path / "config.json")],
-            stdout=log_file, stderr=subprocess.STDOUT, cwd=tmp_path,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
         )
     try:
         api = f"http://127.0.0.1:{api_port}"

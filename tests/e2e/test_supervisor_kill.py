@@ -33,8 +33,10 @@ def start(tmp_path: Path, tracker_port: int, api_port: int, name: str) -> Served
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
             [*FLEETGATE, "serve", "--workers", "2"],
-            env=env_for(tmp_path, tracker_port, api_port), cwd=tmp_path,
-            stdout=log_file, stderr=subprocess.STDOUT,
+            env=env_for(tmp_path, tracker_port, api_port),
+            cwd=tmp_path,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
         )
     return Served(process, log_path, tracker_port, api_port)
 

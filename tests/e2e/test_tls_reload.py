@@ -50,7 +50,8 @@ class Process:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             found = [
-                entry for entry in self.lines()[after:]
+                entry
+                for entry in self.lines()[after:]
                 if (entry["msg"] == msg if exact else entry["msg"].startswith(msg))
             ]
             if found:
@@ -80,8 +81,11 @@ def replace_server_certificate(pki: DevPki) -> int:
 
 async def vehicle(port: int, pki: DevPki) -> ClientConnection:
     return await connect(
-        f"wss://localhost:{port}/", ssl=vehicle_context(pki, VIN), open_timeout=TIMEOUT,
-        ping_interval=None, compression=None,
+        f"wss://localhost:{port}/",
+        ssl=vehicle_context(pki, VIN),
+        open_timeout=TIMEOUT,
+        ping_interval=None,
+        compression=None,
     )
 
 
@@ -105,9 +109,18 @@ def start(tmp_path: Path, pki: DevPki, port: int, *args: str) -> Process:
     log_path = tmp_path / "server.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "fleetgate", "serve", "--config",
-             str(tmp_path / "config.json"), *args],
-            stdout=log_file, stderr=subprocess.STDOUT, cwd=tmp_path,
+            [
+                sys.executable,
+                "-m",
+                "fleetgate",
+                "serve",
+                "--config",
+                str(tmp_path / "config.json"),
+                *args,
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
         )
     return Process(process, log_path)
 
@@ -167,7 +180,8 @@ async def test_the_supervisor_passes_sighup_to_every_worker(tmp_path: Path) -> N
         deadline = time.monotonic() + 60
         while True:
             reloaded = [
-                entry for entry in served.lines()[mark:]
+                entry
+                for entry in served.lines()[mark:]
                 if entry["msg"] == "tls certificate reloaded"
             ]
             if len(reloaded) == 2:

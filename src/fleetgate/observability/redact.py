@@ -33,9 +33,7 @@ _URL_USERINFO = re.compile(
 _SECRET_KEY = r"(?:sasl\.password|password|passwd|pwd|secret|token|api[_-]?key)"
 # Not after "#": a URL fragment never leaves the browser, and the sign-in link the server
 # logs on purpose (api.auth.sign_in_link) carries its token there.
-_KEY_VALUE = re.compile(
-    rf"(?i)(?P<key>(?<![#\w.-])[\w.-]*{_SECRET_KEY})=(?P<value>[^\s&;,'\"]+)"
-)
+_KEY_VALUE = re.compile(rf"(?i)(?P<key>(?<![#\w.-])[\w.-]*{_SECRET_KEY})=(?P<value>[^\s&;,'\"]+)")
 _QUOTED = re.compile(
     rf"(?i)(?P<key>[\"'][\w.-]*{_SECRET_KEY}[\"']\s*:\s*)"
     r"(?P<quote>[\"'])(?P<value>[^\"']*)(?P=quote)"

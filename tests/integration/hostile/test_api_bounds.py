@@ -103,7 +103,9 @@ async def test_the_extreme_valid_times_are_accepted(client: httpx.AsyncClient, v
 
 
 @pytest.mark.parametrize("device_id", ODD_IDS)
-async def test_any_stored_id_is_reachable_percent_encoded(client: httpx.AsyncClient, device_id: str) -> None:
+async def test_any_stored_id_is_reachable_percent_encoded(
+    client: httpx.AsyncClient, device_id: str
+) -> None:
     path = quote(device_id, safe="")
     records = (await client.get(f"/api/v1/devices/{path}/records")).json()["records"]
     assert [record["device_id"] for record in records] == [device_id]
@@ -117,7 +119,9 @@ async def test_any_stored_id_is_reachable_percent_encoded(client: httpx.AsyncCli
     assert track.status_code == 200
 
 
-async def test_ids_that_only_look_like_paths_do_not_reach_other_devices(client: httpx.AsyncClient) -> None:
+async def test_ids_that_only_look_like_paths_do_not_reach_other_devices(
+    client: httpx.AsyncClient,
+) -> None:
     # "a%2F..%2Fb" is the device "a/../b", never "b" nor a directory walk.
     assert (await client.get("/api/v1/devices/b/latest")).status_code == 404
     assert (await client.get(f"/api/v1/devices/{quote('a/..', safe='')}/latest")).status_code == 404

@@ -131,9 +131,7 @@ async def test_500_slow_connections_are_closed_by_the_handshake_deadline(
     port = port_of(slow_server)
     before = refused("handshake_timeout")
     stop = asyncio.Event()
-    trackers = [
-        asyncio.create_task(honest_tracker(port, GOOD_IMEI + i, stop)) for i in range(5)
-    ]
+    trackers = [asyncio.create_task(honest_tracker(port, GOOD_IMEI + i, stop)) for i in range(5)]
     # One byte per second of an IMEI frame and then of a data frame: each byte would have
     # restarted an idle timer; the deadline (2 s) ignores them.
     payload = encode_imei("356307042441099") + frame("doc-c8-tcp-example1")
@@ -302,7 +300,8 @@ async def test_2000_junk_datagrams_do_not_make_2000_log_lines(
     before, suppressed_before = junk_refused(), suppressed()
     loop = asyncio.get_running_loop()
     transport, _ = await loop.create_datagram_endpoint(
-        asyncio.DatagramProtocol, remote_addr=("127.0.0.1", listener.port)  # type: ignore[attr-defined]
+        asyncio.DatagramProtocol,
+        remote_addr=("127.0.0.1", listener.port),  # type: ignore[attr-defined]
     )
     try:
         with caplog.at_level(logging.WARNING, logger="fleetgate.teltonika"):

@@ -240,10 +240,13 @@ async def test_per_ip_cap_is_checked_before_tls(
             for r in caplog.records
         )
         # Not a TLS failure: no handshake was started.
-        assert metrics.REGISTRY.get_sample_value(
-            "fleetgate_connections_refused_total",
-            {"protocol": "tesla", "reason": "tls_handshake_failed"},
-        ) == tls_refusals_before
+        assert (
+            metrics.REGISTRY.get_sample_value(
+                "fleetgate_connections_refused_total",
+                {"protocol": "tesla", "reason": "tls_handshake_failed"},
+            )
+            == tls_refusals_before
+        )
         # Another address is served; the first vehicle still is.
         async with await connect_from(server, pki, "127.0.0.2") as other:
             await other.send(stream_frame(txid="other"))
@@ -321,6 +324,7 @@ async def test_a_frame_in_flight_at_stop_is_acked_before_a_normal_close(
     await ws.send(stream_frame(txid="in-flight"))
     await wait_for(lambda: GatedSink.received >= 1)
     stopping = asyncio.create_task(server.stop())
+
     # Stops accepting at once, while the vehicle waits for its ack.
     async def refuses() -> bool:
         try:

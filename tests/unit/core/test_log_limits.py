@@ -13,9 +13,7 @@ from fleetgate.observability.ratelimit import LimitedLog
 
 
 def suppressed_metric(key: str) -> float:
-    value = metrics.REGISTRY.get_sample_value(
-        "fleetgate_log_lines_suppressed_total", {"key": key}
-    )
+    value = metrics.REGISTRY.get_sample_value("fleetgate_log_lines_suppressed_total", {"key": key})
     return value or 0.0
 
 
@@ -34,7 +32,9 @@ def test_burst_then_one_summary_when_the_window_ends(caplog: pytest.LogCaptureFi
         passed = [limited.warning("junk from %s", f"peer-{i}") for i in range(20)]
         assert passed == [True] * 3 + [False] * 17
         assert [r.getMessage() for r in caplog.records] == [
-            "junk from peer-0", "junk from peer-1", "junk from peer-2"
+            "junk from peer-0",
+            "junk from peer-1",
+            "junk from peer-2",
         ]
         # No further event is needed: a timer writes the summary at the window's end.
         wait_until(lambda: len(caplog.records) == 4)
@@ -96,7 +96,8 @@ def test_flush_writes_the_summary_at_once(caplog: pytest.LogCaptureFixture) -> N
         limited.flush()
         limited.flush()  # nothing left: no second summary
     assert [r.getMessage() for r in caplog.records] == [
-        "a", "b (suppressed 1 similar lines in 3600 s)"
+        "a",
+        "b (suppressed 1 similar lines in 3600 s)",
     ]
 
 

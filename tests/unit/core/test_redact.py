@@ -32,8 +32,10 @@ PASSWORD = st.text(
         ("postgresql://u:p%40ss@db/x", "postgresql://u:***@db/x"),
         ("host=db user=u password=hunter2 dbname=x", "host=db user=u password=*** dbname=x"),
         ("https://api/x?access_token=abc&n=1", "https://api/x?access_token=***&n=1"),
-        ('{"sasl.password": "pw", "bootstrap.servers": "k:9092"}',
-         '{"sasl.password": "***", "bootstrap.servers": "k:9092"}'),
+        (
+            '{"sasl.password": "pw", "bootstrap.servers": "k:9092"}',
+            '{"sasl.password": "***", "bootstrap.servers": "k:9092"}',
+        ),
         ("{'password': 'pw'}", "{'password': '***'}"),
         # Nothing secret: unchanged.
         ("http://host:8080/path@x", "http://host:8080/path@x"),
@@ -41,7 +43,10 @@ PASSWORD = st.text(
         ("mail admin@example.com", "mail admin@example.com"),
         ("idle_timeout_s=600 records=3", "idle_timeout_s=600 records=3"),
         # The sign-in link is logged on purpose; its token is in the fragment.
-        ("sign-in link: http://127.0.0.1:8080/#token=eyJabc", "sign-in link: http://127.0.0.1:8080/#token=eyJabc"),
+        (
+            "sign-in link: http://127.0.0.1:8080/#token=eyJabc",
+            "sign-in link: http://127.0.0.1:8080/#token=eyJabc",
+        ),
     ],
 )
 def test_redact(text: str, expected: str) -> None:
@@ -55,8 +60,10 @@ def test_any_url_password_is_masked(password: str, scheme: str) -> None:
 
 
 def test_redact_tree_masks_nested_strings_only() -> None:
-    body = {"sinks": {"nats": {"status": "down", "queued": 3,
-                               "error": "nats://a:b@h:1 refused"}}, "list": ["x://t@h"]}
+    body = {
+        "sinks": {"nats": {"status": "down", "queued": 3, "error": "nats://a:b@h:1 refused"}},
+        "list": ["x://t@h"],
+    }
     assert redact_tree(body) == {
         "sinks": {"nats": {"status": "down", "queued": 3, "error": "nats://a:***@h:1 refused"}},
         "list": ["x://***@h"],

@@ -105,9 +105,7 @@ def listening_sockets(
 ) -> list[socket.socket]:
     """Bound, listening, non-blocking sockets for ``host:port``, as ``create_server``
     makes them (one per address ``host`` resolves to; all interfaces for None)."""
-    infos = socket.getaddrinfo(
-        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     sockets: list[socket.socket] = []
     try:
         for family, kind, proto, _name, address in dict.fromkeys(infos):
