@@ -298,6 +298,8 @@ class SinkRunner:
         entries = spool.recent_from(start, limit)
         if entries is None:
             if self._reader is None or self._reader.next != start:
+                if self._reader is not None:
+                    self._reader.close()
                 self._reader = spool.reader(start)
             upto = min(spool.written, (spool.oldest_in_memory or start) - 1)
             if upto < start:
@@ -319,7 +321,9 @@ class SinkRunner:
             # Caught up: from here on records are queued in memory again.
             self._spilled_from = None
             self._spilled_records = 0
-            self._reader = None
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
         self._space.set()
         self.ledger.advanced(self)
 
