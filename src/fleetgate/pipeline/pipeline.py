@@ -164,10 +164,9 @@ class Pipeline:
             payload = encode_payload(records)
             if spool.over_budget:
                 await spool.wait_for_room()
-        else:
-            for runner, batch in routed:
-                if not runner.has_room(len(batch)):
-                    await runner.wait_for_room(len(batch))
+        for runner, batch in routed:
+            if not runner.has_room(len(batch)):
+                await runner.wait_for_room(len(batch))
         # No await from here on: offsets reach the spool and every runner in order.
         first = self.ledger.assign(len(records))
         last = self.ledger.head

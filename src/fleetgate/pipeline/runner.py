@@ -92,9 +92,14 @@ class SinkRunner:
         sink: Sink,
         settings: RunnerSettings | None = None,
         hooks: PublishHooks | None = None,
+        *,
+        spill: bool = True,
     ) -> None:
         self.sink = sink
         self.hooks = hooks
+        # Whether a full queue spills to the spool (sinks) or holds up new frames (the
+        # embedded store: the API stays current and nothing is read back from disk).
+        self.spill = spill
         self.name = sink.name
         self.settings = settings or RunnerSettings()
         self.health = Health.OK
@@ -186,7 +191,7 @@ class SinkRunner:
     def has_room(self, count: int) -> bool:
         """Whether ``count`` more records fit (always, with a spool to spill to). A batch
         larger than the whole queue fits an empty queue, so it can never deadlock."""
-        if self.spool is not None:
+        if self.spool is not None and self.spill:
             return True
         queued = self._queued_records
         return queued == 0 or queued + count <= self.settings.max_queue_records
@@ -207,7 +212,7 @@ class SinkRunner:
         self._queued_records += count
         if self.spool is not None and (
             self._spilled_from is not None
-            or self._queued_records > self.settings.max_queue_records
+            or (self.spill and self._queued_records > self.settings.max_queue_records)
         ):
             # Memory is full: the record stays in the spool and is read back from there.
             if self._spilled_from is None:
