@@ -190,11 +190,10 @@ class _Ticker:
         elapsed = now - self.last_time
         rates: dict[str, float] = {}
         for name in PROTOCOLS:
-            if not self.settings.count(name) or name not in totals:
-                continue
-            key = "acked_records" if name == "teltonika" else "acked_frames"
-            before = self.last.get(name, {}).get(key, 0)
-            rates[name] = (totals[name][key] - before) / elapsed
+            if self.settings.count(name):
+                key = "acked_records" if name == "teltonika" else "acked_frames"
+                before = self.last.get(name, {}).get(key, 0)
+                rates[name] = (totals.get(name, {}).get(key, 0) - before) / elapsed
         errors = sum(counters.get("errors", 0) for counters in totals.values())
         cpu = self._server_cpu()
         server = None

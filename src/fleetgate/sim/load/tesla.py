@@ -92,24 +92,22 @@ class Vehicle(WSListener, PacedDevice):
         self.alive = True
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        if frame.msg_type is not WSMsgType.BINARY:
-            if frame.msg_type is WSMsgType.CLOSE:
-                transport.disconnect()
-            elif frame.msg_type is not WSMsgType.PONG:
-                self.stats.unexpected_replies += 1
-            return
-        data = frame.get_payload_as_bytes()
-        slot = self.acks.get(data)
-        if slot is not None:
-            self.acked(slot, 1)
-            return
-        self._other(data)
+        if frame.msg_type is WSMsgType.BINARY:
+            self.answer(frame.get_payload_as_bytes())
+        elif frame.msg_type is WSMsgType.CLOSE:
+            transport.disconnect()
+        elif frame.msg_type is not WSMsgType.PONG:
+            self.stats.unexpected_replies += 1
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self.lost()
 
-    def _other(self, data: bytes) -> None:
-        """Not a known ack: an error reply frees its frame's slot; the rest is unexpected."""
+    def answer(self, data: bytes) -> None:
+        """A binary frame from the server: a known ack, an error reply, or unexpected."""
+        slot = self.acks.get(data)
+        if slot is not None:
+            self.acked(slot, 1)
+            return
         try:
             envelope = parse_envelope(data)
         except EnvelopeError:
