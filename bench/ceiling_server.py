@@ -59,10 +59,14 @@ class Tracker(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         # The usual case: exactly one whole frame in one read.
-        if self.identified and not self.buffer and len(data) >= 10:
-            if int.from_bytes(data[4:8], "big") + 12 == len(data):
-                transport.write(ACKS[data[9]])
-                return
+        if (
+            self.identified
+            and not self.buffer
+            and len(data) >= 10
+            and int.from_bytes(data[4:8], "big") + 12 == len(data)
+        ):
+            transport.write(ACKS[data[9]])
+            return
         buffer = self.buffer
         buffer += data
         if not self.identified:

@@ -9,6 +9,7 @@ joins the server's bytes.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 from collections.abc import Callable
 
@@ -110,7 +111,7 @@ def receive(peer: socket.socket, size: int) -> bytes:
 # -- splitting the server's bytes --------------------------------------------------------------
 def chunks(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({cut % (len(data) + 1) for cut in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in zip(points, points[1:], strict=False) if b > a]
+    return [data[a:b] for a, b in itertools.pairwise(points) if b > a]
 
 
 def run(body: Callable[[], None]) -> None:
@@ -219,8 +220,7 @@ def test_vehicle_matches_acks_by_their_bytes_and_frees_slots_on_error_replies() 
         vehicle.alive = True
         vehicle.begin(0)
         assert len(sent) == window
-        acks = {ack: slot for ack, slot in tesla.ack_slots(window).items()}
-        by_slot = {slot: ack for ack, slot in acks.items()}
+        by_slot = {slot: ack for ack, slot in tesla.ack_slots(window).items()}
         vehicle.answer(by_slot[2])
         vehicle.answer(build_error(tesla.slot_txid(3)))
         vehicle.answer(by_slot[2])  # its frame was resent: a second ack is fine
