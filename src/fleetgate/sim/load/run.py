@@ -166,8 +166,9 @@ class _Ticker:
         self.settings = settings
         self.workers = workers
         self.progress = progress
-        self.started = time.monotonic()
-        self.next_tick = self.started + 1.0
+        # Ticks just after the workers' own (each second from the start): fresh totals.
+        self.started = time.monotonic() + START_DELAY_S
+        self.next_tick = self.started + 1.1
         self.last_time = self.started
         self.last: dict[str, dict[str, int]] = {}
         self.pid = settings.server_pid
@@ -250,7 +251,7 @@ def _steer(
             cpu_before, opened = procstats.tree_cpu_seconds(pid), now
         workers.pump(min(0.05, max(0.0, window_closes - now)))
         ticker()
-    if pid is not None and cpu_before is not None:
+    if pid is not None and cpu_before is not None and procstats.process_exists(pid):
         cpu_after, closed = procstats.tree_cpu_seconds(pid), time.monotonic()
         rss = procstats.tree_rss_bytes(pid)
     final_by = time.monotonic() + settings.drain_s + 30

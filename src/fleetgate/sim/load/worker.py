@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import resource
 import signal
 import time
 import traceback
@@ -58,6 +59,8 @@ class Worker:
         self.devices: dict[str, list[Any]] = {name: [] for name in PROTOCOLS}
         self.commands: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         self.rng = random.Random(settings.seed * 7919 + process)
+        self.measuring: asyncio.Task[WorkerResult] | None = None
+        self.helpers: list[asyncio.Task[None]] = []
 
     def interval(self) -> float:
         return 1.0 / self.settings.rate if self.settings.rate > 0 else 0.0
@@ -190,43 +193,51 @@ class Worker:
         await self.connect_all()
         self.send("ready", {name: stats.snapshot() for name, stats in self.stats.items()})
         command = await self.commands.get()
-        if command[0] != "go":
-            await self.close_all()
-            return
-        start = loop.time() + max(0.0, command[1] - time.time())
+        if command[0] == "go":
+            self.measuring = asyncio.create_task(self._measure(command[1]))
+            try:
+                result = await self.measuring
+            except asyncio.CancelledError:  # the parent said "close" (Ctrl-C, a failure)
+                pass
+            else:
+                self.send("progress", self.progress())
+                self.send("final", result)
+                await self.commands.get()  # ("close",), or the pipe closed
+        await self.close_all()
+        self.send("closed")
+
+    async def _measure(self, start_at: float) -> WorkerResult:
+        """Send from ``start_at`` (wall clock) through the warm-up and the window, then drain."""
+        loop = asyncio.get_running_loop()
+        start = loop.time() + max(0.0, start_at - time.time())
         await asyncio.sleep(start - loop.time())
         interval = self.interval()
         for device in self.all_devices():
             device.begin(self.rng.uniform(0, interval) if interval else 0.0)
-        reporter = asyncio.create_task(self._report_progress())
-        pinger = asyncio.create_task(self._ping_gateways())
-        try:
-            await asyncio.sleep(max(0.0, start + self.settings.warmup_s - loop.time()))
-            for stats in self.stats.values():
-                stats.start_window()
-            window_opened, cpu_before = loop.time(), time.process_time()
-            await asyncio.sleep(max(0.0, window_opened + self.settings.duration_s - loop.time()))
-            for stats in self.stats.values():
-                stats.end_window()
-            result = WorkerResult(
-                self.process,
-                window_s=loop.time() - window_opened,
-                cpu_s=time.process_time() - cpu_before,
-            )
-            for device in self.all_devices():
-                device.stop()
-            await self._drain()
-        finally:
-            reporter.cancel()
+        self.helpers = [
+            asyncio.create_task(self._report_progress()),
+            asyncio.create_task(self._ping_gateways()),
+        ]
+        await asyncio.sleep(max(0.0, start + self.settings.warmup_s - loop.time()))
+        for stats in self.stats.values():
+            stats.start_window()
+        window_opened, cpu_before = loop.time(), time.process_time()
+        await asyncio.sleep(max(0.0, window_opened + self.settings.duration_s - loop.time()))
+        for stats in self.stats.values():
+            stats.end_window()
+        result = WorkerResult(
+            self.process,
+            window_s=loop.time() - window_opened,
+            cpu_s=time.process_time() - cpu_before,
+        )
+        for device in self.all_devices():
+            device.stop()
+        await self._drain()
+        self.helpers[0].cancel()  # progress; the gateways' pings go on until they close
         for name, stats in self.stats.items():
             stats.missing_acks = sum(device.waiting for device in self.devices[name])
             result.stats[name] = stats.snapshot()
-        self.send("progress", self.progress())
-        self.send("final", result)
-        await self.commands.get()  # ("close",), or the pipe closed
-        pinger.cancel()
-        await self.close_all()
-        self.send("closed")
+        return result
 
     async def _drain(self) -> None:
         """Wait (up to ``drain_s``) until every frame sent has been answered."""
@@ -249,6 +260,8 @@ class Worker:
                 gateway.ping()
 
     async def close_all(self) -> None:
+        for helper in self.helpers:
+            helper.cancel()
         for device in self.all_devices():
             device.stop()
             device.close()
@@ -260,6 +273,8 @@ class Worker:
         except (EOFError, OSError):
             message = ("close",)
             asyncio.get_running_loop().remove_reader(self.conn.fileno())
+        if message[0] == "close" and self.measuring is not None:
+            self.measuring.cancel()  # a no-op once the measurement is over
         self.commands.put_nowait(message)
 
 
@@ -269,6 +284,10 @@ def worker_main(conn: Connection, settings: LoadSettings, process: int) -> None:
 
     # Ctrl-C reaches the whole process group: the parent decides what happens.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # One descriptor per device: thousands of them.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     try:
         uvloop.run(Worker(settings, process, conn).run())
     except Exception:  # the parent prints it and stops the run
