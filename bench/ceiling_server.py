@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import ssl
@@ -127,13 +128,15 @@ def server_tls(pki: Path) -> ssl.SSLContext:
 
 async def serve_websockets(host: str, port: int, context: ssl.SSLContext) -> object:
     from websockets.asyncio.server import ServerConnection, serve
+    from websockets.exceptions import ConnectionClosed
 
     async def handler(ws: ServerConnection) -> None:
-        async for message in ws:
-            if isinstance(message, bytes):
-                ack = tesla_ack(message)
-                if ack is not None:
-                    await ws.send(ack)
+        with contextlib.suppress(ConnectionClosed):  # a vehicle that just goes away
+            async for message in ws:
+                if isinstance(message, bytes):
+                    ack = tesla_ack(message)
+                    if ack is not None:
+                        await ws.send(ack)
 
     return await serve(
         handler, host, port, ssl=context, compression=None, ping_interval=None, max_size=2**21

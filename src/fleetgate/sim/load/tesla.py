@@ -25,7 +25,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Final
 
-from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 from fleetgate.protocols.tesla.envelope import (
     MESSAGE_STREAM,
@@ -126,8 +126,9 @@ class Vehicle(WSListener, PacedDevice):
 
     def close(self) -> None:
         self.closing = True
-        if self.transport is not None:
-            self.transport.disconnect(graceful=False)
+        if self.transport is not None and self.alive:
+            self.transport.send_close(WSCloseCode.OK)
+            self.transport.disconnect()
 
 
 async def connect_vehicle(
