@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import signal
 import socket
@@ -41,6 +42,10 @@ log = logging.getLogger("fleetgate")
 
 STORE_SINK = SqliteSink.name
 DEAD_LETTER_DIR = "deadletter"
+# Records a sink runner keeps in memory when the spool holds the rest.
+SPOOLED_QUEUE_RECORDS = 20_000
+# Allocations between young-generation collections (CPython's default is 700).
+GC_YOUNG_THRESHOLD = 50_000
 
 # Started in this order; each returns None when its config disables it.
 LISTENER_FACTORIES: tuple[ListenerFactory, ...] = (
@@ -102,11 +107,23 @@ def build_pipeline(config: Config, store: RecordStore | None = None) -> Pipeline
     always: list[str] = []
     runners: dict[str, SinkRunner] = {}
     settings = runner_settings(config)
+    if config.spool.enabled:
+        # With the spool a sink's queue in memory only needs to keep batches full; what
+        # does not fit stays in the spool and is read back from there.
+        settings = dataclasses.replace(
+            settings, max_queue_records=min(settings.max_queue_records, SPOOLED_QUEUE_RECORDS)
+        )
     if config.store.enabled:
         always.append(STORE_SINK)
-        store_settings = dataclasses.replace(settings, max_batch=config.store.max_batch)
+        store_settings = dataclasses.replace(
+            settings,
+            max_batch=config.store.max_batch,
+            max_queue_records=max(settings.max_queue_records, 2 * config.store.max_batch),
+        )
         store_sink = SqliteSink(SqliteSettings(path=str(config.store_path)), context, store=store)
-        runners[STORE_SINK] = SinkRunner(store_sink, store_settings)
+        # The store holds up new frames when it falls behind instead of spilling: the API
+        # stays current, and the records it would read back cost more than they save.
+        runners[STORE_SINK] = SinkRunner(store_sink, store_settings, spill=False)
     router = Router(config.records, always=always)
     for name in sorted(router.sink_names - set(runners)):
         sink = build_sink(name, config.sink_section(name), context)
@@ -324,6 +341,7 @@ async def serve(
     except OSError as exc:
         await server.stop()
         raise StartupError(f"cannot listen: {exc.strerror or exc}") from exc
+    settle_garbage_collector()
     if ready is not None:
         ready(server)
     try:
@@ -331,6 +349,16 @@ async def serve(
     finally:
         log.info("shutting down")
         await server.stop()
+
+
+def settle_garbage_collector() -> None:
+    """Move what start-up allocated (modules, tables, the config) out of the collector's
+    sight and let it run less often: records are short-lived and acyclic, and collections
+    of the young generation cost a quarter of the CPU on the ingest path otherwise."""
+    gc.collect()
+    gc.freeze()
+    _threshold0, threshold1, threshold2 = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, threshold1, threshold2)
 
 
 def announce(server: Server) -> None:

@@ -1,4 +1,4 @@
-"""``fleetgate`` command line: serve, demo, decode, sim, certs, tesla, token, stream.
+"""``fleetgate`` command line: serve, demo, decode, sim, certs, tesla, token, stream, bench.
 
 Each command group lives in its own module under :mod:`fleetgate.commands` and adds its
 parsers in ``register(subparsers)``; the parser's ``handler`` returns the exit code.
@@ -12,11 +12,11 @@ import sys
 from collections.abc import Sequence
 
 from fleetgate import __version__
-from fleetgate.commands import certs, decode, demo, serve, sim, stream, tesla, token
+from fleetgate.commands import bench, certs, decode, demo, serve, sim, stream, tesla, token
 from fleetgate.runtime import StartupError
 from fleetgate.settings import ConfigError
 
-COMMANDS = (serve, demo, decode, sim, certs, tesla, token, stream)
+COMMANDS = (serve, demo, decode, sim, certs, tesla, token, stream, bench)
 
 EXIT_USAGE = 2
 

@@ -207,7 +207,7 @@ class SpoolConfig(Section):
     # Sync each group commit (survives power loss); off: survives a process crash only.
     fsync: bool = True
     # Records of the newest frames kept in memory for sinks that catch up.
-    memory_records: int = Field(50_000, ge=0)
+    memory_records: int = Field(20_000, ge=0)
 
 
 class SinkSettingsConfig(Section):

@@ -20,6 +20,11 @@ RECORDS = Counter(
     "fleetgate_records_total", "Records accepted into the pipeline", ["source", "topic"],
     registry=REGISTRY,
 )
+RECORDS_REFUSED = Counter(
+    "fleetgate_records_refused_total",
+    "Records the pipeline refused (the spool cannot write them): no ack", ["source"],
+    registry=REGISTRY,
+)
 QUEUE_DEPTH = Gauge(
     "fleetgate_queue_depth", "Records waiting in a bounded queue", ["queue"], registry=REGISTRY,
     multiprocess_mode="livesum",

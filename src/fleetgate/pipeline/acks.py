@@ -20,6 +20,7 @@ from typing import Generic, TypeVar
 
 from fleetgate.pipeline.ledger import Requirement
 from fleetgate.pipeline.pipeline import Pipeline
+from fleetgate.pipeline.spool_format import UnspoolableRecordError
 from fleetgate.records import Record
 
 log = logging.getLogger("fleetgate.pipeline")
@@ -70,7 +71,12 @@ class AckQueue(Generic[T]):
         while self._waiting >= self.max_waiting and not self._closed:
             self._room.clear()
             await self._room.wait()
-        offset = await self.pipeline.append(records)
+        try:
+            offset = await self.pipeline.append(records)
+        except UnspoolableRecordError as exc:
+            self.pipeline.refuse(records, exc)
+            self.answer(item, False)
+            return
         requirement = self.pipeline.requirement_for(records)
         lane = self._lanes.get(requirement)
         if lane is None:

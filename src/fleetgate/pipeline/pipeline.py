@@ -18,12 +18,14 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 
 from fleetgate.observability import metrics
+from fleetgate.observability.logging import fields
 from fleetgate.pipeline.ack import SPOOL_CONSUMER, AckPolicy
 from fleetgate.pipeline.deadletter import DeadLetters
 from fleetgate.pipeline.ledger import Consumer, Ledger, Requirement, requirement_of
 from fleetgate.pipeline.router import Router
 from fleetgate.pipeline.runner import SinkRunner
 from fleetgate.pipeline.spool import Spool
+from fleetgate.pipeline.spool_format import UnspoolableRecordError, encode_payload
 from fleetgate.records import Record, set_offset
 from fleetgate.sinks.base import Health
 
@@ -155,20 +157,23 @@ class Pipeline:
                     grouped.setdefault(runner, []).append(record)
             routed = list(grouped.items())
         spool = self.spool
+        payload = b""
         if spool is not None:
+            # Encoded first: a record no store could keep is refused before it takes an
+            # offset (UnspoolableRecordError: the frame gets no ack).
+            payload = encode_payload(records)
             if spool.over_budget:
                 await spool.wait_for_room()
-        else:
-            for runner, batch in routed:
-                if not runner.has_room(len(batch)):
-                    await runner.wait_for_room(len(batch))
+        for runner, batch in routed:
+            if not runner.has_room(len(batch)):
+                await runner.wait_for_room(len(batch))
         # No await from here on: offsets reach the spool and every runner in order.
         first = self.ledger.assign(len(records))
         last = self.ledger.head
         for index, record in enumerate(records, first):
             set_offset(record, index)
         if spool is not None:
-            spool.append(first, records)
+            spool.append(first, records, payload)
         for runner, batch in routed:
             runner.push(first, last, batch)
         if single_topic:
@@ -194,8 +199,21 @@ class Pipeline:
         """
         if not records:
             return True
-        offset = await self.append(records)
+        try:
+            offset = await self.append(records)
+        except UnspoolableRecordError as exc:
+            self.refuse(records, exc)
+            return False
         return await self.ledger.wait(offset, self.requirement_for(records))
+
+    def refuse(self, records: Sequence[Record], error: Exception) -> None:
+        """Count and log a frame the pipeline would not take (no ack for it)."""
+        metrics.labelled(metrics.RECORDS_REFUSED, records[0].source).inc(len(records))
+        log.warning(
+            "records refused: the spool cannot write them (%s); no ack",
+            error,
+            extra=fields(source=records[0].source, device_id=records[0].device_id),
+        )
 
     async def submit(self, records: Sequence[Record]) -> None:
         """Queue ``records`` that nobody acknowledges (connectivity records, ...)."""

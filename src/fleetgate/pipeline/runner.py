@@ -93,9 +93,14 @@ class SinkRunner:
         sink: Sink,
         settings: RunnerSettings | None = None,
         hooks: PublishHooks | None = None,
+        *,
+        spill: bool = True,
     ) -> None:
         self.sink = sink
         self.hooks = hooks
+        # Whether a full queue spills to the spool (sinks) or holds up new frames (the
+        # embedded store: the API stays current and nothing is read back from disk).
+        self.spill = spill
         self.name = sink.name
         self.settings = settings or RunnerSettings()
         self.health = Health.OK
@@ -187,7 +192,7 @@ class SinkRunner:
     def has_room(self, count: int) -> bool:
         """Whether ``count`` more records fit (always, with a spool to spill to). A batch
         larger than the whole queue fits an empty queue, so it can never deadlock."""
-        if self.spool is not None:
+        if self.spool is not None and self.spill:
             return True
         queued = self._queued_records
         return queued == 0 or queued + count <= self.settings.max_queue_records
@@ -208,7 +213,7 @@ class SinkRunner:
         self._queued_records += count
         if self.spool is not None and (
             self._spilled_from is not None
-            or self._queued_records > self.settings.max_queue_records
+            or (self.spill and self._queued_records > self.settings.max_queue_records)
         ):
             # Memory is full: the record stays in the spool and is read back from there.
             if self._spilled_from is None:
@@ -299,6 +304,8 @@ class SinkRunner:
         entries = spool.recent_from(start, limit)
         if entries is None:
             if self._reader is None or self._reader.next != start:
+                if self._reader is not None:
+                    self._reader.close()
                 self._reader = spool.reader(start)
             upto = min(spool.written, (spool.oldest_in_memory or start) - 1)
             if upto < start:
@@ -320,7 +327,9 @@ class SinkRunner:
             # Caught up: from here on records are queued in memory again.
             self._spilled_from = None
             self._spilled_records = 0
-            self._reader = None
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
         self._space.set()
         self.ledger.advanced(self)
 

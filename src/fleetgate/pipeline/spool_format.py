@@ -31,7 +31,7 @@ from typing import Final
 
 import orjson
 
-from fleetgate.records import Record, new_record, set_offset
+from fleetgate.records import Record, data_json, new_record, set_data_json, set_offset
 
 HEADER: Final = struct.Struct("<IIQII")
 _CHECKED: Final = struct.Struct("<QII")  # the header fields the CRC covers, before payload
@@ -57,8 +57,32 @@ class Entry:
         return self.first + len(self.records) - 1
 
 
+class UnspoolableRecordError(ValueError):
+    """A record the spool cannot write (a time beyond 64 bits, data that is not JSON)."""
+
+
 def encode_entry(first: int, records: Sequence[Record]) -> bytes:
     """The bytes of one entry (header and payload)."""
+    return frame_entry(first, len(records), encode_payload(records))
+
+
+def frame_entry(first: int, count: int, payload: bytes) -> bytes:
+    """Header and payload of the entry of ``count`` records from offset ``first``."""
+    checked = _CHECKED.pack(first, count, 0)
+    crc = zlib.crc32(payload, zlib.crc32(checked))
+    return HEADER.pack(len(payload), crc, first, count, 0) + payload
+
+
+def encode_payload(records: Sequence[Record]) -> bytes:
+    """The payload of an entry; :class:`UnspoolableRecordError` if a record cannot be
+    written (nothing else can store it either)."""
+    try:
+        return _encode_payload(records)
+    except (struct.error, TypeError, OverflowError, UnicodeEncodeError) as exc:
+        raise UnspoolableRecordError(str(exc)) from exc
+
+
+def _encode_payload(records: Sequence[Record]) -> bytes:
     dumps = orjson.dumps
     parts: list[bytes] = []
     append = parts.append
@@ -67,7 +91,7 @@ def encode_entry(first: int, records: Sequence[Record]) -> bytes:
         source = record.source.encode()
         device = record.device_id.encode()
         topic = record.topic.encode()
-        data = dumps(record.data)
+        data = data_json(record)
         meta = dumps(dict(record.meta)) if record.meta is not None else b""
         raw = record.raw
         append(
@@ -88,10 +112,7 @@ def encode_entry(first: int, records: Sequence[Record]) -> bytes:
         append(data)
         append(raw)
         append(meta)
-    payload = b"".join(parts)
-    checked = _CHECKED.pack(first, len(records), 0)
-    crc = zlib.crc32(payload, zlib.crc32(checked))
-    return HEADER.pack(len(payload), crc, first, len(records), 0) + payload
+    return b"".join(parts)
 
 
 def check_entry(buffer: bytes | memoryview, position: int) -> tuple[int, int, int]:
@@ -138,7 +159,8 @@ def decode_records(payload: bytes, first: int, count: int) -> list[Record]:
             at += n_device
             topic = payload[at : at + n_topic].decode()
             at += n_topic
-            data = loads(payload[at : at + n_data])
+            data_text = payload[at : at + n_data]
+            data = loads(data_text)
             at += n_data
             raw = payload[at : at + n_raw]
             at += n_raw
@@ -148,6 +170,7 @@ def decode_records(payload: bytes, first: int, count: int) -> list[Record]:
                 at += n_meta
             record = new_record(source, device, topic, created, received, data, raw, meta)
             set_offset(record, first + index)
+            set_data_json(record, data_text)
             records.append(record)
     except (struct.error, UnicodeDecodeError, orjson.JSONDecodeError) as exc:
         # The checksum matched, so this is a writer bug, not a torn write; still a refusal.

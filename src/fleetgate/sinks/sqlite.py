@@ -8,12 +8,13 @@ always routes every record here when the store is enabled.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from fleetgate.records import Record
 from fleetgate.settings import Section
-from fleetgate.sinks.base import Sink, SinkContext
+from fleetgate.sinks.base import Sink, SinkContext, TransientSinkError
 from fleetgate.store import RecordStore
 
 
@@ -44,7 +45,13 @@ class SqliteSink(Sink):
 
     async def publish(self, batch: Sequence[Record]) -> None:
         # sqlite3 releases the GIL while it works; a thread keeps the event loop free.
-        await asyncio.to_thread(self.store.write, batch)
+        try:
+            await asyncio.to_thread(self.store.write, batch)
+        except sqlite3.OperationalError as exc:
+            # A full disk, an I/O error, a lock: the same rows may go in later.
+            raise TransientSinkError(f"sqlite: {exc}") from exc
+        # Anything else (a value SQLite refuses, DataError, OverflowError) is about these
+        # rows: the runner finds the refused ones and sets them aside.
 
     async def close(self) -> None:
         self.store.close()
