@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any, TextIO
 
@@ -79,6 +80,13 @@ def register(subparsers: Any) -> None:
         "--api", metavar="URL", help="fleetgate's API (http://HOST:8080): count stored records"
     )
     measure.add_argument(
+        "--token",
+        metavar="TOKEN",
+        default=os.environ.get("FLEETGATE_TOKEN"),
+        help="bearer token for --api with the read scope (fleetgate token ...; "
+        "default: $FLEETGATE_TOKEN)",
+    )
+    measure.add_argument(
         "--server-pid", type=int, metavar="PID", help="report this process tree's CPU and RSS"
     )
     measure.add_argument(
@@ -119,6 +127,7 @@ def settings_from_args(args: argparse.Namespace) -> LoadSettings:
         gateway_window=args.gateway_window,
         topic_root=args.topic_root,
         api=args.api,
+        api_token=args.token,
         server_pid=args.server_pid,
         connect_timeout_s=args.connect_timeout,
         drain_s=args.drain,

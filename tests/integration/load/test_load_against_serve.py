@@ -65,7 +65,8 @@ def served(tmp_path: Path, pki: DevPki, private_mosquitto: ManagedProcess) -> It
                 "host": "127.0.0.1",
                 "port": ports["tesla"],
                 **pki.config_snippet(),
-                "api": {"host": "127.0.0.1", "port": ports["api"]},
+                # The stored counts are read through the API without a token here.
+                "api": {"host": "127.0.0.1", "port": ports["api"], "auth": {"enabled": False}},
                 "mqtt_ingest": {
                     "url": f"mqtt://127.0.0.1:{private_mosquitto.port}",
                     "client_id": f"{root}-ingest",

@@ -233,7 +233,9 @@ def _steer(
     stored_error = None
     if settings.api:
         try:
-            baseline = stored.wait_stable(lambda: stored.read_counts(settings.api or "", ids))
+            baseline = stored.wait_stable(
+                lambda: stored.read_counts(settings.api or "", ids, settings.api_token)
+            )
         except stored.ApiError as exc:
             stored_error = str(exc)
     start_at = time.time() + START_DELAY_S
@@ -268,7 +270,7 @@ def _steer(
         }
         try:
             found = stored.wait_caught_up(
-                lambda: stored.read_counts(settings.api or "", ids),
+                lambda: stored.read_counts(settings.api or "", ids, settings.api_token),
                 baseline,
                 expected,
                 settings.settle_s,

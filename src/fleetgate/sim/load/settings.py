@@ -53,6 +53,7 @@ class LoadSettings:
     first_imei: int = FIRST_IMEI
     gateway_prefix: str = "load-gw"
     api: str | None = None
+    api_token: str | None = None  # bearer token for --api (read scope)
     server_pid: int | None = None
     connect_timeout_s: float = 30.0
     drain_s: float = 10.0

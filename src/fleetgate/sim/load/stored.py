@@ -34,11 +34,17 @@ def device_ids(settings: LoadSettings) -> dict[str, set[str]]:
     }
 
 
-def read_counts(api: str, ids: Mapping[str, set[str]], timeout_s: float = 10.0) -> Counts:
-    """Records stored per protocol for the devices in ``ids``."""
+def read_counts(
+    api: str, ids: Mapping[str, set[str]], token: str | None = None, timeout_s: float = 10.0
+) -> Counts:
+    """Records stored per protocol for the devices in ``ids`` (``token``: a bearer token
+    with the ``read`` scope, which the API asks for by default)."""
     url = api.rstrip("/") + "/api/v1/devices"
+    request = urllib.request.Request(url)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
             devices = json.loads(response.read())["devices"]
     except (OSError, ValueError, KeyError) as exc:
         raise ApiError(f"cannot read {url}: {exc}") from None
