@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from fleetgate.observability import metrics
+from fleetgate.observability.ratelimit import LimitedLog
 from fleetgate.observability.redact import redact
 from fleetgate.pipeline.deadletter import DeadLetters
 from fleetgate.pipeline.ledger import Ledger
@@ -46,6 +47,9 @@ from fleetgate.records import Record
 from fleetgate.sinks.base import Health, Sink, TransientSinkError
 
 log = logging.getLogger("fleetgate.pipeline")
+# Per refused batch or record: a backend refusing everything must not flood the log.
+_DROPPED = LimitedLog(log, "pipeline.runner.dropped")
+_SET_ASIDE = LimitedLog(log, "pipeline.runner.dead_letter")
 
 # Errors that say "not now": the same records may be taken later.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (TransientSinkError, OSError, TimeoutError)
@@ -356,7 +360,7 @@ class SinkRunner:
             return False
         if self.dead_letters is None:
             metrics.SINK_FAILED.labels(sink=self.name).inc(len(batch))
-            log.error(
+            _DROPPED.error(
                 "%s: dropped %d records the backend refused: %s", self.name, len(batch), error
             )
             self._finish(taken, refused=True)
@@ -428,7 +432,7 @@ class SinkRunner:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.retry_max_s)
         metrics.DEAD_LETTERS.labels(sink=self.name).inc()
-        log.error(
+        _SET_ASIDE.error(
             "%s: refused a record of %s/%s for good (%s); set aside in %s",
             self.name,
             record.device_id,
