@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import re
@@ -31,6 +32,7 @@ from fleetgate.observability.logging import fields
 from fleetgate.observability.process_metrics import keep_fresh
 from fleetgate.observability.process_metrics import refresh as refresh_process_metrics
 from fleetgate.observability.profiler import ProfilerServer
+from fleetgate.observability.redact import redact_tree
 from fleetgate.pipeline import AckPolicy, Ledger, Pipeline, Router, RunnerSettings, SinkRunner
 from fleetgate.pipeline.deadletter import DeadLetters
 from fleetgate.pipeline.hub import LiveHub
@@ -46,6 +48,10 @@ log = logging.getLogger("fleetgate")
 
 STORE_SINK = SqliteSink.name
 DEAD_LETTER_DIR = "deadletter"
+# Records a sink runner keeps in memory when the spool holds the rest.
+SPOOLED_QUEUE_RECORDS = 20_000
+# Allocations between young-generation collections (CPython's default is 700).
+GC_YOUNG_THRESHOLD = 50_000
 
 # Started in this order; each returns None when its config disables it.
 LISTENER_FACTORIES: tuple[ListenerFactory, ...] = (
@@ -107,11 +113,23 @@ def build_pipeline(config: Config, store: RecordStore | None = None) -> Pipeline
     always: list[str] = []
     runners: dict[str, SinkRunner] = {}
     settings = runner_settings(config)
+    if config.spool.enabled:
+        # With the spool a sink's queue in memory only needs to keep batches full; what
+        # does not fit stays in the spool and is read back from there.
+        settings = dataclasses.replace(
+            settings, max_queue_records=min(settings.max_queue_records, SPOOLED_QUEUE_RECORDS)
+        )
     if config.store.enabled:
         always.append(STORE_SINK)
-        store_settings = dataclasses.replace(settings, max_batch=config.store.max_batch)
+        store_settings = dataclasses.replace(
+            settings,
+            max_batch=config.store.max_batch,
+            max_queue_records=max(settings.max_queue_records, 2 * config.store.max_batch),
+        )
         store_sink = SqliteSink(SqliteSettings(path=str(config.store_path)), context, store=store)
-        runners[STORE_SINK] = SinkRunner(store_sink, store_settings)
+        # The store holds up new frames when it falls behind instead of spilling: the API
+        # stays current, and the records it would read back cost more than they save.
+        runners[STORE_SINK] = SinkRunner(store_sink, store_settings, spill=False)
     router = Router(config.records, always=always)
     for name in sorted(router.sink_names - set(runners)):
         sink = build_sink(name, config.sink_section(name), context)
@@ -186,11 +204,14 @@ class Server:
         self.started.set()
 
     async def stop(self) -> None:
-        for listener in reversed(self.listeners):
-            try:
-                await listener.stop()
-            except Exception:
-                log.exception("stopping %s failed", listener.name)
+        # All listeners at once: each stops accepting at once, then drains its sessions
+        # within its own deadline (one listener's drain does not keep another accepting).
+        results = await asyncio.gather(
+            *(listener.stop() for listener in reversed(self.listeners)), return_exceptions=True
+        )
+        for listener, result in zip(reversed(self.listeners), results, strict=True):
+            if isinstance(result, Exception):
+                log.error("stopping %s failed", listener.name, exc_info=result)
         self.listeners.clear()
         await self.pipeline.close()
         if self._api_server is not None:
@@ -213,6 +234,14 @@ class Server:
             self._process_metrics = None
         if self.store is not None:
             self.store.close()
+
+    def reload(self) -> None:
+        """SIGHUP: listeners holding certificates read them again (new handshakes use
+        them; connected devices keep their sessions)."""
+        for listener in self.listeners:
+            reload = getattr(listener, "reload", None)
+            if callable(reload):
+                reload()
 
     async def _start_monitoring(self) -> None:
         """Tesla's ``monitoring``: the process gauges, ``/metrics`` on its own port (so a
@@ -291,8 +320,9 @@ class Server:
 
     def health_report(self) -> dict[str, Any]:
         """``/health``: the worst status of any sink or listener, and each one's state."""
-        sinks = self.pipeline.health()
-        listeners = {item.name: item.health() for item in self.listeners}
+        # Unauthenticated: error texts lose any credentials a backend's message quoted.
+        sinks = redact_tree(self.pipeline.health())
+        listeners = redact_tree({item.name: item.health() for item in self.listeners})
         statuses = {entry["status"] for entry in sinks.values()}
         statuses.update(entry.get("status", "ok") for entry in listeners.values())
         if Health.DOWN.value in statuses:
@@ -371,6 +401,8 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(NotImplementedError, AttributeError):
+        loop.add_signal_handler(signal.SIGHUP, server.reload)
     try:
         await server.start()
     except (OSError, StartupError, ConfigError) as exc:
@@ -378,6 +410,7 @@ async def serve(
         if not isinstance(exc, OSError):
             raise
         raise StartupError(f"cannot start: {exc.strerror or exc}") from exc
+    settle_garbage_collector()
     if ready is not None:
         ready(server)
     try:
@@ -442,6 +475,16 @@ def bind_tcp(host: str, port: int) -> socket.socket:
         raise
     sock.set_inheritable(True)
     return sock
+
+
+def settle_garbage_collector() -> None:
+    """Move what start-up allocated (modules, tables, the config) out of the collector's
+    sight and let it run less often: records are short-lived and acyclic, and collections
+    of the young generation cost a quarter of the CPU on the ingest path otherwise."""
+    gc.collect()
+    gc.freeze()
+    _threshold0, threshold1, threshold2 = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, threshold1, threshold2)
 
 
 def announce(server: Server) -> None:

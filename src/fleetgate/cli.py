@@ -1,4 +1,5 @@
-"""``fleetgate`` command line: serve, config, demo, decode, sim, certs, tesla, token, stream.
+"""``fleetgate`` command line: serve, config, demo, decode, sim, certs, tesla, token, stream,
+bench.
 
 Each command group lives in its own module under :mod:`fleetgate.commands` and adds its
 parsers in ``register(subparsers)``; the parser's ``handler`` returns the exit code.
@@ -13,11 +14,22 @@ from collections.abc import Sequence
 from typing import Any
 
 from fleetgate import __version__
-from fleetgate.commands import certs, config, decode, demo, serve, sim, stream, tesla, token
+from fleetgate.commands import (
+    bench,
+    certs,
+    config,
+    decode,
+    demo,
+    serve,
+    sim,
+    stream,
+    tesla,
+    token,
+)
 from fleetgate.runtime import StartupError
 from fleetgate.settings import ConfigError
 
-COMMANDS = (serve, config, demo, decode, sim, certs, tesla, token, stream)
+COMMANDS = (serve, config, demo, decode, sim, certs, tesla, token, stream, bench)
 
 EXIT_USAGE = 2
 

@@ -82,15 +82,36 @@ class TeltonikaConfig(Section):
     udp_port: int | None = Field(None, ge=0, le=65535)
     # A frame whose data length exceeds this closes the connection (spec section 3.5).
     max_frame_bytes: int = Field(65_536, ge=64, le=16 * 1024 * 1024)
-    # Close a connection that says nothing for this long (handshake or between frames).
+    # Deadlines, not idle timers: bytes trickling in never extend them. Connect to an
+    # accepted IMEI within handshake_timeout_s; after that, no silence longer than
+    # idle_timeout_s, and a frame finished within idle_timeout_s of its first byte.
     idle_timeout_s: float = Field(600.0, gt=0)
     handshake_timeout_s: float = Field(30.0, gt=0)
+    # Open connections: 0 = sized for the machine (fleetgate.listeners.limits).
+    max_connections: int = Field(0, ge=0)
+    # Per peer address; 0 = no cap (trackers often share a carrier's NAT address).
+    max_connections_per_ip: int = Field(0, ge=0)
+    # On stop: how long frames already received may wait for their answer.
+    shutdown_timeout_s: float = Field(10.0, gt=0)
     # Allow-list of IMEIs; None accepts every syntactically valid IMEI.
     allowed_imeis: list[str] | None = None
 
     @property
     def udp_listen_port(self) -> int:
         return self.port if self.udp_port is None else self.udp_port
+
+
+class TeslaListenerConfig(Section):
+    """fleetgate's own keys for the Tesla vehicle listener (the reference's are top level)."""
+
+    # Connect to upgraded WebSocket: bounds the TLS handshake and the HTTP upgrade.
+    handshake_timeout_s: float = Field(20.0, gt=0)
+    # Open connections: 0 = sized for the machine (fleetgate.listeners.limits).
+    max_connections: int = Field(0, ge=0)
+    # Per peer address; 0 = no cap.
+    max_connections_per_ip: int = Field(0, ge=0)
+    # On stop: how long frames already received may wait for their answer.
+    shutdown_timeout_s: float = Field(10.0, gt=0)
 
 
 class ApiAuthConfig(Section):
@@ -186,7 +207,7 @@ class SpoolConfig(Section):
     # Sync each group commit (survives power loss); off: survives a process crash only.
     fsync: bool = True
     # Records of the newest frames kept in memory for sinks that catch up.
-    memory_records: int = Field(50_000, ge=0)
+    memory_records: int = Field(20_000, ge=0)
 
 
 class SinkSettingsConfig(Section):
@@ -280,6 +301,7 @@ class Config(Section):
 
     # Tesla vehicle listener (config.json top level)
     tesla_enabled: bool = True
+    tesla: TeslaListenerConfig = Field(default_factory=TeslaListenerConfig)
     host: str = ""
     port: int = Field(4443, ge=0, le=65535)
     status_port: int = Field(0, ge=0, le=65535)
@@ -509,7 +531,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 # not Teltonika's 5027); one that names none opens every listener, as the embedded defaults
 # do. ``mqtt_ingest`` is only ever opened when configured.
 TESLA_LISTENER_KEYS = frozenset(
-    {"host", "port", "status_port", "tls", "use_default_eng_ca", "tesla_enabled"}
+    {"host", "port", "status_port", "tls", "use_default_eng_ca", "tesla_enabled", "tesla"}
 )
 TELTONIKA_LISTENER_KEYS = frozenset({"teltonika"})
 LISTENER_KEYS = TESLA_LISTENER_KEYS | TELTONIKA_LISTENER_KEYS | {"mqtt_ingest"}

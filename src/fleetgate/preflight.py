@@ -158,8 +158,9 @@ def _sink_files(config: Config) -> list[str]:
         for key, value in _walk(section, name):
             if isinstance(value, TlsFiles):
                 found += _ca_file(f"{key}.ca_file", value.ca_file)
-                found += _cert_pair(f"{key}.server_cert/server_key", value.server_cert,
-                                    value.server_key)
+                found += _cert_pair(
+                    f"{key}.server_cert/server_key", value.server_cert, value.server_key
+                )
             elif isinstance(value, str) and value and _names_a_file(key):
                 problem = _readable(key, value)
                 if problem:
@@ -257,4 +258,3 @@ def _sink_extras(config: Config) -> list[str]:
                 reported.add(sink)
                 found.append(f"records.{topic}: {problem}")
     return found
-

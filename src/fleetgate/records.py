@@ -13,6 +13,7 @@ protocol's *own* bytes (Tesla's protobuf) ask :func:`fleetgate.forms.wire_payloa
 from __future__ import annotations
 
 import functools
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -46,9 +47,10 @@ class Record:
     raw: bytes = b""
     meta: Mapping[str, str] | None = None
     offset: int = field(default=0, compare=False)
-    # Serialised JSON form, filled on first use: the store, the logger and several sinks
-    # all need it, and serialising once per record matters on the hot path.
+    # Serialised JSON forms, filled on first use: the spool, the store, the logger and
+    # several sinks need them, and serialising once per record matters on the hot path.
     _json: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    _data_json: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
 
 def _fast_record_constructor() -> Callable[..., Record]:
@@ -60,11 +62,11 @@ def _fast_record_constructor() -> Callable[..., Record]:
     """
     names = tuple(f.name for f in fields(Record))
     expected = ("source", "device_id", "topic", "created_at", "received_at", "data", "raw",
-                "meta", "offset", "_json")
+                "meta", "offset", "_json", "_data_json")
     if names != expected:  # pragma: no cover - guards future edits of Record
         raise RuntimeError(f"Record fields changed to {names}; update new_record")
     (s_source, s_device, s_topic, s_created, s_received, s_data, s_raw, s_meta, s_offset,
-     s_json) = (getattr(Record, name).__set__ for name in names)
+     s_json, s_data_json) = (getattr(Record, name).__set__ for name in names)
     new = object.__new__
 
     def make(  # noqa: PLR0917 - positional on purpose: the hot path
@@ -88,6 +90,7 @@ def _fast_record_constructor() -> Callable[..., Record]:
         s_meta(record, meta)
         s_offset(record, 0)
         s_json(record, None)
+        s_data_json(record, None)
         return record
 
     return make
@@ -95,6 +98,8 @@ def _fast_record_constructor() -> Callable[..., Record]:
 
 new_record: Final = _fast_record_constructor()
 _set_offset: Final = Record.__dict__["offset"].__set__
+_set_json: Final = Record.__dict__["_json"].__set__
+_set_data_json: Final = Record.__dict__["_data_json"].__set__
 
 
 def set_offset(record: Record, offset: int) -> None:
@@ -110,6 +115,19 @@ def now_ms() -> int:
 # RFC 3339 can only express years 0001..9999; device clocks can say anything.
 _MIN_MS: Final = -62_135_596_800_000
 _MAX_MS: Final = 253_402_300_799_999
+# The same bounds for callers that refuse times outside them (the API's since/until).
+MIN_TIME_MS: Final = _MIN_MS
+MAX_TIME_MS: Final = _MAX_MS
+
+# Device ids travel in URL paths, file names, subjects and topics: letters, digits and
+# ``._:-``, starting with a letter or digit (so never ``.`` or ``..``), bounded in length.
+DEVICE_ID_MAX_LENGTH: Final = 128
+_DEVICE_ID = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._:-]{{0,{DEVICE_ID_MAX_LENGTH - 1}}}")
+
+
+def valid_device_id(device_id: str) -> bool:
+    """True when ``device_id`` is safe everywhere an id is used (see the rule above)."""
+    return _DEVICE_ID.fullmatch(device_id) is not None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -160,12 +178,37 @@ def record_dict(record: Record) -> dict[str, Any]:
     }
 
 
+def data_json(record: Record) -> bytes:
+    """``record.data`` serialised (cached on the record: the spool writes it, the store and
+    the JSON form reuse it)."""
+    cached = record._data_json
+    if cached is None:
+        cached = orjson.dumps(record.data)
+        _set_data_json(record, cached)
+    return cached
+
+
+def set_data_json(record: Record, text: bytes) -> None:
+    """Give ``record`` its serialised ``data`` (read back from the spool, already JSON)."""
+    _set_data_json(record, text)
+
+
 def record_json(record: Record) -> bytes:
     """The record's one JSON form, serialised (cached on the record)."""
     cached = record._json
     if cached is None:
-        cached = orjson.dumps(record_dict(record))
-        object.__setattr__(record, "_json", cached)
+        head = orjson.dumps(
+            {
+                "source": record.source,
+                "device_id": record.device_id,
+                "topic": record.topic,
+                "created_at": format_rfc3339_ms(record.created_at),
+                "received_at": format_rfc3339_ms(record.received_at),
+            }
+        )
+        # The same bytes orjson gives for record_dict(record), with data serialised once.
+        cached = head[:-1] + b',"data":' + data_json(record) + b"}"
+        _set_json(record, cached)
     return cached
 
 

@@ -61,7 +61,9 @@ def describe_validation_errors(error: ValidationError, prefix: str = "") -> list
         location = ".".join(parts) or "config"
         message = str(problem["msg"]).removeprefix("Value error, ")
         value = problem.get("input")
-        shown = f" (got {value!r})" if not isinstance(value, dict | list) else ""
+        # The value helps fix a typo, but a secret's value never goes to a terminal or a log.
+        secret = any(word in location.lower() for word in ("password", "secret", "token"))
+        shown = f" (got {value!r})" if not isinstance(value, dict | list) and not secret else ""
         lines.append(f"{location}: {message}{shown}")
     return lines
 

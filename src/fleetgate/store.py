@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from fleetgate.records import Record, format_rfc3339_ms
+from fleetgate.records import Record, data_json, format_rfc3339_ms
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -184,7 +184,7 @@ class RecordStore:
                     r.topic,
                     r.created_at,
                     r.received_at,
-                    dumps(r.data),
+                    data_json(r),
                     dumps(r.meta) if r.meta else None,
                     r.offset or None,
                 )

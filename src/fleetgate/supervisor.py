@@ -17,11 +17,21 @@ worker that dies later is logged and restarted; more than :data:`MAX_RESTARTS` r
 :data:`RESTART_WINDOW_S` seconds means something is persistently wrong, so the supervisor
 stops the others and exits 1 for the service manager to see. SIGTERM/SIGINT are forwarded
 to the workers as SIGTERM; each drains (listeners stop, the pipeline flushes) and exits.
+SIGHUP is forwarded as it is (the Tesla listener reloads its certificate).
+
+Workers die with their supervisor: a supervisor killed with SIGKILL cannot forward
+anything, so each worker asks the kernel for a SIGTERM when its parent dies
+(``PR_SET_PDEATHSIG`` on Linux), checks right after that the parent is still the one
+that started it (it may have died before the request took effect), and polls its parent
+id every :data:`PARENT_CHECK_S` seconds where the kernel offers no such request. Either
+way the worker drains as on a normal SIGTERM, and the ports are free for the next start.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import ctypes
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -29,6 +39,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import time
 from collections import deque
@@ -51,6 +62,9 @@ START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 60.0
 # Exit codes of a worker that ended because it was told to.
 _STOPPED_CODES = {0, -signal.SIGTERM, -signal.SIGINT}
+# How often a worker checks that its supervisor is alive (besides PR_SET_PDEATHSIG).
+PARENT_CHECK_S = 1.0
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def worker_count(config: Config) -> int:
@@ -123,14 +137,57 @@ class _WorkerField(logging.Filter):
         return True
 
 
-def run_worker(config: Config, index: int, count: int, ready: Connection) -> None:
+def die_with_parent(parent_pid: int) -> bool:
+    """Ask for SIGTERM when the parent dies; False if ``parent_pid`` is gone already.
+
+    ``PR_SET_PDEATHSIG`` (Linux) makes the kernel send the signal the moment the parent
+    exits, even by SIGKILL. A parent that died before the request took effect is seen by
+    the check that follows it: the process has been re-parented.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+                log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+        except (OSError, AttributeError) as exc:  # no libc symbol: the poll still works
+            log.warning("prctl(PR_SET_PDEATHSIG) unavailable: %s", exc)
+    return os.getppid() == parent_pid
+
+
+async def _watch_parent(parent_pid: int) -> None:
+    """SIGTERM to ourselves once the supervisor is gone (where no PDEATHSIG exists)."""
+    while os.getppid() == parent_pid:  # noqa: ASYNC110 - no event says "parent gone"
+        await asyncio.sleep(PARENT_CHECK_S)
+    log.error("supervisor %d is gone; stopping", parent_pid)
+    os.kill(os.getpid(), signal.SIGTERM)  # the same graceful stop as a forwarded SIGTERM
+
+
+async def _serve_worker(config: Config, parent_pid: int, **kwargs: Any) -> None:
+    from fleetgate.app import serve
+
+    watchdog = asyncio.create_task(_watch_parent(parent_pid), name="parent-watch")
+    try:
+        await serve(config, **kwargs)
+    finally:
+        watchdog.cancel()
+
+
+def run_worker(
+    config: Config, index: int, count: int, ready: Connection, parent_pid: int = 0
+) -> None:
     """Entry point of one worker process (a spawned interpreter)."""
-    from fleetgate.app import Server, StartupError, announce, run_loop, serve
+    from fleetgate.app import Server, StartupError, announce, run_loop
     from fleetgate.observability.logging import setup_logging
 
+    # A SIGHUP forwarded before the event loop handles it must not end the worker.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     setup_logging(config.log_level, config.json_log_enable)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_WorkerField(index))
+    parent_pid = parent_pid or os.getppid()
+    if not die_with_parent(parent_pid):
+        log.error("supervisor %d exited before worker %d started; stopping", parent_pid, index)
+        raise SystemExit(1)
 
     def started(server: Server) -> None:
         announce(server)
@@ -138,7 +195,11 @@ def run_worker(config: Config, index: int, count: int, ready: Connection) -> Non
         ready.close()
 
     try:
-        run_loop(serve(worker_config(config, index), ready=started, workers=count))
+        run_loop(
+            _serve_worker(
+                worker_config(config, index), parent_pid, ready=started, workers=count
+            )
+        )
     except StartupError as exc:  # a taken port: its one line, no traceback
         log.error("%s", exc)
         raise SystemExit(1) from None
@@ -175,6 +236,7 @@ class Supervisor:
         previous = {
             sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
         }
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hangup)
         try:
             self._prepare()
             code = self._start_all()
@@ -228,11 +290,18 @@ class Supervisor:
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
 
+    def _on_hangup(self, signum: int, frame: FrameType | None) -> None:
+        for worker in self.workers:
+            pid = worker.process.pid
+            if pid is not None and worker.process.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGHUP)
+
     def _spawn(self, index: int) -> _Worker:
         parent_end, child_end = self.context.Pipe(duplex=False)
         process = self.context.Process(
             target=run_worker,
-            args=(self.config, index, self.count, child_end),
+            args=(self.config, index, self.count, child_end, os.getpid()),
             name=f"fleetgate-worker-{index}",
         )
         process.start()

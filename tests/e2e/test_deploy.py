@@ -38,8 +38,13 @@ def test_every_manifest_validates_strictly() -> None:
         kubernetes_validate.validate(resource, KUBERNETES, strict=True)
         kinds.append(resource["kind"])
     assert sorted(kinds) == [
-        "ConfigMap", "Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget",
-        "Service", "Service", "Service",
+        "ConfigMap",
+        "Deployment",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "Service",
+        "Service",
+        "Service",
     ]
     listed = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())["resources"]
     assert sorted(listed) == sorted(
@@ -71,8 +76,13 @@ def test_the_nodes_config_passes_fleetgates_start_up_checks(tmp_path: Path) -> N
         (p["containerPort"], p["protocol"])
         for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]  # type: ignore[index]
     }
-    assert {(config.port, "TCP"), (config.teltonika.port, "TCP"), (config.teltonika.port, "UDP"),
-            (config.status_port, "TCP"), (config.api.port, "TCP")} == ports
+    assert {
+        (config.port, "TCP"),
+        (config.teltonika.port, "TCP"),
+        (config.teltonika.port, "UDP"),
+        (config.status_port, "TCP"),
+        (config.api.port, "TCP"),
+    } == ports
 
 
 def test_the_dockerfile_uses_the_makefiles_install_step_and_the_reference_config_path() -> None:
@@ -85,5 +95,9 @@ def test_the_dockerfile_uses_the_makefiles_install_step_and_the_reference_config
     assert entrypoint == ["fleetgate", "serve", "--config", "/etc/fleet-telemetry/config.json"]
     exposed = set(re.search(r"^EXPOSE (.+)$", dockerfile, re.MULTILINE)[1].split())  # type: ignore[index]
     defaults = build_config({}, environ={})
-    assert exposed == {str(defaults.port), str(defaults.teltonika.port),
-                       f"{defaults.teltonika.port}/udp", str(defaults.api.port)}
+    assert exposed == {
+        str(defaults.port),
+        str(defaults.teltonika.port),
+        f"{defaults.teltonika.port}/udp",
+        str(defaults.api.port),
+    }

@@ -54,7 +54,10 @@ def test_quick_start_for_a_teltonika_fleet_as_written(tmp_path: Path) -> None:
         pytest.fail(f"ports {PORTS} must be free for the README's literal commands")
     lines = sh_lines("### Quick start for a Teltonika fleet")
     assert [line.split()[0] for line in lines] == [
-        "echo", ".venv/bin/fleetgate", ".venv/bin/fleetgate", "TOKEN=$(.venv/bin/fleetgate",
+        "echo",
+        ".venv/bin/fleetgate",
+        ".venv/bin/fleetgate",
+        "TOKEN=$(.venv/bin/fleetgate",
         "curl",
     ]
     (tmp_path / ".venv" / "bin").mkdir(parents=True)
@@ -70,8 +73,12 @@ def test_quick_start_for_a_teltonika_fleet_as_written(tmp_path: Path) -> None:
         for step in steps:
             if step.endswith("&"):
                 server = subprocess.Popen(
-                    ["bash", "-c", step.removesuffix("&").strip()], cwd=tmp_path, env=env,
-                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                    ["bash", "-c", step.removesuffix("&").strip()],
+                    cwd=tmp_path,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
                     start_new_session=True,
                 )
                 deadline = time.monotonic() + TIMEOUT_S
@@ -81,8 +88,13 @@ def test_quick_start_for_a_teltonika_fleet_as_written(tmp_path: Path) -> None:
                     time.sleep(0.1)
                 continue
             done = subprocess.run(
-                ["bash", "-c", step], cwd=tmp_path, env=env, capture_output=True, text=True,
-                timeout=TIMEOUT_S, check=False,
+                ["bash", "-c", step],
+                cwd=tmp_path,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=TIMEOUT_S,
+                check=False,
             )
             assert done.returncode == 0, f"{step}\n{done.stdout}\n{done.stderr}"
             outputs.append(done.stdout)
@@ -95,6 +107,8 @@ def test_quick_start_for_a_teltonika_fleet_as_written(tmp_path: Path) -> None:
     assert re.search(r"records sent=(\d+) acked=\1 ", outputs[1]), outputs[1]
     latest = json.loads(outputs[2])
     assert (latest["source"], latest["device_id"], latest["topic"]) == (
-        "teltonika", SAMPLE_TRACKER, "position",
+        "teltonika",
+        SAMPLE_TRACKER,
+        "position",
     )
     assert {"latitude", "longitude", "io"} <= set(latest["data"])

@@ -75,8 +75,17 @@ def slim(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run([*PIP, "wheel", "-w", str(wheelhouse), "-c", str(constraints), str(wheel)])
     env = work / "env"
     venv.create(env, with_pip=True)
-    run([str(env / "bin" / "pip"), "install", "-q", "--no-index", "--find-links",
-         str(wheelhouse), "fleetgate"])
+    run(
+        [
+            str(env / "bin" / "pip"),
+            "install",
+            "-q",
+            "--no-index",
+            "--find-links",
+            str(wheelhouse),
+            "fleetgate",
+        ]
+    )
     return env
 
 
@@ -97,8 +106,10 @@ def wait_port(port: int, process: subprocess.Popen[str]) -> None:
 
 
 def test_the_slim_install_has_no_backend_library(slim: Path) -> None:
-    probe = "import importlib.util as u; print([m for m in ('confluent_kafka', 'aiobotocore', " \
-            "'redis', 'nats', 'psycopg', 'zmq', 'aiomqtt') if u.find_spec(m)])"
+    probe = (
+        "import importlib.util as u; print([m for m in ('confluent_kafka', 'aiobotocore', "
+        "'redis', 'nats', 'psycopg', 'zmq', 'aiomqtt') if u.find_spec(m)])"
+    )
     assert run([str(slim / "bin" / "python"), "-c", probe]).stdout.strip() == "[]"
 
 
@@ -107,15 +118,23 @@ def test_serve_takes_frames_into_a_jsonl_sink_and_serves_the_dashboard(
 ) -> None:
     tracker, api = free_port(), free_port()
     config = tmp_path / "config.json"
-    config.write_text(json.dumps({
-        "data_dir": str(tmp_path / "data"),
-        "teltonika": {"host": "127.0.0.1", "port": tracker, "udp_enabled": False},
-        "api": {"port": api},
-        "records": {"*": ["jsonl"]},
-    }))
+    config.write_text(
+        json.dumps(
+            {
+                "data_dir": str(tmp_path / "data"),
+                "teltonika": {"host": "127.0.0.1", "port": tracker, "udp_enabled": False},
+                "api": {"port": api},
+                "records": {"*": ["jsonl"]},
+            }
+        )
+    )
     server = subprocess.Popen(
-        [str(slim / "bin" / "fleetgate"), "serve", "--config", str(config)], cwd=tmp_path,
-        env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [str(slim / "bin" / "fleetgate"), "serve", "--config", str(config)],
+        cwd=tmp_path,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         wait_port(tracker, server)
@@ -140,14 +159,23 @@ def test_a_kafka_sink_without_its_extra_stops_start_up_naming_it(
     slim: Path, tmp_path: Path
 ) -> None:
     config = tmp_path / "config.json"
-    config.write_text(json.dumps({
-        "data_dir": str(tmp_path / "data"),
-        "records": {"V": ["kafka"]},
-        "kafka": {"bootstrap.servers": "127.0.0.1:9092"},
-    }))
+    config.write_text(
+        json.dumps(
+            {
+                "data_dir": str(tmp_path / "data"),
+                "records": {"V": ["kafka"]},
+                "kafka": {"bootstrap.servers": "127.0.0.1:9092"},
+            }
+        )
+    )
     done = subprocess.run(
-        [str(slim / "bin" / "fleetgate"), "serve", "--config", str(config)], cwd=tmp_path,
-        env=clean_env(), capture_output=True, text=True, timeout=60, check=False,
+        [str(slim / "bin" / "fleetgate"), "serve", "--config", str(config)],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert done.returncode == 2
     assert done.stderr.splitlines() == [

@@ -21,8 +21,13 @@ def serve(config: dict[str, object], tmp_path: Path) -> subprocess.CompletedProc
     path.write_text(json.dumps({"data_dir": str(tmp_path / "data"), **config}))
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETGATE_")}
     return subprocess.run(
-        [*FLEETGATE, "serve", "--config", str(path)], cwd=tmp_path, env=env,
-        capture_output=True, text=True, timeout=60, check=False,
+        [*FLEETGATE, "serve", "--config", str(path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
@@ -66,7 +71,9 @@ def test_routing_and_file_problems_are_reported_together(tmp_path: Path) -> None
     )
     assert done.returncode == 2
     assert [line.split(": ")[2] for line in done.stderr.splitlines()] == [
-        "records.V", "tls.server_cert", "airbrake",
+        "records.V",
+        "tls.server_cert",
+        "airbrake",
     ]
 
 
@@ -84,7 +91,11 @@ def test_config_check_names_the_listeners_a_tesla_config_opens(tmp_path: Path) -
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"port": 4443, "namespace": "tesla_telemetry"}))
     done = subprocess.run(
-        [*FLEETGATE, "config", "check", "--config", str(config)], cwd=tmp_path,
-        capture_output=True, text=True, timeout=60, check=False,
+        [*FLEETGATE, "config", "check", "--config", str(config)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert (done.returncode, done.stdout) == (0, "config ok; listeners: tesla\n")

@@ -161,24 +161,36 @@ async def test_tesla_status_port_taken(tmp_path: Path, taken_tcp: int) -> None:
 
 
 async def test_api_port_taken(tmp_path: Path, taken_tcp: int) -> None:
-    data = base(tmp_path, teltonika={"enabled": False}, tesla_enabled=False,
-                api={"host": "127.0.0.1", "port": taken_tcp})
+    data = base(
+        tmp_path,
+        teltonika={"enabled": False},
+        tesla_enabled=False,
+        api={"host": "127.0.0.1", "port": taken_tcp},
+    )
     assert await start_failure(data) == (
         f"api: cannot listen on 127.0.0.1:{taken_tcp}: address already in use"
     )
 
 
 async def test_metrics_port_taken(tmp_path: Path, taken_tcp: int) -> None:
-    data = base(tmp_path, teltonika={"enabled": False}, tesla_enabled=False,
-                monitoring={"prometheus_metrics_port": taken_tcp})
+    data = base(
+        tmp_path,
+        teltonika={"enabled": False},
+        tesla_enabled=False,
+        monitoring={"prometheus_metrics_port": taken_tcp},
+    )
     assert await start_failure(data) == (
         f"prometheus metrics: cannot listen on 127.0.0.1:{taken_tcp}: address already in use"
     )
 
 
 async def test_profiler_port_taken(tmp_path: Path, taken_tcp: int) -> None:
-    data = base(tmp_path, teltonika={"enabled": False}, tesla_enabled=False,
-                monitoring={"profiler_port": taken_tcp})
+    data = base(
+        tmp_path,
+        teltonika={"enabled": False},
+        tesla_enabled=False,
+        monitoring={"profiler_port": taken_tcp},
+    )
     assert await start_failure(data) == (
         f"profiler: cannot listen on 127.0.0.1:{taken_tcp}: address already in use"
     )

@@ -18,7 +18,7 @@ from fastapi.responses import Response
 from fleetgate import __version__
 from fleetgate.api.auth import Authenticator, AuthError
 from fleetgate.api.dashboard import add_dashboard
-from fleetgate.api.history import create_history_router
+from fleetgate.api.history import DeviceIdPaths, create_history_router
 from fleetgate.api.responses import JsonResponse
 from fleetgate.api.stream import add_stream_route
 from fleetgate.config import ApiConfig
@@ -83,6 +83,8 @@ def create_api(
     def prometheus() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    # Device ids holding "/" (percent-encoded by clients) stay one path segment.
+    api.add_middleware(DeviceIdPaths)
     api.include_router(create_history_router(record_store, auth, settings.online_window_s))
     if hub is not None:
         add_stream_route(api, hub, auth, settings.stream)

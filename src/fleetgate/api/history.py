@@ -5,15 +5,18 @@ tracks as GeoJSON, and the names and units of signals. Every route needs the ``r
 from __future__ import annotations
 
 from typing import Annotated, Any
+from urllib.parse import quote, unquote
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import Response
+from starlette.convertors import Convertor, register_url_convertor
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fleetgate.api.auth import Authenticator
 from fleetgate.api.responses import JsonResponse
 from fleetgate.pipeline.hub import parse_filter_values, select_signals
 from fleetgate.protocols.teltonika.io_names import IO_NAMES
-from fleetgate.records import format_rfc3339_ms, now_ms, parse_rfc3339_ms
+from fleetgate.records import MAX_TIME_MS, MIN_TIME_MS, format_rfc3339_ms, now_ms, parse_rfc3339_ms
 from fleetgate.store import DeviceSummary, PageCursor, RecordStore
 
 MAX_LIMIT = 10_000
@@ -28,12 +31,63 @@ def time_param(value: str | None, name: str) -> int | None:
     if value is None or value == "":
         return None
     try:
-        return parse_rfc3339_ms(value)
-    except ValueError:
+        ms: int | None = parse_rfc3339_ms(value)
+    except (ValueError, OverflowError):
+        ms = None
+    # Beyond years 1..9999 no record can match, and beyond 64 bits SQLite cannot compare.
+    if ms is None or not MIN_TIME_MS <= ms <= MAX_TIME_MS:
+        shown = value if len(value) <= 64 else f"{value[:64]}..."
         raise HTTPException(
             status_code=400,
-            detail=f"{name}: expected RFC 3339 time or epoch milliseconds, got {value!r}",
-        ) from None
+            detail=f"{name}: expected an RFC 3339 time or epoch milliseconds within years "
+            f"1..9999, got {shown!r}",
+        )
+    return ms
+
+
+# -- device ids in paths --------------------------------------------------------------------
+# Ids are validated where devices enter (fleetgate.records.valid_device_id), but a store may
+# hold older ones with "/" (a certificate CN such as "a/../b"). Clients percent-encode the
+# id ("a%2F..%2Fb"); servers decode the whole path before routing, which would split it.
+DEVICES_PREFIX = "/api/v1/devices/"
+
+
+class DeviceIdPaths:
+    """ASGI middleware: below ``/api/v1/devices/`` each raw path segment is decoded on its
+    own, and a ``/`` or ``%`` inside it stays encoded (``%2F``, ``%25``), so a device id is
+    always one path segment for the router; the ``device_id`` convertor decodes it."""
+
+    _prefix = DEVICES_PREFIX.encode()
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw = scope.get("raw_path") if scope["type"] in ("http", "websocket") else None
+        if raw and raw.startswith(self._prefix):
+            segments = raw.decode("latin-1").split("?", 1)[0].split("/")
+            path = "/".join(_one_segment(unquote(part)) for part in segments)
+            scope = {**scope, "path": path}
+        await self.app(scope, receive, send)
+
+
+def _one_segment(text: str) -> str:
+    return text.replace("%", "%25").replace("/", "%2F")
+
+
+class DeviceIdConvertor(Convertor[str]):
+    """``{device_id:device_id}``: one path segment, percent-decoded (see DeviceIdPaths)."""
+
+    regex = "[^/]+"
+
+    def convert(self, value: str) -> str:
+        return unquote(value)
+
+    def to_string(self, value: str) -> str:
+        return quote(value, safe="")
+
+
+register_url_convertor("device_id", DeviceIdConvertor())
 
 
 def signal_units() -> dict[str, dict[str, str]]:
@@ -85,7 +139,9 @@ def create_history_router(
             {"devices": [device_json(d, positions.get(d.device_id), now) for d in found]}
         )
 
-    @router.get("/devices/{device_id}", summary="One device: counters, online state, position")
+    @router.get(
+        "/devices/{device_id:device_id}", summary="One device: counters, online state, position"
+    )
     def device(device_id: str) -> Response:
         summary = store().device(device_id)
         if summary is None:
@@ -94,7 +150,7 @@ def create_history_router(
         return JsonResponse(device_json(summary, position, now_ms()))
 
     @router.get(
-        "/devices/{device_id}/records",
+        "/devices/{device_id:device_id}/records",
         summary="A device's records, newest first, a page at a time",
         description=(
             "Pass `next` from a response as `cursor` for the following (older) page; "
@@ -134,7 +190,7 @@ def create_history_router(
             {"records": items, "next": next_cursor.encode() if next_cursor else None}
         )
 
-    @router.get("/devices/{device_id}/latest", summary="A device's newest record")
+    @router.get("/devices/{device_id:device_id}/latest", summary="A device's newest record")
     def latest(device_id: str) -> Response:
         items = store().records(device_id, limit=1)
         if not items:
@@ -142,7 +198,7 @@ def create_history_router(
         return JsonResponse(items[0])
 
     @router.get(
-        "/devices/{device_id}/track",
+        "/devices/{device_id:device_id}/track",
         summary="A device's positions as a GeoJSON Feature",
         description=(
             "A LineString (a Point for one position, null geometry for none) of "

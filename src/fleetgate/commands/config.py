@@ -43,15 +43,17 @@ start-up check without binding a port.
 **Which listeners open.** With no configuration, every device listener opens (Teltonika
 TCP and UDP on 5027, Tesla vehicles on 4443). A configuration that names a listener opens
 only the listeners it names: the Tesla vehicle listener for any of `host`, `port`,
-`status_port`, `tls`, `use_default_eng_ca`, `tesla_enabled`; the Teltonika listeners
+`status_port`, `tls`, `use_default_eng_ca`, `tesla_enabled`, `tesla`; the Teltonika listeners
 (TCP, and UDP unless `teltonika.udp_enabled` is false) for a `teltonika` section; the
 CAN-gateway subscriber for `mqtt_ingest`. A configuration that names none of them (only
 sinks, the API...) keeps every listener of the defaults.
 """
 
 # Sections whose keys are documented where they are read, not field by field.
-FREE_FORM = {"kafka": "the librdkafka property map, as in Tesla's config (`bootstrap.servers`, "
-             "`compression.type`...); JSON numbers become integers"}
+FREE_FORM = {
+    "kafka": "the librdkafka property map, as in Tesla's config (`bootstrap.servers`, "
+    "`compression.type`...); JSON numbers become integers"
+}
 
 
 # Meanings of keys whose model carries no comment (the model's comments win).
@@ -59,7 +61,7 @@ MEANINGS = {
     "data_dir": "store, spool, JSON lines, generated development certificates and keys",
     "log_level": "trace, debug, info, warn, error, fatal, panic (as in Tesla's config)",
     "json_log_enable": "one JSON object per log line",
-    "records": "topic → sink names; `\"*\"` matches every topic; the store gets everything",
+    "records": 'topic → sink names; `"*"` matches every topic; the store gets everything',
     "ack_policy": "per source (`teltonika`, `tesla`, `mqtt`): a level, or sinks to wait for",
     "ack_timeout_s": "longer than this without confirmation: no ack",
     "tesla_enabled": "the Tesla vehicle listener",
@@ -124,8 +126,8 @@ MEANINGS = {
     "monitoring.statsd.flush_period": "milliseconds between sends",
     "monitoring.statsd.sample_rate": "ignored with a warning: counts are sent summed",
     "data_connectors.file": "the VIN allow-list in a JSON file, re-read when it changes",
-    "data_connectors.file.path": "JSON file `{\"allowed_vins\": [\"VIN\", ...]}`",
-    "data_connectors.file.capabilities": "`[\"vin_allowed\"]` to apply the list",
+    "data_connectors.file.path": 'JSON file `{"allowed_vins": ["VIN", ...]}`',
+    "data_connectors.file.capabilities": '`["vin_allowed"]` to apply the list',
     "data_connectors.redis": "refused at start-up (keep the list in a file)",
     "data_connectors.http": "refused at start-up (keep the list in a file)",
     "data_connectors.grpc": "refused at start-up (keep the list in a file)",
@@ -268,9 +270,7 @@ def _field_comments(model: type[BaseModel]) -> dict[str, str]:
                 words.insert(0, text_lines[row].strip().lstrip("#").strip())
                 row -= 1
             # A block after a blank line that is no sentence heads a group of keys.
-            if words and (row < 0 or not text_lines[row].strip()) and not words[-1].endswith(
-                "."
-            ):
+            if words and (row < 0 or not text_lines[row].strip()) and not words[-1].endswith("."):
                 words = []
             line = text_lines[node.lineno - 1]
             if "  # " in line:

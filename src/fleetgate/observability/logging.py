@@ -1,7 +1,9 @@
 """Structured logging: text for people, JSON lines (``json_log_enable``) for machines.
 
 Call sites pass evidence as fields, ``log.warning("crc mismatch", extra=fields(imei=...))``,
-so both formats carry the same facts and tests can assert on them.
+so both formats carry the same facts and tests can assert on them. Both formats pass the
+finished line through :func:`~fleetgate.observability.redact.redact`: credentials a
+configured URL carries never reach the log, whoever quoted them (us or a client library).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from fleetgate.observability.redact import redact
 from fleetgate.records import format_rfc3339_ms
 
 _LEVELS = {
@@ -46,7 +49,7 @@ class JsonFormatter(logging.Formatter):
             entry.update(extra)
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry, default=str).decode()
+        return redact(orjson.dumps(entry, default=str).decode())
 
 
 class TextFormatter(logging.Formatter):
@@ -61,7 +64,7 @@ class TextFormatter(logging.Formatter):
         if isinstance(extra, dict) and extra:
             pairs = " ".join(f"{key}={_text(value)}" for key, value in extra.items())
             text = f"{text} {pairs}"
-        return text
+        return redact(text)
 
 
 def _text(value: Any) -> str:

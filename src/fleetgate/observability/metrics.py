@@ -90,6 +90,19 @@ OPEN_CONNECTIONS = Gauge(
     multiprocess_mode="livesum",
 )
 
+CONNECTIONS_REFUSED = Counter(
+    "fleetgate_connections_refused_total",
+    "Device connections refused or closed by a limit (caps, handshake and frame deadlines)",
+    ["protocol", "reason"], registry=REGISTRY,
+)
+
+# -- logging ------------------------------------------------------------------------------
+LOG_LINES_SUPPRESSED = Counter(
+    "fleetgate_log_lines_suppressed_total",
+    "Log lines a rate-limited call site did not write (summarised instead)", ["key"],
+    registry=REGISTRY,
+)
+
 # -- live stream and API auth ------------------------------------------------------------------
 STREAM_CLIENTS = Gauge(
     "fleetgate_stream_clients", "Connected /stream clients", registry=REGISTRY,

@@ -24,16 +24,22 @@ UPTIME = Gauge(
     "uptime_sec", "Seconds since the server started", registry=REGISTRY, multiprocess_mode="max"
 )
 NUM_CONNECTIONS = Gauge(
-    "num_connections", "Open device connections (every protocol)", registry=REGISTRY,
+    "num_connections",
+    "Open device connections (every protocol)",
+    registry=REGISTRY,
     multiprocess_mode="livesum",
 )
 MEMORY = Gauge(
-    "memory_allocated_bytes", "Resident memory of the server process", registry=REGISTRY,
+    "memory_allocated_bytes",
+    "Resident memory of the server process",
+    registry=REGISTRY,
     multiprocess_mode="livesum",
 )
 TASKS = Gauge(
-    "num_goroutine", "asyncio tasks of the server (the nearest thing to Go's goroutines)",
-    registry=REGISTRY, multiprocess_mode="livesum",
+    "num_goroutine",
+    "asyncio tasks of the server (the nearest thing to Go's goroutines)",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
 )
 
 REFRESH_S = 5.0
@@ -49,11 +55,7 @@ def resident_bytes() -> int:
 
 
 def open_connections() -> float:
-    return sum(
-        sample.value
-        for family in OPEN_CONNECTIONS.collect()
-        for sample in family.samples
-    )
+    return sum(sample.value for family in OPEN_CONNECTIONS.collect() for sample in family.samples)
 
 
 def refresh(started_at: float) -> None:

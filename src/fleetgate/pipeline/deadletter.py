@@ -17,6 +17,7 @@ from pathlib import Path
 
 import orjson
 
+from fleetgate.observability.redact import redact
 from fleetgate.records import Record, format_rfc3339_ms, now_ms, record_dict
 
 
@@ -38,7 +39,7 @@ class DeadLetters:
                 {
                     "time": at,
                     "sink": sink,
-                    "reason": reason,
+                    "reason": redact(reason),
                     "offset": record.offset,
                     "record": record_dict(record),
                     "raw": base64.b64encode(record.raw).decode() if record.raw else None,

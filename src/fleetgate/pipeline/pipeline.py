@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from fleetgate.observability import metrics
 from fleetgate.observability.logging import fields
+from fleetgate.observability.ratelimit import LimitedLog
 from fleetgate.pipeline.ack import SPOOL_CONSUMER, AckPolicy
 from fleetgate.pipeline.deadletter import DeadLetters
 from fleetgate.pipeline.ledger import Consumer, Ledger, Requirement, requirement_of
@@ -30,6 +31,8 @@ from fleetgate.records import Record, set_offset
 from fleetgate.sinks.base import Health
 
 log = logging.getLogger("fleetgate.pipeline")
+# A device repeating an unstorable frame must not flood the log.
+_REFUSED = LimitedLog(log, "pipeline.refused")
 
 RecordObserver = Callable[[Sequence[Record]], None]
 _MAX_CACHED_TOPICS = 1024  # topics come from devices; never cache without bound
@@ -164,10 +167,9 @@ class Pipeline:
             payload = encode_payload(records)
             if spool.over_budget:
                 await spool.wait_for_room()
-        else:
-            for runner, batch in routed:
-                if not runner.has_room(len(batch)):
-                    await runner.wait_for_room(len(batch))
+        for runner, batch in routed:
+            if not runner.has_room(len(batch)):
+                await runner.wait_for_room(len(batch))
         # No await from here on: offsets reach the spool and every runner in order.
         first = self.ledger.assign(len(records))
         last = self.ledger.head
@@ -210,7 +212,7 @@ class Pipeline:
     def refuse(self, records: Sequence[Record], error: Exception) -> None:
         """Count and log a frame the pipeline would not take (no ack for it)."""
         metrics.labelled(metrics.RECORDS_REFUSED, records[0].source).inc(len(records))
-        log.warning(
+        _REFUSED.warning(
             "records refused: the spool cannot write them (%s); no ack",
             error,
             extra=fields(source=records[0].source, device_id=records[0].device_id),

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from fleetgate.observability import metrics
+from fleetgate.observability.ratelimit import LimitedLog
+from fleetgate.observability.redact import redact
 from fleetgate.pipeline.deadletter import DeadLetters
 from fleetgate.pipeline.ledger import Ledger
 from fleetgate.pipeline.spool import Spool, SpoolReader
@@ -45,6 +47,9 @@ from fleetgate.records import Record
 from fleetgate.sinks.base import Health, Sink, TransientSinkError
 
 log = logging.getLogger("fleetgate.pipeline")
+# Per refused batch or record: a backend refusing everything must not flood the log.
+_DROPPED = LimitedLog(log, "pipeline.runner.dropped")
+_SET_ASIDE = LimitedLog(log, "pipeline.runner.dead_letter")
 
 # Errors that say "not now": the same records may be taken later.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (TransientSinkError, OSError, TimeoutError)
@@ -92,9 +97,14 @@ class SinkRunner:
         sink: Sink,
         settings: RunnerSettings | None = None,
         hooks: PublishHooks | None = None,
+        *,
+        spill: bool = True,
     ) -> None:
         self.sink = sink
         self.hooks = hooks
+        # Whether a full queue spills to the spool (sinks) or holds up new frames (the
+        # embedded store: the API stays current and nothing is read back from disk).
+        self.spill = spill
         self.name = sink.name
         self.settings = settings or RunnerSettings()
         self.health = Health.OK
@@ -186,7 +196,7 @@ class SinkRunner:
     def has_room(self, count: int) -> bool:
         """Whether ``count`` more records fit (always, with a spool to spill to). A batch
         larger than the whole queue fits an empty queue, so it can never deadlock."""
-        if self.spool is not None:
+        if self.spool is not None and self.spill:
             return True
         queued = self._queued_records
         return queued == 0 or queued + count <= self.settings.max_queue_records
@@ -207,7 +217,7 @@ class SinkRunner:
         self._queued_records += count
         if self.spool is not None and (
             self._spilled_from is not None
-            or self._queued_records > self.settings.max_queue_records
+            or (self.spill and self._queued_records > self.settings.max_queue_records)
         ):
             # Memory is full: the record stays in the spool and is read back from there.
             if self._spilled_from is None:
@@ -298,6 +308,8 @@ class SinkRunner:
         entries = spool.recent_from(start, limit)
         if entries is None:
             if self._reader is None or self._reader.next != start:
+                if self._reader is not None:
+                    self._reader.close()
                 self._reader = spool.reader(start)
             upto = min(spool.written, (spool.oldest_in_memory or start) - 1)
             if upto < start:
@@ -319,7 +331,9 @@ class SinkRunner:
             # Caught up: from here on records are queued in memory again.
             self._spilled_from = None
             self._spilled_records = 0
-            self._reader = None
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
         self._space.set()
         self.ledger.advanced(self)
 
@@ -346,7 +360,7 @@ class SinkRunner:
             return False
         if self.dead_letters is None:
             metrics.SINK_FAILED.labels(sink=self.name).inc(len(batch))
-            log.error(
+            _DROPPED.error(
                 "%s: dropped %d records the backend refused: %s", self.name, len(batch), error
             )
             self._finish(taken, refused=True)
@@ -418,7 +432,7 @@ class SinkRunner:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.retry_max_s)
         metrics.DEAD_LETTERS.labels(sink=self.name).inc()
-        log.error(
+        _SET_ASIDE.error(
             "%s: refused a record of %s/%s for good (%s); set aside in %s",
             self.name,
             record.device_id,
@@ -429,7 +443,9 @@ class SinkRunner:
         return True
 
     def _mark_failure(self, exc: BaseException, attempt: int) -> None:
-        self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        # Shown by the unauthenticated /health: never a URL's credentials.
+        self.last_error = redact(text)
         metrics.SINK_ERRORS.labels(sink=self.name).inc()
         self._queue_gauge.set(self._queued_records)
         if self.hooks is not None:

@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Protocol
+from typing import BinaryIO, Final, Protocol
 
 import orjson
 
@@ -161,13 +161,17 @@ def scan_segment(path: Path) -> tuple[list[tuple[int, int]], int, int]:
 
 
 class SpoolReader:
-    """A consumer's way through the segments, from one offset on (used from a thread)."""
+    """A consumer's way through the segments, from one offset on (used from a thread).
+
+    The current segment stays open between reads; a reader finding the end of a segment
+    moves on to the next one once that exists.
+    """
 
     def __init__(self, segments: _Segments, start: int) -> None:
         self._segments = segments
         self.next = start  # the first offset not read yet
         self._segment_first: int | None = None
-        self._position = 0
+        self._file: BinaryIO | None = None
 
     def read(self, limit_records: int, upto: int) -> list[Entry]:
         """Entries from :attr:`next` on, at most ``limit_records`` records (but at least one
@@ -175,27 +179,27 @@ class SpoolReader:
         entries: list[Entry] = []
         count = 0
         while self.next <= upto and (not entries or count < limit_records):
-            located = self._open_at(self.next)
-            if located is None:
+            file = self._file_at(self.next)
+            if file is None:
                 break
-            first, path = located
-            with path.open("rb") as file:
-                file.seek(self._position)
-                header = file.read(HEADER.size)
-                if len(header) < HEADER.size:
-                    # The end of this segment: the next one, if any, continues.
-                    following = self._segments.after(first)
-                    if following is None or following[0] > upto:
-                        break
-                    self._segment_first, self._position = following[0], 0
-                    continue
-                length = HEADER.unpack(header)[0]
-                body = file.read(length)
+            position = file.tell()
+            header = file.read(HEADER.size)
+            if len(header) < HEADER.size:
+                file.seek(position)
+                # The end of this segment: the next one, if any, continues.
+                assert self._segment_first is not None
+                following = self._segments.after(self._segment_first)
+                if following is None or following[0] > upto:
+                    break
+                self._open(*following)
+                continue
+            length = HEADER.unpack(header)[0]
+            body = file.read(length)
             try:
                 entry, _ = read_entry(header + body, 0)
             except TornEntry:
-                break  # not written completely yet
-            self._position += HEADER.size + length
+                file.seek(position)  # not written completely yet: read it again later
+                break
             if entry.last < self.next:
                 continue  # confirmed before; skip
             entries.append(entry)
@@ -203,16 +207,24 @@ class SpoolReader:
             self.next = entry.last + 1
         return entries
 
-    def _open_at(self, offset: int) -> tuple[int, Path] | None:
-        if self._segment_first is not None:
-            segment = self._segments.locate(self._segment_first)
-            if segment is not None and segment[0] == self._segment_first:
-                return segment
+    def _file_at(self, offset: int) -> BinaryIO | None:
+        if self._file is not None:
+            return self._file
         located = self._segments.locate(offset)
         if located is None:
             return None
-        self._segment_first, self._position = located[0], 0
-        return located
+        return self._open(*located)
+
+    def _open(self, first: int, path: Path) -> BinaryIO:
+        self.close()
+        self._segment_first = first
+        self._file = path.open("rb")
+        return self._file
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 class _Writer:

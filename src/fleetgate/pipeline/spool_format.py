@@ -31,7 +31,7 @@ from typing import Final
 
 import orjson
 
-from fleetgate.records import Record, new_record, set_offset
+from fleetgate.records import Record, data_json, new_record, set_data_json, set_offset
 
 HEADER: Final = struct.Struct("<IIQII")
 _CHECKED: Final = struct.Struct("<QII")  # the header fields the CRC covers, before payload
@@ -91,7 +91,7 @@ def _encode_payload(records: Sequence[Record]) -> bytes:
         source = record.source.encode()
         device = record.device_id.encode()
         topic = record.topic.encode()
-        data = dumps(record.data)
+        data = data_json(record)
         meta = dumps(dict(record.meta)) if record.meta is not None else b""
         raw = record.raw
         append(
@@ -159,7 +159,8 @@ def decode_records(payload: bytes, first: int, count: int) -> list[Record]:
             at += n_device
             topic = payload[at : at + n_topic].decode()
             at += n_topic
-            data = loads(payload[at : at + n_data])
+            data_text = payload[at : at + n_data]
+            data = loads(data_text)
             at += n_data
             raw = payload[at : at + n_raw]
             at += n_raw
@@ -169,6 +170,7 @@ def decode_records(payload: bytes, first: int, count: int) -> list[Record]:
                 at += n_meta
             record = new_record(source, device, topic, created, received, data, raw, meta)
             set_offset(record, first + index)
+            set_data_json(record, data_text)
             records.append(record)
     except (struct.error, UnicodeDecodeError, orjson.JSONDecodeError) as exc:
         # The checksum matched, so this is a writer bug, not a torn write; still a refusal.

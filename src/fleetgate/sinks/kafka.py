@@ -19,6 +19,11 @@ the runner can report the broker down. Messages still inside librdkafka after su
 timeout are not produced a second time when the runner retries the batch: the retry waits
 for their original delivery report instead, which keeps librdkafka's queue (and memory)
 bounded while the broker is away.
+
+librdkafka's own log lines go through fleetgate's logger (confluent-kafka's ``logger``
+setting), at most WARNING and rate-limited (:class:`_LibrdkafkaLog`): an unreachable broker
+makes librdkafka repeat "connect failed" for every broker every few seconds, while the
+runner's one line already says what is wrong.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from typing import Any, ClassVar
 from pydantic import ConfigDict, model_validator
 
 from fleetgate.forms import wire_payload
+from fleetgate.observability.ratelimit import LimitedLog
 from fleetgate.records import Record
 from fleetgate.settings import Section
 from fleetgate.sinks.base import PermanentSinkError, Sink, SinkContext, TransientSinkError
@@ -63,6 +69,20 @@ _PERMANENT_CODES = frozenset(
         "_INVALID_ARG",
     }
 )
+
+
+class _LibrdkafkaLog:
+    """What confluent-kafka calls with librdkafka's log lines (on the poll thread)."""
+
+    def __init__(self) -> None:
+        self._limited = LimitedLog(log, "kafka.librdkafka", burst=5, interval_s=60.0)
+
+    def log(self, level: int, msg: str, *args: Any) -> None:
+        # Mostly a broker that cannot be reached, again: the runner logs the ERROR.
+        self._limited.log(min(level, logging.WARNING), "librdkafka: " + msg, *args)
+
+
+_LIBRDKAFKA_LOG = _LibrdkafkaLog()
 
 
 @dataclass(slots=True)
@@ -130,7 +150,9 @@ class KafkaSink(Sink):
 
         self._loop = asyncio.get_running_loop()
         try:
-            producer = Producer({**self.properties, "error_cb": self._on_error})
+            producer = Producer(
+                {**self.properties, "error_cb": self._on_error, "logger": _LIBRDKAFKA_LOG}
+            )
         except (KafkaException, ValueError, TypeError) as exc:
             # A bad property map never gets better by retrying.
             raise PermanentSinkError(f"kafka: invalid producer config: {exc}") from exc

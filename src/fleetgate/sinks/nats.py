@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import Field
 
 from fleetgate.forms import wire_payload
+from fleetgate.observability.redact import redact
 from fleetgate.records import Record
 from fleetgate.settings import Section
 from fleetgate.sinks.base import PermanentSinkError, Sink, SinkContext, TransientSinkError
@@ -107,7 +108,8 @@ class NatsSink(Sink):
         self._stream_ready = False
 
     def describe(self) -> str:
-        servers = ",".join(s.removeprefix("nats://") for s in self.settings.servers)
+        # A server URL may carry user:password@ or a token: never part of a log line.
+        servers = ",".join(redact(s).removeprefix("nats://") for s in self.settings.servers)
         return f"nats {servers}"
 
     def subject(self, record: Record) -> str:

@@ -20,10 +20,17 @@ HANDSHAKE = bytes.fromhex("000f333536333037303432343431303133")
 async def test_disconnect_is_logged_with_peer_and_imei(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = Server(build_config({
-        "data_dir": str(tmp_path), "api": {"enabled": False}, "store": {"enabled": False},
-        "teltonika": {"host": "127.0.0.1", "port": 0, "udp_enabled": False},
-    }, environ={}))
+    server = Server(
+        build_config(
+            {
+                "data_dir": str(tmp_path),
+                "api": {"enabled": False},
+                "store": {"enabled": False},
+                "teltonika": {"host": "127.0.0.1", "port": 0, "udp_enabled": False},
+            },
+            environ={},
+        )
+    )
     await server.start()
     listener = server.listener("teltonika")
     assert listener is not None

@@ -21,8 +21,12 @@ pytestmark = pytest.mark.integration
 
 def vehicles(server: Server, ca: Path | None, cert: Path, key: Path) -> TeslaSimSettings:
     return TeslaSimSettings(
-        url=url(server), ca=ca, credentials=[credentials_from_cert(cert, key)],
-        frames_per_vehicle=1, duration_s=5, ack_timeout_s=5,
+        url=url(server),
+        ca=ca,
+        credentials=[credentials_from_cert(cert, key)],
+        frames_per_vehicle=1,
+        duration_s=5,
+        ack_timeout_s=5,
     )
 
 

@@ -112,8 +112,7 @@ async def test_the_list_follows_its_file_and_keeps_the_last_good_version(
         errors = metrics.REGISTRY.get_sample_value("vin_allowed_error_count") or 0.0
         file.write_text("{not json")
         await eventually(
-            lambda: (metrics.REGISTRY.get_sample_value("vin_allowed_error_count") or 0.0)
-            > errors,
+            lambda: (metrics.REGISTRY.get_sample_value("vin_allowed_error_count") or 0.0) > errors,
             timeout=4 * TIMEOUT,
         )
         assert allow_list.admits(OTHER_VIN)

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from fleetgate.cli import build_parser
 
 
-def parsers(parser: argparse.ArgumentParser, path: str = "fleetgate") -> Iterator[
-    tuple[str, argparse.ArgumentParser]
-]:
+def parsers(
+    parser: argparse.ArgumentParser, path: str = "fleetgate"
+) -> Iterator[tuple[str, argparse.ArgumentParser]]:
     yield path, parser
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):

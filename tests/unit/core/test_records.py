@@ -9,6 +9,7 @@ from fleetgate.records import (
     Record,
     format_rfc3339_ms,
     parse_rfc3339_ms,
+    record_dict,
     record_json,
     record_metadata,
 )
@@ -95,3 +96,17 @@ def test_fast_constructor_builds_the_same_frozen_record() -> None:
     assert record_json(fast) == record_json(
         Record("teltonika", "1", "position", 1, 2, {"a": 1}, b"r", {"txid": "t"})
     )
+
+
+@given(
+    data=st.dictionaries(
+        st.text(max_size=6),
+        st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=6),
+        max_size=5,
+    ),
+    created=st.integers(-(2**40), 2**45),
+)
+def test_the_json_form_is_the_dict_form_serialised(data: dict[str, object], created: int) -> None:
+    record = Record("teltonika", "356307042441013", "position", created, created + 5, data)
+    assert record_json(record) == orjson.dumps(record_dict(record))
+    assert orjson.loads(record_json(record))["data"] == data

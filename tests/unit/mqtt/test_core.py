@@ -302,7 +302,12 @@ def test_any_change_to_a_signed_message_breaks_the_mac(
 ) -> None:
     topic = "vehicles/gw-001/engine/rpm"
     fields = orjson.loads(format_payload(value, topic=topic, ts=ts, seq=seq, key=KEY))
-    fields[mutation] = (fields.get(mutation) or 0) + 1 if mutation != "unit" else "rpm?"
+    if mutation == "unit":
+        fields[mutation] = "rpm?"
+    else:
+        # A different value that is still valid on its own (flip the lowest bit), so the
+        # only thing wrong with the message is its MAC.
+        fields[mutation] = (fields.get(mutation) or 0) ^ 1
     result = GatewayDecoder(hmac_keys={"gw-001": KEY}).decode(topic, orjson.dumps(fields), NOW)
     assert isinstance(result, Refusal) and result.reason is RefusalReason.BAD_HMAC
 

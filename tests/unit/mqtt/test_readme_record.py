@@ -24,7 +24,8 @@ def test_the_readme_gateway_record_comes_from_its_example_message() -> None:
     payload = {"value": 3500, "ts": 1700000000000, "unit": "rpm", "seq": 7, "hmac": mac[1]}
     decoder = GatewayDecoder(hmac_keys={"gw-001": b"gw-001-secret"})
     record = decoder.decode(
-        "vehicles/gw-001/engine/rpm", json.dumps(payload).encode(),
+        "vehicles/gw-001/engine/rpm",
+        json.dumps(payload).encode(),
         parse_rfc3339_ms(shown["received_at"]),
     )
     assert isinstance(record, Record)

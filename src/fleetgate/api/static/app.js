@@ -270,7 +270,7 @@
     }
     const since = new Date(Date.now() - Number($("#chart-range").value) * 1000).toISOString();
     const id = encodeURIComponent(state.selected);
-    const page = await api(`/api/v1/devices/${id}/records?since=${since}&fields=${encodeURIComponent(field)}&limit=5000`);
+    const page = await api(`/api/v1/devices/${encodeURIComponent(id)}/records?since=${since}&fields=${encodeURIComponent(field)}&limit=5000`);
     const times = [], values = [];
     for (const record of page.records.reverse()) {
       const value = chartValue(record, field);

@@ -9,6 +9,17 @@ safe: an ack is a promise.
 
 Backpressure: when a session has more unhandled events than ``MAX_PENDING_EVENTS`` (the
 pipeline is slow), it stops reading the socket until the worker catches up.
+
+Hostile peers (see :mod:`fleetgate.listeners.limits`): a connection takes a slot of the
+listener's caps before any byte is read. Its time is bounded by deadlines that bytes
+trickling in never extend: the IMEI must be accepted within ``handshake_timeout_s`` of the
+connect; after that the device may be silent for at most ``idle_timeout_s`` and must finish
+each frame within ``idle_timeout_s`` of its first byte. Time the server spends on the
+device's frames (the pipeline, a paused socket) never counts against it.
+
+Stop: the listener stops accepting, every session stops reading, the frames already
+received are answered (ack if their records are safe) within ``shutdown_timeout_s``, and
+the socket is closed after the last ack (FIN once the write buffer is flushed).
 """
 
 from __future__ import annotations
@@ -20,9 +31,16 @@ from collections import deque
 from typing import Any, cast
 
 from fleetgate.config import TeltonikaConfig
+from fleetgate.listeners.limits import (
+    FRAME_TIMEOUT,
+    HANDSHAKE_TIMEOUT,
+    IDLE_TIMEOUT,
+    ConnectionLimiter,
+)
 from fleetgate.listeners.teltonika.authority import DeviceAuthority
 from fleetgate.observability import metrics
 from fleetgate.observability.logging import fields
+from fleetgate.observability.ratelimit import LimitedLog
 from fleetgate.pipeline import Pipeline
 from fleetgate.protocols.teltonika.connection import TcpConnection
 from fleetgate.protocols.teltonika.events import (
@@ -45,6 +63,12 @@ PROTOCOL = "teltonika"
 MAX_PENDING_EVENTS = 64
 RESUME_PENDING_EVENTS = 16
 
+# Lines a device (or a failing backend) could otherwise cause once per frame.
+_CRC_LOG = LimitedLog(log, "teltonika.crc_mismatch")
+_VIOLATION_LOG = LimitedLog(log, "teltonika.protocol_violation")
+_REJECTED_LOG = LimitedLog(log, "teltonika.imei_rejected")
+_WITHHELD_LOG = LimitedLog(log, "teltonika.ack_withheld")
+
 
 class TeltonikaSession(asyncio.Protocol):
     """One tracker connection."""
@@ -56,13 +80,20 @@ class TeltonikaSession(asyncio.Protocol):
         self.pipeline: Pipeline = listener.pipeline
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
+        self._ip = ""
         self._events: deque[TcpEvent] = deque()
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
-        self._idle_handle: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._handshake_deadline = 0.0
         self._last_activity = 0.0
+        # When the first byte of the frame still incomplete in the buffer arrived.
+        self._frame_started: float | None = None
+        self._handling = False
         self._paused = False
         self._closed = False
+        self._draining = False
+        self._counted = False  # holds a slot of the listener's caps
         self._identified = False
 
     # -- asyncio.Protocol ----------------------------------------------------------------
@@ -71,16 +102,37 @@ class TeltonikaSession(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = self.transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self._ip = str(peer[0]) if peer else "?"
+        listener = self.listener
+        refusal = listener.limiter.acquire(self._ip)
+        if refusal is not None or listener.stopping:
+            self._closed = True
+            if refusal is not None:
+                listener.limiter.refuse(self.peer, refusal)
+            self.transport.close()
+            return
+        self._counted = True
         loop = asyncio.get_running_loop()
-        self._last_activity = loop.time()
-        self._arm_idle_timer(self.listener.settings.handshake_timeout_s)
+        now = loop.time()
+        self._last_activity = now
+        self._handshake_deadline = now + listener.settings.handshake_timeout_s
+        self._timer = loop.call_at(self._handshake_deadline, self._check_deadlines)
         self._worker = loop.create_task(self._work(), name=f"teltonika:{self.peer}")
-        self.listener.sessions.add(self)
+        listener.sessions.add(self)
         metrics.OPEN_CONNECTIONS.labels(protocol=PROTOCOL).inc()
 
     def data_received(self, data: bytes) -> None:
-        self._last_activity = asyncio.get_running_loop().time()
-        events = self.connection.receive_data(data)
+        if self._closed or self._draining:
+            return  # stopping: frames not complete yet are resent by the device
+        now = asyncio.get_running_loop().time()
+        self._last_activity = now
+        connection = self.connection
+        events = connection.receive_data(data)
+        if not connection.buffered:
+            self._frame_started = None
+        elif events or self._frame_started is None:
+            # A new frame began in this chunk: its bytes have idle_timeout_s to arrive.
+            self._frame_started = now
         if events:
             self._events.extend(events)
             self._wakeup.set()
@@ -94,10 +146,13 @@ class TeltonikaSession(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._wakeup.set()
-        if self._idle_handle is not None:
-            self._idle_handle.cancel()
-        self.listener.sessions.discard(self)
-        metrics.OPEN_CONNECTIONS.labels(protocol=PROTOCOL).dec()
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._counted:
+            self._counted = False
+            self.listener.limiter.release(self._ip)
+            self.listener.sessions.discard(self)
+            metrics.OPEN_CONNECTIONS.labels(protocol=PROTOCOL).dec()
         if self._identified:  # logged like "tracker connected"
             reason = str(exc) if exc is not None else "closed"
             log.info(
@@ -105,37 +160,47 @@ class TeltonikaSession(asyncio.Protocol):
                 extra=fields(peer=self.peer, imei=self.connection.imei, reason=reason),
             )
 
-    # -- timers --------------------------------------------------------------------------
-    def _arm_idle_timer(self, timeout_s: float) -> None:
-        loop = asyncio.get_running_loop()
-        self._idle_handle = loop.call_at(self._last_activity + timeout_s, self._check_idle)
-
-    def _check_idle(self) -> None:
-        # One timer per session, re-armed from the last activity, rather than one per read.
-        if self._closed:
+    # -- deadlines -------------------------------------------------------------------------
+    def _check_deadlines(self) -> None:
+        """One timer per session: close it past a deadline, else re-arm for the next one."""
+        self._timer = None
+        if self._closed or self._draining:
             return
-        timeout = (
-            self.listener.settings.idle_timeout_s
-            if self._identified
-            else self.listener.settings.handshake_timeout_s
-        )
+        settings = self.listener.settings
         loop = asyncio.get_running_loop()
-        if loop.time() - self._last_activity >= timeout:
-            log.info(
-                "closing idle connection",
-                extra=fields(peer=self.peer, imei=self.connection.imei, idle_s=timeout),
+        now = loop.time()
+        reason: str | None = None
+        if not self._identified:
+            deadline = self._handshake_deadline
+            reason = HANDSHAKE_TIMEOUT
+        elif self._paused or self._handling or self._events:
+            # The device waits for us (an ack, a paused socket): its clock does not run.
+            self._last_activity = now
+            deadline = now + settings.idle_timeout_s
+        else:
+            deadline = self._last_activity + settings.idle_timeout_s
+            reason = IDLE_TIMEOUT
+            if self._frame_started is not None:
+                frame_deadline = self._frame_started + settings.idle_timeout_s
+                if frame_deadline <= deadline:
+                    deadline, reason = frame_deadline, FRAME_TIMEOUT
+        if reason is not None and now >= deadline:
+            self.listener.limiter.refuse(
+                self.peer,
+                reason,
+                imei=self.connection.imei,
+                buffered=self.connection.buffered,
             )
-            metrics.TELTONIKA_FRAMES.labels(codec="none", result="idle_timeout").inc()
             self.close()
             return
-        self._arm_idle_timer(timeout)
+        self._timer = loop.call_at(deadline, self._check_deadlines)
 
     # -- the worker: events in order, one ack writer -------------------------------------
     async def _work(self) -> None:
         try:
             while True:
                 if not self._events:
-                    if self._closed:
+                    if self._closed or self._draining:
                         return
                     self._wakeup.clear()
                     await self._wakeup.wait()
@@ -143,9 +208,14 @@ class TeltonikaSession(asyncio.Protocol):
                 event = self._events.popleft()
                 if self._paused and len(self._events) <= RESUME_PENDING_EVENTS:
                     self._paused = False
-                    if self.transport is not None and not self._closed:
+                    if self.transport is not None and not (self._closed or self._draining):
                         self.transport.resume_reading()
-                await self._handle(event)
+                self._handling = True
+                try:
+                    await self._handle(event)
+                finally:
+                    self._handling = False
+                    self._last_activity = asyncio.get_running_loop().time()
         except Exception:
             log.exception("teltonika session failed", extra=fields(peer=self.peer))
             self.close()
@@ -164,7 +234,7 @@ class TeltonikaSession(asyncio.Protocol):
                 metrics.TELTONIKA_FRAMES.labels(
                     codec=codec_name(event.codec), result="crc_error"
                 ).inc()
-                log.warning(
+                _CRC_LOG.warning(
                     "crc mismatch; frame discarded, no ack (device will resend)",
                     extra=fields(
                         peer=self.peer,
@@ -186,7 +256,7 @@ class TeltonikaSession(asyncio.Protocol):
                 log.info("tracker connected", extra=fields(peer=self.peer, imei=imei))
             self._identified = True
         else:
-            log.warning(
+            _REJECTED_LOG.warning(
                 "tracker rejected: IMEI not allowed", extra=fields(peer=self.peer, imei=imei)
             )
             self.close()
@@ -207,7 +277,7 @@ class TeltonikaSession(asyncio.Protocol):
             # Not safe yet (sink failed or timed out): no ack, so the device resends.
             metrics.TELTONIKA_FRAMES.labels(codec=codec, result="not_acked").inc()
             metrics.ACKS.labels(protocol=PROTOCOL, result="withheld").inc()
-            log.warning(
+            _WITHHELD_LOG.warning(
                 "records not confirmed in time; ack withheld",
                 extra=fields(peer=self.peer, imei=imei, records=len(records)),
             )
@@ -235,7 +305,7 @@ class TeltonikaSession(asyncio.Protocol):
         if not self._identified and event.codec is None:
             metrics.TELTONIKA_HANDSHAKES.labels(result="malformed").inc()
         metrics.TELTONIKA_FRAMES.labels(codec=codec, result="protocol_error").inc()
-        log.warning(
+        _VIOLATION_LOG.warning(
             "protocol violation; closing connection",
             extra=fields(
                 peer=self.peer,
@@ -259,6 +329,29 @@ class TeltonikaSession(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def abort(self) -> None:
+        """Close now, without waiting for the frames in progress (the device resends)."""
+        if self._worker is not None:
+            self._worker.cancel()
+        self.close()
+
+    async def drain(self) -> None:
+        """Stop reading, answer the frames already received, then close (FIN after the
+        last ack). The listener bounds how long this may take."""
+        self._draining = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.transport is not None and not self._closed:
+            self.transport.pause_reading()
+        self._wakeup.set()
+        worker = self._worker
+        if worker is not None and not self._closed:
+            # The worker ends once its queue is empty (see _work): every received frame
+            # got its answer.
+            await asyncio.shield(worker)
+        self.close()
+
 
 class TeltonikaListener:
     """Accepts Teltonika trackers on TCP."""
@@ -272,7 +365,11 @@ class TeltonikaListener:
         self.pipeline = pipeline
         self.reuse_port = reuse_port
         self.authority = DeviceAuthority(settings.allowed_imeis)
+        self.limiter = ConnectionLimiter(
+            PROTOCOL, settings.max_connections, settings.max_connections_per_ip
+        )
         self.sessions: set[TeltonikaSession] = set()
+        self.stopping = False
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -286,14 +383,36 @@ class TeltonikaListener:
             reuse_port=self.reuse_port,
             backlog=1024,
         )
-        log.info("teltonika listening", extra=fields(address=self.address))
+        log.info(
+            "teltonika listening",
+            extra=fields(
+                address=self.address,
+                max_connections=self.limiter.max_total,
+                max_connections_per_ip=self.limiter.max_per_ip,
+            ),
+        )
 
     async def stop(self) -> None:
+        """Stop accepting; answer what was received (bounded); close every connection."""
         if self._server is None:
             return
+        self.stopping = True
         self._server.close()
-        for session in list(self.sessions):
-            session.close()
+        sessions = list(self.sessions)
+        if sessions:
+            drains = [asyncio.create_task(session.drain()) for session in sessions]
+            _, late = await asyncio.wait(drains, timeout=self.settings.shutdown_timeout_s)
+            if late:
+                log.warning(
+                    "teltonika: %d connections still waiting for the pipeline after %g s; "
+                    "closed without their ack (the devices resend)",
+                    len(late),
+                    self.settings.shutdown_timeout_s,
+                )
+            for task in late:
+                task.cancel()
+            for session in sessions:
+                session.abort()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._server.wait_closed(), 5)
         self._server = None

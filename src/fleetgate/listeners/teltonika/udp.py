@@ -26,6 +26,7 @@ from fleetgate.config import TeltonikaConfig
 from fleetgate.listeners.teltonika.authority import DeviceAuthority
 from fleetgate.observability import metrics
 from fleetgate.observability.logging import fields
+from fleetgate.observability.ratelimit import LimitedLog
 from fleetgate.pipeline import AckQueue, Pipeline
 from fleetgate.protocols.teltonika.errors import TeltonikaDecodeError
 from fleetgate.protocols.teltonika.events import AvlFrame
@@ -38,6 +39,10 @@ from fleetgate.runtime import ServerContext
 log = logging.getLogger("fleetgate.teltonika")
 
 MAX_IN_FLIGHT = 4096
+
+# Anyone can send datagrams: one line per junk datagram would let them fill the log.
+_REFUSED_LOG = LimitedLog(log, "teltonika.udp.refused")
+_NOT_ALLOWED_LOG = LimitedLog(log, "teltonika.udp.not_allowed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +91,7 @@ class TeltonikaUdpProtocol(asyncio.DatagramProtocol):
             datagram = decode_udp_datagram(data)
         except TeltonikaDecodeError as exc:
             metrics.labelled(metrics.TELTONIKA_FRAMES, "udp", "protocol_error").inc()
-            log.warning(
+            _REFUSED_LOG.warning(
                 "udp datagram refused; no ack",
                 extra=fields(
                     peer=f"{addr[0]}:{addr[1]}", reason=exc.reason, evidence=data[:64].hex()
@@ -95,7 +100,7 @@ class TeltonikaUdpProtocol(asyncio.DatagramProtocol):
             return
         if not self.authority.allows(datagram.imei):
             metrics.labelled(metrics.TELTONIKA_FRAMES, "udp", "rejected").inc()
-            log.warning(
+            _NOT_ALLOWED_LOG.warning(
                 "udp datagram from a device not allowed; no ack",
                 extra=fields(peer=f"{addr[0]}:{addr[1]}", imei=datagram.imei),
             )
@@ -180,7 +185,7 @@ class TeltonikaUdpListener:
     async def stop(self) -> None:
         if self._transport is None:
             return
-        await self.protocol.drain(5.0)
+        await self.protocol.drain(self.settings.shutdown_timeout_s)
         self._transport.close()
         self._transport = None
 

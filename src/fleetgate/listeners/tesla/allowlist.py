@@ -39,12 +39,17 @@ RELOAD_INTERVAL_S = 1.0
 # The reference's names, unprefixed and without ``_total`` (counters kept as gauges that
 # only ever grow, as for ``reliable_ack``).
 VIN_ALLOWED_RESULTS = Gauge(
-    "vin_allowed_result_count", "VINs checked against the allow-list, by answer", ["allowed"],
-    registry=REGISTRY, multiprocess_mode="sum",
+    "vin_allowed_result_count",
+    "VINs checked against the allow-list, by answer",
+    ["allowed"],
+    registry=REGISTRY,
+    multiprocess_mode="sum",
 )
 VIN_ALLOWED_ERRORS = Gauge(
-    "vin_allowed_error_count", "Allow-list files that could not be read (previous list kept)",
-    registry=REGISTRY, multiprocess_mode="sum",
+    "vin_allowed_error_count",
+    "Allow-list files that could not be read (previous list kept)",
+    registry=REGISTRY,
+    multiprocess_mode="sum",
 )
 
 
@@ -61,7 +66,7 @@ def read_allow_list(path: Path) -> frozenset[str] | None:
     except orjson.JSONDecodeError as exc:
         raise AllowListError(f"{path} is not JSON: {exc}") from exc
     if not isinstance(data, dict):
-        raise AllowListError(f"{path} must hold an object such as {{\"allowed_vins\": [...]}}")
+        raise AllowListError(f'{path} must hold an object such as {{"allowed_vins": [...]}}')
     lists = [data[key] for key in FILE_KEYS if data.get(key) is not None]
     if not lists:
         return None

@@ -11,6 +11,22 @@ Transport rules follow the reference server (spec section 2):
 * The vehicle identity comes from the verified leaf certificate *after* the upgrade; if
   the certificate maps to no identity the socket is closed (``extract_sender_id_err``).
 * ``status_port > 0``: a plain-HTTP listener whose ``/status`` answers ``200 ok``.
+* TLS 1.2 or newer only; plaintext, missing or unknown client certificates fail the
+  handshake (:mod:`fleetgate.listeners.tesla.tls`).
+
+fleetgate's own rules for hostile peers and restarts (section ``tesla``):
+
+* Caps on open connections, in total and per address, checked before the TLS handshake,
+  and one deadline from connect to upgraded WebSocket, ``tesla.handshake_timeout_s``
+  (:mod:`fleetgate.listeners.tesla.gate`). A certificate whose vehicle id is not a valid
+  device id (:func:`fleetgate.records.valid_device_id`; a CN such as ``a/../b``) is
+  refused like one without an identity.
+* SIGHUP (:meth:`TeslaListener.reload`): the certificate files are read again; new
+  handshakes use them, connected vehicles keep their sessions. Files that do not load
+  leave the running certificate in place, with an error line.
+* Stop: no new connections, no new frames taken; frames already taken get their ack (if
+  safe) within ``tesla.shutdown_timeout_s``; then each socket gets a WebSocket close 1001
+  (going away).
 
 With no ``tls`` section (``fleetgate serve`` on embedded defaults) a development CA and
 server certificate are generated under ``<data_dir>/tesla-dev-ca/`` and a loud warning is
@@ -32,19 +48,23 @@ from websockets.asyncio.server import Server as WsServer
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from fleetgate.config import Config, TlsConfig
+from fleetgate.config import Config, ConfigError, TlsConfig
+from fleetgate.listeners.limits import ConnectionLimiter
 from fleetgate.listeners.tesla.allowlist import vin_allow_list
+from fleetgate.listeners.tesla.gate import Door, connection_factory
 from fleetgate.listeners.tesla.oversize import VehicleConnection
 from fleetgate.listeners.tesla.session import PROTOCOL, SessionSettings, VehicleSession
 from fleetgate.listeners.tesla.tls import ca_file_warnings, server_ssl_context
 from fleetgate.observability import metrics
 from fleetgate.observability.logging import fields
+from fleetgate.observability.ratelimit import LimitedLog
 from fleetgate.pipeline import Pipeline
 from fleetgate.pipeline.router import WILDCARD
 from fleetgate.pki import init_pki
 from fleetgate.protocols.tesla.core import MAX_FRAME_BYTES
 from fleetgate.protocols.tesla.identity import IdentityError, identity_from_certificate
 from fleetgate.protocols.tesla.ratelimit import rate_limit_settings
+from fleetgate.records import DEVICE_ID_MAX_LENGTH, valid_device_id
 from fleetgate.runtime import ServerContext
 
 log = logging.getLogger("fleetgate.tesla")
@@ -59,6 +79,8 @@ DEV_CA_DIR = "tesla-dev-ca"
 # connection, however large the frame.
 MAX_MESSAGE_BYTES = MAX_FRAME_BYTES
 STATUS_PATH = "/status"
+
+_IDENTITY_LOG = LimitedLog(log, "tesla.extract_sender_id_err")
 
 
 def _path(request_path: str) -> str:
@@ -83,9 +105,11 @@ class TeslaListener:
         self.pipeline = pipeline
         self.sessions: set[VehicleSession] = set()
         self.dev_pki_dir: Path | None = None
+        self._tls_files: TlsConfig | None = None
         self._server: WsServer | None = None
         self._status_server: asyncio.Server | None = None
         self._settings: SessionSettings | None = None
+        self._door: Door | None = None
         # data_connectors' vin_allowed check (None: every VIN may connect).
         self.allow_list = vin_allow_list(config)
 
@@ -110,7 +134,7 @@ class TeslaListener:
         )
 
     def build_ssl_context(self) -> ssl.SSLContext:
-        tls = self._tls()
+        tls = self._tls_files = self._tls()
         context = server_ssl_context(tls, self.config.use_default_eng_ca)
         if tls.ca_file:
             log.info("custom_ca_file_appened", extra=fields(ca_file=tls.ca_file))
@@ -120,9 +144,55 @@ class TeslaListener:
         return context
 
     # -- Listener protocol ---------------------------------------------------------------
+    def reload(self) -> bool:
+        """SIGHUP: load the certificate files again for every new handshake.
+
+        Connected vehicles keep their TLS sessions. Files that do not load keep the running
+        certificate (False, and an error line)."""
+        if self._door is None:
+            return False
+        try:
+            context = self.build_ssl_context()
+        except (ConfigError, OSError, ValueError) as exc:
+            log.error("tls reload failed; keeping the running certificate: %s", exc)
+            return False
+        self._door.ssl_context = context
+        log.info("tls certificate reloaded", extra=fields(**self._certificate_facts()))
+        return True
+
+    def _certificate_facts(self) -> dict[str, str]:
+        """Serial and expiry of the configured server certificate, for the reload line."""
+        from cryptography import x509
+
+        tls = self._tls_files
+        if tls is None or not tls.server_cert:
+            return {}
+        try:
+            cert = x509.load_pem_x509_certificate(Path(tls.server_cert).read_bytes())
+        except (OSError, ValueError):
+            return {}
+        return {
+            "server_cert": tls.server_cert,
+            "serial": format(cert.serial_number, "x"),
+            "not_after": cert.not_valid_after_utc.isoformat(),
+        }
+
     async def start(self) -> None:
         config = self.config
         ssl_context = self.build_ssl_context()
+        own = config.tesla
+        limiter = ConnectionLimiter(PROTOCOL, own.max_connections, own.max_connections_per_ip)
+        door = Door(
+            limiter,
+            ssl_context,
+            own.handshake_timeout_s,
+            # What serve() would build per socket: no compression, no pings (the reference
+            # never pings; vehicles keep their own connections alive).
+            connection_factory(MAX_MESSAGE_BYTES, ws_log, ping_interval=None),
+        )
+        # Binding first: a taken port fails start-up here, with the usual OSError.
+        door.bind(config.host or None, config.port, config.shares_ports, backlog=1024)
+        self._door = door
         limit = rate_limit_settings(config.rate_limit)
         if limit.warning:
             log.warning("config: %s", limit.warning)
@@ -140,26 +210,27 @@ class TeslaListener:
             ws_log.setLevel(logging.WARNING)
         if self.allow_list is not None:
             await self.allow_list.start()
-        self._server = await serve(
+        # websockets' server runs each connection the door hands it (upgrade,
+        # process_request, the handler); the door listens in its place.
+        server = serve(
             self._handle,
-            config.host or None,
-            config.port,
-            ssl=ssl_context,
             process_request=self._process_request,
-            compression=None,
-            max_size=MAX_MESSAGE_BYTES,
-            create_connection=VehicleConnection,
-            # The reference never pings; vehicles keep their own connections alive.
-            ping_interval=None,
+            open_timeout=None,  # the door's deadline covers TLS and the upgrade
             server_header=None,
             logger=ws_log,
-            reuse_address=True,
-            reuse_port=config.shares_ports,
-            backlog=1024,
         )
+        server.create_server = door.listen  # type: ignore[assignment]
+        door.server = server
+        self._server = await server
         log.info(
             "tesla listening",
-            extra=fields(address=self.address, rate_limit=limit.enforce, limit=limit.limit),
+            extra=fields(
+                address=self.address,
+                rate_limit=limit.enforce,
+                limit=limit.limit,
+                max_connections=limiter.max_total,
+                max_connections_per_ip=limiter.max_per_ip,
+            ),
         )
         if config.status_port > 0:
             self._status_server = await asyncio.start_server(
@@ -181,6 +252,24 @@ class TeslaListener:
             self._status_server = None
         if self._server is None:
             return
+        # No new connections (handshakes in progress are dropped), no new frames taken.
+        if self._door is not None:
+            self._door.close()
+        sessions = list(self.sessions)
+        if sessions:
+            timeout_s = self.config.tesla.shutdown_timeout_s
+            drains = [asyncio.create_task(session.drain(timeout_s)) for session in sessions]
+            _, late = await asyncio.wait(drains, timeout=timeout_s)
+            if late:
+                log.warning(
+                    "tesla: %d vehicles still waiting for the pipeline after %g s; "
+                    "closed without their acks (the vehicles resend)",
+                    len(late),
+                    timeout_s,
+                )
+            for task in late:
+                task.cancel()
+        # Whatever is still open gets a close 1001; handlers end.
         pending: set[asyncio.Task[None]] = set()
         for session in list(self.sessions):
             pending |= session.abandon_tasks()
@@ -189,11 +278,8 @@ class TeslaListener:
             await asyncio.wait_for(self._server.wait_closed(), 10)
         for session in list(self.sessions):
             pending |= session.abandon_tasks()
-        if pending:
-            # Acks still waiting for sinks: give them a moment, then stop waiting.
-            _, late = await asyncio.wait(pending, timeout=2.0)
-            for task in late:
-                task.cancel()
+        for task in pending:
+            task.cancel()
         self._server = None
 
     @property
@@ -245,8 +331,15 @@ class TeslaListener:
             if not der:
                 raise IdentityError("no client certificate")
             identity = identity_from_certificate(der)
+            if not valid_device_id(str(identity.device_id)):
+                # It would name files, URLs, topics and subjects: refused, not rewritten.
+                raise IdentityError(
+                    f"vehicle id {str(identity.device_id)[:DEVICE_ID_MAX_LENGTH]!r} is not a "
+                    "valid device id (letters, digits and ._:- only, at most "
+                    f"{DEVICE_ID_MAX_LENGTH} characters)"
+                )
         except IdentityError as exc:
-            log.warning(
+            _IDENTITY_LOG.warning(
                 "extract_sender_id_err",
                 extra=fields(socket_id=socket_id, remote=str(ws.remote_address), error=str(exc)),
             )
@@ -256,7 +349,7 @@ class TeslaListener:
             # As the reference: the connection is dropped, no close frame, nothing dispatched.
             ws.transport.close()
             return
-        assert isinstance(ws, VehicleConnection)  # serve(create_connection=...)
+        assert isinstance(ws, VehicleConnection)  # built by the door
         session = VehicleSession(
             settings,
             ws,

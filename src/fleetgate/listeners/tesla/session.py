@@ -29,6 +29,7 @@ from fleetgate.listeners.tesla.oversize import OversizeMessage, VehicleConnectio
 from fleetgate.listeners.tesla.writer import FrameWriter
 from fleetgate.observability import metrics
 from fleetgate.observability.logging import fields
+from fleetgate.observability.ratelimit import LimitedLog
 from fleetgate.pipeline import AckQueue, Pipeline
 from fleetgate.protocols.tesla.core import (
     OUTCOME_TOO_BIG,
@@ -50,6 +51,12 @@ PROTOCOL = "tesla"
 MAX_IN_FLIGHT = 64
 CONNECTIVITY = "connectivity"
 
+
+# Lines a vehicle or a failing backend could otherwise cause once per frame.
+_WITHHELD_LOG = LimitedLog(log, "tesla.ack_withheld")
+_PIPELINE_CLOSED_LOG = LimitedLog(log, "tesla.pipeline_closed")
+_SOCKET_ERR_LOG = LimitedLog(log, "tesla.socket_err")
+_TEXT_FRAME_LOG = LimitedLog(log, "tesla.text_frame")
 
 _ACKS_SENT = metrics.ACKS.labels(protocol=PROTOCOL, result="acked")
 _ACKS_WITHHELD = metrics.ACKS.labels(protocol=PROTOCOL, result="withheld")
@@ -130,6 +137,8 @@ class VehicleSession:
         limit = settings.rate_limit
         self.limiter = SlidingWindowLimiter(limit.limit, limit.interval_s)
         self.closed = False
+        # Stopping: frames from now on are not taken (the vehicle resends them later).
+        self.draining = False
         self.bytes_by_topic: dict[str, int] = {}
         self.frames = 0
         self._on_close = on_close
@@ -186,7 +195,7 @@ class VehicleSession:
                 message = await recv()
                 if isinstance(message, str):
                     # Only binary frames are telemetry; anything else ends the session.
-                    log.warning(
+                    _TEXT_FRAME_LOG.warning(
                         "unexpected_record",
                         extra=fields(vin=self.device_id, reason="text frame; closing"),
                     )
@@ -198,6 +207,15 @@ class VehicleSession:
         except ConnectionClosed:
             return
 
+    async def drain(self, timeout_s: float) -> None:
+        """Stop taking frames, answer the frames taken (at most ``timeout_s``), then close
+        the WebSocket normally (1001, going away): the acks go out before the close."""
+        self.draining = True
+        await self._acks.drain(timeout_s)
+        await self._writer.flush()
+        with contextlib.suppress(Exception):
+            await self.ws.close(1001, "server shutting down")
+
     def abandon_tasks(self) -> set[asyncio.Task[None]]:
         """Ack tasks still waiting for the pipeline (the listener cancels them on stop)."""
         return self._acks.pending_tasks()
@@ -205,6 +223,8 @@ class VehicleSession:
     # -- frames --------------------------------------------------------------------------
     async def _on_frame(self, frame: bytes | OversizeMessage) -> None:
         self.frames += 1
+        if self.draining:
+            return  # not taken, no reply: the vehicle resends it after the restart
         over_limit = not self.limiter.allow(time.monotonic())
         if over_limit and self.settings.rate_limit.enforce:
             # Dropped without a reply: the vehicle resends what was not acked.
@@ -234,7 +254,9 @@ class VehicleSession:
             try:
                 await self._acks.put(records, (records[0].topic, result.ack_reply, len(records)))
             except RuntimeError as exc:  # the pipeline is closing: stop reading
-                log.warning("pipeline closed; frame not taken", extra=fields(vin=self.device_id))
+                _PIPELINE_CLOSED_LOG.warning(
+                    "pipeline closed; frame not taken", extra=fields(vin=self.device_id)
+                )
                 self.closed = True
                 raise ConnectionClosedError(None, None) from exc
         elif result.ack_reply is not None:
@@ -297,7 +319,7 @@ class VehicleSession:
         if not safe:
             # Not safe (sink failed or timed out): no ack, so the vehicle resends.
             _ACKS_WITHHELD.inc()
-            log.warning(
+            _WITHHELD_LOG.warning(
                 "records not confirmed in time; ack withheld",
                 extra=fields(vin=self.device_id, txtype=topic, records=count),
             )
@@ -340,7 +362,7 @@ class VehicleSession:
 
     def _fail(self, reason: str) -> None:
         metrics.TESLA_SOCKET_ERR.inc()
-        log.warning("socket_err", extra=fields(vin=self.device_id, error=reason))
+        _SOCKET_ERR_LOG.warning("socket_err", extra=fields(vin=self.device_id, error=reason))
         self.closed = True
         # Ending the read loop: closing the transport makes the iterator stop.
         self.ws.transport.abort()

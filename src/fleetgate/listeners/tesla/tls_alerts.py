@@ -26,8 +26,11 @@ from prometheus_client import Counter
 
 from fleetgate.observability.logging import fields
 from fleetgate.observability.metrics import REGISTRY
+from fleetgate.observability.ratelimit import LimitedLog
 
 log = logging.getLogger("fleetgate.tesla")
+# Anyone can open handshakes: a line for each would let them fill the log.
+_REFUSED_LOG = LimitedLog(log, "tesla.tls_refused")
 
 TLS_HANDSHAKE_ERRORS = Counter(
     "fleetgate_tls_handshake_errors_total",
@@ -68,7 +71,7 @@ def watch_refusals(context: ssl.SSLContext, listener: str) -> None:
         name = _ALERT_NAMES.get(msg_type, str(msg_type))
         TLS_HANDSHAKE_ERRORS.labels(listener=listener, alert=name).inc()
         if not _suppressed():
-            log.warning(
+            _REFUSED_LOG.warning(
                 "tls handshake refused: %s", name, extra=fields(listener=listener, alert=name)
             )
 

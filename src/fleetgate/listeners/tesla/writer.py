@@ -67,9 +67,26 @@ class FrameWriter:
                     await self._write(frames)
             except (ConnectionClosed, TimeoutError, OSError) as exc:
                 self._fail(repr(exc))
+                self._discard(len(frames))
                 return
             finally:
                 self._writing = 0
+            for _ in frames:
+                out.task_done()
+
+    async def flush(self) -> None:
+        """Wait until every frame queued so far is written (or the writer has failed)."""
+        if not self.failed:
+            await self._out.join()
+
+    def _discard(self, taken: int) -> None:
+        """After a failure nothing more is written: settle what flush() would wait for."""
+        out = self._out
+        for _ in range(taken):
+            out.task_done()
+        while not out.empty():
+            out.get_nowait()
+            out.task_done()
 
     async def _write(self, frames: list[bytes]) -> None:
         ws = self.ws
