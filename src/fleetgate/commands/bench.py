@@ -63,7 +63,9 @@ def register(subparsers: Any) -> None:
     )
     where = load.add_argument_group("the server")
     where.add_argument("--host", default="127.0.0.1", help="server host (default 127.0.0.1)")
-    where.add_argument("--teltonika-port", type=int, default=5027)
+    where.add_argument(
+        "--teltonika-port", type=int, default=5027, help="the server's tracker port"
+    )
     where.add_argument("--tesla-url", help="default wss://HOST:4443/")
     where.add_argument(
         "--pki", metavar="DIR", help="a `fleetgate certs init` directory (CA and vehicle certs)"
@@ -95,7 +97,10 @@ def register(subparsers: Any) -> None:
     measure.add_argument(
         "--settle", type=float, default=60.0, metavar="S", help="wait for the store to catch up"
     )
-    measure.add_argument("--connect-timeout", type=float, default=30.0, metavar="S")
+    measure.add_argument(
+        "--connect-timeout", type=float, default=30.0, metavar="S",
+        help="seconds a device may take to connect",
+    )
     measure.add_argument("--json", action="store_true", help="print the report as JSON")
     load.set_defaults(handler=run_bench_load)
 
