@@ -4,6 +4,7 @@ report what it acknowledged, how fast, and what it cost the server."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -163,6 +164,13 @@ class LiveLine:
 
 
 def run_bench_load(args: argparse.Namespace) -> int:
+    if args.tesla and importlib.util.find_spec("picows") is None:
+        print(
+            "fleetgate bench load: simulated vehicles need the bench extra: "
+            "pip install 'fleetgate[bench]'",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     settings = settings_from_args(args)
     live = LiveLine(sys.stderr)
     try:

@@ -30,7 +30,7 @@ from multiprocessing.connection import Connection
 from typing import Any, Final
 
 from fleetgate.pki import client_ssl_context
-from fleetgate.sim.load import gateways, teltonika, tesla
+from fleetgate.sim.load import gateways, teltonika
 from fleetgate.sim.load.device import PacedDevice
 from fleetgate.sim.load.settings import PROTOCOLS, LoadSettings
 from fleetgate.sim.load.stats import ProtocolStats, StatsSnapshot
@@ -117,6 +117,9 @@ class Worker:
         share = settings.share("tesla", self.process)
         if not share:
             return []
+        # picows is the bench extra's: imported only when vehicles are simulated.
+        from fleetgate.sim.load import tesla
+
         window = settings.tesla_window
         acks, txids = tesla.ack_slots(window), tesla.txid_slots(window)
         pools: dict[str, list[bytes]] = {}
