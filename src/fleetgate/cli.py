@@ -1,4 +1,5 @@
-"""``fleetgate`` command line: serve, demo, decode, sim, certs, tesla, token, stream, bench.
+"""``fleetgate`` command line: serve, demo, decode, sim, certs, tesla, token, stream, command,
+bench.
 
 Each command group lives in its own module under :mod:`fleetgate.commands` and adds its
 parsers in ``register(subparsers)``; the parser's ``handler`` returns the exit code.
@@ -12,11 +13,22 @@ import sys
 from collections.abc import Sequence
 
 from fleetgate import __version__
-from fleetgate.commands import bench, certs, decode, demo, serve, sim, stream, tesla, token
+from fleetgate.commands import (
+    bench,
+    certs,
+    command,
+    decode,
+    demo,
+    serve,
+    sim,
+    stream,
+    tesla,
+    token,
+)
 from fleetgate.runtime import StartupError
 from fleetgate.settings import ConfigError
 
-COMMANDS = (serve, demo, decode, sim, certs, tesla, token, stream, bench)
+COMMANDS = (serve, demo, decode, sim, certs, tesla, token, stream, command, bench)
 
 EXIT_USAGE = 2
 
@@ -28,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"fleetgate {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for command in COMMANDS:
-        command.register(subparsers)
+    for group in COMMANDS:
+        group.register(subparsers)
     return parser
 
 
