@@ -107,7 +107,8 @@ class RedisAllowList:
     def __init__(self, settings: RedisAllowListConfig) -> None:
         self.settings = settings
         self._imeis: frozenset[str] = frozenset()
-        self._client: Redis | None = None
+        # Public so a test can point a running list at another server.
+        self.client: Redis | None = None
         self._task: asyncio.Task[None] | None = None
         self.loaded_at: float | None = None  # monotonic time of the last good read
         self.last_error: str | None = None
@@ -119,7 +120,7 @@ class RedisAllowList:
         from redis.asyncio import Redis
 
         timeout = self.settings.timeout_s
-        self._client = Redis.from_url(
+        self.client = Redis.from_url(
             self.settings.url, socket_timeout=timeout, socket_connect_timeout=timeout
         )
         if not await self.refresh():
@@ -134,10 +135,10 @@ class RedisAllowList:
 
     async def refresh(self) -> bool:
         """Read the set once; on failure keep the last list. True when it was read."""
-        assert self._client is not None, "start() first"
+        assert self.client is not None, "start() first"
         try:
             members = await asyncio.wait_for(
-                self._client.smembers(self.settings.key), self.settings.timeout_s
+                self.client.smembers(self.settings.key), self.settings.timeout_s
             )
         except Exception as exc:  # any failure of the read keeps the last good list
             self.last_error = f"{type(exc).__name__}: {exc}"
@@ -173,10 +174,10 @@ class RedisAllowList:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._client is not None:
+        if self.client is not None:
             with contextlib.suppress(Exception):
-                await self._client.aclose()
-            self._client = None
+                await self.client.aclose()
+            self.client = None
 
     def health(self) -> dict[str, Any]:
         age = None if self.loaded_at is None else round(time.monotonic() - self.loaded_at, 1)
