@@ -219,7 +219,9 @@ async def test_a_resend_after_a_lost_ack_is_acked_again_and_stored_once(server: 
     finally:
         device.transport.close()
     async with asyncio.timeout(TIMEOUT):
-        while not any(row["data"]["speed"] == 42 for row in await stored(server.store, DOC_IMEI, 1)):
+        while not any(  # noqa: ASYNC110 - the store has no event
+            row["data"]["speed"] == 42 for row in await stored(server.store, DOC_IMEI, 1)
+        ):
             await asyncio.sleep(0.01)
     rows = await stored(server.store, DOC_IMEI, 1)
     assert sorted(row["data"]["speed"] for row in rows) == [0, 42]
@@ -276,7 +278,7 @@ async def test_a_first_copy_that_was_never_acked_lets_its_resend_through(tmp_pat
         device.send(frame("doc-c8-udp-example"))
         assert await device.reply(1.0) is None
         async with asyncio.timeout(TIMEOUT):
-            while counted("not_acked", "udp:8") == not_acked:
+            while counted("not_acked", "udp:8") == not_acked:  # noqa: ASYNC110 - a metric
                 await asyncio.sleep(0.01)
         UdpGatedSink.gate.set()
         device.send(frame("doc-c8-udp-example"))

@@ -27,10 +27,10 @@ class Clock:
 
 class Link:
     def __init__(self) -> None:
-        self.wakes = 0
+        self.woken = asyncio.Event()
 
     def wake(self) -> None:
-        self.wakes += 1
+        self.woken.set()
 
 
 @pytest.fixture
@@ -64,8 +64,7 @@ async def test_an_online_device_is_woken_and_the_caller_gets_the_answer(
     link = Link()
     center.attach(IMEI, link)
     submit = asyncio.create_task(center.submit(IMEI, "getio"))
-    while link.wakes == 0:
-        await asyncio.sleep(0)
+    await asyncio.wait_for(link.woken.wait(), 5)
     taken = center.take(IMEI)
     assert taken is not None
     center.sent(taken)
