@@ -54,8 +54,13 @@ def scratch(tmp_path: Path) -> Path:
 
 def background(line: str, cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        ["bash", "-c", line.removesuffix("&").strip()], cwd=cwd, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        ["bash", "-c", line.removesuffix("&").strip()],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
 
 
@@ -82,8 +87,13 @@ def test_sending_a_command_as_the_readme_says(scratch: Path) -> None:
             assert time.monotonic() < deadline, "serve did not open its ports"
             time.sleep(0.1)
         udp = subprocess.run(
-            ["bash", "-c", lines[1]], cwd=scratch, env=env, capture_output=True, text=True,
-            timeout=TIMEOUT_S, check=False,
+            ["bash", "-c", lines[1]],
+            cwd=scratch,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+            check=False,
         )
         assert udp.returncode == 0, udp.stdout + udp.stderr
         summary = re.search(r"records sent=(\d+) acked=(\d+)", udp.stdout)
@@ -97,8 +107,13 @@ def test_sending_a_command_as_the_readme_says(scratch: Path) -> None:
             f"{line}\necho\necho '{SPLIT}'\n" for line in lines[4:]
         )
         done = subprocess.run(
-            ["bash", "-c", script], cwd=scratch, env=env, capture_output=True, text=True,
-            timeout=TIMEOUT_S, check=False,
+            ["bash", "-c", script],
+            cwd=scratch,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+            check=False,
         )
         assert server.poll() is None, "serve exited early:\n" + server.communicate()[0]
         assert done.returncode == 0, done.stdout + done.stderr
@@ -116,6 +131,7 @@ def test_sending_a_command_as_the_readme_says(scratch: Path) -> None:
     assert getver["response"].startswith("Ver:") and f"IMEI:{IMEI}" in getver["response"]
     commands = json.loads(listed)["commands"]
     assert [(c["command"], c["status"]) for c in commands] == [
-        ("getver", "answered"), ("getinfo", "answered")
+        ("getver", "answered"),
+        ("getinfo", "answered"),
     ]
     assert commands[1]["response"] == answer.strip()

@@ -26,9 +26,7 @@ pytestmark = pytest.mark.integration
 
 TIMEOUT = 5.0
 IMEI = "352093081452251"  # the device of Teltonika's codec 14 examples
-GETINFO_TEXT = bytes.fromhex(
-    frame("doc-c12-getinfo-response").hex()[30:-10]
-).decode("ascii")
+GETINFO_TEXT = bytes.fromhex(frame("doc-c12-getinfo-response").hex()[30:-10]).decode("ascii")
 
 
 class CommandGatedSink(Sink):
@@ -46,13 +44,21 @@ register_sink(CommandGatedSink)
 
 
 def config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
-    teltonika = {"host": "127.0.0.1", "port": 0, "udp_enabled": False,
-                 **overrides.pop("teltonika", {})}
+    teltonika = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "udp_enabled": False,
+        **overrides.pop("teltonika", {}),
+    }
     return {
         "data_dir": str(tmp_path),
         "tesla_enabled": False,
-        "api": {"host": "127.0.0.1", "port": 0, "auth": {"secret": TEST_SECRET},
-                "dashboard": {"enabled": False}},
+        "api": {
+            "host": "127.0.0.1",
+            "port": 0,
+            "auth": {"secret": TEST_SECRET},
+            "dashboard": {"enabled": False},
+        },
         "teltonika": teltonika,
         **overrides,
     }
@@ -91,7 +97,8 @@ class Tracker:
         listener = server.listener("teltonika")
         assert listener is not None
         reader, writer = await asyncio.open_connection(
-            "127.0.0.1", listener.port  # type: ignore[attr-defined]
+            "127.0.0.1",
+            listener.port,  # type: ignore[attr-defined]
         )
         writer.write(encode_imei(imei))
         assert await asyncio.wait_for(reader.readexactly(1), TIMEOUT) == b"\x01"
@@ -267,7 +274,8 @@ async def test_queued_commands_survive_a_restart_and_go_in_order(tmp_path: Path)
         async with api(server) as client:
             listing = (await client.get(f"/api/v1/devices/{IMEI}/commands")).json()["commands"]
             assert [(c["id"], c["status"]) for c in listing] == [
-                (second["id"], "queued"), (first["id"], "queued")
+                (second["id"], "queued"),
+                (first["id"], "queued"),
             ]
             device = await Tracker.connect(server)
             assert await device.read_frame() == frame("doc-c12-getinfo-command")

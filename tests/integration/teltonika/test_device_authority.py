@@ -142,7 +142,9 @@ async def test_redis_list_strict_accepts_listed_refuses_unlisted_and_survives_an
     server = await start(
         tmp_path,
         allowed_imeis_redis={
-            "url": f"redis://127.0.0.1:{shared_redis}/0", "key": key, "refresh_s": 0.1,
+            "url": f"redis://127.0.0.1:{shared_redis}/0",
+            "key": key,
+            "refresh_s": 0.1,
             "timeout_s": 1,
         },
     )
@@ -181,7 +183,9 @@ async def test_redis_unreachable_at_start_lets_no_one_in_until_a_read_succeeds(
     server = await start(
         tmp_path,
         allowed_imeis_redis={
-            "url": f"redis://127.0.0.1:{closed_port()}/0", "key": key, "refresh_s": 0.1,
+            "url": f"redis://127.0.0.1:{closed_port()}/0",
+            "key": key,
+            "refresh_s": 0.1,
             "timeout_s": 1,
         },
     )

@@ -53,7 +53,8 @@ async def test_a_queued_command_is_stored_and_taken_in_order(center: CommandCent
     center.answered(taken, "INI:...")
     views = await center.history(IMEI, 10)
     assert [(v["command"], v["status"], v["codec"]) for v in views] == [
-        ("getver", "queued", 14), ("getinfo", "answered", 12)
+        ("getver", "queued", 14),
+        ("getinfo", "answered", 12),
     ]
     assert views[1]["response"] == "INI:..." and views[1]["sent_at"] is not None
 
@@ -108,7 +109,8 @@ async def test_the_sweep_finishes_commands_of_devices_that_stay_away(
     center.sweep()  # the first is 61 s old, the second 31 s
     views = await center.history(IMEI, 10)
     assert [(v["command"], v["status"]) for v in views] == [
-        ("getver", "queued"), ("getinfo", "timed_out")
+        ("getver", "queued"),
+        ("getinfo", "timed_out"),
     ]
 
 
