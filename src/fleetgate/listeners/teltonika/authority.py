@@ -212,14 +212,16 @@ class DeviceGate:
     def __init__(self, authority: DeviceAuthority, strict: bool) -> None:
         self.authority = authority
         self.strict = strict
+        # Two possible answers, made once (UDP asks once per datagram).
+        self._known = Admission(KNOWN, True)
+        self._unknown = Admission(UNKNOWN, not strict)
 
     @classmethod
     def from_settings(cls, settings: TeltonikaConfig) -> DeviceGate:
         return cls(build_authority(settings), settings.strict_device_auth)
 
     def admit(self, imei: str) -> Admission:
-        device = self.authority.check(imei)
-        return Admission(device, device == KNOWN or not self.strict)
+        return self._known if self.authority.check(imei) == KNOWN else self._unknown
 
     async def start(self) -> None:
         await self.authority.start()

@@ -208,6 +208,8 @@ class CommandCenter:
     def take(self, device_id: str) -> Command | None:
         """The next command to send to the device, or None; expired ones are finished."""
         queue = self._queues.get(device_id)
+        if queue is None:
+            return None  # the common case: asked after every frame
         while queue:
             item = queue.popleft()
             if self._expired(item):
@@ -216,7 +218,7 @@ class CommandCenter:
             if not queue:
                 del self._queues[device_id]
             return item
-        self._queues.pop(device_id, None)
+        del self._queues[device_id]
         return None
 
     def sent(self, item: Command) -> None:
