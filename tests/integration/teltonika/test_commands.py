@@ -5,6 +5,7 @@ server must write and the answers a device sends back)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -344,3 +345,60 @@ async def test_with_several_workers_a_device_elsewhere_is_refused_not_queued(
             device.close()
     finally:
         await server.stop()
+
+
+# -- fleetgate command ---------------------------------------------------------------------
+async def run_cli(server: Server, *args: str, scope: str = "command read") -> int:
+    from fleetgate.cli import main
+
+    url = f"http://127.0.0.1:{server.api_port}"
+    argv = ["command", *args, "--url", url, "--token", make_token(scope=scope)]
+    return await asyncio.to_thread(main, argv)
+
+
+async def test_cli_prints_the_answer_and_exits_by_the_outcome(
+    server: Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    device = await Tracker.connect(server)
+    cli = asyncio.create_task(run_cli(server, IMEI, "getinfo"))
+    assert await device.read_frame() == frame("doc-c12-getinfo-command")
+    device.send(frame("doc-c12-getinfo-response"))
+    assert await cli == 0
+    out, err = capsys.readouterr()
+    assert out == GETINFO_TEXT + "\n"
+    assert "answered" in err
+
+    cli = asyncio.create_task(run_cli(server, IMEI, "getver", "--codec", "14", "--json"))
+    assert await device.read_frame() == frame("doc-c14-getver-command")
+    device.send(frame("doc-c14-nack-response"))
+    assert await cli == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out)["status"] == "nack"
+    assert "nack (the device refused it: the IMEI is not its own)" in err
+    device.close()
+
+
+async def test_cli_reports_a_queued_command_and_a_refused_token(
+    server: Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await run_cli(server, "356307042441013", "getinfo", "--no-wait") == 1
+    assert "queued" in capsys.readouterr().err
+    assert await run_cli(server, IMEI, "getinfo", scope="read") == 2
+    assert "HTTP 403: insufficient_scope" in capsys.readouterr().err
+
+
+async def test_cli_waits_for_a_device_that_connects_later(
+    server: Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cli = asyncio.create_task(run_cli(server, IMEI, "getio", "--timeout", "20"))
+    async with api(server) as client:
+        path = f"/api/v1/devices/{IMEI}/commands"
+        async with asyncio.timeout(TIMEOUT):
+            while not (await client.get(path)).json()["commands"]:  # noqa: ASYNC110 - the API
+                await asyncio.sleep(0.05)
+    device = await Tracker.connect(server)
+    assert await device.read_frame() == frame("doc-c12-getio-command")
+    device.send(frame("doc-c12-getio-response"))
+    assert await cli == 0
+    assert capsys.readouterr().out.startswith("DI1:1 DI2:0 DI3:0")
+    device.close()
