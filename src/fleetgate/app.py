@@ -24,6 +24,7 @@ from fleetgate import __version__
 from fleetgate.config import Config, StatsdConfig
 from fleetgate.forms import wire_payload
 from fleetgate.listeners.mqtt import create_listener as mqtt_ingest_listener
+from fleetgate.listeners.teltonika.commands import CommandCenter
 from fleetgate.listeners.teltonika.tcp import create_listener as teltonika_tcp_listener
 from fleetgate.listeners.teltonika.udp import create_listener as teltonika_udp_listener
 from fleetgate.listeners.tesla.listener import create_listener as tesla_listener
@@ -174,7 +175,13 @@ class Server:
         if config.api.enabled:
             self.pipeline.add_observer(self.hub.publish)
         self.auth: Any = None
-        self.context = ServerContext(config, self.pipeline, self.store)
+        # Teltonika commands: the API queues them, the TCP listener's sessions send them.
+        self.commands: CommandCenter | None = (
+            CommandCenter(config.teltonika, config.data_path, alone=not config.shares_ports)
+            if config.api.enabled and config.teltonika.enabled
+            else None
+        )
+        self.context = ServerContext(config, self.pipeline, self.store, self.commands)
         self.listeners: list[Listener] = []
         self.started_at = time.time()
         self._api_server: Any = None
@@ -189,6 +196,8 @@ class Server:
         """Start everything; a port that cannot be bound raises :class:`StartupError`
         naming the listener and the address."""
         await self.pipeline.start()
+        if self.commands is not None:
+            await self.commands.start()
         if self.config.api.enabled:
             with bind_failure("api", self.config.api.host, self.config.api.port):
                 await self._start_api()
@@ -213,6 +222,8 @@ class Server:
             if isinstance(result, Exception):
                 log.error("stopping %s failed", listener.name, exc_info=result)
         self.listeners.clear()
+        if self.commands is not None:
+            await self.commands.stop()
         await self.pipeline.close()
         if self._api_server is not None:
             self._api_server.should_exit = True
@@ -349,7 +360,12 @@ class Server:
         settings = self.config.api
         self.auth = Authenticator(settings.auth, self.config.data_path)
         api = create_api(
-            self.store, self.health_report, auth=self.auth, settings=settings, hub=self.hub
+            self.store,
+            self.health_report,
+            auth=self.auth,
+            settings=settings,
+            hub=self.hub,
+            commands=self.commands,
         )
         config = uvicorn.Config(
             api,

@@ -1,5 +1,5 @@
 """``fleetgate`` command line: serve, config, demo, decode, sim, certs, tesla, token, stream,
-bench.
+command, bench.
 
 Each command group lives in its own module under :mod:`fleetgate.commands` and adds its
 parsers in ``register(subparsers)``; the parser's ``handler`` returns the exit code.
@@ -17,6 +17,7 @@ from fleetgate import __version__
 from fleetgate.commands import (
     bench,
     certs,
+    command,
     config,
     decode,
     demo,
@@ -29,7 +30,7 @@ from fleetgate.commands import (
 from fleetgate.runtime import StartupError
 from fleetgate.settings import ConfigError
 
-COMMANDS = (serve, config, demo, decode, sim, certs, tesla, token, stream, bench)
+COMMANDS = (serve, config, demo, decode, sim, certs, tesla, token, stream, command, bench)
 
 EXIT_USAGE = 2
 
@@ -70,8 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"fleetgate {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for command in COMMANDS:
-        command.register(subparsers)
+    for group in COMMANDS:
+        group.register(subparsers)
     _show_defaults(parser)
     return parser
 

@@ -32,9 +32,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fleetgate.mqtt_settings import MqttIngestConfig
+from fleetgate.protocols.teltonika.io_names import io_table
 from fleetgate.settings import (
     ConfigError,
     Section,
@@ -71,6 +79,16 @@ class AckLevel(enum.StrEnum):
 
 
 # -- fleetgate's own sections --------------------------------------------------------------
+class RedisAllowListConfig(Section):
+    """The Teltonika allow-list kept in a Redis set (``SADD <key> <imei>``)."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    key: str = "fleetgate:teltonika:allowed_imeis"
+    # How often the set is read again; a failed read keeps the last list it got.
+    refresh_s: float = Field(30.0, gt=0)
+    timeout_s: float = Field(5.0, gt=0)
+
+
 class TeltonikaConfig(Section):
     """Teltonika tracker listeners: TCP, and UDP on the same port number by default."""
 
@@ -93,12 +111,46 @@ class TeltonikaConfig(Section):
     max_connections_per_ip: int = Field(0, ge=0)
     # On stop: how long frames already received may wait for their answer.
     shutdown_timeout_s: float = Field(10.0, gt=0)
-    # Allow-list of IMEIs; None accepts every syntactically valid IMEI.
+    # Device authority (fleetgate.listeners.teltonika.authority): a static allow-list, or a
+    # Redis set refreshed periodically; neither: every syntactically valid IMEI is known.
     allowed_imeis: list[str] | None = None
+    allowed_imeis_redis: RedisAllowListConfig | None = None
+    # Refuse IMEIs not on the list (00 and close; over UDP no ack); false: accept them,
+    # labelled device="unknown" on the handshake metric.
+    strict_device_auth: bool = True
+    # IO names: the default family (or model) and families by IMEI or IMEI prefix (longest
+    # prefix wins), e.g. {"35209308": "fm6", "352093081452251": "GH3000"}.
+    io_family: str = "fmb"
+    io_families: dict[str, str] = Field(default_factory=dict)
+    # Commands (codec 12/14): how long a device has to answer one once it is sent, and how
+    # long a command for a device that is not connected waits for its next connection.
+    command_timeout_s: float = Field(30.0, gt=0, le=3600)
+    command_queue_ttl_s: float = Field(7 * 86400.0, gt=0)
 
     @property
     def udp_listen_port(self) -> int:
         return self.port if self.udp_port is None else self.udp_port
+
+    @field_validator("io_family")
+    @classmethod
+    def _known_io_family(cls, value: str) -> str:
+        io_table(value)  # raises ValueError naming the families
+        return value
+
+    @field_validator("io_families")
+    @classmethod
+    def _known_io_families(cls, value: dict[str, str]) -> dict[str, str]:
+        for prefix, family in value.items():
+            if not (prefix.isdigit() and prefix.isascii()):
+                raise ValueError(f"{prefix!r}: keys are IMEIs or IMEI prefixes (digits)")
+            io_table(family)
+        return value
+
+    @model_validator(mode="after")
+    def _one_allow_list(self) -> TeltonikaConfig:
+        if self.allowed_imeis is not None and self.allowed_imeis_redis is not None:
+            raise ValueError("allowed_imeis and allowed_imeis_redis: configure one of them")
+        return self
 
 
 class TeslaListenerConfig(Section):

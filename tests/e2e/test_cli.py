@@ -86,7 +86,7 @@ def test_serve_then_sim_then_api(served: tuple[int, int]) -> None:
     health = httpx.get(f"http://127.0.0.1:{api_port}/health").json()
     assert health["status"] == "ok"
     metrics = httpx.get(f"http://127.0.0.1:{api_port}/metrics").text
-    assert 'fleetgate_teltonika_handshakes_total{result="accepted"} 3.0' in metrics
+    assert 'fleetgate_teltonika_handshakes_total{device="known",result="accepted"} 3.0' in metrics
 
 
 def test_decode_prints_the_frame_as_json() -> None:

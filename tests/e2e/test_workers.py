@@ -123,7 +123,10 @@ def test_two_workers_share_the_port_the_store_and_the_metrics(served: Served) ->
     assert health["status"] == "ok"
     assert health["workers"] == 2
     metrics = httpx.get(f"{api}/metrics").text
-    assert f'fleetgate_teltonika_handshakes_total{{result="accepted"}} {DEVICES}.0' in metrics
+    assert (
+        f'fleetgate_teltonika_handshakes_total{{device="known",result="accepted"}} {DEVICES}.0'
+        in metrics
+    )
     assert 'fleetgate_sink_published_total{sink="sqlite"} ' + f"{DEVICES * 4}.0" in metrics
     assert 'fleetgate_open_connections{protocol="teltonika"} 0.0' in metrics
 

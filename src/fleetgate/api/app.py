@@ -17,6 +17,7 @@ from fastapi.responses import Response
 
 from fleetgate import __version__
 from fleetgate.api.auth import Authenticator, AuthError
+from fleetgate.api.commands import create_command_router
 from fleetgate.api.dashboard import add_dashboard
 from fleetgate.api.history import DeviceIdPaths, create_history_router
 from fleetgate.api.responses import JsonResponse
@@ -24,6 +25,7 @@ from fleetgate.api.stream import add_stream_route
 from fleetgate.config import ApiConfig
 from fleetgate.observability import metrics
 from fleetgate.pipeline.hub import LiveHub
+from fleetgate.runtime import DeviceCommands
 from fleetgate.sinks.base import Health
 from fleetgate.store import RecordStore
 
@@ -40,9 +42,11 @@ def create_api(
     auth: Authenticator,
     settings: ApiConfig | None = None,
     hub: LiveHub | None = None,
+    commands: DeviceCommands | None = None,
 ) -> FastAPI:
     """The HTTP application over a record store (``None``: disabled), a health report, the
-    token checker and the live hub (``None``: no ``/stream``)."""
+    token checker, the live hub (``None``: no ``/stream``) and the device command queue
+    (``None``: the command routes answer 503)."""
     settings = settings or ApiConfig()
     api = FastAPI(
         title="fleetgate",
@@ -86,6 +90,7 @@ def create_api(
     # Device ids holding "/" (percent-encoded by clients) stay one path segment.
     api.add_middleware(DeviceIdPaths)
     api.include_router(create_history_router(record_store, auth, settings.online_window_s))
+    api.include_router(create_command_router(commands, auth))
     if hub is not None:
         add_stream_route(api, hub, auth, settings.stream)
     add_dashboard(api, settings.dashboard, settings.online_window_s)

@@ -132,8 +132,20 @@ AUTH_FAILURES = Counter(
 
 # -- Teltonika ----------------------------------------------------------------------------
 TELTONIKA_HANDSHAKES = Counter(
-    "fleetgate_teltonika_handshakes_total", "IMEI handshakes by result", ["result"],
-    registry=REGISTRY,
+    "fleetgate_teltonika_handshakes_total",
+    "IMEI handshakes by result and whether the device authority knows the IMEI "
+    "(device: known, unknown; none for a malformed handshake)",
+    ["result", "device"], registry=REGISTRY,
+)
+TELTONIKA_ALLOW_LIST_REFRESHES = Counter(
+    "fleetgate_teltonika_allow_list_refreshes_total",
+    "Reads of the Redis allow-list by result (ok, failed: the last list stays in use)",
+    ["result"], registry=REGISTRY,
+)
+TELTONIKA_COMMANDS = Counter(
+    "fleetgate_teltonika_commands_total",
+    "Device commands by outcome (queued, sent, answered, nack, timed_out)",
+    ["status"], registry=REGISTRY,
 )
 TELTONIKA_FRAMES = Counter(
     "fleetgate_teltonika_frames_total", "Teltonika frames by codec and result",

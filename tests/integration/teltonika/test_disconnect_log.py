@@ -52,6 +52,6 @@ async def test_disconnect_is_logged_with_peer_and_imei(
         await server.stop()
     by_message = {r.getMessage(): getattr(r, "fields", {}) for r in caplog.records}
     connected, disconnected = by_message["tracker connected"], by_message["tracker disconnected"]
-    assert connected == {"peer": local, "imei": IMEI}
+    assert connected == {"peer": local, "imei": IMEI, "device": "known"}
     assert disconnected["peer"] == local and disconnected["imei"] == IMEI
     assert disconnected["reason"]

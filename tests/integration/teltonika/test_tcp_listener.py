@@ -199,6 +199,7 @@ async def test_codec7_and_16_byte_group_frames_are_stored_and_acked(
 async def test_impossible_device_time_gets_no_ack_and_the_connection_stays(
     server: Server,
 ) -> None:
+    impossible, broken = frames_counter("8", "impossible_value"), frames_counter("8", "protocol_error")
     reader, writer = await handshake(server)
     good = frame("doc-c8-tcp-example1")
     body = bytearray(body_of(good))
@@ -209,6 +210,29 @@ async def test_impossible_device_time_gets_no_ack_and_the_connection_stays(
     assert await read_ack(reader) == 1
     writer.close()
     assert len(await stored(server.store, IMEI, 1)) == 1
+    assert frames_counter("8", "impossible_value") == impossible + 1
+    assert frames_counter("8", "protocol_error") == broken
+
+
+async def test_io_names_follow_the_family_configured_for_the_imei(tmp_path: Path) -> None:
+    # IO 1 is digital_input_1 in the common table, battery_level in the GH3000 one.
+    server = await start_server(tmp_path, teltonika={"io_families": {IMEI: "GH3000"}})
+    try:
+        reader, writer = await handshake(server)
+        writer.write(frame("doc-c8-tcp-example1"))
+        assert await read_ack(reader) == 1
+        writer.close()
+        reader, writer = await handshake(server, "356307042441014")
+        writer.write(frame("doc-c8-tcp-example1"))
+        assert await read_ack(reader) == 1
+        writer.close()
+        [gh] = await stored(server.store, IMEI, 1)
+        [fmb] = await stored(server.store, "356307042441014", 1)
+    finally:
+        await server.stop()
+    assert gh["data"]["battery_level"] == 1 and "digital_input_1" not in gh["data"]
+    assert fmb["data"]["digital_input_1"] is True and "battery_level" not in fmb["data"]
+    assert gh["data"]["io"] == fmb["data"]["io"]
 
 
 async def test_unknown_codec_closes_with_a_metric(server: Server) -> None:

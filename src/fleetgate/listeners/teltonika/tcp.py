@@ -20,6 +20,17 @@ device's frames (the pipeline, a paused socket) never counts against it.
 Stop: the listener stops accepting, every session stops reading, the frames already
 received are answered (ack if their records are safe) within ``shutdown_timeout_s``, and
 the socket is closed after the last ack (FIN once the write buffer is flushed).
+
+Device authority (:mod:`.authority`): the IMEI is checked against the configured list; the
+handshake metric says whether it was ``known``; strict mode answers ``00`` and closes.
+
+Commands (:mod:`.commands`): the session sends a queued command itself, from its worker,
+only when the device is between frames: no received frame is waiting for its ack and no
+frame is half-received. A tracker that has sent a frame reads the next four bytes as the
+ack; a command written then would be read as a wrong ack (and the device would resend)
+and its own bytes would be lost. One command is in flight at a time; the device's codec
+12/14 response (or nACK) answers it, and no answer within ``command_timeout_s`` times it
+out. Responses are also records (topic ``command_response``), as before.
 """
 
 from __future__ import annotations
@@ -37,7 +48,10 @@ from fleetgate.listeners.limits import (
     IDLE_TIMEOUT,
     ConnectionLimiter,
 )
-from fleetgate.listeners.teltonika.authority import DeviceAuthority
+from fleetgate.listeners.teltonika.authority import DeviceGate
+from fleetgate.listeners.teltonika.command_journal import Command
+from fleetgate.listeners.teltonika.commands import CommandCenter
+from fleetgate.listeners.teltonika.io_naming import IoTables
 from fleetgate.observability import metrics
 from fleetgate.observability.logging import fields
 from fleetgate.observability.ratelimit import LimitedLog
@@ -46,14 +60,17 @@ from fleetgate.protocols.teltonika.connection import TcpConnection
 from fleetgate.protocols.teltonika.events import (
     AvlFrame,
     CrcMismatch,
+    FrameRefused,
     GprsFrame,
     ImeiReceived,
     KeepAlive,
     ProtocolViolation,
     TcpEvent,
 )
-from fleetgate.protocols.teltonika.model import codec_name
-from fleetgate.protocols.teltonika.records import to_records
+from fleetgate.protocols.teltonika.gprs import TYPE_NACK, TYPE_RESPONSE, encode_command
+from fleetgate.protocols.teltonika.io_names import IoTable
+from fleetgate.protocols.teltonika.model import CODEC_12, CODEC_14, GprsMessage, codec_name
+from fleetgate.protocols.teltonika.records import gprs_message_data, to_records
 from fleetgate.records import now_ms
 from fleetgate.runtime import ServerContext
 
@@ -68,6 +85,7 @@ _CRC_LOG = LimitedLog(log, "teltonika.crc_mismatch")
 _VIOLATION_LOG = LimitedLog(log, "teltonika.protocol_violation")
 _REJECTED_LOG = LimitedLog(log, "teltonika.imei_rejected")
 _WITHHELD_LOG = LimitedLog(log, "teltonika.ack_withheld")
+_IMPOSSIBLE_LOG = LimitedLog(log, "teltonika.impossible_value")
 
 
 class TeltonikaSession(asyncio.Protocol):
@@ -95,6 +113,12 @@ class TeltonikaSession(asyncio.Protocol):
         self._draining = False
         self._counted = False  # holds a slot of the listener's caps
         self._identified = False
+        # The IMEI accepted for this connection, and the IO table that names its elements.
+        self._device: str | None = None
+        self._io_table: IoTable | None = None
+        # The command sent and not answered yet, and its timer.
+        self._command: Command | None = None
+        self._command_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -148,6 +172,10 @@ class TeltonikaSession(asyncio.Protocol):
         self._wakeup.set()
         if self._timer is not None:
             self._timer.cancel()
+        self._drop_command("the connection closed before the device answered")
+        commands = self.listener.commands
+        if commands is not None and self._device is not None:
+            commands.detach(self._device, self)
         if self._counted:
             self._counted = False
             self.listener.limiter.release(self._ip)
@@ -202,6 +230,7 @@ class TeltonikaSession(asyncio.Protocol):
                 if not self._events:
                     if self._closed or self._draining:
                         return
+                    self._send_next_command()
                     self._wakeup.clear()
                     await self._wakeup.wait()
                     continue
@@ -230,6 +259,19 @@ class TeltonikaSession(asyncio.Protocol):
                 metrics.TELTONIKA_FRAMES.labels(codec="ping", result="ok").inc()
             case GprsFrame():
                 await self._on_gprs(event)
+            case FrameRefused():
+                metrics.TELTONIKA_FRAMES.labels(
+                    codec=codec_name(event.codec), result="impossible_value"
+                ).inc()
+                _IMPOSSIBLE_LOG.warning(
+                    "frame refused: a value that cannot be true; no ack (the device keeps it)",
+                    extra=fields(
+                        peer=self.peer,
+                        imei=self.connection.imei,
+                        reason=event.reason,
+                        frame=event.raw[:64].hex(),
+                    ),
+                )
             case CrcMismatch():
                 metrics.TELTONIKA_FRAMES.labels(
                     codec=codec_name(event.codec), result="crc_error"
@@ -248,13 +290,28 @@ class TeltonikaSession(asyncio.Protocol):
                 self._on_violation(event)
 
     def _on_imei(self, imei: str) -> None:
-        accepted = self.listener.authority.allows(imei)
+        listener = self.listener
+        admission = listener.gate.admit(imei)
+        accepted = admission.allowed
         self._send(self.connection.accept_imei(accepted))
-        metrics.TELTONIKA_HANDSHAKES.labels(result="accepted" if accepted else "rejected").inc()
+        metrics.labelled(
+            metrics.TELTONIKA_HANDSHAKES, "accepted" if accepted else "rejected", admission.device
+        ).inc()
         if accepted:
             if not self._identified:
-                log.info("tracker connected", extra=fields(peer=self.peer, imei=imei))
+                log.info(
+                    "tracker connected",
+                    extra=fields(peer=self.peer, imei=imei, device=admission.device),
+                )
+            elif self._device is not None and listener.commands is not None:
+                # A repeated IMEI frame (spec 3.5): the session starts over as this IMEI.
+                self._drop_command("the device identified itself again")
+                listener.commands.detach(self._device, self)
             self._identified = True
+            self._device = imei
+            self._io_table = listener.io_tables.for_imei(imei)
+            if listener.commands is not None:
+                listener.commands.attach(imei, self)
         else:
             _REJECTED_LOG.warning(
                 "tracker rejected: IMEI not allowed", extra=fields(peer=self.peer, imei=imei)
@@ -268,7 +325,7 @@ class TeltonikaSession(asyncio.Protocol):
             metrics.TELTONIKA_FRAMES.labels(codec=codec, result="unidentified").inc()
             self.close()
             return
-        records = to_records(imei, frame, now_ms())
+        records = to_records(imei, frame, now_ms(), self._io_table)
         if await self.pipeline.accept(records):
             self._send(self.connection.ack(len(records)))
             metrics.labelled(metrics.TELTONIKA_FRAMES, codec, "accepted").inc()
@@ -297,13 +354,14 @@ class TeltonikaSession(asyncio.Protocol):
                     payload=message.payload[:256].hex(),
                 ),
             )
+            self._on_answer(message)
         if imei is not None and self._identified:
             await self.pipeline.accept(to_records(imei, frame, now_ms()))
 
     def _on_violation(self, event: ProtocolViolation) -> None:
         codec = codec_name(event.codec) if event.codec is not None else "none"
         if not self._identified and event.codec is None:
-            metrics.TELTONIKA_HANDSHAKES.labels(result="malformed").inc()
+            metrics.TELTONIKA_HANDSHAKES.labels(result="malformed", device="none").inc()
         metrics.TELTONIKA_FRAMES.labels(codec=codec, result="protocol_error").inc()
         _VIOLATION_LOG.warning(
             "protocol violation; closing connection",
@@ -316,6 +374,83 @@ class TeltonikaSession(asyncio.Protocol):
             ),
         )
         self.close()
+
+    # -- commands ------------------------------------------------------------------------
+    def wake(self) -> None:
+        """A command is queued for this device (:class:`.commands.CommandLink`)."""
+        self._wakeup.set()
+
+    def _send_next_command(self) -> None:
+        """Send the device's next command if it is between frames (module docstring)."""
+        commands = self.listener.commands
+        imei = self._device
+        if (
+            commands is None
+            or imei is None
+            or self._command is not None
+            or not self._identified
+            or self._closed
+            or self._draining
+            or self._events
+            or self.connection.buffered
+        ):
+            return
+        command = commands.take(imei)
+        if command is None:
+            return
+        self._send(
+            encode_command(
+                command.command,
+                codec=command.codec,
+                imei=imei if command.codec == CODEC_14 else None,
+            )
+        )
+        self._command = command
+        commands.sent(command)
+        timeout = self.listener.settings.command_timeout_s
+        self._command_timer = asyncio.get_running_loop().call_later(
+            timeout, self._command_expired, command
+        )
+
+    def _on_answer(self, message: GprsMessage) -> None:
+        """A codec 12/14 response or nACK answers the command in flight."""
+        command = self._command
+        commands = self.listener.commands
+        if command is None or commands is None or message.codec not in (CODEC_12, CODEC_14):
+            return
+        if message.type == TYPE_RESPONSE:
+            data = gprs_message_data(message)
+            commands.answered(command, data["text"] if "text" in data else data["hex"])
+        elif message.type == TYPE_NACK:
+            commands.nacked(command)
+        else:
+            return
+        self._clear_command()
+        self._wakeup.set()  # the next queued command may go
+
+    def _command_expired(self, command: Command) -> None:
+        if self._command is not command:
+            return
+        self._command_timer = None
+        self._drop_command(
+            f"no answer within command_timeout_s ({self.listener.settings.command_timeout_s:g} s)"
+        )
+        self._wakeup.set()
+
+    def _drop_command(self, detail: str) -> None:
+        """The command in flight will get no answer here: it timed out."""
+        command = self._command
+        commands = self.listener.commands
+        if command is None or commands is None:
+            return
+        self._clear_command()
+        commands.timed_out(command, detail)
+
+    def _clear_command(self) -> None:
+        self._command = None
+        if self._command_timer is not None:
+            self._command_timer.cancel()
+            self._command_timer = None
 
     # -- output --------------------------------------------------------------------------
     def _send(self, data: bytes) -> None:
@@ -359,12 +494,18 @@ class TeltonikaListener:
     name = "teltonika"
 
     def __init__(
-        self, settings: TeltonikaConfig, pipeline: Pipeline, reuse_port: bool = False
+        self,
+        settings: TeltonikaConfig,
+        pipeline: Pipeline,
+        reuse_port: bool = False,
+        commands: CommandCenter | None = None,
     ) -> None:
         self.settings = settings
         self.pipeline = pipeline
         self.reuse_port = reuse_port
-        self.authority = DeviceAuthority(settings.allowed_imeis)
+        self.gate = DeviceGate.from_settings(settings)
+        self.io_tables = IoTables(settings)
+        self.commands = commands
         self.limiter = ConnectionLimiter(
             PROTOCOL, settings.max_connections, settings.max_connections_per_ip
         )
@@ -373,16 +514,21 @@ class TeltonikaListener:
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
+        await self.gate.start()
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: TeltonikaSession(self),
-            host=self.settings.host,
-            port=self.settings.port,
-            reuse_address=True,
-            # Worker processes share the port (scale by processes; see ARCHITECTURE.md).
-            reuse_port=self.reuse_port,
-            backlog=1024,
-        )
+        try:
+            self._server = await loop.create_server(
+                lambda: TeltonikaSession(self),
+                host=self.settings.host,
+                port=self.settings.port,
+                reuse_address=True,
+                # Worker processes share the port (scale by processes; see ARCHITECTURE.md).
+                reuse_port=self.reuse_port,
+                backlog=1024,
+            )
+        except BaseException:
+            await self.gate.stop()
+            raise
         log.info(
             "teltonika listening",
             extra=fields(
@@ -416,6 +562,7 @@ class TeltonikaListener:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._server.wait_closed(), 5)
         self._server = None
+        await self.gate.stop()
 
     @property
     def port(self) -> int:
@@ -432,6 +579,7 @@ class TeltonikaListener:
             "status": "ok" if self._server is not None else "down",
             "address": self.address,
             "connections": len(self.sessions),
+            "authority": self.gate.health(),
         }
 
 
@@ -440,4 +588,5 @@ def create_listener(context: ServerContext) -> TeltonikaListener | None:
     settings = context.config.teltonika
     if not settings.enabled:
         return None
-    return TeltonikaListener(settings, context.pipeline, context.config.shares_ports)
+    commands = context.commands if isinstance(context.commands, CommandCenter) else None
+    return TeltonikaListener(settings, context.pipeline, context.config.shares_ports, commands)
