@@ -79,6 +79,16 @@ class SimulationSettings:
     udp_resends: int = 3
     # After the last frame, keep TCP connections open this long to answer commands.
     linger_s: float = 0.0
+    # TCP failover, like a tracker with backup servers: tracker i starts on servers[i % n]
+    # and, when its connection is lost, connects to the next one and sends the frame that
+    # had no ack again. Empty: (host, port) only, and a lost connection ends the tracker.
+    servers: tuple[tuple[str, int], ...] = ()
+    # With servers: give up when no server took a connection for this long.
+    failover_timeout_s: float = 30.0
+
+    @property
+    def targets(self) -> tuple[tuple[str, int], ...]:
+        return self.servers or ((self.host, self.port),)
 
     def __post_init__(self) -> None:
         if self.codec not in CODECS:
@@ -87,6 +97,8 @@ class SimulationSettings:
             raise ValueError(f"transport must be tcp or udp, not {self.transport!r}")
         if self.io16_group and CODECS[self.codec] == CODEC_7:
             raise ValueError("codec 7 (GH3000) has no 16-byte IO group")
+        if self.servers and self.transport != "tcp":
+            raise ValueError("failover servers are for TCP trackers")
 
 
 @dataclass(slots=True)
@@ -100,6 +112,8 @@ class SimulationResult:
     connection_errors: int = 0
     resends: int = 0
     commands_answered: int = 0
+    # TCP failover: connections made again to another server after one was lost.
+    reconnects: int = 0
     elapsed_s: float = 0.0
     sent: dict[str, list[AvlRecord]] = field(default_factory=dict)
     # Why connections failed: reason -> count (see fleetgate.sim.failures).
@@ -125,7 +139,9 @@ class SimulationResult:
             f"frames sent={self.frames_sent} acked={self.frames_acked} "
             f"ack mismatches={self.ack_mismatches} handshake failures={self.handshake_failures} "
             f"connection errors={self.connection_errors} resends={self.resends} "
-            f"commands answered={self.commands_answered} elapsed={self.elapsed_s:.1f}s "
+            f"commands answered={self.commands_answered} "
+            + (f"reconnects={self.reconnects} " if self.reconnects else "")
+            + f"elapsed={self.elapsed_s:.1f}s "
             f"({rate:,.0f} records/s acked)"
         )
 
@@ -322,6 +338,21 @@ async def _read_from_server(
         acks.put_nowait(None)
 
 
+class _ConnectionLostError(ConnectionResetError):
+    """The server closed the connection (failover moves to the next server)."""
+
+
+@dataclass(slots=True)
+class _TrackerState:
+    """What a TCP tracker carries from one connection to the next."""
+
+    frames: int = 0
+    # The frame sent and not acked yet (sent again after a reconnect) and its record count.
+    pending: bytes | None = None
+    pending_records: int = 0
+    next_send: float = 0.0
+
+
 async def _run_tcp_tracker(
     index: int,
     settings: SimulationSettings,
@@ -331,54 +362,113 @@ async def _run_tcp_tracker(
     imei = str(settings.first_imei + index)
     rng = random.Random(None if settings.seed is None else settings.seed + index)
     model = TrackerModel(imei, rng, settings)
-    target = f"{settings.host}:{settings.port}"
-    try:
-        reader, writer = await asyncio.open_connection(settings.host, settings.port)
-    except OSError as exc:
-        result.failed(exc, target)
-        return
+    targets = settings.targets
+    failover = bool(settings.servers)
+    per_frame = settings.records_per_frame
+    interval = per_frame / settings.rate if settings.rate > 0 else 0.0
+    # Spread trackers over the first interval so they do not all send at once.
+    state = _TrackerState(
+        next_send=time.monotonic() + (rng.uniform(0, interval) if interval else 0.0)
+    )
+    attempt = index
+    lost_since: float | None = None
+    while True:
+        host, port = targets[attempt % len(targets)]
+        target = f"{host}:{port}"
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port), settings.ack_timeout_s
+            )
+        except (OSError, TimeoutError) as exc:
+            now = time.monotonic()
+            lost_since = now if lost_since is None else lost_since
+            if not failover or now - lost_since > settings.failover_timeout_s:
+                result.failed(exc, target)
+                return
+            attempt += 1
+            await asyncio.sleep(0.1 if attempt % len(targets) else 0.5)
+            continue
+        if lost_since is not None or state.frames or state.pending is not None:
+            result.reconnects += 1
+        lost_since = None
+        try:
+            await _tcp_session(reader, writer, model, settings, result, state, deadline)
+            return
+        except _ConnectionLostError as exc:
+            if not failover:
+                result.failed(exc, target)
+                return
+            lost_since = time.monotonic()
+            attempt += 1
+        except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            if isinstance(exc, asyncio.IncompleteReadError):
+                exc = ConnectionResetError("server closed the connection")
+            if not failover or isinstance(exc, TimeoutError):
+                result.failed(exc, target)
+                return
+            lost_since = time.monotonic()
+            attempt += 1
+
+
+async def _tcp_session(  # noqa: PLR0917
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    model: TrackerModel,
+    settings: SimulationSettings,
+    result: SimulationResult,
+    state: _TrackerState,
+    deadline: float | None,
+) -> None:
+    """One connection: handshake, the frame without ack (if any) again, then new frames."""
     acks: asyncio.Queue[int | None] = asyncio.Queue()
     listener: asyncio.Task[None] | None = None
+    per_frame = settings.records_per_frame
+    interval = per_frame / settings.rate if settings.rate > 0 else 0.0
     try:
-        writer.write(encode_imei(imei))
-        reply = await asyncio.wait_for(reader.readexactly(1), settings.ack_timeout_s)
+        writer.write(encode_imei(model.imei))
+        try:
+            reply = await asyncio.wait_for(reader.readexactly(1), settings.ack_timeout_s)
+        except asyncio.IncompleteReadError:
+            raise _ConnectionLostError("server closed the connection") from None
         if reply != b"\x01":
             result.handshake_failures += 1
             return
-        listener = asyncio.create_task(_read_from_server(reader, writer, model, acks, result))
-        per_frame = settings.records_per_frame
-        interval = per_frame / settings.rate if settings.rate > 0 else 0.0
-        # Spread trackers over the first interval so they do not all send at once.
-        next_send = time.monotonic() + (rng.uniform(0, interval) if interval else 0.0)
-        frames = 0
-        while settings.frames_per_device is None or frames < settings.frames_per_device:
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                break
-            if interval and next_send > now:
-                await asyncio.sleep(next_send - now)
-            next_send += interval
-            records = [model.next_record() for _ in range(per_frame)]
-            writer.write(model.encode_frame(records))
-            result.frames_sent += 1
-            result.records_sent += per_frame
-            if settings.keep_sent:
-                result.sent.setdefault(imei, []).extend(records)
+        listener = asyncio.create_task(
+            _read_from_server(reader, writer, model, acks, result)
+        )
+        while True:
+            if state.pending is None:
+                if settings.frames_per_device is not None and (
+                    state.frames >= settings.frames_per_device
+                ):
+                    break
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    break
+                if interval and state.next_send > now:
+                    await asyncio.sleep(state.next_send - now)
+                state.next_send += interval
+                records = [model.next_record() for _ in range(per_frame)]
+                state.pending, state.pending_records = model.encode_frame(records), per_frame
+                result.frames_sent += 1
+                result.records_sent += per_frame
+                if settings.keep_sent:
+                    result.sent.setdefault(model.imei, []).extend(records)
+            else:
+                result.resends += 1  # after a reconnect: the frame the last server did not ack
+            writer.write(state.pending)
             count = await asyncio.wait_for(acks.get(), settings.ack_timeout_s)
             if count is None:
-                raise ConnectionResetError("server closed the connection")
-            if count != per_frame:
+                raise _ConnectionLostError("server closed the connection")
+            if count != state.pending_records:
                 result.ack_mismatches += 1
             else:
                 result.frames_acked += 1
                 result.records_acked += count
-            frames += 1
+            state.pending = None
+            state.frames += 1
         if settings.linger_s:
             await asyncio.sleep(settings.linger_s)  # commands are still answered meanwhile
-    except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
-        if isinstance(exc, asyncio.IncompleteReadError):
-            exc = ConnectionResetError("server closed the connection")
-        result.failed(exc, target)
     finally:
         if listener is not None:
             listener.cancel()
