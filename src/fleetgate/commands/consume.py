@@ -83,7 +83,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--count", type=int, default=None, help="exit after this many records")
     parser.add_argument(
         "--idle-exit", type=float, default=None, metavar="S",
-        help="exit after S seconds without a record",
+        help="exit after S seconds without a record (a group's join counts: seconds)",
     )
     parser.add_argument(
         "--window", type=int, default=DEFAULT_WINDOW,

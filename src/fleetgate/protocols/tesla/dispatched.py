@@ -6,7 +6,9 @@ as the *transformed* protobuf of its topic, or its protojson with
 of that log (``fleetgate consume``, the live stream of a scale-out node) gets the same
 :class:`~fleetgate.records.Record` the server built: the payload is decoded, never
 transformed a second time (it already was), and ``data`` and ``created_at`` are derived
-exactly as :class:`~fleetgate.protocols.tesla.core.FrameProcessor` derives them.
+exactly as :class:`~fleetgate.protocols.tesla.core.FrameProcessor` derives them, with one
+difference: a payload without a ``created_at`` of its own (alerts, errors) got the frame's
+time from the server, which no dispatcher sends; here the receive time stands in.
 
 Raises :class:`~fleetgate.protocols.tesla.transforms.PayloadError` for bytes that are not
 the topic's message.
