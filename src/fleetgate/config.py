@@ -93,11 +93,13 @@ class CommandRoutingConfig(Section):
     """Teltonika commands across worker processes and nodes, through Redis: the command
     reaches whichever process holds the device, the answer comes back to the asking one."""
 
+    # The Redis every worker and node of the fleet uses (one server: the claim is a script).
     url: str = "redis://127.0.0.1:6379/0"
     # Every key and channel starts with this (nodes sharing one fleet share one prefix).
     key_prefix: str = "fleetgate:commands"
     # How long a command stays readable (GET .../commands/{id}, the device's list).
     keep_s: float = Field(30 * 86400.0, gt=0)
+    # Connecting to Redis and each call: past it, a command is refused with 503.
     timeout_s: float = Field(5.0, gt=0)
 
 
