@@ -17,6 +17,7 @@ missing headers. A message none of these forms reads raises :class:`LogMessageEr
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -83,8 +84,8 @@ def _from_record_json(document: dict[str, Any], txid: str, client_version: str) 
     if not isinstance(data, dict):
         raise LogMessageError("data must be an object")
     try:
-        created_at = parse_rfc3339_ms(str(document["created_at"]))
-        received_at = parse_rfc3339_ms(str(document["received_at"]))
+        created_at = _time_ms(str(document["created_at"]))
+        received_at = _time_ms(str(document["received_at"]))
     except ValueError as exc:
         raise LogMessageError(f"a time that is not RFC 3339: {exc}") from exc
     meta = (
@@ -95,10 +96,29 @@ def _from_record_json(document: dict[str, Any], txid: str, client_version: str) 
     return new_record(source, device_id, topic, created_at, received_at, data, b"", meta)
 
 
+@functools.lru_cache(maxsize=4096)
+def _epoch_seconds(text: str) -> int:
+    return parse_rfc3339_ms(text + "Z") // 1000
+
+
+def _time_ms(text: str) -> int:
+    """RFC 3339 text → epoch ms; the record JSON form's own shape
+    (``2026-01-02T03:04:05.678Z``) quickly, its seconds cached (a stream's records share
+    them), anything else by :func:`parse_rfc3339_ms`."""
+    if len(text) == 24 and text[19] == "." and text[23] == "Z" and text[20:23].isdigit():
+        return _epoch_seconds(text[:19]) * 1000 + int(text[20:23])
+    return parse_rfc3339_ms(text)
+
+
 def header_map(headers: Any) -> dict[str, str]:
     """Headers as text: a list of (name, bytes) pairs (Kafka) or a mapping (NATS)."""
     if not headers:
         return {}
+    if isinstance(headers, list):
+        try:
+            return {name: raw.decode() for name, raw in headers if raw is not None}
+        except (UnicodeDecodeError, AttributeError):
+            pass  # not UTF-8, or not bytes: the careful way below
     items = headers.items() if isinstance(headers, Mapping) else headers
     found: dict[str, str] = {}
     for name, raw in items:
