@@ -7,7 +7,10 @@ prints what the capacity plan needs, as JSON lines:
 * ``--mode throughput``: devices sending as fast as acks allow; acked records (frames)
   per second and the node's CPU seconds per second, so µs of node CPU per record;
 * ``--mode idle``: many devices connected and nearly silent (one frame every
-  ``--idle-interval`` s); the node's RSS before and with them, so bytes per connection.
+  ``--idle-interval`` s); the node's RSS before and with them, so bytes per connection;
+* ``--mode connect``: devices that connect and stay quiet; the node's CPU
+  seconds for the whole run per device (vehicles: the mutual-TLS handshake dominates), what
+  a reconnect storm costs when a node goes away.
 
 Profiles (``--profile``):
 
@@ -84,7 +87,11 @@ def node_config(
 
 
 def load(args: argparse.Namespace, work: Path, telt: int, tesla: int, pid: int) -> dict[str, Any]:
-    rate = args.idle_interval and 1 / args.idle_interval if args.mode == "idle" else 0.0
+    rate = 0.0
+    if args.mode == "idle":
+        rate = 1 / args.idle_interval
+    elif args.mode == "connect":
+        rate = 1 / 3600  # the first frame falls somewhere in the first hour: quiet
     argv = [
         *FLEETGATE, "bench", "load", "--json", "--server-pid", str(pid),
         "--teltonika", str(args.teltonika), "--tesla", str(args.tesla),
@@ -103,7 +110,7 @@ def load(args: argparse.Namespace, work: Path, telt: int, tesla: int, pid: int) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mode", choices=("throughput", "idle"), default="throughput")
+    parser.add_argument("--mode", choices=("throughput", "idle", "connect"), default="throughput")
     parser.add_argument("--profile", choices=("stateless", "spool"), default="stateless")
     parser.add_argument("--teltonika", type=int, default=0)
     parser.add_argument("--tesla", type=int, default=0)
@@ -130,10 +137,12 @@ def main() -> None:
             idle_rss = rss_mb(node.pid)
             assert broker.proc is not None
             broker_cpu, started = cpu_seconds(broker.proc.pid), time.monotonic()
+            node_cpu = cpu_seconds(node.pid)
             report = load(args, work, telt, tesla, node.pid)
             broker_cpu_per_s = (cpu_seconds(broker.proc.pid) - broker_cpu) / (
                 time.monotonic() - started
             )
+            node_cpu = cpu_seconds(node.pid) - node_cpu
             server = report["server"] or {}
             devices = args.teltonika + args.tesla
             result: dict[str, Any] = {
@@ -159,6 +168,8 @@ def main() -> None:
                 result["bytes_per_connection"] = round(
                     (server["rss_mib"] - idle_rss) * 1024 * 1024 / devices
                 )
+            if args.mode == "connect" and devices:
+                result["node_cpu_ms_per_connection"] = round(node_cpu / devices * 1000, 2)
             print(json.dumps(result))
         finally:
             node.send_signal(signal.SIGTERM)
