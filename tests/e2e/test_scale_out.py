@@ -1,8 +1,8 @@
-"""Scale-out on one machine: three fleetgate nodes, one Kafka log, commands through Redis.
+"""Scale-out on one machine: three fleetgate nodes, one log, commands through Redis.
 
-Three ``fleetgate serve`` processes on their own ports share a Kafka-protocol broker
-(Tansu) as the record log (acks wait for Kafka) and Redis for command routing; /stream of
-node 1 reads the log. Simulated trackers are spread over the nodes with failover (as
+Three ``fleetgate serve`` processes on their own ports share one record log, a
+Kafka-protocol broker (Tansu) or NATS JetStream (acks wait for the log), and Redis for
+command routing; /stream of node 1 reads the log. Simulated trackers are spread over the nodes with failover (as
 trackers with backup servers, or behind a TCP load balancer). Node 3 is killed with
 SIGKILL while they send: its trackers reconnect to another node and send the frame that
 had no ack again. Then:
@@ -35,6 +35,7 @@ from tests.integration.services import (
     ManagedProcess,
     ServiceUnavailableError,
     free_port,
+    nats_server,
     redis_server,
     tansu_server,
 )
@@ -89,19 +90,30 @@ def service(factory: Callable[[Path], ManagedProcess], base: Path) -> ManagedPro
         pytest.skip(str(exc))
 
 
-@pytest.fixture
-def backends(tmp_path: Path) -> Iterator[tuple[ManagedProcess, ManagedProcess]]:
-    kafka = service(tansu_server, tmp_path)
+@pytest.fixture(params=["kafka", "nats"])
+def backends(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[str, ManagedProcess, ManagedProcess]]:
+    kind: str = request.param
+    log = service(tansu_server if kind == "kafka" else nats_server, tmp_path)
     redis = service(lambda base: redis_server(base, durable=False), tmp_path)
     try:
-        yield kafka, redis
+        yield kind, log, redis
     finally:
-        kafka.destroy()
+        log.destroy()
         redis.destroy()
 
 
+def log_settings(kind: str, log: ManagedProcess) -> dict[str, Any]:
+    """The node config's log: Kafka (acks=all) or NATS JetStream, acked once it has them."""
+    if kind == "kafka":
+        return {"kafka": {"bootstrap.servers": log.info["bootstrap"], "acks": "all",
+                          "linger.ms": 2}}
+    return {"nats": {"servers": [f"nats://127.0.0.1:{log.port}"]}}
+
+
 def node_config(
-    tmp_path: Path, index: int, bootstrap: str, redis_url: str, prefix: str
+    tmp_path: Path, index: int, kind: str, log: dict[str, Any], redis_url: str, prefix: str
 ) -> tuple[Path, int, int]:
     tracker_port, api_port = free_port(), free_port()
     config = {
@@ -115,18 +127,18 @@ def node_config(
             "udp_enabled": False,
             "command_routing": {"url": redis_url, "key_prefix": prefix},
         },
-        "records": {"*": ["kafka"]},
-        "kafka": {"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 2},
-        # Stateless nodes: a tracker is acked once Kafka has its records.
+        "records": {"*": [kind]},
+        **log,
+        # Stateless nodes: a tracker is acked once the log has its records.
         "ack_level": "receive",
-        "ack_policy": {"teltonika": ["kafka"]},
+        "ack_policy": {"teltonika": [kind]},
         "spool": {"enabled": False},
         "store": {"enabled": False},
         "api": {
             "host": "127.0.0.1",
             "port": api_port,
             "auth": {"secret": TEST_SECRET},
-            "stream": {"source": "kafka"},
+            "stream": {"source": kind},
         },
     }
     path = tmp_path / f"node{index}.json"
@@ -151,13 +163,15 @@ def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 
 
 def test_three_nodes_one_log(
-    tmp_path: Path, backends: tuple[ManagedProcess, ManagedProcess]
+    tmp_path: Path, backends: tuple[str, ManagedProcess, ManagedProcess]
 ) -> None:
-    kafka, redis = backends
-    bootstrap = kafka.info["bootstrap"]
+    kind, log, redis = backends
+    settings = log_settings(kind, log)
     redis_url = f"redis://127.0.0.1:{redis.port}/0"
     prefix = f"fleetgate-test:{uuid.uuid4().hex[:8]}"
-    configs = [node_config(tmp_path, i, bootstrap, redis_url, prefix) for i in (1, 2, 3)]
+    configs = [
+        node_config(tmp_path, i, kind, settings, redis_url, prefix) for i in (1, 2, 3)
+    ]
     nodes = [start_node(tmp_path, i, *configs[i - 1]) for i in (1, 2, 3)]
     stream: subprocess.Popen[str] | None = None
     sim: subprocess.Popen[str] | None = None
@@ -214,8 +228,12 @@ def test_three_nodes_one_log(
         assert sim.returncode == 0, out + err
 
         # Every acked record is in the log, each device's in the order it was sent.
-        consumed = run("consume", "--kafka", bootstrap, "--namespace", NAMESPACE,
-                       "--from-beginning", "--idle-exit", "3", timeout=90)
+        where = (
+            ["--kafka", log.info["bootstrap"]] if kind == "kafka"
+            else ["--nats", f"nats://127.0.0.1:{log.port}"]
+        )
+        consumed = run("consume", *where, "--namespace", NAMESPACE, "--from-beginning",
+                       "--idle-exit", "3", timeout=90)
         assert consumed.returncode == 0, consumed.stderr
         by_device: dict[str, list[str]] = {}
         for line in consumed.stdout.splitlines():

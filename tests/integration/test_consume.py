@@ -161,9 +161,13 @@ async def test_a_reader_alone_reads_new_records_and_new_topics_from_their_start(
             await publish(sink, [record])
     reader = KafkaLogReader({"bootstrap.servers": bootstrap}, namespace, ReadOptions())
     got: list[Record] = []
+    new = log_records(offset_base=1000)
+    all_there = asyncio.Event()
 
     async def handle(batch: Sequence[Record]) -> None:
         got.extend(batch)
+        if len(got) >= len(new):
+            all_there.set()
 
     follower = LogFollower(reader, handle)
     await reader.start()
@@ -171,11 +175,8 @@ async def test_a_reader_alone_reads_new_records_and_new_topics_from_their_start(
     try:
         await asyncio.sleep(1.0)
         assert got == []  # what was there before the reader started is not read
-        new = log_records(offset_base=1000)
         await publish(sink, new)  # V again, and topics the log did not have yet
-        deadline = time.monotonic() + 15
-        while len(got) < len(new) and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
+        await asyncio.wait_for(all_there.wait(), 15)
         assert sorted(record_json(r) for r in got) == sorted(record_json(r) for r in new)
     finally:
         follower.stop()
@@ -183,35 +184,39 @@ async def test_a_reader_alone_reads_new_records_and_new_topics_from_their_start(
         await reader.close()
 
 
-async def test_consume_reads_the_nats_log_alone_and_in_a_group(shared_nats: int) -> None:
+def test_consume_reads_the_nats_log_alone_and_in_a_group(
+    shared_nats: int, tmp_path: Path
+) -> None:
     prefix = f"consume{uuid.uuid4().hex[:6]}"
     url = f"nats://127.0.0.1:{shared_nats}"
     settings = NatsSettings(servers=[url], subject_prefix=prefix)
     records = log_records()
-    await publish(NatsSink(settings, SinkContext("ns", node_id="n1")), records)
-    config = {"nats": {"servers": [url], "subject_prefix": prefix}}
+    asyncio.run(publish(NatsSink(settings, SinkContext("ns", node_id="n1")), records))
+    config = tmp_path / "nats.json"
+    config.write_text(json.dumps({"nats": {"servers": [url], "subject_prefix": prefix}}))
     try:
         printed = consume("--nats", url, "--namespace", prefix, "--from-beginning",
                           "--idle-exit", "2")
         assert printed.returncode == 0, printed.stderr
         assert by_device(printed.stdout) == expected_by_device(records)
         # In a group (a durable consumer): the second run gets only what the first left.
-        path = Path(f"/tmp/{prefix}.json")
-        path.write_text(json.dumps(config))
-        first = consume("--config", str(path), "--group", "dash", "--from-beginning",
+        first = consume("--config", str(config), "--group", "dash", "--from-beginning",
                         "--count", "7")
-        rest = consume("--config", str(path), "--group", "dash", "--idle-exit", "2")
+        rest = consume("--config", str(config), "--group", "dash", "--idle-exit", "2")
         assert first.returncode == rest.returncode == 0, first.stderr + rest.stderr
         assert len(first.stdout.splitlines()) == 7
-        assert first.stdout.splitlines() + rest.stdout.splitlines() == [
-            line for line in printed.stdout.splitlines()
-        ]
+        assert first.stdout.splitlines() + rest.stdout.splitlines() == printed.stdout.splitlines()
     finally:
-        Path(f"/tmp/{prefix}.json").unlink(missing_ok=True)
-        import nats
+        asyncio.run(_delete_stream(url, prefix))
 
-        nc = await nats.connect(url)
-        await nc.jetstream().delete_stream(prefix)
+
+async def _delete_stream(url: str, name: str) -> None:
+    import nats
+
+    nc = await nats.connect(url)
+    try:
+        await nc.jetstream().delete_stream(name)
+    finally:
         await nc.close()
 
 

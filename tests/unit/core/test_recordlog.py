@@ -189,7 +189,7 @@ def test_any_json_form_record_round_trips(
 
 @settings(max_examples=300, deadline=None)
 @given(
-    value=st.binary(max_size=200) | st.builds(lambda d: orjson.dumps(d), json_values),
+    value=st.binary(max_size=200) | st.builds(orjson.dumps, json_values),
     headers=st.dictionaries(
         st.sampled_from(["vin", "txtype", "receivedat", "txid", "record_id"]),
         st.sampled_from(["V", "alerts", "errors", "connectivity", "position", "", "12", "x"])
