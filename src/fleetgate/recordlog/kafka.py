@@ -44,6 +44,20 @@ log = logging.getLogger("fleetgate.recordlog.kafka")
 _UNREADABLE = LimitedLog(log, "recordlog.kafka.unreadable")
 _ERRORS = LimitedLog(log, "recordlog.kafka.errors")
 
+
+class _LibrdkafkaLog:
+    """librdkafka's own lines (an unreachable broker: "connect failed" every few ms), at
+    most WARNING and rate-limited; called on librdkafka's threads."""
+
+    def __init__(self) -> None:
+        self._limited = LimitedLog(log, "recordlog.kafka.librdkafka", burst=5, interval_s=60.0)
+
+    def log(self, level: int, msg: str, *args: Any) -> None:
+        self._limited.log(min(level, logging.WARNING), "librdkafka: " + msg, *args)
+
+
+_LIBRDKAFKA_LOG = _LibrdkafkaLog()
+
 TOPIC_REFRESH_S: Final = 2.0
 _METADATA_TIMEOUT_S: Final = 5.0
 # Keys of a producer's map that a consumer does not take (librdkafka warns about each).
@@ -131,7 +145,7 @@ class KafkaLogReader:
         from confluent_kafka import Consumer, KafkaException
 
         try:
-            self._consumer = Consumer(self.properties, logger=log)
+            self._consumer = Consumer(self.properties, logger=_LIBRDKAFKA_LOG)
         except (KafkaException, ValueError, TypeError) as exc:
             raise LogUnavailableError(f"kafka: {exc}") from exc
         if self.options.group is not None:

@@ -6,7 +6,8 @@ a consumer on ``<prefix>.>``:
 
 * **alone** (no group): an ephemeral consumer that acknowledges nothing, starting at the
   stream's first message (``from_beginning``) or its next new one; the server drops it a
-  little while after the reader goes away;
+  little while after the reader goes away, and a reader that lost its connection starts a
+  new one after the last message it read;
 * **in a group**: the durable consumer named ``group``; readers sharing it share the
   messages, each message is acknowledged once :meth:`NatsLogReader.commit` says it was
   handled, and what was not is delivered again (at least once).
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fleetgate.recordlog.nats")
 _UNREADABLE = LimitedLog(log, "recordlog.nats.unreadable")
+_CONNECTION = LimitedLog(log, "recordlog.nats.connection")
 
 # How long start() waits for the stream to exist (the first record creates it).
 STREAM_WAIT_S: Final = 30.0
@@ -48,6 +50,8 @@ _STREAM_POLL_S: Final = 0.5
 # Messages a reader in a group may hold unacknowledged.
 _MAX_ACK_PENDING: Final = 20_000
 _ACK_WAIT_S: Final = 60.0
+_RECONNECT_ATTEMPTS: Final = 3
+_RECONNECT_WAIT_S: Final = 0.5
 
 
 class NatsLogReader:
@@ -66,6 +70,8 @@ class NatsLogReader:
         self._nc: Client | None = None
         self._subscription: Any = None
         self._unacked: list[Any] = []
+        # Alone: the stream sequence of the last message read (to resume after it).
+        self._last_sequence: int | None = None
 
     def describe(self) -> str:
         servers = ",".join(redact(s).removeprefix("nats://") for s in self.settings.servers)
@@ -73,27 +79,56 @@ class NatsLogReader:
         return f"nats {servers} stream {self.stream} ({how})"
 
     async def start(self) -> None:
+        await self._connect()
+
+    async def _connect(self) -> None:
+        """Connect and subscribe; alone, after the last message read (after a reconnect)."""
         import nats
         import nats.errors
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+        async def on_error(exc: Exception) -> None:
+            _CONNECTION.warning("nats: %s", exc or type(exc).__name__)
+
+        await self._drop()
         try:
+            # A few quick attempts, then an error the caller reports; once connected the
+            # client reconnects by itself for a while, and read() connects again after.
             self._nc = await nats.connect(
                 servers=self.settings.servers,
                 name="fleetgate-reader",
                 connect_timeout=max(1, round(self.settings.connect_timeout_ms / 1000)),
-                max_reconnect_attempts=-1,
+                max_reconnect_attempts=_RECONNECT_ATTEMPTS,
+                reconnect_time_wait=_RECONNECT_WAIT_S,
+                error_cb=on_error,
             )
         except (nats.errors.Error, OSError, TimeoutError) as exc:
             raise LogUnavailableError(f"{self.describe()}: {exc or type(exc).__name__}") from exc
         js = self._nc.jetstream()
         await self._wait_for_stream(js)
         grouped = self.options.group is not None
+        if grouped:
+            deliver: dict[str, Any] = {
+                "deliver_policy": DeliverPolicy.ALL
+                if self.options.from_beginning
+                else DeliverPolicy.NEW
+            }
+        elif self._last_sequence is not None:
+            deliver = {
+                "deliver_policy": DeliverPolicy.BY_START_SEQUENCE,
+                "opt_start_seq": self._last_sequence + 1,
+            }
+        else:
+            deliver = {
+                "deliver_policy": DeliverPolicy.ALL
+                if self.options.from_beginning
+                else DeliverPolicy.NEW
+            }
         config = ConsumerConfig(
-            deliver_policy=DeliverPolicy.ALL if self.options.from_beginning else DeliverPolicy.NEW,
             ack_policy=AckPolicy.EXPLICIT if grouped else AckPolicy.NONE,
             max_ack_pending=_MAX_ACK_PENDING if grouped else None,
             ack_wait=_ACK_WAIT_S if grouped else None,
+            **deliver,
         )
         self._subscription = await js.pull_subscribe(
             f"{self.prefix}.>", durable=self.options.group, stream=self.stream, config=config
@@ -117,9 +152,11 @@ class NatsLogReader:
                 await asyncio.sleep(_STREAM_POLL_S)
 
     async def read(self, max_records: int, timeout_s: float) -> list[LogEntry]:
-        assert self._subscription is not None, "start() first"
         import nats.errors
 
+        if self._nc is None or self._nc.is_closed or self._subscription is None:
+            await self._connect()  # the client gave up reconnecting: start again
+        assert self._subscription is not None
         try:
             messages = await self._subscription.fetch(max_records, timeout=max(timeout_s, 0.01))
         except (TimeoutError, nats.errors.TimeoutError):
@@ -128,6 +165,8 @@ class NatsLogReader:
         for message in messages:
             if self.options.group is not None:
                 self._unacked.append(message)
+            else:
+                self._last_sequence = message.metadata.sequence.stream
             entry = self._entry(message)
             if entry is not None and (not self.topics or entry.record.topic in self.topics):
                 entries.append(entry)
@@ -158,6 +197,9 @@ class NatsLogReader:
             await message.ack()
 
     async def close(self) -> None:
+        await self._drop()
+
+    async def _drop(self) -> None:
         nc, self._nc = self._nc, None
         subscription, self._subscription = self._subscription, None
         if nc is None or nc.is_closed:
