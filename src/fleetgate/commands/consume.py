@@ -111,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
         from_beginning=args.from_beginning, group=args.group, topics=tuple(args.topic)
     )
     reader = build_reader(args, config, namespace, options)
+    if args.feed:
+        refuse_loop(config, reader.name, namespace)
     try:
         return asyncio.run(consume(args, config, reader))
     except LogUnavailableError as exc:
@@ -131,6 +133,17 @@ def feed_config(config: Config) -> Config:
             "mqtt_ingest": None,
         }
     )
+
+
+def refuse_loop(config: Config, log_name: str, namespace: str) -> None:
+    """``--feed`` into sinks that write the very log being read would copy it for ever."""
+    routed = {sink for sinks in config.records.values() for sink in sinks}
+    if log_name in routed and namespace == config.namespace:
+        raise ConfigError(
+            f"consume --feed: records go to {log_name} with namespace {namespace!r}, the log "
+            "this reads: every record would be written again; feed another namespace or "
+            f"leave {log_name} out of records"
+        )
 
 
 def build_reader(

@@ -247,6 +247,9 @@ async def test_redis_away_is_a_503_and_commands_work_again_once_it_is_back(
         with pytest.raises(CommandRefusedError) as refused:
             await a.submit(IMEI, "getinfo", wait_s=1)
         assert (refused.value.status, refused.value.code) == (503, "routing_unavailable")
+        with pytest.raises(CommandRefusedError) as refused:
+            await a.history(IMEI, 10)
+        assert refused.value.status == 503  # the API answers 503 for the list too
     finally:
         private_redis.start()
     # The subscription comes back by itself; b says again where the device is when it

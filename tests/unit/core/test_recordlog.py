@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import string
 from collections.abc import Sequence
+from pathlib import Path
 
 import orjson
 import pytest
@@ -292,3 +293,22 @@ def test_a_reader_drops_producer_keys_and_joins_groups_quickly() -> None:
     assert grouped["enable.auto.offset.store"] is False
     assert grouped["session.timeout.ms"] == 30000  # configured: kept
     assert grouped["heartbeat.interval.ms"] == 1000
+
+
+def test_feeding_a_pipeline_that_writes_the_log_it_reads_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fleetgate.cli import main
+
+    config = tmp_path / "node.json"
+    config.write_text(
+        '{"namespace": "fleet", "records": {"*": ["kafka"]},'
+        ' "kafka": {"bootstrap.servers": "127.0.0.1:1"}, "data_dir": "' + str(tmp_path) + '"}'
+    )
+    assert main(["consume", "--config", str(config), "--feed"]) == 2
+    assert "every record would be written again" in capsys.readouterr().err
+    # Into another namespace it is a copy, not a loop: it would start (not run here).
+    from fleetgate.commands.consume import refuse_loop
+    from fleetgate.config import load_config
+
+    refuse_loop(load_config(config), "kafka", "other")

@@ -24,8 +24,9 @@ What holds: a command is sent by one node at most once (the claim is one Lua scr
 device that leaves with commands claimed but not sent gives them back to the queue; a node
 that crashes gets back, at its next start under the same ``node_id``, the commands it had
 claimed (queued ones go back to the queue, sent ones are marked timed out, never sent
-twice). A wake message missed during a Redis outage is made up by the minute's sweep,
-which also times out commands queued longer than ``command_queue_ttl_s``.
+twice). A wake message missed while the subscription was down is made up when it comes
+back (every waiting command is looked at once); a sweep every minute times out commands
+queued longer than ``command_queue_ttl_s``.
 
 Every Redis call of a process goes through one ordered worker: a command's states are
 written in the order they happened, and a device's detach (giving commands back) is
@@ -67,7 +68,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("fleetgate.teltonika.commands")
 _REDIS_FAILED = LimitedLog(log, "teltonika.commands.redis")
 
-# How often queued commands are checked (TTL, wake messages missed while Redis was away).
+# How often queued commands are checked against command_queue_ttl_s.
 SWEEP_INTERVAL_S: Final = 60.0
 RESUBSCRIBE_MAX_S: Final = 5.0
 HISTORY_KEPT: Final = 1000
@@ -473,28 +474,36 @@ class RoutedCommandCenter(CommandCenter):
             await asyncio.sleep(SWEEP_INTERVAL_S)
             self.sweep()
             with contextlib.suppress(Exception):
-                await self._call(self._claim_waiting)
+                await self._call(self._expire_waiting)
+
+    async def _expire_waiting(self) -> None:
+        """Time out the queued commands past their TTL (devices that stayed away)."""
+        client = self._redis()
+        oldest = self.clock() - int(self.settings.command_queue_ttl_s * 1000)
+        ids = await client.zrangebyscore(self._queued_key, "-inf", f"({oldest}")
+        for command_id in (_text(i) for i in ids):
+            # Whoever removes it from the waiting set finishes it (once, on one node).
+            if not await client.zrem(self._queued_key, command_id):
+                continue
+            item = _command(await client.get(self._key("cmd", command_id)))
+            if item is not None:
+                await client.lrem(self._key("queue", item.device_id), 0, command_id)
+                self._finish(item, TIMED_OUT, detail=self._ttl_detail())
 
     async def _claim_waiting(self) -> None:
-        """Time out queued commands past their TTL; claim those of devices held here."""
+        """After (re)subscribing: claim what waits for devices held here (a wake message
+        published while this node was not listening is lost), and expire the old."""
+        await self._expire_waiting()
         client = self._redis()
         ids = [_text(i) for i in await client.zrange(self._queued_key, 0, -1)]
-        if not ids:
+        if not ids or not self._links:
             return
         found = await client.mget([self._key("cmd", i) for i in ids])
-        oldest = self.clock() - int(self.settings.command_queue_ttl_s * 1000)
-        here: set[str] = set()
-        for command_id, raw in zip(ids, found, strict=True):
-            item = _command(raw)
-            if item is None:
-                await client.zrem(self._queued_key, command_id)
-            elif item.created_at < oldest:
-                # Whoever removes it from the waiting set finishes it (once, on one node).
-                if await client.zrem(self._queued_key, command_id):
-                    await client.lrem(self._key("queue", item.device_id), 0, command_id)
-                    self._finish(item, TIMED_OUT, detail=self._ttl_detail())
-            elif item.device_id in self._links:
-                here.add(item.device_id)
+        here = {
+            item.device_id
+            for raw in found
+            if (item := _command(raw)) is not None and item.device_id in self._links
+        }
         for device_id in here:
             await self._claim_for(device_id)
 
