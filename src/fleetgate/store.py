@@ -83,6 +83,15 @@ _UPSERT_DEVICE = (
 
 
 @dataclass(frozen=True, slots=True)
+class PreparedBatch:
+    """A batch's statement parameters, ready for :meth:`RecordStore.commit`."""
+
+    params: list[Any]
+    devices: list[list[Any]]
+    cursor: int
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceSummary:
     device_id: str
     source: str
@@ -171,11 +180,16 @@ class RecordStore:
     def write(self, records: Sequence[Record]) -> None:
         """Insert ``records``, update device counters and save the spool cursor (the
         highest offset written) in one transaction."""
+        self.commit(self.prepare(records))
+
+    @staticmethod
+    def prepare(records: Sequence[Record]) -> PreparedBatch:
+        """The statement parameters of a batch: pure Python work, done where the caller
+        runs (the event loop), so that :meth:`commit` in a worker thread spends its time in
+        SQLite (which releases the GIL) instead of competing with the loop for it."""
         dumps = orjson.dumps
         params: list[Any] = []
         extend = params.extend
-        # Batches come in offset order: the last record's offset is the highest.
-        cursor = records[-1].offset if records else 0
         for r in records:
             extend(
                 (
@@ -197,13 +211,19 @@ class RecordStore:
             else:
                 entry[3] = max(entry[3], r.received_at)
                 entry[4] += 1
+        # Batches come in offset order: the last record's offset is the highest.
+        cursor = records[-1].offset if records else 0
+        return PreparedBatch(params, list(devices.values()), cursor)
+
+    def commit(self, batch: PreparedBatch) -> None:
+        """Write a prepared batch in one transaction (rows, device counters, cursor)."""
         writer = self._writer
         writer.execute("BEGIN")
         try:
-            self._insert(params)
-            writer.executemany(_UPSERT_DEVICE, devices.values())
-            if cursor:
-                writer.execute(_SAVE_CURSOR, (STORE_CONSUMER, cursor))
+            self._insert(batch.params)
+            writer.executemany(_UPSERT_DEVICE, batch.devices)
+            if batch.cursor:
+                writer.execute(_SAVE_CURSOR, (STORE_CONSUMER, batch.cursor))
         except BaseException:
             writer.execute("ROLLBACK")
             raise
