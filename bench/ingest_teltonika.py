@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from procstats import cpu_seconds, free_port, rss_mb
+from procstats import cpu_seconds, free_port, rss_mb, tree_cpu_seconds, tree_pids
 
 from fleetgate.protocols.teltonika.encoder import encode_avl_frame, encode_imei
 from fleetgate.protocols.teltonika.model import CODEC_8E, AvlRecord
@@ -41,28 +41,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 
-
-
-def tree_pids(pid: int) -> list[int]:
-    """``pid`` and its descendants (the supervisor and its workers)."""
-    pids, index = [pid], 0
-    while index < len(pids):
-        current = pids[index]
-        index += 1
-        try:
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
-        except OSError:
-            continue
-        pids.extend(int(child) for child in children)
-    return pids
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    total = 0.0
-    for member in tree_pids(pid):
-        with contextlib.suppress(OSError):  # a process that has just gone
-            total += cpu_seconds(member)
-    return total
 
 
 def listening_sockets(port: int) -> int:

@@ -25,8 +25,8 @@ import threading
 import time
 from pathlib import Path
 
-from ingest_teltonika import listening_sockets, load, tree_cpu_seconds
-from procstats import cpu_seconds, free_port, rss_mb
+from ingest_teltonika import listening_sockets, load
+from procstats import cpu_seconds, free_port, rss_mb, tree_cpu_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "bench-secret-0123456789abcdef0123456789"

@@ -82,6 +82,21 @@ _UPSERT_DEVICE = (
 )
 
 
+def _device_range(
+    device_id: str, since: int | None, until: int | None
+) -> tuple[list[str], list[Any]]:
+    """SQL conditions and parameters for one device's records in a device-time range."""
+    conditions: list[str] = ["device_id = ?"]
+    params: list[Any] = [device_id]
+    if since is not None:
+        conditions.append("created_at >= ?")
+        params.append(since)
+    if until is not None:
+        conditions.append("created_at <= ?")
+        params.append(until)
+    return conditions, params
+
+
 @dataclass(frozen=True, slots=True)
 class PreparedBatch:
     """A batch's statement parameters, ready for :meth:`RecordStore.commit`."""
@@ -295,14 +310,8 @@ class RecordStore:
         limit: int = 100,
     ) -> list[dict[str, Any]]:
         """A device's records in JSON form, newest (device time) first."""
-        where = "WHERE device_id = ?"
-        params: list[Any] = [device_id]
-        if since is not None:
-            where += " AND created_at >= ?"
-            params.append(since)
-        if until is not None:
-            where += " AND created_at <= ?"
-            params.append(until)
+        conditions, params = _device_range(device_id, since, until)
+        where = "WHERE " + " AND ".join(conditions)
         # Each part is cut to ``limit`` on its own index before the parts are merged.
         part = (
             "SELECT * FROM (SELECT source, device_id, topic, created_at, received_at, data, id "
@@ -379,14 +388,7 @@ class RecordStore:
         parts: list[str] = []
         params: list[Any] = []
         for shard, schema in group.numbered():
-            where = ["device_id = ?"]
-            part_params: list[Any] = [device_id]
-            if since is not None:
-                where.append("created_at >= ?")
-                part_params.append(since)
-            if until is not None:
-                where.append("created_at <= ?")
-                part_params.append(until)
+            where, part_params = _device_range(device_id, since, until)
             if topic is not None:
                 where.append("topic = ?")
                 part_params.append(topic)
@@ -433,14 +435,8 @@ class RecordStore:
     ) -> list[tuple[float, float, int]]:
         """A device's positions ``(latitude, longitude, created_at)`` in the time range, oldest
         first: the newest ``limit`` of them."""
-        where = "device_id = ?"
-        params: list[Any] = [device_id]
-        if since is not None:
-            where += " AND created_at >= ?"
-            params.append(since)
-        if until is not None:
-            where += " AND created_at <= ?"
-            params.append(until)
+        conditions, params = _device_range(device_id, since, until)
+        where = " AND ".join(conditions)
         part = (
             f"SELECT * FROM (SELECT {_LAT} AS lat, {_LON} AS lon, created_at, id FROM "
             f"{{schema}}.records WHERE {where} AND {_HAS_POSITION} "

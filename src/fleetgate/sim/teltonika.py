@@ -44,6 +44,7 @@ from fleetgate.protocols.teltonika.model import (
 from fleetgate.protocols.teltonika.udp import encode_udp_datagram
 from fleetgate.records import format_rfc3339_ms
 from fleetgate.sim.failures import describe
+from fleetgate.sim.pacing import paced
 from fleetgate.sim.report import run_devices
 
 CODECS = {"7": CODEC_7, "8": CODEC_8, "8E": CODEC_8E, "8e": CODEC_8E, "16": CODEC_16}
@@ -347,17 +348,7 @@ async def _run_tcp_tracker(
             return
         listener = asyncio.create_task(_read_from_server(reader, writer, model, acks, result))
         per_frame = settings.records_per_frame
-        interval = per_frame / settings.rate if settings.rate > 0 else 0.0
-        # Spread trackers over the first interval so they do not all send at once.
-        next_send = time.monotonic() + (rng.uniform(0, interval) if interval else 0.0)
-        frames = 0
-        while settings.frames_per_device is None or frames < settings.frames_per_device:
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                break
-            if interval and next_send > now:
-                await asyncio.sleep(next_send - now)
-            next_send += interval
+        async for _ in paced(_interval(settings), settings.frames_per_device, deadline, rng):
             records = [model.next_record() for _ in range(per_frame)]
             writer.write(model.encode_frame(records))
             result.frames_sent += 1
@@ -372,7 +363,6 @@ async def _run_tcp_tracker(
             else:
                 result.frames_acked += 1
                 result.records_acked += count
-            frames += 1
         if settings.linger_s:
             await asyncio.sleep(settings.linger_s)  # commands are still answered meanwhile
     except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
@@ -385,6 +375,11 @@ async def _run_tcp_tracker(
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
+
+
+def _interval(settings: SimulationSettings) -> float:
+    """Seconds between one tracker's frames (``rate`` is records per second; 0: no wait)."""
+    return settings.records_per_frame / settings.rate if settings.rate > 0 else 0.0
 
 
 class _UdpClient(asyncio.DatagramProtocol):
@@ -414,16 +409,8 @@ async def _run_udp_tracker(
         return
     try:
         per_frame = settings.records_per_frame
-        interval = per_frame / settings.rate if settings.rate > 0 else 0.0
-        next_send = time.monotonic() + (rng.uniform(0, interval) if interval else 0.0)
-        frames = 0
-        while settings.frames_per_device is None or frames < settings.frames_per_device:
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                break
-            if interval and next_send > now:
-                await asyncio.sleep(next_send - now)
-            next_send += interval
+        limit = settings.frames_per_device
+        async for frames in paced(_interval(settings), limit, deadline, rng):
             records = [model.next_record() for _ in range(per_frame)]
             packet_id, avl_id = rng.randrange(0x10000), frames & 0xFF
             datagram = model.encode_datagram(records, packet_id, avl_id)
@@ -445,7 +432,6 @@ async def _run_udp_tracker(
             else:
                 result.frames_acked += 1
                 result.records_acked += per_frame
-            frames += 1
     finally:
         transport.close()
 
