@@ -1,7 +1,8 @@
 """End-to-end Teltonika ingest: N trackers over loopback → server → SQLite store, with acks.
 
 The server runs as ``fleetgate serve`` in its own process (uvloop, store on, default ack
-level "store": every ack waits for the SQLite commit). The load generator runs in this
+level "spool": every ack waits for the durable spool; ``BENCH_CONFIG='{"ack_level": "store"}'``
+makes it wait for the SQLite commit instead). The load generator runs in this
 process on uvloop: each tracker holds the connection, sends a pre-encoded codec 8E frame,
 waits for the ack (which must equal the record count) and sends the next, so the figure is
 acknowledged records per second, not bytes pushed. Pre-encoding keeps the generator's cost
@@ -10,7 +11,9 @@ reported next to the result (server CPU seconds per wall second).
 
 Run: ``.venv/bin/python bench/ingest_teltonika.py [--devices 1000] [--seconds 20]``
 ``--workers N`` runs the server as N worker processes on the port (config key ``workers``);
-server CPU is then the sum over the supervisor and its workers.
+server CPU is then the sum over the supervisor and its workers. ``--junk N`` adds N peers
+that never become trackers (a third send garbage, a third a byte every half second, a third
+nothing; each reconnects when the server closes it), to see what they cost good devices.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from procstats import cpu_seconds, free_port, rss_mb
+from procstats import cpu_seconds, free_port, rss_mb, tree_cpu_seconds, tree_pids
 
 from fleetgate.protocols.teltonika.encoder import encode_avl_frame, encode_imei
 from fleetgate.protocols.teltonika.model import CODEC_8E, AvlRecord
@@ -38,28 +41,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 
-
-
-def tree_pids(pid: int) -> list[int]:
-    """``pid`` and its descendants (the supervisor and its workers)."""
-    pids, index = [pid], 0
-    while index < len(pids):
-        current = pids[index]
-        index += 1
-        try:
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
-        except OSError:
-            continue
-        pids.extend(int(child) for child in children)
-    return pids
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    total = 0.0
-    for member in tree_pids(pid):
-        with contextlib.suppress(OSError):  # a process that has just gone
-            total += cpu_seconds(member)
-    return total
 
 
 def listening_sockets(port: int) -> int:
@@ -146,11 +127,60 @@ class Tracker(asyncio.Protocol):
             self.done.set_result(None)
 
 
-async def load(port: int, devices: int, seconds: float, per_frame: int, io_elements: int) -> dict[str, float]:
+class JunkPeer(asyncio.Protocol):
+    """A connection that never becomes a tracker: garbage bytes, a byte now and then
+    (slowloris) or silence; reconnects whenever the server closes it."""
+
+    def __init__(self, kind: str, port: int, stats: dict[str, int], rng: random.Random) -> None:
+        self.kind, self.port, self.stats, self.rng = kind, port, stats, rng
+        self.transport: asyncio.Transport | None = None
+        self.running = True
+        self.ticker: asyncio.TimerHandle | None = None
+        self.connecting: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.stats["junk_connections"] += 1
+        self.tick()
+
+    def tick(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self.kind == "garbage":
+            self.transport.write(self.rng.randbytes(64))
+        elif self.kind == "slow":
+            self.transport.write(b"\x00")
+        self.ticker = asyncio.get_running_loop().call_later(0.5, self.tick)
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.ticker is not None:
+            self.ticker.cancel()
+        self.transport = None
+        if self.running:
+            asyncio.get_running_loop().call_later(0.2, self.reconnect)
+
+    def reconnect(self) -> None:
+        async def connect() -> None:
+            with contextlib.suppress(OSError):
+                await asyncio.get_running_loop().create_connection(lambda: self, "127.0.0.1",
+                                                                   self.port)
+        if self.running:
+            self.connecting = asyncio.ensure_future(connect())
+
+
+async def load(port: int, devices: int, seconds: float, per_frame: int, io_elements: int,
+               junk: int = 0) -> dict[str, float]:
     loop = asyncio.get_running_loop()
     rng = random.Random(1)
     pool = [frames_for(rng, per_frame, 8, io_elements) for _ in range(20)]
-    stats = {"acked": 0, "mismatches": 0, "lost": 0, "handshake_failures": 0}
+    stats = {"acked": 0, "mismatches": 0, "lost": 0, "handshake_failures": 0,
+             "junk_connections": 0}
+    peers = [JunkPeer(("garbage", "slow", "silent")[n % 3], port, stats, rng) for n in range(junk)]
+    for peer in peers:
+        await loop.create_connection(lambda p=peer: p, "127.0.0.1", port)  # type: ignore[misc]
     trackers: list[Tracker] = []
     for index in range(devices):
         tracker = Tracker(str(356307000000000 + index), pool[index % len(pool)], per_frame, stats)
@@ -160,6 +190,10 @@ async def load(port: int, devices: int, seconds: float, per_frame: int, io_eleme
     start_acked, started = stats["acked"], time.perf_counter()
     await asyncio.sleep(seconds)
     acked, elapsed = stats["acked"] - start_acked, time.perf_counter() - started
+    for peer in peers:
+        peer.running = False
+        if peer.transport is not None:
+            peer.transport.close()
     for tracker in trackers:
         tracker.running = False
     await asyncio.wait([t.done for t in trackers], timeout=10)
@@ -176,17 +210,21 @@ def main() -> None:
     parser.add_argument("--records-per-frame", type=int, default=10)
     parser.add_argument("--io-elements", type=int, default=10)
     parser.add_argument("--workers", type=int, default=1, help="server worker processes")
+    parser.add_argument("--junk", type=int, default=0,
+                        help="connections that never become trackers (garbage, slowloris, "
+                             "silent; each reconnects when closed)")
     args = parser.parse_args()
 
     port = free_port()
     with tempfile.TemporaryDirectory() as data_dir:
         config = Path(data_dir) / "config.json"
-        config.write_text(json.dumps({
+        settings = {
             "data_dir": data_dir, "log_level": "warn", "tesla_enabled": False,
             "api": {"enabled": False}, "teltonika": {"host": "127.0.0.1", "port": port},
             "workers": args.workers,
             **json.loads(os.environ.get("BENCH_CONFIG", "{}")),
-        }))
+        }
+        config.write_text(json.dumps(settings))
         # BENCH_PROFILE=FILE runs the server under cProfile (stats written on shutdown).
         profile = os.environ.get("BENCH_PROFILE")
         wrapper = ["-m", "cProfile", "-o", profile] if profile else []
@@ -206,20 +244,22 @@ def main() -> None:
             import uvloop
 
             result = uvloop.run(load(port, args.devices, args.seconds, args.records_per_frame,
-                                     args.io_elements))
+                                     args.io_elements, args.junk))
             wall = time.perf_counter() - wall_before
             server_cpu = (tree_cpu_seconds(server.pid) - cpu_before) / wall
             load_cpu = (cpu_seconds(os.getpid()) - own_before) / wall
             print(
                 f"{args.devices} trackers, codec 8E, {args.records_per_frame} records/frame, "
                 f"{args.io_elements} IO elements: {result['records_per_s']:,.0f} acked records/s "
-                f"(store commit before every ack)"
+                f"(ack level {settings.get('ack_level', 'spool')})"
             )
             print(
                 f"server ({args.workers} worker(s)): {server_cpu:.2f} CPU-s per s, "
                 f"RSS {sum(rss_mb(p) for p in tree_pids(server.pid)):.0f} MB; "
                 f"load generator: {load_cpu:.2f} CPU-s per s; "
                 f"ack mismatches={result['mismatches']:.0f} lost connections={result['lost']:.0f}"
+                + (f"; {args.junk} junk peers opened {result['junk_connections']:.0f} connections"
+                   if args.junk else "")
             )
         finally:
             server.send_signal(signal.SIGTERM)

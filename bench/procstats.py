@@ -1,10 +1,16 @@
-"""Process measurements shared by the benchmarks (Linux /proc), and a free loopback port."""
+"""Process measurements shared by the benchmarks (Linux /proc), and a free loopback port.
+
+The /proc readers are the load generator's (:mod:`fleetgate.sim.load.procstats`); this
+module adds the benchmarks' units and a free port.
+"""
 
 from __future__ import annotations
 
-import os
 import socket
-from pathlib import Path
+
+from fleetgate.sim.load.procstats import cpu_seconds, rss_bytes, tree_cpu_seconds, tree_pids
+
+__all__ = ["cpu_seconds", "free_port", "rss_mb", "tree_cpu_seconds", "tree_pids"]
 
 
 def free_port() -> int:
@@ -13,15 +19,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def rss_mb(pid: int) -> float:
     """Resident memory of a process, in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return rss_bytes(pid) / (1024 * 1024)

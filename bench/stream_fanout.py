@@ -1,6 +1,6 @@
 """Live fan-out: ingest throughput with /stream clients connected vs none, in one run.
 
-``fleetgate serve`` runs in its own process (store on, acks after the store commit, API on).
+``fleetgate serve`` runs in its own process (store on, default ack level "spool", API on).
 Trackers (this process, the load generator of ``ingest_teltonika.py``) send as fast as acks
 come back, in alternating runs: without /stream clients, with ``--clients`` clients connected
 (a third process), without, ... (``--rounds`` runs with clients, each between two without).
@@ -25,8 +25,8 @@ import threading
 import time
 from pathlib import Path
 
-from ingest_teltonika import listening_sockets, load, tree_cpu_seconds
-from procstats import cpu_seconds, free_port, rss_mb
+from ingest_teltonika import listening_sockets, load
+from procstats import cpu_seconds, free_port, rss_mb, tree_cpu_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "bench-secret-0123456789abcdef0123456789"
@@ -193,8 +193,8 @@ def main() -> None:
             print(
                 f"ingest with {args.clients} clients ({args.follow}): {change:+.1%} vs the "
                 f"mean without (runs without: {min(without):,.0f}-{max(without):,.0f}); "
-                f"{args.devices} trackers, {args.records_per_frame} records/frame, store "
-                "commit before every ack"
+                f"{args.devices} trackers, {args.records_per_frame} records/frame, default ack "
+                "level (spool)"
             )
         finally:
             server.send_signal(signal.SIGTERM)

@@ -1,8 +1,8 @@
 """Tesla listener: acknowledged frames/s over mTLS WebSocket, and RSS per idle vehicle.
 
 The server runs as ``fleetgate serve`` in its own process (uvloop, records ``V`` → logger at
-log level warn, the embedded store on, default ack level "store": every ack waits for the
-SQLite commit). The load generator runs in this process on uvloop, over loopback:
+log level warn, the embedded store on, default ack level "spool": every ack waits for the durable
+spool). The load generator runs in this process on uvloop, over loopback:
 
 * **throughput**: ``--vehicles`` connections (mTLS, one client certificate each from a dev
   PKI) each keep ``--window`` frames in flight; a frame is a real envelope around a
@@ -219,7 +219,7 @@ def main() -> None:
                 print(
                     f"throughput: {args.vehicles} vehicles x {args.window} frames in flight, "
                     f"10 signals/frame: {result['frames_per_s']:,.0f} acked frames/s "
-                    f"(store commit before every ack); server {result['server_cpu']:.2f} CPU-s/s, "
+                    f"(default ack level, spool); server {result['server_cpu']:.2f} CPU-s/s, "
                     f"RSS {rss_mb(server.pid):.0f} MB; non-ack replies={result['other']:.0f} "
                     f"lost={result['lost']:.0f}"
                 )

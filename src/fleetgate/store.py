@@ -82,6 +82,30 @@ _UPSERT_DEVICE = (
 )
 
 
+def _device_range(
+    device_id: str, since: int | None, until: int | None
+) -> tuple[list[str], list[Any]]:
+    """SQL conditions and parameters for one device's records in a device-time range."""
+    conditions: list[str] = ["device_id = ?"]
+    params: list[Any] = [device_id]
+    if since is not None:
+        conditions.append("created_at >= ?")
+        params.append(since)
+    if until is not None:
+        conditions.append("created_at <= ?")
+        params.append(until)
+    return conditions, params
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedBatch:
+    """A batch's statement parameters, ready for :meth:`RecordStore.commit`."""
+
+    params: list[Any]
+    devices: list[list[Any]]
+    cursor: int
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceSummary:
     device_id: str
@@ -171,11 +195,16 @@ class RecordStore:
     def write(self, records: Sequence[Record]) -> None:
         """Insert ``records``, update device counters and save the spool cursor (the
         highest offset written) in one transaction."""
+        self.commit(self.prepare(records))
+
+    @staticmethod
+    def prepare(records: Sequence[Record]) -> PreparedBatch:
+        """The statement parameters of a batch: pure Python work, done where the caller
+        runs (the event loop), so that :meth:`commit` in a worker thread spends its time in
+        SQLite (which releases the GIL) instead of competing with the loop for it."""
         dumps = orjson.dumps
         params: list[Any] = []
         extend = params.extend
-        # Batches come in offset order: the last record's offset is the highest.
-        cursor = records[-1].offset if records else 0
         for r in records:
             extend(
                 (
@@ -197,13 +226,19 @@ class RecordStore:
             else:
                 entry[3] = max(entry[3], r.received_at)
                 entry[4] += 1
+        # Batches come in offset order: the last record's offset is the highest.
+        cursor = records[-1].offset if records else 0
+        return PreparedBatch(params, list(devices.values()), cursor)
+
+    def commit(self, batch: PreparedBatch) -> None:
+        """Write a prepared batch in one transaction (rows, device counters, cursor)."""
         writer = self._writer
         writer.execute("BEGIN")
         try:
-            self._insert(params)
-            writer.executemany(_UPSERT_DEVICE, devices.values())
-            if cursor:
-                writer.execute(_SAVE_CURSOR, (STORE_CONSUMER, cursor))
+            self._insert(batch.params)
+            writer.executemany(_UPSERT_DEVICE, batch.devices)
+            if batch.cursor:
+                writer.execute(_SAVE_CURSOR, (STORE_CONSUMER, batch.cursor))
         except BaseException:
             writer.execute("ROLLBACK")
             raise
@@ -275,14 +310,8 @@ class RecordStore:
         limit: int = 100,
     ) -> list[dict[str, Any]]:
         """A device's records in JSON form, newest (device time) first."""
-        where = "WHERE device_id = ?"
-        params: list[Any] = [device_id]
-        if since is not None:
-            where += " AND created_at >= ?"
-            params.append(since)
-        if until is not None:
-            where += " AND created_at <= ?"
-            params.append(until)
+        conditions, params = _device_range(device_id, since, until)
+        where = "WHERE " + " AND ".join(conditions)
         # Each part is cut to ``limit`` on its own index before the parts are merged.
         part = (
             "SELECT * FROM (SELECT source, device_id, topic, created_at, received_at, data, id "
@@ -359,14 +388,7 @@ class RecordStore:
         parts: list[str] = []
         params: list[Any] = []
         for shard, schema in group.numbered():
-            where = ["device_id = ?"]
-            part_params: list[Any] = [device_id]
-            if since is not None:
-                where.append("created_at >= ?")
-                part_params.append(since)
-            if until is not None:
-                where.append("created_at <= ?")
-                part_params.append(until)
+            where, part_params = _device_range(device_id, since, until)
             if topic is not None:
                 where.append("topic = ?")
                 part_params.append(topic)
@@ -413,14 +435,8 @@ class RecordStore:
     ) -> list[tuple[float, float, int]]:
         """A device's positions ``(latitude, longitude, created_at)`` in the time range, oldest
         first: the newest ``limit`` of them."""
-        where = "device_id = ?"
-        params: list[Any] = [device_id]
-        if since is not None:
-            where += " AND created_at >= ?"
-            params.append(since)
-        if until is not None:
-            where += " AND created_at <= ?"
-            params.append(until)
+        conditions, params = _device_range(device_id, since, until)
+        where = " AND ".join(conditions)
         part = (
             f"SELECT * FROM (SELECT {_LAT} AS lat, {_LON} AS lon, created_at, id FROM "
             f"{{schema}}.records WHERE {where} AND {_HAS_POSITION} "

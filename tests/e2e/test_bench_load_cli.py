@@ -7,9 +7,7 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,7 +17,7 @@ import pytest
 
 from fleetgate.pki import init_pki
 from tests.integration.services import free_port
-from tests.readme import sh_lines
+from tests.readme import readme_workdir, sh_lines
 
 pytestmark = pytest.mark.e2e
 
@@ -145,21 +143,10 @@ def test_bad_options_exit_2_with_one_line(args: list[str], message: str) -> None
     assert len(done.stderr.strip().splitlines()) == 1
 
 
-def port_open(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.settimeout(0.2)
-        return probe.connect_ex(("127.0.0.1", port)) == 0
-
-
 def test_the_readme_load_test_as_written(tmp_path: Path) -> None:
-    if any(port_open(port) for port in README_PORTS):
-        pytest.fail(f"ports {README_PORTS} must be free for the README's literal commands")
+    readme_workdir(tmp_path, README_PORTS)
     lines = sh_lines("### Load testing")
     assert any(line.startswith(".venv/bin/fleetgate bench load ") for line in lines)
-    (tmp_path / ".venv" / "bin").mkdir(parents=True)
-    fleetgate = shutil.which("fleetgate", path=str(Path(sys.executable).parent))
-    assert fleetgate is not None
-    (tmp_path / ".venv" / "bin" / "fleetgate").symlink_to(fleetgate)
     env = {key: value for key, value in os.environ.items() if not key.startswith("FLEETGATE_")}
     # One shell, as a user types them (the server started with & is killed by the last line).
     script = "set -e\n" + "\n".join(lines) + "\nwait $SERVER || true\n"

@@ -13,10 +13,8 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,11 +23,10 @@ import pytest
 from tests.integration.services import (
     ManagedProcess,
     ServiceUnavailableError,
-    port_open,
     shared_service,
     tansu_binary,
 )
-from tests.readme import README, sh_lines
+from tests.readme import README, readme_workdir, sh_lines
 
 pytestmark = pytest.mark.e2e
 
@@ -55,9 +52,7 @@ def unavailable(reason: str) -> None:
 
 @pytest.fixture
 def kafka_on_9092(tmp_path: Path) -> Iterator[ManagedProcess]:
-    busy = [port for port in FIXED_PORTS if port_open(port)]
-    if busy:
-        pytest.fail(f"ports {busy} must be free for the README's literal commands")
+    readme_workdir(tmp_path, FIXED_PORTS)
     try:
         shared_service("redis")
         url = "tcp://127.0.0.1:9092"
@@ -81,10 +76,6 @@ def test_the_readme_scale_out_commands_as_written(
     lines = sh_lines(HEADING)
     assert any(line.startswith(".venv/bin/fleetgate consume ") for line in lines)
     (tmp_path / "node.json").write_text(json.dumps(node_json()))
-    (tmp_path / ".venv" / "bin").mkdir(parents=True)
-    fleetgate = shutil.which("fleetgate", path=str(Path(sys.executable).parent))
-    assert fleetgate is not None
-    (tmp_path / ".venv" / "bin" / "fleetgate").symlink_to(fleetgate)
     env = {key: value for key, value in os.environ.items() if not key.startswith("FLEETGATE_")}
     script = "set -e\n" + "\n".join(lines) + "\nwait $NODE || true\n"
     process = subprocess.Popen(

@@ -6,11 +6,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,19 +17,13 @@ from fleetgate.protocols.teltonika import decode_frame
 from fleetgate.protocols.teltonika.events import AvlFrame
 from fleetgate.protocols.teltonika.records import to_records
 from fleetgate.records import parse_rfc3339_ms, record_dict
-from tests.readme import README, sh_lines
+from tests.readme import README, port_open, readme_workdir, sh_lines
 
 pytestmark = pytest.mark.e2e
 
 PORTS = (8080, 5027)  # the API and the tracker port the quick start uses
 TIMEOUT_S = 60
 SAMPLE_TRACKER = "356307042441013"
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.settimeout(0.2)
-        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_the_sample_record_is_the_record_of_the_sample_frame() -> None:
@@ -50,8 +41,7 @@ def test_the_sample_record_is_the_record_of_the_sample_frame() -> None:
 
 
 def test_quick_start_for_a_teltonika_fleet_as_written(tmp_path: Path) -> None:
-    if any(port_open(port) for port in PORTS):
-        pytest.fail(f"ports {PORTS} must be free for the README's literal commands")
+    readme_workdir(tmp_path, PORTS)
     lines = sh_lines("### Quick start for a Teltonika fleet")
     assert [line.split()[0] for line in lines] == [
         "echo",
@@ -60,10 +50,6 @@ def test_quick_start_for_a_teltonika_fleet_as_written(tmp_path: Path) -> None:
         "TOKEN=$(.venv/bin/fleetgate",
         "curl",
     ]
-    (tmp_path / ".venv" / "bin").mkdir(parents=True)
-    fleetgate = shutil.which("fleetgate", path=str(Path(sys.executable).parent))
-    assert fleetgate is not None
-    (tmp_path / ".venv" / "bin" / "fleetgate").symlink_to(fleetgate)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETGATE_")}
     # The token line sets a variable the curl line uses: one shell runs both.
     steps = [lines[0], lines[1], lines[2], "\n".join(lines[3:])]

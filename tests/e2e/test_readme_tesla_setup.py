@@ -12,17 +12,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.readme import sh_lines
+from tests.readme import port_open, readme_workdir, sh_lines
 
 pytestmark = pytest.mark.e2e
 
@@ -31,23 +28,10 @@ PORTS = (8080, 4443)  # the API and the vehicle port the README's commands use
 TIMEOUT_S = 60
 
 
-def port_open(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.settimeout(0.2)
-        return probe.connect_ex(("127.0.0.1", port)) == 0
-
-
 @pytest.fixture
 def scratch(tmp_path: Path) -> Path:
     """A directory laid out as the README assumes: ``.venv/bin/fleetgate`` at hand."""
-    if any(port_open(port) for port in PORTS):
-        pytest.fail(f"ports {PORTS} must be free for the README's literal commands")
-    work = tmp_path / "work"
-    (work / ".venv" / "bin").mkdir(parents=True)
-    fleetgate = shutil.which("fleetgate", path=str(Path(sys.executable).parent))
-    assert fleetgate is not None, "the fleetgate console script next to this Python"
-    (work / ".venv" / "bin" / "fleetgate").symlink_to(fleetgate)
-    return work
+    return readme_workdir(tmp_path / "work", PORTS)
 
 
 def test_setting_up_vehicles_as_the_readme_says(scratch: Path) -> None:

@@ -17,8 +17,14 @@ from fleetgate.recordlog.nats import NatsLogReader
 from fleetgate.records import Record, new_record, record_json, set_offset
 from fleetgate.sinks.base import SinkContext
 from fleetgate.sinks.nats import NatsSettings, NatsSink
-from tests.integration.conftest import start_private
-from tests.integration.services import ManagedProcess, nats_server
+from tests.integration.conftest import missing
+from tests.integration.services import (
+    NATS_BIN,
+    ManagedProcess,
+    ServiceUnavailableError,
+    nats_server,
+    require_binary,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -27,6 +33,10 @@ NOW = 1_700_000_000_000
 
 @pytest.fixture
 def nats(services_dir: Path) -> Iterator[ManagedProcess]:
+    try:
+        require_binary(NATS_BIN)
+    except ServiceUnavailableError as exc:
+        missing(str(exc))
     proc = nats_server(services_dir)  # not started: the tests start it when they want
     try:
         yield proc

@@ -12,7 +12,8 @@ and the payload holds ``count`` records, each a fixed part and its variable fiel
 
     created_at i64, received_at i64,
     lengths: source u16, device_id u16, topic u16, data u32, raw u32, meta u32
-    (meta 0xFFFFFFFF = no meta), then those bytes in that order;
+    (meta 0xFFFFFFFF = no meta; raw 0xFFFFFFFF = the same raw bytes as the record before
+    it, as a frame's records all carry the frame), then those bytes in that order;
     data and meta are JSON (the record's ``data`` and ``meta``), raw is the device's bytes.
 
 All integers are little-endian. A reader that finds a short header, a short payload, a
@@ -37,6 +38,7 @@ HEADER: Final = struct.Struct("<IIQII")
 _CHECKED: Final = struct.Struct("<QII")  # the header fields the CRC covers, before payload
 _FIXED: Final = struct.Struct("<qqHHHIII")
 _NO_META: Final = 0xFFFFFFFF
+_SAME_RAW: Final = 0xFFFFFFFF
 # One frame's records: Teltonika frames are < 64 KiB, Tesla's < 1 MB; far above both.
 MAX_ENTRY_BYTES: Final = 64 * 1024 * 1024
 
@@ -87,6 +89,7 @@ def _encode_payload(records: Sequence[Record]) -> bytes:
     parts: list[bytes] = []
     append = parts.append
     pack = _FIXED.pack
+    previous_raw = None
     for record in records:
         source = record.source.encode()
         device = record.device_id.encode()
@@ -94,6 +97,9 @@ def _encode_payload(records: Sequence[Record]) -> bytes:
         data = data_json(record)
         meta = dumps(dict(record.meta)) if record.meta is not None else b""
         raw = record.raw
+        # A frame's records share its bytes: written once per entry, not once per record.
+        same_raw = bool(raw) and (raw is previous_raw or raw == previous_raw)
+        previous_raw = raw
         append(
             pack(
                 record.created_at,
@@ -102,7 +108,7 @@ def _encode_payload(records: Sequence[Record]) -> bytes:
                 len(device),
                 len(topic),
                 len(data),
-                len(raw),
+                _SAME_RAW if same_raw else len(raw),
                 len(meta) if record.meta is not None else _NO_META,
             )
         )
@@ -110,7 +116,8 @@ def _encode_payload(records: Sequence[Record]) -> bytes:
         append(device)
         append(topic)
         append(data)
-        append(raw)
+        if not same_raw:
+            append(raw)
         append(meta)
     return b"".join(parts)
 
@@ -147,6 +154,7 @@ def decode_records(payload: bytes, first: int, count: int) -> list[Record]:
     unpack = _FIXED.unpack_from
     fixed = _FIXED.size
     at = 0
+    raw = b""
     try:
         for index in range(count):
             created, received, n_source, n_device, n_topic, n_data, n_raw, n_meta = unpack(
@@ -162,8 +170,9 @@ def decode_records(payload: bytes, first: int, count: int) -> list[Record]:
             data_text = payload[at : at + n_data]
             data = loads(data_text)
             at += n_data
-            raw = payload[at : at + n_raw]
-            at += n_raw
+            if n_raw != _SAME_RAW:
+                raw = payload[at : at + n_raw]
+                at += n_raw
             meta = None
             if n_meta != _NO_META:
                 meta = loads(payload[at : at + n_meta])

@@ -24,7 +24,7 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from fleetgate.protocols.teltonika import DecodedFrame, TeltonikaDecodeError, decode_frame
@@ -44,6 +44,7 @@ from fleetgate.protocols.teltonika.model import (
 from fleetgate.protocols.teltonika.udp import encode_udp_datagram
 from fleetgate.records import format_rfc3339_ms
 from fleetgate.sim.failures import describe
+from fleetgate.sim.pacing import paced
 from fleetgate.sim.report import run_devices
 
 CODECS = {"7": CODEC_7, "8": CODEC_8, "8E": CODEC_8E, "8e": CODEC_8E, "16": CODEC_16}
@@ -344,13 +345,13 @@ class _ConnectionLostError(ConnectionResetError):
 
 @dataclass(slots=True)
 class _TrackerState:
-    """What a TCP tracker carries from one connection to the next."""
+    """What a TCP tracker carries from one connection to the next: its send schedule and
+    the frame sent and not acked yet (sent again after a reconnect)."""
 
+    schedule: AsyncIterator[int]
     frames: int = 0
-    # The frame sent and not acked yet (sent again after a reconnect) and its record count.
     pending: bytes | None = None
     pending_records: int = 0
-    next_send: float = 0.0
 
 
 async def _run_tcp_tracker(
@@ -364,11 +365,8 @@ async def _run_tcp_tracker(
     model = TrackerModel(imei, rng, settings)
     targets = settings.targets
     failover = bool(settings.servers)
-    per_frame = settings.records_per_frame
-    interval = per_frame / settings.rate if settings.rate > 0 else 0.0
-    # Spread trackers over the first interval so they do not all send at once.
     state = _TrackerState(
-        next_send=time.monotonic() + (rng.uniform(0, interval) if interval else 0.0)
+        paced(_interval(settings), settings.frames_per_device, deadline, rng)
     )
     attempt = index
     lost_since: float | None = None
@@ -392,17 +390,12 @@ async def _run_tcp_tracker(
             result.reconnects += 1
         lost_since = None
         try:
-            await _tcp_session(reader, writer, model, settings, result, state, deadline)
+            await _tcp_session(reader, writer, model, settings=settings, result=result, state=state)
             return
-        except _ConnectionLostError as exc:
-            if not failover:
-                result.failed(exc, target)
-                return
-            lost_since = time.monotonic()
-            attempt += 1
         except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
             if isinstance(exc, asyncio.IncompleteReadError):
                 exc = ConnectionResetError("server closed the connection")
+            # An ack that never comes is no lost connection: failover does not hide it.
             if not failover or isinstance(exc, TimeoutError):
                 result.failed(exc, target)
                 return
@@ -410,20 +403,19 @@ async def _run_tcp_tracker(
             attempt += 1
 
 
-async def _tcp_session(  # noqa: PLR0917
+async def _tcp_session(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     model: TrackerModel,
+    *,
     settings: SimulationSettings,
     result: SimulationResult,
     state: _TrackerState,
-    deadline: float | None,
 ) -> None:
     """One connection: handshake, the frame without ack (if any) again, then new frames."""
     acks: asyncio.Queue[int | None] = asyncio.Queue()
     listener: asyncio.Task[None] | None = None
     per_frame = settings.records_per_frame
-    interval = per_frame / settings.rate if settings.rate > 0 else 0.0
     try:
         writer.write(encode_imei(model.imei))
         try:
@@ -433,21 +425,13 @@ async def _tcp_session(  # noqa: PLR0917
         if reply != b"\x01":
             result.handshake_failures += 1
             return
-        listener = asyncio.create_task(
-            _read_from_server(reader, writer, model, acks, result)
-        )
+        listener = asyncio.create_task(_read_from_server(reader, writer, model, acks, result))
         while True:
             if state.pending is None:
-                if settings.frames_per_device is not None and (
-                    state.frames >= settings.frames_per_device
-                ):
+                try:
+                    await anext(state.schedule)
+                except StopAsyncIteration:
                     break
-                now = time.monotonic()
-                if deadline is not None and now >= deadline:
-                    break
-                if interval and state.next_send > now:
-                    await asyncio.sleep(state.next_send - now)
-                state.next_send += interval
                 records = [model.next_record() for _ in range(per_frame)]
                 state.pending, state.pending_records = model.encode_frame(records), per_frame
                 result.frames_sent += 1
@@ -477,6 +461,11 @@ async def _tcp_session(  # noqa: PLR0917
             await writer.wait_closed()
 
 
+def _interval(settings: SimulationSettings) -> float:
+    """Seconds between one tracker's frames (``rate`` is records per second; 0: no wait)."""
+    return settings.records_per_frame / settings.rate if settings.rate > 0 else 0.0
+
+
 class _UdpClient(asyncio.DatagramProtocol):
     def __init__(self) -> None:
         self.replies: asyncio.Queue[bytes] = asyncio.Queue()
@@ -504,16 +493,8 @@ async def _run_udp_tracker(
         return
     try:
         per_frame = settings.records_per_frame
-        interval = per_frame / settings.rate if settings.rate > 0 else 0.0
-        next_send = time.monotonic() + (rng.uniform(0, interval) if interval else 0.0)
-        frames = 0
-        while settings.frames_per_device is None or frames < settings.frames_per_device:
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                break
-            if interval and next_send > now:
-                await asyncio.sleep(next_send - now)
-            next_send += interval
+        limit = settings.frames_per_device
+        async for frames in paced(_interval(settings), limit, deadline, rng):
             records = [model.next_record() for _ in range(per_frame)]
             packet_id, avl_id = rng.randrange(0x10000), frames & 0xFF
             datagram = model.encode_datagram(records, packet_id, avl_id)
@@ -535,7 +516,6 @@ async def _run_udp_tracker(
             else:
                 result.frames_acked += 1
                 result.records_acked += per_frame
-            frames += 1
     finally:
         transport.close()
 

@@ -45,6 +45,7 @@ from fleetgate.protocols.tesla.envelope import (
 )
 from fleetgate.protocols.tesla.proto import vehicle_data_pb2 as vd
 from fleetgate.sim.failures import describe
+from fleetgate.sim.pacing import paced
 from fleetgate.sim.report import run_devices
 
 TOPIC = "V"
@@ -275,16 +276,8 @@ class _Vehicle:
     async def _send_loop(self, ws: ClientConnection, deadline: float | None) -> None:
         settings = self.settings
         interval = 1.0 / settings.rate if settings.rate > 0 else 0.0
-        rng = self.model.rng
-        next_send = time.monotonic() + (rng.uniform(0, interval) if interval else 0.0)
-        sequence = 0
-        while settings.frames_per_vehicle is None or sequence < settings.frames_per_vehicle:
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                return
-            if interval and next_send > now:
-                await asyncio.sleep(next_send - now)
-            next_send += interval
+        limit = settings.frames_per_vehicle
+        async for sequence in paced(interval, limit, deadline, self.model.rng):
             await self.window.acquire()
             txid = f"{self.creds.vin}-{self.index}-{sequence}"
             frame = build_vehicle_frame(self.model, txid, time.time())
@@ -292,7 +285,6 @@ class _Vehicle:
             self.drained.clear()
             await ws.send(frame)
             self.result.frames_sent += 1
-            sequence += 1
 
     async def _receive(self, ws: ClientConnection) -> None:
         result = self.result

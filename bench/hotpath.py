@@ -1,0 +1,192 @@
+"""The Teltonika ingest path in one process, stage by stage, for instruction counts.
+
+Wall-clock timings move with whatever else the machine runs; instruction counts under
+``valgrind --tool=callgrind`` do not. Each stage runs ``--frames`` times over pre-encoded
+frames (10 records of codec 8E with 10 IO elements, 1,000 devices, as bench/ingest_teltonika.py
+sends); running a stage twice with different frame counts and subtracting gives the
+instructions one record costs in that stage, start-up excluded:
+
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null .venv/bin/python \\
+        bench/hotpath.py decode --frames 200     # and --frames 1200; see --measure
+
+``--measure`` does exactly that and prints instructions per record per stage, less what
+making the test frames costs (the ``frames`` stage). Stages include the ones before them:
+``append`` is decode + append, and so on.
+
+Stages: ``decode`` (TCP framing, CRC, codec, Records), ``append`` (the pipeline taking a
+frame: spool encoding, offsets, routing), ``store`` (the SQLite store writing a batch),
+``accept`` (everything in one event loop: decode, append, the spool's group commit, the
+store, the ack decision).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fleetgate.protocols.teltonika.connection import TcpConnection  # noqa: E402
+from fleetgate.protocols.teltonika.encoder import encode_avl_frame, encode_imei  # noqa: E402
+from fleetgate.protocols.teltonika.events import AvlFrame  # noqa: E402
+from fleetgate.protocols.teltonika.model import CODEC_8E, AvlRecord  # noqa: E402
+from fleetgate.protocols.teltonika.records import to_records  # noqa: E402
+from fleetgate.records import Record  # noqa: E402
+
+DEVICES = 1000
+RECORDS_PER_FRAME = 10
+RECEIVED_AT = 1_767_225_600_000
+
+
+def frames(count: int) -> list[tuple[str, bytes]]:
+    rng = random.Random(7)
+    out = []
+    stamp = RECEIVED_AT - 10**9
+    for n in range(count):
+        records = []
+        for _ in range(RECORDS_PER_FRAME):
+            stamp += 1000
+            io: dict[int, int | bytes] = {239: 1, 240: 1, 21: 4, 66: 12800, 67: 4100, 16: 123456}
+            for extra in range(1000, 1004):
+                io[extra] = rng.randrange(0, 200)
+            records.append(AvlRecord(stamp, 0, 25.28, 54.69, 100, rng.randrange(360), 10,
+                                     rng.randrange(120), 0, io))
+        out.append((f"35630704{n % DEVICES:07d}", encode_avl_frame(CODEC_8E, records)))
+    return out
+
+
+def decoded(pairs: list[tuple[str, bytes]]) -> list[list[Record]]:
+    connections: dict[str, TcpConnection] = {}
+    result = []
+    for imei, frame in pairs:
+        connection = connections.get(imei)
+        if connection is None:
+            connection = connections[imei] = TcpConnection()
+            connection.receive_data(encode_imei(imei))
+            connection.accept_imei(True)
+        for event in connection.receive_data(frame):
+            if isinstance(event, AvlFrame):
+                result.append(to_records(imei, event, RECEIVED_AT))
+    return result
+
+
+def stage_frames(count: int) -> None:
+    frames(count)  # the test data alone: subtracted from the other stages
+
+
+def stage_decode(count: int) -> None:
+    decoded(frames(count))
+
+
+def _pipeline(directory: Path, start_store: bool) -> object:
+    from fleetgate.app import build_pipeline
+    from fleetgate.config import build_config
+
+    config = build_config(
+        {"data_dir": str(directory), "spool": {"fsync": False},
+         "sink_settings": {"max_queue_records": 10**7}},
+        environ={},
+    )
+    return build_pipeline(config)
+
+
+def stage_append(count: int) -> None:
+    batches = decoded(frames(count))
+    with tempfile.TemporaryDirectory() as directory:
+        pipeline = _pipeline(Path(directory), start_store=False)
+
+        async def run() -> None:
+            for records in batches:
+                await pipeline.append(records)  # type: ignore[attr-defined]
+
+        asyncio.run(run())
+
+
+def stage_store(count: int) -> None:
+    from fleetgate.store import RecordStore
+
+    batches = decoded(frames(count))
+    records = [record for batch in batches for record in batch]
+    with tempfile.TemporaryDirectory() as directory:
+        store = RecordStore(Path(directory) / "fleetgate.db")
+        for start in range(0, len(records), 10_000):
+            store.write(records[start : start + 10_000])
+        store.close()
+
+
+def stage_accept(count: int) -> None:
+    pairs = frames(count)
+    with tempfile.TemporaryDirectory() as directory:
+        pipeline = _pipeline(Path(directory), start_store=True)
+
+        async def run() -> None:
+            await pipeline.start()  # type: ignore[attr-defined]
+            connections: dict[str, TcpConnection] = {}
+            pending = []
+            for imei, frame in pairs:
+                connection = connections.get(imei)
+                if connection is None:
+                    connection = connections[imei] = TcpConnection()
+                    connection.receive_data(encode_imei(imei))
+                    connection.accept_imei(True)
+                for event in connection.receive_data(frame):
+                    if isinstance(event, AvlFrame):
+                        records = to_records(imei, event, RECEIVED_AT)
+                        pending.append(asyncio.ensure_future(
+                            pipeline.accept(records)  # type: ignore[attr-defined]
+                        ))
+                if len(pending) >= DEVICES:  # a round: every device one frame in flight
+                    assert all(await asyncio.gather(*pending))
+                    pending = []
+            assert all(await asyncio.gather(*pending))
+            await pipeline.close()  # type: ignore[attr-defined]
+
+        asyncio.run(run())
+
+
+STAGES = {"frames": stage_frames, "decode": stage_decode, "append": stage_append, "store": stage_store,
+          "accept": stage_accept}
+
+
+def instructions(stage: str, count: int) -> int:
+    done = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
+         __file__, stage, "--frames", str(count)],
+        capture_output=True, text=True, check=True,
+    )
+    match = re.search(r"Collected : (\d+)", done.stderr)
+    assert match, done.stderr
+    return int(match.group(1))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("stage", choices=[*STAGES, "all"])
+    parser.add_argument("--frames", type=int, default=1000)
+    parser.add_argument("--measure", action="store_true",
+                        help="run under callgrind at two sizes; print instructions per record")
+    args = parser.parse_args()
+    if not args.measure:
+        STAGES[args.stage](args.frames)
+        return 0
+    base = 0.0
+    for stage in STAGES if args.stage == "all" else ["frames", args.stage]:
+        small, large = instructions(stage, 200), instructions(stage, 1200)
+        per_record = (large - small) / (1000 * RECORDS_PER_FRAME)
+        if stage == "frames":
+            base = per_record
+            print(f"(making the test frames: {per_record:,.0f} instructions per record)")
+            continue
+        print(f"{stage:<8} {per_record - base:>10,.0f} instructions per record", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
