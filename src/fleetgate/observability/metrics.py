@@ -133,7 +133,8 @@ AUTH_FAILURES = Counter(
 # -- the shared record log, read back (fleetgate consume, api.stream.source) -------------------
 LOG_READ = Counter(
     "fleetgate_log_read_total",
-    "Records read back from the shared log (kafka, nats) by outcome (record, duplicate)",
+    "Records read back from the shared log (kafka, nats): record = read, duplicate = of "
+    "those, dropped as a repeat of a record_id seen within the window",
     ["log", "result"], registry=REGISTRY,
 )
 LOG_UNREADABLE = Counter(
