@@ -24,6 +24,7 @@ from fleetgate import __version__
 from fleetgate.config import Config, StatsdConfig
 from fleetgate.forms import wire_payload
 from fleetgate.listeners.mqtt import create_listener as mqtt_ingest_listener
+from fleetgate.listeners.teltonika.command_routing import command_center
 from fleetgate.listeners.teltonika.commands import CommandCenter
 from fleetgate.listeners.teltonika.tcp import create_listener as teltonika_tcp_listener
 from fleetgate.listeners.teltonika.udp import create_listener as teltonika_udp_listener
@@ -38,6 +39,8 @@ from fleetgate.pipeline import AckPolicy, Ledger, Pipeline, Router, RunnerSettin
 from fleetgate.pipeline.deadletter import DeadLetters
 from fleetgate.pipeline.hub import LiveHub
 from fleetgate.pipeline.spool import Spool, SpoolSettings
+from fleetgate.recordlog import ReadOptions, open_reader
+from fleetgate.recordlog.live import LiveFeed
 from fleetgate.runtime import Listener, ListenerFactory, ServerContext, StartupError
 from fleetgate.settings import ConfigError
 from fleetgate.sinks.base import Health, SinkContext
@@ -170,17 +173,15 @@ class Server:
             else None
         )
         self.pipeline = build_pipeline(config, self.store)
-        # Live fan-out to /stream clients, fed with every batch entering the pipeline.
+        # Live fan-out to /stream clients, fed with every batch entering the pipeline, or
+        # (api.stream.source, scale-out) with every node's records from the shared log.
         self.hub = LiveHub()
-        if config.api.enabled:
+        if config.api.enabled and config.api.stream.source is None:
             self.pipeline.add_observer(self.hub.publish)
         self.auth: Any = None
-        # Teltonika commands: the API queues them, the TCP listener's sessions send them.
-        self.commands: CommandCenter | None = (
-            CommandCenter(config.teltonika, config.data_path, alone=not config.shares_ports)
-            if config.api.enabled and config.teltonika.enabled
-            else None
-        )
+        # Teltonika commands: the API queues them, the TCP listener's sessions send them
+        # (through Redis to the worker or node holding the device: command_routing).
+        self.commands: CommandCenter | None = command_center(config)
         self.context = ServerContext(config, self.pipeline, self.store, self.commands)
         self.listeners: list[Listener] = []
         self.started_at = time.time()
@@ -210,6 +211,13 @@ class Server:
             with bind_failure(listener.name, host, port, self.config):
                 await listener.start()
             self.listeners.append(listener)
+        source = self.config.api.stream.source
+        if self.config.api.enabled and source is not None:
+            feed = LiveFeed(
+                lambda: open_reader(self.config, source, ReadOptions()), self.hub.publish
+            )
+            await feed.start()
+            self.listeners.append(feed)
         self.started.set()
 
     async def stop(self) -> None:

@@ -1,5 +1,5 @@
 """``fleetgate`` command line: serve, config, demo, decode, sim, certs, tesla, token, stream,
-command, bench.
+consume, command, bench.
 
 Each command group lives in its own module under :mod:`fleetgate.commands` and adds its
 parsers in ``register(subparsers)``; the parser's ``handler`` returns the exit code.
@@ -19,6 +19,7 @@ from fleetgate.commands import (
     certs,
     command,
     config,
+    consume,
     decode,
     demo,
     serve,
@@ -30,7 +31,9 @@ from fleetgate.commands import (
 from fleetgate.runtime import StartupError
 from fleetgate.settings import ConfigError
 
-COMMANDS = (serve, config, demo, decode, sim, certs, tesla, token, stream, command, bench)
+COMMANDS = (
+    serve, config, demo, decode, sim, certs, tesla, token, stream, consume, command, bench
+)
 
 EXIT_USAGE = 2
 

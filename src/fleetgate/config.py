@@ -89,6 +89,20 @@ class RedisAllowListConfig(Section):
     timeout_s: float = Field(5.0, gt=0)
 
 
+class CommandRoutingConfig(Section):
+    """Teltonika commands across worker processes and nodes, through Redis: the command
+    reaches whichever process holds the device, the answer comes back to the asking one."""
+
+    # The Redis every worker and node of the fleet uses (one server: the claim is a script).
+    url: str = "redis://127.0.0.1:6379/0"
+    # Every key and channel starts with this (nodes sharing one fleet share one prefix).
+    key_prefix: str = "fleetgate:commands"
+    # How long a command stays readable (GET .../commands/{id}, the device's list).
+    keep_s: float = Field(30 * 86400.0, gt=0)
+    # Connecting to Redis and each call: past it, a command is refused with 503.
+    timeout_s: float = Field(5.0, gt=0)
+
+
 class TeltonikaConfig(Section):
     """Teltonika tracker listeners: TCP, and UDP on the same port number by default."""
 
@@ -126,6 +140,9 @@ class TeltonikaConfig(Section):
     # long a command for a device that is not connected waits for its next connection.
     command_timeout_s: float = Field(30.0, gt=0, le=3600)
     command_queue_ttl_s: float = Field(7 * 86400.0, gt=0)
+    # Commands through Redis to whichever worker or node holds the device; none: only the
+    # devices connected to the process serving the API.
+    command_routing: CommandRoutingConfig | None = None
 
     @property
     def udp_listen_port(self) -> int:
@@ -210,6 +227,9 @@ class StreamConfig(Section):
     max_clients: int = Field(1000, ge=1)
     # permessage-deflate: less bandwidth, but every message is compressed once per client.
     compression: bool = False
+    # Scale-out: feed /stream and the dashboard from the shared log (read with the kafka or
+    # nats section), so they show every node's devices; none: this process's records.
+    source: Literal["kafka", "nats"] | None = None
 
 
 class DashboardConfig(Section):

@@ -48,6 +48,7 @@ def problems(config: Config) -> list[str]:
     found += _connectors(config)
     found += _monitoring(config)
     found += _sink_extras(config)
+    found += _scale_out(config)
     return found
 
 
@@ -257,4 +258,26 @@ def _sink_extras(config: Config) -> list[str]:
             if problem is not None:
                 reported.add(sink)
                 found.append(f"records.{topic}: {problem}")
+    return found
+
+
+def _scale_out(config: Config) -> list[str]:
+    """The shared log ``api.stream.source`` reads, and the Redis of command routing."""
+    found: list[str] = []
+    source = config.api.stream.source if config.api.enabled else None
+    if source is not None:
+        if source == "kafka" and config.sink_section("kafka") is None:
+            found.append(
+                "api.stream.source: kafka reads the log with the kafka section; add it "
+                '({"bootstrap.servers": ...})'
+            )
+        problem = missing_extra(source)
+        if problem is not None:
+            found.append(f"api.stream.source: {problem.replace(' sink ', ' log reader ')}")
+    if config.teltonika.enabled and config.teltonika.command_routing is not None:
+        problem = missing_extra("redis")
+        if problem is not None:
+            found.append(
+                f"teltonika.command_routing: {problem.replace(' sink ', ' command routing ')}"
+            )
     return found

@@ -178,3 +178,105 @@ def test_workers_need_fixed_device_ports(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "teltonika.port" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_workers_0_in_the_config_runs_one_worker_per_core(tmp_path: Path) -> None:
+    """``"workers": 0``: one worker per core the process may run on, each with its own
+    spool and store file, one API that reads them all, one /metrics summing them."""
+    cores = len(os.sched_getaffinity(0))
+    tracker_port, api_port = free_port(), free_port()
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"workers": 0}))
+    log_path = tmp_path / "server.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [*FLEETGATE, "serve", "--config", str(config)],
+            env=env_for(tmp_path, tracker_port, api_port), cwd=tmp_path,
+            stdout=log_file, stderr=subprocess.STDOUT,
+        )
+    served = Served(process, log_path, tracker_port, api_port)
+    try:
+        if cores > 1:
+            ready = served.wait_for(lambda entry: entry["msg"] == f"{cores} workers ready")
+            assert len(ready["pids"]) == cores
+        else:
+            served.wait_for(lambda entry: entry["msg"].startswith("api ready"))
+        output = served.sim(DEVICES, 356307042444013)
+        assert f"records sent={DEVICES * 4} acked={DEVICES * 4}" in output
+
+        connected = [entry for entry in served.lines() if entry["msg"] == "tracker connected"]
+        assert {entry.get("worker", 0) for entry in connected} <= set(range(cores))
+        data = tmp_path / "data"
+        spools = sorted(path.name for path in data.iterdir() if path.name.startswith("spool"))
+        stores = sorted(path.name for path in data.glob("fleetgate*.db"))
+        assert spools == ["spool"] + [f"spool.w{index}" for index in range(1, cores)]
+        assert stores == ["fleetgate.db"] + [f"fleetgate.w{index}.db" for index in range(1, cores)]
+
+        api = f"http://127.0.0.1:{api_port}"
+        devices = httpx.get(f"{api}/api/v1/devices", headers=bearer(make_token())).json()
+        assert len(devices["devices"]) == DEVICES
+        assert httpx.get(f"{api}/health").json()["workers"] == cores
+        metrics = httpx.get(f"{api}/metrics").text
+        assert 'fleetgate_sink_published_total{sink="sqlite"} ' + f"{DEVICES * 4}.0" in metrics
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+def test_a_command_reaches_a_tracker_held_by_another_worker_through_redis(
+    tmp_path: Path,
+) -> None:
+    """With ``teltonika.command_routing`` the API (worker 0) reaches every worker's trackers."""
+    from tests.e2e.test_scale_out import service
+    from tests.integration.services import redis_server
+
+    redis = service(lambda base: redis_server(base, durable=False), tmp_path)
+    tracker_port, api_port = free_port(), free_port()
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({
+        "teltonika": {"command_routing": {"url": f"redis://127.0.0.1:{redis.port}/0"}},
+    }))
+    log_path = tmp_path / "server.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [*FLEETGATE, "serve", "--workers", "2", "--config", str(config)],
+            env=env_for(tmp_path, tracker_port, api_port), cwd=tmp_path,
+            stdout=log_file, stderr=subprocess.STDOUT,
+        )
+    served = Served(process, log_path, tracker_port, api_port)
+    sim: subprocess.Popen[str] | None = None
+    try:
+        served.wait_for(lambda entry: entry["msg"] == "2 workers ready")
+        sim = subprocess.Popen(
+            [*FLEETGATE, "sim", "teltonika", "--port", str(tracker_port), "--devices",
+             str(DEVICES), "--first-imei", "356307042445013", "--frames", "1", "--rate", "0",
+             "--linger", "30"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        held = served.wait_for(
+            lambda entry: entry["msg"] == "tracker connected" and entry.get("worker") == 1
+        )
+        token = make_token(scope="command read")
+        result = subprocess.run(
+            [*FLEETGATE, "command", held["imei"], "getinfo", "--url",
+             f"http://127.0.0.1:{api_port}", "--token", token, "--json", "--timeout", "20"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        view = json.loads(result.stdout)
+        assert view["status"] == "answered" and view["response"].startswith("INI:")
+        answered = served.wait_for(lambda entry: entry["msg"] == "teltonika command answered")
+        assert answered["worker"] == 1  # sent and answered by the worker holding the tracker
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    finally:
+        if sim is not None:
+            sim.kill()
+            sim.communicate()
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        redis.destroy()

@@ -84,7 +84,10 @@ def create_command_router(commands: DeviceCommands | None, auth: Authenticator) 
     async def listing(imei: str, limit: Annotated[int, Query(ge=1, le=MAX_LIST)] = 100) -> Response:
         if commands is None:
             return _unavailable()
-        body: dict[str, Any] = {"commands": await commands.history(imei, limit)}
+        try:
+            body: dict[str, Any] = {"commands": await commands.history(imei, limit)}
+        except CommandRefusedError as exc:  # routed through Redis, which is away
+            return _refused(exc)
         return JsonResponse(body)
 
     @router.get(
@@ -95,7 +98,10 @@ def create_command_router(commands: DeviceCommands | None, auth: Authenticator) 
     async def one(imei: str, command_id: Annotated[int, Path(ge=1, le=2**63 - 1)]) -> Response:
         if commands is None:
             return _unavailable()
-        view = await commands.get(imei, command_id)
+        try:
+            view = await commands.get(imei, command_id)
+        except CommandRefusedError as exc:
+            return _refused(exc)
         if view is None:
             return JsonResponse(
                 {"error": "not_found", "detail": f"no command {command_id} for {imei}"},

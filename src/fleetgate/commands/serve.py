@@ -95,6 +95,9 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.workers is not None:
         config = config.model_copy(update={"workers": args.workers})
     count = worker_count(config)
+    # "workers": 0 is one per core; on one core that is one process, which must not share
+    # its ports (nor refuse commands for devices another worker could hold).
+    config = config.model_copy(update={"workers": count})
     if count > 1:
         return Supervisor(config, count).run()
     run_loop(serve(config, ready=announce))

@@ -130,6 +130,19 @@ AUTH_FAILURES = Counter(
     ["reason"], registry=REGISTRY,
 )
 
+# -- the shared record log, read back (fleetgate consume, api.stream.source) -------------------
+LOG_READ = Counter(
+    "fleetgate_log_read_total",
+    "Records read back from the shared log (kafka, nats): record = read, duplicate = of "
+    "those, dropped as a repeat of a record_id seen within the window",
+    ["log", "result"], registry=REGISTRY,
+)
+LOG_UNREADABLE = Counter(
+    "fleetgate_log_unreadable_total",
+    "Log messages that are no record fleetgate wrote (skipped, logged)", ["log"],
+    registry=REGISTRY,
+)
+
 # -- Teltonika ----------------------------------------------------------------------------
 TELTONIKA_HANDSHAKES = Counter(
     "fleetgate_teltonika_handshakes_total",
@@ -146,6 +159,13 @@ TELTONIKA_COMMANDS = Counter(
     "fleetgate_teltonika_commands_total",
     "Device commands by outcome (queued, sent, answered, nack, timed_out)",
     ["status"], registry=REGISTRY,
+)
+TELTONIKA_COMMANDS_ROUTED = Counter(
+    "fleetgate_teltonika_commands_routed_total",
+    "Commands handed between nodes through Redis (teltonika.command_routing) by event "
+    "(queued: put on the shared queue, claimed: taken by the node holding the device, "
+    "requeued: given back when the device left)",
+    ["event"], registry=REGISTRY,
 )
 TELTONIKA_FRAMES = Counter(
     "fleetgate_teltonika_frames_total", "Teltonika frames by codec and result",

@@ -24,7 +24,7 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from fleetgate.protocols.teltonika import DecodedFrame, TeltonikaDecodeError, decode_frame
@@ -80,6 +80,16 @@ class SimulationSettings:
     udp_resends: int = 3
     # After the last frame, keep TCP connections open this long to answer commands.
     linger_s: float = 0.0
+    # TCP failover, like a tracker with backup servers: tracker i starts on servers[i % n]
+    # and, when its connection is lost, connects to the next one and sends the frame that
+    # had no ack again. Empty: (host, port) only, and a lost connection ends the tracker.
+    servers: tuple[tuple[str, int], ...] = ()
+    # With servers: give up when no server took a connection for this long.
+    failover_timeout_s: float = 30.0
+
+    @property
+    def targets(self) -> tuple[tuple[str, int], ...]:
+        return self.servers or ((self.host, self.port),)
 
     def __post_init__(self) -> None:
         if self.codec not in CODECS:
@@ -88,6 +98,8 @@ class SimulationSettings:
             raise ValueError(f"transport must be tcp or udp, not {self.transport!r}")
         if self.io16_group and CODECS[self.codec] == CODEC_7:
             raise ValueError("codec 7 (GH3000) has no 16-byte IO group")
+        if self.servers and self.transport != "tcp":
+            raise ValueError("failover servers are for TCP trackers")
 
 
 @dataclass(slots=True)
@@ -101,6 +113,8 @@ class SimulationResult:
     connection_errors: int = 0
     resends: int = 0
     commands_answered: int = 0
+    # TCP failover: connections made again to another server after one was lost.
+    reconnects: int = 0
     elapsed_s: float = 0.0
     sent: dict[str, list[AvlRecord]] = field(default_factory=dict)
     # Why connections failed: reason -> count (see fleetgate.sim.failures).
@@ -126,7 +140,9 @@ class SimulationResult:
             f"frames sent={self.frames_sent} acked={self.frames_acked} "
             f"ack mismatches={self.ack_mismatches} handshake failures={self.handshake_failures} "
             f"connection errors={self.connection_errors} resends={self.resends} "
-            f"commands answered={self.commands_answered} elapsed={self.elapsed_s:.1f}s "
+            f"commands answered={self.commands_answered} "
+            + (f"reconnects={self.reconnects} " if self.reconnects else "")
+            + f"elapsed={self.elapsed_s:.1f}s "
             f"({rate:,.0f} records/s acked)"
         )
 
@@ -323,6 +339,21 @@ async def _read_from_server(
         acks.put_nowait(None)
 
 
+class _ConnectionLostError(ConnectionResetError):
+    """The server closed the connection (failover moves to the next server)."""
+
+
+@dataclass(slots=True)
+class _TrackerState:
+    """What a TCP tracker carries from one connection to the next: its send schedule and
+    the frame sent and not acked yet (sent again after a reconnect)."""
+
+    schedule: AsyncIterator[int]
+    frames: int = 0
+    pending: bytes | None = None
+    pending_records: int = 0
+
+
 async def _run_tcp_tracker(
     index: int,
     settings: SimulationSettings,
@@ -332,43 +363,96 @@ async def _run_tcp_tracker(
     imei = str(settings.first_imei + index)
     rng = random.Random(None if settings.seed is None else settings.seed + index)
     model = TrackerModel(imei, rng, settings)
-    target = f"{settings.host}:{settings.port}"
-    try:
-        reader, writer = await asyncio.open_connection(settings.host, settings.port)
-    except OSError as exc:
-        result.failed(exc, target)
-        return
+    targets = settings.targets
+    failover = bool(settings.servers)
+    state = _TrackerState(
+        paced(_interval(settings), settings.frames_per_device, deadline, rng)
+    )
+    attempt = index
+    lost_since: float | None = None
+    while True:
+        host, port = targets[attempt % len(targets)]
+        target = f"{host}:{port}"
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port), settings.ack_timeout_s
+            )
+        except (OSError, TimeoutError) as exc:
+            now = time.monotonic()
+            lost_since = now if lost_since is None else lost_since
+            if not failover or now - lost_since > settings.failover_timeout_s:
+                result.failed(exc, target)
+                return
+            attempt += 1
+            await asyncio.sleep(0.1 if attempt % len(targets) else 0.5)
+            continue
+        if lost_since is not None or state.frames or state.pending is not None:
+            result.reconnects += 1
+        lost_since = None
+        try:
+            await _tcp_session(reader, writer, model, settings=settings, result=result, state=state)
+            return
+        except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            if isinstance(exc, asyncio.IncompleteReadError):
+                exc = ConnectionResetError("server closed the connection")
+            # An ack that never comes is no lost connection: failover does not hide it.
+            if not failover or isinstance(exc, TimeoutError):
+                result.failed(exc, target)
+                return
+            lost_since = time.monotonic()
+            attempt += 1
+
+
+async def _tcp_session(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    model: TrackerModel,
+    *,
+    settings: SimulationSettings,
+    result: SimulationResult,
+    state: _TrackerState,
+) -> None:
+    """One connection: handshake, the frame without ack (if any) again, then new frames."""
     acks: asyncio.Queue[int | None] = asyncio.Queue()
     listener: asyncio.Task[None] | None = None
+    per_frame = settings.records_per_frame
     try:
-        writer.write(encode_imei(imei))
-        reply = await asyncio.wait_for(reader.readexactly(1), settings.ack_timeout_s)
+        writer.write(encode_imei(model.imei))
+        try:
+            reply = await asyncio.wait_for(reader.readexactly(1), settings.ack_timeout_s)
+        except asyncio.IncompleteReadError:
+            raise _ConnectionLostError("server closed the connection") from None
         if reply != b"\x01":
             result.handshake_failures += 1
             return
         listener = asyncio.create_task(_read_from_server(reader, writer, model, acks, result))
-        per_frame = settings.records_per_frame
-        async for _ in paced(_interval(settings), settings.frames_per_device, deadline, rng):
-            records = [model.next_record() for _ in range(per_frame)]
-            writer.write(model.encode_frame(records))
-            result.frames_sent += 1
-            result.records_sent += per_frame
-            if settings.keep_sent:
-                result.sent.setdefault(imei, []).extend(records)
+        while True:
+            if state.pending is None:
+                try:
+                    await anext(state.schedule)
+                except StopAsyncIteration:
+                    break
+                records = [model.next_record() for _ in range(per_frame)]
+                state.pending, state.pending_records = model.encode_frame(records), per_frame
+                result.frames_sent += 1
+                result.records_sent += per_frame
+                if settings.keep_sent:
+                    result.sent.setdefault(model.imei, []).extend(records)
+            else:
+                result.resends += 1  # after a reconnect: the frame the last server did not ack
+            writer.write(state.pending)
             count = await asyncio.wait_for(acks.get(), settings.ack_timeout_s)
             if count is None:
-                raise ConnectionResetError("server closed the connection")
-            if count != per_frame:
+                raise _ConnectionLostError("server closed the connection")
+            if count != state.pending_records:
                 result.ack_mismatches += 1
             else:
                 result.frames_acked += 1
                 result.records_acked += count
+            state.pending = None
+            state.frames += 1
         if settings.linger_s:
             await asyncio.sleep(settings.linger_s)  # commands are still answered meanwhile
-    except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
-        if isinstance(exc, asyncio.IncompleteReadError):
-            exc = ConnectionResetError("server closed the connection")
-        result.failed(exc, target)
     finally:
         if listener is not None:
             listener.cancel()

@@ -50,7 +50,20 @@ def register(subparsers: Any) -> None:
         "--first-imei", type=int, default=356307042441013,
         help="IMEI of the first tracker; the others count up from it",
     )
+    parser.add_argument(
+        "--server", action="append", default=[], type=_server, metavar="HOST:PORT",
+        help="TCP failover (repeat): trackers spread over these servers and, when a "
+        "connection is lost, connect to the next one and send the unacked frame again "
+        "(instead of --host/--port)",
+    )
     parser.set_defaults(handler=run)
+
+
+def _server(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"not HOST:PORT: {text!r}")
+    return host.strip("[]"), int(port)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
             transport=args.transport,
             io16_group=args.io16_group,
             linger_s=args.linger,
+            servers=tuple(args.server),
         )
     except ValueError as exc:
         print(f"fleetgate: {exc}", file=sys.stderr)

@@ -16,12 +16,12 @@ answers the command sent). A device that is not connected keeps its commands que
 its next connection, at most ``command_queue_ttl_s``, and at most
 :data:`MAX_QUEUED_PER_DEVICE` of them.
 
-Several worker processes: the API runs in worker 0, a device may be connected to another
-one. Handing a command across processes needs a shared transport (Redis, NATS) that is
-not built yet, so with ``workers`` > 1 a command for a device not connected to this
-process is refused with 503 (``device_not_here``) instead of being queued where the device
-may never come. The seam for that transport is :class:`~fleetgate.runtime.DeviceCommands`:
-a routing implementation looks up the device's process and forwards the same call.
+Several worker processes or nodes: the API runs in worker 0 of one node, a device may be
+connected to any worker of any node. With ``teltonika.command_routing`` the commands and
+their states live in Redis and reach the process holding the device
+(:mod:`.command_routing`); without it, with ``workers`` > 1 a command for a device not
+connected to this process is refused with 503 (``device_not_here``) instead of being queued
+where the device may never come.
 
 Disk writes run on one thread of their own, in order; a ``GET`` reads after the writes
 queued before it, so it always sees the states the center has.
@@ -154,8 +154,8 @@ class CommandCenter:
             raise CommandRefusedError(
                 "device_not_here",
                 f"device {device_id} is not connected to the worker serving the API; with "
-                "workers > 1, commands reach only the devices connected to worker 0 "
-                "(cross-worker routing is not built yet)",
+                "workers > 1, commands reach only the devices connected to worker 0 unless "
+                "teltonika.command_routing (Redis) routes them to the worker holding it",
                 503,
             )
         queue = self._queues.get(device_id)
@@ -245,14 +245,18 @@ class CommandCenter:
         item.finished_at = self.clock()
         metrics.labelled(metrics.TELTONIKA_COMMANDS, status).inc()
         self._save(item)
-        done = self._done.get(item.id)
-        if done is not None:
-            done.set()
+        self._finished(item)
         log.info(
             "teltonika command %s",
             status,
             extra=fields(imei=item.device_id, id=item.id, command=item.command, detail=detail),
         )
+
+    def _finished(self, item: Command) -> None:
+        """Wake the request waiting for ``item``'s answer (its state is saved in order)."""
+        done = self._done.get(item.id)
+        if done is not None:
+            done.set()
 
     # -- queued too long ---------------------------------------------------------------
     def _expired(self, item: Command) -> bool:
