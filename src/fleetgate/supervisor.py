@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -39,7 +38,6 @@ import os
 import shutil
 import signal
 import socket
-import sys
 import tempfile
 import time
 from collections import deque
@@ -50,6 +48,7 @@ from types import FrameType
 from typing import Any
 
 from fleetgate.config import Config, ConfigError
+from fleetgate.lifetime import signal_on_parent_death
 from fleetgate.observability.logging import fields
 from fleetgate.store import shard_path
 
@@ -64,7 +63,6 @@ STOP_TIMEOUT_S = 60.0
 _STOPPED_CODES = {0, -signal.SIGTERM, -signal.SIGINT}
 # How often a worker checks that its supervisor is alive (besides PR_SET_PDEATHSIG).
 PARENT_CHECK_S = 1.0
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def worker_count(config: Config) -> int:
@@ -144,13 +142,10 @@ def die_with_parent(parent_pid: int) -> bool:
     exits, even by SIGKILL. A parent that died before the request took effect is seen by
     the check that follows it: the process has been re-parented.
     """
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
-                log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
-        except (OSError, AttributeError) as exc:  # no libc symbol: the poll still works
-            log.warning("prctl(PR_SET_PDEATHSIG) unavailable: %s", exc)
+    try:
+        signal_on_parent_death(signal.SIGTERM)
+    except OSError as exc:  # no prctl: the poll still works
+        log.warning("prctl(PR_SET_PDEATHSIG) unavailable: %s", exc)
     return os.getppid() == parent_pid
 
 

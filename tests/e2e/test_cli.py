@@ -15,6 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from fleetgate.sim.embedded_broker import mosquitto_binary
+from fleetgate.sim.load.procstats import tree_pids
+from tests.e2e.test_supervisor_kill import running as process_running
 from tests.teltonika_vectors import vectors
 from tests.tokens import TEST_SECRET, bearer, make_token
 
@@ -209,3 +212,34 @@ def test_a_taken_port_is_one_line_and_exit_code_1(
     assert result.returncode == 1
     assert "address already in use" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_demo_broker_goes_with_a_demo_killed_with_sigkill(tmp_path: Path) -> None:
+    if mosquitto_binary() is None:
+        pytest.fail("mosquitto is not installed (make install installs it)")
+    tracker_port, api_port = free_port(), free_port()
+    env = loopback_env(tmp_path / "data", tracker_port, api_port)
+    process = subprocess.Popen(
+        [*FLEETGATE, "demo", "--devices", "1", "--vehicles", "0", "--gateways", "1"],
+        env=env, cwd=tmp_path,
+    )
+    brokers: list[int] = []
+    try:
+        wait_port(api_port, process)
+        brokers = [pid for pid in tree_pids(process.pid)
+                   if b"mosquitto" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(brokers) == 1, "the demo runs its own mosquitto"
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+        # The kernel signals the broker when the demo dies (PR_SET_PDEATHSIG); bounded wait.
+        deadline = time.monotonic() + 30
+        while process_running(brokers[0]):
+            assert time.monotonic() < deadline, "the broker outlived the demo"
+            time.sleep(0.05)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        for pid in brokers:  # never leave an orphan behind, even when the test fails
+            if process_running(pid):
+                os.kill(pid, signal.SIGKILL)

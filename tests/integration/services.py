@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fleetgate.lifetime import end_with_parent
+
 REDIS_BIN = "/usr/bin/redis-server"
 NATS_BIN = "/usr/sbin/nats-server"
 MOSQUITTO_BIN = "/usr/sbin/mosquitto"
@@ -137,6 +139,9 @@ class ManagedProcess:
                 stdin=subprocess.DEVNULL,
                 cwd=self.workdir,
                 start_new_session=True,
+                # A killed test run leaves no server behind. Safe with threads: the call
+                # is one prctl(2), looked up before the fork (fleetgate.lifetime).
+                preexec_fn=end_with_parent,  # noqa: PLW1509
                 **_as_user(self.user),
             )
         try:

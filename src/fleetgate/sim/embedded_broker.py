@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from fleetgate.lifetime import end_with_parent
 from fleetgate.mqtt_settings import MqttIngestConfig
 
 MOSQUITTO_PATHS = ("mosquitto", "/usr/sbin/mosquitto")
@@ -78,6 +79,7 @@ class EmbeddedBroker:
         self._process = await asyncio.create_subprocess_exec(
             binary, "-c", str(conf),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            preexec_fn=end_with_parent,  # a server killed with SIGKILL takes its broker along
         )
         deadline = asyncio.get_running_loop().time() + START_TIMEOUT_S
         while not await self._accepts():
