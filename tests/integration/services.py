@@ -6,7 +6,8 @@ address to stay valid). Starters are small functions that pick a port, write any
 files into a work directory and return an unstarted process; adding a service is one such
 function (see :func:`redis_server` for the ~15-line pattern).
 
-This module imports neither pytest nor fleetgate, so ``bench/`` can use it too. A missing
+This module imports neither pytest nor fleetgate's server (only ``fleetgate.lifetime``), so
+``bench/`` can use it too. A missing
 binary raises :class:`ServiceUnavailableError`; ``tests/integration/conftest.py`` turns that into
 a skip, or a failure when ``CI=true``.
 
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fleetgate.lifetime import end_with_parent
+from fleetgate.lifetime import popen_ending_with_parent
 
 REDIS_BIN = "/usr/bin/redis-server"
 NATS_BIN = "/usr/sbin/nats-server"
@@ -132,16 +133,15 @@ class ManagedProcess:
             return self
         require_binary(self.argv[0])
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
+            # A killed test run leaves no server behind, whichever thread (a test's
+            # to_thread restart included) starts it.
+            self.proc = popen_ending_with_parent(
                 list(self.argv),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=self.workdir,
                 start_new_session=True,
-                # A killed test run leaves no server behind. Safe with threads: the call
-                # is one prctl(2), looked up before the fork (fleetgate.lifetime).
-                preexec_fn=end_with_parent,  # noqa: PLW1509
                 **_as_user(self.user),
             )
         try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,25 +90,37 @@ def get(client: TestClient, path: str, token: str | None = None, **params: Any) 
 
 
 # -- auth ----------------------------------------------------------------------------------------
+# Headers are built when the test runs, not at collection: a token "valid in 10 minutes"
+# made at collection is valid by the time a long suite reaches the test.
 @pytest.mark.parametrize(
-    ("headers", "error", "words"),
+    ("make_headers", "error", "words"),
     [
-        ({}, "missing_token", "Authorization: Bearer"),
-        ({"Authorization": "Basic dXNlcjpwYXNz"}, "invalid_token", "must be 'Bearer"),
-        (bearer("garbage"), "invalid_token", "not a JWT"),
+        (dict, "missing_token", "Authorization: Bearer"),
+        (lambda: {"Authorization": "Basic dXNlcjpwYXNz"}, "invalid_token", "must be 'Bearer"),
+        (lambda: bearer("garbage"), "invalid_token", "not a JWT"),
         (
-            bearer(make_token("a-different-secret-that-is-long-enough")),
+            lambda: bearer(make_token("a-different-secret-that-is-long-enough")),
             "invalid_token",
             "signature",
         ),
-        (bearer(make_token(exp=int(time.time()) - 600)), "token_expired", "expired at"),
-        (bearer(make_token(nbf=int(time.time()) + 600)), "token_not_yet_valid", "not valid before"),
-        (bearer(make_token("x" * 64, algorithm="HS512")), "invalid_token", "HS512"),
+        (
+            lambda: bearer(make_token(exp=int(time.time()) - 600)),
+            "token_expired",
+            "expired at",
+        ),
+        (
+            lambda: bearer(make_token(nbf=int(time.time()) + 600)),
+            "token_not_yet_valid",
+            "not valid before",
+        ),
+        (lambda: bearer(make_token("x" * 64, algorithm="HS512")), "invalid_token", "HS512"),
     ],
+    ids=["missing", "basic", "garbage", "forged", "expired", "not_yet_valid", "hs512"],
 )
 def test_refused_tokens_get_401_with_a_json_reason(
-    client: TestClient, headers: dict[str, str], error: str, words: str
+    client: TestClient, make_headers: Callable[[], dict[str, str]], error: str, words: str
 ) -> None:
+    headers = make_headers()
     response = client.get("/api/v1/devices", headers=headers)
     assert response.status_code == 401
     assert response.headers["content-type"] == "application/json"
