@@ -167,6 +167,12 @@ TELTONIKA_COMMANDS_ROUTED = Counter(
     "requeued: given back when the device left)",
     ["event"], registry=REGISTRY,
 )
+TELTONIKA_COMMAND_WRITES_WAITING = Gauge(
+    "fleetgate_teltonika_command_writes_waiting",
+    "Command routing writes (device presence, claims, states) that failed while Redis was "
+    "away and run again once it answers",
+    registry=REGISTRY, multiprocess_mode="livesum",
+)
 TELTONIKA_FRAMES = Counter(
     "fleetgate_teltonika_frames_total", "Teltonika frames by codec and result",
     ["codec", "result"], registry=REGISTRY,

@@ -8,6 +8,7 @@ sent and answer it (or not), as :mod:`fleetgate.listeners.teltonika.tcp` does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 from fleetgate.config import CommandRoutingConfig, TeltonikaConfig
 from fleetgate.listeners.teltonika.command_journal import Command
 from fleetgate.listeners.teltonika.command_routing import RoutedCommandCenter
+from fleetgate.observability import metrics
 from fleetgate.runtime import CommandRefusedError
 from tests.integration.services import ManagedProcess
 
@@ -277,3 +279,53 @@ async def test_redis_away_is_a_503_and_commands_work_again_once_it_is_back(
 
 async def _noop() -> None:
     return None
+
+
+def _writes_waiting() -> float:
+    return metrics.REGISTRY.get_sample_value("fleetgate_teltonika_command_writes_waiting") or 0.0
+
+
+async def test_an_answer_that_came_while_redis_was_away_is_recorded_once_it_is_back(
+    nodes: list[RoutedCommandCenter], private_redis: ManagedProcess
+) -> None:
+    a, b, _ = nodes
+    device = Device(b, answer=False)
+    view = await a.submit(IMEI, "getinfo", wait_s=0.2)
+    await eventually(lambda: device.taken)
+    item = device.taken[0]
+    before = _writes_waiting()
+    private_redis.kill()
+    try:
+        b.answered(item, "getinfo: answered during the outage")
+        await eventually(lambda: _writes_waiting() > before)  # the state write failed
+    finally:
+        private_redis.start()
+    # No reconnect of the device, no new command: the write runs again by itself.
+    deadline = asyncio.get_running_loop().time() + 3 * WAIT
+    while view["status"] != "answered":
+        assert asyncio.get_running_loop().time() < deadline, f"still {view['status']}"
+        await asyncio.sleep(0.1)
+        with contextlib.suppress(CommandRefusedError):
+            view = await a.get(IMEI, view["id"]) or view
+    assert view["response"] == "getinfo: answered during the outage"
+    await eventually(lambda: _writes_waiting() == before)
+    device.leave()
+
+
+async def test_a_waiter_whose_done_message_was_lost_wakes_when_its_node_resubscribes(
+    nodes: list[RoutedCommandCenter], private_redis: ManagedProcess
+) -> None:
+    a, b, _ = nodes
+    device = Device(b)
+    first = await a.submit(IMEI, "getver", wait_s=WAIT)  # Redis knows where the device is
+    assert first["status"] == "answered"
+    private_redis.kill()
+    private_redis.start()
+    # a's subscription is down until its backoff ends, so b's "done" message may reach
+    # nobody; a still answers as soon as the command is answered, not at wait_s.
+    view: dict[str, Any] | None = None
+    while view is None:
+        with contextlib.suppress(CommandRefusedError):
+            view = await a.submit(IMEI, "getinfo", wait_s=3600)
+    assert view["status"] == "answered"
+    device.leave()

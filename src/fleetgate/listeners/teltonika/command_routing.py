@@ -71,6 +71,9 @@ _REDIS_FAILED = LimitedLog(log, "teltonika.commands.redis")
 # How often queued commands are checked against command_queue_ttl_s.
 SWEEP_INTERVAL_S: Final = 60.0
 RESUBSCRIBE_MAX_S: Final = 5.0
+# How often Redis writes that failed (an outage) are tried again, oldest first.
+RETRY_INTERVAL_S: Final = 1.0
+RETRY_KEPT: Final = 100_000
 HISTORY_KEPT: Final = 1000
 
 # The device's queue, taken whole by the node that holds the device: the ids leave the
@@ -154,6 +157,9 @@ class RoutedCommandCenter(CommandCenter):
         self._jobs = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
+        # Session-side writes (presence, claims, states) that failed while Redis was away;
+        # all are idempotent, so they run again in order once Redis answers.
+        self._failed: deque[Callable[[], Awaitable[None]]] = deque(maxlen=RETRY_KEPT)
 
     def _key(self, kind: str, name: object) -> str:
         return f"{self._prefix}:{kind}:{name}"
@@ -194,6 +200,8 @@ class RoutedCommandCenter(CommandCenter):
         for event in self._done.values():
             event.set()
         await self._drain_jobs()
+        metrics.TELTONIKA_COMMAND_WRITES_WAITING.dec(len(self._failed))
+        self._failed.clear()
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -228,9 +236,12 @@ class RoutedCommandCenter(CommandCenter):
                 if done is not None and not done.done():
                     done.set_exception(exc)
                     continue
+                if len(self._failed) < RETRY_KEPT:  # when full, the oldest makes room
+                    metrics.TELTONIKA_COMMAND_WRITES_WAITING.inc()
+                self._failed.append(job)
                 _REDIS_FAILED.warning(
-                    "teltonika commands: a Redis write failed",
-                    extra=fields(error=f"{type(exc).__name__}: {exc}"),
+                    "teltonika commands: a Redis write failed; it runs again once Redis answers",
+                    extra=fields(error=f"{type(exc).__name__}: {exc}", waiting=len(self._failed)),
                 )
             else:
                 if done is not None and not done.done():
@@ -376,7 +387,10 @@ class RoutedCommandCenter(CommandCenter):
             pipe.zadd(self._queued_key, {str(item.id): item.created_at for item in items})
             pipe.srem(self._claimed_key, *ids)
             await pipe.execute()
-        await client.publish(self._wake_channel, device_id)
+        # Only a hint (a node that misses it claims on its next resubscribe): a failure
+        # here must not send the requeue above round again.
+        with contextlib.suppress(Exception):
+            await client.publish(self._wake_channel, device_id)
 
     # -- states ------------------------------------------------------------------------------
     def _save(self, command: Command) -> None:
@@ -407,8 +421,12 @@ class RoutedCommandCenter(CommandCenter):
             pubsub: PubSub = self._redis().pubsub()
             try:
                 await pubsub.subscribe(self._wake_channel, self._done_channel)
-                # Whatever was published while we were not listening: the sweep finds it.
+                # Whatever was published while we were not listening: writes that failed
+                # run again, queued commands for devices here are claimed, and waiters whose
+                # command finished meanwhile (their "done" message was lost) wake.
+                self._enqueue(self._retry_failed)
                 self._enqueue(self._claim_waiting)
+                self._enqueue(self._wake_finished_waiters)
                 delay = 0.1
                 async for message in pubsub.listen():
                     if message.get("type") == "message":
@@ -470,11 +488,44 @@ class RoutedCommandCenter(CommandCenter):
         self.timed_out(item, "the server stopped before the device answered")
 
     async def _sweep_forever(self) -> None:
+        since_sweep = 0.0
         while True:
-            await asyncio.sleep(SWEEP_INTERVAL_S)
+            await asyncio.sleep(RETRY_INTERVAL_S)
+            if self._failed:
+                self._enqueue(self._retry_failed)
+            since_sweep += RETRY_INTERVAL_S
+            if since_sweep < SWEEP_INTERVAL_S:
+                continue
+            since_sweep = 0.0
             self.sweep()
             with contextlib.suppress(Exception):
                 await self._call(self._expire_waiting)
+
+    async def _retry_failed(self) -> None:
+        """Run the writes that failed again, oldest first; stop at the first that fails."""
+        while self._failed:
+            job = self._failed[0]
+            try:
+                await job()
+            except Exception as exc:  # Redis still away: the next round tries again
+                _REDIS_FAILED.warning(
+                    "teltonika commands: Redis still unavailable for earlier writes",
+                    extra=fields(error=f"{type(exc).__name__}: {exc}", waiting=len(self._failed)),
+                )
+                return
+            self._failed.popleft()
+            metrics.TELTONIKA_COMMAND_WRITES_WAITING.dec()
+
+    async def _wake_finished_waiters(self) -> None:
+        ids = list(self._done)
+        if not ids:
+            return
+        found = await self._redis().mget([self._key("cmd", i) for i in ids])
+        for command_id, raw in zip(ids, found, strict=True):
+            item = _command(raw)
+            event = self._done.get(command_id)
+            if item is not None and item.final and event is not None:
+                event.set()
 
     async def _expire_waiting(self) -> None:
         """Time out the queued commands past their TTL (devices that stayed away)."""
