@@ -19,7 +19,8 @@ from fleetgate.pki import init_pki
 from tests.integration.services import free_port
 from tests.readme import readme_workdir, sh_lines
 
-pytestmark = pytest.mark.e2e
+# Fixed ports: such tests take turns (tests/conftest.py), so the wait counts in the timeout.
+pytestmark = [pytest.mark.e2e, pytest.mark.fixed_ports, pytest.mark.timeout(300)]
 
 ROOT = Path(__file__).resolve().parents[2]
 FLEETGATE = [sys.executable, "-m", "fleetgate"]

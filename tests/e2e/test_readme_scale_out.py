@@ -28,7 +28,8 @@ from tests.integration.services import (
 )
 from tests.readme import README, readme_workdir, sh_lines
 
-pytestmark = pytest.mark.e2e
+# Fixed ports: such tests take turns (tests/conftest.py), so the wait counts in the timeout.
+pytestmark = [pytest.mark.e2e, pytest.mark.fixed_ports, pytest.mark.timeout(300)]
 
 HEADING = "### Many machines"
 FIXED_PORTS = (5027, 8080, 9092)

@@ -19,7 +19,8 @@ from fleetgate.protocols.teltonika.records import to_records
 from fleetgate.records import parse_rfc3339_ms, record_dict
 from tests.readme import README, port_open, readme_workdir, sh_lines
 
-pytestmark = pytest.mark.e2e
+# Fixed ports: such tests take turns (tests/conftest.py), so the wait counts in the timeout.
+pytestmark = [pytest.mark.e2e, pytest.mark.fixed_ports, pytest.mark.timeout(300)]
 
 PORTS = (8080, 5027)  # the API and the tracker port the quick start uses
 TIMEOUT_S = 60

@@ -22,7 +22,8 @@ import pytest
 
 from tests.readme import port_open, readme_workdir, sh_lines
 
-pytestmark = pytest.mark.e2e
+# Fixed ports: such tests take turns (tests/conftest.py), so the wait counts in the timeout.
+pytestmark = [pytest.mark.e2e, pytest.mark.fixed_ports, pytest.mark.timeout(300)]
 
 PORTS = (8080, 5027)  # the API and the tracker port the README's commands use
 TIMEOUT_S = 90

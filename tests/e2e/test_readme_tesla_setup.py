@@ -21,7 +21,8 @@ import pytest
 
 from tests.readme import port_open, readme_workdir, sh_lines
 
-pytestmark = pytest.mark.e2e
+# Fixed ports: such tests take turns (tests/conftest.py), so the wait counts in the timeout.
+pytestmark = [pytest.mark.e2e, pytest.mark.fixed_ports, pytest.mark.timeout(300)]
 
 VINS = ("5YJ3E1EA7KF000001", "5YJ3E1EA7KF000002")
 PORTS = (8080, 4443)  # the API and the vehicle port the README's commands use
