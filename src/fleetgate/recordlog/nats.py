@@ -166,7 +166,12 @@ class NatsLogReader:
             if self.options.group is not None:
                 self._unacked.append(message)
             else:
-                self._last_sequence = message.metadata.sequence.stream
+                # A consumer restored by a restarted server may start over from a state it
+                # had not saved yet: what was read already is skipped, not handed on twice.
+                sequence = message.metadata.sequence.stream
+                if self._last_sequence is not None and sequence <= self._last_sequence:
+                    continue
+                self._last_sequence = sequence
             entry = self._entry(message)
             if entry is not None and (not self.topics or entry.record.topic in self.topics):
                 entries.append(entry)
