@@ -92,6 +92,34 @@ def test_serve_then_sim_then_api(served: tuple[int, int]) -> None:
     assert 'fleetgate_teltonika_handshakes_total{device="known",result="accepted"} 3.0' in metrics
 
 
+def test_a_lingering_simulation_ends_on_sigterm_with_its_report(
+    served: tuple[int, int],
+) -> None:
+    tracker_port, _api_port = served
+    sim = subprocess.Popen(
+        [*FLEETGATE, "sim", "teltonika", "--port", str(tracker_port), "--devices", "2",
+         "--rate", "0", "--frames", "3", "--records-per-frame", "2", "--linger", "3600"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert sim.stdout is not None
+        for line in sim.stdout:  # live progress lines until everything is acked
+            if "total sent=12 acked=12" in line:
+                break
+        else:
+            raise AssertionError(f"the simulation ended early: {sim.communicate()}")
+        sim.send_signal(signal.SIGTERM)  # an hour of linger left
+        out, err = sim.communicate(timeout=30)
+    finally:
+        if sim.poll() is None:
+            sim.kill()
+            sim.communicate()
+    assert sim.returncode == 0, out + err
+    assert "records sent=12 acked=12" in out
+    assert "Traceback" not in err
+
+
 def test_decode_prints_the_frame_as_json() -> None:
     vector = vectors()["doc-c8e-tcp-example"]
     result = subprocess.run(

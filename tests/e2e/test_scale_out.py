@@ -193,8 +193,9 @@ def test_three_nodes_one_log(
         sim = subprocess.Popen(
             [*FLEETGATE, "sim", "teltonika", *servers, "--devices", str(DEVICES),
              "--first-imei", str(FIRST_IMEI), "--frames", str(FRAMES), "--rate", str(RATE),
-             "--duration", "0", "--linger", "6"],
+             "--duration", "0", "--linger", "600"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},  # its progress lines as they come
         )
         # Tracker i starts on node (i % 3) + 1. Kill node 3 once its trackers are sending.
         node3.wait_for(lambda entry: entry["msg"] == "tracker connected")
@@ -221,8 +222,17 @@ def test_three_nodes_one_log(
         assert answer.returncode == 0, answer.stdout + answer.stderr
         assert json.loads(answer.stdout)["status"] == "answered"
 
-        out, err = sim.communicate(timeout=60)
+        # The trackers stay (answering commands) until every frame is acked, then go.
         total = DEVICES * FRAMES
+        assert sim.stdout is not None
+        progress = ""
+        for line in sim.stdout:
+            progress += line
+            if f"total sent={total} acked={total}" in line:
+                break
+        sim.send_signal(signal.SIGTERM)
+        out, err = sim.communicate(timeout=60)
+        out = progress + out
         assert f"records sent={total} acked={total}" in out, out + err
         assert "reconnects=" in out  # node 3's trackers moved
         assert sim.returncode == 0, out + err

@@ -253,7 +253,7 @@ def test_a_command_reaches_a_tracker_held_by_another_worker_through_redis(
         sim = subprocess.Popen(
             [*FLEETGATE, "sim", "teltonika", "--port", str(tracker_port), "--devices",
              str(DEVICES), "--first-imei", "356307042445013", "--frames", "1", "--rate", "0",
-             "--linger", "30"],
+             "--linger", "600"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         held = served.wait_for(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 # () -> (sent, acked, errors) so far
 Counts = Callable[[], tuple[int, int, int]]
@@ -31,8 +32,12 @@ async def run_devices(
     counts: Counts,
     interval: float,
     report: Callable[[str], None] | None,
+    stop: asyncio.Event | None = None,
 ) -> float:
-    """Run every device to completion with live reports; returns the elapsed seconds."""
+    """Run every device to completion with live reports; returns the elapsed seconds.
+
+    ``stop`` set (Ctrl-C in the CLIs) ends every device where it is: the counts then
+    describe what was done until then."""
     started = time.monotonic()
     tasks = [asyncio.ensure_future(device) for device in devices]
     reporter = (
@@ -40,11 +45,27 @@ async def run_devices(
         if report is not None
         else None
     )
+    everything: asyncio.Future[Any] = asyncio.gather(*tasks)
+    stopped: asyncio.Future[Any] | None = (
+        asyncio.ensure_future(stop.wait()) if stop is not None else None
+    )
     try:
-        await asyncio.gather(*tasks)
+        if stopped is None:
+            await everything
+        else:
+            await asyncio.wait({everything, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if everything.done():
+                everything.result()  # a device's error, as without a stop
     finally:
         if reporter is not None:
             reporter.cancel()
+        if stopped is not None:
+            stopped.cancel()
+        everything.cancel()  # and with it every device still running
         for task in tasks:
             task.cancel()
+        # Devices close their connections in their own finally blocks.
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if everything.done() and not everything.cancelled():
+            everything.exception()  # retrieved: devices cancelled here are no error
     return time.monotonic() - started

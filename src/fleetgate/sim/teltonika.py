@@ -556,8 +556,10 @@ async def _send_until_acked(
 async def run_simulation(
     settings: SimulationSettings,
     report: Callable[[str], None] | None = None,
+    stop: asyncio.Event | None = None,
 ) -> SimulationResult:
-    """Run the trackers until the duration or frame count is reached; print live summaries."""
+    """Run the trackers until the duration or frame count is reached (or ``stop`` is set,
+    which ends a linger early); print live summaries."""
     result = SimulationResult()
     deadline = time.monotonic() + settings.duration_s if settings.duration_s else None
     run = _run_udp_tracker if settings.transport == "udp" else _run_tcp_tracker
@@ -571,5 +573,6 @@ async def run_simulation(
         ),
         settings.report_interval_s,
         report,
+        stop,
     )
     return result

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import signal
 import sys
 from typing import Any
 
 from fleetgate.sim.failures import report_lines
-from fleetgate.sim.teltonika import CODECS, TRANSPORTS, SimulationSettings, run_simulation
+from fleetgate.sim.teltonika import (
+    CODECS,
+    TRANSPORTS,
+    SimulationResult,
+    SimulationSettings,
+    run_simulation,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -44,7 +52,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--frames", type=int, default=None, help="frames per tracker, then stop")
     parser.add_argument(
         "--linger", type=float, default=0.0,
-        help="TCP: seconds to stay connected after the last frame, answering commands",
+        help="TCP: seconds to stay connected after the last frame, answering commands "
+        "(Ctrl-C or SIGTERM ends the simulation early, with its report)",
     )
     parser.add_argument(
         "--first-imei", type=int, default=356307042441013,
@@ -87,8 +96,19 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"fleetgate: {exc}", file=sys.stderr)
         return 2
-    result = asyncio.run(run_simulation(settings, report=print))
+    result = asyncio.run(_simulate(settings))
     print(result.summary())
     for line in report_lines(result.failures, "fleetgate sim teltonika"):
         print(line, file=sys.stderr)
     return 0 if result.ok else 1
+
+
+async def _simulate(settings: SimulationSettings) -> SimulationResult:
+    """The simulation; Ctrl-C or SIGTERM ends it with the report of what was done (during
+    ``--linger`` that is a clean end: everything sent was acked)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    return await run_simulation(settings, report=print, stop=stop)

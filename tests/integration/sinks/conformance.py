@@ -51,6 +51,7 @@ import pytest
 
 from fleetgate.config import AckLevel
 from fleetgate.forms import register_wire_form, wire_payload
+from fleetgate.observability import metrics
 from fleetgate.pipeline import AckPolicy, Pipeline, Router
 from fleetgate.pipeline.runner import RunnerSettings, SinkRunner
 from fleetgate.records import Record, record_metadata
@@ -313,6 +314,12 @@ class Feeder:
         return asyncio.ensure_future(self.pipeline.settled(offset, requirement))
 
 
+def failed_attempts(sink: str) -> float:
+    """Failed publish attempts of ``sink`` in this process so far."""
+    value = metrics.REGISTRY.get_sample_value("fleetgate_sink_errors_total", {"sink": sink})
+    return value or 0.0
+
+
 async def await_all(futures: Sequence[asyncio.Future[bool]], timeout: float = 60.0) -> None:
     try:
         results = await asyncio.wait_for(asyncio.gather(*futures), timeout)
@@ -454,6 +461,7 @@ class SinkConformance:
     ) -> None:
         records = make_records(10_000)
         session = await self._runner(harness, ctx, max_batch=1000)
+        failed_before = failed_attempts(session.runner.name)
         try:
             await session.submit(records, size=100)
             await await_all(session.futures, timeout=120)
@@ -461,7 +469,10 @@ class SinkConformance:
         finally:
             await bounded(session.runner.close(), "runner.close()")
         assert_all_delivered(records, delivered, ctx, harness)
-        assert len(delivered) == len(records), "no duplicates when nothing failed"
+        # A publish that failed (a timeout on a loaded machine) is retried, and at least
+        # once may then mean twice; with no failed attempt, each record arrives once.
+        if failed_attempts(session.runner.name) == failed_before:
+            assert len(delivered) == len(records), "no duplicates when nothing failed"
         assert session.runner.health is Health.OK
 
     # 4 ---------------------------------------------------------------------------------
