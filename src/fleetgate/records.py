@@ -183,7 +183,9 @@ def data_json(record: Record) -> bytes:
     the JSON form reuse it)."""
     cached = record._data_json
     if cached is None:
-        cached = orjson.dumps(record.data)
+        # orjson's bytes keep its whole output buffer (4 KiB and up, however short the
+        # JSON); copied to its exact size, since the spool's memory tail holds 20k records.
+        cached = bytes(memoryview(orjson.dumps(record.data)))
         _set_data_json(record, cached)
     return cached
 

@@ -55,20 +55,29 @@ _HEADERS: Final = {
 }
 _HEADER_ONLY: Final = Struct(">QBiihHBH")
 
-# Group structs for up to this many elements are built once at import; larger groups
-# (rare: a packet is normally < 1280 bytes) get a Struct built on the spot.
+# Group structs for up to this many elements are cached once first used (520 built at
+# import cost ~1 MiB of idle memory); larger groups (rare: a packet is normally < 1280
+# bytes) get a Struct built on the spot.
 _CACHED_PAIRS: Final = 64
 _VALUE_FORMATS: Final = "BHIQ"  # 1-, 2-, 4-, 8-byte values, in wire order
 
 
-def _pair_structs(id_format: str, value_format: str) -> tuple[Struct, ...]:
-    return tuple(Struct(">" + (id_format + value_format) * n) for n in range(_CACHED_PAIRS + 1))
+class _PairStructs(dict[int, Struct]):
+    """n -> Struct for n (id, value) pairs of one id and value width, built on first use."""
+
+    def __init__(self, pair_format: str) -> None:
+        super().__init__()
+        self.pair_format = pair_format
+
+    def __missing__(self, n: int) -> Struct:
+        group = self[n] = Struct(">" + self.pair_format * n)
+        return group
 
 
 # id width -> one table per value width -> Struct for n pairs.
 _PAIRS: Final = {
-    "B": tuple(_pair_structs("B", v) for v in _VALUE_FORMATS),
-    "H": tuple(_pair_structs("H", v) for v in _VALUE_FORMATS),
+    "B": tuple(_PairStructs("B" + v) for v in _VALUE_FORMATS),
+    "H": tuple(_PairStructs("H" + v) for v in _VALUE_FORMATS),
 }
 
 _EMPTY_GROUPS: Final = (0, 0, 0, 0, 0, 0)
