@@ -38,7 +38,7 @@ from fleetgate.observability.redact import redact_tree
 from fleetgate.pipeline import AckPolicy, Ledger, Pipeline, Router, RunnerSettings, SinkRunner
 from fleetgate.pipeline.deadletter import DeadLetters
 from fleetgate.pipeline.hub import LiveHub
-from fleetgate.pipeline.spool import Spool, SpoolSettings
+from fleetgate.pipeline.spool import Spool, SpoolInUseError, SpoolSettings
 from fleetgate.recordlog import ReadOptions, open_reader
 from fleetgate.recordlog.live import LiveFeed
 from fleetgate.runtime import Listener, ListenerFactory, ServerContext, StartupError
@@ -94,7 +94,10 @@ def build_spool(config: Config, ledger: Ledger) -> Spool | None:
         ),
         ledger,
     )
-    recovery = spool.open()
+    try:
+        recovery = spool.open()
+    except SpoolInUseError as exc:
+        raise StartupError(str(exc)) from None
     if recovery.entries:
         log.info(
             "spool: %d frames in %d segments to deliver; resuming after offset %d",

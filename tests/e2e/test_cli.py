@@ -242,6 +242,46 @@ def test_a_taken_port_is_one_line_and_exit_code_1(
     assert "Traceback" not in result.stderr
 
 
+def test_a_second_server_on_the_same_data_dir_is_refused_even_after_a_kill_9(
+    tmp_path: Path,
+) -> None:
+    def serve() -> tuple[subprocess.Popen[bytes], int]:
+        tracker_port, api_port = free_port(), free_port()
+        env = loopback_env(tmp_path / "data", tracker_port, api_port)
+        process = subprocess.Popen([*FLEETGATE, "serve"], env=env, cwd=tmp_path)
+        wait_port(api_port, process)
+        return process, tracker_port
+
+    first, _port = serve()
+    try:
+        env = loopback_env(tmp_path / "data", free_port(), free_port())
+        second = subprocess.run(
+            [*FLEETGATE, "serve"], env=env, cwd=tmp_path, capture_output=True, text=True,
+            timeout=60, check=False,
+        )
+        assert second.returncode == 1
+        assert f"is in use by another fleetgate process (pid {first.pid})" in second.stderr
+        assert "Traceback" not in second.stderr
+        assert first.poll() is None, "the first server keeps running"
+        first.send_signal(signal.SIGKILL)  # the kernel drops its lock: none is left stale
+        first.wait(10)
+        again, tracker_port = serve()
+        try:
+            sim = subprocess.run(
+                [*FLEETGATE, "sim", "teltonika", "--port", str(tracker_port), "--devices", "1",
+                 "--rate", "0", "--frames", "1"],
+                capture_output=True, text=True, timeout=60, check=False,
+            )
+            assert sim.returncode == 0, sim.stdout + sim.stderr
+        finally:
+            again.send_signal(signal.SIGTERM)
+            assert again.wait(30) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait(10)
+
+
 def test_the_demo_broker_goes_with_a_demo_killed_with_sigkill(tmp_path: Path) -> None:
     if mosquitto_binary() is None:
         pytest.fail("mosquitto is not installed (make install installs it)")

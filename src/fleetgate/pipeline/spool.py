@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import threading
@@ -285,6 +286,45 @@ class _Writer:
             self._fd = None
 
 
+LOCK_FILE: Final = "LOCK"
+
+
+class SpoolInUseError(RuntimeError):
+    """Another process has this spool directory open."""
+
+
+class _DirectoryLock:
+    """An exclusive ``flock`` on ``<directory>/LOCK`` for as long as the spool is open.
+
+    Two servers on one spool would cut each other's "torn" tails and interleave offsets;
+    the kernel drops the lock when its holder exits, ``kill -9`` included, so a crash
+    never leaves a stale lock behind."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise SpoolInUseError(
+                f"spool {self.path.parent} is in use by another fleetgate process "
+                f"(pid {holder}); give each server its own data_dir (or spool.path)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the lock
+            self._fd = None
+
+
 class Spool:
     """The on-disk ledger; also the ledger consumer whose watermark is "durable"."""
 
@@ -313,6 +353,7 @@ class Spool:
         self.failing: str = ""
         self._bytes_gauge = metrics.SPOOL_BYTES
         self._recovered_cursors: dict[str, int] = {}
+        self._lock = _DirectoryLock(settings.directory)
 
     # -- the ledger's view ---------------------------------------------------------------
     @property
@@ -330,6 +371,7 @@ class Spool:
         """Check the segments on disk, cut a torn tail, and find the head offset."""
         directory = self.settings.directory
         directory.mkdir(parents=True, exist_ok=True)
+        self._lock.acquire()
         paths = sorted(directory.glob(f"{SEGMENT_PREFIX}*{SEGMENT_SUFFIX}"), key=_segment_first)
         head = 0
         entries = 0
@@ -571,6 +613,7 @@ class Spool:
         self._persist_cursors()
         self._truncate()
         self._writer.close()
+        self._lock.release()
 
     def health(self) -> dict[str, object]:
         return {
