@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 from typing import Any
 
 from fleetgate import preflight
@@ -98,7 +99,34 @@ def run_serve(args: argparse.Namespace) -> int:
     # "workers": 0 is one per core; on one core that is one process, which must not share
     # its ports (nor refuse commands for devices another worker could hold).
     config = config.model_copy(update={"workers": count})
+    warn_shared_node_id(config)
     if count > 1:
         return Supervisor(config, count).run()
     run_loop(serve(config, ready=announce))
     return 0
+
+
+# Sinks that write to a log other nodes share (record ids <node_id>-<offset> must differ).
+_SHARED_LOG_SINKS = ("kafka", "nats")
+
+
+def warn_shared_node_id(config: Config) -> None:
+    """Record ids and command routing name this node by ``node_id``; its default, the host
+    name, is the same for every server on one host, and ids that collide in a shared log
+    are de-duplicated away by consumers."""
+    if config.node_id:
+        return
+    shared = sorted(
+        {sink for sinks in config.records.values() for sink in sinks} & set(_SHARED_LOG_SINKS)
+    )
+    if config.teltonika.command_routing is not None:
+        shared.append("teltonika.command_routing")
+    if shared:
+        # Info, not a warning: one node per host (a Tesla config.json) is right as it is.
+        log.info(
+            "node_id not set: record ids and command routing name this node %r (the host "
+            "name); servers on one host sharing %s need a node_id each, or their record "
+            "ids collide",
+            socket.gethostname(),
+            ", ".join(shared),
+        )
