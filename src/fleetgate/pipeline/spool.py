@@ -325,6 +325,12 @@ class _DirectoryLock:
             self._fd = None
 
 
+def _delete(paths: Sequence[Path]) -> None:
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
 class Spool:
     """The on-disk ledger; also the ledger consumer whose watermark is "durable"."""
 
@@ -354,6 +360,7 @@ class Spool:
         self._bytes_gauge = metrics.SPOOL_BYTES
         self._recovered_cursors: dict[str, int] = {}
         self._lock = _DirectoryLock(settings.directory)
+        self._deletions: list[asyncio.Future[None]] = []
 
     # -- the ledger's view ---------------------------------------------------------------
     @property
@@ -545,18 +552,32 @@ class Spool:
             return
         low = min(self._cursors_saved.values())
         segments = self._segments
+        done: list[Path] = []
         while True:
             with segments.lock:
                 if len(segments.paths) < 2 or segments.firsts[1] - 1 > low:
                     break
-                path = segments.paths.pop(0)
+                done.append(segments.paths.pop(0))
                 segments.firsts.pop(0)
                 segments.sizes.pop(0)
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+        if done:
+            self._delete_soon(done)
         self._update_gauge()
         if not self.over_budget:
             self._room.set()
+
+    def _delete_soon(self, paths: list[Path]) -> None:
+        """Delete confirmed segments off the event loop: unlinking a large file can take
+        tens of milliseconds, and every ack waiting on the loop would wait as long. They are
+        out of the index already (a reader holding one open keeps reading it); one a crash
+        leaves behind is confirmed, and the next start's truncation deletes it."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            _delete(paths)
+            return
+        self._deletions = [f for f in self._deletions if not f.done()]
+        self._deletions.append(loop.run_in_executor(None, _delete, paths))
 
     def _update_gauge(self) -> None:
         self._bytes_gauge.set(self._segments.total + self._pending_bytes)
@@ -612,6 +633,8 @@ class Spool:
                     await task
         self._persist_cursors()
         self._truncate()
+        await asyncio.gather(*self._deletions)
+        self._deletions.clear()
         self._writer.close()
         self._lock.release()
 
