@@ -24,7 +24,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-pytestmark = pytest.mark.e2e
+# Its tests share one wheel build in the source tree: one pytest-xdist worker runs them.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("slim_install")]
 
 ROOT = Path(__file__).resolve().parents[2]
 PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
