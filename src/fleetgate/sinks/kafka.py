@@ -34,8 +34,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 from pydantic import ConfigDict, model_validator
 
@@ -85,11 +84,71 @@ class _LibrdkafkaLog:
 _LIBRDKAFKA_LOG = _LibrdkafkaLog()
 
 
-@dataclass(slots=True)
-class _InFlight:
-    # Holding the record keeps its id() from being reused while librdkafka has it.
-    record: Record
-    future: asyncio.Future[None]
+class _Batch:
+    """The delivery reports one ``publish`` waits for.
+
+    Counted under the sink's lock, mostly on the poll thread; the loop is woken once, when
+    the last report arrives, instead of once per message (a wake-up per message cost more
+    than producing it).
+    """
+
+    __slots__ = ("errors", "future", "loop", "remaining")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, count: int) -> None:
+        self.loop = loop
+        # Only ever given a result: errors are read from ``errors``, so a batch whose
+        # publish timed out leaves no unretrieved exception behind.
+        self.future: asyncio.Future[None] = loop.create_future()
+        self.remaining = count
+        self.errors: list[Exception] = []
+
+    def report(self, error: Exception | None) -> bool:
+        """Count one report (caller holds the lock); True when it was the last."""
+        if error is not None:
+            self.errors.append(error)
+        self.remaining -= 1
+        return self.remaining == 0
+
+    def settle_threadsafe(self) -> None:
+        with contextlib.suppress(RuntimeError):  # loop already closed at shutdown
+            self.loop.call_soon_threadsafe(_settle, self.future)
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class _Message:
+    """One produced record until its delivery report.
+
+    Kept (by record identity) while librdkafka holds the message: a retry of a batch that
+    timed out waits for the same report instead of producing the record a second time.
+    Holding the record keeps its id() from being reused meanwhile.
+    """
+
+    __slots__ = ("batches", "error", "record", "sink")
+
+    def __init__(self, sink: KafkaSink, record: Record, batch: _Batch) -> None:
+        self.sink = sink
+        self.record = record
+        self.batches: list[_Batch] | None = [batch]  # None once reported
+        self.error: Exception | None = None
+
+    def delivered(self, err: Any, _msg: Any) -> None:
+        # librdkafka's delivery report: on the poll thread (or in close's flush).
+        error = None if err is None else _classify(err, str(err))
+        sink = self.sink
+        if error is None:
+            sink._all_brokers_down = False
+        with sink._lock:
+            key = id(self.record)
+            if sink._inflight.get(key) is self:
+                del sink._inflight[key]
+            batches, self.batches, self.error = self.batches, None, error
+            finished = [batch for batch in batches or () if batch.report(error)]
+        for batch in finished:
+            batch.settle_threadsafe()
 
 
 class KafkaSettings(Section):
@@ -132,7 +191,10 @@ class KafkaSink(Sink):
         self._producer: Any = None
         self._poller: threading.Thread | None = None
         self._stop = threading.Event()
-        self._inflight: dict[int, _InFlight] = {}
+        self._inflight: dict[int, _Message] = {}
+        # Guards _inflight and the batches' counts between the loop and the poll thread.
+        self._lock = threading.Lock()
+        self._topics: dict[str, str] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         # Set from librdkafka's error callback, cleared by the next successful delivery.
         self._all_brokers_down = False
@@ -180,94 +242,93 @@ class KafkaSink(Sink):
 
     async def publish(self, batch: Sequence[Record]) -> None:
         producer = self._ensure_producer()
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[None]] = []
-        transmit_decoded = self.context.transmit_decoded
-        for record in batch:
-            waiting = self._inflight.get(id(record))
-            if waiting is not None and waiting.record is record:
-                futures.append(waiting.future)
-                continue
-            future: asyncio.Future[None] = loop.create_future()
-            message = {
-                "topic": self.destination(record.topic),
-                "value": wire_payload(record, transmit_decoded),
-                "key": record.device_id.encode(),
-                "headers": list(self.headers(record).items()),
-                "on_delivery": self._on_delivery(loop, record, future),
-            }
-            await self._produce(producer, message)
-            self._inflight[id(record)] = _InFlight(record, future)
-            futures.append(future)
-        if not futures:
+        if not batch:
             return
+        waiting = _Batch(asyncio.get_running_loop(), len(batch))
+        inflight = self._inflight
+        transmit_decoded = self.context.transmit_decoded
+        topics = self._topics
+        produce = producer.produce
+        for record in batch:
+            entry = inflight.get(id(record))
+            if entry is not None and entry.record is record and self._attach(entry, waiting):
+                continue
+            topic = topics.get(record.topic)
+            if topic is None:
+                topic = topics[record.topic] = self.destination(record.topic)
+            entry = _Message(self, record, waiting)
+            # Registered before produce: the report may arrive before produce returns.
+            inflight[id(record)] = entry
+            value = wire_payload(record, transmit_decoded)
+            key = record.device_id.encode()
+            headers = self.headers(record)
+            try:
+                produce(topic, value, key, headers=headers, on_delivery=entry.delivered)
+            except BaseException as exc:
+                self._forget(entry)
+                if not isinstance(exc, BufferError):
+                    _raise_classified(exc)
+                await self._produce_when_room(producer, entry, (topic, value, key, headers))
         # While librdkafka says every broker is down, do not sit out the full timeout:
         # fail fast so the runner reports the outage (the messages stay queued inside
         # librdkafka and a retry waits for them again).
         timeout = _DOWN_WAIT_S if self._all_brokers_down else self.publish_timeout_s
-        # asyncio.wait neither cancels the futures on timeout nor leaves a gathering
-        # future behind when the runner cancels this publish.
-        _done, unreported = await asyncio.wait(futures, timeout=timeout)
+        # asyncio.wait neither cancels the future on timeout nor on the runner cancelling
+        # this publish.
+        await asyncio.wait((waiting.future,), timeout=timeout)
+        with self._lock:
+            unreported, errors = waiting.remaining, list(waiting.errors)
         if unreported:
             state = "all brokers down" if self._all_brokers_down else "no delivery report"
             raise TransientSinkError(
-                f"{len(unreported)} of {len(futures)} messages without delivery report "
+                f"{unreported} of {len(batch)} messages without delivery report "
                 f"after {timeout:g}s ({state})"
             )
-        errors = [e for f in futures if (e := f.exception()) is not None]
         if errors:
             if all(isinstance(error, PermanentSinkError) for error in errors):
                 raise errors[0]
             first = next(e for e in errors if not isinstance(e, PermanentSinkError))
-            raise TransientSinkError(f"{len(errors)} of {len(futures)} failed: {first}")
+            raise TransientSinkError(f"{len(errors)} of {len(batch)} failed: {first}")
 
-    async def _produce(self, producer: Any, message: dict[str, Any]) -> None:
+    def _attach(self, entry: _Message, waiting: _Batch) -> bool:
+        """Make ``waiting`` count ``entry``'s report too (a retry of a record librdkafka
+        still holds). If the report came meanwhile, count its outcome now."""
+        with self._lock:
+            if entry.batches is not None:
+                entry.batches.append(waiting)
+                return True
+            if entry.error is None:
+                if waiting.report(None):
+                    _settle(waiting.future)
+                return True
+        return False  # it failed: produce it again
+
+    def _forget(self, entry: _Message) -> None:
+        with self._lock:
+            if self._inflight.get(id(entry.record)) is entry:
+                del self._inflight[id(entry.record)]
+
+    async def _produce_when_room(
+        self, producer: Any, entry: _Message, message: tuple[str, bytes, bytes, dict[str, str]]
+    ) -> None:
+        topic, value, key, headers = message
         deadline = time.monotonic() + _QUEUE_FULL_WAIT_S
         while True:
+            # librdkafka's local queue is full (queue.buffering.max.messages): let
+            # delivery reports drain it rather than growing memory.
+            if time.monotonic() > deadline:
+                raise TransientSinkError(
+                    "kafka: local producer queue stays full; broker not keeping up"
+                )
+            await asyncio.sleep(0.05)
+            self._inflight[id(entry.record)] = entry
             try:
-                producer.produce(**message)
+                producer.produce(topic, value, key, headers=headers, on_delivery=entry.delivered)
                 return
-            except BufferError:
-                # librdkafka's local queue is full (queue.buffering.max.messages):
-                # let delivery reports drain it rather than growing memory.
-                if time.monotonic() > deadline:
-                    raise TransientSinkError(
-                        "kafka: local producer queue stays full; broker not keeping up"
-                    ) from None
-                await asyncio.sleep(0.05)
-            except Exception as exc:
-                from confluent_kafka import KafkaException
-
-                if isinstance(exc, KafkaException):
-                    raise _classify(exc.args[0] if exc.args else None, str(exc)) from exc
-                raise
-
-    def _on_delivery(
-        self, loop: asyncio.AbstractEventLoop, record: Record, future: asyncio.Future[None]
-    ) -> Any:
-        def report(err: Any, _msg: Any) -> None:
-            # Runs on the poll thread (or in flush); hand the result to the loop.
-            error = None if err is None else _classify(err, str(err))
-            with contextlib.suppress(RuntimeError):  # loop already closed at shutdown
-                loop.call_soon_threadsafe(self._resolve, record, future, error)
-
-        return report
-
-    def _resolve(
-        self, record: Record, future: asyncio.Future[None], error: Exception | None
-    ) -> None:
-        current = self._inflight.get(id(record))
-        if current is not None and current.future is future:
-            del self._inflight[id(record)]
-        if error is None:
-            self._all_brokers_down = False
-        if future.done():
-            return
-        if error is None:
-            future.set_result(None)
-        else:
-            future.set_exception(error)
-            future.exception()  # publish() may have timed out and never look at it
+            except BaseException as exc:
+                self._forget(entry)
+                if not isinstance(exc, BufferError):
+                    _raise_classified(exc)
 
     async def close(self) -> None:
         producer = self._producer
@@ -281,13 +342,26 @@ class KafkaSink(Sink):
             log.warning("kafka: closed with %d messages not delivered", remaining)
         self._producer = None
         self._poller = None
-        # Let the reports flush() delivered reach their futures before the loop moves on.
+        # Let the reports flush() delivered reach their publishes before the loop moves on.
         await asyncio.sleep(0)
-        for entry in self._inflight.values():
-            if not entry.future.done():
-                entry.future.set_exception(TransientSinkError("kafka sink closed"))
-                entry.future.exception()
-        self._inflight.clear()
+        closed = TransientSinkError("kafka sink closed")
+        with self._lock:
+            entries = list(self._inflight.values())
+            self._inflight.clear()
+            for entry in entries:
+                batches, entry.batches, entry.error = entry.batches, None, closed
+                for batch in batches or ():
+                    if batch.report(closed):
+                        _settle(batch.future)
+
+
+def _raise_classified(exc: BaseException) -> NoReturn:
+    """Raise what ``produce`` raised as the runner should see it."""
+    from confluent_kafka import KafkaException
+
+    if isinstance(exc, KafkaException):
+        raise _classify(exc.args[0] if exc.args else None, str(exc)) from exc
+    raise exc
 
 
 def _classify(err: Any, text: str) -> Exception:
