@@ -120,35 +120,50 @@ def _settle(future: asyncio.Future[None]) -> None:
 
 
 class _Message:
-    """One produced record until its delivery report.
+    """One produced record until its delivery report; librdkafka calls it with the report.
 
     Kept (by record identity) while librdkafka holds the message: a retry of a batch that
     timed out waits for the same report instead of producing the record a second time.
-    Holding the record keeps its id() from being reused meanwhile.
+    Holding the record keeps its id() from being reused meanwhile. One object per message
+    (no bound method, no list): it is allocated for every record on the hot path.
     """
 
-    __slots__ = ("batches", "error", "record", "sink")
+    __slots__ = ("batch", "error", "more", "record", "reported", "sink")
 
     def __init__(self, sink: KafkaSink, record: Record, batch: _Batch) -> None:
         self.sink = sink
         self.record = record
-        self.batches: list[_Batch] | None = [batch]  # None once reported
+        self.batch = batch
+        self.more: list[_Batch] | None = None  # publishes of retries waiting for it too
+        self.reported = False
         self.error: Exception | None = None
 
-    def delivered(self, err: Any, _msg: Any) -> None:
+    def __call__(self, err: Any, _msg: Any) -> None:
         # librdkafka's delivery report: on the poll thread (or in close's flush).
         error = None if err is None else _classify(err, str(err))
         sink = self.sink
         if error is None:
             sink._all_brokers_down = False
+        finished: list[_Batch] = []
         with sink._lock:
-            key = id(self.record)
-            if sink._inflight.get(key) is self:
-                del sink._inflight[key]
-            batches, self.batches, self.error = self.batches, None, error
-            finished = [batch for batch in batches or () if batch.report(error)]
+            self._report(error, finished)
         for batch in finished:
             batch.settle_threadsafe()
+
+    def _report(self, error: Exception | None, finished: list[_Batch]) -> None:
+        """Count the outcome in every waiting batch (caller holds the lock); batches whose
+        last report this was are added to ``finished``."""
+        inflight = self.sink._inflight
+        key = id(self.record)
+        if inflight.get(key) is self:
+            del inflight[key]
+        self.reported = True
+        self.error = error
+        if self.batch.report(error):
+            finished.append(self.batch)
+        for batch in self.more or ():
+            if batch.report(error):
+                finished.append(batch)
 
 
 class KafkaSettings(Section):
@@ -263,7 +278,7 @@ class KafkaSink(Sink):
             key = record.device_id.encode()
             headers = self.headers(record)
             try:
-                produce(topic, value, key, headers=headers, on_delivery=entry.delivered)
+                produce(topic, value, key, headers=headers, on_delivery=entry)
             except BaseException as exc:
                 self._forget(entry)
                 if not isinstance(exc, BufferError):
@@ -294,8 +309,10 @@ class KafkaSink(Sink):
         """Make ``waiting`` count ``entry``'s report too (a retry of a record librdkafka
         still holds). If the report came meanwhile, count its outcome now."""
         with self._lock:
-            if entry.batches is not None:
-                entry.batches.append(waiting)
+            if not entry.reported:
+                if entry.more is None:
+                    entry.more = []
+                entry.more.append(waiting)
                 return True
             if entry.error is None:
                 if waiting.report(None):
@@ -323,7 +340,7 @@ class KafkaSink(Sink):
             await asyncio.sleep(0.05)
             self._inflight[id(entry.record)] = entry
             try:
-                producer.produce(topic, value, key, headers=headers, on_delivery=entry.delivered)
+                producer.produce(topic, value, key, headers=headers, on_delivery=entry)
                 return
             except BaseException as exc:
                 self._forget(entry)
@@ -345,14 +362,12 @@ class KafkaSink(Sink):
         # Let the reports flush() delivered reach their publishes before the loop moves on.
         await asyncio.sleep(0)
         closed = TransientSinkError("kafka sink closed")
+        finished: list[_Batch] = []
         with self._lock:
-            entries = list(self._inflight.values())
-            self._inflight.clear()
-            for entry in entries:
-                batches, entry.batches, entry.error = entry.batches, None, closed
-                for batch in batches or ():
-                    if batch.report(closed):
-                        _settle(batch.future)
+            for entry in list(self._inflight.values()):
+                entry._report(closed, finished)
+        for batch in finished:
+            _settle(batch.future)
 
 
 def _raise_classified(exc: BaseException) -> NoReturn:
