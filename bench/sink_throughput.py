@@ -512,6 +512,20 @@ async def _pubsub(base: Path) -> AsyncIterator[Backend]:
 # -- mqtt ----------------------------------------------------------------------------------
 @target("mqtt")
 async def _mqtt(base: Path) -> AsyncIterator[Backend]:
+    async with _mqtt_backend(base, paho=False) as backend:
+        yield backend
+
+
+@target("mqtt_paho")
+async def _mqtt_paho(base: Path) -> AsyncIterator[Backend]:
+    # The same sink against paho-mqtt itself, the client under aiomqtt, driven by its
+    # own network thread: what the protocol costs without an asyncio wrapper.
+    async with _mqtt_backend(base, paho=True) as backend:
+        yield backend
+
+
+@contextlib.asynccontextmanager
+async def _mqtt_backend(base: Path, paho: bool) -> AsyncIterator[Backend]:
     import aiomqtt
 
     # QoS 1 to mosquitto; an out-of-process mosquitto_sub per namespace counts what the
@@ -576,8 +590,55 @@ async def _mqtt(base: Path) -> AsyncIterator[Backend]:
             yield send
             await client.__aexit__(None, None, None)
 
+        @bare
+        async def send_bare_paho(ctx: SinkContext, records: list[Record]) -> AsyncIterator[Send]:
+            # paho-mqtt with loop_start(): publish() queues, its thread sends and reads the
+            # PUBACKs; on_publish counts them; 200 in flight, like the sink's session.
+            import paho.mqtt.client as paho_mqtt
+
+            shaper: Any = sink_class("mqtt")(
+                {"broker": proc.address, "topic_base": ctx.namespace}, ctx
+            )
+            messages = [m for r in records for m in shaper.messages(r)]
+            client = paho_mqtt.Client(paho_mqtt.CallbackAPIVersion.VERSION2)
+            client.max_inflight_messages_set(200)
+            client.max_queued_messages_set(0)
+            acked = {"ok": 0, "failed": 0}
+            target_count = {"n": 1}
+            done = threading.Event()
+
+            def on_publish(_c: Any, _u: Any, _mid: int, reason: Any, _p: Any) -> None:
+                acked["failed" if reason.is_failure else "ok"] += 1
+                if acked["ok"] + acked["failed"] >= target_count["n"]:
+                    done.set()
+
+            client.on_publish = on_publish
+            client.connect(services.LOOPBACK, proc.port)
+            client.loop_start()
+
+            async def probe() -> None:
+                client.publish(f"{ctx.namespace}/probe", b"{}", qos=1)
+
+            await subscribe(ctx, probe)
+
+            def publish_all() -> None:
+                acked.update(ok=0, failed=0)
+                target_count["n"] = len(messages)
+                done.clear()
+                for topic, payload in messages:
+                    client.publish(topic, payload, qos=1)
+                if not done.wait(120) or acked["failed"]:
+                    raise SystemExit(f"mqtt paho bare: {acked} of {len(messages)}")
+
+            async def send() -> None:
+                await asyncio.to_thread(publish_all)
+
+            yield send
+            client.loop_stop()
+            client.disconnect()
+
         try:
-            yield Backend(make, count, send_bare)
+            yield Backend(make, count, send_bare_paho if paho else send_bare)
         finally:
             for sub, _, _ in subs.values():
                 sub.terminate()
@@ -607,6 +668,8 @@ def teltonika_records(count: int, devices: int = 100) -> list[Record]:
 @dataclass
 class Run:
     rate: float
+    # CPU of this process (every thread: the clients' own too, not the server's) per record
+    cpu_us: float
     stored: int
     expected: int
 
@@ -636,15 +699,16 @@ async def run_fleetgate(backend: Backend, args: argparse.Namespace) -> Run:
     )
     await runner.start()
     step = args.submission
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     last = 0
     for i in range(0, len(records), step):
         last = await pipeline.append(records[i : i + step])
     if not await pipeline.settled(last, pipeline.requirement(records[0].topic)):
         raise SystemExit(f"{sink.name}: records refused")
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     await runner.close()
-    return Run(len(records) / elapsed, await backend.count(ctx), len(records))
+    n = len(records)
+    return Run(n / elapsed, cpu / n * 1e6, await backend.count(ctx), n)
 
 
 async def run_bare(backend: Backend, args: argparse.Namespace) -> Run:
@@ -652,10 +716,11 @@ async def run_bare(backend: Backend, args: argparse.Namespace) -> Run:
     ctx = new_context()
     records = teltonika_records(args.records)
     async with backend.bare(ctx, records) as send:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         await send()
-        elapsed = time.perf_counter() - started
-    return Run(len(records) / elapsed, await backend.count(ctx), len(records))
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    n = len(records)
+    return Run(n / elapsed, cpu / n * 1e6, await backend.count(ctx), n)
 
 
 def spread(values: list[float], form: str) -> str:
@@ -679,18 +744,23 @@ async def run_one(name: str, args: argparse.Namespace, base: Path) -> str:
                 (bare_runs if run is run_bare else fleet).append(result)
                 label = "bare" if run is run_bare else "fleetgate"
                 print(
-                    f"  {name} {label:<9} {result.rate:>9,.0f} records/s"
-                    f" (backend count {result.stored}: {result.check})",
+                    f"  {name} {label:<9} {result.rate:>9,.0f} records/s,"
+                    f" {result.cpu_us:5.1f} us CPU/record (backend count {result.stored}: {result.check})",
                     flush=True,
                 )
     fleet_text = spread([r.rate for r in fleet], ",.0f")
     checks = {r.check for r in fleet + bare_runs}
     check = "ok" if checks == {"ok"} else "; ".join(sorted(checks - {"ok"}))
+    fleet_cpu = spread([r.cpu_us for r in fleet], ".1f")
     if not bare_runs:
-        return f"| {name} | - | {fleet_text} | - | {check} |"
+        return f"| {name} | - | {fleet_text} | - | - / {fleet_cpu} | {check} |"
     ratios = [f.rate / b.rate for f, b in zip(fleet, bare_runs, strict=True)]
     bare_text = spread([r.rate for r in bare_runs], ",.0f")
-    return f"| {name} | {bare_text} | {fleet_text} | {spread(ratios, '.2f')} | {check} |"
+    bare_cpu = spread([r.cpu_us for r in bare_runs], ".1f")
+    return (
+        f"| {name} | {bare_text} | {fleet_text} | **{spread(ratios, '.2f')}** "
+        f"| {bare_cpu} / {fleet_cpu} | {check} |"
+    )
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -707,7 +777,7 @@ async def main(args: argparse.Namespace) -> int:
             try:
                 rows.append(await run_one(name, args, base))
             except services.ServiceUnavailableError as exc:
-                rows.append(f"| {name} | skipped: {str(exc).splitlines()[0]} | | | |")
+                rows.append(f"| {name} | skipped: {str(exc).splitlines()[0]} | | | | |")
     finally:
         shutil.rmtree(base, ignore_errors=True)
     print(
@@ -715,8 +785,11 @@ async def main(args: argparse.Namespace) -> int:
         f"{args.submission}, {args.repeat} pair(s); median (min-max); fleetgate records "
         f"{'arrive serialised' if args.serialized else 'serialised by the sink'}\n"
     )
-    print("| sink | bare records/s | fleetgate records/s | fleetgate/bare | backend counts |")
-    print("|---|---|---|---|---|")
+    print(
+        "| sink | bare records/s | fleetgate records/s | fleetgate/bare "
+        "| CPU us/record, bare / fleetgate | backend counts |"
+    )
+    print("|---|---|---|---|---|---|")
     print("\n".join(rows))
     return 0
 
