@@ -179,6 +179,15 @@ def test_fleetgate_keys_do_not_reach_librdkafka() -> None:
     assert "fleetgate.publish_timeout_ms" not in sink.settings
 
 
+def test_linger_is_short_unless_the_section_sets_it() -> None:
+    # publish waits for each batch's reports: librdkafka's 5 ms linger would be paid per batch.
+    default = KafkaSink({"bootstrap.servers": "x:1"}, SinkContext()).producer_config()
+    assert default == {"bootstrap.servers": "x:1", "linger.ms": 1}
+    for key in ("linger.ms", "queue.buffering.max.ms"):
+        config = KafkaSink({"bootstrap.servers": "x:1", key: 20}, SinkContext()).producer_config()
+        assert config == {"bootstrap.servers": "x:1", key: 20}
+
+
 async def test_invalid_librdkafka_property_is_permanent() -> None:
     sink = KafkaSink({"bootstrap.servers": "127.0.0.1:1", "no.such.property": 1}, SinkContext())
     with pytest.raises(PermanentSinkError, match=r"no\.such\.property"):
