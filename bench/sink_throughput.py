@@ -7,7 +7,8 @@ Then, ``--repeat`` times, two runs go to that server, each into its own namespac
 * **fleetgate**: N Teltonika-like records are submitted to a real
   :class:`~fleetgate.pipeline.runner.SinkRunner` in small submissions (like frames from
   trackers); the clock stops when the last submission is *confirmed* by the backend. The
-  sink serialises the records itself (inside the timing), as it does in production.
+  sink serialises the records itself (inside the timing), as it does in production;
+  ``--serialized`` makes their JSON beforehand instead, as the bare client's payloads are.
 * **bare**: the same records sent with the sink's library alone, used the way a competent
   engineer would for the same job and delivery guarantee (every message confirmed by the
   backend), with no fleetgate code inside the timing. The payload bytes, keys, headers and
@@ -15,11 +16,13 @@ Then, ``--repeat`` times, two runs go to that server, each into its own namespac
   the same bytes.
 
 Afterwards the backend's own count is checked for both runs, so a path that drops records
-cannot post a good number. The table gives records/s (median, min-max) and the ratio
-fleetgate/bare of each pair (median, min-max); the two runs of a pair alternate in order.
+cannot post a good number. The table gives records/s (median, min-max), the ratio
+fleetgate/bare of each pair (median, min-max) and this process's CPU per record (all its
+threads, not the server's); the two runs of a pair alternate in order. ``mqtt_paho`` runs
+the mqtt sink against paho-mqtt itself, the client under aiomqtt.
 
 Run: ``.venv/bin/python bench/sink_throughput.py [redis nats postgres zmq ...]
-[--records 50000] [--batch 1000] [--submission 10] [--repeat 3] [--no-bare]``
+[--records 50000] [--batch 1000] [--submission 10] [--repeat 2] [--serialized] [--no-bare]``
 
 Adding a sink: write an ``@target("name")`` async context manager that starts the server
 and yields a :class:`Backend`.
