@@ -52,7 +52,8 @@ sinks, the API...) keeps every listener of the defaults.
 # Sections whose keys are documented where they are read, not field by field.
 FREE_FORM = {
     "kafka": "the librdkafka property map, as in Tesla's config (`bootstrap.servers`, "
-    "`compression.type`...); JSON numbers become integers"
+    "`compression.type`...); JSON numbers become integers; `linger.ms` is 1 unless set "
+    "(librdkafka's default is 5: each batch waits for its delivery reports)"
 }
 
 

@@ -20,6 +20,9 @@ timeout are not produced a second time when the runner retries the batch: the re
 for their original delivery report instead, which keeps librdkafka's queue (and memory)
 bounded while the broker is away.
 
+One default differs from librdkafka's: ``linger.ms`` is 1 ms unless the section sets
+``linger.ms`` or its alias ``queue.buffering.max.ms`` (see ``_DEFAULT_LINGER_MS``).
+
 librdkafka's own log lines go through fleetgate's logger (confluent-kafka's ``logger``
 setting), at most WARNING and rate-limited (:class:`_LibrdkafkaLog`): an unreachable broker
 makes librdkafka repeat "connect failed" for every broker every few seconds, while the
@@ -34,8 +37,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 from pydantic import ConfigDict, model_validator
 
@@ -52,6 +54,13 @@ _DEFAULT_PUBLISH_TIMEOUT_S = 10.0
 _CLOSE_FLUSH_S = 5.0
 # Delivery wait while librdkafka reports every broker down.
 _DOWN_WAIT_S = 0.5
+# librdkafka's linger when the section sets none (librdkafka's own default is 5 ms). publish
+# waits for every report of a batch before the runner hands it the next one, and the runner
+# already lingers to gather that batch, so a long librdkafka linger is only paid again, once
+# per batch: 5 ms per 1,000 records capped the sink near 100k records/s; 1 ms still lets a
+# batch's messages share requests while it is being produced.
+_DEFAULT_LINGER_MS = 1
+_LINGER_KEYS = frozenset({"linger.ms", "queue.buffering.max.ms"})
 # How long ``produce`` may wait for room in librdkafka's local queue before giving up.
 _QUEUE_FULL_WAIT_S = 5.0
 
@@ -85,11 +94,86 @@ class _LibrdkafkaLog:
 _LIBRDKAFKA_LOG = _LibrdkafkaLog()
 
 
-@dataclass(slots=True)
-class _InFlight:
-    # Holding the record keeps its id() from being reused while librdkafka has it.
-    record: Record
-    future: asyncio.Future[None]
+class _Batch:
+    """The delivery reports one ``publish`` waits for.
+
+    Counted under the sink's lock, mostly on the poll thread; the loop is woken once, when
+    the last report arrives, instead of once per message (a wake-up per message cost more
+    than producing it).
+    """
+
+    __slots__ = ("errors", "future", "loop", "remaining")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, count: int) -> None:
+        self.loop = loop
+        # Only ever given a result: errors are read from ``errors``, so a batch whose
+        # publish timed out leaves no unretrieved exception behind.
+        self.future: asyncio.Future[None] = loop.create_future()
+        self.remaining = count
+        self.errors: list[Exception] = []
+
+    def report(self, error: Exception | None) -> bool:
+        """Count one report (caller holds the lock); True when it was the last."""
+        if error is not None:
+            self.errors.append(error)
+        self.remaining -= 1
+        return self.remaining == 0
+
+    def settle_threadsafe(self) -> None:
+        with contextlib.suppress(RuntimeError):  # loop already closed at shutdown
+            self.loop.call_soon_threadsafe(_settle, self.future)
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class _Message:
+    """One produced record until its delivery report; librdkafka calls it with the report.
+
+    Kept (by record identity) while librdkafka holds the message: a retry of a batch that
+    timed out waits for the same report instead of producing the record a second time.
+    Holding the record keeps its id() from being reused meanwhile. One object per message
+    (no bound method, no list): it is allocated for every record on the hot path.
+    """
+
+    __slots__ = ("batch", "error", "more", "record", "reported", "sink")
+
+    def __init__(self, sink: KafkaSink, record: Record, batch: _Batch) -> None:
+        self.sink = sink
+        self.record = record
+        self.batch = batch
+        self.more: list[_Batch] | None = None  # publishes of retries waiting for it too
+        self.reported = False
+        self.error: Exception | None = None
+
+    def __call__(self, err: Any, _msg: Any) -> None:
+        # librdkafka's delivery report: on the poll thread (or in close's flush).
+        error = None if err is None else _classify(err, str(err))
+        sink = self.sink
+        if error is None:
+            sink._all_brokers_down = False
+        finished: list[_Batch] = []
+        with sink._lock:
+            self._report(error, finished)
+        for batch in finished:
+            batch.settle_threadsafe()
+
+    def _report(self, error: Exception | None, finished: list[_Batch]) -> None:
+        """Count the outcome in every waiting batch (caller holds the lock); batches whose
+        last report this was are added to ``finished``."""
+        inflight = self.sink._inflight
+        key = id(self.record)
+        if inflight.get(key) is self:
+            del inflight[key]
+        self.reported = True
+        self.error = error
+        if self.batch.report(error):
+            finished.append(self.batch)
+        for batch in self.more or ():
+            if batch.report(error):
+                finished.append(batch)
 
 
 class KafkaSettings(Section):
@@ -132,7 +216,10 @@ class KafkaSink(Sink):
         self._producer: Any = None
         self._poller: threading.Thread | None = None
         self._stop = threading.Event()
-        self._inflight: dict[int, _InFlight] = {}
+        self._inflight: dict[int, _Message] = {}
+        # Guards _inflight and the batches' counts between the loop and the poll thread.
+        self._lock = threading.Lock()
+        self._topics: dict[str, str] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         # Set from librdkafka's error callback, cleared by the next successful delivery.
         self._all_brokers_down = False
@@ -143,6 +230,12 @@ class KafkaSink(Sink):
     async def start(self) -> None:
         self._ensure_producer()
 
+    def producer_config(self) -> dict[str, Any]:
+        """The section's librdkafka properties, plus fleetgate's linger default."""
+        if _LINGER_KEYS & self.properties.keys():
+            return dict(self.properties)
+        return {"linger.ms": _DEFAULT_LINGER_MS, **self.properties}
+
     def _ensure_producer(self) -> Any:
         if self._producer is not None:
             return self._producer
@@ -151,7 +244,7 @@ class KafkaSink(Sink):
         self._loop = asyncio.get_running_loop()
         try:
             producer = Producer(
-                {**self.properties, "error_cb": self._on_error, "logger": _LIBRDKAFKA_LOG}
+                {**self.producer_config(), "error_cb": self._on_error, "logger": _LIBRDKAFKA_LOG}
             )
         except (KafkaException, ValueError, TypeError) as exc:
             # A bad property map never gets better by retrying.
@@ -180,94 +273,95 @@ class KafkaSink(Sink):
 
     async def publish(self, batch: Sequence[Record]) -> None:
         producer = self._ensure_producer()
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[None]] = []
-        transmit_decoded = self.context.transmit_decoded
-        for record in batch:
-            waiting = self._inflight.get(id(record))
-            if waiting is not None and waiting.record is record:
-                futures.append(waiting.future)
-                continue
-            future: asyncio.Future[None] = loop.create_future()
-            message = {
-                "topic": self.destination(record.topic),
-                "value": wire_payload(record, transmit_decoded),
-                "key": record.device_id.encode(),
-                "headers": list(self.headers(record).items()),
-                "on_delivery": self._on_delivery(loop, record, future),
-            }
-            await self._produce(producer, message)
-            self._inflight[id(record)] = _InFlight(record, future)
-            futures.append(future)
-        if not futures:
+        if not batch:
             return
+        waiting = _Batch(asyncio.get_running_loop(), len(batch))
+        inflight = self._inflight
+        transmit_decoded = self.context.transmit_decoded
+        topics = self._topics
+        produce = producer.produce
+        for record in batch:
+            entry = inflight.get(id(record))
+            if entry is not None and entry.record is record and self._attach(entry, waiting):
+                continue
+            topic = topics.get(record.topic)
+            if topic is None:
+                topic = topics[record.topic] = self.destination(record.topic)
+            entry = _Message(self, record, waiting)
+            # Registered before produce: the report may arrive before produce returns.
+            inflight[id(record)] = entry
+            value = wire_payload(record, transmit_decoded)
+            key = record.device_id.encode()
+            headers = self.headers(record)
+            try:
+                produce(topic, value, key, headers=headers, on_delivery=entry)
+            except BaseException as exc:
+                self._forget(entry)
+                if not isinstance(exc, BufferError):
+                    _raise_classified(exc)
+                await self._produce_when_room(producer, entry, (topic, value, key, headers))
         # While librdkafka says every broker is down, do not sit out the full timeout:
         # fail fast so the runner reports the outage (the messages stay queued inside
         # librdkafka and a retry waits for them again).
         timeout = _DOWN_WAIT_S if self._all_brokers_down else self.publish_timeout_s
-        # asyncio.wait neither cancels the futures on timeout nor leaves a gathering
-        # future behind when the runner cancels this publish.
-        _done, unreported = await asyncio.wait(futures, timeout=timeout)
+        # asyncio.wait neither cancels the future on timeout nor on the runner cancelling
+        # this publish.
+        await asyncio.wait((waiting.future,), timeout=timeout)
+        with self._lock:
+            unreported, errors = waiting.remaining, list(waiting.errors)
         if unreported:
             state = "all brokers down" if self._all_brokers_down else "no delivery report"
             raise TransientSinkError(
-                f"{len(unreported)} of {len(futures)} messages without delivery report "
+                f"{unreported} of {len(batch)} messages without delivery report "
                 f"after {timeout:g}s ({state})"
             )
-        errors = [e for f in futures if (e := f.exception()) is not None]
         if errors:
             if all(isinstance(error, PermanentSinkError) for error in errors):
                 raise errors[0]
             first = next(e for e in errors if not isinstance(e, PermanentSinkError))
-            raise TransientSinkError(f"{len(errors)} of {len(futures)} failed: {first}")
+            raise TransientSinkError(f"{len(errors)} of {len(batch)} failed: {first}")
 
-    async def _produce(self, producer: Any, message: dict[str, Any]) -> None:
+    def _attach(self, entry: _Message, waiting: _Batch) -> bool:
+        """Make ``waiting`` count ``entry``'s report too (a retry of a record librdkafka
+        still holds). If the report came meanwhile, count its outcome now."""
+        with self._lock:
+            if not entry.reported:
+                if entry.more is None:
+                    entry.more = []
+                entry.more.append(waiting)
+                return True
+            if entry.error is None:
+                if waiting.report(None):
+                    _settle(waiting.future)
+                return True
+        return False  # it failed: produce it again
+
+    def _forget(self, entry: _Message) -> None:
+        with self._lock:
+            if self._inflight.get(id(entry.record)) is entry:
+                del self._inflight[id(entry.record)]
+
+    async def _produce_when_room(
+        self, producer: Any, entry: _Message, message: tuple[str, bytes, bytes, dict[str, str]]
+    ) -> None:
+        topic, value, key, headers = message
         deadline = time.monotonic() + _QUEUE_FULL_WAIT_S
         while True:
+            # librdkafka's local queue is full (queue.buffering.max.messages): let
+            # delivery reports drain it rather than growing memory.
+            if time.monotonic() > deadline:
+                raise TransientSinkError(
+                    "kafka: local producer queue stays full; broker not keeping up"
+                )
+            await asyncio.sleep(0.05)
+            self._inflight[id(entry.record)] = entry
             try:
-                producer.produce(**message)
+                producer.produce(topic, value, key, headers=headers, on_delivery=entry)
                 return
-            except BufferError:
-                # librdkafka's local queue is full (queue.buffering.max.messages):
-                # let delivery reports drain it rather than growing memory.
-                if time.monotonic() > deadline:
-                    raise TransientSinkError(
-                        "kafka: local producer queue stays full; broker not keeping up"
-                    ) from None
-                await asyncio.sleep(0.05)
-            except Exception as exc:
-                from confluent_kafka import KafkaException
-
-                if isinstance(exc, KafkaException):
-                    raise _classify(exc.args[0] if exc.args else None, str(exc)) from exc
-                raise
-
-    def _on_delivery(
-        self, loop: asyncio.AbstractEventLoop, record: Record, future: asyncio.Future[None]
-    ) -> Any:
-        def report(err: Any, _msg: Any) -> None:
-            # Runs on the poll thread (or in flush); hand the result to the loop.
-            error = None if err is None else _classify(err, str(err))
-            with contextlib.suppress(RuntimeError):  # loop already closed at shutdown
-                loop.call_soon_threadsafe(self._resolve, record, future, error)
-
-        return report
-
-    def _resolve(
-        self, record: Record, future: asyncio.Future[None], error: Exception | None
-    ) -> None:
-        current = self._inflight.get(id(record))
-        if current is not None and current.future is future:
-            del self._inflight[id(record)]
-        if error is None:
-            self._all_brokers_down = False
-        if future.done():
-            return
-        if error is None:
-            future.set_result(None)
-        else:
-            future.set_exception(error)
-            future.exception()  # publish() may have timed out and never look at it
+            except BaseException as exc:
+                self._forget(entry)
+                if not isinstance(exc, BufferError):
+                    _raise_classified(exc)
 
     async def close(self) -> None:
         producer = self._producer
@@ -281,13 +375,24 @@ class KafkaSink(Sink):
             log.warning("kafka: closed with %d messages not delivered", remaining)
         self._producer = None
         self._poller = None
-        # Let the reports flush() delivered reach their futures before the loop moves on.
+        # Let the reports flush() delivered reach their publishes before the loop moves on.
         await asyncio.sleep(0)
-        for entry in self._inflight.values():
-            if not entry.future.done():
-                entry.future.set_exception(TransientSinkError("kafka sink closed"))
-                entry.future.exception()
-        self._inflight.clear()
+        closed = TransientSinkError("kafka sink closed")
+        finished: list[_Batch] = []
+        with self._lock:
+            for entry in list(self._inflight.values()):
+                entry._report(closed, finished)
+        for batch in finished:
+            _settle(batch.future)
+
+
+def _raise_classified(exc: BaseException) -> NoReturn:
+    """Raise what ``produce`` raised as the runner should see it."""
+    from confluent_kafka import KafkaException
+
+    if isinstance(exc, KafkaException):
+        raise _classify(exc.args[0] if exc.args else None, str(exc)) from exc
+    raise exc
 
 
 def _classify(err: Any, text: str) -> Exception:

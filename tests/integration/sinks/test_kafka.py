@@ -179,6 +179,15 @@ def test_fleetgate_keys_do_not_reach_librdkafka() -> None:
     assert "fleetgate.publish_timeout_ms" not in sink.settings
 
 
+def test_linger_is_short_unless_the_section_sets_it() -> None:
+    # publish waits for each batch's reports: librdkafka's 5 ms linger would be paid per batch.
+    default = KafkaSink({"bootstrap.servers": "x:1"}, SinkContext()).producer_config()
+    assert default == {"bootstrap.servers": "x:1", "linger.ms": 1}
+    for key in ("linger.ms", "queue.buffering.max.ms"):
+        config = KafkaSink({"bootstrap.servers": "x:1", key: 20}, SinkContext()).producer_config()
+        assert config == {"bootstrap.servers": "x:1", key: 20}
+
+
 async def test_invalid_librdkafka_property_is_permanent() -> None:
     sink = KafkaSink({"bootstrap.servers": "127.0.0.1:1", "no.such.property": 1}, SinkContext())
     with pytest.raises(PermanentSinkError, match=r"no\.such\.property"):
@@ -224,6 +233,45 @@ async def test_broker_down_publish_fails_in_bounded_time() -> None:
         await asyncio.wait_for(sink.publish(records), 10)
     assert len(sink._inflight) == len(records)
     await asyncio.wait_for(sink.close(), 15)
+
+
+async def test_retry_waits_for_held_messages_then_each_lands_once(services_dir: Path) -> None:
+    """A batch that timed out while the broker was away is retried once it is back: the
+    retry counts the delivery reports of the messages librdkafka still held, and produces
+    none of them a second time."""
+    from fleetgate.sinks.base import TransientSinkError
+
+    proc = tansu_server(services_dir)  # created, not started: the broker is down at first
+    config = {
+        "bootstrap.servers": proc.address,
+        "fleetgate.publish_timeout_ms": 500,
+        "reconnect.backoff.max.ms": 200,
+    }
+    ctx = SinkContext(namespace=f"fgtheld{uuid.uuid4().hex[:8]}")
+    sink = KafkaSink(config, ctx)
+    await sink.start()
+    records = make_records(300)
+    try:
+        with pytest.raises(TransientSinkError, match="without delivery report"):
+            await sink.publish(records)
+        assert len(sink._inflight) == len(records)
+        start_private(lambda _base: proc, services_dir)
+        deadline = time.monotonic() + 30
+        while True:  # the runner's retries, until librdkafka has reconnected
+            try:
+                await sink.publish(records)
+                break
+            except TransientSinkError:
+                if time.monotonic() > deadline:
+                    raise
+        assert not sink._inflight
+        topics = sorted({sink.destination(r.topic) for r in records})
+        messages = await asyncio.to_thread(read_topics, proc.address, topics, len(records), 10)
+        values = sorted(m.value() for m in messages)
+        assert values == sorted(wire_payload(r) for r in records)  # each exactly once
+    finally:
+        await asyncio.wait_for(sink.close(), 15)
+        proc.destroy()
 
 
 # -- the user story: Tesla config.json with records V -> kafka + logger -------------------------
