@@ -157,11 +157,14 @@ def rfc3339_seconds_text(seconds: int) -> str:
     return _day_text(day) + two[hours] + ":" + two[minutes] + ":" + two[secs]
 
 
+_MILLIS_TEXT: Final = tuple(f".{n:03d}Z" for n in range(1000))
+
+
 def format_rfc3339_ms(ms: int) -> str:
     """Epoch milliseconds → ``2019-06-10T10:04:46.000Z`` (clamped to years 1..9999)."""
     ms = min(max(ms, _MIN_MS), _MAX_MS)
     seconds, millis = divmod(ms, 1000)
-    return f"{rfc3339_seconds_text(seconds)}.{millis:03d}Z"
+    return rfc3339_seconds_text(seconds) + _MILLIS_TEXT[millis]
 
 
 def parse_rfc3339_ms(text: str) -> int:
