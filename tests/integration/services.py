@@ -332,6 +332,9 @@ def mosquitto_server(
     lines += [
         "per_listener_settings true",
         "persistence false",
+        # A subscriber that falls behind (a benchmark's counter) loses nothing: mosquitto's
+        # default queue of 1,000 QoS 1 messages per client would drop the rest.
+        "max_queued_messages 0",
         f"log_dest file {workdir / 'mosquitto-broker.log'}",
         f"listener {port} {LOOPBACK}",
         "allow_anonymous true",
