@@ -329,3 +329,32 @@ async def test_a_waiter_whose_done_message_was_lost_wakes_when_its_node_resubscr
             view = await a.submit(IMEI, "getinfo", wait_s=3600)
     assert view["status"] == "answered"
     device.leave()
+
+
+async def test_a_write_that_fails_for_another_reason_than_the_outage_holds_up_nothing(
+    nodes: list[RoutedCommandCenter], private_redis: ManagedProcess
+) -> None:
+    a, b, _ = nodes
+    device = Device(b, answer=False)
+    view = await a.submit(IMEI, "getinfo", wait_s=0.2)
+    await eventually(lambda: device.taken)
+    before = _writes_waiting()
+    private_redis.kill()
+    try:
+
+        async def broken() -> None:  # a write whose arguments Redis will never take
+            raise ValueError("not a Redis outage")
+
+        b._enqueue(broken)
+        b.answered(device.taken[0], "getinfo: answered during the outage")
+        await eventually(lambda: _writes_waiting() > before)
+        assert _writes_waiting() == before + 1, "only the outage's write waits"
+    finally:
+        private_redis.start()
+    deadline = asyncio.get_running_loop().time() + 3 * WAIT
+    while view["status"] != "answered":
+        assert asyncio.get_running_loop().time() < deadline, f"still {view['status']}"
+        await asyncio.sleep(0.1)
+        with contextlib.suppress(CommandRefusedError):
+            view = await a.get(IMEI, view["id"]) or view
+    device.leave()

@@ -99,6 +99,14 @@ return 0
 """
 
 
+def _redis_away(exc: BaseException) -> bool:
+    """True for an outage (connection refused or lost, a timeout): worth another try."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    return isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError | TimeoutError)
+
+
 def _command_json(command: Command) -> bytes:
     return orjson.dumps(dataclasses.asdict(command))
 
@@ -235,6 +243,14 @@ class RoutedCommandCenter(CommandCenter):
             except Exception as exc:
                 if done is not None and not done.done():
                     done.set_exception(exc)
+                    continue
+                if not _redis_away(exc):
+                    # Not an outage: running it again would fail the same way and hold up
+                    # every write queued behind it.
+                    _REDIS_FAILED.error(
+                        "teltonika commands: a Redis write failed and is dropped",
+                        extra=fields(error=f"{type(exc).__name__}: {exc}"),
+                    )
                     continue
                 if len(self._failed) < RETRY_KEPT:  # when full, the oldest makes room
                     metrics.TELTONIKA_COMMAND_WRITES_WAITING.inc()
@@ -507,12 +523,19 @@ class RoutedCommandCenter(CommandCenter):
             job = self._failed[0]
             try:
                 await job()
-            except Exception as exc:  # Redis still away: the next round tries again
-                _REDIS_FAILED.warning(
-                    "teltonika commands: Redis still unavailable for earlier writes",
-                    extra=fields(error=f"{type(exc).__name__}: {exc}", waiting=len(self._failed)),
+            except Exception as exc:
+                if _redis_away(exc):  # still away: the next round tries again
+                    _REDIS_FAILED.warning(
+                        "teltonika commands: Redis still unavailable for earlier writes",
+                        extra=fields(
+                            error=f"{type(exc).__name__}: {exc}", waiting=len(self._failed)
+                        ),
+                    )
+                    return
+                _REDIS_FAILED.error(
+                    "teltonika commands: a Redis write failed again and is dropped",
+                    extra=fields(error=f"{type(exc).__name__}: {exc}"),
                 )
-                return
             self._failed.popleft()
             metrics.TELTONIKA_COMMAND_WRITES_WAITING.dec()
 
