@@ -28,6 +28,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,9 +63,9 @@ def frames(count: int) -> list[tuple[str, bytes]]:
     return out
 
 
-def decoded(pairs: list[tuple[str, bytes]]) -> list[list[Record]]:
+def decode_each(pairs: list[tuple[str, bytes]]) -> Iterator[list[Record]]:
+    """Each frame's records, decoded as a connection of its tracker would (one per IMEI)."""
     connections: dict[str, TcpConnection] = {}
-    result = []
     for imei, frame in pairs:
         connection = connections.get(imei)
         if connection is None:
@@ -73,8 +74,11 @@ def decoded(pairs: list[tuple[str, bytes]]) -> list[list[Record]]:
             connection.accept_imei(True)
         for event in connection.receive_data(frame):
             if isinstance(event, AvlFrame):
-                result.append(to_records(imei, event, RECEIVED_AT))
-    return result
+                yield to_records(imei, event, RECEIVED_AT)
+
+
+def decoded(pairs: list[tuple[str, bytes]]) -> list[list[Record]]:
+    return list(decode_each(pairs))
 
 
 def stage_frames(count: int) -> None:
@@ -128,20 +132,11 @@ def stage_accept(count: int) -> None:
 
         async def run() -> None:
             await pipeline.start()  # type: ignore[attr-defined]
-            connections: dict[str, TcpConnection] = {}
             pending = []
-            for imei, frame in pairs:
-                connection = connections.get(imei)
-                if connection is None:
-                    connection = connections[imei] = TcpConnection()
-                    connection.receive_data(encode_imei(imei))
-                    connection.accept_imei(True)
-                for event in connection.receive_data(frame):
-                    if isinstance(event, AvlFrame):
-                        records = to_records(imei, event, RECEIVED_AT)
-                        pending.append(asyncio.ensure_future(
-                            pipeline.accept(records)  # type: ignore[attr-defined]
-                        ))
+            for records in decode_each(pairs):  # decoded as they are taken, like a server
+                pending.append(asyncio.ensure_future(
+                    pipeline.accept(records)  # type: ignore[attr-defined]
+                ))
                 if len(pending) >= DEVICES:  # a round: every device one frame in flight
                     assert all(await asyncio.gather(*pending))
                     pending = []

@@ -27,7 +27,6 @@ import contextlib
 import os
 import resource
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -41,16 +40,14 @@ if TYPE_CHECKING:
     from fleetgate.pki import DevPki
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests.integration.services: free ports, waiting for one
+
+from tests.integration.services import free_port, wait_port  # noqa: E402
+
 VIN = "5YJ3E1EA7KF000001"
 FIRST_IMEI = 356307042440000
 SETTLE_S = 3.0
 CONNECT_CONCURRENCY = 100
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def memory_kb(pid: int) -> dict[str, int]:
@@ -63,19 +60,6 @@ def memory_kb(pid: int) -> dict[str, int]:
                 values[parts[0].rstrip(":")] = int(parts[1])
     return {"rss": values["Rss"], "pss": values["Pss"],
             "uss": values["Private_Clean"] + values["Private_Dirty"]}
-
-
-def wait_port(port: int, process: subprocess.Popen[bytes], seconds: float = 60.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"port {port} did not open")
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -112,7 +96,7 @@ def start_fleetgate(base: Path, pki: DevPki, ports: Ports, cap: int) -> subproce
         stdout=log, stderr=subprocess.STDOUT,
     )
     for port in (ports.tracker, ports.vehicle, ports.api):
-        wait_port(port, process)
+        wait_port(port, process, timeout=60)
     return process
 
 
@@ -121,7 +105,7 @@ def start_baseline(kind: str, port: int, pki: DevPki) -> subprocess.Popen[bytes]
         [sys.executable, __file__, "--serve-baseline", kind, "--port", str(port),
          "--pki", str(pki.directory)], cwd=ROOT,
     )
-    wait_port(port, process)
+    wait_port(port, process, timeout=60)
     return process
 
 

@@ -281,6 +281,18 @@ async def _noop() -> None:
     return None
 
 
+async def until_answered(center: RoutedCommandCenter, view: dict[str, Any]) -> dict[str, Any]:
+    """The command's state once answered, read through ``center`` (Redis may still be
+    coming back: a refused read is tried again)."""
+    deadline = asyncio.get_running_loop().time() + 3 * WAIT
+    while view["status"] != "answered":
+        assert asyncio.get_running_loop().time() < deadline, f"still {view['status']}"
+        await asyncio.sleep(0.1)
+        with contextlib.suppress(CommandRefusedError):
+            view = await center.get(IMEI, view["id"]) or view
+    return view
+
+
 def _writes_waiting() -> float:
     return metrics.REGISTRY.get_sample_value("fleetgate_teltonika_command_writes_waiting") or 0.0
 
@@ -301,12 +313,7 @@ async def test_an_answer_that_came_while_redis_was_away_is_recorded_once_it_is_b
     finally:
         private_redis.start()
     # No reconnect of the device, no new command: the write runs again by itself.
-    deadline = asyncio.get_running_loop().time() + 3 * WAIT
-    while view["status"] != "answered":
-        assert asyncio.get_running_loop().time() < deadline, f"still {view['status']}"
-        await asyncio.sleep(0.1)
-        with contextlib.suppress(CommandRefusedError):
-            view = await a.get(IMEI, view["id"]) or view
+    view = await until_answered(a, view)
     assert view["response"] == "getinfo: answered during the outage"
     await eventually(lambda: _writes_waiting() == before)
     device.leave()
@@ -351,10 +358,5 @@ async def test_a_write_that_fails_for_another_reason_than_the_outage_holds_up_no
         assert _writes_waiting() == before + 1, "only the outage's write waits"
     finally:
         private_redis.start()
-    deadline = asyncio.get_running_loop().time() + 3 * WAIT
-    while view["status"] != "answered":
-        assert asyncio.get_running_loop().time() < deadline, f"still {view['status']}"
-        await asyncio.sleep(0.1)
-        with contextlib.suppress(CommandRefusedError):
-            view = await a.get(IMEI, view["id"]) or view
+    view = await until_answered(a, view)
     device.leave()

@@ -50,7 +50,6 @@ from fleetgate.config import CommandRoutingConfig, Config
 from fleetgate.listeners.teltonika.command_journal import QUEUED, SENT, TIMED_OUT, Command
 from fleetgate.listeners.teltonika.commands import (
     MAX_QUEUED_PER_DEVICE,
-    WAIT_MARGIN_S,
     CommandCenter,
     CommandLink,
     _check,
@@ -308,14 +307,7 @@ class RoutedCommandCenter(CommandCenter):
             raise
         except Exception as exc:
             raise RedisUnavailableError(exc) from exc
-        done = self._done[item.id]
-        wait = self.settings.command_timeout_s + WAIT_MARGIN_S if wait_s is None else wait_s
-        try:
-            await asyncio.wait_for(done.wait(), wait)
-        except TimeoutError:
-            pass  # still queued or sent: the caller gets the state as it is
-        finally:
-            self._done.pop(item.id, None)
+        await self._wait_done(item.id, wait_s)
         view = await self.get(device_id, item.id)
         return view if view is not None else item.as_json()
 

@@ -173,16 +173,22 @@ class CommandCenter:
         if link is None:
             # Offline: delivered on the device's next connection.
             return item.as_json()
-        done = self._done.setdefault(item.id, asyncio.Event())
+        self._done.setdefault(item.id, asyncio.Event())
         link.wake()
+        await self._wait_done(item.id, wait_s)
+        return item.as_json()
+
+    async def _wait_done(self, command_id: int, wait_s: float | None) -> None:
+        """Wait for the command's final state, at most ``wait_s`` (default: the device's
+        answer timeout and a margin); still queued or sent, the caller gets it as it is."""
+        done = self._done.setdefault(command_id, asyncio.Event())
         wait = self.settings.command_timeout_s + WAIT_MARGIN_S if wait_s is None else wait_s
         try:
             await asyncio.wait_for(done.wait(), wait)
         except TimeoutError:
-            pass  # still queued or sent: the caller gets the state as it is
+            pass
         finally:
-            self._done.pop(item.id, None)
-        return item.as_json()
+            self._done.pop(command_id, None)
 
     async def history(self, device_id: str, limit: int) -> list[dict[str, Any]]:
         return [item.as_json() for item in await self._run(self.journal.history, device_id, limit)]
