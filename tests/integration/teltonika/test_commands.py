@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +16,8 @@ import pytest
 from fleetgate.app import Server
 from fleetgate.config import build_config
 from fleetgate.protocols.teltonika.encoder import encode_imei
-from fleetgate.records import Record
-from fleetgate.sinks.base import Sink
-from fleetgate.sinks.registry import register_sink
 from tests.integration.stores import stored
+from tests.integration.teltonika.helpers import GATED, GatedSink
 from tests.teltonika_vectors import frame
 from tests.tokens import TEST_SECRET, bearer, make_token
 
@@ -28,20 +26,6 @@ pytestmark = pytest.mark.integration
 TIMEOUT = 5.0
 IMEI = "352093081452251"  # the device of Teltonika's codec 14 examples
 GETINFO_TEXT = bytes.fromhex(frame("doc-c12-getinfo-response").hex()[30:-10]).decode("ascii")
-
-
-class CommandGatedSink(Sink):
-    """Confirms a batch only once the test opens the gate (a slow backend)."""
-
-    name = "test-command-gated"
-    gate: asyncio.Event | None = None
-
-    async def publish(self, batch: Sequence[Record]) -> None:
-        assert CommandGatedSink.gate is not None
-        await CommandGatedSink.gate.wait()
-
-
-register_sink(CommandGatedSink)
 
 
 def config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
@@ -186,11 +170,11 @@ async def test_codec14_command_is_addressed_by_imei_and_a_nack_is_reported(
 
 async def test_a_command_waits_while_the_device_waits_for_its_ack(tmp_path: Path) -> None:
     """Never between a frame and its ack: the device would read the command as the ack."""
-    CommandGatedSink.gate = asyncio.Event()
+    GatedSink.gate = asyncio.Event()
     server = await start(
         tmp_path,
-        records={"position": ["test-command-gated"]},
-        ack_policy={"teltonika": ["test-command-gated"]},
+        records={"position": [GATED]},
+        ack_policy={"teltonika": [GATED]},
     )
     try:
         device = await Tracker.connect(server)
@@ -200,14 +184,14 @@ async def test_a_command_waits_while_the_device_waits_for_its_ack(tmp_path: Path
                 client.post(f"/api/v1/devices/{IMEI}/commands", json={"command": "getio"})
             )
             await device.nothing_yet(0.5)  # the command is queued behind the owed ack
-            CommandGatedSink.gate.set()
+            GatedSink.gate.set()
             assert await device.read_ack() == 1
             assert await device.read_frame() == frame("doc-c12-getio-command")
             device.send(frame("doc-c12-getio-response"))
             assert (await post).json()["response"].startswith("DI1:1 DI2:0 DI3:0")
         device.close()
     finally:
-        CommandGatedSink.gate.set()
+        GatedSink.gate.set()
         await server.stop()
 
 

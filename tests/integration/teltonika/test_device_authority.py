@@ -15,11 +15,11 @@ import pytest
 from redis.asyncio import Redis
 
 from fleetgate.app import Server
-from fleetgate.config import build_config
 from fleetgate.listeners.teltonika.authority import RedisAllowList
 from fleetgate.listeners.teltonika.tcp import TeltonikaListener
 from fleetgate.observability import metrics
 from fleetgate.protocols.teltonika.encoder import encode_imei
+from tests.integration.teltonika.helpers import start
 
 pytestmark = pytest.mark.integration
 
@@ -27,22 +27,6 @@ TIMEOUT = 5.0
 LISTED = "356307042441013"
 ALSO_LISTED = "356307042441014"
 UNLISTED = "356307042441099"
-
-
-async def start(tmp_path: Path, **teltonika: Any) -> Server:
-    server = Server(
-        build_config(
-            {
-                "data_dir": str(tmp_path),
-                "api": {"enabled": False},
-                "tesla_enabled": False,
-                "teltonika": {"host": "127.0.0.1", "port": 0, **teltonika},
-            },
-            environ={},
-        )
-    )
-    await server.start()
-    return server
 
 
 def tcp_listener(server: Server) -> TeltonikaListener:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +15,8 @@ from fleetgate.config import build_config
 from fleetgate.observability import metrics
 from fleetgate.protocols.teltonika.crc import crc16_ibm
 from fleetgate.protocols.teltonika.encoder import encode_imei
-from fleetgate.records import Record
-from fleetgate.sinks.base import Sink
-from fleetgate.sinks.registry import register_sink
 from tests.integration.stores import stored
+from tests.integration.teltonika.helpers import GATED, GatedSink
 from tests.teltonika_vectors import frame
 
 pytestmark = pytest.mark.integration
@@ -41,20 +39,6 @@ def frames_counter(codec: str, result: str) -> float:
         "fleetgate_teltonika_frames_total", {"codec": codec, "result": result}
     )
     return value or 0.0
-
-
-class GatedSink(Sink):
-    """Confirms a batch only once the test opens the gate (a slow backend)."""
-
-    name = "test-gated"
-    gate: asyncio.Event | None = None
-
-    async def publish(self, batch: Sequence[Record]) -> None:
-        assert GatedSink.gate is not None
-        await GatedSink.gate.wait()
-
-
-register_sink(GatedSink)
 
 
 async def start_server(tmp_path: Path, **overrides: Any) -> Server:
@@ -295,8 +279,8 @@ async def test_ack_waits_until_the_required_sink_confirmed(tmp_path: Path) -> No
     GatedSink.gate = asyncio.Event()
     server = await start_server(
         tmp_path,
-        records={"position": ["test-gated"]},
-        reliable_ack_sources={"position": "test-gated"},
+        records={"position": [GATED]},
+        reliable_ack_sources={"position": GATED},
     )
     try:
         reader, writer = await handshake(server)

@@ -5,22 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fleetgate.app import Server
-from fleetgate.config import build_config
 from fleetgate.observability import metrics
 from fleetgate.protocols.teltonika import decode_frame
 from fleetgate.protocols.teltonika.model import CODEC_7, CODEC_8, CODEC_8E, AvlRecord
 from fleetgate.protocols.teltonika.udp import decode_udp_datagram, encode_udp_datagram
-from fleetgate.records import Record
-from fleetgate.sinks.base import Sink
-from fleetgate.sinks.registry import register_sink
 from tests.integration.stores import stored
+from tests.integration.teltonika.helpers import GATED, GatedSink, start
 from tests.teltonika_vectors import frame
 
 pytestmark = pytest.mark.integration
@@ -29,43 +26,12 @@ TIMEOUT = 5.0
 DOC_IMEI = "352093086403655"  # the IMEI of doc-c8-udp-example
 
 
-class UdpGatedSink(Sink):
-    """Confirms a batch only once the test opens the gate (a slow backend)."""
-
-    name = "test-udp-gated"
-    gate: asyncio.Event | None = None
-
-    async def publish(self, batch: Sequence[Record]) -> None:
-        assert UdpGatedSink.gate is not None
-        await UdpGatedSink.gate.wait()
-
-
-register_sink(UdpGatedSink)
-
-
 class Client(asyncio.DatagramProtocol):
     def __init__(self) -> None:
         self.replies: asyncio.Queue[bytes] = asyncio.Queue()
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self.replies.put_nowait(data)
-
-
-async def start(tmp_path: Path, top: dict[str, Any] | None = None, **teltonika: Any) -> Server:
-    server = Server(
-        build_config(
-            {
-                "data_dir": str(tmp_path),
-                "api": {"enabled": False},
-                "tesla_enabled": False,
-                "teltonika": {"host": "127.0.0.1", "port": 0, **teltonika},
-                **(top or {}),
-            },
-            environ={},
-        )
-    )
-    await server.start()
-    return server
 
 
 @pytest.fixture
@@ -241,11 +207,11 @@ async def test_same_packet_id_with_other_records_is_not_a_duplicate(server: Serv
 
 
 async def test_a_resend_while_the_first_copy_is_not_safe_yet_is_dropped(tmp_path: Path) -> None:
-    UdpGatedSink.gate = asyncio.Event()
+    GatedSink.gate = asyncio.Event()
     server = await start(
         tmp_path,
-        top={"records": {"position": ["test-udp-gated"]},
-             "ack_policy": {"teltonika": ["test-udp-gated"]}},
+        top={"records": {"position": [GATED]},
+             "ack_policy": {"teltonika": [GATED]}},
     )
     in_flight = counted("duplicate_in_flight", "udp:8")
     device = await tracker(server)
@@ -254,23 +220,23 @@ async def test_a_resend_while_the_first_copy_is_not_safe_yet_is_dropped(tmp_path
         assert await device.reply(0.3) is None  # the sink has not confirmed
         device.send(frame("doc-c8-udp-example"))  # the tracker gave up waiting and resends
         assert await device.reply(0.3) is None
-        UdpGatedSink.gate.set()
+        GatedSink.gate.set()
         # One ack: the first copy's. The resend was dropped, never queued for a second one.
         assert (await device.reply()) == bytes.fromhex("0005cafe010501")
         assert await device.reply(0.3) is None
         assert counted("duplicate_in_flight", "udp:8") == in_flight + 1
     finally:
-        UdpGatedSink.gate.set()
+        GatedSink.gate.set()
         device.transport.close()
         await server.stop()
 
 
 async def test_a_first_copy_that_was_never_acked_lets_its_resend_through(tmp_path: Path) -> None:
-    UdpGatedSink.gate = asyncio.Event()
+    GatedSink.gate = asyncio.Event()
     server = await start(
         tmp_path,
-        top={"records": {"position": ["test-udp-gated"]},
-             "ack_policy": {"teltonika": ["test-udp-gated"]}, "ack_timeout_s": 0.3},
+        top={"records": {"position": [GATED]},
+             "ack_policy": {"teltonika": [GATED]}, "ack_timeout_s": 0.3},
     )
     not_acked = counted("not_acked", "udp:8")
     device = await tracker(server)
@@ -280,11 +246,11 @@ async def test_a_first_copy_that_was_never_acked_lets_its_resend_through(tmp_pat
         async with asyncio.timeout(TIMEOUT):
             while counted("not_acked", "udp:8") == not_acked:  # noqa: ASYNC110 - a metric
                 await asyncio.sleep(0.01)
-        UdpGatedSink.gate.set()
+        GatedSink.gate.set()
         device.send(frame("doc-c8-udp-example"))
         assert (await device.reply()) == bytes.fromhex("0005cafe010501")
     finally:
-        UdpGatedSink.gate.set()
+        GatedSink.gate.set()
         device.transport.close()
         await server.stop()
 
