@@ -5,7 +5,6 @@ which keeps its last list while Redis cannot be reached."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from fleetgate.listeners.teltonika.authority import RedisAllowList
 from fleetgate.listeners.teltonika.tcp import TeltonikaListener
 from fleetgate.observability import metrics
 from fleetgate.protocols.teltonika.encoder import encode_imei
+from tests.integration.services import free_port
 from tests.integration.teltonika.helpers import start
 
 pytestmark = pytest.mark.integration
@@ -107,9 +107,21 @@ async def redis_key(shared_redis: int) -> AsyncIterator[tuple[Redis, str]]:
 
 
 def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A loopback port nobody listens on (Redis "away")."""
+    return free_port()
+
+
+async def start_with_redis_list(tmp_path: Path, redis_port: int, key: str) -> Server:
+    """A server whose allow-list is the Redis set ``key``, read every 0.1 s."""
+    return await start(
+        tmp_path,
+        allowed_imeis_redis={
+            "url": f"redis://127.0.0.1:{redis_port}/0",
+            "key": key,
+            "refresh_s": 0.1,
+            "timeout_s": 1,
+        },
+    )
 
 
 async def wait_for(condition: Any) -> None:
@@ -123,15 +135,7 @@ async def test_redis_list_strict_accepts_listed_refuses_unlisted_and_survives_an
 ) -> None:
     client, key = redis_key
     await client.sadd(key, LISTED)
-    server = await start(
-        tmp_path,
-        allowed_imeis_redis={
-            "url": f"redis://127.0.0.1:{shared_redis}/0",
-            "key": key,
-            "refresh_s": 0.1,
-            "timeout_s": 1,
-        },
-    )
+    server = await start_with_redis_list(tmp_path, shared_redis, key)
     try:
         authority = tcp_listener(server).gate.authority
         assert isinstance(authority, RedisAllowList)
@@ -164,15 +168,7 @@ async def test_redis_unreachable_at_start_lets_no_one_in_until_a_read_succeeds(
 ) -> None:
     client, key = redis_key
     await client.sadd(key, LISTED)
-    server = await start(
-        tmp_path,
-        allowed_imeis_redis={
-            "url": f"redis://127.0.0.1:{closed_port()}/0",
-            "key": key,
-            "refresh_s": 0.1,
-            "timeout_s": 1,
-        },
-    )
+    server = await start_with_redis_list(tmp_path, closed_port(), key)
     try:
         authority = tcp_listener(server).gate.authority
         assert isinstance(authority, RedisAllowList)
