@@ -35,7 +35,7 @@ import threading
 import time
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final, Protocol
@@ -228,6 +228,24 @@ class SpoolReader:
             self._file = None
 
 
+_IOV_MAX: Final = 1024  # buffers one writev takes (Linux's IOV_MAX)
+
+
+def _write_all(fd: int, parts: Sequence[bytes]) -> int:
+    """Write ``parts`` in order with as few system calls as the kernel allows; the size."""
+    total = 0
+    for start in range(0, len(parts), _IOV_MAX):
+        chunk = parts[start : start + _IOV_MAX]
+        want = sum(map(len, chunk))
+        written = os.writev(fd, chunk)
+        if written < want:  # a short write (rare): the rest, one call at a time
+            view = memoryview(b"".join(chunk))[written:]
+            while view:
+                view = view[os.write(fd, view) :]
+        total += want
+    return total
+
+
 class _Writer:
     """Appends entries to the current segment and syncs them (runs in a worker thread)."""
 
@@ -241,18 +259,15 @@ class _Writer:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         self._size = size
 
-    def write(self, first: int, data: bytes) -> None:
-        """Write one group (entries from offset ``first`` on) and sync it."""
+    def write(self, first: int, parts: Sequence[bytes]) -> int:
+        """Write one group (entries from offset ``first`` on) and sync it; its size."""
         if self._fd is None or self._size >= self.settings.segment_bytes:
             self._rotate(first)
         fd = self._fd
         assert fd is not None
         start = self._size
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
+            size = _write_all(fd, parts)
             if self.settings.fsync:
                 os.fdatasync(fd)
         except OSError:
@@ -260,9 +275,10 @@ class _Writer:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, start)
             raise
-        self._size = start + len(data)
+        self._size = start + size
         with self.segments.lock:
             self.segments.sizes[-1] = self._size
+        return size
 
     def _rotate(self, first: int) -> None:
         if self._fd is not None:
@@ -325,6 +341,11 @@ class _DirectoryLock:
             self._fd = None
 
 
+def _joined(thread: threading.Thread, timeout_s: float) -> bool:
+    thread.join(timeout_s)
+    return not thread.is_alive()
+
+
 def _delete(paths: Sequence[Path]) -> None:
     for path in paths:
         with contextlib.suppress(FileNotFoundError):
@@ -341,8 +362,20 @@ class Spool:
         self.ledger = ledger
         self._segments = _Segments()
         self._writer = _Writer(settings, self._segments)
-        self._pending: list[tuple[int, int, bytes]] = []  # (first, last, bytes) not written
-        self._pending_bytes = 0
+        # Entries not written yet, shared with the commit thread (under ``_lock``): their
+        # bytes, and the offsets of the first and the last record among them.
+        self._lock = threading.Lock()
+        self._pending: list[bytes] = []
+        self._pending_first = 0
+        self._pending_last = 0
+        self._pending_bytes = 0  # counted on the loop (the disk budget)
+        self._work = threading.Event()  # wakes the commit thread
+        self._sleeping = False  # the commit thread waits for ``_work``
+        self._stopping = False  # the commit thread ends once nothing is pending
+        self._abandon = False  # the commit thread ends now (shutdown timed out)
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped: asyncio.Future[None] | None = None
         self._recent: deque[Entry] = deque()
         self._recent_records = 0
         self.durable = 0
@@ -351,7 +384,6 @@ class Spool:
         self._consumers: list[CursorHolder] = []
         self._cursors_saved: dict[str, int] = {}
         self._cursors_at = 0.0
-        self._wakeup = asyncio.Event()
         self._flushed = asyncio.Event()
         self._room = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -359,7 +391,7 @@ class Spool:
         self.failing: str = ""
         self._bytes_gauge = metrics.SPOOL_BYTES
         self._recovered_cursors: dict[str, int] = {}
-        self._lock = _DirectoryLock(settings.directory)
+        self._lock_file = _DirectoryLock(settings.directory)
         self._deletions: list[asyncio.Future[None]] = []
 
     # -- the ledger's view ---------------------------------------------------------------
@@ -378,7 +410,7 @@ class Spool:
         """Check the segments on disk, cut a torn tail, and find the head offset."""
         directory = self.settings.directory
         directory.mkdir(parents=True, exist_ok=True)
-        self._lock.acquire()
+        self._lock_file.acquire()
         paths = sorted(directory.glob(f"{SEGMENT_PREFIX}*{SEGMENT_SUFFIX}"), key=_segment_first)
         head = 0
         entries = 0
@@ -462,62 +494,108 @@ class Spool:
         if self._closing:
             raise RuntimeError("spool is closed")
         data = frame_entry(first, len(records), payload)
-        last = first + len(records) - 1
-        self._pending.append((first, last, data))
+        with self._lock:
+            if not self._pending:
+                self._pending_first = first
+            self._pending.append(data)
+            self._pending_last = first + len(records) - 1
+            if self._sleeping:
+                self._sleeping = False
+                self._work.set()
         self._pending_bytes += len(data)
         entry = Entry(first, records)
         self._recent.append(entry)
         self._recent_records += len(records)
         while self._recent_records > self.settings.memory_records and len(self._recent) > 1:
             self._recent_records -= len(self._recent.popleft().records)
-        self._wakeup.set()
 
     # -- group commit ----------------------------------------------------------------------
+    # One thread writes and syncs; the moment a sync ends it takes whatever accumulated
+    # meanwhile and writes that, without a round trip through the event loop (which may be
+    # busy for milliseconds), so a frame waits for at most the sync in progress and its
+    # own. The loop only hears "durable up to here" (call_soon_threadsafe) and wakes acks.
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="spool")
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._stopped = loop.create_future()
+        self._thread = threading.Thread(target=self._commit, name="spool-commit", daemon=True)
+        self._thread.start()
+        self._task = asyncio.create_task(self._housekeeping(), name="spool")
 
-    async def _run(self) -> None:
+    def _commit(self) -> None:
+        """The commit thread: write and sync what is pending, group after group."""
         delay = _RETRY_INITIAL_S
+        try:
+            while not self._abandon:
+                with self._lock:
+                    group = self._pending
+                    if not group:
+                        if self._stopping:
+                            return
+                        self._sleeping = True
+                        self._work.clear()
+                    else:
+                        first, last = self._pending_first, self._pending_last
+                        self._pending = []
+                        self._taken += 1
+                if not group:
+                    self._work.wait()
+                    continue
+                started = time.perf_counter()
+                try:
+                    size = self._writer.write(first, group)
+                except OSError as exc:
+                    # A full disk or an I/O error: keep the group, acks wait, try again.
+                    with self._lock:
+                        self._pending = group + self._pending
+                        self._pending_first = first
+                        if len(self._pending) == len(group):
+                            self._pending_last = last
+                        self._work.clear()
+                    self._post(self._failed, exc)
+                    self._work.wait(delay)  # close() cuts the wait short
+                    delay = min(delay * 2, _RETRY_MAX_S)
+                    continue
+                delay = _RETRY_INITIAL_S
+                self._post(self._committed, last, size, time.perf_counter() - started)
+        finally:
+            self._post(self._thread_ended)
+
+    def _post(self, callback: Callable[..., None], *args: object) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop closed (a failed shutdown)
+            self._loop.call_soon_threadsafe(callback, *args)
+
+    def _committed(self, last: int, size: int, seconds: float) -> None:
+        """On the loop: everything up to offset ``last`` is on disk."""
+        if self.failing:
+            log.info("spool: writing again")
+            self.failing = ""
+        metrics.SPOOL_SYNC_SECONDS.observe(seconds)
+        metrics.SPOOL_RECORDS.inc(last - self.durable)
+        self._pending_bytes -= size
+        self.written = self.durable = last
+        self._flushed.set()
+        self.ledger.advanced(self)
+        self._maybe_persist_cursors()
+        self._update_gauge()
+
+    def _failed(self, exc: OSError) -> None:
+        metrics.SPOOL_ERRORS.inc()
+        if not self.failing:
+            log.error("spool: write failed (%s); acks wait until it succeeds", exc)
+        self.failing = f"{type(exc).__name__}: {exc}"
+
+    def _thread_ended(self) -> None:
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
+
+    async def _housekeeping(self) -> None:
+        # Consumers confirm while nothing is appended too: their cursors are saved, and
+        # free segments (and room under the disk budget), also when no commit happens.
         while True:
-            if not self._pending:
-                if self._closing:
-                    return
-                self._wakeup.clear()
-                # Also wake now and then: consumers confirm while nothing is appended, and
-                # their cursors free segments (and room under the disk budget).
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), _CURSOR_PERSIST_S)
-                self._maybe_persist_cursors()
-                continue
-            group, self._pending = self._pending, []
-            first, last = group[0][0], group[-1][1]
-            data = b"".join(part for _, _, part in group)
-            started = time.perf_counter()
-            try:
-                await asyncio.to_thread(self._writer.write, first, data)
-            except OSError as exc:
-                # A full disk or an I/O error: keep the group, acks wait, try again.
-                self._pending = group + self._pending
-                metrics.SPOOL_ERRORS.inc()
-                if not self.failing:
-                    log.error("spool: write failed (%s); acks wait until it succeeds", exc)
-                self.failing = f"{type(exc).__name__}: {exc}"
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _RETRY_MAX_S)
-                continue
-            if self.failing:
-                log.info("spool: writing again")
-                self.failing = ""
-            delay = _RETRY_INITIAL_S
-            metrics.SPOOL_SYNC_SECONDS.observe(time.perf_counter() - started)
-            metrics.SPOOL_RECORDS.inc(last - first + 1)
-            self._pending_bytes -= len(data)
-            self.written = self.durable = last
-            self._taken += 1
-            self._flushed.set()
-            self.ledger.advanced(self)
+            await asyncio.sleep(_CURSOR_PERSIST_S)
             self._maybe_persist_cursors()
-            self._update_gauge()
 
     # -- consumers' progress ---------------------------------------------------------------
     def cursors(self) -> dict[str, int]:
@@ -620,23 +698,35 @@ class Spool:
     async def close(self, timeout_s: float = 10.0) -> None:
         """Write what is pending, save the cursors, close the files."""
         self._closing = True
-        self._wakeup.set()
         self._room.set()
         task, self._task = self._task, None
         if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        thread, self._thread = self._thread, None
+        writer_free = True
+        if thread is not None:
+            with self._lock:
+                self._stopping = True
+            self._work.set()
+            assert self._stopped is not None
             try:
-                await asyncio.wait_for(asyncio.shield(task), timeout_s)
+                await asyncio.wait_for(asyncio.shield(self._stopped), timeout_s)
             except TimeoutError:
                 log.error("spool: %d frames not written at shutdown", len(self._pending))
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                self._abandon = True
+                self._work.set()
+                # A write stuck in the kernel keeps the thread (and the file) busy: then
+                # the descriptor is left to the process's exit.
+                writer_free = await asyncio.to_thread(_joined, thread, 1.0)
         self._persist_cursors()
         self._truncate()
         await asyncio.gather(*self._deletions)
         self._deletions.clear()
-        self._writer.close()
-        self._lock.release()
+        if writer_free:
+            self._writer.close()
+        self._lock_file.release()
 
     def health(self) -> dict[str, object]:
         return {

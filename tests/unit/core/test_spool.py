@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,66 @@ async def test_a_spool_ack_waits_for_the_sync_not_for_the_sinks(tmp_path: Path) 
     assert pipeline.spool is not None and pipeline.spool.durable == 2
     sink.down = False
     await wait_for(lambda: sink.confirmed == [1, 2])
+    await pipeline.close()
+
+
+async def test_a_failed_write_holds_the_acks_and_is_retried_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline = spool_pipeline(tmp_path)
+    spool = pipeline.spool
+    assert spool is not None
+    writer = spool._writer
+    real_write = writer.write
+    failures = [OSError(28, "No space left on device")] * 2
+    groups: list[int] = []
+
+    def flaky_write(first: int, parts: Sequence[bytes]) -> int:
+        if failures:
+            raise failures.pop()
+        groups.append(first)
+        return real_write(first, parts)
+
+    monkeypatch.setattr(writer, "write", flaky_write)
+    await pipeline.start()
+    acks = [asyncio.create_task(pipeline.accept([rec(i)])) for i in range(1, 4)]
+    assert all(await asyncio.gather(*acks))  # acked only once written, despite the errors
+    assert spool.durable == 3 and not failures and spool.failing == ""
+    assert groups[0] == 1  # the failed group was written again, first
+    await pipeline.close()
+    reopened = Spool(SpoolSettings(tmp_path / "spool"), Ledger())
+    assert reopened.open().head == 3  # every entry once, whole
+    await reopened.close()
+
+
+async def test_frames_taken_during_a_sync_share_the_next_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline = spool_pipeline(tmp_path)
+    spool = pipeline.spool
+    assert spool is not None
+    writer = spool._writer
+    real_write = writer.write
+    syncing, release = threading.Event(), threading.Event()
+    groups: list[int] = []
+
+    def slow_write(first: int, parts: Sequence[bytes]) -> int:
+        groups.append(len(parts))
+        if len(groups) == 1:
+            syncing.set()
+            release.wait(5)
+        return real_write(first, parts)
+
+    monkeypatch.setattr(writer, "write", slow_write)
+    await pipeline.start()
+    first = asyncio.create_task(pipeline.accept([rec(1)]))
+    await asyncio.to_thread(syncing.wait, 5)
+    later = [asyncio.create_task(pipeline.accept([rec(i)])) for i in range(2, 12)]
+    await asyncio.sleep(0.05)
+    assert not first.done() and spool.durable == 0  # no ack before the sync ends
+    release.set()
+    assert await first and all(await asyncio.gather(*later))
+    assert groups == [1, 10]  # one commit for the ten that came during the first
     await pipeline.close()
 
 
