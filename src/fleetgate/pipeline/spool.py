@@ -1,11 +1,11 @@
 """The durable spool: the ledger on local disk, so nothing acknowledged is lost.
 
 Every frame the pipeline takes is appended here as one checksummed entry
-(:mod:`fleetgate.pipeline.spool_format`) before anything else happens to it. A flusher
-task writes what has accumulated and syncs it to disk in a worker thread, then publishes
-the *durable* watermark: the ``spool`` ack level waits for it. Frames arriving while one
-write is in progress go into the next one (group commit: many frames per ``fdatasync``,
-the added latency bounded by one write and sync).
+(:mod:`fleetgate.pipeline.spool_format`) before anything else happens to it. A commit
+thread writes what has accumulated and syncs it to disk, then publishes the *durable*
+watermark to the event loop: the ``spool`` ack level waits for it. Frames arriving while
+one write is in progress go into the next one (group commit: many frames per
+``fdatasync``, the added latency bounded by one write and sync).
 
 Consumers (the sink runners and the store) are registered with the spool; the flusher
 saves their cursors (what each has confirmed) in ``cursors.json`` now and then (the store
@@ -14,10 +14,12 @@ consumer starts again after its cursor and reads what it had not confirmed from 
 segments (:class:`SpoolReader`), so each sink gets every record at least once. A segment
 is deleted once every consumer has confirmed all of it.
 
-Files: ``<directory>/segment-<first offset>.log`` (rotated at ``segment_bytes``) and
-``cursors.json``. On start-up the segments are checked entry by entry; a torn or corrupt
-tail (a write cut short by ``kill -9`` or a power loss) is cut off with a log line, and
-everything before it is kept.
+Files: ``<directory>/segment-<first offset>.log`` (rotated at ``segment_bytes``),
+``cursors.json`` and ``next-segment.tmp`` (the next segment, written full of zeros ahead
+of time when ``fsync`` is on; see :class:`_Writer`). On start-up the segments are checked
+entry by entry; a torn or corrupt tail (a write cut short by ``kill -9`` or a power loss)
+is cut off with a log line, and everything before it is kept; zeros after the last entry
+are a pre-allocated segment's unused end, not a torn tail.
 
 Disk budget: when the segments reach ``max_bytes`` the pipeline stops taking frames (so
 devices get no ack and keep their data) until consumers confirm enough for segments to
@@ -38,7 +40,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Final, Protocol
+from typing import Final, Protocol
 
 import orjson
 
@@ -46,6 +48,7 @@ from fleetgate.observability import metrics
 from fleetgate.pipeline.ledger import Ledger
 from fleetgate.pipeline.spool_format import (
     HEADER,
+    MAX_ENTRY_BYTES,
     Entry,
     TornEntry,
     check_entry,
@@ -57,11 +60,16 @@ from fleetgate.records import Record
 log = logging.getLogger("fleetgate.spool")
 
 SEGMENT_PREFIX: Final = "segment-"
+PREPARED_FILE: Final = "next-segment.tmp"  # the next segment, pre-allocated (zeros)
+_ZERO_CHUNK: Final = 1024 * 1024
+_ZERO_SYNC_BYTES: Final = 4 * _ZERO_CHUNK
+_PREPARE_STOP_S: Final = 5.0
 SEGMENT_SUFFIX: Final = ".log"
 CURSORS_FILE: Final = "cursors.json"
 _CURSOR_PERSIST_S: Final = 0.2
 _RETRY_INITIAL_S: Final = 0.05
 _RETRY_MAX_S: Final = 2.0
+_ZERO_HEADER: Final = bytes(HEADER.size)
 
 
 class CursorHolder(Protocol):
@@ -144,7 +152,9 @@ class _Segments:
 
 
 def scan_segment(path: Path) -> tuple[list[tuple[int, int]], int, int]:
-    """Entries of a segment file as (first, last) offsets, the intact length, the file length.
+    """Entries of a segment file as (first, last) offsets, the intact length, and where the
+    segment's content ends (the file length, or the intact length when only the zeros of a
+    pre-allocated segment follow the last entry).
 
     Stops at the first torn or corrupt entry: the intact length is where it starts.
     """
@@ -158,6 +168,8 @@ def scan_segment(path: Path) -> tuple[list[tuple[int, int]], int, int]:
             break
         entries.append((first, first + count - 1))
         position = position_after
+    if data.count(0, position) == len(data) - position:
+        return entries, position, position  # never written after the last entry
     return entries, position, len(data)
 
 
@@ -165,14 +177,17 @@ class SpoolReader:
     """A consumer's way through the segments, from one offset on (used from a thread).
 
     The current segment stays open between reads; a reader finding the end of a segment
-    moves on to the next one once that exists.
+    (its end of file, or the zeros of a pre-allocated tail) moves on to the next one once
+    that exists. Reads are ``pread`` at the reader's position: a buffered file could keep
+    the zeros it read ahead in a pre-allocated segment after the writer overwrote them.
     """
 
     def __init__(self, segments: _Segments, start: int) -> None:
         self._segments = segments
         self.next = start  # the first offset not read yet
         self._segment_first: int | None = None
-        self._file: BinaryIO | None = None
+        self._fd: int | None = None
+        self._position = 0
 
     def read(self, limit_records: int, upto: int) -> list[Entry]:
         """Entries from :attr:`next` on, at most ``limit_records`` records (but at least one
@@ -180,13 +195,11 @@ class SpoolReader:
         entries: list[Entry] = []
         count = 0
         while self.next <= upto and (not entries or count < limit_records):
-            file = self._file_at(self.next)
-            if file is None:
+            fd = self._fd_at(self.next)
+            if fd is None:
                 break
-            position = file.tell()
-            header = file.read(HEADER.size)
-            if len(header) < HEADER.size:
-                file.seek(position)
+            header = os.pread(fd, HEADER.size, self._position)
+            if len(header) < HEADER.size or header == _ZERO_HEADER:
                 # The end of this segment: the next one, if any, continues.
                 assert self._segment_first is not None
                 following = self._segments.after(self._segment_first)
@@ -195,12 +208,14 @@ class SpoolReader:
                 self._open(*following)
                 continue
             length = HEADER.unpack(header)[0]
-            body = file.read(length)
+            if length > MAX_ENTRY_BYTES:
+                break  # not an entry (yet): read it again later
+            body = os.pread(fd, length, self._position + HEADER.size)
             try:
                 entry, _ = read_entry(header + body, 0)
             except TornEntry:
-                file.seek(position)  # not written completely yet: read it again later
-                break
+                break  # not written completely yet: read it again later
+            self._position += HEADER.size + length
             if entry.last < self.next:
                 continue  # confirmed before; skip
             entries.append(entry)
@@ -208,66 +223,89 @@ class SpoolReader:
             self.next = entry.last + 1
         return entries
 
-    def _file_at(self, offset: int) -> BinaryIO | None:
-        if self._file is not None:
-            return self._file
+    def _fd_at(self, offset: int) -> int | None:
+        if self._fd is not None:
+            return self._fd
         located = self._segments.locate(offset)
         if located is None:
             return None
         return self._open(*located)
 
-    def _open(self, first: int, path: Path) -> BinaryIO:
+    def _open(self, first: int, path: Path) -> int:
         self.close()
         self._segment_first = first
-        self._file = path.open("rb")
-        return self._file
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self._position = 0
+        return self._fd
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 _IOV_MAX: Final = 1024  # buffers one writev takes (Linux's IOV_MAX)
 
 
-def _write_all(fd: int, parts: Sequence[bytes]) -> int:
-    """Write ``parts`` in order with as few system calls as the kernel allows; the size."""
+def _write_all(fd: int, parts: Sequence[bytes], offset: int) -> int:
+    """Write ``parts`` in order from ``offset`` with as few system calls as the kernel
+    allows; the size."""
     total = 0
     for start in range(0, len(parts), _IOV_MAX):
         chunk = parts[start : start + _IOV_MAX]
         want = sum(map(len, chunk))
-        written = os.writev(fd, chunk)
+        written = os.pwritev(fd, chunk, offset + total)
         if written < want:  # a short write (rare): the rest, one call at a time
             view = memoryview(b"".join(chunk))[written:]
             while view:
-                view = view[os.write(fd, view) :]
+                done = os.pwrite(fd, view, offset + total + written)
+                written += done
+                view = view[done:]
         total += want
     return total
 
 
 class _Writer:
-    """Appends entries to the current segment and syncs them (runs in a worker thread)."""
+    """Appends entries to the current segment and syncs them (runs in the commit thread).
+
+    With ``fsync`` on, segments are pre-allocated: a helper thread writes the next one full
+    of zeros (and syncs it) ahead of time, and rotating renames it into place. Writing over
+    blocks that already exist changes no file-system metadata, so ``fdatasync`` flushes the
+    data alone instead of committing the file system's journal, which would first wait for
+    every other file's pending writes (the store's WAL and checkpoints, on the same disk).
+    """
 
     def __init__(self, settings: SpoolSettings, segments: _Segments) -> None:
         self.settings = settings
         self.segments = segments
         self._fd: int | None = None
         self._size = 0
+        self._preallocate = settings.fsync
+        self._preparing: threading.Thread | None = None
+        self._prepared: Path | None = None  # set by the preparing thread when complete
+        self._closing = False
+        # The current segment was not pre-allocated (the first, or one from before a
+        # restart): left for a pre-allocated one as soon as that is ready.
+        self._growing = False
 
     def reopen_last(self, path: Path, size: int) -> None:
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
         self._size = size
+        self._growing = os.fstat(self._fd).st_size <= size
 
     def write(self, first: int, parts: Sequence[bytes]) -> int:
         """Write one group (entries from offset ``first`` on) and sync it; its size."""
-        if self._fd is None or self._size >= self.settings.segment_bytes:
+        if (
+            self._fd is None
+            or self._size >= self.settings.segment_bytes
+            or (self._growing and self._prepared is not None)
+        ):
             self._rotate(first)
         fd = self._fd
         assert fd is not None
         start = self._size
         try:
-            size = _write_all(fd, parts)
+            size = _write_all(fd, parts, start)
             if self.settings.fsync:
                 os.fdatasync(fd)
         except OSError:
@@ -285,7 +323,13 @@ class _Writer:
             os.close(self._fd)
             self._fd = None
         path = self.settings.directory / segment_name(first)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None:
+            os.rename(prepared, path)
+            self._fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        else:
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._growing = prepared is None
         self._size = 0
         if self.settings.fsync:
             # The new file's name must survive a crash too.
@@ -295,8 +339,51 @@ class _Writer:
             finally:
                 os.close(directory)
         self.segments.add(first, path)
+        self.prepare_next()
+
+    def prepare_next(self) -> None:
+        """Start writing the next segment's zeros, unless that is done or under way."""
+        if not self._preallocate or self._prepared is not None:
+            return
+        if self._preparing is not None and self._preparing.is_alive():
+            return
+        self._preparing = threading.Thread(
+            target=self._fill_zeros, name="spool-prepare", daemon=True
+        )
+        self._preparing.start()
+
+    def _fill_zeros(self) -> None:
+        path = self.settings.directory / PREPARED_FILE
+        size = self.settings.segment_bytes
+        zeros = bytes(min(_ZERO_CHUNK, size))
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                written = 0
+                while written < size:
+                    if self._closing:
+                        path.unlink()
+                        return
+                    written += os.write(fd, zeros[: size - written])
+                    if written % _ZERO_SYNC_BYTES == 0:
+                        os.fdatasync(fd)  # a little at a time, not one long flush
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            # A full disk, say: the next segment grows as it is written instead.
+            log.warning("spool: cannot pre-allocate the next segment (%s)", exc)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return
+        self._prepared = path
 
     def close(self) -> None:
+        """Close the segment; stop preparing the next one (what is half written is deleted
+        here, or at the next start)."""
+        self._closing = True
+        if self._preparing is not None:
+            self._preparing.join(_PREPARE_STOP_S)
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -411,6 +498,8 @@ class Spool:
         directory = self.settings.directory
         directory.mkdir(parents=True, exist_ok=True)
         self._lock_file.acquire()
+        with contextlib.suppress(FileNotFoundError):
+            (directory / PREPARED_FILE).unlink()  # perhaps half written: made again
         paths = sorted(directory.glob(f"{SEGMENT_PREFIX}*{SEGMENT_SUFFIX}"), key=_segment_first)
         head = 0
         entries = 0
@@ -519,6 +608,7 @@ class Spool:
         self._loop = loop
         self._stopped = loop.create_future()
         self._thread = threading.Thread(target=self._commit, name="spool-commit", daemon=True)
+        self._writer.prepare_next()  # before the thread, the other caller, starts
         self._thread.start()
         self._task = asyncio.create_task(self._housekeeping(), name="spool")
 
@@ -725,7 +815,7 @@ class Spool:
         await asyncio.gather(*self._deletions)
         self._deletions.clear()
         if writer_free:
-            self._writer.close()
+            await asyncio.to_thread(self._writer.close)
         self._lock_file.release()
 
     def health(self) -> dict[str, object]:

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from fleetgate.config import AckLevel
 from fleetgate.pipeline import AckPolicy, Ledger, Pipeline, Router, RunnerSettings, SinkRunner
 from fleetgate.pipeline.deadletter import DeadLetters
-from fleetgate.pipeline.spool import Spool, SpoolSettings, segment_name
+from fleetgate.pipeline.spool import PREPARED_FILE, Spool, SpoolSettings, segment_name
 from fleetgate.pipeline.spool_format import TornEntry, encode_entry, read_entry
 from fleetgate.records import Record
 from fleetgate.sinks.base import PermanentSinkError, Sink, SinkContext, TransientSinkError
@@ -277,6 +277,50 @@ async def test_a_torn_tail_is_cut_on_start_and_the_rest_kept(
     assert await recovered.accept([rec(6)])
     await wait_for(lambda: again.confirmed[-1] == 6)
     await recovered.close()
+
+
+async def test_segments_are_pre_allocated_and_their_zeros_are_not_a_torn_tail(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = MemorySink()
+    sink.down = True
+    pipeline = spool_pipeline(tmp_path, sink, segment_bytes=4096, memory_records=5)
+    spool = pipeline.spool
+    assert spool is not None
+    directory = tmp_path / "spool"
+    await pipeline.start()
+    i = 0
+    for _ in range(3):  # three rotations, each into a segment prepared beforehand
+        await wait_for(lambda: (directory / PREPARED_FILE).exists()
+                       and spool._writer._prepared is not None)
+        segments = len(list(directory.glob("segment-*.log")))
+        while len(list(directory.glob("segment-*.log"))) == segments:
+            i += 1
+            assert await pipeline.accept([rec(i, raw=b"z" * 100)])
+    newest = max(directory.glob("segment-*.log"))
+    content = newest.read_bytes()
+    assert len(content) == 4096 and content.endswith(bytes(1000))  # written over zeros
+    sink.down = False  # reads what it missed back from the segments, zeros skipped
+    await wait_for(lambda: len(sink.confirmed) == i)
+    assert sink.confirmed == list(range(1, i + 1))
+    await pipeline.close()
+
+    again = MemorySink()
+    recovered = spool_pipeline(tmp_path, again)
+    assert recovered.spool is not None
+    assert recovered.spool.ledger.head == i
+    assert "torn" not in caplog.text
+    assert len(newest.read_bytes()) == 4096  # nothing cut
+    await recovered.start()
+    assert await recovered.accept([rec(i + 1)])
+    await wait_for(lambda: again.confirmed == [i + 1])
+    await recovered.close()
+    reader = Spool(SpoolSettings(directory), Ledger())
+    reader.open()
+    kept = reader.reader(1).read(10_000, i + 1)  # the confirmed segments are deleted
+    firsts = [entry.first for entry in kept]
+    assert firsts == list(range(firsts[0], i + 2))
+    await reader.close()
 
 
 async def test_segments_are_deleted_once_every_sink_confirmed_them(tmp_path: Path) -> None:
