@@ -205,32 +205,27 @@ class RecordStore:
         dumps = orjson.dumps
         params: list[Any] = []
         extend = params.extend
-        devices: dict[str, list[Any]] = {}
-        device: list[Any] = []
-        device_id: str | None = None
         for r in records:
-            received = r.received_at
             extend(
                 (
                     r.source,
                     r.device_id,
                     r.topic,
                     r.created_at,
-                    received,
+                    r.received_at,
                     data_json(r),
                     dumps(r.meta) if r.meta else None,
                     r.offset or None,
                 )
             )
-            # A frame's records are one device's, one after another: one lookup per frame.
-            if r.device_id is not device_id:
-                device_id = r.device_id
-                found = devices.get(device_id)
-                if found is None:
-                    found = devices[device_id] = [device_id, r.source, received, received, 0]
-                device = found
-            device[3] = max(device[3], received)
-            device[4] += 1
+        devices: dict[str, list[Any]] = {}
+        for r in records:
+            entry = devices.get(r.device_id)
+            if entry is None:
+                devices[r.device_id] = [r.device_id, r.source, r.received_at, r.received_at, 1]
+            else:
+                entry[3] = max(entry[3], r.received_at)
+                entry[4] += 1
         # Batches come in offset order: the last record's offset is the highest.
         cursor = records[-1].offset if records else 0
         return PreparedBatch(params, list(devices.values()), cursor)
