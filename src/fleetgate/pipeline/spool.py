@@ -64,6 +64,7 @@ PREPARED_FILE: Final = "next-segment.tmp"  # the next segment, pre-allocated (ze
 _ZERO_CHUNK: Final = 1024 * 1024
 _ZERO_SYNC_BYTES: Final = 4 * _ZERO_CHUNK
 _PREPARE_STOP_S: Final = 5.0
+_PREPARE_RETRY_S: Final = 30.0
 SEGMENT_SUFFIX: Final = ".log"
 CURSORS_FILE: Final = "cursors.json"
 _CURSOR_PERSIST_S: Final = 0.2
@@ -283,6 +284,7 @@ class _Writer:
         self._preallocate = settings.fsync
         self._preparing: threading.Thread | None = None
         self._prepared: Path | None = None  # set by the preparing thread when complete
+        self._prepare_after = 0.0  # after a failure (a full disk): not before this time
         self._closing = False
         # The current segment was not pre-allocated (the first, or one from before a
         # restart): left for a pre-allocated one as soon as that is ready.
@@ -301,6 +303,8 @@ class _Writer:
             or (self._growing and self._prepared is not None)
         ):
             self._rotate(first)
+        elif self._prepared is None:
+            self.prepare_next()  # in case the last one was still finishing at the rotation
         fd = self._fd
         assert fd is not None
         start = self._size
@@ -342,10 +346,13 @@ class _Writer:
         self.prepare_next()
 
     def prepare_next(self) -> None:
-        """Start writing the next segment's zeros, unless that is done or under way."""
-        if not self._preallocate or self._prepared is not None:
+        """Start writing the next segment's zeros, unless that is done or under way (never
+        two at once: both would write the same file)."""
+        if not self._preallocate or self._prepared is not None or self._closing:
             return
         if self._preparing is not None and self._preparing.is_alive():
+            return
+        if time.monotonic() < self._prepare_after:
             return
         self._preparing = threading.Thread(
             target=self._fill_zeros, name="spool-prepare", daemon=True
@@ -375,6 +382,7 @@ class _Writer:
             log.warning("spool: cannot pre-allocate the next segment (%s)", exc)
             with contextlib.suppress(OSError):
                 path.unlink()
+            self._prepare_after = time.monotonic() + _PREPARE_RETRY_S
             return
         self._prepared = path
 
