@@ -1,11 +1,11 @@
 """The durable spool: the ledger on local disk, so nothing acknowledged is lost.
 
 Every frame the pipeline takes is appended here as one checksummed entry
-(:mod:`fleetgate.pipeline.spool_format`) before anything else happens to it. A flusher
-task writes what has accumulated and syncs it to disk in a worker thread, then publishes
-the *durable* watermark: the ``spool`` ack level waits for it. Frames arriving while one
-write is in progress go into the next one (group commit: many frames per ``fdatasync``,
-the added latency bounded by one write and sync).
+(:mod:`fleetgate.pipeline.spool_format`) before anything else happens to it. A commit
+thread writes what has accumulated and syncs it to disk, then publishes the *durable*
+watermark to the event loop: the ``spool`` ack level waits for it. Frames arriving while
+one write is in progress go into the next one (group commit: many frames per
+``fdatasync``, the added latency bounded by one write and sync).
 
 Consumers (the sink runners and the store) are registered with the spool; the flusher
 saves their cursors (what each has confirmed) in ``cursors.json`` now and then (the store
@@ -14,10 +14,12 @@ consumer starts again after its cursor and reads what it had not confirmed from 
 segments (:class:`SpoolReader`), so each sink gets every record at least once. A segment
 is deleted once every consumer has confirmed all of it.
 
-Files: ``<directory>/segment-<first offset>.log`` (rotated at ``segment_bytes``) and
-``cursors.json``. On start-up the segments are checked entry by entry; a torn or corrupt
-tail (a write cut short by ``kill -9`` or a power loss) is cut off with a log line, and
-everything before it is kept.
+Files: ``<directory>/segment-<first offset>.log`` (rotated at ``segment_bytes``),
+``cursors.json`` and ``next-segment.tmp`` (the next segment, written full of zeros ahead
+of time when ``fsync`` is on; see :class:`_Writer`). On start-up the segments are checked
+entry by entry; a torn or corrupt tail (a write cut short by ``kill -9`` or a power loss)
+is cut off with a log line, and everything before it is kept; zeros after the last entry
+are a pre-allocated segment's unused end, not a torn tail.
 
 Disk budget: when the segments reach ``max_bytes`` the pipeline stops taking frames (so
 devices get no ack and keep their data) until consumers confirm enough for segments to
@@ -35,10 +37,10 @@ import threading
 import time
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Final, Protocol
+from typing import Final, Protocol
 
 import orjson
 
@@ -46,6 +48,7 @@ from fleetgate.observability import metrics
 from fleetgate.pipeline.ledger import Ledger
 from fleetgate.pipeline.spool_format import (
     HEADER,
+    MAX_ENTRY_BYTES,
     Entry,
     TornEntry,
     check_entry,
@@ -57,11 +60,17 @@ from fleetgate.records import Record
 log = logging.getLogger("fleetgate.spool")
 
 SEGMENT_PREFIX: Final = "segment-"
+PREPARED_FILE: Final = "next-segment.tmp"  # the next segment, pre-allocated (zeros)
+_ZERO_CHUNK: Final = 1024 * 1024
+_ZERO_SYNC_BYTES: Final = 4 * _ZERO_CHUNK
+_PREPARE_STOP_S: Final = 5.0
+_PREPARE_RETRY_S: Final = 30.0
 SEGMENT_SUFFIX: Final = ".log"
 CURSORS_FILE: Final = "cursors.json"
 _CURSOR_PERSIST_S: Final = 0.2
 _RETRY_INITIAL_S: Final = 0.05
 _RETRY_MAX_S: Final = 2.0
+_ZERO_HEADER: Final = bytes(HEADER.size)
 
 
 class CursorHolder(Protocol):
@@ -144,7 +153,9 @@ class _Segments:
 
 
 def scan_segment(path: Path) -> tuple[list[tuple[int, int]], int, int]:
-    """Entries of a segment file as (first, last) offsets, the intact length, the file length.
+    """Entries of a segment file as (first, last) offsets, the intact length, and where the
+    segment's content ends (the file length, or the intact length when only the zeros of a
+    pre-allocated segment follow the last entry).
 
     Stops at the first torn or corrupt entry: the intact length is where it starts.
     """
@@ -158,6 +169,8 @@ def scan_segment(path: Path) -> tuple[list[tuple[int, int]], int, int]:
             break
         entries.append((first, first + count - 1))
         position = position_after
+    if data.count(0, position) == len(data) - position:
+        return entries, position, position  # never written after the last entry
     return entries, position, len(data)
 
 
@@ -165,14 +178,17 @@ class SpoolReader:
     """A consumer's way through the segments, from one offset on (used from a thread).
 
     The current segment stays open between reads; a reader finding the end of a segment
-    moves on to the next one once that exists.
+    (its end of file, or the zeros of a pre-allocated tail) moves on to the next one once
+    that exists. Reads are ``pread`` at the reader's position: a buffered file could keep
+    the zeros it read ahead in a pre-allocated segment after the writer overwrote them.
     """
 
     def __init__(self, segments: _Segments, start: int) -> None:
         self._segments = segments
         self.next = start  # the first offset not read yet
         self._segment_first: int | None = None
-        self._file: BinaryIO | None = None
+        self._fd: int | None = None
+        self._position = 0
 
     def read(self, limit_records: int, upto: int) -> list[Entry]:
         """Entries from :attr:`next` on, at most ``limit_records`` records (but at least one
@@ -180,13 +196,11 @@ class SpoolReader:
         entries: list[Entry] = []
         count = 0
         while self.next <= upto and (not entries or count < limit_records):
-            file = self._file_at(self.next)
-            if file is None:
+            fd = self._fd_at(self.next)
+            if fd is None:
                 break
-            position = file.tell()
-            header = file.read(HEADER.size)
-            if len(header) < HEADER.size:
-                file.seek(position)
+            header = os.pread(fd, HEADER.size, self._position)
+            if len(header) < HEADER.size or header == _ZERO_HEADER:
                 # The end of this segment: the next one, if any, continues.
                 assert self._segment_first is not None
                 following = self._segments.after(self._segment_first)
@@ -195,12 +209,14 @@ class SpoolReader:
                 self._open(*following)
                 continue
             length = HEADER.unpack(header)[0]
-            body = file.read(length)
+            if length > MAX_ENTRY_BYTES:
+                break  # not an entry (yet): read it again later
+            body = os.pread(fd, length, self._position + HEADER.size)
             try:
                 entry, _ = read_entry(header + body, 0)
             except TornEntry:
-                file.seek(position)  # not written completely yet: read it again later
-                break
+                break  # not written completely yet: read it again later
+            self._position += HEADER.size + length
             if entry.last < self.next:
                 continue  # confirmed before; skip
             entries.append(entry)
@@ -208,51 +224,92 @@ class SpoolReader:
             self.next = entry.last + 1
         return entries
 
-    def _file_at(self, offset: int) -> BinaryIO | None:
-        if self._file is not None:
-            return self._file
+    def _fd_at(self, offset: int) -> int | None:
+        if self._fd is not None:
+            return self._fd
         located = self._segments.locate(offset)
         if located is None:
             return None
         return self._open(*located)
 
-    def _open(self, first: int, path: Path) -> BinaryIO:
+    def _open(self, first: int, path: Path) -> int:
         self.close()
         self._segment_first = first
-        self._file = path.open("rb")
-        return self._file
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self._position = 0
+        return self._fd
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+_IOV_MAX: Final = 1024  # buffers one writev takes (Linux's IOV_MAX)
+
+
+def _write_all(fd: int, parts: Sequence[bytes], offset: int) -> int:
+    """Write ``parts`` in order from ``offset`` with as few system calls as the kernel
+    allows; the size."""
+    total = 0
+    for start in range(0, len(parts), _IOV_MAX):
+        chunk = parts[start : start + _IOV_MAX]
+        want = sum(map(len, chunk))
+        written = os.pwritev(fd, chunk, offset + total)
+        if written < want:  # a short write (rare): the rest, one call at a time
+            view = memoryview(b"".join(chunk))[written:]
+            while view:
+                done = os.pwrite(fd, view, offset + total + written)
+                written += done
+                view = view[done:]
+        total += want
+    return total
 
 
 class _Writer:
-    """Appends entries to the current segment and syncs them (runs in a worker thread)."""
+    """Appends entries to the current segment and syncs them (runs in the commit thread).
+
+    With ``fsync`` on, segments are pre-allocated: a helper thread writes the next one full
+    of zeros (and syncs it) ahead of time, and rotating renames it into place. Writing over
+    blocks that already exist changes no file-system metadata, so ``fdatasync`` flushes the
+    data alone instead of committing the file system's journal, which would first wait for
+    every other file's pending writes (the store's WAL and checkpoints, on the same disk).
+    """
 
     def __init__(self, settings: SpoolSettings, segments: _Segments) -> None:
         self.settings = settings
         self.segments = segments
         self._fd: int | None = None
         self._size = 0
+        self._preallocate = settings.fsync
+        self._preparing: threading.Thread | None = None
+        self._prepared: Path | None = None  # set by the preparing thread when complete
+        self._prepare_after = 0.0  # after a failure (a full disk): not before this time
+        self._closing = False
+        # The current segment was not pre-allocated (the first, or one from before a
+        # restart): left for a pre-allocated one as soon as that is ready.
+        self._growing = False
 
     def reopen_last(self, path: Path, size: int) -> None:
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
         self._size = size
+        self._growing = os.fstat(self._fd).st_size <= size
 
-    def write(self, first: int, data: bytes) -> None:
-        """Write one group (entries from offset ``first`` on) and sync it."""
-        if self._fd is None or self._size >= self.settings.segment_bytes:
+    def write(self, first: int, parts: Sequence[bytes]) -> int:
+        """Write one group (entries from offset ``first`` on) and sync it; its size."""
+        if (
+            self._fd is None
+            or self._size >= self.settings.segment_bytes
+            or (self._growing and self._prepared is not None)
+        ):
             self._rotate(first)
+        elif self._prepared is None:
+            self.prepare_next()  # in case the last one was still finishing at the rotation
         fd = self._fd
         assert fd is not None
         start = self._size
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
+            size = _write_all(fd, parts, start)
             if self.settings.fsync:
                 os.fdatasync(fd)
         except OSError:
@@ -260,16 +317,23 @@ class _Writer:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, start)
             raise
-        self._size = start + len(data)
+        self._size = start + size
         with self.segments.lock:
             self.segments.sizes[-1] = self._size
+        return size
 
     def _rotate(self, first: int) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
         path = self.settings.directory / segment_name(first)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None:
+            os.rename(prepared, path)
+            self._fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        else:
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._growing = prepared is None
         self._size = 0
         if self.settings.fsync:
             # The new file's name must survive a crash too.
@@ -279,8 +343,55 @@ class _Writer:
             finally:
                 os.close(directory)
         self.segments.add(first, path)
+        self.prepare_next()
+
+    def prepare_next(self) -> None:
+        """Start writing the next segment's zeros, unless that is done or under way (never
+        two at once: both would write the same file)."""
+        if not self._preallocate or self._prepared is not None or self._closing:
+            return
+        if self._preparing is not None and self._preparing.is_alive():
+            return
+        if time.monotonic() < self._prepare_after:
+            return
+        self._preparing = threading.Thread(
+            target=self._fill_zeros, name="spool-prepare", daemon=True
+        )
+        self._preparing.start()
+
+    def _fill_zeros(self) -> None:
+        path = self.settings.directory / PREPARED_FILE
+        size = self.settings.segment_bytes
+        zeros = bytes(min(_ZERO_CHUNK, size))
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                written = 0
+                while written < size:
+                    if self._closing:
+                        path.unlink()
+                        return
+                    written += os.write(fd, zeros[: size - written])
+                    if written % _ZERO_SYNC_BYTES == 0:
+                        os.fdatasync(fd)  # a little at a time, not one long flush
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            # A full disk, say: the next segment grows as it is written instead.
+            log.warning("spool: cannot pre-allocate the next segment (%s)", exc)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            self._prepare_after = time.monotonic() + _PREPARE_RETRY_S
+            return
+        self._prepared = path
 
     def close(self) -> None:
+        """Close the segment; stop preparing the next one (what is half written is deleted
+        here, or at the next start)."""
+        self._closing = True
+        if self._preparing is not None:
+            self._preparing.join(_PREPARE_STOP_S)
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -325,6 +436,11 @@ class _DirectoryLock:
             self._fd = None
 
 
+def _joined(thread: threading.Thread, timeout_s: float) -> bool:
+    thread.join(timeout_s)
+    return not thread.is_alive()
+
+
 def _delete(paths: Sequence[Path]) -> None:
     for path in paths:
         with contextlib.suppress(FileNotFoundError):
@@ -341,8 +457,20 @@ class Spool:
         self.ledger = ledger
         self._segments = _Segments()
         self._writer = _Writer(settings, self._segments)
-        self._pending: list[tuple[int, int, bytes]] = []  # (first, last, bytes) not written
-        self._pending_bytes = 0
+        # Entries not written yet, shared with the commit thread (under ``_lock``): their
+        # bytes, and the offsets of the first and the last record among them.
+        self._lock = threading.Lock()
+        self._pending: list[bytes] = []
+        self._pending_first = 0
+        self._pending_last = 0
+        self._pending_bytes = 0  # counted on the loop (the disk budget)
+        self._work = threading.Event()  # wakes the commit thread
+        self._sleeping = False  # the commit thread waits for ``_work``
+        self._stopping = False  # the commit thread ends once nothing is pending
+        self._abandon = False  # the commit thread ends now (shutdown timed out)
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped: asyncio.Future[None] | None = None
         self._recent: deque[Entry] = deque()
         self._recent_records = 0
         self.durable = 0
@@ -351,7 +479,6 @@ class Spool:
         self._consumers: list[CursorHolder] = []
         self._cursors_saved: dict[str, int] = {}
         self._cursors_at = 0.0
-        self._wakeup = asyncio.Event()
         self._flushed = asyncio.Event()
         self._room = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -359,7 +486,7 @@ class Spool:
         self.failing: str = ""
         self._bytes_gauge = metrics.SPOOL_BYTES
         self._recovered_cursors: dict[str, int] = {}
-        self._lock = _DirectoryLock(settings.directory)
+        self._lock_file = _DirectoryLock(settings.directory)
         self._deletions: list[asyncio.Future[None]] = []
 
     # -- the ledger's view ---------------------------------------------------------------
@@ -378,7 +505,9 @@ class Spool:
         """Check the segments on disk, cut a torn tail, and find the head offset."""
         directory = self.settings.directory
         directory.mkdir(parents=True, exist_ok=True)
-        self._lock.acquire()
+        self._lock_file.acquire()
+        with contextlib.suppress(FileNotFoundError):
+            (directory / PREPARED_FILE).unlink()  # perhaps half written: made again
         paths = sorted(directory.glob(f"{SEGMENT_PREFIX}*{SEGMENT_SUFFIX}"), key=_segment_first)
         head = 0
         entries = 0
@@ -462,62 +591,109 @@ class Spool:
         if self._closing:
             raise RuntimeError("spool is closed")
         data = frame_entry(first, len(records), payload)
-        last = first + len(records) - 1
-        self._pending.append((first, last, data))
+        with self._lock:
+            if not self._pending:
+                self._pending_first = first
+            self._pending.append(data)
+            self._pending_last = first + len(records) - 1
+            if self._sleeping:
+                self._sleeping = False
+                self._work.set()
         self._pending_bytes += len(data)
         entry = Entry(first, records)
         self._recent.append(entry)
         self._recent_records += len(records)
         while self._recent_records > self.settings.memory_records and len(self._recent) > 1:
             self._recent_records -= len(self._recent.popleft().records)
-        self._wakeup.set()
 
     # -- group commit ----------------------------------------------------------------------
+    # One thread writes and syncs; the moment a sync ends it takes whatever accumulated
+    # meanwhile and writes that, without a round trip through the event loop (which may be
+    # busy for milliseconds), so a frame waits for at most the sync in progress and its
+    # own. The loop only hears "durable up to here" (call_soon_threadsafe) and wakes acks.
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="spool")
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._stopped = loop.create_future()
+        self._thread = threading.Thread(target=self._commit, name="spool-commit", daemon=True)
+        self._writer.prepare_next()  # before the thread, the other caller, starts
+        self._thread.start()
+        self._task = asyncio.create_task(self._housekeeping(), name="spool")
 
-    async def _run(self) -> None:
+    def _commit(self) -> None:
+        """The commit thread: write and sync what is pending, group after group."""
         delay = _RETRY_INITIAL_S
+        try:
+            while not self._abandon:
+                with self._lock:
+                    group = self._pending
+                    if not group:
+                        if self._stopping:
+                            return
+                        self._sleeping = True
+                        self._work.clear()
+                    else:
+                        first, last = self._pending_first, self._pending_last
+                        self._pending = []
+                        self._taken += 1
+                if not group:
+                    self._work.wait()
+                    continue
+                started = time.perf_counter()
+                try:
+                    size = self._writer.write(first, group)
+                except OSError as exc:
+                    # A full disk or an I/O error: keep the group, acks wait, try again.
+                    with self._lock:
+                        self._pending = group + self._pending
+                        self._pending_first = first
+                        if len(self._pending) == len(group):
+                            self._pending_last = last
+                        self._work.clear()
+                    self._post(self._failed, exc)
+                    self._work.wait(delay)  # close() cuts the wait short
+                    delay = min(delay * 2, _RETRY_MAX_S)
+                    continue
+                delay = _RETRY_INITIAL_S
+                self._post(self._committed, last, size, time.perf_counter() - started)
+        finally:
+            self._post(self._thread_ended)
+
+    def _post(self, callback: Callable[..., None], *args: object) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop closed (a failed shutdown)
+            self._loop.call_soon_threadsafe(callback, *args)
+
+    def _committed(self, last: int, size: int, seconds: float) -> None:
+        """On the loop: everything up to offset ``last`` is on disk."""
+        if self.failing:
+            log.info("spool: writing again")
+            self.failing = ""
+        metrics.SPOOL_SYNC_SECONDS.observe(seconds)
+        metrics.SPOOL_RECORDS.inc(last - self.durable)
+        self._pending_bytes -= size
+        self.written = self.durable = last
+        self._flushed.set()
+        self.ledger.advanced(self)
+        self._maybe_persist_cursors()
+        self._update_gauge()
+
+    def _failed(self, exc: OSError) -> None:
+        metrics.SPOOL_ERRORS.inc()
+        if not self.failing:
+            log.error("spool: write failed (%s); acks wait until it succeeds", exc)
+        self.failing = f"{type(exc).__name__}: {exc}"
+
+    def _thread_ended(self) -> None:
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
+
+    async def _housekeeping(self) -> None:
+        # Consumers confirm while nothing is appended too: their cursors are saved, and
+        # free segments (and room under the disk budget), also when no commit happens.
         while True:
-            if not self._pending:
-                if self._closing:
-                    return
-                self._wakeup.clear()
-                # Also wake now and then: consumers confirm while nothing is appended, and
-                # their cursors free segments (and room under the disk budget).
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), _CURSOR_PERSIST_S)
-                self._maybe_persist_cursors()
-                continue
-            group, self._pending = self._pending, []
-            first, last = group[0][0], group[-1][1]
-            data = b"".join(part for _, _, part in group)
-            started = time.perf_counter()
-            try:
-                await asyncio.to_thread(self._writer.write, first, data)
-            except OSError as exc:
-                # A full disk or an I/O error: keep the group, acks wait, try again.
-                self._pending = group + self._pending
-                metrics.SPOOL_ERRORS.inc()
-                if not self.failing:
-                    log.error("spool: write failed (%s); acks wait until it succeeds", exc)
-                self.failing = f"{type(exc).__name__}: {exc}"
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _RETRY_MAX_S)
-                continue
-            if self.failing:
-                log.info("spool: writing again")
-                self.failing = ""
-            delay = _RETRY_INITIAL_S
-            metrics.SPOOL_SYNC_SECONDS.observe(time.perf_counter() - started)
-            metrics.SPOOL_RECORDS.inc(last - first + 1)
-            self._pending_bytes -= len(data)
-            self.written = self.durable = last
-            self._taken += 1
-            self._flushed.set()
-            self.ledger.advanced(self)
+            await asyncio.sleep(_CURSOR_PERSIST_S)
             self._maybe_persist_cursors()
-            self._update_gauge()
 
     # -- consumers' progress ---------------------------------------------------------------
     def cursors(self) -> dict[str, int]:
@@ -620,23 +796,35 @@ class Spool:
     async def close(self, timeout_s: float = 10.0) -> None:
         """Write what is pending, save the cursors, close the files."""
         self._closing = True
-        self._wakeup.set()
         self._room.set()
         task, self._task = self._task, None
         if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        thread, self._thread = self._thread, None
+        writer_free = True
+        if thread is not None:
+            with self._lock:
+                self._stopping = True
+            self._work.set()
+            assert self._stopped is not None
             try:
-                await asyncio.wait_for(asyncio.shield(task), timeout_s)
+                await asyncio.wait_for(asyncio.shield(self._stopped), timeout_s)
             except TimeoutError:
                 log.error("spool: %d frames not written at shutdown", len(self._pending))
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                self._abandon = True
+                self._work.set()
+                # A write stuck in the kernel keeps the thread (and the file) busy: then
+                # the descriptor is left to the process's exit.
+                writer_free = await asyncio.to_thread(_joined, thread, 1.0)
         self._persist_cursors()
         self._truncate()
         await asyncio.gather(*self._deletions)
         self._deletions.clear()
-        self._writer.close()
-        self._lock.release()
+        if writer_free:
+            await asyncio.to_thread(self._writer.close)
+        self._lock_file.release()
 
     def health(self) -> dict[str, object]:
         return {

@@ -88,14 +88,25 @@ def _encode_payload(records: Sequence[Record]) -> bytes:
     dumps = orjson.dumps
     parts: list[bytes] = []
     append = parts.append
+    extend = parts.extend
     pack = _FIXED.pack
     previous_raw = None
+    # A frame's records share their source, device and topic strings: each is encoded
+    # once per frame, not once per record (compared by identity, which costs nothing).
+    source_text = device_text = topic_text = None
+    source = device = topic = b""
     for record in records:
-        source = record.source.encode()
-        device = record.device_id.encode()
-        topic = record.topic.encode()
+        if record.source is not source_text:
+            source_text = record.source
+            source = source_text.encode()
+        if record.device_id is not device_text:
+            device_text = record.device_id
+            device = device_text.encode()
+        if record.topic is not topic_text:
+            topic_text = record.topic
+            topic = topic_text.encode()
         data = data_json(record)
-        meta = dumps(dict(record.meta)) if record.meta is not None else b""
+        meta = None if record.meta is None else dumps(dict(record.meta))
         raw = record.raw
         # A frame's records share its bytes: written once per entry, not once per record.
         same_raw = bool(raw) and (raw is previous_raw or raw == previous_raw)
@@ -109,16 +120,15 @@ def _encode_payload(records: Sequence[Record]) -> bytes:
                 len(topic),
                 len(data),
                 _SAME_RAW if same_raw else len(raw),
-                len(meta) if record.meta is not None else _NO_META,
+                _NO_META if meta is None else len(meta),
             )
         )
-        append(source)
-        append(device)
-        append(topic)
-        append(data)
-        if not same_raw:
-            append(raw)
-        append(meta)
+        if same_raw:
+            extend((source, device, topic, data))
+        else:
+            extend((source, device, topic, data, raw))
+        if meta is not None:
+            append(meta)
     return b"".join(parts)
 
 

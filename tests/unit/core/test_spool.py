@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 from fleetgate.config import AckLevel
 from fleetgate.pipeline import AckPolicy, Ledger, Pipeline, Router, RunnerSettings, SinkRunner
 from fleetgate.pipeline.deadletter import DeadLetters
-from fleetgate.pipeline.spool import Spool, SpoolSettings, segment_name
+from fleetgate.pipeline.spool import PREPARED_FILE, Spool, SpoolSettings, segment_name
 from fleetgate.pipeline.spool_format import TornEntry, encode_entry, read_entry
 from fleetgate.records import Record
 from fleetgate.sinks.base import PermanentSinkError, Sink, SinkContext, TransientSinkError
@@ -145,6 +146,66 @@ async def test_a_spool_ack_waits_for_the_sync_not_for_the_sinks(tmp_path: Path) 
     await pipeline.close()
 
 
+async def test_a_failed_write_holds_the_acks_and_is_retried_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline = spool_pipeline(tmp_path)
+    spool = pipeline.spool
+    assert spool is not None
+    writer = spool._writer
+    real_write = writer.write
+    failures = [OSError(28, "No space left on device")] * 2
+    groups: list[int] = []
+
+    def flaky_write(first: int, parts: Sequence[bytes]) -> int:
+        if failures:
+            raise failures.pop()
+        groups.append(first)
+        return real_write(first, parts)
+
+    monkeypatch.setattr(writer, "write", flaky_write)
+    await pipeline.start()
+    acks = [asyncio.create_task(pipeline.accept([rec(i)])) for i in range(1, 4)]
+    assert all(await asyncio.gather(*acks))  # acked only once written, despite the errors
+    assert spool.durable == 3 and not failures and spool.failing == ""
+    assert groups[0] == 1  # the failed group was written again, first
+    await pipeline.close()
+    reopened = Spool(SpoolSettings(tmp_path / "spool"), Ledger())
+    assert reopened.open().head == 3  # every entry once, whole
+    await reopened.close()
+
+
+async def test_frames_taken_during_a_sync_share_the_next_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline = spool_pipeline(tmp_path)
+    spool = pipeline.spool
+    assert spool is not None
+    writer = spool._writer
+    real_write = writer.write
+    syncing, release = threading.Event(), threading.Event()
+    groups: list[int] = []
+
+    def slow_write(first: int, parts: Sequence[bytes]) -> int:
+        groups.append(len(parts))
+        if len(groups) == 1:
+            syncing.set()
+            release.wait(5)
+        return real_write(first, parts)
+
+    monkeypatch.setattr(writer, "write", slow_write)
+    await pipeline.start()
+    first = asyncio.create_task(pipeline.accept([rec(1)]))
+    await asyncio.to_thread(syncing.wait, 5)
+    later = [asyncio.create_task(pipeline.accept([rec(i)])) for i in range(2, 12)]
+    await asyncio.sleep(0.05)
+    assert not first.done() and spool.durable == 0  # no ack before the sync ends
+    release.set()
+    assert await first and all(await asyncio.gather(*later))
+    assert groups == [1, 10]  # one commit for the ten that came during the first
+    await pipeline.close()
+
+
 async def test_records_for_a_down_sink_survive_a_restart_and_are_delivered_once(
     tmp_path: Path,
 ) -> None:
@@ -216,6 +277,50 @@ async def test_a_torn_tail_is_cut_on_start_and_the_rest_kept(
     assert await recovered.accept([rec(6)])
     await wait_for(lambda: again.confirmed[-1] == 6)
     await recovered.close()
+
+
+async def test_segments_are_pre_allocated_and_their_zeros_are_not_a_torn_tail(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = MemorySink()
+    sink.down = True
+    pipeline = spool_pipeline(tmp_path, sink, segment_bytes=4096, memory_records=5)
+    spool = pipeline.spool
+    assert spool is not None
+    directory = tmp_path / "spool"
+    await pipeline.start()
+    i = 0
+    for _ in range(3):  # three rotations, each into a segment prepared beforehand
+        await wait_for(lambda: (directory / PREPARED_FILE).exists()
+                       and spool._writer._prepared is not None)
+        segments = len(list(directory.glob("segment-*.log")))
+        while len(list(directory.glob("segment-*.log"))) == segments:
+            i += 1
+            assert await pipeline.accept([rec(i, raw=b"z" * 100)])
+    newest = max(directory.glob("segment-*.log"))
+    content = newest.read_bytes()
+    assert len(content) == 4096 and content.endswith(bytes(1000))  # written over zeros
+    sink.down = False  # reads what it missed back from the segments, zeros skipped
+    await wait_for(lambda: len(sink.confirmed) == i)
+    assert sink.confirmed == list(range(1, i + 1))
+    await pipeline.close()
+
+    again = MemorySink()
+    recovered = spool_pipeline(tmp_path, again)
+    assert recovered.spool is not None
+    assert recovered.spool.ledger.head == i
+    assert "torn" not in caplog.text
+    assert len(newest.read_bytes()) == 4096  # nothing cut
+    await recovered.start()
+    assert await recovered.accept([rec(i + 1)])
+    await wait_for(lambda: again.confirmed == [i + 1])
+    await recovered.close()
+    reader = Spool(SpoolSettings(directory), Ledger())
+    reader.open()
+    kept = reader.reader(1).read(10_000, i + 1)  # the confirmed segments are deleted
+    firsts = [entry.first for entry in kept]
+    assert firsts == list(range(firsts[0], i + 2))
+    await reader.close()
 
 
 async def test_segments_are_deleted_once_every_sink_confirmed_them(tmp_path: Path) -> None:

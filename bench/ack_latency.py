@@ -1,0 +1,181 @@
+"""Ack latency and CPU per record, server configurations side by side, alternating.
+
+Latency on a shared 2-core machine moves with the load, so one figure alone says little:
+this runs ``fleetgate bench load`` (stop-and-wait trackers at a fixed rate) against each
+*variant* in turn, round after round, with the ceiling server as the floor in the same
+window, and prints every run with the machine's load average next to it.
+
+A variant is ``ceiling`` (``bench/ceiling_server.py``) or ``NAME[@SRC]=JSON``: ``fleetgate
+serve`` with ``JSON`` merged into a minimal config (Teltonika TCP only, API and Tesla off,
+a fresh data_dir on the same disk as the checkout), its code from ``SRC`` (another tree's
+``src``, for before/after runs; default this checkout). Examples::
+
+    .venv/bin/python bench/ack_latency.py --trackers 1000 --rate 2 --duration 15 --rounds 2 \\
+        --variant ceiling \\
+        --variant 'receipt={"spool": {"enabled": false}, "store": {"enabled": false},
+                            "ack_level": "receive"}' \\
+        --variant 'spool-only={"store": {"enabled": false}}' \\
+        --variant 'default={}' --variant 'before@/tmp/before/src={}'
+
+``--json FILE`` also writes every run's figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from procstats import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+
+@dataclass
+class Variant:
+    name: str
+    source: Path | None  # another tree's src directory
+    config: dict[str, Any] | None  # None: the ceiling server
+
+
+def parse_variant(text: str) -> Variant:
+    if text == "ceiling":
+        return Variant("ceiling", None, None)
+    name, _, config = text.partition("=")
+    name, _, source = name.partition("@")
+    return Variant(name, Path(source) if source else None, json.loads(config or "{}"))
+
+
+def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def wait_port(port: int, timeout_s: float = 30.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def start(variant: Variant, port: int, work: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    if variant.config is None:
+        command = [PYTHON, str(ROOT / "bench" / "ceiling_server.py"), "--teltonika-port",
+                   str(port), "--tesla-port", "0"]
+    else:
+        config = merged(
+            {
+                "data_dir": str(work / "data"),
+                "teltonika": {"host": "127.0.0.1", "port": port, "udp_enabled": False},
+                "api": {"enabled": False},
+                "tesla_enabled": False,
+            },
+            variant.config,
+        )
+        path = work / "c.json"
+        path.write_text(json.dumps(config))
+        command = [PYTHON, "-m", "fleetgate", "serve", "--config", str(path)]
+        if variant.source is not None:
+            env["PYTHONPATH"] = str(variant.source)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                               stderr=open(work / "server.log", "wb"))  # noqa: SIM115
+    wait_port(port)
+    return process
+
+
+def run_once(variant: Variant, args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="acklat-", dir=args.work_dir))
+    port = free_port()
+    process = start(variant, port, work)
+    try:
+        time.sleep(0.5)
+        load_before = os.getloadavg()[0]
+        out = subprocess.run(
+            [PYTHON, "-m", "fleetgate", "bench", "load", "--teltonika", str(args.trackers),
+             "--rate", str(args.rate), "--duration", str(args.duration), "--teltonika-port",
+             str(port), "--server-pid", str(process.pid), "--json"],
+            capture_output=True, check=False,
+        )
+        load_after = os.getloadavg()[0]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    text = out.stdout.decode()
+    report = json.loads(text[: text.rindex("}") + 1])
+    teltonika = report["protocols"]["teltonika"]
+    latency = teltonika["latency_ms"]
+    acked = teltonika["acked_per_s"]
+    cpu = report["server"]["cpu_per_s"]
+    shutil.rmtree(work, ignore_errors=True)
+    return {
+        "variant": variant.name,
+        "p50": latency["p50"],
+        "p90": latency["p90"],
+        "p99": latency["p99"],
+        "p999": latency["p999"],
+        "acked_per_s": acked,
+        "server_cpu": cpu,
+        "us_per_record": 1e6 * cpu / acked if acked else None,
+        "errors": report["errors"],
+        "load": (round(load_before, 2), round(load_after, 2)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", action="append", required=True, type=parse_variant)
+    parser.add_argument("--trackers", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=2.0)
+    parser.add_argument("--duration", type=float, default=15.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--work-dir", default=tempfile.gettempdir(),
+                        help="data_dirs go here (the disk under test)")
+    parser.add_argument("--json", dest="json_out", default=None)
+    args = parser.parse_args()
+    Path(args.work_dir).mkdir(parents=True, exist_ok=True)
+    rows = []
+    print(f"{'round':>5} {'variant':<16} {'p50':>7} {'p90':>7} {'p99':>7} {'p99.9':>7} "
+          f"{'acked/s':>9} {'CPU':>5} {'us/rec':>7} {'load':>12}", flush=True)
+    for round_ in range(1, args.rounds + 1):
+        for variant in args.variant:
+            row = run_once(variant, args)
+            row["round"] = round_
+            rows.append(row)
+            us = row["us_per_record"]
+            print(f"{round_:>5} {row['variant']:<16} {row['p50']:>7.2f} {row['p90']:>7.2f} "
+                  f"{row['p99']:>7.2f} {row['p999']:>7.2f} {row['acked_per_s']:>9.0f} "
+                  f"{row['server_cpu']:>5.2f} {us if us is not None else 0:>7.1f} "
+                  f"{row['load'][0]:>5.2f}-{row['load'][1]:<5.2f}"
+                  + (f" errors {row['errors']}" if row["errors"] else ""), flush=True)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
