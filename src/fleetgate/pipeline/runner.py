@@ -179,7 +179,8 @@ class SinkRunner:
         here (or never was for this sink)."""
         if self._final_cursor is not None:
             return self._final_cursor
-        return self.watermark()
+        synced = self.sink.synced_offset()
+        return self.watermark() if synced is None else min(self.watermark(), synced)
 
     @property
     def queued(self) -> int:

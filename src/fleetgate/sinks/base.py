@@ -108,6 +108,12 @@ class Sink(ABC):
         (the store does); the pipeline resumes after it. None: use the spool's cursor."""
         return None
 
+    def synced_offset(self) -> int | None:
+        """The highest ledger offset whose confirmation survives a power loss, for a sink
+        whose confirmation alone does not (the store); the spool keeps every record above it.
+        None: confirmed means durable."""
+        return None
+
     def headers(self, record: Record) -> dict[str, str]:
         """Tesla's seven metadata keys, plus ``record_id`` (``<node>-<offset>``) once the
         pipeline gave the record its offset: consumers de-duplicate what a replay after a

@@ -423,3 +423,46 @@ async def test_a_poison_record_the_real_store_cannot_take_never_stops_the_acks(
     assert len(letters) == 1 and json.loads(letters[0])["record"]["device_id"] == "gw-2"
     await pipeline.close()
     store.close()
+
+
+async def test_the_spool_keeps_what_the_store_committed_until_the_store_synced_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The store commits with synchronous=NORMAL: a commit outlives the process, not the
+    # machine, until its WAL is synced. Segments it covers must stay until then.
+    import os
+
+    from fleetgate.sinks import sqlite as sqlite_sink
+    from fleetgate.store import RecordStore
+
+    synced_files: list[int] = []
+    real_fdatasync = os.fdatasync
+
+    def recording_fdatasync(fd: int) -> None:
+        synced_files.append(os.fstat(fd).st_ino)
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(sqlite_sink, "SYNC_INTERVAL_S", 3600.0)
+    store = RecordStore(tmp_path / "fleetgate.db")
+    sink = sqlite_sink.SqliteSink({}, SinkContext(), store=store)
+    runner = SinkRunner(sink, FAST)
+    spool = Spool(SpoolSettings(tmp_path / "spool", segment_bytes=4096), Ledger())
+    spool.open()
+    pipeline = Pipeline(
+        {"sqlite": runner}, Router({}, always=["sqlite"]), AckPolicy(AckLevel.SPOOL, None),
+        ack_timeout_s=5, spool=spool,
+    )
+    await pipeline.start()
+    for i in range(1, 41):
+        assert await pipeline.accept([rec(i, raw=b"x" * 200)])
+    await wait_for(lambda: runner.watermark() >= 40)
+    # Committed, not yet synced: nothing may go, and the saved cursor stays behind.
+    assert runner.cursor() == 0
+    # The next commit after the interval syncs the WAL, and the segments can go.
+    monkeypatch.setattr(sqlite_sink, "SYNC_INTERVAL_S", 0.0)
+    monkeypatch.setattr(os, "fdatasync", recording_fdatasync)
+    assert await pipeline.accept([rec(41)])
+    await wait_for(lambda: runner.cursor() >= 41)
+    wal = os.stat(tmp_path / "fleetgate.db-wal").st_ino
+    assert wal in synced_files
+    await pipeline.close()
