@@ -25,6 +25,7 @@ and errors included, goes through ``websockets`` unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Generator
 from typing import Any, Final
@@ -223,6 +224,30 @@ class VehicleConnection(ServerConnection):
             if isinstance(event, _SkippedMarker):
                 self._oversize[self._completed] = event.size
             self._completed += 1
+
+    def send_data(self) -> None:
+        """Write what the protocol has to send, a batch of frames in one transport write.
+
+        The library writes each frame on its own; behind TLS every write is a TLS record
+        and a socket write, and :class:`~fleetgate.listeners.tesla.writer.FrameWriter`
+        sends replies in batches (acks come in bursts), so joining them saves both.
+        """
+        data = self.protocol.data_to_send()
+        if all(data):  # no end-of-stream marker: every case but closing
+            if len(data) > 1:
+                self.transport.write(b"".join(data))
+            elif data:
+                self.transport.write(data[0])
+            return
+        # Closing: websockets' own handling, chunk by chunk (half-close when possible).
+        for chunk in data:
+            if chunk:
+                self.transport.write(chunk)
+            elif self.transport.can_write_eof():
+                with contextlib.suppress(Exception):  # as the library: uvloop may raise
+                    self.transport.write_eof()
+            else:
+                self.transport.close()
 
     async def recv_message(self) -> Data | OversizeMessage:
         """The next message (``bytes`` or ``str``), or the size of a skipped one."""
