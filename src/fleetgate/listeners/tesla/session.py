@@ -172,18 +172,16 @@ class VehicleSession:
     async def run(self) -> None:
         """Serve the socket until it closes; connectivity records around the read loop."""
         started = time.monotonic()
-        self._writer_task = asyncio.create_task(
-            self._writer.run(), name=f"tesla-writer:{self.device_id}"
-        )
         await self._connectivity("CONNECTED")
         try:
             await self._read_loop()
         finally:
             self.closed = True
             self._acks.finish()
-            self._writer_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer_task
+            if self._writer_task is not None:
+                self._writer_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._writer_task
             with contextlib.suppress(Exception):
                 await self.ws.close()
             log.info(
@@ -372,6 +370,11 @@ class VehicleSession:
     def _send(self, frame: bytes) -> None:
         """Queue ``frame`` for the writer; a vehicle that stops reading is disconnected."""
         if not self.closed:
+            if self._writer_task is None:
+                # Started with the first reply: an idle vehicle holds no task (memory).
+                self._writer_task = asyncio.create_task(
+                    self._writer.run(), name=f"tesla-writer:{self.device_id}"
+                )
             self._writer.send(frame)
 
     def _fail(self, reason: str) -> None:
