@@ -60,8 +60,8 @@ class _SkippedMarker(Frame):
 class _OversizeSkipping(Protocol):
     """``Protocol.parse`` with oversize binary messages skipped (see module docstring).
 
-    Placed after ``ServerProtocol`` in the MRO, so that ``ServerProtocol.parse`` handles
-    the HTTP handshake and then hands over to this frame loop through ``super()``.
+    :class:`_VehicleServerProtocol` runs it after ``ServerProtocol.parse`` has read the
+    HTTP handshake.
     """
 
     # Bytes of the message being skipped so far; None when not skipping.
@@ -195,8 +195,24 @@ class _OversizeSkipping(Protocol):
         self.current_size = None
 
 
-class _VehicleServerProtocol(ServerProtocol, _OversizeSkipping):
+class _HandshakeOnly(Protocol):
+    """Ends ``ServerProtocol.parse`` once the handshake is read (it hands over through
+    ``super().parse()``), so that the frame loop runs in a generator of its own."""
+
+    def parse(self) -> Generator[None]:
+        return
+        yield
+
+
+class _VehicleServerProtocol(ServerProtocol, _HandshakeOnly, _OversizeSkipping):
     """The server protocol with the oversize-skipping frame loop."""
+
+    def parse(self) -> Generator[None]:
+        # websockets' handshake parser, then the frame loop. Chained in the library, the
+        # handshake's generator stays suspended under the frame loop for the connection's
+        # life, holding the parsed request (a few KiB per idle vehicle); here it has ended.
+        yield from ServerProtocol.parse(self)
+        yield from _OversizeSkipping.parse(self)
 
 
 def skip_oversize_messages(protocol: ServerProtocol) -> None:
