@@ -111,3 +111,14 @@ async def test_without_send_context_frames_go_out_one_send_each() -> None:
         await asyncio.sleep(0)
     await stop(writer)
     assert ws.writes == [[b"a"], [b"b"], [b"c"]]
+
+
+async def test_an_idle_writer_holds_no_queue_and_flushes_at_once() -> None:
+    # Thousands of idle vehicles: nothing is allocated for replies until the first one.
+    ws = FakeWebSocket()
+    w = Writer(ws)
+    assert w.writer._queue is None
+    assert w.writer.waiting == 0
+    await asyncio.wait_for(w.writer.flush(), 1)
+    w.writer.send(b"first")
+    assert w.writer.waiting == 1

@@ -46,6 +46,7 @@ from typing import Any
 
 from websockets.asyncio.server import Server as WsServer
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from fleetgate.config import Config, ConfigError, TlsConfig
@@ -319,6 +320,16 @@ class TeslaListener:
 
     # -- one vehicle ---------------------------------------------------------------------
     async def _handle(self, ws: ServerConnection) -> None:
+        session = await self._open_session(ws)
+        if session is not None:
+            await session.run()
+
+    async def _open_session(self, ws: ServerConnection) -> VehicleSession | None:
+        """The session of an upgraded socket, or None when the vehicle is refused.
+
+        A function of its own so that what only the upgrade needs (headers, the peer
+        certificate's bytes) is not kept alive by a frame waiting for the session's end.
+        """
         settings = self._settings
         assert settings is not None
         headers = ws.request.headers if ws.request is not None else None
@@ -344,11 +355,11 @@ class TeslaListener:
                 extra=fields(socket_id=socket_id, remote=str(ws.remote_address), error=str(exc)),
             )
             await ws.close(1008, "unauthorized certificate")
-            return
+            return None
         if self.allow_list is not None and not self.allow_list.admits(identity.device_id):
             # As the reference: the connection is dropped, no close frame, nothing dispatched.
             ws.transport.close()
-            return
+            return None
         assert isinstance(ws, VehicleConnection)  # built by the door
         session = VehicleSession(
             settings,
@@ -373,7 +384,13 @@ class TeslaListener:
                 version=version,
             ),
         )
-        await session.run()
+        # websockets keeps the handshake for the connection's life, a few KiB of parsed
+        # headers per idle vehicle, and reads only whether there was a request (None means
+        # "still in the handshake"): the path stays, the headers go.
+        if ws.request is not None:
+            ws.request = Request(ws.request.path, Headers())
+        ws.response = None
+        return session
 
     def _forget(self, session: VehicleSession) -> None:
         if session in self.sessions:

@@ -25,6 +25,7 @@ and errors included, goes through ``websockets`` unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Generator
 from typing import Any, Final
@@ -59,8 +60,8 @@ class _SkippedMarker(Frame):
 class _OversizeSkipping(Protocol):
     """``Protocol.parse`` with oversize binary messages skipped (see module docstring).
 
-    Placed after ``ServerProtocol`` in the MRO, so that ``ServerProtocol.parse`` handles
-    the HTTP handshake and then hands over to this frame loop through ``super()``.
+    :class:`_VehicleServerProtocol` runs it after ``ServerProtocol.parse`` has read the
+    HTTP handshake.
     """
 
     # Bytes of the message being skipped so far; None when not skipping.
@@ -194,8 +195,24 @@ class _OversizeSkipping(Protocol):
         self.current_size = None
 
 
-class _VehicleServerProtocol(ServerProtocol, _OversizeSkipping):
+class _HandshakeOnly(Protocol):
+    """Ends ``ServerProtocol.parse`` once the handshake is read (it hands over through
+    ``super().parse()``), so that the frame loop runs in a generator of its own."""
+
+    def parse(self) -> Generator[None]:
+        return
+        yield
+
+
+class _VehicleServerProtocol(ServerProtocol, _HandshakeOnly, _OversizeSkipping):
     """The server protocol with the oversize-skipping frame loop."""
+
+    def parse(self) -> Generator[None]:
+        # websockets' handshake parser, then the frame loop. Chained in the library, the
+        # handshake's generator stays suspended under the frame loop for the connection's
+        # life, holding the parsed request (a few KiB per idle vehicle); here it has ended.
+        yield from ServerProtocol.parse(self)
+        yield from _OversizeSkipping.parse(self)
 
 
 def skip_oversize_messages(protocol: ServerProtocol) -> None:
@@ -223,6 +240,30 @@ class VehicleConnection(ServerConnection):
             if isinstance(event, _SkippedMarker):
                 self._oversize[self._completed] = event.size
             self._completed += 1
+
+    def send_data(self) -> None:
+        """Write what the protocol has to send, a batch of frames in one transport write.
+
+        The library writes each frame on its own; behind TLS every write is a TLS record
+        and a socket write, and :class:`~fleetgate.listeners.tesla.writer.FrameWriter`
+        sends replies in batches (acks come in bursts), so joining them saves both.
+        """
+        data = self.protocol.data_to_send()
+        if all(data):  # no end-of-stream marker: every case but closing
+            if len(data) > 1:
+                self.transport.write(b"".join(data))
+            elif data:
+                self.transport.write(data[0])
+            return
+        # Closing: websockets' own handling, chunk by chunk (half-close when possible).
+        for chunk in data:
+            if chunk:
+                self.transport.write(chunk)
+            elif self.transport.can_write_eof():
+                with contextlib.suppress(Exception):  # as the library: uvloop may raise
+                    self.transport.write_eof()
+            else:
+                self.transport.close()
 
     async def recv_message(self) -> Data | OversizeMessage:
         """The next message (``bytes`` or ``str``), or the size of a skipped one."""

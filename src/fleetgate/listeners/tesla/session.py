@@ -64,7 +64,19 @@ _ACKS_SOCKET_GONE = metrics.ACKS.labels(protocol=PROTOCOL, result="socket_gone")
 
 _Child = Any  # a labelled prometheus metric
 _FRAME_COUNTERS: dict[str, tuple[_Child, _Child, _Child]] = {}
+_SIGNAL_COUNTERS: dict[str, _Child] = {}
 _MAX_CACHED_TOPICS = 256  # topics come from vehicles; do not cache without bound
+
+
+def _signal_counter(record_type: str) -> _Child:
+    """The ``signal_count`` child of a record type (counted for every frame over the
+    metrics-only limiter, so looked up once, like :func:`_frame_counters`)."""
+    child = _SIGNAL_COUNTERS.get(record_type)
+    if child is None:
+        child = metrics.TESLA_SIGNAL_COUNT.labels(record_type)
+        if len(_SIGNAL_COUNTERS) < _MAX_CACHED_TOPICS:
+            _SIGNAL_COUNTERS[record_type] = child
+    return child
 
 
 def _frame_counters(record_type: str) -> tuple[_Child, _Child, _Child]:
@@ -149,6 +161,8 @@ class VehicleSession:
         self._writer = FrameWriter(ws, self._fail)
         self._writer_task: asyncio.Task[None] | None = None
         self._rate_counters: dict[str, _Child] = {}
+        # vins_signal_tracking_enabled: decided once, not per frame.
+        self._tracked = self.device_id in settings.tracked_vins
 
     @property
     def device_id(self) -> str:
@@ -158,18 +172,16 @@ class VehicleSession:
     async def run(self) -> None:
         """Serve the socket until it closes; connectivity records around the read loop."""
         started = time.monotonic()
-        self._writer_task = asyncio.create_task(
-            self._writer.run(), name=f"tesla-writer:{self.device_id}"
-        )
         await self._connectivity("CONNECTED")
         try:
             await self._read_loop()
         finally:
             self.closed = True
             self._acks.finish()
-            self._writer_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer_task
+            if self._writer_task is not None:
+                self._writer_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._writer_task
             with contextlib.suppress(Exception):
                 await self.ws.close()
             log.info(
@@ -280,8 +292,8 @@ class VehicleSession:
     def _count_signals(self, result: FrameResult) -> None:
         if not result.signals:
             return
-        metrics.TESLA_SIGNAL_COUNT.labels(result.record_type).inc(result.signals)
-        if self.device_id in self.settings.tracked_vins:
+        _signal_counter(result.record_type).inc(result.signals)
+        if self._tracked:
             metrics.TESLA_VIN_SIGNAL_COUNT.labels(result.record_type, self.device_id).inc(
                 result.signals
             )
@@ -358,6 +370,11 @@ class VehicleSession:
     def _send(self, frame: bytes) -> None:
         """Queue ``frame`` for the writer; a vehicle that stops reading is disconnected."""
         if not self.closed:
+            if self._writer_task is None:
+                # Started with the first reply: an idle vehicle holds no task (memory).
+                self._writer_task = asyncio.create_task(
+                    self._writer.run(), name=f"tesla-writer:{self.device_id}"
+                )
             self._writer.send(frame)
 
     def _fail(self, reason: str) -> None:

@@ -33,16 +33,23 @@ class FrameWriter:
         self.ws = ws
         self.on_fail = on_fail
         self.failed = False
-        self._out: asyncio.Queue[bytes] = asyncio.Queue()
+        # Made with the first frame: an idle vehicle's connection holds no queue (memory).
+        self._queue: asyncio.Queue[bytes] | None = None
         self._writing = 0  # frames of the batch being written, beyond the first
         # send_context is how websockets' asyncio connection (13+) wraps every send; should
         # a release drop it, frames go out one ws.send each.
         self._batch_writes = callable(getattr(ws, "send_context", None))
 
     @property
+    def _out(self) -> asyncio.Queue[bytes]:
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+        return self._queue
+
+    @property
     def waiting(self) -> int:
         """Frames queued or being written (what counts against the queue limit)."""
-        return self._out.qsize() + self._writing
+        return (self._queue.qsize() if self._queue is not None else 0) + self._writing
 
     def send(self, frame: bytes) -> None:
         """Queue ``frame``; a full queue fails the writer (the vehicle stopped reading)."""
@@ -76,8 +83,8 @@ class FrameWriter:
 
     async def flush(self) -> None:
         """Wait until every frame queued so far is written (or the writer has failed)."""
-        if not self.failed:
-            await self._out.join()
+        if not self.failed and self._queue is not None:
+            await self._queue.join()
 
     def _discard(self, taken: int) -> None:
         """After a failure nothing more is written: settle what flush() would wait for."""

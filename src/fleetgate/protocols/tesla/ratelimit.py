@@ -92,12 +92,15 @@ class SlidingWindowLimiter:
             raise ValueError("limit and interval_s must be positive")
         self.limit = limit
         self.interval_s = interval_s
-        # Allowed-event times; never longer than ``limit``, empty on an idle connection.
-        self._times: deque[float] = deque()
+        # Allowed-event times; never longer than ``limit``. None until the first event: a
+        # connection that never sends holds no deque (an empty one is about 600 bytes).
+        self._times: deque[float] | None = None
 
     def allow(self, now: float) -> bool:
         """Record an event at ``now`` (seconds, monotonic) if it is within the limit."""
         times = self._times
+        if times is None:
+            times = self._times = deque()
         horizon = now - self.interval_s
         while times and times[0] <= horizon:
             times.popleft()
