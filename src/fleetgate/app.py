@@ -39,8 +39,6 @@ from fleetgate.pipeline import AckPolicy, Ledger, Pipeline, Router, RunnerSettin
 from fleetgate.pipeline.deadletter import DeadLetters
 from fleetgate.pipeline.hub import LiveHub
 from fleetgate.pipeline.spool import Spool, SpoolInUseError, SpoolSettings
-from fleetgate.recordlog import ReadOptions, open_reader
-from fleetgate.recordlog.live import LiveFeed
 from fleetgate.runtime import Listener, ListenerFactory, ServerContext, StartupError
 from fleetgate.settings import ConfigError
 from fleetgate.sinks.base import Health, SinkContext
@@ -182,6 +180,7 @@ class Server:
         if config.api.enabled and config.api.stream.source is None:
             self.pipeline.add_observer(self.hub.publish)
         self.auth: Any = None
+        self.api_app: Any = None  # the API's ASGI entry (fleetgate.api.lazy.LazyApi)
         # Teltonika commands: the API queues them, the TCP listener's sessions send them
         # (through Redis to the worker or node holding the device: command_routing).
         self.commands: CommandCenter | None = command_center(config)
@@ -216,6 +215,10 @@ class Server:
             self.listeners.append(listener)
         source = self.config.api.stream.source
         if self.config.api.enabled and source is not None:
+            # The shared log's readers (and the Tesla decoding they need) only when used.
+            from fleetgate.recordlog import ReadOptions, open_reader
+            from fleetgate.recordlog.live import LiveFeed
+
             feed = LiveFeed(
                 lambda: open_reader(self.config, source, ReadOptions()), self.hub.publish
             )
@@ -365,21 +368,32 @@ class Server:
     async def _start_api(self) -> None:
         import uvicorn
 
-        from fleetgate.api.app import create_api
         from fleetgate.api.auth import Authenticator
+        from fleetgate.api.lazy import HEALTH_PATH, METRICS_PATH, LazyApi
 
         settings = self.config.api
-        self.auth = Authenticator(settings.auth, self.config.data_path)
-        api = create_api(
-            self.store,
-            self.health_report,
-            auth=self.auth,
-            settings=settings,
-            hub=self.hub,
-            commands=self.commands,
-        )
+        self.auth = auth = Authenticator(settings.auth, self.config.data_path)
+
+        def build() -> Any:
+            from fleetgate.api.app import create_api
+
+            return create_api(
+                self.store,
+                self.health_report,
+                auth=auth,
+                settings=settings,
+                hub=self.hub,
+                commands=self.commands,
+            )
+
+        # Health checks and scrapes are answered at once; FastAPI and the routes are loaded
+        # with the first other request (dashboard, REST, /stream).
+        public = set(settings.auth.public_paths)
+        if not settings.auth.enabled:
+            public |= {HEALTH_PATH, METRICS_PATH}
+        self.api_app = LazyApi(build, self.health_report, public)
         config = uvicorn.Config(
-            api,
+            self.api_app,
             host=settings.host,
             port=settings.port,
             log_config=None,
