@@ -49,10 +49,14 @@ def _tesla_log_form(record: Record, verbose: bool) -> Any:
 
 
 def _tesla_mqtt_form(record: Record, topic_base: str) -> list[tuple[str, bytes]]:
+    return _load_tesla_mqtt_form()(record, topic_base)
+
+
+def _load_tesla_mqtt_form() -> MqttForm:
     from fleetgate.forms.tesla_mqtt import mqtt_messages
 
     _mqtt_forms[SOURCE_TESLA] = mqtt_messages
-    return mqtt_messages(record, topic_base)
+    return mqtt_messages
 
 
 _wire_forms: dict[str, WireForm] = {SOURCE_TESLA: _tesla_wire_form}
@@ -91,4 +95,5 @@ def log_data(record: Record, verbose: bool) -> Any:
 
 def mqtt_form(source: str) -> MqttForm | None:
     """The MQTT form of ``source``, or ``None`` for the sink's default one-message form."""
-    return _mqtt_forms.get(source)
+    form = _mqtt_forms.get(source)
+    return _load_tesla_mqtt_form() if form is _tesla_mqtt_form else form
