@@ -76,10 +76,14 @@ class Ports:
         self.tracker, self.vehicle, self.api = free_port(), free_port(), free_port()
 
 
-def start_fleetgate(base: Path, pki: DevPki, ports: Ports, cap: int) -> subprocess.Popen[bytes]:
-    """``fleetgate serve`` with no config file; the dev PKI is made beforehand in its data dir."""
+def start_fleetgate(
+    base: Path, pki: DevPki, ports: Ports, cap: int, src: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """``fleetgate serve`` with no config file; the dev PKI is made beforehand in its data dir.
+    ``src``: another source tree to run (a ``src`` folder put first on ``PYTHONPATH``)."""
     env = {
         **os.environ,
+        **({"PYTHONPATH": str(src)} if src is not None else {}),
         "FLEETGATE_DATA_DIR": str(base),
         "FLEETGATE_HOST": "127.0.0.1",
         "FLEETGATE_PORT": str(ports.vehicle),
@@ -247,12 +251,41 @@ def line(label: str, result: dict[str, float], count: int) -> str:
             f"= {result['per_kb']:5.1f} KiB per connection")
 
 
+def idle_only(repeat: int, compare: Path | None) -> None:
+    """Idle figures alone, this tree and ``compare`` alternating within each run."""
+    from fleetgate.pki import init_pki
+
+    trees: list[tuple[str, Path | None]] = [("this tree", None)]
+    if compare is not None:
+        trees.insert(0, (str(compare), compare))
+    with tempfile.TemporaryDirectory() as tmp:
+        for attempt in range(1, repeat + 1):
+            for label, src in trees:
+                data = Path(tmp) / f"i{attempt}-{len(label)}"
+                pki = init_pki(data / "tesla-dev-ca", host="localhost", vins=[VIN])
+                ports = Ports()
+                server = start_fleetgate(data, pki, ports, 0, src)
+                try:
+                    time.sleep(SETTLE_S)
+                    idle = memory_kb(server.pid)
+                finally:
+                    stop(server)
+                print(f"run {attempt} idle {label:<24} RSS {idle['rss'] / 1024:.1f} MiB, "
+                      f"PSS {idle['pss'] / 1024:.1f} MiB, USS {idle['uss'] / 1024:.1f} MiB",
+                      flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--vehicles", type=int, default=2000)
     parser.add_argument("--trackers", type=int, default=10000)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--idle-only", action="store_true",
+                        help="only the idle figures (no connections)")
+    parser.add_argument("--compare", type=Path, metavar="SRC",
+                        help="with --idle-only: also run the fleetgate in SRC (a copy of an "
+                        "older src/ folder), alternating with this tree")
     parser.add_argument("--serve-baseline", choices=("tcp", "ws"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--pki", type=Path, help=argparse.SUPPRESS)
@@ -263,6 +296,9 @@ def main() -> None:
         import uvloop
 
         uvloop.run(serve_baseline(args.serve_baseline, args.port, args.pki))
+        return
+    if args.idle_only:
+        idle_only(args.repeat, args.compare)
         return
     from fleetgate.pki import init_pki
 
