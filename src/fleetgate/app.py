@@ -23,7 +23,6 @@ from typing import Any
 from fleetgate import __version__
 from fleetgate.config import Config, StatsdConfig
 from fleetgate.forms import wire_payload
-from fleetgate.listeners.mqtt import create_listener as mqtt_ingest_listener
 from fleetgate.listeners.teltonika.command_routing import command_center
 from fleetgate.listeners.teltonika.commands import CommandCenter
 from fleetgate.listeners.teltonika.tcp import create_listener as teltonika_tcp_listener
@@ -54,6 +53,16 @@ DEAD_LETTER_DIR = "deadletter"
 SPOOLED_QUEUE_RECORDS = 20_000
 # Allocations between young-generation collections (CPython's default is 700).
 GC_YOUNG_THRESHOLD = 50_000
+
+def mqtt_ingest_listener(context: ServerContext) -> Listener | None:
+    """The CAN-gateway subscriber's factory, its MQTT client (paho) loaded only when used."""
+    settings = context.config.mqtt_ingest
+    if settings is None or not settings.enabled:
+        return None
+    from fleetgate.listeners.mqtt import create_listener
+
+    return create_listener(context)
+
 
 # Started in this order; each returns None when its config disables it.
 LISTENER_FACTORIES: tuple[ListenerFactory, ...] = (
