@@ -500,8 +500,9 @@ def _normalise(
     model that allows extra keys (the librdkafka map) keeps every key as given.
     """
     fields = {name: info.annotation for name, info in model.model_fields.items()}
-    fields.update(extra_sections or {})
-    by_lower = {name.lower(): name for name in fields}
+    # The sinks' models are imported only for the sections present (see section_models).
+    extra = extra_sections or {}
+    by_lower = {name.lower(): name for name in [*fields, *extra]}
     free_form = model.model_config.get("extra") == "allow"
     result: dict[str, Any] = {}
     for key, value in data.items():
@@ -513,7 +514,7 @@ def _normalise(
             else:
                 warnings.append(dotted)
             continue
-        annotation = fields[name]
+        annotation = fields[name] if name in fields else extra[name]
         if isinstance(value, _EnvText):
             value = _env_value(value, annotation)
         submodel = _model_of(annotation)
