@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from fleetgate.protocols.tesla.core import (
-        MAX_FRAME_BYTES,
         FrameProcessor,
         FrameResult,
         connectivity_record,
@@ -56,6 +55,7 @@ if TYPE_CHECKING:
         VehicleIdentity,
         identity_from_certificate,
     )
+    from fleetgate.protocols.tesla.limits import MAX_FRAME_BYTES
     from fleetgate.protocols.tesla.natural import natural_data
     from fleetgate.protocols.tesla.protojson import protojson_dict
     from fleetgate.protocols.tesla.transforms import (
@@ -67,8 +67,9 @@ if TYPE_CHECKING:
 # The names below are loaded from their module on first use: importing one submodule (the
 # listener needs a few) must not load protobuf, flatbuffers and cryptography at start.
 _SOURCES = {
+    "MAX_FRAME_BYTES": "limits",
     **dict.fromkeys(
-        ("MAX_FRAME_BYTES", "FrameProcessor", "FrameResult", "connectivity_record",
+        ("FrameProcessor", "FrameResult", "connectivity_record",
          "decode_frame_to_json", "peek_topic"), "core"),
     **dict.fromkeys(
         ("Envelope", "EnvelopeError", "StreamMessage", "build_ack", "build_error",

@@ -75,7 +75,6 @@ from fleetgate.protocols.tesla.transforms import (
 )
 from fleetgate.records import SOURCE_TESLA, Record
 
-
 OUTCOME_DISPATCH: Final = "dispatch"
 OUTCOME_ACK_ONLY: Final = "ack_only"
 OUTCOME_UNKNOWN_TYPE: Final = "unknown_type"
