@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fleetgate.config import ConfigError, TlsConfig
 from fleetgate.listeners.tesla.tls_alerts import watch_refusals
@@ -98,7 +98,7 @@ def ca_file_warnings(ca_pem: str, use_eng_ca: bool = False) -> list[str]:
     return warnings
 
 
-def _subjects(pem: str) -> list[tuple[object, ...]]:
+def _subjects(pem: str) -> list[Any]:
     """Subject names of the CA certificates in ``pem``, as :mod:`ssl` decodes them."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.load_verify_locations(cadata=pem)
