@@ -23,7 +23,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -310,14 +310,6 @@ class Authenticator:
             return frozenset()
         # Unknown scopes are ignored, not fatal: another issuer may add its own.
         return frozenset(str(item) for item in items) & frozenset(SCOPES)
-
-    # -- FastAPI -------------------------------------------------------------------------------
-    def dependency(self, scope: str) -> Callable[..., Principal]:
-        """A FastAPI dependency that admits a bearer token holding ``scope``."""
-        from fleetgate.api.bearer import bearer_dependency
-
-        return bearer_dependency(self, scope)
-
 
 # PyJWT's HMAC algorithms, signed here with the standard library: issuing the dashboard's
 # sign-in link at start would otherwise load PyJWT, which imports cryptography (~10 MB of
