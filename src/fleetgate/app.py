@@ -18,7 +18,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Coroutine, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fleetgate import __version__
 from fleetgate.config import Config, StatsdConfig
@@ -32,7 +32,6 @@ from fleetgate.observability.dispatcher_metrics import dispatcher_metrics
 from fleetgate.observability.logging import fields
 from fleetgate.observability.process_metrics import keep_fresh
 from fleetgate.observability.process_metrics import refresh as refresh_process_metrics
-from fleetgate.observability.profiler import ProfilerServer
 from fleetgate.observability.redact import redact_tree
 from fleetgate.pipeline import AckPolicy, Ledger, Pipeline, Router, RunnerSettings, SinkRunner
 from fleetgate.pipeline.deadletter import DeadLetters
@@ -44,6 +43,9 @@ from fleetgate.sinks.base import Health, SinkContext
 from fleetgate.sinks.registry import build_sink
 from fleetgate.sinks.sqlite import SqliteSettings, SqliteSink
 from fleetgate.store import RecordStore
+
+if TYPE_CHECKING:
+    from fleetgate.observability.profiler import ProfilerServer
 
 log = logging.getLogger("fleetgate")
 
@@ -289,6 +291,8 @@ class Server:
         if monitoring is None:
             return
         if monitoring.profiler_port > 0:
+            from fleetgate.observability.profiler import ProfilerServer  # cProfile, when used
+
             self._profiler = ProfilerServer(
                 monitoring.profiler_host, monitoring.profiler_port, monitoring.profiling_path
             )

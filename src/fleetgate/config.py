@@ -25,7 +25,6 @@ import enum
 import json
 import logging
 import os
-import tomllib
 import types
 import typing
 from collections.abc import Mapping
@@ -591,8 +590,13 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {file}: {exc.strerror or exc}") from exc
     try:
-        data = tomllib.loads(text) if file.suffix.lower() == ".toml" else json.loads(text)
-    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        if file.suffix.lower() == ".toml":
+            import tomllib  # TOML files only
+
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except ValueError as exc:  # tomllib.TOMLDecodeError is one
         raise ConfigError(f"config file {file} is not valid: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"config file {file} must hold an object at the top level")
