@@ -335,6 +335,9 @@ class TeslaListener:
         return self._settings
 
     async def _handle(self, ws: ServerConnection) -> None:
+        if self._settings is None:
+            # The first vehicle's imports (~0.3 s) run beside the loop, not in it.
+            await asyncio.to_thread(_load_vehicle_code)
         from fleetgate.listeners.tesla.session import VehicleSession
         from fleetgate.protocols.tesla.identity import IdentityError, identity_from_certificate
 
@@ -397,6 +400,12 @@ class TeslaListener:
         if session in self.sessions:
             self.sessions.discard(session)
             metrics.OPEN_CONNECTIONS.labels(protocol=PROTOCOL).dec()
+
+
+def _load_vehicle_code() -> None:
+    """Import what the first vehicle needs: frame processing and certificate parsing."""
+    import fleetgate.listeners.tesla.session
+    import fleetgate.protocols.tesla.identity  # noqa: F401
 
 
 async def _status_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
