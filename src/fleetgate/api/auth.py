@@ -101,19 +101,28 @@ def _read_key_file(path: str, what: str) -> bytes:
 
 
 def _data_dir_secret(path: Path) -> tuple[str, bool]:
-    """The secret in ``path``, created (0600, exclusive) when missing; True when created."""
+    """The secret in ``path``, created (0600) when missing; True when created.
+
+    The file appears whole: written under a temporary name, then hard-linked into place,
+    which fails if another process (``fleetgate token`` beside a starting server) got there
+    first; its secret is then used. A reader never sees a created but still empty file."""
     try:
         return path.read_text(encoding="ascii").strip(), False
     except FileNotFoundError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
     secret = secrets.token_urlsafe(48)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process created it first: use theirs
-        return path.read_text(encoding="ascii").strip(), False
-    with os.fdopen(fd, "w", encoding="ascii") as file:
-        file.write(secret + "\n")
+        with os.fdopen(fd, "w", encoding="ascii") as file:
+            file.write(secret + "\n")
+        try:
+            os.link(temporary, path)
+        except FileExistsError:  # another process created it first: use theirs
+            return path.read_text(encoding="ascii").strip(), False
+    finally:
+        temporary.unlink(missing_ok=True)
     return secret, True
 
 

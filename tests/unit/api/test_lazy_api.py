@@ -126,3 +126,31 @@ def test_hmac_tokens_are_pyjwt_tokens(algorithm: str) -> None:
     decoded = jwt.decode(hmac_token(claims, key, algorithm), key, algorithms=[algorithm],
                          audience="you", issuer="me")
     assert decoded == claims
+
+
+def test_concurrent_first_starts_share_one_whole_secret(tmp_path: Path) -> None:
+    """A server starting faster than before met ``fleetgate token`` creating the secret:
+    the file existed but was still empty ("api.auth.secret: empty")."""
+    import threading
+
+    from fleetgate.api.auth import _data_dir_secret
+
+    for round_ in range(20):
+        path = tmp_path / str(round_) / "api-secret.key"
+        results: list[tuple[str, bool]] = []
+        start = threading.Barrier(8)
+
+        def one(path: Path, start: threading.Barrier, results: list[tuple[str, bool]]) -> None:
+            start.wait()
+            results.append(_data_dir_secret(path))
+
+        threads = [threading.Thread(target=one, args=(path, start, results)) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        secrets_seen = {secret for secret, _ in results}
+        assert len(secrets_seen) == 1 and "" not in secrets_seen
+        assert sum(created for _, created in results) == 1
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert [p.name for p in path.parent.iterdir()] == ["api-secret.key"]
