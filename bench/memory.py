@@ -76,10 +76,14 @@ class Ports:
         self.tracker, self.vehicle, self.api = free_port(), free_port(), free_port()
 
 
-def start_fleetgate(base: Path, pki: DevPki, ports: Ports, cap: int) -> subprocess.Popen[bytes]:
-    """``fleetgate serve`` with no config file; the dev PKI is made beforehand in its data dir."""
+def start_fleetgate(
+    base: Path, pki: DevPki, ports: Ports, cap: int, src: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """``fleetgate serve`` with no config file; the dev PKI is made beforehand in its data dir.
+    ``src``: another source tree to run (a ``src`` folder put first on ``PYTHONPATH``)."""
     env = {
         **os.environ,
+        **({"PYTHONPATH": str(src)} if src is not None else {}),
         "FLEETGATE_DATA_DIR": str(base),
         "FLEETGATE_HOST": "127.0.0.1",
         "FLEETGATE_PORT": str(ports.vehicle),
@@ -163,7 +167,14 @@ async def serve_baseline(kind: str, port: int, pki_dir: Path) -> None:
 # -- the load (this process) -------------------------------------------------------------------
 async def hold(count: int, open_one: Callable[[int], Awaitable[object | None]],
                pid: int) -> dict[str, float]:
-    """Open ``count`` connections, let the server settle, measure, close them."""
+    """Open ``count`` connections, let the server settle, measure, close them.
+
+    One connection first: what a server loads on first use (the Tesla frame processing,
+    cryptography for the vehicle's certificate) is reported as ``first_kb``, not spread
+    over the ``count`` connections measured after it."""
+    await asyncio.sleep(SETTLE_S)
+    idle = memory_kb(pid)
+    first = await open_one(count)
     await asyncio.sleep(SETTLE_S)
     before = memory_kb(pid)
     limit = asyncio.Semaphore(CONNECT_CONCURRENCY)
@@ -180,13 +191,13 @@ async def hold(count: int, open_one: Callable[[int], Awaitable[object | None]],
     connect_s = time.perf_counter() - started
     await asyncio.sleep(SETTLE_S)
     after = memory_kb(pid)
-    for conn in held:
+    for conn in [*held, first]:
         transport = getattr(conn, "transport", None)
         if transport is not None:
             transport.abort()
     await asyncio.sleep(0.5)
     return {"held": len(held), "connect_s": connect_s, "before": before["rss"],
-            "after": after["rss"],
+            "after": after["rss"], "first_kb": before["rss"] - idle["rss"],
             "per_kb": (after["rss"] - before["rss"]) / max(len(held), 1)}
 
 
@@ -242,9 +253,34 @@ def run(coro: Awaitable[dict[str, float]]) -> dict[str, float]:
 
 
 def line(label: str, result: dict[str, float], count: int) -> str:
-    return (f"  {label:<28} {result['held']:>6.0f}/{count} in {result['connect_s']:5.1f}s  "
+    return (f"  {label:<36} {result['held']:>6.0f}/{count} in {result['connect_s']:5.1f}s  "
             f"RSS {result['before'] / 1024:6.1f} -> {result['after'] / 1024:6.1f} MiB  "
-            f"= {result['per_kb']:5.1f} KiB per connection")
+            f"= {result['per_kb']:5.1f} KiB per connection  "
+            f"(first connection +{result['first_kb'] / 1024:.1f} MiB)")
+
+
+def idle_only(repeat: int, compare: Path | None) -> None:
+    """Idle figures alone, this tree and ``compare`` alternating within each run."""
+    from fleetgate.pki import init_pki
+
+    trees: list[tuple[str, Path | None]] = [("this tree", None)]
+    if compare is not None:
+        trees.insert(0, (str(compare), compare))
+    with tempfile.TemporaryDirectory() as tmp:
+        for attempt in range(1, repeat + 1):
+            for label, src in trees:
+                data = Path(tmp) / f"i{attempt}-{len(label)}"
+                pki = init_pki(data / "tesla-dev-ca", host="localhost", vins=[VIN])
+                ports = Ports()
+                server = start_fleetgate(data, pki, ports, 0, src)
+                try:
+                    time.sleep(SETTLE_S)
+                    idle = memory_kb(server.pid)
+                finally:
+                    stop(server)
+                print(f"run {attempt} idle {label:<24} RSS {idle['rss'] / 1024:.1f} MiB, "
+                      f"PSS {idle['pss'] / 1024:.1f} MiB, USS {idle['uss'] / 1024:.1f} MiB",
+                      flush=True)
 
 
 def main() -> None:
@@ -253,6 +289,11 @@ def main() -> None:
     parser.add_argument("--trackers", type=int, default=10000)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--idle-only", action="store_true",
+                        help="only the idle figures (no connections)")
+    parser.add_argument("--compare", type=Path, metavar="SRC",
+                        help="also run the fleetgate in SRC (a copy of an older src/ "
+                        "folder), alternating with this tree in each run")
     parser.add_argument("--serve-baseline", choices=("tcp", "ws"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--pki", type=Path, help=argparse.SUPPRESS)
@@ -264,6 +305,9 @@ def main() -> None:
 
         uvloop.run(serve_baseline(args.serve_baseline, args.port, args.pki))
         return
+    if args.idle_only:
+        idle_only(args.repeat, args.compare)
+        return
     from fleetgate.pki import init_pki
 
     most = max(args.vehicles, args.trackers)
@@ -271,25 +315,29 @@ def main() -> None:
         sys.exit(f"{most} connections need more than the descriptor limit {hard}")
     cap = most + 100 if most > hard // 2 - 200 else 0
     print(f"$ {' '.join([Path(sys.executable).name, *sys.argv])}   (fd limit {hard})")
+    trees: list[tuple[str, Path | None]] = [("", None)]
+    if args.compare is not None:
+        trees = [(f" ({args.compare})", args.compare), (" (this tree)", None)]
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         for attempt in range(1, args.repeat + 1):
             print(f"run {attempt}:")
-            data = base / f"v{attempt}"
-            pki = init_pki(data / "tesla-dev-ca", host="localhost", vins=[VIN])
-            ports = Ports()
-            server = start_fleetgate(data, pki, ports, cap)
-            try:
-                time.sleep(SETTLE_S)
-                idle = memory_kb(server.pid)
-                print(f"  idle fleetgate serve          RSS {idle['rss'] / 1024:.1f} MiB, "
-                      f"PSS {idle['pss'] / 1024:.1f} MiB, USS {idle['uss'] / 1024:.1f} MiB")
-                if args.vehicles:
-                    result = run(hold(args.vehicles, vehicle_opener(ports.vehicle, pki),
-                                      server.pid))
-                    print(line("vehicles, fleetgate", result, args.vehicles))
-            finally:
-                stop(server)
+            for number, (tree, src) in enumerate(trees):
+                data = base / f"v{attempt}-{number}"
+                pki = init_pki(data / "tesla-dev-ca", host="localhost", vins=[VIN])
+                ports = Ports()
+                server = start_fleetgate(data, pki, ports, cap, src)
+                try:
+                    time.sleep(SETTLE_S)
+                    idle = memory_kb(server.pid)
+                    print(f"  idle fleetgate serve{tree:<9} RSS {idle['rss'] / 1024:.1f} MiB, "
+                          f"PSS {idle['pss'] / 1024:.1f} MiB, USS {idle['uss'] / 1024:.1f} MiB")
+                    if args.vehicles:
+                        result = run(hold(args.vehicles, vehicle_opener(ports.vehicle, pki),
+                                          server.pid))
+                        print(line(f"vehicles, fleetgate{tree}", result, args.vehicles))
+                finally:
+                    stop(server)
             if args.vehicles and not args.skip_baseline:
                 port = free_port()
                 bare = start_baseline("ws", port, pki)
@@ -298,26 +346,25 @@ def main() -> None:
                     print(line("vehicles, bare websockets", result, args.vehicles))
                 finally:
                     stop(bare)
-            if args.trackers:
-                data = base / f"t{attempt}"
+            for number, (tree, src) in enumerate(trees if args.trackers else []):
+                data = base / f"t{attempt}-{number}"
                 pki = init_pki(data / "tesla-dev-ca", host="localhost", vins=[VIN])
                 ports = Ports()
-                server = start_fleetgate(data, pki, ports, cap)
+                server = start_fleetgate(data, pki, ports, cap, src)
                 try:
                     result = run(hold(args.trackers, tracker_opener(ports.tracker), server.pid))
-                    print(line("trackers, fleetgate", result, args.trackers))
+                    print(line(f"trackers, fleetgate{tree}", result, args.trackers))
                 finally:
                     stop(server)
-                if not args.skip_baseline:
-                    port = free_port()
-                    bare = start_baseline("tcp", port, pki)
-                    try:
-                        result = run(hold(args.trackers, tracker_opener(port), bare.pid))
-                        print(line("trackers, bare asyncio", result, args.trackers))
-                    finally:
-                        stop(bare)
+            if args.trackers and not args.skip_baseline:
+                port = free_port()
+                bare = start_baseline("tcp", port, pki)
+                try:
+                    result = run(hold(args.trackers, tracker_opener(port), bare.pid))
+                    print(line("trackers, bare asyncio", result, args.trackers))
+                finally:
+                    stop(bare)
             sys.stdout.flush()
-
 
 if __name__ == "__main__":
     main()

@@ -18,12 +18,11 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Coroutine, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fleetgate import __version__
 from fleetgate.config import Config, StatsdConfig
 from fleetgate.forms import wire_payload
-from fleetgate.listeners.mqtt import create_listener as mqtt_ingest_listener
 from fleetgate.listeners.teltonika.command_routing import command_center
 from fleetgate.listeners.teltonika.commands import CommandCenter
 from fleetgate.listeners.teltonika.tcp import create_listener as teltonika_tcp_listener
@@ -33,20 +32,20 @@ from fleetgate.observability.dispatcher_metrics import dispatcher_metrics
 from fleetgate.observability.logging import fields
 from fleetgate.observability.process_metrics import keep_fresh
 from fleetgate.observability.process_metrics import refresh as refresh_process_metrics
-from fleetgate.observability.profiler import ProfilerServer
 from fleetgate.observability.redact import redact_tree
 from fleetgate.pipeline import AckPolicy, Ledger, Pipeline, Router, RunnerSettings, SinkRunner
 from fleetgate.pipeline.deadletter import DeadLetters
 from fleetgate.pipeline.hub import LiveHub
 from fleetgate.pipeline.spool import Spool, SpoolInUseError, SpoolSettings
-from fleetgate.recordlog import ReadOptions, open_reader
-from fleetgate.recordlog.live import LiveFeed
 from fleetgate.runtime import Listener, ListenerFactory, ServerContext, StartupError
 from fleetgate.settings import ConfigError
 from fleetgate.sinks.base import Health, SinkContext
 from fleetgate.sinks.registry import build_sink
 from fleetgate.sinks.sqlite import SqliteSettings, SqliteSink
 from fleetgate.store import RecordStore
+
+if TYPE_CHECKING:
+    from fleetgate.observability.profiler import ProfilerServer
 
 log = logging.getLogger("fleetgate")
 
@@ -56,6 +55,16 @@ DEAD_LETTER_DIR = "deadletter"
 SPOOLED_QUEUE_RECORDS = 20_000
 # Allocations between young-generation collections (CPython's default is 700).
 GC_YOUNG_THRESHOLD = 50_000
+
+def mqtt_ingest_listener(context: ServerContext) -> Listener | None:
+    """The CAN-gateway subscriber's factory, its MQTT client (paho) loaded only when used."""
+    settings = context.config.mqtt_ingest
+    if settings is None or not settings.enabled:
+        return None
+    from fleetgate.listeners.mqtt import create_listener
+
+    return create_listener(context)
+
 
 # Started in this order; each returns None when its config disables it.
 LISTENER_FACTORIES: tuple[ListenerFactory, ...] = (
@@ -182,6 +191,7 @@ class Server:
         if config.api.enabled and config.api.stream.source is None:
             self.pipeline.add_observer(self.hub.publish)
         self.auth: Any = None
+        self.api_app: Any = None  # the API's ASGI entry (fleetgate.api.lazy.LazyApi)
         # Teltonika commands: the API queues them, the TCP listener's sessions send them
         # (through Redis to the worker or node holding the device: command_routing).
         self.commands: CommandCenter | None = command_center(config)
@@ -216,6 +226,10 @@ class Server:
             self.listeners.append(listener)
         source = self.config.api.stream.source
         if self.config.api.enabled and source is not None:
+            # The shared log's readers (and the Tesla decoding they need) only when used.
+            from fleetgate.recordlog import ReadOptions, open_reader
+            from fleetgate.recordlog.live import LiveFeed
+
             feed = LiveFeed(
                 lambda: open_reader(self.config, source, ReadOptions()), self.hub.publish
             )
@@ -277,6 +291,8 @@ class Server:
         if monitoring is None:
             return
         if monitoring.profiler_port > 0:
+            from fleetgate.observability.profiler import ProfilerServer  # cProfile, when used
+
             self._profiler = ProfilerServer(
                 monitoring.profiler_host, monitoring.profiler_port, monitoring.profiling_path
             )
@@ -365,21 +381,32 @@ class Server:
     async def _start_api(self) -> None:
         import uvicorn
 
-        from fleetgate.api.app import create_api
         from fleetgate.api.auth import Authenticator
+        from fleetgate.api.lazy import HEALTH_PATH, METRICS_PATH, LazyApi
 
         settings = self.config.api
-        self.auth = Authenticator(settings.auth, self.config.data_path)
-        api = create_api(
-            self.store,
-            self.health_report,
-            auth=self.auth,
-            settings=settings,
-            hub=self.hub,
-            commands=self.commands,
-        )
+        self.auth = auth = Authenticator(settings.auth, self.config.data_path)
+
+        def build() -> Any:
+            from fleetgate.api.app import create_api
+
+            return create_api(
+                self.store,
+                self.health_report,
+                auth=auth,
+                settings=settings,
+                hub=self.hub,
+                commands=self.commands,
+            )
+
+        # Health checks and scrapes are answered at once; FastAPI and the routes are loaded
+        # with the first other request (dashboard, REST, /stream).
+        public = set(settings.auth.public_paths)
+        if not settings.auth.enabled:
+            public |= {HEALTH_PATH, METRICS_PATH}
+        self.api_app = LazyApi(build, self.health_report, public)
         config = uvicorn.Config(
-            api,
+            self.api_app,
             host=settings.host,
             port=settings.port,
             log_config=None,

@@ -25,7 +25,6 @@ import enum
 import json
 import logging
 import os
-import tomllib
 import types
 import typing
 from collections.abc import Mapping
@@ -500,8 +499,9 @@ def _normalise(
     model that allows extra keys (the librdkafka map) keeps every key as given.
     """
     fields = {name: info.annotation for name, info in model.model_fields.items()}
-    fields.update(extra_sections or {})
-    by_lower = {name.lower(): name for name in fields}
+    # The sinks' models are imported only for the sections present (see section_models).
+    extra = extra_sections or {}
+    by_lower = {name.lower(): name for name in [*fields, *extra]}
     free_form = model.model_config.get("extra") == "allow"
     result: dict[str, Any] = {}
     for key, value in data.items():
@@ -513,7 +513,7 @@ def _normalise(
             else:
                 warnings.append(dotted)
             continue
-        annotation = fields[name]
+        annotation = fields[name] if name in fields else extra[name]
         if isinstance(value, _EnvText):
             value = _env_value(value, annotation)
         submodel = _model_of(annotation)
@@ -590,8 +590,13 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {file}: {exc.strerror or exc}") from exc
     try:
-        data = tomllib.loads(text) if file.suffix.lower() == ".toml" else json.loads(text)
-    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        if file.suffix.lower() == ".toml":
+            import tomllib  # TOML files only
+
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except ValueError as exc:  # tomllib.TOMLDecodeError is one
         raise ConfigError(f"config file {file} is not valid: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"config file {file} must hold an object at the top level")

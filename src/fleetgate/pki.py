@@ -28,12 +28,13 @@ import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, get_args
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+# cryptography (~10 MB of a server's memory) is imported by the functions that make or read
+# certificates: a server whose certificates exist never loads it for them.
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 DEV_CA_NAME = "Tesla Motors Products CA"
 # The reference's cert tool gives a CN starting with "board" this OU, which the identity
@@ -46,8 +47,8 @@ SERVER_CERT = "server.crt"
 SERVER_KEY = "server.key"
 VEHICLES_DIR = "vehicles"
 
-PrivateKey = ec.EllipticCurvePrivateKey
-AnyPrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+PrivateKey: TypeAlias = "ec.EllipticCurvePrivateKey"
+AnyPrivateKey: TypeAlias = "ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey"
 
 GatewayKeyType = Literal["p256", "p384", "p521", "rsa2048"]
 GATEWAY_KEY_TYPES: tuple[str, ...] = get_args(GatewayKeyType)
@@ -78,6 +79,8 @@ def _now() -> datetime.datetime:
 
 
 def _new_key() -> PrivateKey:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     return ec.generate_private_key(ec.SECP256R1())
 
 
@@ -85,6 +88,10 @@ def generate_ca(
     common_name: str = DEV_CA_NAME, days: int = 3650
 ) -> tuple[x509.Certificate, PrivateKey]:
     """A self-signed EC CA certificate and its key."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
     key = _new_key()
     name = x509.Name(
         [
@@ -129,6 +136,8 @@ def _leaf_builder(
     key: AnyPrivateKey,
     days: int,
 ) -> x509.CertificateBuilder:
+    from cryptography import x509
+
     now = _now()
     return (
         x509.CertificateBuilder()
@@ -151,6 +160,10 @@ def issue_server_cert(
     ca_cert: x509.Certificate, ca_key: PrivateKey, hosts: Sequence[str], days: int = 825
 ) -> tuple[x509.Certificate, PrivateKey]:
     """A server certificate for ``hosts`` (DNS names or IPs); 127.0.0.1 is always added."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     key = _new_key()
     names: list[x509.GeneralName] = []
     seen: set[str] = set()
@@ -178,6 +191,10 @@ def issue_client_cert(
     ca_cert: x509.Certificate, ca_key: PrivateKey, common_name: str, days: int = 825
 ) -> tuple[x509.Certificate, PrivateKey]:
     """A vehicle client certificate with CN ``common_name`` (the VIN)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     key = _new_key()
     attributes = []
     if common_name.startswith("board"):
@@ -192,10 +209,14 @@ def issue_client_cert(
 
 
 def write_cert(path: Path, cert: x509.Certificate) -> None:
+    from cryptography.hazmat.primitives import serialization
+
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
 def write_key(path: Path, key: AnyPrivateKey) -> None:
+    from cryptography.hazmat.primitives import serialization
+
     data = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -208,6 +229,10 @@ def write_key(path: Path, key: AnyPrivateKey) -> None:
 
 
 def _load_ca(directory: Path) -> tuple[x509.Certificate, PrivateKey] | None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     cert_path, key_path = directory / CA_CERT, directory / CA_KEY
     if not (cert_path.is_file() and key_path.is_file()):
         return None
@@ -256,6 +281,13 @@ def init_pki(directory: str | Path, host: str = "localhost", vins: Sequence[str]
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     created: list[Path] = []
+    server_cert, server_key = out / SERVER_CERT, out / SERVER_KEY
+    vehicles = {vin: vehicle_paths(out, vin) for vin in vins}
+    wanted = [out / CA_CERT, out / CA_KEY, server_cert, server_key]
+    wanted += [path for pair in vehicles.values() for path in pair]
+    if all(path.is_file() for path in wanted):
+        # Nothing to issue: the CA is not read (nor cryptography loaded, at server start).
+        return DevPki(out, out / CA_CERT, out / CA_KEY, server_cert, server_key, vehicles)
     loaded = _load_ca(out)
     if loaded is None:
         ca_cert, ca_key = generate_ca()
@@ -264,28 +296,26 @@ def init_pki(directory: str | Path, host: str = "localhost", vins: Sequence[str]
         created += [out / CA_CERT, out / CA_KEY]
     else:
         ca_cert, ca_key = loaded
-    server_cert, server_key = out / SERVER_CERT, out / SERVER_KEY
     if not (server_cert.is_file() and server_key.is_file()):
         cert, key = issue_server_cert(ca_cert, ca_key, [host])
         write_cert(server_cert, cert)
         write_key(server_key, key)
         created += [server_cert, server_key]
-    vehicles: dict[str, tuple[Path, Path]] = {}
-    for vin in vins:
-        cert_path, key_path = vehicle_paths(out, vin)
+    for vin, (cert_path, key_path) in vehicles.items():
         if not (cert_path.is_file() and key_path.is_file()):
             cert_path.parent.mkdir(parents=True, exist_ok=True)
             cert, key = issue_client_cert(ca_cert, ca_key, vin)
             write_cert(cert_path, cert)
             write_key(key_path, key)
             created += [cert_path, key_path]
-        vehicles[vin] = (cert_path, key_path)
     return DevPki(out, out / CA_CERT, out / CA_KEY, server_cert, server_key, vehicles, created)
 
 
 # -- CAN gateways (MQTT with mutual TLS) ---------------------------------------------------
 def new_gateway_key(key_type: GatewayKeyType = "p256") -> AnyPrivateKey:
     """A private key of one of the types AWS IoT Core accepts for devices."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
     if key_type == "rsa2048":
         return rsa.generate_private_key(public_exponent=65537, key_size=2048)
     curves: dict[str, ec.EllipticCurve] = {
@@ -306,6 +336,10 @@ def issue_gateway_cert(
     days: int = 825,
 ) -> tuple[x509.Certificate, AnyPrivateKey]:
     """A TLS client certificate for an MQTT client, CN = ``gateway_id``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     key = new_gateway_key(key_type)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, gateway_id)])
     cert = (

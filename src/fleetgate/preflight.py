@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
 from pydantic import BaseModel
 
 from fleetgate.config import Config
@@ -122,7 +121,11 @@ def _api_files(config: Config) -> list[str]:
     return found
 
 
+# cryptography is loaded only when a key file is configured (it is ~10 MB of a server's
+# memory, and the embedded defaults need none at start).
 def _public_key(key: str, path: str) -> str | None:
+    from cryptography.hazmat.primitives import serialization
+
     try:
         serialization.load_pem_public_key(Path(path).read_bytes())
     except ValueError:
@@ -131,6 +134,8 @@ def _public_key(key: str, path: str) -> str | None:
 
 
 def _private_key(key: str, path: str) -> str | None:
+    from cryptography.hazmat.primitives import serialization
+
     try:
         serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
     except (ValueError, TypeError):

@@ -32,8 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
-import multiprocessing.connection
 import os
 import shutil
 import signal
@@ -42,15 +40,16 @@ import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fleetgate.config import Config, ConfigError
-from fleetgate.lifetime import signal_on_parent_death
 from fleetgate.observability.logging import fields
 from fleetgate.store import shard_path
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+    from multiprocessing.process import BaseProcess
 
 log = logging.getLogger("fleetgate.supervisor")
 
@@ -142,6 +141,8 @@ def die_with_parent(parent_pid: int) -> bool:
     exits, even by SIGKILL. A parent that died before the request took effect is seen by
     the check that follows it: the process has been re-parented.
     """
+    from fleetgate.lifetime import signal_on_parent_death  # workers only (ctypes)
+
     try:
         signal_on_parent_death(signal.SIGTERM)
     except OSError as exc:  # no prctl: the poll still works
@@ -218,6 +219,8 @@ class Supervisor:
         check_config(config)
         self.config = config
         self.count = count
+        import multiprocessing  # a one-process server (the default) never loads it
+
         self.context = multiprocessing.get_context("spawn")
         self.workers: list[_Worker] = []
         self.metrics_dir = ""
@@ -350,6 +353,8 @@ class Supervisor:
             objects.append(worker.process.sentinel)
             if worker.ready is not None:
                 objects.append(worker.ready)
+        import multiprocessing.connection
+
         multiprocessing.connection.wait(objects, timeout)
 
     def _watch(self) -> int:

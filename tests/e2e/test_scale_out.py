@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -49,6 +50,17 @@ DEVICES = 12
 FRAMES = 40
 RATE = 8.0  # records per second per tracker: 5 s of sending
 FIRST_IMEI = 356307042451000
+
+
+def wait_stream_client(api_port: int, timeout: float = 60) -> None:
+    """Until the node's /metrics counts a connected /stream client."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/metrics", timeout=10) as r:
+            if b"\nfleetgate_stream_clients 1.0\n" in r.read():
+                return
+        time.sleep(0.05)
+    raise AssertionError("the /stream client never connected")
 
 
 @dataclass
@@ -192,6 +204,9 @@ def test_three_nodes_one_log(
                 stdout=streamed_file, stderr=subprocess.DEVNULL,
             )
         node1.wait_for(lambda entry: entry["msg"].startswith("stream source: /stream reads"))
+        # Live records reach only a subscribed client: wait for it before any tracker sends
+        # (its upgrade waits for the API application, built on the first such request).
+        wait_stream_client(node1.api_port)
 
         servers = [arg for node in nodes for arg in ("--server", f"127.0.0.1:{node.tracker_port}")]
         sim = subprocess.Popen(

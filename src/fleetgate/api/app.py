@@ -17,6 +17,7 @@ from fastapi.responses import Response
 
 from fleetgate import __version__
 from fleetgate.api.auth import Authenticator, AuthError
+from fleetgate.api.bearer import bearer_dependency
 from fleetgate.api.commands import create_command_router
 from fleetgate.api.dashboard import add_dashboard
 from fleetgate.api.history import DeviceIdPaths, create_history_router
@@ -71,7 +72,7 @@ def create_api(
     public = set(settings.auth.public_paths)
 
     def guard(path: str) -> list[Any]:
-        return [] if path in public else [Depends(auth.dependency("read"))]
+        return [] if path in public else [Depends(bearer_dependency(auth, "read"))]
 
     @api.get("/health", summary="Server, listener and sink health", dependencies=guard("/health"))
     def health() -> Response:

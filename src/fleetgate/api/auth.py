@@ -15,19 +15,18 @@ answers 401 (403 for a missing scope) with both in a JSON body, never a stack tr
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
 import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
-
-import jwt
-from cryptography.hazmat.primitives import serialization
-from fastapi import Request, Security
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from fleetgate.config import ApiAuthConfig
 from fleetgate.observability import metrics
@@ -102,19 +101,28 @@ def _read_key_file(path: str, what: str) -> bytes:
 
 
 def _data_dir_secret(path: Path) -> tuple[str, bool]:
-    """The secret in ``path``, created (0600, exclusive) when missing; True when created."""
+    """The secret in ``path``, created (0600) when missing; True when created.
+
+    The file appears whole: written under a temporary name, then hard-linked into place,
+    which fails if another process (``fleetgate token`` beside a starting server) got there
+    first; its secret is then used. A reader never sees a created but still empty file."""
     try:
         return path.read_text(encoding="ascii").strip(), False
     except FileNotFoundError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
     secret = secrets.token_urlsafe(48)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process created it first: use theirs
-        return path.read_text(encoding="ascii").strip(), False
-    with os.fdopen(fd, "w", encoding="ascii") as file:
-        file.write(secret + "\n")
+        with os.fdopen(fd, "w", encoding="ascii") as file:
+            file.write(secret + "\n")
+        try:
+            os.link(temporary, path)
+        except FileExistsError:  # another process created it first: use theirs
+            return path.read_text(encoding="ascii").strip(), False
+    finally:
+        temporary.unlink(missing_ok=True)
     return secret, True
 
 
@@ -164,6 +172,10 @@ class Authenticator:
                 )
             self._verify_key = self._sign_key = secret.encode()
             return
+        # Key pairs need cryptography; the HS secret (the embedded defaults) does not, and a
+        # server that loads none saves ~10 MB.
+        from cryptography.hazmat.primitives import serialization
+
         private_pem = (
             _read_key_file(s.private_key_file, "private_key_file") if s.private_key_file else None
         )
@@ -208,6 +220,10 @@ class Authenticator:
             claims["iss"] = self.settings.issuer
         if self.settings.audience:
             claims["aud"] = self.settings.audience
+        if self.algorithm in _HMAC_HASHES:
+            return hmac_token(claims, self._sign_key, self.algorithm)
+        import jwt
+
         return jwt.encode(claims, self._sign_key, algorithm=self.algorithm)
 
     # -- verifying -----------------------------------------------------------------------------
@@ -237,6 +253,8 @@ class Authenticator:
         return principal
 
     def _decode(self, token: str) -> dict[str, Any]:
+        import jwt  # loaded with the first request that carries a token
+
         s = self.settings
         required = ["exp"] if s.require_exp else []
         if s.issuer:
@@ -284,6 +302,8 @@ class Authenticator:
 
     @staticmethod
     def _claim_time(token: str, claim: str) -> str:
+        import jwt
+
         try:
             value = jwt.decode(token, options={"verify_signature": False}).get(claim)
             return format_rfc3339_ms(int(float(str(value)) * 1000))
@@ -300,26 +320,24 @@ class Authenticator:
         # Unknown scopes are ignored, not fatal: another issuer may add its own.
         return frozenset(str(item) for item in items) & frozenset(SCOPES)
 
-    # -- FastAPI -------------------------------------------------------------------------------
-    def dependency(self, scope: str) -> Callable[..., Principal]:
-        """A FastAPI dependency that admits a bearer token holding ``scope``."""
-
-        def authorised(
-            request: Request,
-            credentials: HTTPAuthorizationCredentials | None = Security(BEARER),  # noqa: B008
-        ) -> Principal:
-            token = credentials.credentials if credentials is not None else None
-            if token is None and request.headers.get("authorization"):
-                raise AuthError(
-                    "invalid_token", "the Authorization header must be 'Bearer <token>'"
-                )
-            return self.verify(token, scope)
-
-        return authorised
+# PyJWT's HMAC algorithms, signed here with the standard library: issuing the dashboard's
+# sign-in link at start would otherwise load PyJWT, which imports cryptography (~10 MB of
+# the server's memory) whatever the algorithm. Verification stays PyJWT's.
+_HMAC_HASHES: Final = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
 
 
-# OpenAPI's security scheme (the "Authorize" button in /docs); errors are ours, not its 403.
-BEARER: Final = HTTPBearer(auto_error=False, description="a token from `fleetgate token`")
+def _b64url(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+def hmac_token(claims: dict[str, Any], key: bytes, algorithm: str) -> str:
+    """The JWS compact form of ``claims`` signed with ``key``: the bytes ``jwt.encode``
+    gives for the same claims (its header, its JSON separators)."""
+    header = json.dumps({"alg": algorithm, "typ": "JWT"}, separators=(",", ":")).encode()
+    payload = json.dumps(claims, separators=(",", ":")).encode()
+    signing_input = _b64url(header) + b"." + _b64url(payload)
+    signature = hmac.new(key, signing_input, _HMAC_HASHES[algorithm]).digest()
+    return (signing_input + b"." + _b64url(signature)).decode()
 
 
 def bearer_token(authorization: str | None) -> str | None:

@@ -20,6 +20,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from fleetgate.api.auth import Authenticator
+from fleetgate.api.bearer import bearer_dependency
 from fleetgate.api.responses import JsonResponse
 from fleetgate.runtime import CommandRefusedError, DeviceCommands
 
@@ -57,8 +58,8 @@ def _unavailable() -> Response:
 
 def create_command_router(commands: DeviceCommands | None, auth: Authenticator) -> APIRouter:
     router = APIRouter(prefix="/api/v1/devices", tags=["commands"])
-    may_send = [Depends(auth.dependency("command"))]
-    may_read = [Depends(auth.dependency("read"))]
+    may_send = [Depends(bearer_dependency(auth, "command"))]
+    may_read = [Depends(bearer_dependency(auth, "read"))]
 
     @router.post(
         "/{imei}/commands",

@@ -13,6 +13,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fleetgate.api.auth import Authenticator
+from fleetgate.api.bearer import bearer_dependency
 from fleetgate.api.responses import JsonResponse
 from fleetgate.pipeline.hub import parse_filter_values, select_signals
 from fleetgate.protocols.teltonika.io_names import IO_NAMES
@@ -101,7 +102,7 @@ def signal_units() -> dict[str, dict[str, str]]:
 def create_history_router(
     record_store: RecordStore | None, auth: Authenticator, online_window_s: float
 ) -> APIRouter:
-    router = APIRouter(prefix="/api/v1", dependencies=[Depends(auth.dependency("read"))])
+    router = APIRouter(prefix="/api/v1", dependencies=[Depends(bearer_dependency(auth, "read"))])
     online_window_ms = int(online_window_s * 1000)
 
     def store() -> RecordStore:

@@ -18,9 +18,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fleetgate.forms.tesla_log import log_form as tesla_log_form
-from fleetgate.forms.tesla_mqtt import mqtt_messages as tesla_mqtt_messages
-from fleetgate.protocols.tesla.protojson import protojson_bytes
 from fleetgate.records import SOURCE_TESLA, Record, record_dict, record_json
 
 # (record, transmit_decoded) -> bytes
@@ -31,14 +28,40 @@ LogForm = Callable[[Record, bool], Any]
 MqttForm = Callable[[Record, str], list[tuple[str, bytes]]]
 
 
+# The Tesla forms need protobuf and the Tesla descriptors: they are imported with the first
+# Tesla record (a server without vehicles never loads them), then called directly.
 def _tesla_wire_form(record: Record, transmit_decoded: bool) -> bytes:
-    """Tesla dispatchers forward the transformed protobuf, or its protojson."""
-    return protojson_bytes(record) if transmit_decoded else record.raw
+    from fleetgate.protocols.tesla.protojson import protojson_bytes
+
+    def tesla_wire_form(record: Record, transmit_decoded: bool) -> bytes:
+        """Tesla dispatchers forward the transformed protobuf, or its protojson."""
+        return protojson_bytes(record) if transmit_decoded else record.raw
+
+    _wire_forms[SOURCE_TESLA] = tesla_wire_form
+    return tesla_wire_form(record, transmit_decoded)
+
+
+def _tesla_log_form(record: Record, verbose: bool) -> Any:
+    from fleetgate.forms.tesla_log import log_form
+
+    _log_forms[SOURCE_TESLA] = log_form
+    return log_form(record, verbose)
+
+
+def _tesla_mqtt_form(record: Record, topic_base: str) -> list[tuple[str, bytes]]:
+    return _load_tesla_mqtt_form()(record, topic_base)
+
+
+def _load_tesla_mqtt_form() -> MqttForm:
+    from fleetgate.forms.tesla_mqtt import mqtt_messages
+
+    _mqtt_forms[SOURCE_TESLA] = mqtt_messages
+    return mqtt_messages
 
 
 _wire_forms: dict[str, WireForm] = {SOURCE_TESLA: _tesla_wire_form}
-_log_forms: dict[str, LogForm] = {SOURCE_TESLA: tesla_log_form}
-_mqtt_forms: dict[str, MqttForm] = {SOURCE_TESLA: tesla_mqtt_messages}
+_log_forms: dict[str, LogForm] = {SOURCE_TESLA: _tesla_log_form}
+_mqtt_forms: dict[str, MqttForm] = {SOURCE_TESLA: _tesla_mqtt_form}
 
 
 def register_wire_form(source: str, form: WireForm) -> None:
@@ -72,4 +95,5 @@ def log_data(record: Record, verbose: bool) -> Any:
 
 def mqtt_form(source: str) -> MqttForm | None:
     """The MQTT form of ``source``, or ``None`` for the sink's default one-message form."""
-    return _mqtt_forms.get(source)
+    form = _mqtt_forms.get(source)
+    return _load_tesla_mqtt_form() if form is _tesla_mqtt_form else form

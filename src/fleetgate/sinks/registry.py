@@ -9,55 +9,46 @@ with :func:`build_sink`. Plug-ins add classes with :func:`register_sink`.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 from fleetgate.settings import Section
 from fleetgate.sinks.base import Sink, SinkContext
-from fleetgate.sinks.jsonl import JsonlSink
-from fleetgate.sinks.kafka import KafkaSink
-from fleetgate.sinks.kinesis import KinesisSink
-from fleetgate.sinks.logger import LoggerSink
-from fleetgate.sinks.mqtt import MqttSink
-from fleetgate.sinks.nats import NatsSink
-from fleetgate.sinks.postgres import PostgresSink
-from fleetgate.sinks.pubsub import PubSubSink
-from fleetgate.sinks.redis import RedisSink
-from fleetgate.sinks.sqlite import SqliteSink
-from fleetgate.sinks.zmq import ZmqSink
 
-_sinks: dict[str, type[Sink]] = {
-    cls.name: cls
-    for cls in (
-        LoggerSink,
-        JsonlSink,
-        SqliteSink,
-        KafkaSink,
-        KinesisSink,
-        PubSubSink,
-        MqttSink,
-        ZmqSink,
-        RedisSink,
-        NatsSink,
-        PostgresSink,
-    )
+# Built-in sinks by name: "module:class", imported when the name is first used (a sink's
+# section in the config, a ``records`` rule naming it, building it). Their settings models
+# and code cost a server memory it needs only for the sinks it runs.
+_BUILT_IN: dict[str, str] = {
+    "logger": "fleetgate.sinks.logger:LoggerSink",
+    "jsonl": "fleetgate.sinks.jsonl:JsonlSink",
+    "sqlite": "fleetgate.sinks.sqlite:SqliteSink",
+    "kafka": "fleetgate.sinks.kafka:KafkaSink",
+    "kinesis": "fleetgate.sinks.kinesis:KinesisSink",
+    "pubsub": "fleetgate.sinks.pubsub:PubSubSink",
+    "mqtt": "fleetgate.sinks.mqtt:MqttSink",
+    "zmq": "fleetgate.sinks.zmq:ZmqSink",
+    "redis": "fleetgate.sinks.redis:RedisSink",
+    "nats": "fleetgate.sinks.nats:NatsSink",
+    "postgres": "fleetgate.sinks.postgres:PostgresSink",
 }
+_sinks: dict[str, type[Sink] | str] = dict(_BUILT_IN)
 # Sinks whose settings come from a section of their own name in the config file (the
 # store's file is the ``store`` section's business).
-_NO_SECTION = frozenset({SqliteSink.name})
+_NO_SECTION = frozenset({"sqlite"})
 
 
 # The install extra of each sink whose client library is not part of ``pip install
 # fleetgate``, and the modules that extra brings (the sink modules import them lazily).
 SINK_EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
-    KafkaSink.name: ("kafka", ("confluent_kafka",)),
-    KinesisSink.name: ("kinesis", ("aiobotocore",)),
-    PubSubSink.name: ("pubsub", ("google.cloud.pubsub_v1",)),
-    RedisSink.name: ("redis", ("redis",)),
-    NatsSink.name: ("nats", ("nats",)),
-    PostgresSink.name: ("postgres", ("psycopg",)),
-    ZmqSink.name: ("zmq", ("zmq",)),
-    MqttSink.name: ("mqtt", ("aiomqtt",)),
+    "kafka": ("kafka", ("confluent_kafka",)),
+    "kinesis": ("kinesis", ("aiobotocore",)),
+    "pubsub": ("pubsub", ("google.cloud.pubsub_v1",)),
+    "redis": ("redis", ("redis",)),
+    "nats": ("nats", ("nats",)),
+    "postgres": ("postgres", ("psycopg",)),
+    "zmq": ("zmq", ("zmq",)),
+    "mqtt": ("mqtt", ("aiomqtt",)),
 }
 
 
@@ -92,16 +83,38 @@ def known_sinks() -> list[str]:
 
 
 def sink_class(name: str) -> type[Sink]:
-    """The class registered as ``name``."""
+    """The class registered as ``name`` (a built-in one is imported now)."""
     cls = _sinks.get(name)
     if cls is None:
         raise KeyError(f"unknown sink {name!r}; known: {', '.join(known_sinks())}")
+    if isinstance(cls, str):
+        module, _, attribute = cls.partition(":")
+        cls = _sinks[name] = getattr(importlib.import_module(module), attribute)
     return cls
 
 
-def section_models() -> dict[str, type[Section]]:
-    """Config key → settings model, for every sink configured by a section of its own."""
-    return {name: cls.Settings for name, cls in _sinks.items() if name not in _NO_SECTION}
+class _SectionModels(Mapping[str, type[Section]]):
+    """Config key → settings model; a model is imported when its key is looked up."""
+
+    def __init__(self, names: list[str]) -> None:
+        self._names = names
+
+    def __getitem__(self, name: str) -> type[Section]:
+        if name not in self._names:
+            raise KeyError(name)
+        return sink_class(name).Settings
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+def section_models() -> Mapping[str, type[Section]]:
+    """Config key → settings model, for every sink configured by a section of its own
+    (imported on lookup: iterating gives the keys alone)."""
+    return _SectionModels([name for name in _sinks if name not in _NO_SECTION])
 
 
 def build_sink(

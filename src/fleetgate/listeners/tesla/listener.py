@@ -42,7 +42,7 @@ import logging
 import ssl
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import Server as WsServer
 from websockets.asyncio.server import ServerConnection, serve
@@ -54,7 +54,6 @@ from fleetgate.listeners.limits import ConnectionLimiter
 from fleetgate.listeners.tesla.allowlist import vin_allow_list
 from fleetgate.listeners.tesla.gate import Door, connection_factory
 from fleetgate.listeners.tesla.oversize import VehicleConnection
-from fleetgate.listeners.tesla.session import PROTOCOL, SessionSettings, VehicleSession
 from fleetgate.listeners.tesla.tls import ca_file_warnings, server_ssl_context
 from fleetgate.observability import metrics
 from fleetgate.observability.logging import fields
@@ -62,11 +61,14 @@ from fleetgate.observability.ratelimit import LimitedLog
 from fleetgate.pipeline import Pipeline
 from fleetgate.pipeline.router import WILDCARD
 from fleetgate.pki import init_pki
-from fleetgate.protocols.tesla.core import MAX_FRAME_BYTES
-from fleetgate.protocols.tesla.identity import IdentityError, identity_from_certificate
-from fleetgate.protocols.tesla.ratelimit import rate_limit_settings
+from fleetgate.protocols.tesla.limits import MAX_FRAME_BYTES
+from fleetgate.protocols.tesla.ratelimit import RateLimitSettings, rate_limit_settings
 from fleetgate.records import DEVICE_ID_MAX_LENGTH, valid_device_id
 from fleetgate.runtime import ServerContext
+
+if TYPE_CHECKING:
+    # Loaded with the first vehicle (frame processing: protobuf, flatbuffers, cryptography).
+    from fleetgate.listeners.tesla.session import SessionSettings, VehicleSession
 
 log = logging.getLogger("fleetgate.tesla")
 # The websockets library logs every open/close at INFO, duplicating socket_connected and
@@ -74,6 +76,8 @@ log = logging.getLogger("fleetgate.tesla")
 ws_log = logging.getLogger("fleetgate.tesla.websockets")
 
 DEV_CA_DIR = "tesla-dev-ca"
+# The metrics' protocol label (session.PROTOCOL, which this module loads on first use).
+PROTOCOL = "tesla"
 # Binary messages up to the reference's limit are assembled; the bytes of larger ones are
 # skipped as they arrive and the session answers them with the error reply, keeping the
 # socket, as the reference does (see oversize.py). So at most this much is buffered per
@@ -110,6 +114,7 @@ class TeslaListener:
         self._server: WsServer | None = None
         self._status_server: asyncio.Server | None = None
         self._settings: SessionSettings | None = None
+        self._rate_limit: RateLimitSettings | None = None
         self._door: Door | None = None
         # data_connectors' vin_allowed check (None: every VIN may connect).
         self.allow_list = vin_allow_list(config)
@@ -197,16 +202,8 @@ class TeslaListener:
         limit = rate_limit_settings(config.rate_limit)
         if limit.warning:
             log.warning("config: %s", limit.warning)
-        # The store takes every record and "*" matches every topic: then every topic is
-        # dispatched; otherwise only the topics ``records`` names, as in the reference.
-        everything = config.store.enabled or WILDCARD in config.records
-        self._settings = SessionSettings(
-            self.pipeline,
-            None if everything else frozenset(config.records),
-            config.reliable_ack_sources,
-            limit,
-            tracked_vins=frozenset(config.vins_signal_tracking_enabled),
-        )
+        self._rate_limit = limit
+        self._settings = None  # made with the first vehicle (_session_settings)
         if ws_log.level == logging.NOTSET:
             ws_log.setLevel(logging.WARNING)
         if self.allow_list is not None:
@@ -319,6 +316,25 @@ class TeslaListener:
         return None
 
     # -- one vehicle ---------------------------------------------------------------------
+    def _session_settings(self) -> SessionSettings:
+        """What every session shares, made with the first vehicle: the frame processing it
+        loads (protobuf, flatbuffers, cryptography) is not loaded by a server without any."""
+        from fleetgate.listeners.tesla.session import SessionSettings
+
+        config = self.config
+        assert self._rate_limit is not None
+        # The store takes every record and "*" matches every topic: then every topic is
+        # dispatched; otherwise only the topics ``records`` names, as in the reference.
+        everything = config.store.enabled or WILDCARD in config.records
+        self._settings = SessionSettings(
+            self.pipeline,
+            None if everything else frozenset(config.records),
+            config.reliable_ack_sources,
+            self._rate_limit,
+            tracked_vins=frozenset(config.vins_signal_tracking_enabled),
+        )
+        return self._settings
+
     async def _handle(self, ws: ServerConnection) -> None:
         session = await self._open_session(ws)
         if session is not None:
@@ -330,8 +346,13 @@ class TeslaListener:
         A function of its own so that what only the upgrade needs (headers, the peer
         certificate's bytes) is not kept alive by a frame waiting for the session's end.
         """
-        settings = self._settings
-        assert settings is not None
+        if self._settings is None:
+            # The first vehicle's imports (~0.3 s) run beside the loop, not in it.
+            await asyncio.to_thread(_load_vehicle_code)
+        from fleetgate.listeners.tesla.session import VehicleSession
+        from fleetgate.protocols.tesla.identity import IdentityError, identity_from_certificate
+
+        settings = self._settings or self._session_settings()
         headers = ws.request.headers if ws.request is not None else None
         socket_id = _connection_id(headers.get("X-TXID") if headers else None)
         network_interface = headers.get("X-Network-Interface", "") if headers else ""
@@ -396,6 +417,12 @@ class TeslaListener:
         if session in self.sessions:
             self.sessions.discard(session)
             metrics.OPEN_CONNECTIONS.labels(protocol=PROTOCOL).dec()
+
+
+def _load_vehicle_code() -> None:
+    """Import what the first vehicle needs: frame processing and certificate parsing."""
+    import fleetgate.listeners.tesla.session
+    import fleetgate.protocols.tesla.identity  # noqa: F401
 
 
 async def _status_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
-
-from cryptography import x509
+from typing import TYPE_CHECKING, Any
 
 from fleetgate.config import ConfigError, TlsConfig
 from fleetgate.listeners.tesla.tls_alerts import watch_refusals
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 CA_DIR = Path(__file__).parent / "ca"
 
@@ -69,6 +71,11 @@ def ca_file_warnings(ca_pem: str, use_eng_ca: bool = False) -> list[str]:
     whose issued certificates carry no key identifiers, lets OpenSSL pick the bundled
     namesake as issuer and refuse vehicles the custom CA signed (spec section 17, note 11).
     """
+    if not _may_share_names(ca_pem, use_eng_ca):
+        return []
+    # Only then the certificates are parsed: cryptography costs a server ~10 MB of memory.
+    from cryptography import x509
+
     bundled: dict[x509.Name, list[x509.Certificate]] = {}
     for cert in x509.load_pem_x509_certificates(ca_bundle(use_eng_ca).encode()):
         bundled.setdefault(cert.subject, []).append(cert)
@@ -89,3 +96,24 @@ def ca_file_warnings(ca_pem: str, use_eng_ca: bool = False) -> list[str]:
             "(fleetgate certs init makes one)."
         )
     return warnings
+
+
+def _subjects(pem: str) -> list[Any]:
+    """Subject names of the CA certificates in ``pem``, as :mod:`ssl` decodes them."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(cadata=pem)
+    return [cert["subject"] for cert in context.get_ca_certs()]
+
+
+def _may_share_names(ca_pem: str, use_eng_ca: bool) -> bool:
+    """Whether a certificate of ``ca_pem`` may have a bundled CA's subject name (the only
+    case :func:`ca_file_warnings` warns about); ``True`` when unsure."""
+    try:
+        custom = _subjects(ca_pem)
+        bundled = set(_subjects(ca_bundle(use_eng_ca)))
+    except (ssl.SSLError, ValueError):
+        return True
+    # ssl lists CA certificates only: with any other in the file, look at them all.
+    if len(custom) < ca_pem.count("-----BEGIN CERTIFICATE-----"):
+        return True
+    return any(subject in bundled for subject in custom)

@@ -30,35 +30,67 @@ The forms sinks need (log lines, MQTT messages) are in :mod:`fleetgate.forms`.
 
 from __future__ import annotations
 
-from fleetgate.protocols.tesla.core import (
-    MAX_FRAME_BYTES,
-    FrameProcessor,
-    FrameResult,
-    connectivity_record,
-    decode_frame_to_json,
-    peek_topic,
-)
-from fleetgate.protocols.tesla.envelope import (
-    Envelope,
-    EnvelopeError,
-    StreamMessage,
-    build_ack,
-    build_error,
-    build_stream_envelope,
-    parse_envelope,
-)
-from fleetgate.protocols.tesla.identity import (
-    IdentityError,
-    VehicleIdentity,
-    identity_from_certificate,
-)
-from fleetgate.protocols.tesla.natural import natural_data
-from fleetgate.protocols.tesla.protojson import protojson_dict
-from fleetgate.protocols.tesla.transforms import (
-    ImpossibleTimeError,
-    PayloadError,
-    transform_payload,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fleetgate.protocols.tesla.core import (
+        FrameProcessor,
+        FrameResult,
+        connectivity_record,
+        decode_frame_to_json,
+        peek_topic,
+    )
+    from fleetgate.protocols.tesla.envelope import (
+        Envelope,
+        EnvelopeError,
+        StreamMessage,
+        build_ack,
+        build_error,
+        build_stream_envelope,
+        parse_envelope,
+    )
+    from fleetgate.protocols.tesla.identity import (
+        IdentityError,
+        VehicleIdentity,
+        identity_from_certificate,
+    )
+    from fleetgate.protocols.tesla.limits import MAX_FRAME_BYTES
+    from fleetgate.protocols.tesla.natural import natural_data
+    from fleetgate.protocols.tesla.protojson import protojson_dict
+    from fleetgate.protocols.tesla.transforms import (
+        ImpossibleTimeError,
+        PayloadError,
+        transform_payload,
+    )
+
+# The names below are loaded from their module on first use: importing one submodule (the
+# listener needs a few) must not load protobuf, flatbuffers and cryptography at start.
+_SOURCES = {
+    "MAX_FRAME_BYTES": "limits",
+    **dict.fromkeys(
+        ("FrameProcessor", "FrameResult", "connectivity_record",
+         "decode_frame_to_json", "peek_topic"), "core"),
+    **dict.fromkeys(
+        ("Envelope", "EnvelopeError", "StreamMessage", "build_ack", "build_error",
+         "build_stream_envelope", "parse_envelope"), "envelope"),
+    **dict.fromkeys(("IdentityError", "VehicleIdentity", "identity_from_certificate"),
+                    "identity"),
+    "natural_data": "natural",
+    "protojson_dict": "protojson",
+    **dict.fromkeys(("ImpossibleTimeError", "PayloadError", "transform_payload"),
+                    "transforms"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _SOURCES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "MAX_FRAME_BYTES",

@@ -54,6 +54,7 @@ from fleetgate.protocols.tesla.envelope import (
     parse_envelope,
 )
 from fleetgate.protocols.tesla.identity import VehicleIdentity
+from fleetgate.protocols.tesla.limits import MAX_FRAME_BYTES
 from fleetgate.protocols.tesla.natural import (
     natural_data,
     natural_vehicle_data,
@@ -73,8 +74,6 @@ from fleetgate.protocols.tesla.transforms import (
     transform_vehicle_data_entries,
 )
 from fleetgate.records import SOURCE_TESLA, Record
-
-MAX_FRAME_BYTES: Final = 1_000_000
 
 OUTCOME_DISPATCH: Final = "dispatch"
 OUTCOME_ACK_ONLY: Final = "ack_only"
