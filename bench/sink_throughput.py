@@ -8,7 +8,10 @@ Then, ``--repeat`` times, two runs go to that server, each into its own namespac
   :class:`~fleetgate.pipeline.runner.SinkRunner` in small submissions (like frames from
   trackers); the clock stops when the last submission is *confirmed* by the backend. The
   sink serialises the records itself (inside the timing), as it does in production;
-  ``--serialized`` makes their JSON beforehand instead, as the bare client's payloads are.
+  ``--serialized`` makes their JSON beforehand instead, as the bare client's payloads are;
+  ``--spooled`` makes only their ``data`` JSON beforehand, as the spool's encoding (on by
+  default, in ``Pipeline.append``) leaves records in production before any sink sees them.
+  The bench runs without a spool, so by default the sink also pays for that.
 * **bare**: the same records sent with the sink's library alone, used the way a competent
   engineer would for the same job and delivery guarantee (every message confirmed by the
   backend), with no fleetgate code inside the timing. The payload bytes, keys, headers and
@@ -22,7 +25,7 @@ threads, not the server's); the two runs of a pair alternate in order. ``mqtt_pa
 the mqtt sink against paho-mqtt itself, the client under aiomqtt.
 
 Run: ``.venv/bin/python bench/sink_throughput.py [redis nats postgres zmq ...]
-[--records 50000] [--batch 1000] [--submission 10] [--repeat 2] [--serialized] [--no-bare]``
+[--records 50000] [--batch 1000] [--submission 10] [--repeat 2] [--serialized | --spooled] [--no-bare]``
 
 Adding a sink: write an ``@target("name")`` async context manager that starts the server
 and yields a :class:`Backend`.
@@ -53,7 +56,7 @@ from fleetgate.config import AckLevel  # noqa: E402
 from fleetgate.forms import wire_payload  # noqa: E402
 from fleetgate.pipeline import AckPolicy, Pipeline, Router  # noqa: E402
 from fleetgate.pipeline.runner import RunnerSettings, SinkRunner  # noqa: E402
-from fleetgate.records import Record, set_offset  # noqa: E402
+from fleetgate.records import Record, data_json, set_offset  # noqa: E402
 from fleetgate.sinks.base import Sink, SinkContext  # noqa: E402
 from fleetgate.sinks.registry import sink_class  # noqa: E402
 from tests.integration import services  # noqa: E402
@@ -691,6 +694,9 @@ async def run_fleetgate(backend: Backend, args: argparse.Namespace) -> Run:
     if args.serialized:
         for record in records:  # the JSON form cached on the record, outside the timing
             wire_payload(record)
+    elif args.spooled:
+        for record in records:  # what the spool's encode_payload caches, outside the timing
+            data_json(record)
     settings = RunnerSettings(max_queue_records=args.records + 1, max_batch=args.batch)
     sink = await backend.sink(ctx)
     runner = SinkRunner(sink, settings)
@@ -786,7 +792,8 @@ async def main(args: argparse.Namespace) -> int:
     print(
         f"\n{args.records} records, runner batch {args.batch}, submissions of "
         f"{args.submission}, {args.repeat} pair(s); median (min-max); fleetgate records "
-        f"{'arrive serialised' if args.serialized else 'serialised by the sink'}\n"
+        f"{'arrive serialised' if args.serialized else 'serialised by the sink'}"
+        f"{', data JSON made beforehand as by the spool' if args.spooled else ''}\n"
     )
     print(
         "| sink | bare records/s | fleetgate records/s | fleetgate/bare "
@@ -805,11 +812,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--submission", type=int, default=10, help="records per submit()")
     parser.add_argument("--repeat", type=int, default=1, help="fleetgate/bare pairs per sink")
     parser.add_argument("--no-bare", action="store_true", help="fleetgate runs only")
-    parser.add_argument(
+    made = parser.add_mutually_exclusive_group()
+    made.add_argument(
         "--serialized",
         action="store_true",
         help="fleetgate's records arrive with their JSON form already made (outside the "
         "timing, as the bare client's payloads are); default: the sink serialises them",
+    )
+    made.add_argument(
+        "--spooled",
+        action="store_true",
+        help="fleetgate's records arrive with their data JSON made (outside the timing), as "
+        "the spool's encoding leaves them in production; the sink makes the rest",
     )
     return parser.parse_args()
 

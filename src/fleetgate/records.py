@@ -210,22 +210,84 @@ def set_data_json(record: Record, text: bytes) -> None:
     _set_data_json(record, text)
 
 
+# The record JSON is built from pieces whose bytes are exactly what orjson gives for
+# record_dict(record): times are ASCII digits and ``-:T.Z`` (never escaped), the head is
+# orjson's own output, ``data`` is data_json. Building it costs about half of serialising
+# the dict (two times formatted per second, a five-key dict, three concatenations), and it
+# leaves no short-lived orjson buffer per record.
+_TWO_DIGITS_BYTES: Final = tuple(text.encode() for text in _TWO_DIGITS)
+_MILLIS_BYTES: Final = tuple(text.encode() for text in _MILLIS_TEXT)
+_MINUTE_MS: Final = 60_000
+# Bounded caches, emptied when full: a stream's records share few minutes and few
+# (source, device, topic) heads, and a miss costs about what the uncached form did.
+_MINUTES_MAX: Final = 1024
+_HEADS_MAX: Final = 4096
+_minute_texts: dict[int, bytes] = {}
+_json_heads: dict[tuple[str, str, str], bytes] = {}
+
+
+def _minute_text(minute: int) -> bytes:
+    """Minutes since the epoch (within years 1..9999) → ``b"2019-06-10T10:04:"``."""
+    day, rest = divmod(minute, 1440)
+    hours, minutes = divmod(rest, 60)
+    text = (_day_text(day) + _TWO_DIGITS[hours] + ":" + _TWO_DIGITS[minutes] + ":").encode()
+    if len(_minute_texts) >= _MINUTES_MAX:
+        _minute_texts.clear()
+    _minute_texts[minute] = text
+    return text
+
+
+def _json_head(key: tuple[str, str, str]) -> bytes:
+    """``{"source":…,"device_id":…,"topic":…,"created_at":"`` as orjson writes them."""
+    source, device_id, topic = key
+    head = orjson.dumps({"source": source, "device_id": device_id, "topic": topic})
+    text = head[:-1] + b',"created_at":"'
+    # Only exact strings are cached: 1 == True == 1.0 would share a key but not a form.
+    if type(source) is str and type(device_id) is str and type(topic) is str:
+        if len(_json_heads) >= _HEADS_MAX:
+            _json_heads.clear()
+        _json_heads[key] = text
+    return text
+
+
 def record_json(record: Record) -> bytes:
-    """The record's one JSON form, serialised (cached on the record)."""
+    """The record's one JSON form, serialised (cached on the record).
+
+    Byte for byte ``orjson.dumps(record_dict(record))``, built from cached pieces.
+    """
     cached = record._json
-    if cached is None:
-        head = orjson.dumps(
-            {
-                "source": record.source,
-                "device_id": record.device_id,
-                "topic": record.topic,
-                "created_at": format_rfc3339_ms(record.created_at),
-                "received_at": format_rfc3339_ms(record.received_at),
-            }
+    if cached is not None:
+        return cached
+    created = record.created_at
+    if not _MIN_MS <= created <= _MAX_MS:
+        created = min(max(created, _MIN_MS), _MAX_MS)
+    received = record.received_at
+    if not _MIN_MS <= received <= _MAX_MS:
+        received = min(max(received, _MIN_MS), _MAX_MS)
+    created_minute, created_rest = divmod(created, _MINUTE_MS)
+    created_s, created_ms = divmod(created_rest, 1000)
+    received_minute, received_rest = divmod(received, _MINUTE_MS)
+    received_s, received_ms = divmod(received_rest, 1000)
+    minutes = _minute_texts
+    two = _TWO_DIGITS_BYTES
+    millis = _MILLIS_BYTES
+    key = (record.source, record.device_id, record.topic)
+    cached = b"".join(
+        (
+            _json_heads.get(key) or _json_head(key),
+            minutes.get(created_minute) or _minute_text(created_minute),
+            two[created_s],
+            millis[created_ms],
+            b'","received_at":"',
+            minutes.get(received_minute) or _minute_text(received_minute),
+            two[received_s],
+            millis[received_ms],
+            b'","data":',
+            data_json(record),
+            b"}",
         )
-        # The same bytes orjson gives for record_dict(record), with data serialised once.
-        cached = head[:-1] + b',"data":' + data_json(record) + b"}"
-        _set_json(record, cached)
+    )
+    _set_json(record, cached)
     return cached
 
 

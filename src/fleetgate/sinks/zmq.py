@@ -2,7 +2,7 @@
 
 Library: pyzmq, the libzmq binding (the reference uses libzmq through Go). A PUB socket never
 blocks on send, so the plain (non-asyncio) socket is used: a batch is a tight loop of
-``send_multipart`` calls with no event-loop round trip per message.
+``send`` calls (two frames a message) with no event-loop round trip per message.
 
 Each record is one two-frame message ``[<namespace>_<topic>, payload]`` (payload =
 :func:`~fleetgate.forms.wire_payload`), so subscribers filter by prefix on the first frame.
@@ -159,12 +159,21 @@ class ZmqSink(Sink):
         sock = self._bind()
         decoded = self.context.transmit_decoded
         topics: dict[str, bytes] = {}
+        # Each message's two frames sent as send_multipart sends them, without its per-call
+        # type checks and enum flag arithmetic: 0.6 instead of 2 us a message. The flags as
+        # plain ints, since pyzmq's Flag enums cost an enum operation per use.
+        send = sock.send
+        more, last = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)
         try:
             for record in batch:
                 topic = topics.get(record.topic)
                 if topic is None:
                     topic = topics[record.topic] = self.destination(record.topic).encode()
-                sock.send_multipart((topic, wire_payload(record, decoded)), flags=zmq.NOBLOCK)
+                # Made before the first frame goes: a failure between the frames would
+                # leave a half message that the next send completes.
+                payload = wire_payload(record, decoded)
+                send(topic, more)
+                send(payload, last)
         except zmq.ZMQError as exc:
             raise TransientSinkError(f"{self.describe()}: {exc}") from exc
 
