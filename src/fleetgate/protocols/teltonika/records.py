@@ -61,9 +61,11 @@ from fleetgate.protocols.teltonika.io_names import (
     io_key,
     named_value,
 )
+from fleetgate.protocols.teltonika.layouts import RecordLayout
 from fleetgate.protocols.teltonika.model import (
     CODEC_13,
     CODEC_15,
+    CODEC_16,
     AvlRecord,
     Gh3000Record,
     GprsMessage,
@@ -165,14 +167,31 @@ def _compile(plan: _Plan) -> _Fill:
     ``v`` at run time.
     """
     env: dict[str, Any] = {"_merge": _merge, "_named_value": named_value}
+    items, plain, statements = _fill_source(plan, 0, env)
+    body = [f"data['io'] = {{{', '.join(items)}}}"]
+    if plain:
+        body.append(f"data.update({{{', '.join(plain)}}})")
+    body.extend(statements)
+    source = "def fill(v, data):\n" + "".join(f"    {line}\n" for line in body)
+    exec(compile(source, "<teltonika IO layout>", "exec"), env)
+    fill: _Fill = env["fill"]
+    return fill
+
+
+def _fill_source(
+    plan: _Plan, offset: int, env: dict[str, Any]
+) -> tuple[list[str], list[str], list[str]]:
+    """Source of a layout's ``io`` items, its always-named items and the statements for
+    the conditional names; element ``i`` is ``v[offset + i]``. Specs go into ``env``."""
     items = [
-        f"{skey!r}: v[{i}]" if i < plan.n_int else f"{skey!r}: v[{i}].hex()"
+        f"{skey!r}: v[{offset + i}]" if i < plan.n_int else f"{skey!r}: v[{offset + i}].hex()"
         for i, skey in enumerate(plan.skeys)
     ]
     plain: list[str] = []
     statements: list[str] = []
-    for position, (i, name, spec) in enumerate(plan.named):
+    for position, (index, name, spec) in enumerate(plan.named):
         mode = spec.mode
+        i = offset + index
         if position >= plan.plain:
             if mode == FLAG and not spec.invalid and name not in LIST_NAMES:
                 statements.append(f"if v[{i}] < 2: data[{name!r}] = v[{i}] == 1")
@@ -189,14 +208,60 @@ def _compile(plan: _Plan) -> _Fill:
             plain.append(
                 f"{name!r}: {value}" if mode == SIGNED else f"{name!r}: {value} / {spec.divisor}"
             )
-    body = [f"data['io'] = {{{', '.join(items)}}}"]
-    if plain:
-        body.append(f"data.update({{{', '.join(plain)}}})")
-    body.extend(statements)
-    source = "def fill(v, data):\n" + "".join(f"    {line}\n" for line in body)
-    exec(compile(source, "<teltonika IO layout>", "exec"), env)
-    fill: _Fill = env["fill"]
-    return fill
+    return items, plain, statements
+
+
+# A row (:mod:`.layouts`) → its Record: what ``to_records`` does for one AvlRecord, for
+# one layout and IO table, with the AvlRecord and the intermediate ``io`` dict skipped.
+_BuildRow = Callable[[tuple[Any, ...], str, int, bytes, int], Record]
+
+
+def _compile_row(layout: RecordLayout, table: IoTable) -> _BuildRow:
+    """``build(values, imei, received_at, raw, latest)``: the Record ``to_records`` makes
+    of ``layout.record(values)``, key for key in the same order (see :func:`_compile`
+    for why the source is safe)."""
+    plan = _Plan(table, layout.groups, layout.keys)
+    env: dict[str, Any] = {
+        "_merge": _merge, "_named_value": named_value, "_implausible": _implausible,
+        "_new_record": new_record,
+    }
+    items, plain, statements = _fill_source(plan, layout.io_start, env)
+    generation = "v[9]" if layout.codec == CODEC_16 else "None"
+    base = [
+        "'latitude': lat", "'longitude': lon", "'altitude': v[4]", "'angle': v[5]",
+        "'satellites': v[6]", "'speed': v[7]", "'priority': v[1]", "'event_io_id': v[8]",
+        "'event_triggered': v[8] != 0", f"'generation_type': {generation}",
+        "'valid': v[6] != 0 and -90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0",
+        f"'io': {{{', '.join(items)}}}",
+    ]
+    body = [
+        "lat = v[3] / 10_000_000",
+        "lon = v[2] / 10_000_000",
+        f"data = {{{', '.join(base + plain)}}}",
+        *statements,
+        "created = v[0]",
+        f"if not {DEVICE_TIME_FROM_MS} <= created <= latest:",
+        "    _implausible(data, created)",
+        "    created = received_at",
+        f"return _new_record({SOURCE_TELTONIKA!r}, imei, {TOPIC_POSITION!r}, created, "
+        "received_at, data, raw)",
+    ]
+    source = "def build(v, imei, received_at, raw, latest):\n" + "".join(
+        f"    {line}\n" for line in body
+    )
+    exec(compile(source, "<teltonika AVL row>", "exec"), env)
+    build: _BuildRow = env["build"]
+    return build
+
+
+def _row_builder(layout: RecordLayout, table: IoTable) -> _BuildRow | None:
+    """The compiled builder of ``layout`` for ``table``, once the layout has been seen
+    ``_COMPILE_AFTER`` times (None before: the caller takes the general path)."""
+    layout.hits += 1
+    if layout.hits < _COMPILE_AFTER or len(layout.keys) > _COMPILE_MAX_ELEMENTS:
+        return None
+    build = layout.builders[table] = _compile_row(layout, table)
+    return build
 
 
 def _plan(table: IoTable, groups: tuple[int, ...], keys: tuple[int, ...]) -> _Plan:
@@ -362,17 +427,21 @@ def to_records(
     out: list[Record] = []
     append = out.append
     if isinstance(frame, AvlFrame):
+        rows = frame.rows
+        if rows is not None:
+            table = io_table if io_table is not None else DEFAULT_IO_TABLE
+            for layout, values in rows:
+                build = layout.builders.get(table)
+                if build is None:
+                    build = _row_builder(layout, table)
+                    if build is None:
+                        append(_avl_record(imei, layout.record(values), table, received_at,
+                                           raw, latest))
+                        continue
+                append(build(values, imei, received_at, raw, latest))
+            return out
         for rec in frame.records:
-            data = avl_record_data(rec, io_table)
-            created = rec.timestamp_ms
-            if not DEVICE_TIME_FROM_MS <= created <= latest:
-                _implausible(data, created)
-                created = received_at
-            append(
-                new_record(
-                    SOURCE_TELTONIKA, imei, TOPIC_POSITION, created, received_at, data, raw
-                )
-            )
+            append(_avl_record(imei, rec, io_table, received_at, raw, latest))
         return out
     for message in frame.messages:
         data = gprs_message_data(message)
@@ -389,6 +458,18 @@ def to_records(
             )
         )
     return out
+
+
+def _avl_record(  # noqa: PLR0917 - positional: once per record
+    imei: str, rec: AvlRecord, table: IoTable | None, received_at: int, raw: bytes,
+    latest: int,
+) -> Record:
+    data = avl_record_data(rec, table)
+    created = rec.timestamp_ms
+    if not DEVICE_TIME_FROM_MS <= created <= latest:
+        _implausible(data, created)
+        created = received_at
+    return new_record(SOURCE_TELTONIKA, imei, TOPIC_POSITION, created, received_at, data, raw)
 
 
 def _implausible(data: dict[str, Any], device_time_ms: int) -> None:
