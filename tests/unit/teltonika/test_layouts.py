@@ -145,6 +145,27 @@ def test_a_changed_byte_reads_as_the_general_decoder_reads_it(
             )
 
 
+@pytest.mark.parametrize("codec", [CODEC_8, CODEC_8E, CODEC_16])
+def test_every_byte_of_a_learned_frame_changed_reads_as_the_general_decoder_reads_it(
+    codec: int,
+) -> None:
+    io: dict[int, int | bytes] = {1: 1, 200: 0x1234, 3: 0x12345678, 250: 1 << 40}
+    groups = (1, 1, 1, 1, 0, 0)
+    if codec == CODEC_8E:
+        io |= {385: b"\x01\x02\x03", 1000: b""}
+        groups = (1, 1, 1, 1, 2, 0)
+    records = [record_of(io, groups), record_of({}, (0, 0, 0, 0, 0, 0))]
+    if codec == CODEC_16:
+        records = [AvlRecord(NOW, 1, 25.0, 54.0, 100, 0, 8, 0, 0, io, 5, groups)]  # type: ignore[arg-type]
+    frame = encode_avl_frame(codec, records)
+    for position in range(9, len(frame) - 4):
+        for value in {0, 1, 255, frame[position] ^ 0x10}:
+            changed = frame[:position] + bytes([value]) + frame[position + 1 :]
+            layouts.forget()
+            decode_data_frame(frame)  # learned
+            assert decoded(changed) == general(changed), position
+
+
 def record_of(io: dict[int, int | bytes], groups: tuple[int, ...], ts: int = NOW) -> AvlRecord:
     return AvlRecord(ts, 0, 25.0, 54.0, 100, 0, 8, 0, 0, io, None, groups)  # type: ignore[arg-type]
 

@@ -1,13 +1,13 @@
-"""Learned frame layouts: a tracker's repeated AVL frame decoded in two struct calls.
+"""Learned frame layouts: a tracker's repeated AVL frame decoded in two C calls.
 
 A tracker sends the same frame shape over and over: the same codec, record count and, per
 record, the same IO ids in the same groups (only the values change). The general decoder
 (:mod:`.avl`) walks every group of every record in Python. Once it has decoded a frame,
 :func:`learn` remembers the frame's *layout*, every byte that says how the frame is built
 (the group counts, the IO ids, the NX lengths), keyed by (codec, body length); the next
-frame of that key is read by :func:`decode_rows` with two precompiled :class:`struct.Struct`
-calls over the whole body: one reads only the layout bytes and must equal the learned ones
-exactly, the other reads only the values.
+frame of that key is read by :func:`decode_rows` in two steps over the whole body: its
+layout bytes, masked out of the body read as one integer, must equal the learned ones
+exactly; then one precompiled :class:`struct.Struct` reads only the values.
 
 Equal layout bytes mean the general decoder would walk the frame the very same way, so the
 result is the same values in the same places (tests compare the two on every frame they
@@ -70,8 +70,8 @@ class RecordLayout:
     """
 
     __slots__ = (
-        "builders", "codec", "groups", "hits", "io_start", "keys", "nx_lengths",
-        "shape_format", "size", "values_format",
+        "builders", "codec", "groups", "hits", "io_start", "keys", "mask", "nx_lengths", "size",
+        "values_format",
     )
 
     def __init__(
@@ -87,35 +87,21 @@ class RecordLayout:
         self.hits = 0
         id_format = _ID_FORMAT[codec]
         id_size = Struct(">" + id_format).size
-        count_format = "H" if codec == CODEC_8E else "B"
-        count_size = Struct(">" + count_format).size
-        size = _HEADER_SIZE[codec]
-        shape = [f"{size}x"]
+        count_size = 2 if codec == CODEC_8E else 1
+        header = _HEADER_SIZE[codec]
+        # ``mask`` has 0xff over the layout bytes (counts, ids, NX lengths), 0 over values.
+        layout, value = b"\xff", b"\x00"
+        mask = [value * header]
         values = [_HEADER_VALUES[codec][1:]]
         for width, value_format, n in zip(_VALUE_SIZES, _VALUE_FORMATS, groups, strict=False):
-            shape.append(count_format + (id_format + f"{width}x") * n)
+            mask.append(layout * count_size + (layout * id_size + value * width) * n)
             values.append(f"{count_size}x" + (f"{id_size}x" + value_format) * n)
-            size += count_size + (id_size + width) * n
         if codec == CODEC_8E:
-            shape.append("H" + "".join(f"HH{length}x" for length in nx_lengths))
+            mask.append(layout * 2 + b"".join(layout * 4 + value * n for n in nx_lengths))
             values.append("2x" + "".join(f"4x{length}s" for length in nx_lengths))
-            size += 2 + sum(4 + length for length in nx_lengths)
-        self.size = size
-        self.shape_format = "".join(shape)
+        self.mask = b"".join(mask)
+        self.size = len(self.mask)
         self.values_format = "".join(values)
-
-    def shape(self) -> tuple[int, ...]:
-        """What the layout struct reads from a record of this layout."""
-        out: list[int] = []
-        keys = iter(self.keys)
-        for n in self.groups[:4]:
-            out.append(n)
-            out.extend(next(keys) for _ in range(n))
-        if self.codec == CODEC_8E:
-            out.append(len(self.nx_lengths))
-            for length in self.nx_lengths:
-                out += (next(keys), length)
-        return tuple(out)
 
     def record(self, values: tuple[Any, ...]) -> AvlRecord:
         """The :class:`AvlRecord` the general decoder returns for this row."""
@@ -130,15 +116,17 @@ class RecordLayout:
 
 
 class _FramePlan:
-    """A whole frame body's layout: every record's, as two structs over the body."""
+    """A whole frame body's layout: every record's, as a mask over the body's records
+    (the layout bytes, compared as one integer) and one struct for their values."""
 
-    __slots__ = ("bounds", "count", "expected", "shape", "values")
+    __slots__ = ("bounds", "count", "expected", "mask", "values")
 
-    def __init__(self, layouts: tuple[RecordLayout, ...]) -> None:
+    def __init__(self, layouts: tuple[RecordLayout, ...], records: bytes) -> None:
+        """``records``: the bytes of a body of this layout from N1 (excluded) to N2."""
         self.count = len(layouts)
-        self.shape = Struct(">" + "".join(layout.shape_format for layout in layouts))
+        self.mask = int.from_bytes(b"".join(layout.mask for layout in layouts), "big")
+        self.expected = int.from_bytes(records, "big") & self.mask
         self.values = Struct(">" + "".join(layout.values_format for layout in layouts))
-        self.expected = tuple(item for layout in layouts for item in layout.shape())
         bounds = []
         low = 0
         for layout in layouts:
@@ -167,8 +155,10 @@ def decode_rows(
     count = buf[start + 1]
     if buf[end - 1] != count:
         return None
+    # The layout bytes of every record at once: one big integer, masked per plan.
+    layout = int.from_bytes(buf[start + 2 : end - 1], "big")
     for plan in plans:
-        if plan.count == count and plan.shape.unpack_from(buf, start + 2) == plan.expected:
+        if plan.count == count and layout & plan.mask == plan.expected:
             break
     else:
         return None
@@ -203,7 +193,7 @@ def learn(
         if len(_PLANS) >= _FRAME_PLANS_MAX:
             _PLANS.clear()
             _FRAME_PLANS.clear()
-        plan = _PLANS[shapes] = _FramePlan(shapes)
+        plan = _PLANS[shapes] = _FramePlan(shapes, bytes(buf[start + 2 : end - 1]))
     key = (codec, end - start)
     others = tuple(p for p in _FRAME_PLANS.get(key, ()) if p is not plan)
     _FRAME_PLANS[key] = (plan, *others[: _PLANS_PER_KEY - 1])

@@ -179,12 +179,14 @@ def _compile(plan: _Plan) -> _Fill:
 
 
 def _fill_source(
-    plan: _Plan, offset: int, env: dict[str, Any]
+    plan: _Plan, offset: int, env: dict[str, Any], ref: str = "v[{}]"
 ) -> tuple[list[str], list[str], list[str]]:
     """Source of a layout's ``io`` items, its always-named items and the statements for
-    the conditional names; element ``i`` is ``v[offset + i]``. Specs go into ``env``."""
+    the conditional names; element ``i`` is ``ref.format(offset + i)``. Specs go into
+    ``env``."""
     items = [
-        f"{skey!r}: v[{offset + i}]" if i < plan.n_int else f"{skey!r}: v[{offset + i}].hex()"
+        f"{skey!r}: {ref.format(offset + i)}" if i < plan.n_int
+        else f"{skey!r}: {ref.format(offset + i)}.hex()"
         for i, skey in enumerate(plan.skeys)
     ]
     plain: list[str] = []
@@ -192,19 +194,20 @@ def _fill_source(
     for position, (index, name, spec) in enumerate(plan.named):
         mode = spec.mode
         i = offset + index
+        v = ref.format(i)
         if position >= plan.plain:
             if mode == FLAG and not spec.invalid and name not in LIST_NAMES:
-                statements.append(f"if v[{i}] < 2: data[{name!r}] = v[{i}] == 1")
+                statements.append(f"if {v} < 2: data[{name!r}] = {v} == 1")
             else:
                 env[f"s{i}"] = spec
-                statements.append(f"_merge(data, {name!r}, _named_value(s{i}, v[{i}]))")
+                statements.append(f"_merge(data, {name!r}, _named_value(s{i}, {v}))")
         elif mode == RAW:
-            plain.append(f"{name!r}: v[{i}]")
+            plain.append(f"{name!r}: {v}")
         elif mode == SCALED:
-            plain.append(f"{name!r}: v[{i}] / {spec.divisor}")
+            plain.append(f"{name!r}: {v} / {spec.divisor}")
         else:  # SIGNED, SIGNED_SCALED: two's complement of the element's size
             half, full = 1 << (spec.size * 8 - 1), 1 << (spec.size * 8)
-            value = f"(v[{i}] - {full} if v[{i}] >= {half} else v[{i}])"
+            value = f"({v} - {full} if {v} >= {half} else {v})"
             plain.append(
                 f"{name!r}: {value}" if mode == SIGNED else f"{name!r}: {value} / {spec.divisor}"
             )
@@ -225,21 +228,25 @@ def _compile_row(layout: RecordLayout, table: IoTable) -> _BuildRow:
         "_merge": _merge, "_named_value": named_value, "_implausible": _implausible,
         "_new_record": new_record,
     }
-    items, plain, statements = _fill_source(plan, layout.io_start, env)
-    generation = "v[9]" if layout.codec == CODEC_16 else "None"
+    # The values are unpacked into locals e0, e1, ... first: a local is read in one step,
+    # an indexed element in three.
+    items, plain, statements = _fill_source(plan, layout.io_start, env, "e{}")
+    names = ", ".join(f"e{i}" for i in range(layout.io_start + len(layout.keys)))
+    generation = "e9" if layout.codec == CODEC_16 else "None"
     base = [
-        "'latitude': lat", "'longitude': lon", "'altitude': v[4]", "'angle': v[5]",
-        "'satellites': v[6]", "'speed': v[7]", "'priority': v[1]", "'event_io_id': v[8]",
-        "'event_triggered': v[8] != 0", f"'generation_type': {generation}",
-        "'valid': v[6] != 0 and -90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0",
+        "'latitude': lat", "'longitude': lon", "'altitude': e4", "'angle': e5",
+        "'satellites': e6", "'speed': e7", "'priority': e1", "'event_io_id': e8",
+        "'event_triggered': e8 != 0", f"'generation_type': {generation}",
+        "'valid': e6 != 0 and -90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0",
         f"'io': {{{', '.join(items)}}}",
     ]
     body = [
-        "lat = v[3] / 10_000_000",
-        "lon = v[2] / 10_000_000",
+        f"{names}, = v",
+        "lat = e3 / 10_000_000",
+        "lon = e2 / 10_000_000",
         f"data = {{{', '.join(base + plain)}}}",
         *statements,
-        "created = v[0]",
+        "created = e0",
         f"if not {DEVICE_TIME_FROM_MS} <= created <= latest:",
         "    _implausible(data, created)",
         "    created = received_at",
