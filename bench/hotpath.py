@@ -13,7 +13,9 @@ instructions one record costs in that stage, start-up excluded:
 making the test frames costs (the ``frames`` stage). Stages include the ones before them:
 ``append`` is decode + append, and so on.
 
-Stages: ``decode`` (TCP framing, CRC, codec, Records), ``append`` (the pipeline taking a
+Stages: ``decode`` (TCP framing, CRC, codec, Records), ``listener`` (decode inside the TCP
+listener's sessions: events, the worker task, the ack write, metrics; a pipeline that takes
+every frame at once), ``append`` (the pipeline taking a
 frame: spool encoding, offsets, routing), ``store`` (the SQLite store writing a batch),
 ``accept`` (everything in one event loop: decode, append, the spool's group commit, the
 store, the ack decision).
@@ -89,6 +91,83 @@ def stage_decode(count: int) -> None:
     decoded(frames(count))
 
 
+class _Round:
+    """Acks still awaited in one round of frames."""
+
+    def __init__(self) -> None:
+        self.waiting = 0
+        self.done = asyncio.Event()
+
+
+class _Transport:
+    """The little of a transport a Teltonika session uses; keeps what it was sent."""
+
+    def __init__(self, peer: tuple[str, int], round_: _Round) -> None:
+        self.peer = peer
+        self.round = round_
+        self.sent: list[bytes] = []
+
+    def get_extra_info(self, name: str) -> object:
+        return self.peer if name == "peername" else None
+
+    def write(self, data: bytes) -> None:
+        self.sent.append(data)
+        if len(data) == 4:  # an ack
+            self.round.waiting -= 1
+            if not self.round.waiting:
+                self.round.done.set()
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def close(self) -> None: ...
+    def is_closing(self) -> bool:
+        return False
+
+
+class _AcceptAll:
+    """A pipeline that takes every frame at once: the session's own work, measured alone."""
+
+    async def accept(self, records: list[Record]) -> bool:
+        return True
+
+
+def stage_listener(count: int) -> None:
+    import uvloop
+
+    from fleetgate.config import build_config
+    from fleetgate.listeners.teltonika.tcp import TeltonikaListener, TeltonikaSession
+
+    pairs = frames(count)
+
+    async def run() -> None:
+        config = build_config({}, environ={})
+        listener = TeltonikaListener(config.teltonika, _AcceptAll())  # type: ignore[arg-type]
+        sessions: dict[str, tuple[TeltonikaSession, _Transport]] = {}
+        round_ = _Round()
+        for n in range(DEVICES):
+            imei = f"35630704{n:07d}"
+            session = TeltonikaSession(listener)
+            transport = _Transport(("127.0.0.1", 10_000 + n), round_)
+            session.connection_made(transport)  # type: ignore[arg-type]
+            session.data_received(encode_imei(imei))
+            sessions[imei] = (session, transport)
+        await asyncio.sleep(0.01)  # every IMEI accepted
+        for start in range(0, len(pairs), DEVICES):  # a round: every device sends one frame
+            sending = [sessions[imei] for imei, _ in pairs[start : start + DEVICES]]
+            round_.waiting = len(sending)
+            round_.done.clear()
+            for (session, _), (_, frame) in zip(sending, pairs[start : start + DEVICES],
+                                                strict=True):
+                session.data_received(frame)
+            await round_.done.wait()
+            for _, transport in sending:
+                assert transport.sent.pop() == RECORDS_PER_FRAME.to_bytes(4, "big")
+        for session, _ in sessions.values():
+            session.abort()
+
+    uvloop.run(run())
+
+
 def _pipeline(directory: Path, start_store: bool) -> object:
     from fleetgate.app import build_pipeline
     from fleetgate.config import build_config
@@ -146,8 +225,8 @@ def stage_accept(count: int) -> None:
         asyncio.run(run())
 
 
-STAGES = {"frames": stage_frames, "decode": stage_decode, "append": stage_append, "store": stage_store,
-          "accept": stage_accept}
+STAGES = {"frames": stage_frames, "decode": stage_decode, "listener": stage_listener,
+          "append": stage_append, "store": stage_store, "accept": stage_accept}
 
 
 def instructions(stage: str, count: int) -> int:

@@ -100,7 +100,9 @@ class TeltonikaSession(asyncio.Protocol):
         self.peer = "?"
         self._ip = ""
         self._events: deque[TcpEvent] = deque()
-        self._wakeup = asyncio.Event()
+        # The worker's wait for something to do (see _wake): a bare future costs a third of
+        # an asyncio.Event per frame.
+        self._waiter: asyncio.Future[None] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._handshake_deadline = 0.0
@@ -159,7 +161,7 @@ class TeltonikaSession(asyncio.Protocol):
             self._frame_started = now
         if events:
             self._events.extend(events)
-            self._wakeup.set()
+            self._wake()
             if len(self._events) > MAX_PENDING_EVENTS and self.transport is not None:
                 self._paused = True
                 self.transport.pause_reading()
@@ -169,7 +171,7 @@ class TeltonikaSession(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
-        self._wakeup.set()
+        self._wake()
         if self._timer is not None:
             self._timer.cancel()
         self._drop_command("the connection closed before the device answered")
@@ -231,8 +233,11 @@ class TeltonikaSession(asyncio.Protocol):
                     if self._closed or self._draining:
                         return
                     self._send_next_command()
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
+                    waiter = self._waiter = asyncio.get_running_loop().create_future()
+                    try:
+                        await waiter
+                    finally:
+                        self._waiter = None
                     continue
                 event = self._events.popleft()
                 if self._paused and len(self._events) <= RESUME_PENDING_EVENTS:
@@ -378,7 +383,14 @@ class TeltonikaSession(asyncio.Protocol):
     # -- commands ------------------------------------------------------------------------
     def wake(self) -> None:
         """A command is queued for this device (:class:`.commands.CommandLink`)."""
-        self._wakeup.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        """Let the worker look again (at its events, a closed socket, a queued command);
+        a no-op while it is busy, since it looks at all of them before it waits."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _send_next_command(self) -> None:
         """Send the device's next command if it is between frames (module docstring)."""
@@ -426,7 +438,7 @@ class TeltonikaSession(asyncio.Protocol):
         else:
             return
         self._clear_command()
-        self._wakeup.set()  # the next queued command may go
+        self._wake()  # the next queued command may go
 
     def _command_expired(self, command: Command) -> None:
         if self._command is not command:
@@ -435,7 +447,7 @@ class TeltonikaSession(asyncio.Protocol):
         self._drop_command(
             f"no answer within command_timeout_s ({self.listener.settings.command_timeout_s:g} s)"
         )
-        self._wakeup.set()
+        self._wake()
 
     def _drop_command(self, detail: str) -> None:
         """The command in flight will get no answer here: it timed out."""
@@ -460,7 +472,7 @@ class TeltonikaSession(asyncio.Protocol):
 
     def close(self) -> None:
         self._closed = True
-        self._wakeup.set()
+        self._wake()
         if self.transport is not None:
             self.transport.close()
 
@@ -479,7 +491,7 @@ class TeltonikaSession(asyncio.Protocol):
             self._timer = None
         if self.transport is not None and not self._closed:
             self.transport.pause_reading()
-        self._wakeup.set()
+        self._wake()
         worker = self._worker
         if worker is not None and not self._closed:
             # The worker ends once its queue is empty (see _work): every received frame

@@ -58,6 +58,7 @@ from fleetgate.protocols.teltonika.framing import (
     parse_imei,
 )
 from fleetgate.protocols.teltonika.gprs import decode_gprs_span
+from fleetgate.protocols.teltonika.layouts import decode_rows, learn
 from fleetgate.protocols.teltonika.model import AVL_CODECS, GPRS_CODECS, codec_name
 
 _KEEPALIVE: Final = KeepAlive()
@@ -194,6 +195,13 @@ def decode_data_frame(frame: bytes, io16_group: bool = False) -> AvlFrame | Gprs
     codec = frame[8]
     end = len(frame) - 4
     if codec in AVL_CODECS:
+        if not io16_group:
+            rows = decode_rows(frame, 8, end)
+            if rows is not None:
+                return AvlFrame.from_rows(codec, rows, frame)
+            records = decode_avl_span(frame, 8, end)
+            learn(frame, 8, end, records)
+            return AvlFrame(codec, records, frame)
         return AvlFrame(codec, decode_avl_span(frame, 8, end, io16_group), frame)
     if codec in GPRS_CODECS:
         return GprsFrame(decode_gprs_span(frame, 8, end), frame)

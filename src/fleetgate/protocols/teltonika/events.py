@@ -7,8 +7,10 @@ session writes them from exactly one place.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import FrozenInstanceError, dataclass
+from typing import Final
 
+from fleetgate.protocols.teltonika.layouts import Row
 from fleetgate.protocols.teltonika.model import AvlRecord, GprsMessage
 
 
@@ -24,18 +26,78 @@ class KeepAlive:
     """A single ``ff`` byte: no reply."""
 
 
-@dataclass(frozen=True, slots=True)
 class AvlFrame:
     """A valid AVL data packet, any codec (7, 8, 8E, 16): CRC good, N1 = N2, records
     fill the body exactly.
 
     ``raw`` is the whole frame, preamble to CRC. Ack with ``ack(len(records))`` only after
     the pipeline accepted the records.
+
+    A frame of a learned layout (:mod:`.layouts`) comes with ``rows`` instead of records:
+    :func:`~.records.to_records` builds Records from the rows directly, and ``records`` is
+    made from them the first time it is asked for (the same records the general decoder
+    returns). Immutable, compared and printed like the dataclass it was.
     """
 
+    __slots__ = ("_records", "codec", "raw", "rows")
+    __match_args__ = ("codec", "records", "raw")
+
     codec: int
-    records: tuple[AvlRecord, ...]
     raw: bytes
+    rows: tuple[Row, ...] | None
+    _records: tuple[AvlRecord, ...] | None
+
+    def __init__(self, codec: int, records: tuple[AvlRecord, ...], raw: bytes) -> None:
+        _set_codec(self, codec)
+        _set_records(self, records)
+        _set_raw(self, raw)
+        _set_rows(self, None)
+
+    @classmethod
+    def from_rows(cls, codec: int, rows: tuple[Row, ...], raw: bytes) -> AvlFrame:
+        """A frame whose records are made from ``rows`` when first asked for."""
+        frame: AvlFrame = _new(cls)
+        _set_codec(frame, codec)
+        _set_records(frame, None)
+        _set_raw(frame, raw)
+        _set_rows(frame, rows)
+        return frame
+
+    @property
+    def records(self) -> tuple[AvlRecord, ...]:
+        records = self._records
+        if records is None:
+            assert self.rows is not None
+            records = tuple(layout.record(values) for layout, values in self.rows)
+            _set_records(self, records)
+        return records
+
+    def _key(self) -> tuple[int, tuple[AvlRecord, ...], bytes]:
+        return (self.codec, self.records, self.raw)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not AvlFrame:
+            return NotImplemented
+        return self._key() == other._key()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return f"AvlFrame(codec={self.codec!r}, records={self.records!r}, raw={self.raw!r})"
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+
+_new: Final = object.__new__
+_set_codec: Final = AvlFrame.__dict__["codec"].__set__
+_set_records: Final = AvlFrame.__dict__["_records"].__set__
+_set_raw: Final = AvlFrame.__dict__["raw"].__set__
+_set_rows: Final = AvlFrame.__dict__["rows"].__set__
 
 
 @dataclass(frozen=True, slots=True)

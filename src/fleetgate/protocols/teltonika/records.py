@@ -61,9 +61,11 @@ from fleetgate.protocols.teltonika.io_names import (
     io_key,
     named_value,
 )
+from fleetgate.protocols.teltonika.layouts import RecordLayout
 from fleetgate.protocols.teltonika.model import (
     CODEC_13,
     CODEC_15,
+    CODEC_16,
     AvlRecord,
     Gh3000Record,
     GprsMessage,
@@ -165,30 +167,7 @@ def _compile(plan: _Plan) -> _Fill:
     ``v`` at run time.
     """
     env: dict[str, Any] = {"_merge": _merge, "_named_value": named_value}
-    items = [
-        f"{skey!r}: v[{i}]" if i < plan.n_int else f"{skey!r}: v[{i}].hex()"
-        for i, skey in enumerate(plan.skeys)
-    ]
-    plain: list[str] = []
-    statements: list[str] = []
-    for position, (i, name, spec) in enumerate(plan.named):
-        mode = spec.mode
-        if position >= plan.plain:
-            if mode == FLAG and not spec.invalid and name not in LIST_NAMES:
-                statements.append(f"if v[{i}] < 2: data[{name!r}] = v[{i}] == 1")
-            else:
-                env[f"s{i}"] = spec
-                statements.append(f"_merge(data, {name!r}, _named_value(s{i}, v[{i}]))")
-        elif mode == RAW:
-            plain.append(f"{name!r}: v[{i}]")
-        elif mode == SCALED:
-            plain.append(f"{name!r}: v[{i}] / {spec.divisor}")
-        else:  # SIGNED, SIGNED_SCALED: two's complement of the element's size
-            half, full = 1 << (spec.size * 8 - 1), 1 << (spec.size * 8)
-            value = f"(v[{i}] - {full} if v[{i}] >= {half} else v[{i}])"
-            plain.append(
-                f"{name!r}: {value}" if mode == SIGNED else f"{name!r}: {value} / {spec.divisor}"
-            )
+    items, plain, statements = _fill_source(plan, 0, env)
     body = [f"data['io'] = {{{', '.join(items)}}}"]
     if plain:
         body.append(f"data.update({{{', '.join(plain)}}})")
@@ -197,6 +176,99 @@ def _compile(plan: _Plan) -> _Fill:
     exec(compile(source, "<teltonika IO layout>", "exec"), env)
     fill: _Fill = env["fill"]
     return fill
+
+
+def _fill_source(
+    plan: _Plan, offset: int, env: dict[str, Any], ref: str = "v[{}]"
+) -> tuple[list[str], list[str], list[str]]:
+    """Source of a layout's ``io`` items, its always-named items and the statements for
+    the conditional names; element ``i`` is ``ref.format(offset + i)``. Specs go into
+    ``env``."""
+    items = [
+        f"{skey!r}: {ref.format(offset + i)}" if i < plan.n_int
+        else f"{skey!r}: {ref.format(offset + i)}.hex()"
+        for i, skey in enumerate(plan.skeys)
+    ]
+    plain: list[str] = []
+    statements: list[str] = []
+    for position, (index, name, spec) in enumerate(plan.named):
+        mode = spec.mode
+        i = offset + index
+        v = ref.format(i)
+        if position >= plan.plain:
+            if mode == FLAG and not spec.invalid and name not in LIST_NAMES:
+                statements.append(f"if {v} < 2: data[{name!r}] = {v} == 1")
+            else:
+                env[f"s{i}"] = spec
+                statements.append(f"_merge(data, {name!r}, _named_value(s{i}, {v}))")
+        elif mode == RAW:
+            plain.append(f"{name!r}: {v}")
+        elif mode == SCALED:
+            plain.append(f"{name!r}: {v} / {spec.divisor}")
+        else:  # SIGNED, SIGNED_SCALED: two's complement of the element's size
+            half, full = 1 << (spec.size * 8 - 1), 1 << (spec.size * 8)
+            value = f"({v} - {full} if {v} >= {half} else {v})"
+            plain.append(
+                f"{name!r}: {value}" if mode == SIGNED else f"{name!r}: {value} / {spec.divisor}"
+            )
+    return items, plain, statements
+
+
+# A row (:mod:`.layouts`) → its Record: what ``to_records`` does for one AvlRecord, for
+# one layout and IO table, with the AvlRecord and the intermediate ``io`` dict skipped.
+_BuildRow = Callable[[tuple[Any, ...], str, int, bytes, int], Record]
+
+
+def _compile_row(layout: RecordLayout, table: IoTable) -> _BuildRow:
+    """``build(values, imei, received_at, raw, latest)``: the Record ``to_records`` makes
+    of ``layout.record(values)``, key for key in the same order (see :func:`_compile`
+    for why the source is safe)."""
+    plan = _Plan(table, layout.groups, layout.keys)
+    env: dict[str, Any] = {
+        "_merge": _merge, "_named_value": named_value, "_implausible": _implausible,
+        "_new_record": new_record,
+    }
+    # The values are unpacked into locals e0, e1, ... first: a local is read in one step,
+    # an indexed element in three.
+    items, plain, statements = _fill_source(plan, layout.io_start, env, "e{}")
+    names = ", ".join(f"e{i}" for i in range(layout.io_start + len(layout.keys)))
+    generation = "e9" if layout.codec == CODEC_16 else "None"
+    base = [
+        "'latitude': lat", "'longitude': lon", "'altitude': e4", "'angle': e5",
+        "'satellites': e6", "'speed': e7", "'priority': e1", "'event_io_id': e8",
+        "'event_triggered': e8 != 0", f"'generation_type': {generation}",
+        "'valid': e6 != 0 and -90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0",
+        f"'io': {{{', '.join(items)}}}",
+    ]
+    body = [
+        f"{names}, = v",
+        "lat = e3 / 10_000_000",
+        "lon = e2 / 10_000_000",
+        f"data = {{{', '.join(base + plain)}}}",
+        *statements,
+        "created = e0",
+        f"if not {DEVICE_TIME_FROM_MS} <= created <= latest:",
+        "    _implausible(data, created)",
+        "    created = received_at",
+        f"return _new_record({SOURCE_TELTONIKA!r}, imei, {TOPIC_POSITION!r}, created, "
+        "received_at, data, raw)",
+    ]
+    source = "def build(v, imei, received_at, raw, latest):\n" + "".join(
+        f"    {line}\n" for line in body
+    )
+    exec(compile(source, "<teltonika AVL row>", "exec"), env)
+    build: _BuildRow = env["build"]
+    return build
+
+
+def _row_builder(layout: RecordLayout, table: IoTable) -> _BuildRow | None:
+    """The compiled builder of ``layout`` for ``table``, once the layout has been seen
+    ``_COMPILE_AFTER`` times (None before: the caller takes the general path)."""
+    layout.hits += 1
+    if layout.hits < _COMPILE_AFTER or len(layout.keys) > _COMPILE_MAX_ELEMENTS:
+        return None
+    build = layout.builders[table] = _compile_row(layout, table)
+    return build
 
 
 def _plan(table: IoTable, groups: tuple[int, ...], keys: tuple[int, ...]) -> _Plan:
@@ -362,17 +434,21 @@ def to_records(
     out: list[Record] = []
     append = out.append
     if isinstance(frame, AvlFrame):
+        rows = frame.rows
+        if rows is not None:
+            table = io_table if io_table is not None else DEFAULT_IO_TABLE
+            for layout, values in rows:
+                build = layout.builders.get(table)
+                if build is None:
+                    build = _row_builder(layout, table)
+                    if build is None:
+                        append(_avl_record(imei, layout.record(values), table, received_at,
+                                           raw, latest))
+                        continue
+                append(build(values, imei, received_at, raw, latest))
+            return out
         for rec in frame.records:
-            data = avl_record_data(rec, io_table)
-            created = rec.timestamp_ms
-            if not DEVICE_TIME_FROM_MS <= created <= latest:
-                _implausible(data, created)
-                created = received_at
-            append(
-                new_record(
-                    SOURCE_TELTONIKA, imei, TOPIC_POSITION, created, received_at, data, raw
-                )
-            )
+            append(_avl_record(imei, rec, io_table, received_at, raw, latest))
         return out
     for message in frame.messages:
         data = gprs_message_data(message)
@@ -389,6 +465,18 @@ def to_records(
             )
         )
     return out
+
+
+def _avl_record(  # noqa: PLR0917 - positional: once per record
+    imei: str, rec: AvlRecord, table: IoTable | None, received_at: int, raw: bytes,
+    latest: int,
+) -> Record:
+    data = avl_record_data(rec, table)
+    created = rec.timestamp_ms
+    if not DEVICE_TIME_FROM_MS <= created <= latest:
+        _implausible(data, created)
+        created = received_at
+    return new_record(SOURCE_TELTONIKA, imei, TOPIC_POSITION, created, received_at, data, raw)
 
 
 def _implausible(data: dict[str, Any], device_time_ms: int) -> None:
