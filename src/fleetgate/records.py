@@ -84,8 +84,8 @@ def _fast_record_constructor() -> Callable[..., Record]:
     """Positional Record constructor for hot paths (one call per decoded record).
 
     The field list is checked so a new field cannot be left unset, and the draft's slots
-    against Record's (the ``__class__`` assignment needs the same layout; without it the
-    constructor falls back to setting each slot through its descriptor).
+    against Record's (the ``__class__`` assignment needs the same layout: a mismatch fails
+    at import).
     """
     names = tuple(f.name for f in fields(Record))
     expected = ("source", "device_id", "topic", "created_at", "received_at", "data", "raw",
@@ -119,46 +119,11 @@ def _fast_record_constructor() -> Callable[..., Record]:
         record.__class__ = Record  # type: ignore[assignment]
         return record  # type: ignore[return-value]
 
-    try:
-        probe = make("s", "d", "t", 1, 2, {})
-    except TypeError:  # pragma: no cover - an interpreter that refuses the layout
-        return _slot_setter_constructor(names)
+    # CPython allows the assignment between classes of identical slot layout; the probe
+    # makes a Record-layout change fail at import, not in a device's session.
+    probe = make("s", "d", "t", 1, 2, {})
     if probe.__class__ is not Record or probe != Record("s", "d", "t", 1, 2, {}):
-        return _slot_setter_constructor(names)  # pragma: no cover - defensive
-    return make
-
-
-def _slot_setter_constructor(names: tuple[str, ...]) -> Callable[..., Record]:
-    """The fallback: each slot set through its descriptor (still a third of the cost of
-    the frozen dataclass ``__init__``)."""
-    (s_source, s_device, s_topic, s_created, s_received, s_data, s_raw, s_meta, s_offset,
-     s_json, s_data_json) = (getattr(Record, name).__set__ for name in names)
-    new = object.__new__
-
-    def make(  # noqa: PLR0917 - positional on purpose: the hot path
-        source: str,
-        device_id: str,
-        topic: str,
-        created_at: int,
-        received_at: int,
-        data: Mapping[str, Any],
-        raw: bytes = b"",
-        meta: Mapping[str, str] | None = None,
-    ) -> Record:
-        record: Record = new(Record)
-        s_source(record, source)
-        s_device(record, device_id)
-        s_topic(record, topic)
-        s_created(record, created_at)
-        s_received(record, received_at)
-        s_data(record, data)
-        s_raw(record, raw)
-        s_meta(record, meta)
-        s_offset(record, 0)
-        s_json(record, None)
-        s_data_json(record, None)
-        return record
-
+        raise RuntimeError("_RecordDraft's slots differ from Record's")  # pragma: no cover
     return make
 
 
