@@ -48,6 +48,9 @@ def mosquitto(services_dir: Path) -> Iterator[ManagedProcess]:
         proc.destroy()
 
 
+STOP_STEP_S = 10.0
+
+
 class Reader:
     """A durable QoS 1 subscriber to ``<base>/#`` that reconnects across broker restarts."""
 
@@ -108,11 +111,16 @@ class Reader:
         return False
 
     async def stop(self) -> None:
+        # Each step bounded without awaiting a cancellation: aiomqtt's exit can wait for a
+        # disconnect that never completes once the broker was killed and restarted under
+        # the client (a teardown once hung until the 120 s test timeout).
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        # Drop the durable session so the broker does not keep queueing for it.
+            await asyncio.wait({self._task}, timeout=STOP_STEP_S)
+        await asyncio.wait({asyncio.create_task(self._drop_session())}, timeout=STOP_STEP_S)
+
+    async def _drop_session(self) -> None:
+        """Drop the durable session so the broker does not keep queueing for it."""
         with contextlib.suppress(aiomqtt.MqttError, OSError):
             async with aiomqtt.Client(
                 "127.0.0.1", self.port, identifier=self.identifier, clean_session=True
