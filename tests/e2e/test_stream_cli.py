@@ -187,7 +187,13 @@ def test_stream_into_a_closed_pipe_ends_without_a_traceback(tmp_path: Path) -> N
         assert "Traceback" not in result.stderr
     finally:
         if sim is not None:
+            # The simulator is scenery here (its SIGTERM report is tested with the scale-out
+            # and workers e2e tests); once, on a loaded CI run, it outlived 30 s.
             sim.terminate()
-            sim.wait(30)
+            try:
+                sim.wait(30)
+            except subprocess.TimeoutExpired:
+                sim.kill()
+                sim.wait(10)
         server.send_signal(signal.SIGTERM)
         server.wait(30)
