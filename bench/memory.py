@@ -340,31 +340,33 @@ def main() -> None:
                     stop(server)
             if args.vehicles and not args.skip_baseline:
                 port = free_port()
-                bare = start_baseline("ws", port, pki)
-                try:
-                    result = run(hold(args.vehicles, vehicle_opener(port, pki), bare.pid))
-                    print(line("vehicles, bare websockets", result, args.vehicles))
-                finally:
-                    stop(bare)
+                measure_held("vehicles, bare websockets", start_baseline("ws", port, pki),
+                             vehicle_opener(port, pki), args.vehicles)
             for number, (tree, src) in enumerate(trees if args.trackers else []):
                 data = base / f"t{attempt}-{number}"
                 pki = init_pki(data / "tesla-dev-ca", host="localhost", vins=[VIN])
                 ports = Ports()
-                server = start_fleetgate(data, pki, ports, cap, src)
-                try:
-                    result = run(hold(args.trackers, tracker_opener(ports.tracker), server.pid))
-                    print(line(f"trackers, fleetgate{tree}", result, args.trackers))
-                finally:
-                    stop(server)
+                measure_held(f"trackers, fleetgate{tree}",
+                             start_fleetgate(data, pki, ports, cap, src),
+                             tracker_opener(ports.tracker), args.trackers)
             if args.trackers and not args.skip_baseline:
                 port = free_port()
-                bare = start_baseline("tcp", port, pki)
-                try:
-                    result = run(hold(args.trackers, tracker_opener(port), bare.pid))
-                    print(line("trackers, bare asyncio", result, args.trackers))
-                finally:
-                    stop(bare)
+                measure_held("trackers, bare asyncio", start_baseline("tcp", port, pki),
+                             tracker_opener(port), args.trackers)
             sys.stdout.flush()
+
+def measure_held(
+    label: str,
+    server: subprocess.Popen[bytes],
+    opener: Callable[[int], Awaitable[object | None]],
+    count: int,
+) -> None:
+    """Hold ``count`` connections from ``opener`` on ``server``, print the line, stop it."""
+    try:
+        print(line(label, run(hold(count, opener, server.pid)), count))
+    finally:
+        stop(server)
+
 
 if __name__ == "__main__":
     main()
