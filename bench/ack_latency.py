@@ -5,7 +5,9 @@ this runs ``fleetgate bench load`` (stop-and-wait trackers at a fixed rate) agai
 *variant* in turn, round after round, with the ceiling server as the floor in the same
 window, and prints every run with the machine's load average next to it.
 
-A variant is ``ceiling`` (``bench/ceiling_server.py``) or ``NAME[@SRC]=JSON``: ``fleetgate
+A variant is ``ceiling`` (``bench/ceiling_server.py``), ``ceiling-durable`` (the same
+server acking each frame only once a group commit has synced it to a file: the floor for
+a durable ack on this disk) or ``NAME[@SRC]=JSON``: ``fleetgate
 serve`` with ``JSON`` merged into a minimal config (Teltonika TCP only, API and Tesla off,
 a fresh data_dir on the same disk as the checkout), its code from ``SRC`` (another tree's
 ``src``, for before/after runs; default this checkout). Examples::
@@ -49,8 +51,8 @@ class Variant:
 
 
 def parse_variant(text: str) -> Variant:
-    if text == "ceiling":
-        return Variant("ceiling", None, None)
+    if text in ("ceiling", "ceiling-durable"):
+        return Variant(text, None, None)
     name, _, config = text.partition("=")
     name, _, source = name.partition("@")
     return Variant(name, Path(source) if source else None, json.loads(config or "{}"))
@@ -83,6 +85,8 @@ def start(variant: Variant, port: int, work: Path) -> subprocess.Popen[bytes]:
     if variant.config is None:
         command = [PYTHON, str(ROOT / "bench" / "ceiling_server.py"), "--teltonika-port",
                    str(port), "--tesla-port", "0"]
+        if variant.name == "ceiling-durable":  # its file on the disk fleetgate's data uses
+            command += ["--durable", str(work)]
     else:
         config = merged(
             {

@@ -15,11 +15,17 @@ It listens like fleetgate and does only what the device must see, nothing else:
   layout the short reader does not take. ``--tesla-impl websockets`` (default) or
   ``picows`` (a Cython WebSocket layer).
 
+``--durable DIR`` makes the Teltonika ack durable the cheapest way a server can: each
+frame's bytes go into a file pre-allocated with zeros in ``DIR`` (so a sync writes data
+blocks, not file-system metadata), one thread writes and ``fdatasync``s whatever arrived
+while the previous sync ran (group commit) and the acks of a group are sent once its sync
+returned. No CRC, no decode, no index: the floor for a durable ack's latency on this disk.
+
 One process, one uvloop event loop. Prints ``ceiling server pid <pid> ready`` once it
 listens; stops on SIGTERM or SIGINT.
 
 Run: ``.venv/bin/python bench/ceiling_server.py --pki DIR [--host 127.0.0.1]
-[--teltonika-port 5027] [--tesla-port 4443] [--tesla-impl websockets|picows]``
+[--teltonika-port 5027] [--tesla-port 4443] [--tesla-impl websockets|picows] [--durable DIR]``
 (``--pki`` is a ``fleetgate certs init`` directory; without it Tesla is not served;
 ``--teltonika-port 0`` / ``--tesla-port 0`` turn a protocol off).
 """
@@ -34,6 +40,7 @@ import signal
 import ssl
 import struct
 import sys
+import threading
 from pathlib import Path
 
 from fleetgate.pki import CA_CERT, SERVER_CERT, SERVER_KEY
@@ -45,8 +52,65 @@ _I32 = struct.Struct("<i").unpack_from
 _U16x2 = struct.Struct("<HH").unpack_from
 
 
+class GroupCommit:
+    """Frames written and synced by one thread, group after group; acks sent after the sync."""
+
+    SIZE = 256 << 20  # pre-allocated; wraps around (the bytes are never read back)
+
+    def __init__(self, directory: Path, loop: asyncio.AbstractEventLoop) -> None:
+        path = directory / "ceiling-durable.bin"
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        zeros = bytes(1 << 20)
+        for offset in range(0, self.SIZE, len(zeros)):
+            os.pwrite(self.fd, zeros, offset)
+        os.fsync(self.fd)
+        self.offset = 0
+        self.loop = loop
+        self.pending: list[tuple[asyncio.Transport, bytes, bytes]] = []
+        self.wake = threading.Condition()
+        self.running = True
+        self.thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
+        self.thread.start()
+
+    def add(self, transport: asyncio.Transport, data: bytes, ack: bytes) -> None:
+        with self.wake:
+            self.pending.append((transport, data, ack))
+            self.wake.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self.wake:
+                while not self.pending and self.running:
+                    self.wake.wait()
+                if not self.running:
+                    return
+                group, self.pending = self.pending, []
+            data = b"".join(item[1] for item in group)
+            if self.offset + len(data) > self.SIZE:
+                self.offset = 0
+            os.pwrite(self.fd, data, self.offset)
+            self.offset += len(data)
+            os.fdatasync(self.fd)
+            self.loop.call_soon_threadsafe(self._send, group)
+
+    @staticmethod
+    def _send(group: list[tuple[asyncio.Transport, bytes, bytes]]) -> None:
+        for transport, _, ack in group:
+            if not transport.is_closing():
+                transport.write(ack)
+
+    def close(self) -> None:
+        with self.wake:
+            self.running = False
+            self.wake.notify()
+        self.thread.join()
+        os.close(self.fd)
+
+
 class Tracker(asyncio.Protocol):
-    """One Teltonika connection: IMEI, then an ack per frame."""
+    """One Teltonika connection: IMEI, then an ack per frame (after a sync with --durable)."""
+
+    commit: GroupCommit | None = None  # set by main() for --durable
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -59,6 +123,7 @@ class Tracker(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         transport = self.transport
         assert transport is not None
+        commit = self.commit
         # The usual case: exactly one whole frame in one read.
         if (
             self.identified
@@ -66,7 +131,10 @@ class Tracker(asyncio.Protocol):
             and len(data) >= 10
             and int.from_bytes(data[4:8], "big") + 12 == len(data)
         ):
-            transport.write(ACKS[data[9]])
+            if commit is None:
+                transport.write(ACKS[data[9]])
+            else:
+                commit.add(transport, data, ACKS[data[9]])
             return
         buffer = self.buffer
         buffer += data
@@ -83,10 +151,13 @@ class Tracker(asyncio.Protocol):
                 break
             acks.append(ACKS[buffer[position + 9]])
             position = end
+        if acks:
+            if commit is None:
+                transport.write(b"".join(acks))
+            else:
+                commit.add(transport, bytes(buffer[:position]), b"".join(acks))
         if position:
             del buffer[:position]
-        if acks:
-            transport.write(b"".join(acks))
 
 
 def tesla_ack(frame: bytes) -> bytes | None:
@@ -167,6 +238,8 @@ async def main(args: argparse.Namespace) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     servers: list[object] = []
+    if args.durable:
+        Tracker.commit = GroupCommit(Path(args.durable), loop)
     if args.teltonika_port:
         servers.append(await loop.create_server(Tracker, args.host, args.teltonika_port))
     if args.tesla_port and args.pki:
@@ -176,6 +249,8 @@ async def main(args: argparse.Namespace) -> None:
     await stop.wait()
     for server in servers:
         server.close()  # type: ignore[attr-defined]
+    if Tracker.commit is not None:
+        Tracker.commit.close()
 
 
 if __name__ == "__main__":
@@ -185,6 +260,8 @@ if __name__ == "__main__":
     parser.add_argument("--tesla-port", type=int, default=4443)
     parser.add_argument("--pki", help="a `fleetgate certs init` directory (server cert, CA)")
     parser.add_argument("--tesla-impl", choices=("websockets", "picows"), default="websockets")
+    parser.add_argument("--durable", metavar="DIR",
+                        help="ack Teltonika frames only once synced to a file in DIR")
     import uvloop
 
     uvloop.run(main(parser.parse_args()))
