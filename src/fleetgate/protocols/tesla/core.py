@@ -80,6 +80,7 @@ from fleetgate.protocols.tesla.transforms import (
     transform_payload,
     transform_vehicle_data_entries,
 )
+from fleetgate.protocols.tesla.vwire import read_vehicle_data
 from fleetgate.records import SOURCE_TESLA, Record, new_record
 
 OUTCOME_DISPATCH: Final = "dispatch"
@@ -228,7 +229,15 @@ class FrameProcessor:
         except DecodeError:
             return None
         vin = self.identity.device_id
-        data = transform_vehicle_data_natural(message, vin)
+        read = read_vehicle_data(stream.payload)
+        if read is None:  # not the usual shape, or a string to rewrite: through upb
+            data = transform_vehicle_data_natural(message, vin)
+            signals = len(message.data)
+        else:
+            data, signals = read
+            message.vin = vin  # the only change the transforms make to such a payload
+            if message.is_resend:
+                data["is_resend"] = True
         if message.HasField("created_at"):
             created = message.created_at
             seconds = created.seconds
@@ -268,7 +277,7 @@ class FrameProcessor:
             txid,
             len(payload),
             None,
-            len(message.data),
+            signals,
         )
 
     def _general(
