@@ -57,6 +57,7 @@ _WIRE_VARINT: Final = 0
 _WIRE_FIXED64: Final = 1
 _WIRE_BYTES: Final = 2
 _WIRE_FIXED32: Final = 5
+_DOUBLE_TAG: Final = 5 << 3 | _WIRE_FIXED64  # double_value
 
 
 def _enum_names(fd: FieldDescriptor) -> Callable[[int], Any]:
@@ -152,6 +153,9 @@ def _read(buf: bytes) -> tuple[dict[str, Any], int] | None:
         if tag >= 0x80:
             tag, pos = _varint(buf, pos - 1)
         if tag != 0x0A:  # not a datum (field 1, bytes): skip it
+            if tag & 7 == _WIRE_BYTES and buf[pos] < 0x80:  # created_at, vin
+                pos += 1 + buf[pos]
+                continue
             after = _skip(buf, pos, tag & 7)
             if after is None:
                 return None
@@ -197,6 +201,13 @@ def _read(buf: bytes) -> tuple[dict[str, Any], int] | None:
             continue
         member = buf[pos]
         pos += 1
+        if member == _DOUBLE_TAG and pos + 8 == datum_end:  # the usual datum, first
+            raw = _DOUBLE(buf, pos)[0]
+            data[name] = raw if isfinite(raw) else None
+            if key == LOCATION_FIELD:
+                location_seen = True
+            pos = datum_end
+            continue
         if member >= 0x80:
             member, pos = _varint(buf, pos - 1)
         kind_convert = kinds.get(member)
@@ -204,12 +215,12 @@ def _read(buf: bytes) -> tuple[dict[str, Any], int] | None:
             return None
         kind, convert = kind_convert
         if kind == _DOUBLE_KIND:
-            if pos + 8 != datum_end:
-                return None
-            raw = _DOUBLE(buf, pos)[0]
-            data[name] = raw if isfinite(raw) else None
-        elif kind == _STRING:
-            size, pos = _varint(buf, pos)
+            return None  # a double whose datum holds more than it
+        if kind == _STRING:
+            size = buf[pos]
+            pos += 1
+            if size >= 0x80:
+                size, pos = _varint(buf, pos - 1)
             if pos + size != datum_end:
                 return None
             text = buf[pos:datum_end].decode("utf-8")
@@ -245,7 +256,10 @@ def _read(buf: bytes) -> tuple[dict[str, Any], int] | None:
             raw = float32_value(_FLOAT(buf, pos)[0])
             data[name] = raw if isfinite(raw) else None
         else:  # location
-            size, pos = _varint(buf, pos)
+            size = buf[pos]
+            pos += 1
+            if size >= 0x80:
+                size, pos = _varint(buf, pos - 1)
             if pos + size != datum_end:
                 return None
             latitude = longitude = 0.0
