@@ -32,10 +32,15 @@ from typing import Any, Final
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import PayloadTooBig, ProtocolError
-from websockets.frames import BINARY, CONT, TEXT, CloseCode, Frame, Opcode, apply_mask
+from websockets.frames import BINARY, CONT, TEXT, CloseCode, Frame, Opcode
 from websockets.protocol import Event, Protocol
 from websockets.server import ServerProtocol
 from websockets.typing import Data
+
+try:  # what websockets' Frame.parse uses: its C helper, or the pure-Python one
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - websockets built without its C extension
+    from websockets.utils import apply_mask
 
 _FIN: Final = 0x80
 _RSV: Final = 0x70
