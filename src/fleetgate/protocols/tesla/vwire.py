@@ -58,6 +58,11 @@ _WIRE_FIXED64: Final = 1
 _WIRE_BYTES: Final = 2
 _WIRE_FIXED32: Final = 5
 _DOUBLE_TAG: Final = 5 << 3 | _WIRE_FIXED64  # double_value
+# A datum of 13 bytes (field 1), its key (field 1, varint), a Value of 9 bytes (field 2)
+# holding a double_value: (0a 0d 08, key, 12 09 29, double).
+_DOUBLE_DATUM: Final = struct.Struct("<3sB3sd").unpack_from
+_DOUBLE_HEAD: Final = b"\x0a\x0d\x08"
+_DOUBLE_MIDDLE: Final = b"\x12\x09\x29"
 
 
 def _enum_names(fd: FieldDescriptor) -> Callable[[int], Any]:
@@ -148,6 +153,19 @@ def _read(buf: bytes) -> tuple[dict[str, Any], int] | None:
     end = len(buf)
     pos = 0
     while pos < end:
+        if end - pos >= 15 and buf[pos] == 0x0A:
+            # The usual datum in one read: a one-byte key and a double (15 bytes).
+            head, key, middle, raw = _DOUBLE_DATUM(buf, pos)
+            if head == _DOUBLE_HEAD and middle == _DOUBLE_MIDDLE and key < 0x80:
+                name = names.get(key)
+                if name is None:
+                    name = str(key)
+                data[name] = raw if isfinite(raw) else None
+                count += 1
+                if key == LOCATION_FIELD:
+                    location_seen = True
+                pos += 15
+                continue
         tag = buf[pos]
         pos += 1
         if tag >= 0x80:
