@@ -63,6 +63,11 @@ _DOUBLE_TAG: Final = 5 << 3 | _WIRE_FIXED64  # double_value
 _DOUBLE_DATUM: Final = struct.Struct("<3sB3sd").unpack_from
 _DOUBLE_HEAD: Final = b"\x0a\x0d\x08"
 _DOUBLE_MIDDLE: Final = b"\x12\x09\x29"
+# A datum of 24 bytes, its key, a Value of 20 bytes holding a location_value of 18 bytes:
+# latitude (field 1, double), longitude (field 2, double).
+_LOCATION_DATUM: Final = struct.Struct("<3sB5sdsd").unpack_from
+_LOCATION_HEAD: Final = b"\x0a\x18\x08"
+_LOCATION_MIDDLE: Final = b"\x12\x14\x3a\x12\x09"
 
 
 def _enum_names(fd: FieldDescriptor) -> Callable[[int], Any]:
@@ -166,6 +171,27 @@ def _read(buf: bytes) -> tuple[dict[str, Any], int] | None:
                     location_seen = True
                 pos += 15
                 continue
+            if buf[pos + 1] == 0x18 and end - pos >= 26:
+                # A location_value with both coordinates (26 bytes).
+                head, key, middle, latitude, between, longitude = _LOCATION_DATUM(buf, pos)
+                if (
+                    head == _LOCATION_HEAD
+                    and middle == _LOCATION_MIDDLE
+                    and between == b"\x11"
+                    and key < 0x80
+                ):
+                    name = names.get(key)
+                    if name is None:
+                        name = str(key)
+                    data[name] = {
+                        "latitude": latitude if isfinite(latitude) else None,
+                        "longitude": longitude if isfinite(longitude) else None,
+                    }
+                    count += 1
+                    if key == LOCATION_FIELD:
+                        location_seen = True
+                    pos += 26
+                    continue
         tag = buf[pos]
         pos += 1
         if tag >= 0x80:
