@@ -15,13 +15,18 @@ import fleetgate.protocols.tesla  # noqa: F401 - registers the Tesla forms
 from fleetgate.forms import mqtt_form, wire_payload
 from fleetgate.forms.tesla_log import log_form
 from fleetgate.forms.tesla_mqtt import mqtt_messages
-from fleetgate.protocols.tesla.natural import natural_data, natural_value, natural_vehicle_data
+from fleetgate.protocols.tesla.natural import (
+    natural_data,
+    natural_value,
+    natural_vehicle_data,
+    transform_vehicle_data_natural,
+)
 from fleetgate.protocols.tesla.proto import vehicle_alert_pb2 as va
 from fleetgate.protocols.tesla.proto import vehicle_connectivity_pb2 as vc
 from fleetgate.protocols.tesla.proto import vehicle_data_pb2 as vd
 from fleetgate.protocols.tesla.proto import vehicle_error_pb2 as ve
 from fleetgate.protocols.tesla.protojson import protojson_dict
-from fleetgate.protocols.tesla.transforms import transform_payload
+from fleetgate.protocols.tesla.transforms import transform_payload, transform_vehicle_data_entries
 from fleetgate.records import Record, record_json
 from fleetgate.sinks.base import SinkContext
 from fleetgate.sinks.logger import LoggerSink
@@ -465,3 +470,17 @@ def test_natural_data_equals_the_descriptor_walk(message: vd.Payload) -> None:
         assert oracle.typed(natural_value(datum.value)) == oracle.typed(
             oracle.value_data(datum.value)
         )
+
+
+@settings(max_examples=400, deadline=None)
+@given(oracle.v_payloads())
+def test_one_pass_v_transform_equals_transform_then_data(message: vd.Payload) -> None:
+    # The frame path's one pass against the two steps it replaces: same data, same bytes.
+    two_steps = vd.Payload()
+    two_steps.CopyFrom(message)
+    entries = transform_vehicle_data_entries(two_steps, VIN)
+    expected = oracle.typed(natural_vehicle_data(entries, two_steps.is_resend))
+    one_pass = vd.Payload()
+    one_pass.CopyFrom(message)
+    assert oracle.typed(transform_vehicle_data_natural(one_pass, VIN)) == expected
+    assert one_pass.SerializeToString() == two_steps.SerializeToString()

@@ -224,3 +224,45 @@ def test_control_frames_pass_untouched(opcode: int) -> None:
     p = protocol()
     feed(p, client_frame(opcode, b"abc"))
     assert [(e.opcode, bytes(e.data)) for e in p.events_received()] == [(opcode, b"abc")]
+
+
+@st.composite
+def client_frames(draw: st.DrawFn) -> bytes:
+    """One client frame within the limit: any opcode, FIN, RSV bits, mask or none, and a
+    length in any of the three encodings (126 may be used for short lengths too)."""
+    opcode = draw(st.sampled_from([BINARY, TEXT, CONT, PING, PONG, CLOSE, 3]))
+    data = draw(st.binary(max_size=300))
+    head1 = (0x80 if draw(st.booleans()) else 0) | (
+        draw(st.sampled_from([0, 0, 0, 0x40, 0x10])) | int(opcode)
+    )
+    masked = draw(st.sampled_from([True, True, True, False]))
+    mask_bit = 0x80 if masked else 0
+    encoding = draw(st.sampled_from(["short", "short", "16", "64"]))
+    if encoding == "short" and len(data) < 126:
+        head = bytes([head1, mask_bit | len(data)])
+    elif encoding == "64":
+        head = struct.pack("!BBQ", head1, mask_bit | 127, len(data))
+    else:
+        head = struct.pack("!BBH", head1, mask_bit | 126, len(data))
+    if not masked:
+        return head + data
+    mask = draw(st.binary(min_size=4, max_size=4))
+    return head + mask + bytes(b ^ mask[n % 4] for n, b in enumerate(data))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_frames_within_the_limit_read_as_websockets_reads_them(data: st.DataObject) -> None:
+    # The in-buffer fast path for whole binary frames against the library's own parser:
+    # the same events and the same replies (pongs, closes) for any frames in any chunking.
+    stream = b"".join(data.draw(st.lists(client_frames(), max_size=6)))
+    chunk = data.draw(st.integers(1, 400))
+    ours = protocol()
+    theirs = ServerProtocol(state=OPEN, max_size=LIMIT)
+    for p in (ours, theirs):
+        feed(p, stream, chunk=chunk)
+    assert [(e.opcode, bytes(e.data), e.fin) for e in ours.events_received()] == [
+        (e.opcode, bytes(e.data), e.fin) for e in theirs.events_received()
+    ]
+    assert ours.data_to_send() == theirs.data_to_send()
+    assert ours.close_rcvd == theirs.close_rcvd

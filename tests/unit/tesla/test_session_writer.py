@@ -7,7 +7,19 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fleetgate.listeners.tesla.writer import WRITE_BATCH_FRAMES, WRITE_QUEUE_FRAMES, FrameWriter
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from websockets.frames import BINARY, Frame
+from websockets.protocol import OPEN
+from websockets.server import ServerProtocol
+
+from fleetgate.listeners.tesla.writer import (
+    WRITE_BATCH_FRAMES,
+    WRITE_QUEUE_FRAMES,
+    FrameWriter,
+    server_binary_frame,
+)
 
 
 class FakeWebSocket:
@@ -122,3 +134,44 @@ async def test_an_idle_writer_holds_no_queue_and_flushes_at_once() -> None:
     await asyncio.wait_for(w.writer.flush(), 1)
     w.writer.send(b"first")
     assert w.writer.waiting == 1
+
+
+@given(st.binary(max_size=300))
+def test_a_server_frame_is_the_bytes_websockets_writes(data: bytes) -> None:
+    assert server_binary_frame(data) == Frame(BINARY, data).serialize(mask=False, extensions=[])
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 127, 0xFFFF, 0x1_0000, 0x1_0001])
+def test_a_server_frame_of_every_length_encoding(size: int) -> None:
+    data = bytes([size % 251]) * size
+    assert server_binary_frame(data) == Frame(BINARY, data).serialize(mask=False, extensions=[])
+
+
+class ProtocolWebSocket:
+    """A connection over a real websockets protocol; what each send_context wrote."""
+
+    def __init__(self, *, debug: bool = False) -> None:
+        self.protocol = ServerProtocol(state=OPEN)
+        self.protocol.debug = debug
+        self.written: list[bytes] = []
+
+    @contextlib.asynccontextmanager
+    async def send_context(self) -> AsyncIterator[None]:
+        yield
+        self.written.append(b"".join(self.protocol.data_to_send()))
+
+
+@pytest.mark.parametrize("debug", [False, True])
+async def test_batched_frames_are_the_bytes_send_binary_writes(debug: bool) -> None:
+    frames = [bytes([n]) * n * 50 for n in range(8)]  # lengths on both sides of 126
+    expected = ServerProtocol(state=OPEN)
+    for frame in frames:
+        expected.send_binary(frame)
+    ws = ProtocolWebSocket(debug=debug)  # with debug logging: through send_binary itself
+    writer = FrameWriter(ws, lambda reason: None)
+    for frame in frames:
+        writer.send(frame)
+    task = asyncio.create_task(writer.run())
+    await writer.flush()
+    await stop(task)
+    assert b"".join(ws.written) == b"".join(expected.data_to_send())

@@ -37,9 +37,15 @@ from websockets.protocol import Event, Protocol
 from websockets.server import ServerProtocol
 from websockets.typing import Data
 
+try:  # what websockets' Frame.parse uses: its C helper, or the pure-Python one
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - websockets built without its C extension
+    from websockets.utils import apply_mask
+
 _FIN: Final = 0x80
 _RSV: Final = 0x70
 _MASK: Final = 0x80
+_FIN_BINARY: Final = 0x82  # FIN, no RSV bits, opcode 2
 _MAX_CONTROL_PAYLOAD: Final = 125  # RFC 6455 5.5
 
 
@@ -82,10 +88,18 @@ class _OversizeSkipping(Protocol):
                     raise EOFError("unexpected end of stream")
                 allowed = None if limit is None else limit - (self.current_size or 0)
                 skipping = self._skipped is not None
+                buffer = reader.buffer
+                if buffer[0] == _FIN_BINARY and not skipping and self.current_size is None:
+                    # The usual frame, whole in the buffer: read here, without Frame.parse's
+                    # generator round trips (see _whole_binary_frame).
+                    frame = self._whole_binary_frame(buffer, allowed)
+                    if frame is not None:
+                        self._message_opcode = None
+                        self.recv_frame(frame)
+                        continue
                 # The cheap test first, inline: a frame whose length code says at most
                 # 65,535 bytes cannot go over a limit that leaves more (most frames); the
                 # generator below costs about as much as parsing a small frame.
-                buffer = reader.buffer
                 surely_fits = not skipping and (
                     allowed is None
                     or (len(buffer) >= 2 and buffer[1] & 0x7F != 127 and allowed >= 0xFFFF)
@@ -119,6 +133,35 @@ class _OversizeSkipping(Protocol):
             self.parser_exc = exc
         yield
         raise AssertionError("parse() shouldn't step after error")
+
+    def _whole_binary_frame(self, buffer: bytearray, allowed: int | None) -> Frame | None:
+        """The masked, unfragmented binary frame at the start of ``buffer``, taken out of it,
+        when it is there whole and within ``allowed``; None to leave it to ``Frame.parse``.
+
+        Returns exactly the frame ``Frame.parse`` would: RSV bits clear and FIN set (the
+        first byte was checked by the caller), masked (as a client must), no extensions
+        (the listener negotiates none), so ``frame.check()`` has nothing to refuse.
+        """
+        size = len(buffer)
+        if size < 6 or self.extensions:
+            return None
+        length = buffer[1]
+        if length < _MASK:
+            return None  # unmasked: Frame.parse refuses it
+        length &= 0x7F
+        if length < 126:
+            start = 6
+        elif length == 126 and size >= 8:
+            length = buffer[2] << 8 | buffer[3]
+            start = 8
+        else:
+            return None
+        end = start + length
+        if end > size or (allowed is not None and length > allowed):
+            return None
+        data = apply_mask(buffer[start:end], buffer[start - 4 : start])
+        del buffer[:end]
+        return Frame(BINARY, data, True)
 
     def _peek_header(self) -> Generator[None, None, tuple[int, int, int]]:
         """(first header byte, payload length, header size) of the next frame, unread."""

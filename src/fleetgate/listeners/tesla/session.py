@@ -32,6 +32,7 @@ from fleetgate.observability.logging import fields
 from fleetgate.observability.ratelimit import LimitedLog
 from fleetgate.pipeline import AckQueue, Pipeline
 from fleetgate.protocols.tesla.core import (
+    OUTCOME_DISPATCH,
     OUTCOME_TOO_BIG,
     FrameProcessor,
     FrameResult,
@@ -258,6 +259,16 @@ class VehicleSession:
             # the frame is not parsed twice). The reference adds this frame's signals too.
             self._rate_limit_counter(result.record_type).inc()
             self._count_signals(result)
+        if result.outcome == OUTCOME_DISPATCH:
+            # The usual frame: one Record, its ack once the pipeline has it; no replies.
+            record_type = result.record_type
+            self._count_processed(record_type, result.payload_size)
+            records = result.records
+            try:
+                await self._acks.put(records, (record_type, result.ack_reply, len(records)))
+            except RuntimeError as exc:  # the pipeline is closing: stop reading
+                self._pipeline_closed(exc)
+            return
         self._count(result)
         for reply in result.immediate_replies:
             self._send(reply)
@@ -266,13 +277,16 @@ class VehicleSession:
             try:
                 await self._acks.put(records, (records[0].topic, result.ack_reply, len(records)))
             except RuntimeError as exc:  # the pipeline is closing: stop reading
-                _PIPELINE_CLOSED_LOG.warning(
-                    "pipeline closed; frame not taken", extra=fields(vin=self.device_id)
-                )
-                self.closed = True
-                raise ConnectionClosedError(None, None) from exc
+                self._pipeline_closed(exc)
         elif result.ack_reply is not None:
             self._send(result.ack_reply)
+
+    def _pipeline_closed(self, exc: RuntimeError) -> None:
+        _PIPELINE_CLOSED_LOG.warning(
+            "pipeline closed; frame not taken", extra=fields(vin=self.device_id)
+        )
+        self.closed = True
+        raise ConnectionClosedError(None, None) from exc
 
     def _rate_limit_counter(self, txtype: str) -> _Child:
         """``rate_limit_exceeded_total`` for this vehicle and ``txtype``.
@@ -316,14 +330,16 @@ class VehicleSession:
                 extra=fields(vin=self.device_id, txid=result.txid, error=result.error),
             )
         if result.counts_as_processed:
-            record_type = result.record_type
-            records, size, dispatch = _frame_counters(record_type)
-            records.inc()
-            size.inc(result.payload_size)
-            dispatch.inc()
-            self.bytes_by_topic[record_type] = (
-                self.bytes_by_topic.get(record_type, 0) + result.payload_size
-            )
+            self._count_processed(result.record_type, result.payload_size)
+
+    def _count_processed(self, record_type: str, payload_size: int) -> None:
+        """record_total, record_size_bytes_total, dispatch_total and the session's bytes."""
+        records, size, dispatch = _frame_counters(record_type)
+        records.inc()
+        size.inc(payload_size)
+        dispatch.inc()
+        bytes_by_topic = self.bytes_by_topic
+        bytes_by_topic[record_type] = bytes_by_topic.get(record_type, 0) + payload_size
 
     def _answer(self, frame: tuple[str, bytes | None, int], safe: bool) -> None:
         """The pipeline decided on a frame: send its ack if it is safe and still wanted."""

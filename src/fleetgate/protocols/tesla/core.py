@@ -43,12 +43,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from fleetgate.protocols.tesla.envelope import (
     MESSAGE_STREAM,
     Envelope,
     EnvelopeError,
+    StreamMessage,
     build_ack,
     build_error,
     parse_envelope,
@@ -59,11 +60,17 @@ from fleetgate.protocols.tesla.natural import (
     natural_data,
     natural_vehicle_data,
     payload_created_at_ms,
+    transform_vehicle_data_natural,
 )
 from fleetgate.protocols.tesla.proto import vehicle_connectivity_pb2, vehicle_data_pb2
 from fleetgate.protocols.tesla.protojson import protojson_dict
 from fleetgate.protocols.tesla.transforms import (
+    MAX_NANOS,
+    MAX_TIMESTAMP_SECONDS,
+    MESSAGE_TYPES,
+    MIN_TIMESTAMP_SECONDS,
     TOPIC_CONNECTIVITY,
+    TOPIC_V,
     ImpossibleTimeError,
     PayloadError,
     VehicleDatum,
@@ -73,7 +80,8 @@ from fleetgate.protocols.tesla.transforms import (
     transform_payload,
     transform_vehicle_data_entries,
 )
-from fleetgate.records import SOURCE_TESLA, Record
+from fleetgate.protocols.tesla.vwire import read_vehicle_data
+from fleetgate.records import SOURCE_TESLA, Record, new_record
 
 OUTCOME_DISPATCH: Final = "dispatch"
 OUTCOME_ACK_ONLY: Final = "ack_only"
@@ -92,6 +100,11 @@ REFUSAL_IMPOSSIBLE_TIME: Final = "impossible_time"
 def _text(raw: bytes) -> str:
     # Go converts bytes to string without validation; replacement keeps ours printable.
     return raw.decode("utf-8", "replace")
+
+
+# The topics the server knows, as bytes → text: one dict lookup instead of a decode.
+_TOPIC_TEXTS: Final = {topic.encode(): topic for topic in MESSAGE_TYPES}
+_Payload: Final = vehicle_data_pb2.Payload
 
 
 @dataclass(slots=True)
@@ -191,11 +204,91 @@ class FrameProcessor:
                 refusal=REFUSAL_UNREADABLE,
             )
 
-        if not envelope.has_message or envelope.message_type != MESSAGE_STREAM:
-            return self._unknown_type(envelope)
         stream = envelope.stream
-        assert stream is not None  # parse_envelope sets it for every type-4 union
-        topic = _text(envelope.topic)
+        if stream is None:  # no union, or a union of another type
+            return self._unknown_type(envelope)
+        topic = _TOPIC_TEXTS.get(envelope.topic) or _text(envelope.topic)
+        configured = self.configured_topics is None or topic in self.configured_topics
+        if topic == TOPIC_V and configured:
+            result = self._vehicle_data(envelope, stream, received_at)
+            if result is not None:
+                return result
+        return self._general(envelope, stream, topic, configured, received_at)
+
+    def _vehicle_data(
+        self, envelope: Envelope, stream: StreamMessage, received_at: int
+    ) -> FrameResult | None:
+        """:meth:`_general` for a configured ``V`` frame (the usual frame), in one pass.
+
+        None when the payload does not decode or holds an impossible time: the general
+        path then makes the error reply.
+        """
+        message = _Payload()
+        try:
+            message.ParseFromString(stream.payload)
+        except DecodeError:
+            return None
+        vin = self.identity.device_id
+        read = read_vehicle_data(stream.payload)
+        if read is None:  # not the usual shape, or a string to rewrite: through upb
+            data = transform_vehicle_data_natural(message, vin)
+            signals = len(message.data)
+        else:
+            data, signals = read
+            message.vin = vin  # the only change the transforms make to such a payload
+            if message.is_resend:
+                data["is_resend"] = True
+        if message.HasField("created_at"):
+            created = message.created_at
+            seconds = created.seconds
+            nanos = created.nanos
+            if not (
+                MIN_TIMESTAMP_SECONDS <= seconds <= MAX_TIMESTAMP_SECONDS
+                and 0 <= nanos <= MAX_NANOS
+            ):
+                return None
+            created_at = seconds * 1000 + nanos // 1_000_000
+        else:
+            created_at = stream.created_at * 1000 if stream.created_at else received_at
+        payload = message.SerializeToString()
+        txid_bytes = envelope.txid
+        txid = _text(txid_bytes)
+        record = new_record(
+            SOURCE_TESLA,
+            vin,
+            TOPIC_V,
+            created_at,
+            received_at,
+            data,
+            payload,
+            {
+                "txid": txid,
+                "device_client_version": self.device_client_version,
+                "socket_id": self.socket_id,
+            },
+        )
+        return FrameResult(
+            [record],
+            [],
+            build_ack(txid_bytes, envelope.topic),
+            OUTCOME_DISPATCH,
+            None,
+            TOPIC_V,
+            txid,
+            len(payload),
+            None,
+            signals,
+        )
+
+    def _general(
+        self,
+        envelope: Envelope,
+        stream: StreamMessage,
+        topic: str,
+        configured: bool,
+        received_at: int,
+    ) -> FrameResult:
+        """Any stream frame: every topic, every refusal."""
         txid = _text(envelope.txid)
 
         def error(refusal: str, reason: str) -> FrameResult:
@@ -210,7 +303,6 @@ class FrameProcessor:
                 refusal=refusal,
             )
 
-        configured = self.configured_topics is None or topic in self.configured_topics
         # The deprecated sender_id is only checked for topics nobody consumes; configured
         # topics take the VIN from the certificate whatever the frame claims (anti-spoofing).
         if not configured and stream.sender_id not in self._accepted_senders:
@@ -260,19 +352,19 @@ class FrameProcessor:
         if created_at is None:
             created_at = stream.created_at * 1000 if stream.created_at else received_at
         result.records.append(
-            Record(
-                source=SOURCE_TESLA,
-                device_id=self.identity.device_id,
-                topic=topic,
-                created_at=created_at,
-                received_at=received_at,
-                data=(
+            new_record(
+                SOURCE_TESLA,
+                self.identity.device_id,
+                topic,
+                created_at,
+                received_at,
+                (
                     natural_vehicle_data(entries, is_resend)
                     if entries is not None
                     else natural_data(topic, message)
                 ),
-                raw=payload,
-                meta={
+                payload,
+                {
                     "txid": txid,
                     "device_client_version": self.device_client_version,
                     "socket_id": self.socket_id,

@@ -186,13 +186,117 @@ def _fast_vector(buf: bytes, size: int, table: int, rel: int) -> bytes | None:
     return buf[vec + 4 : end]
 
 
+_ROOT_OFFSETS: Final = struct.Struct(f"<{_ROOT_SLOTS}H")
+_STREAM_OFFSETS: Final = struct.Struct(f"<{_STREAM_SLOTS}H")
+
+
 def _parse_fast(data: bytes) -> Envelope | None:
     """:func:`_parse_checked` for the usual layout; None to let the walker decide.
 
     Only returns when every read the walker would make lies inside the frame, so whenever
     it returns, the walker would have returned the same envelope.
+
+    The usual layout (every vtable holding all its slots) is read inline, without helper
+    calls: ``unpack_from`` and indexing refuse a read past the end themselves (caught
+    below), and no position here can be negative but a vtable's (checked), so only the
+    ends of the byte vectors, which slicing would silently cut short, are compared.
     """
     size = len(data)
+    try:
+        root = _u32(data, 0)[0]
+        vtable = root - _i32(data, root)[0]
+        if vtable < 0 or _u16(data, vtable)[0] < 4 + 2 * _ROOT_SLOTS:
+            return _parse_fast_short(data, size)
+        o_txid, o_topic, o_type, o_message, o_message_id = _ROOT_OFFSETS.unpack_from(
+            data, vtable + 4
+        )
+        # Each byte vector: the field holds the offset of (u32 length, bytes).
+        if o_txid:
+            at = root + o_txid
+            at += _u32(data, at)[0] + 4
+            end = at + _u32(data, at - 4)[0]
+            if end > size:
+                return None
+            txid = data[at:end]
+        else:
+            txid = b""
+        if o_topic:
+            at = root + o_topic
+            at += _u32(data, at)[0] + 4
+            end = at + _u32(data, at - 4)[0]
+            if end > size:
+                return None
+            topic = data[at:end]
+        else:
+            topic = b""
+        if o_message_id:
+            at = root + o_message_id
+            at += _u32(data, at)[0] + 4
+            end = at + _u32(data, at - 4)[0]
+            if end > size:
+                return None
+            message_id = data[at:end]
+        else:
+            message_id = b""
+        message_type = data[root + o_type] if o_type else 0
+        if not o_message:
+            return Envelope(txid, topic, message_type, message_id, None, False)
+        pos = root + o_message
+        pos += _u32(data, pos)[0]
+        if message_type != MESSAGE_STREAM:
+            return Envelope(txid, topic, message_type, message_id, None, True)
+        vtable = pos - _i32(data, pos)[0]
+        if vtable < 0 or _u16(data, vtable)[0] < 4 + 2 * _STREAM_SLOTS:
+            return _parse_fast_short(data, size)
+        o_created, o_sender, o_payload, o_device_type, o_device, o_delivered = (
+            _STREAM_OFFSETS.unpack_from(data, vtable + 4)
+        )
+        created_at = _u32(data, pos + o_created)[0] if o_created else 0
+        delivered = _u64(data, pos + o_delivered)[0] if o_delivered else 0
+        if o_sender:
+            at = pos + o_sender
+            at += _u32(data, at)[0] + 4
+            end = at + _u32(data, at - 4)[0]
+            if end > size:
+                return None
+            sender_id = data[at:end]
+        else:
+            sender_id = b""
+        if o_payload:
+            at = pos + o_payload
+            at += _u32(data, at)[0] + 4
+            end = at + _u32(data, at - 4)[0]
+            if end > size:
+                return None
+            payload = data[at:end]
+        else:
+            payload = b""
+        if o_device_type:
+            at = pos + o_device_type
+            at += _u32(data, at)[0] + 4
+            end = at + _u32(data, at - 4)[0]
+            if end > size:
+                return None
+            device_type = data[at:end]
+        else:
+            device_type = b""
+        if o_device:
+            at = pos + o_device
+            at += _u32(data, at)[0] + 4
+            end = at + _u32(data, at - 4)[0]
+            if end > size:
+                return None
+            device_id = data[at:end]
+        else:
+            device_id = b""
+    except (struct.error, IndexError):
+        return None
+    stream = StreamMessage(created_at, sender_id, payload, device_type, device_id, delivered)
+    return Envelope(txid, topic, message_type, message_id, stream, True)
+
+
+def _parse_fast_short(data: bytes, size: int) -> Envelope | None:
+    """:func:`_parse_fast` for frames whose vtables leave slots out (short vtables)."""
     if size < 4:
         return None
     root = _u32(data, 0)[0]

@@ -56,7 +56,8 @@ MESSAGE_TYPES: Final[dict[str, Callable[[], Message]]] = {
 # Seconds beyond the range of a protobuf Duration: such a "seconds" value is really ms.
 MAX_SECONDS: Final = 315_576_000_000
 
-_FIELD_LOCATION: Final = vehicle_data_pb2.Location
+LOCATION_FIELD: Final = vehicle_data_pb2.Location
+_FIELD_LOCATION: Final = LOCATION_FIELD
 
 # Go's Sscanf("(%f %1s, %f %1s)"): verbs skip leading blanks, a blank in the format matches
 # zero or more blanks, other characters must match exactly, trailing input is ignored.
@@ -82,7 +83,7 @@ class ImpossibleTimeError(PayloadError):
 # protobuf's Timestamp range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
 MIN_TIMESTAMP_SECONDS: Final = -62_135_596_800
 MAX_TIMESTAMP_SECONDS: Final = 253_402_300_799
-_MAX_NANOS: Final = 999_999_999
+MAX_NANOS: Final = 999_999_999
 
 
 def parse_location(text: str) -> tuple[float, float] | None:
@@ -181,7 +182,7 @@ def _check_time(ts: Timestamp, where: str) -> None:
     nanos = ts.nanos
     if not MIN_TIMESTAMP_SECONDS <= seconds <= MAX_TIMESTAMP_SECONDS:
         raise ImpossibleTimeError(f"{where}.seconds {seconds} is not a time (years 1-9999)")
-    if not 0 <= nanos <= _MAX_NANOS:
+    if not 0 <= nanos <= MAX_NANOS:
         raise ImpossibleTimeError(f"{where}.nanos {nanos} is not 0-999999999")
 
 

@@ -1,0 +1,326 @@
+"""``Record.data`` of a ``V`` payload read from its protobuf bytes, for the usual payloads.
+
+Reading each datum through upb's Python objects (``datum.key``, ``datum.value``,
+``WhichOneof``, the member) costs more than the rest of a frame's decoding: every access
+makes or finds a wrapper object. A vehicle's ``Payload`` is a flat list of small, regular
+datums, and reading their bytes directly is cheaper. :func:`read_vehicle_data` does that
+for payloads upb has already parsed (so the bytes are valid protobuf) and gives up
+(``None``) on anything but the usual shape, leaving it to the upb path
+(:func:`~fleetgate.protocols.tesla.natural.transform_vehicle_data_natural`):
+
+* a datum is its ``key`` then its ``value``, each at most once (a datum without a value
+  is allowed: it renders as ``null``, as ``WhichOneof`` gives None);
+* a value holds exactly one member, of a scalar, enum, or ``location_value`` kind (doors,
+  tire locations and times are left to upb), whose location holds each coordinate at
+  most once, latitude first;
+* no string needs a transform (a first ``Location`` datum spelled as text, a number in
+  scientific notation): this reader never changes the payload, so the message upb
+  parsed needs only its ``vin`` set before it is serialised again.
+
+Everything else in a payload (``created_at``, ``vin``, ``is_resend``, unknown fields) is
+skipped here and read from upb. A property test holds both paths equal on generated
+payloads and on every one-byte change of real ones.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Callable
+from typing import Any, Final
+
+from google.protobuf.descriptor import FieldDescriptor
+
+from fleetgate.protocols.tesla.gojson import float32_value
+from fleetgate.protocols.tesla.natural import natural_string
+from fleetgate.protocols.tesla.transforms import (
+    LOCATION_FIELD,
+    parse_location,
+    rewrite_scientific,
+)
+from fleetgate.protocols.tesla.values import FIELD_NAMES, VALUE_FIELDS
+
+_DOUBLE: Final = struct.Struct("<d").unpack_from
+_FLOAT: Final = struct.Struct("<f").unpack_from
+
+# Value members by wire tag (field number << 3 | wire type) → how the member reads.
+_STRING: Final = 1
+_INT32: Final = 2  # int32 and enums: a varint, its low 32 bits signed
+_INT64: Final = 3
+_BOOL: Final = 4
+_INVALID: Final = 5  # the varint kinds end here
+_FLOAT_KIND: Final = 6
+_DOUBLE_KIND: Final = 7
+_LOCATION: Final = 8
+
+_WIRE_VARINT: Final = 0
+_WIRE_FIXED64: Final = 1
+_WIRE_BYTES: Final = 2
+_WIRE_FIXED32: Final = 5
+_DOUBLE_TAG: Final = 5 << 3 | _WIRE_FIXED64  # double_value
+# A datum of 13 bytes (field 1), its key (field 1, varint), a Value of 9 bytes (field 2)
+# holding a double_value: (0a 0d 08, key, 12 09 29, double).
+_DOUBLE_DATUM: Final = struct.Struct("<3sB3sd").unpack_from
+_DOUBLE_HEAD: Final = b"\x0a\x0d\x08"
+_DOUBLE_MIDDLE: Final = b"\x12\x09\x29"
+# A datum of 24 bytes, its key, a Value of 20 bytes holding a location_value of 18 bytes:
+# latitude (field 1, double), longitude (field 2, double).
+_LOCATION_DATUM: Final = struct.Struct("<3sB5sdsd").unpack_from
+_LOCATION_HEAD: Final = b"\x0a\x18\x08"
+_LOCATION_MIDDLE: Final = b"\x12\x14\x3a\x12\x09"
+
+
+def _enum_names(fd: FieldDescriptor) -> Callable[[int], Any]:
+    enum = fd.enum_type
+    assert enum is not None  # an enum field
+    names = {number: value.name for number, value in enum.values_by_number.items()}
+
+    def convert(raw: int) -> Any:
+        name = names.get(raw)
+        return name if name is not None else raw
+
+    return convert
+
+
+def _member_kinds() -> dict[int, tuple[int, Callable[[int], Any] | None]]:
+    kinds: dict[int, tuple[int, Callable[[int], Any] | None]] = {}
+    for name, fd in VALUE_FIELDS.items():
+        if name == "invalid":
+            kinds[fd.number << 3 | _WIRE_VARINT] = (_INVALID, None)
+        elif name == "location_value":
+            kinds[fd.number << 3 | _WIRE_BYTES] = (_LOCATION, None)
+        elif fd.type == FieldDescriptor.TYPE_ENUM:
+            kinds[fd.number << 3 | _WIRE_VARINT] = (_INT32, _enum_names(fd))
+        elif fd.type == FieldDescriptor.TYPE_STRING:
+            kinds[fd.number << 3 | _WIRE_BYTES] = (_STRING, None)
+        elif fd.type == FieldDescriptor.TYPE_INT32:
+            kinds[fd.number << 3 | _WIRE_VARINT] = (_INT32, None)
+        elif fd.type == FieldDescriptor.TYPE_INT64:
+            kinds[fd.number << 3 | _WIRE_VARINT] = (_INT64, None)
+        elif fd.type == FieldDescriptor.TYPE_BOOL:
+            kinds[fd.number << 3 | _WIRE_VARINT] = (_BOOL, None)
+        elif fd.type == FieldDescriptor.TYPE_FLOAT:
+            kinds[fd.number << 3 | _WIRE_FIXED32] = (_FLOAT_KIND, None)
+        elif fd.type == FieldDescriptor.TYPE_DOUBLE:
+            kinds[fd.number << 3 | _WIRE_FIXED64] = (_DOUBLE_KIND, None)
+        # Other message members (doors, tires, time): left to upb.
+    return kinds
+
+
+_KINDS: Final = _member_kinds()
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    """(value, next position) of the varint at ``pos`` (valid: upb parsed these bytes)."""
+    result = 0
+    shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _skip(buf: bytes, pos: int, wire: int) -> int | None:
+    """Position after a field's data; None for groups (never in these messages)."""
+    if wire == _WIRE_VARINT:
+        while buf[pos] >= 0x80:
+            pos += 1
+        return pos + 1
+    if wire == _WIRE_FIXED64:
+        return pos + 8
+    if wire == _WIRE_BYTES:
+        length, pos = _varint(buf, pos)
+        return pos + length
+    if wire == _WIRE_FIXED32:
+        return pos + 4
+    return None
+
+
+def read_vehicle_data(buf: bytes) -> tuple[dict[str, Any], int] | None:
+    """(``Record.data`` without ``is_resend``, datum count) of a parsed ``V`` payload, or
+    None when it is not of the usual shape (see the module docstring)."""
+    try:
+        return _read(buf)
+    except (IndexError, struct.error, UnicodeDecodeError):  # pragma: no cover - upb parsed it
+        return None
+
+
+def _read(buf: bytes) -> tuple[dict[str, Any], int] | None:
+    names = FIELD_NAMES
+    kinds = _KINDS
+    isfinite = math.isfinite
+    data: dict[str, Any] = {}
+    count = 0
+    location_seen = False
+    end = len(buf)
+    pos = 0
+    while pos < end:
+        if end - pos >= 15 and buf[pos] == 0x0A:
+            # The usual datum in one read: a one-byte key and a double (15 bytes).
+            head, key, middle, raw = _DOUBLE_DATUM(buf, pos)
+            if head == _DOUBLE_HEAD and middle == _DOUBLE_MIDDLE and key < 0x80:
+                name = names.get(key)
+                if name is None:
+                    name = str(key)
+                data[name] = raw if isfinite(raw) else None
+                count += 1
+                if key == LOCATION_FIELD:
+                    location_seen = True
+                pos += 15
+                continue
+            if buf[pos + 1] == 0x18 and end - pos >= 26:
+                # A location_value with both coordinates (26 bytes).
+                head, key, middle, latitude, between, longitude = _LOCATION_DATUM(buf, pos)
+                if (
+                    head == _LOCATION_HEAD
+                    and middle == _LOCATION_MIDDLE
+                    and between == b"\x11"
+                    and key < 0x80
+                ):
+                    name = names.get(key)
+                    if name is None:
+                        name = str(key)
+                    data[name] = {
+                        "latitude": latitude if isfinite(latitude) else None,
+                        "longitude": longitude if isfinite(longitude) else None,
+                    }
+                    count += 1
+                    if key == LOCATION_FIELD:
+                        location_seen = True
+                    pos += 26
+                    continue
+        tag = buf[pos]
+        pos += 1
+        if tag >= 0x80:
+            tag, pos = _varint(buf, pos - 1)
+        if tag != 0x0A:  # not a datum (field 1, bytes): skip it
+            if tag & 7 == _WIRE_BYTES and buf[pos] < 0x80:  # created_at, vin
+                pos += 1 + buf[pos]
+                continue
+            after = _skip(buf, pos, tag & 7)
+            if after is None:
+                return None
+            pos = after
+            continue
+        length = buf[pos]
+        pos += 1
+        if length >= 0x80:
+            length, pos = _varint(buf, pos - 1)
+        datum_end = pos + length
+        # key: field 1, varint (an enum: int32)
+        if pos >= datum_end or buf[pos] != 0x08:
+            return None
+        key = buf[pos + 1]
+        pos += 2
+        if key >= 0x80:
+            key, pos = _varint(buf, pos - 1)
+            key &= 0xFFFF_FFFF
+            if key >= 0x8000_0000:
+                key -= 0x1_0000_0000
+        name = names.get(key)
+        if name is None:
+            name = str(key)
+        count += 1
+        if pos == datum_end:  # no value
+            data[name] = None
+            if key == LOCATION_FIELD:
+                location_seen = True
+            continue
+        # value: field 2, bytes, then the end of the datum
+        if buf[pos] != 0x12:
+            return None
+        length = buf[pos + 1]
+        pos += 2
+        if length >= 0x80:
+            length, pos = _varint(buf, pos - 1)
+        if pos + length != datum_end:
+            return None
+        if not length:  # an empty Value: no member set
+            data[name] = None
+            if key == LOCATION_FIELD:
+                location_seen = True
+            continue
+        member = buf[pos]
+        pos += 1
+        if member == _DOUBLE_TAG and pos + 8 == datum_end:  # the usual datum, first
+            raw = _DOUBLE(buf, pos)[0]
+            data[name] = raw if isfinite(raw) else None
+            if key == LOCATION_FIELD:
+                location_seen = True
+            pos = datum_end
+            continue
+        if member >= 0x80:
+            member, pos = _varint(buf, pos - 1)
+        kind_convert = kinds.get(member)
+        if kind_convert is None:
+            return None
+        kind, convert = kind_convert
+        if kind == _DOUBLE_KIND:
+            return None  # a double whose datum holds more than it
+        if kind == _STRING:
+            size = buf[pos]
+            pos += 1
+            if size >= 0x80:
+                size, pos = _varint(buf, pos - 1)
+            if pos + size != datum_end:
+                return None
+            text = buf[pos:datum_end].decode("utf-8")
+            if text:
+                if key == LOCATION_FIELD and not location_seen and parse_location(text):
+                    return None  # becomes a location_value: upb's path rewrites it
+                if ("e" in text or "E" in text) and rewrite_scientific(text) is not None:
+                    return None  # rewritten in the payload: upb's path
+                data[name] = natural_string(name, text)
+            else:
+                data[name] = text
+        elif kind <= _INVALID:  # a varint
+            number, pos = _varint(buf, pos)
+            if pos != datum_end:
+                return None
+            if kind == _INT32:
+                number &= 0xFFFF_FFFF
+                if number >= 0x8000_0000:
+                    number -= 0x1_0000_0000
+                data[name] = number if convert is None else convert(number)
+            elif kind == _INT64:
+                number &= 0xFFFF_FFFF_FFFF_FFFF
+                if number >= 0x8000_0000_0000_0000:
+                    number -= 0x1_0000_0000_0000_0000
+                data[name] = number
+            elif kind == _BOOL:
+                data[name] = number != 0
+            else:
+                data[name] = None  # invalid
+        elif kind == _FLOAT_KIND:
+            if pos + 4 != datum_end:
+                return None
+            raw = float32_value(_FLOAT(buf, pos)[0])
+            data[name] = raw if isfinite(raw) else None
+        else:  # location
+            size = buf[pos]
+            pos += 1
+            if size >= 0x80:
+                size, pos = _varint(buf, pos - 1)
+            if pos + size != datum_end:
+                return None
+            latitude = longitude = 0.0
+            if pos < datum_end and buf[pos] == 0x09:
+                latitude = _DOUBLE(buf, pos + 1)[0]
+                pos += 9
+            if pos < datum_end and buf[pos] == 0x11:
+                longitude = _DOUBLE(buf, pos + 1)[0]
+                pos += 9
+            if pos != datum_end:
+                return None
+            data[name] = {
+                "latitude": latitude if isfinite(latitude) else None,
+                "longitude": longitude if isfinite(longitude) else None,
+            }
+        if key == LOCATION_FIELD:
+            location_seen = True
+        pos = datum_end
+    return data, count
+
