@@ -80,7 +80,7 @@ STORE_CONSUMER = "sqlite"
 # SQLite's 32766 bound-parameter limit. A batch's last rows go in statements of 128, 64,
 # ... 1 rows (its size in binary): a handful of statements, each prepared once and cached,
 # where one statement of exactly the rest's size would mostly miss sqlite3's cache of 128.
-_ROWS_PER_INSERT = 256
+ROWS_PER_INSERT = 256
 # Opening a file another process is creating waits this long for its lock.
 BUSY_TIMEOUT_MS = 5000
 CACHE_KIB = 16_384
@@ -106,9 +106,9 @@ def _multi_row(prefix: str, row: str, rows: int, suffix: str = "") -> str:
 def _chunks(rows: int) -> list[int]:
     """Row counts of the statements for ``rows`` rows: full chunks, then the rest in
     powers of two (few distinct statements, so they stay prepared)."""
-    sizes = [_ROWS_PER_INSERT] * (rows // _ROWS_PER_INSERT)
-    rest = rows % _ROWS_PER_INSERT
-    bit = _ROWS_PER_INSERT
+    sizes = [ROWS_PER_INSERT] * (rows // ROWS_PER_INSERT)
+    rest = rows % ROWS_PER_INSERT
+    bit = ROWS_PER_INSERT
     while rest:
         bit >>= 1
         if rest & bit:
@@ -136,10 +136,74 @@ def _device_range(
 class PreparedBatch:
     """A batch's statement parameters, ready for :meth:`RecordStore.commit`."""
 
-    params: list[Any]
-    row: str  # the placeholders of one row: with or without meta
+    # (placeholders of one row, with or without meta; the rows' parameters) per slice.
+    parts: list[tuple[str, list[Any]]]
     devices: list[Any]  # the device upsert's, row after row
     cursor: int
+
+
+class BatchBuilder:
+    """Builds a :class:`PreparedBatch` from consecutive slices of a batch, so that a caller
+    on the event loop can let other work run between slices."""
+
+    __slots__ = ("_cursor", "_devices", "_parts")
+
+    def __init__(self) -> None:
+        self._parts: list[tuple[str, list[Any]]] = []
+        self._devices: dict[str, list[Any]] = {}
+        self._cursor = 0
+
+    def add(self, records: Sequence[Record]) -> None:
+        """The next records of the batch, in offset order."""
+        if not records:
+            return
+        params: list[Any] = []
+        extend = params.extend
+        if any(map(_META, records)):
+            dumps = orjson.dumps
+            for r in records:
+                extend(
+                    (
+                        r.source,
+                        r.device_id,
+                        r.topic,
+                        r.created_at,
+                        r.received_at,
+                        data_json(r).decode(),
+                        dumps(r.meta).decode() if r.meta else "",
+                        r.offset,
+                    )
+                )
+            self._parts.append((_ROW, params))
+        else:
+            for r in records:
+                extend(
+                    (
+                        r.source,
+                        r.device_id,
+                        r.topic,
+                        r.created_at,
+                        r.received_at,
+                        data_json(r).decode(),
+                        r.offset,
+                    )
+                )
+            self._parts.append((_ROW_NO_META, params))
+        devices = self._devices
+        for r in records:
+            entry = devices.get(r.device_id)
+            if entry is None:
+                devices[r.device_id] = [r.device_id, r.source, r.received_at, r.received_at, 1]
+            else:
+                entry[3] = max(entry[3], r.received_at)
+                entry[4] += 1
+        # Batches come in offset order: the last record's offset is the highest.
+        self._cursor = records[-1].offset
+
+    def finish(self) -> PreparedBatch:
+        return PreparedBatch(
+            self._parts, list(chain.from_iterable(self._devices.values())), self._cursor
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,57 +314,19 @@ class RecordStore:
     def prepare(records: Sequence[Record]) -> PreparedBatch:
         """The statement parameters of a batch: pure Python work, done where the caller
         runs (the event loop), so that :meth:`commit` in a worker thread spends its time in
-        SQLite (which releases the GIL) instead of competing with the loop for it."""
-        params: list[Any] = []
-        extend = params.extend
-        if any(map(_META, records)):
-            dumps = orjson.dumps
-            for r in records:
-                extend(
-                    (
-                        r.source,
-                        r.device_id,
-                        r.topic,
-                        r.created_at,
-                        r.received_at,
-                        data_json(r).decode(),
-                        dumps(r.meta).decode() if r.meta else "",
-                        r.offset,
-                    )
-                )
-            row = _ROW
-        else:
-            for r in records:
-                extend(
-                    (
-                        r.source,
-                        r.device_id,
-                        r.topic,
-                        r.created_at,
-                        r.received_at,
-                        data_json(r).decode(),
-                        r.offset,
-                    )
-                )
-            row = _ROW_NO_META
-        devices: dict[str, list[Any]] = {}
-        for r in records:
-            entry = devices.get(r.device_id)
-            if entry is None:
-                devices[r.device_id] = [r.device_id, r.source, r.received_at, r.received_at, 1]
-            else:
-                entry[3] = max(entry[3], r.received_at)
-                entry[4] += 1
-        # Batches come in offset order: the last record's offset is the highest.
-        cursor = records[-1].offset if records else 0
-        return PreparedBatch(params, row, list(chain.from_iterable(devices.values())), cursor)
+        SQLite (which releases the GIL) instead of competing with the loop for it. A caller
+        that must not hold the loop that long builds it in slices (:class:`BatchBuilder`)."""
+        builder = BatchBuilder()
+        builder.add(records)
+        return builder.finish()
 
     def commit(self, batch: PreparedBatch) -> None:
         """Write a prepared batch in one transaction (rows, device counters, cursor)."""
         writer = self._writer
         writer.execute("BEGIN")
         try:
-            self._insert(_INSERT_PREFIX, batch.row, batch.row.count("?"), batch.params)
+            for row, params in batch.parts:
+                self._insert(_INSERT_PREFIX, row, row.count("?"), params)
             self._insert(_DEVICE_PREFIX, _DEVICE_ROW, _DEVICE_WIDTH, batch.devices, _DEVICE_SUFFIX)
             if batch.cursor:
                 writer.execute(_SAVE_CURSOR, (STORE_CONSUMER, batch.cursor))

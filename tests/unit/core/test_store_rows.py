@@ -9,6 +9,7 @@ bytes, None for no meta or offset), and the device counters with the plain per-r
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fleetgate.records import Record, data_json
-from fleetgate.store import RecordStore
+from fleetgate.store import BatchBuilder, RecordStore
 
 
 def expected_row(record: Record) -> tuple[Any, ...]:
@@ -155,3 +156,65 @@ def test_a_failed_batch_leaves_nothing_behind(tmp_path: Path) -> None:
         store.write([Record("s", "a", "t", 1, 1, {"x": "y" * 2000}, offset=9)])
     assert store.count() == 0 and store.devices() == [] and store.cursor() is None
     store.close()
+
+
+@settings(
+    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    batch=st.lists(records, max_size=20),
+    cuts=st.lists(st.integers(0, 20), max_size=4),
+)
+def test_a_batch_built_in_slices_stores_what_the_batch_built_at_once_does(
+    tmp_path_factory: pytest.TempPathFactory, batch: list[Record], cuts: list[int]
+) -> None:
+    builder = BatchBuilder()
+    bounds = [0, *sorted(min(cut, len(batch)) for cut in cuts), len(batch)]
+    for start, end in itertools.pairwise(bounds):
+        builder.add(batch[start:end])
+    directory = tmp_path_factory.mktemp("store")
+    sliced, whole = RecordStore(directory / "sliced.db"), RecordStore(directory / "whole.db")
+    try:
+        sliced.commit(builder.finish())
+        whole.commit(RecordStore.prepare(batch))
+        assert stored(sliced) == stored(whole) == [expected_row(r) for r in batch]
+        assert stored_devices(sliced) == stored_devices(whole)
+        assert sliced.cursor() == whole.cursor()
+    finally:
+        sliced.close()
+        whole.close()
+
+
+async def test_the_sink_stores_a_batch_larger_than_a_slice(tmp_path: Path) -> None:
+    from fleetgate.sinks.base import SinkContext
+    from fleetgate.sinks.sqlite import PREPARE_SLICE, SqliteSink
+
+    store = RecordStore(tmp_path / "db.sqlite")
+    sink = SqliteSink({}, SinkContext(), store=store)
+    count = 2 * PREPARE_SLICE + 7
+    batch = [
+        Record(
+            "s",
+            "ab"[i % 2],
+            "t",
+            i,
+            1000 + i,
+            {"i": i},
+            meta={"m": "x"} if i == 3 else None,
+            offset=i + 1,
+        )
+        for i in range(count)
+    ]
+    await sink.publish(batch)
+    assert store.count() == count
+    assert store.cursor() == count
+    devices = {d.device_id: d for d in store.devices()}
+    assert devices["a"].record_count + devices["b"].record_count == count
+    assert devices["b"].last_seen == 1000 + count - 1 - (count % 2 == 1)
+    assert [r["data"]["i"] for r in store.records("a", limit=3)] == [
+        count - 1,
+        count - 3,
+        count - 5,
+    ]
+    assert stored(store) == [expected_row(r) for r in batch]
+    await sink.close()
