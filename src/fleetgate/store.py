@@ -18,6 +18,9 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
+from itertools import chain
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +58,14 @@ _INSERT_PREFIX = (
     "INSERT INTO records (source, device_id, topic, created_at, received_at, data, meta, seq) "
     "VALUES "
 )
-_ROW = "(?, ?, ?, ?, ?, ?, ?, ?)"
-_WIDTH = 8
+# Every parameter is a str or an int: sqlite3 binds those directly. A bytes or None
+# parameter goes through its adapter lookup first (two failed attribute lookups, each
+# raising and clearing an AttributeError), which held the GIL for about half of the store
+# thread's instructions per record. So data is bound as text (which is also what the
+# column says and what the JSON functions read), "no meta" as '' and "no offset" as 0.
+_ROW = "(?, ?, ?, ?, ?, ?, nullif(?, ''), nullif(?, 0))"
+# A batch without meta (every Teltonika batch) binds one text fewer per row.
+_ROW_NO_META = "(?, ?, ?, ?, ?, ?, NULL, nullif(?, 0))"
 # The spool offset the rows of a transaction reach, committed with them: a replay after a
 # restart starts after it, so a record is never stored (or counted) twice.
 _SAVE_CURSOR = (
@@ -67,20 +76,45 @@ STORE_CONSUMER = "sqlite"
 # Rows per INSERT statement. The writer runs in a worker thread and sqlite3 releases the
 # GIL around every statement step; one step per row makes the thread queue for the GIL
 # behind the event loop thousands of times per batch (a convoy that halved ingest). A
-# multi-row statement steps once per chunk. 8 columns x 400 rows stays well below
-# SQLite's 32766 bound-parameter limit.
-_ROWS_PER_INSERT = 400
-_INSERT_CHUNK = _INSERT_PREFIX + ",".join([_ROW] * _ROWS_PER_INSERT)
+# multi-row statement steps once per chunk. 8 columns x 256 rows stays well below
+# SQLite's 32766 bound-parameter limit. A batch's last rows go in statements of 128, 64,
+# ... 1 rows (its size in binary): a handful of statements, each prepared once and cached,
+# where one statement of exactly the rest's size would mostly miss sqlite3's cache of 128.
+ROWS_PER_INSERT = 256
 # Opening a file another process is creating waits this long for its lock.
 BUSY_TIMEOUT_MS = 5000
 CACHE_KIB = 16_384
 WAL_AUTOCHECKPOINT_PAGES = 10_000
-_UPSERT_DEVICE = (
-    "INSERT INTO devices (device_id, source, first_seen, last_seen, record_count) "
-    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET "
+_DEVICE_PREFIX = (
+    "INSERT INTO devices (device_id, source, first_seen, last_seen, record_count) VALUES "
+)
+_DEVICE_SUFFIX = (
+    " ON CONFLICT (device_id) DO UPDATE SET "
     "last_seen = max(last_seen, excluded.last_seen), "
     "record_count = record_count + excluded.record_count, source = excluded.source"
 )
+_DEVICE_ROW = "(?, ?, ?, ?, ?)"
+_DEVICE_WIDTH = 5
+_META = attrgetter("meta")
+
+
+@cache
+def _multi_row(prefix: str, row: str, rows: int, suffix: str = "") -> str:
+    return prefix + ",".join([row] * rows) + suffix
+
+
+def _chunks(rows: int) -> list[int]:
+    """Row counts of the statements for ``rows`` rows: full chunks, then the rest in
+    powers of two (few distinct statements, so they stay prepared)."""
+    sizes = [ROWS_PER_INSERT] * (rows // ROWS_PER_INSERT)
+    rest = rows % ROWS_PER_INSERT
+    bit = ROWS_PER_INSERT
+    while rest:
+        bit >>= 1
+        if rest & bit:
+            sizes.append(bit)
+            rest -= bit
+    return sizes
 
 
 def _device_range(
@@ -102,9 +136,74 @@ def _device_range(
 class PreparedBatch:
     """A batch's statement parameters, ready for :meth:`RecordStore.commit`."""
 
-    params: list[Any]
-    devices: list[list[Any]]
+    # (placeholders of one row, with or without meta; the rows' parameters) per slice.
+    parts: list[tuple[str, list[Any]]]
+    devices: list[Any]  # the device upsert's, row after row
     cursor: int
+
+
+class BatchBuilder:
+    """Builds a :class:`PreparedBatch` from consecutive slices of a batch, so that a caller
+    on the event loop can let other work run between slices."""
+
+    __slots__ = ("_cursor", "_devices", "_parts")
+
+    def __init__(self) -> None:
+        self._parts: list[tuple[str, list[Any]]] = []
+        self._devices: dict[str, list[Any]] = {}
+        self._cursor = 0
+
+    def add(self, records: Sequence[Record]) -> None:
+        """The next records of the batch, in offset order."""
+        if not records:
+            return
+        params: list[Any] = []
+        extend = params.extend
+        if any(map(_META, records)):
+            dumps = orjson.dumps
+            for r in records:
+                extend(
+                    (
+                        r.source,
+                        r.device_id,
+                        r.topic,
+                        r.created_at,
+                        r.received_at,
+                        data_json(r).decode(),
+                        dumps(r.meta).decode() if r.meta else "",
+                        r.offset,
+                    )
+                )
+            self._parts.append((_ROW, params))
+        else:
+            for r in records:
+                extend(
+                    (
+                        r.source,
+                        r.device_id,
+                        r.topic,
+                        r.created_at,
+                        r.received_at,
+                        data_json(r).decode(),
+                        r.offset,
+                    )
+                )
+            self._parts.append((_ROW_NO_META, params))
+        devices = self._devices
+        for r in records:
+            entry = devices.get(r.device_id)
+            if entry is None:
+                devices[r.device_id] = [r.device_id, r.source, r.received_at, r.received_at, 1]
+            else:
+                entry[3] = max(entry[3], r.received_at)
+                entry[4] += 1
+        # Batches come in offset order: the last record's offset is the highest.
+        self._cursor = records[-1].offset
+
+    def finish(self) -> PreparedBatch:
+        return PreparedBatch(
+            self._parts, list(chain.from_iterable(self._devices.values())), self._cursor
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +274,11 @@ class RecordStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = _connect(self.path)
+        # A multi-row statement keeps the pages it changes in a statement journal (to undo
+        # itself on an error); past 64 KiB SQLite spills that to a temporary file, ~0.4 KB
+        # of write() per record with a thousand devices' index pages. In memory instead:
+        # the journal lives for one statement and holds at most the pages it changes.
+        self._writer.execute("PRAGMA temp_store=MEMORY")
         self._writer.executescript(_SCHEMA)
         columns = {row[1] for row in self._writer.execute("PRAGMA table_info(records)")}
         if "seq" not in columns:  # a store made before records carried their offset
@@ -215,42 +319,20 @@ class RecordStore:
     def prepare(records: Sequence[Record]) -> PreparedBatch:
         """The statement parameters of a batch: pure Python work, done where the caller
         runs (the event loop), so that :meth:`commit` in a worker thread spends its time in
-        SQLite (which releases the GIL) instead of competing with the loop for it."""
-        dumps = orjson.dumps
-        params: list[Any] = []
-        extend = params.extend
-        for r in records:
-            extend(
-                (
-                    r.source,
-                    r.device_id,
-                    r.topic,
-                    r.created_at,
-                    r.received_at,
-                    data_json(r),
-                    dumps(r.meta) if r.meta else None,
-                    r.offset or None,
-                )
-            )
-        devices: dict[str, list[Any]] = {}
-        for r in records:
-            entry = devices.get(r.device_id)
-            if entry is None:
-                devices[r.device_id] = [r.device_id, r.source, r.received_at, r.received_at, 1]
-            else:
-                entry[3] = max(entry[3], r.received_at)
-                entry[4] += 1
-        # Batches come in offset order: the last record's offset is the highest.
-        cursor = records[-1].offset if records else 0
-        return PreparedBatch(params, list(devices.values()), cursor)
+        SQLite (which releases the GIL) instead of competing with the loop for it. A caller
+        that must not hold the loop that long builds it in slices (:class:`BatchBuilder`)."""
+        builder = BatchBuilder()
+        builder.add(records)
+        return builder.finish()
 
     def commit(self, batch: PreparedBatch) -> None:
         """Write a prepared batch in one transaction (rows, device counters, cursor)."""
         writer = self._writer
         writer.execute("BEGIN")
         try:
-            self._insert(batch.params)
-            writer.executemany(_UPSERT_DEVICE, batch.devices)
+            for row, params in batch.parts:
+                self._insert(_INSERT_PREFIX, row, row.count("?"), params)
+            self._insert(_DEVICE_PREFIX, _DEVICE_ROW, _DEVICE_WIDTH, batch.devices, _DEVICE_SUFFIX)
             if batch.cursor:
                 writer.execute(_SAVE_CURSOR, (STORE_CONSUMER, batch.cursor))
         except BaseException:
@@ -265,17 +347,15 @@ class RecordStore:
         ).fetchone()
         return int(row[0]) if row else None
 
-    def _insert(self, params: list[Any]) -> None:
-        width = _WIDTH
-        chunk = _ROWS_PER_INSERT * width
-        full = len(params) - len(params) % chunk
-        for start in range(0, full, chunk):
-            self._writer.execute(_INSERT_CHUNK, params[start : start + chunk])
-        rest = len(params) - full
-        if rest:
-            rows = rest // width
-            sql = _INSERT_PREFIX + ",".join([_ROW] * rows)
-            self._writer.execute(sql, params[full:])
+    def _insert(
+        self, prefix: str, row: str, width: int, params: list[Any], suffix: str = ""
+    ) -> None:
+        """``params`` (``width`` per row) in multi-row statements of :func:`_chunks` sizes."""
+        start = 0
+        for rows in _chunks(len(params) // width):
+            end = start + rows * width
+            self._writer.execute(_multi_row(prefix, row, rows, suffix), params[start:end])
+            start = end
 
     # -- reading (API side) ----------------------------------------------------------------
     def _query(
