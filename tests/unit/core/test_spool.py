@@ -174,6 +174,18 @@ def test_a_trackers_frame_encodes_as_the_general_encoder_encodes_it(frame: list[
     assert (fast is not None) == (uniform and bool(frame[0].raw))  # taken when it can be
 
 
+@given(st.binary(max_size=3 * 4096) | st.integers(0, 12_000).map(bytes),
+       st.integers(0, 2**32 - 1), st.integers(0, 64))
+@settings(max_examples=300)
+def test_the_entry_checksum_is_zlibs_crc32(data: bytes, crc: int, skip: int) -> None:
+    import zlib
+
+    view = memoryview(data)[skip:]
+    for checksum in (spool_format._crc32, spool_format._crc32_zlib):
+        assert checksum(data, crc) == zlib.crc32(data, crc)
+        assert checksum(view, crc) == zlib.crc32(view, crc)
+
+
 def test_an_entry_longer_than_a_crc_piece_has_the_whole_payloads_checksum() -> None:
     import zlib
 
