@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
@@ -138,6 +138,13 @@ def set_offset(record: Record, offset: int) -> None:
     _set_offset(record, offset)
 
 
+def set_offsets(records: Sequence[Record], first: int) -> None:
+    """Give ``records`` (one frame) the offsets ``first``, ``first + 1``, ..."""
+    setter = _set_offset
+    for offset, record in enumerate(records, first):
+        setter(record, offset)
+
+
 def now_ms() -> int:
     """Server wall-clock time in epoch milliseconds (the ``received_at`` clock)."""
     return time.time_ns() // 1_000_000
@@ -234,6 +241,35 @@ def data_json(record: Record) -> bytes:
         cached = bytes(memoryview(orjson.dumps(record.data)))
         _set_data_json(record, cached)
     return cached
+
+
+def data_jsons(records: Sequence[Record]) -> list[bytes]:
+    """:func:`data_json` of each of ``records`` (one frame), the same bytes, cached alike.
+
+    When none is cached yet, the frame's ``data`` are serialised in one orjson call and cut
+    apart: each orjson call costs a fresh output buffer of 8 KiB (which is why data_json
+    copies its result), more than the cutting. A list of dicts ``[{..},{..}]`` has ``},{``
+    at every boundary between elements; when it occurs exactly ``count - 1`` times, no
+    element contains it (in a nested list or in a string) and every piece is one element.
+    Otherwise (or on any error, which data_json then raises for the record it concerns)
+    each is serialised on its own.
+    """
+    count = len(records)
+    if count > 1 and all(
+        record._data_json is None and record.data.__class__ is dict for record in records
+    ):
+        try:
+            joined = orjson.dumps([record.data for record in records])
+        except (TypeError, orjson.JSONEncodeError):
+            joined = b""
+        if joined:  # ``[{`` ... ``}]``: every element is a dict
+            pieces = joined[2:-2].split(b"},{")
+            if len(pieces) == count:
+                texts = [b"{%b}" % piece for piece in pieces]
+                for record, text in zip(records, texts, strict=True):
+                    _set_data_json(record, text)
+                return texts
+    return [data_json(record) for record in records]
 
 
 def set_data_json(record: Record, text: bytes) -> None:

@@ -81,18 +81,26 @@ class Ledger:
         """
         if not requirement:
             return True
-        if not self.settled(offset, requirement):
-            if self._closed:
+        # Loops, not all()/any() over generators: this runs once per frame.
+        for consumer in requirement:
+            if consumer.watermark() < offset:
+                if self._closed:
+                    return False
+                if not await self._join(offset, requirement):
+                    return False
+                break
+        for consumer in requirement:  # noqa: SIM110 - no generator per frame
+            if consumer.refused(offset):
                 return False
-            if not await self._join(offset, requirement):
-                return False
-        return not any(consumer.refused(offset) for consumer in requirement)
+        return True
 
     def _join(self, offset: int, requirement: Requirement) -> asyncio.Future[bool]:
         groups = self._groups.get(requirement)
         if groups is None:
             groups = self._groups[requirement] = deque()
-        taken = sum(consumer.taken for consumer in requirement)
+        taken = 0
+        for consumer in requirement:
+            taken += consumer.taken
         if groups:
             tail = groups[-1]
             if tail.taken_mark == taken and not tail.future.done():

@@ -27,7 +27,7 @@ from fleetgate.pipeline.router import Router
 from fleetgate.pipeline.runner import SinkRunner
 from fleetgate.pipeline.spool import Spool
 from fleetgate.pipeline.spool_format import UnspoolableRecordError, encode_payload
-from fleetgate.records import Record, set_offset
+from fleetgate.records import Record, set_offsets
 from fleetgate.sinks.base import Health
 
 log = logging.getLogger("fleetgate.pipeline")
@@ -145,8 +145,12 @@ class Pipeline:
         """
         if not records:
             return self.ledger.head
+        return await self._append(records, _uniform(records))
+
+    async def _append(self, records: Sequence[Record], uniform: bool) -> int:
+        """:meth:`append`; ``uniform``: the records share one topic and one source."""
         topic = records[0].topic
-        single_topic = all(record.topic == topic for record in records)
+        single_topic = uniform or all(record.topic == topic for record in records)
         if single_topic:
             # The common case (one frame, one topic): every sink shares the same sequence;
             # runners only read it.
@@ -173,8 +177,7 @@ class Pipeline:
         # No await from here on: offsets reach the spool and every runner in order.
         first = self.ledger.assign(len(records))
         last = self.ledger.head
-        for index, record in enumerate(records, first):
-            set_offset(record, index)
+        set_offsets(records, first)
         if spool is not None:
             spool.append(first, records, payload)
         for runner, batch in routed:
@@ -202,12 +205,20 @@ class Pipeline:
         """
         if not records:
             return True
+        # One look at the records serves routing and the requirement (a frame's records
+        # nearly always share their topic and source).
+        uniform = _uniform(records)
         try:
-            offset = await self.append(records)
+            offset = await self._append(records, uniform)
         except UnspoolableRecordError as exc:
             self.refuse(records, exc)
             return False
-        return await self.ledger.wait(offset, self.requirement_for(records))
+        first = records[0]
+        requirement = (
+            self.requirement(first.topic, first.source) if uniform
+            else self.requirement_for(records)
+        )
+        return await self.ledger.wait(offset, requirement)
 
     def refuse(self, records: Sequence[Record], error: Exception) -> None:
         """Count and log a frame the pipeline would not take (no ack for it)."""
@@ -236,3 +247,13 @@ class Pipeline:
         if self.spool is not None:
             report[SPOOL_CONSUMER] = self.spool.health()
         return report
+
+
+def _uniform(records: Sequence[Record]) -> bool:
+    """True when ``records`` share one topic and one source."""
+    first = records[0]
+    topic, source = first.topic, first.source
+    for record in records:  # noqa: SIM110 - no generator per frame
+        if record.topic != topic or record.source != source:
+            return False
+    return True

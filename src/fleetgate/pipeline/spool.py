@@ -122,12 +122,28 @@ class _Segments:
         self.firsts: list[int] = []
         self.paths: list[Path] = []
         self.sizes: list[int] = []
+        # sum(sizes), kept as they change: the loop reads it for every frame appended
+        # (the disk budget) without taking the lock.
+        self.total = 0
 
     def add(self, first: int, path: Path, size: int = 0) -> None:
         with self.lock:
             self.firsts.append(first)
             self.paths.append(path)
             self.sizes.append(size)
+            self.total += size
+
+    def set_last_size(self, size: int) -> None:
+        """The last segment is now ``size`` bytes long (the writer appended to it)."""
+        with self.lock:
+            self.total += size - self.sizes[-1]
+            self.sizes[-1] = size
+
+    def pop_first(self) -> Path:
+        """Forget the first segment (its file is deleted); its path. Under ``lock``."""
+        self.firsts.pop(0)
+        self.total -= self.sizes.pop(0)
+        return self.paths.pop(0)
 
     def locate(self, offset: int) -> tuple[int, Path] | None:
         """The segment that holds ``offset`` (the last one starting at or before it)."""
@@ -145,11 +161,6 @@ class _Segments:
             if index >= len(self.paths):
                 return None
             return self.firsts[index], self.paths[index]
-
-    @property
-    def total(self) -> int:
-        with self.lock:
-            return sum(self.sizes)
 
 
 def scan_segment(path: Path) -> tuple[list[tuple[int, int]], int, int]:
@@ -318,8 +329,7 @@ class _Writer:
                 os.ftruncate(fd, start)
             raise
         self._size = start + size
-        with self.segments.lock:
-            self.segments.sizes[-1] = self._size
+        self.segments.set_last_size(self._size)
         return size
 
     def _rotate(self, first: int) -> None:
@@ -733,9 +743,7 @@ class Spool:
             with segments.lock:
                 if len(segments.paths) < 2 or segments.firsts[1] - 1 > low:
                     break
-                done.append(segments.paths.pop(0))
-                segments.firsts.pop(0)
-                segments.sizes.pop(0)
+                done.append(segments.pop_first())
         if done:
             self._delete_soon(done)
         self._update_gauge()

@@ -131,3 +131,47 @@ def test_json_form_is_the_documented_text() -> None:
         b'"created_at":"2019-06-10T10:04:46.000Z","received_at":"2019-06-10T10:04:46.123Z",'
         b'"data":{"a":1}}'
     )
+
+
+# Values that put ``},{`` inside an element: in a string, in a list of dicts, in a key.
+tricky_values = json_values | st.sampled_from(
+    ["},{", "a},{b", [{"a": 1}, {"b": 2}], [{}, {}], {"x": [{"y": "},{"}]}]
+)
+frame_data = st.dictionaries(st.text(max_size=8) | st.just("},{"), tricky_values, max_size=4)
+
+
+@settings(max_examples=500)
+@given(st.lists(frame_data | st.sampled_from([{}, {"},{": "},{"}]), min_size=1, max_size=8))
+def test_data_jsons_of_a_frame_equal_each_records_own_serialisation(
+    datas: list[dict[str, Any]],
+) -> None:
+    frame = [Record("teltonika", "d", "position", 1, 2, data) for data in datas]
+    try:
+        expected = [orjson.dumps(data) for data in datas]
+    except Exception as exc:  # data orjson refuses: refused the same way, per record
+        with pytest.raises(type(exc)):
+            records.data_jsons(frame)
+        return
+    assert records.data_jsons(frame) == expected
+    # Cached on each record, as data_json caches it, and then read back from the cache.
+    assert [records.data_json(record) for record in frame] == expected
+    assert records.data_jsons(frame) == expected
+
+
+def test_data_jsons_fall_back_for_a_mapping_that_is_not_a_dict() -> None:
+    from types import MappingProxyType
+
+    frame = [
+        Record("teltonika", "d", "position", 1, 2, {"a": "},{"}),
+        Record("teltonika", "d", "position", 1, 2, MappingProxyType({"b": 1})),
+    ]
+    with pytest.raises(TypeError):  # what data_json says of it alone
+        records.data_jsons(frame)
+    assert records.data_json(frame[0]) == b'{"a":"},{"}'
+
+
+def test_data_jsons_pieces_are_exact_copies_not_views_of_one_buffer() -> None:
+    frame = [Record("teltonika", "d", "position", 1, 2, {"i": i}) for i in range(10)]
+    texts = records.data_jsons(frame)
+    assert texts == [b'{"i":%d}' % i for i in range(10)]
+    assert all(type(text) is bytes for text in texts)

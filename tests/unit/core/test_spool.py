@@ -16,11 +16,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleetgate.config import AckLevel
-from fleetgate.pipeline import AckPolicy, Ledger, Pipeline, Router, RunnerSettings, SinkRunner
+from fleetgate.pipeline import (
+    AckPolicy,
+    Ledger,
+    Pipeline,
+    Router,
+    RunnerSettings,
+    SinkRunner,
+    spool_format,
+)
 from fleetgate.pipeline.deadletter import DeadLetters
 from fleetgate.pipeline.spool import PREPARED_FILE, Spool, SpoolSettings, segment_name
 from fleetgate.pipeline.spool_format import TornEntry, encode_entry, read_entry
-from fleetgate.records import Record
+from fleetgate.records import Record, data_jsons
 from fleetgate.sinks.base import PermanentSinkError, Sink, SinkContext, TransientSinkError
 
 FAST = RunnerSettings(max_queue_records=50, max_batch=20, max_linger_s=0,
@@ -117,6 +125,79 @@ def test_a_frames_raw_bytes_are_written_once_per_entry() -> None:
     assert len(encode_entry(1, distinct)) - len(encode_entry(1, shared)) == 9 * len(frame)
     entry, _ = read_entry(encode_entry(1, shared), 0)
     assert [r.raw for r in entry.records] == [frame] * 10
+
+
+@st.composite
+def tracker_frames(draw: st.DrawFn) -> list[Record]:
+    """A frame as a tracker's session makes it: its records share source, device, topic
+    and raw bytes (the same objects); sometimes one record breaks the pattern."""
+    source = draw(st.sampled_from(["teltonika", "tesla"]))
+    device = draw(st.text(min_size=1, max_size=20))
+    topic = draw(st.text(min_size=1, max_size=12))
+    raw = draw(st.binary(max_size=64))
+    frame = [
+        Record(source, device, topic, draw(st.integers(-(2**62), 2**62)),
+               draw(st.integers(0, 2**62)),
+               draw(st.dictionaries(st.text(max_size=8), json_values, max_size=4)), raw)
+        for _ in range(draw(st.integers(1, 6)))
+    ]
+    odd = draw(st.sampled_from(["none", "meta", "equal raw", "other raw", "device", "topic"]))
+    if odd != "none":
+        index = draw(st.integers(0, len(frame) - 1))
+        r = frame[index]
+        frame[index] = Record(
+            r.source,
+            device + "x" if odd == "device" else device,
+            topic + "x" if odd == "topic" else topic,
+            r.created_at,
+            r.received_at,
+            r.data,
+            bytes(bytearray(raw)) if odd == "equal raw" else b"other" if odd == "other raw"
+            else raw,
+            {"txid": "1"} if odd == "meta" else None,
+        )
+    return frame
+
+
+@given(frame=tracker_frames())
+@settings(max_examples=300)
+def test_a_trackers_frame_encodes_as_the_general_encoder_encodes_it(frame: list[Record]) -> None:
+    texts = data_jsons(frame)
+    general = spool_format._encode_records(frame, texts)
+    fast = spool_format._encode_frame(frame, texts)
+    assert fast is None or fast == general
+    assert spool_format.encode_payload(frame) == general
+    uniform = all(
+        r.raw is frame[0].raw and r.source is frame[0].source and r.device_id is frame[0].device_id
+        and r.topic is frame[0].topic and r.meta is None for r in frame
+    )
+    assert (fast is not None) == (uniform and bool(frame[0].raw))  # taken when it can be
+
+
+@given(st.binary(max_size=3 * 4096) | st.integers(0, 12_000).map(bytes),
+       st.integers(0, 2**32 - 1), st.integers(0, 64))
+@settings(max_examples=300)
+def test_the_entry_checksum_is_zlibs_crc32(data: bytes, crc: int, skip: int) -> None:
+    import zlib
+
+    view = memoryview(data)[skip:]
+    for checksum in (spool_format._crc32, spool_format._crc32_zlib):
+        assert checksum(data, crc) == zlib.crc32(data, crc)
+        assert checksum(view, crc) == zlib.crc32(view, crc)
+
+
+def test_an_entry_longer_than_a_crc_piece_has_the_whole_payloads_checksum() -> None:
+    import zlib
+
+    frame = bytes(range(256)) * 40  # 10 KiB: checksummed in pieces
+    batch = [rec(i, raw=frame) for i in range(3)] + [rec(9, raw=frame[::-1])]
+    encoded = encode_entry(5, batch)
+    length, crc, *_ = spool_format.HEADER.unpack_from(encoded, 0)
+    payload = encoded[spool_format.HEADER.size :]
+    assert length == len(payload) > 2 * spool_format._CRC_PIECE
+    assert crc == zlib.crc32(payload, zlib.crc32(encoded[8 : spool_format.HEADER.size]))
+    entry, _ = read_entry(memoryview(encoded), 0)
+    assert [r.raw for r in entry.records] == [frame] * 3 + [frame[::-1]]
 
 
 @given(batch=st.lists(records, min_size=1, max_size=3), data=st.data())

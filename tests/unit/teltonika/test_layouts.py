@@ -31,6 +31,7 @@ from fleetgate.protocols.teltonika.model import (
     AvlRecord,
 )
 from fleetgate.protocols.teltonika.records import to_records
+from fleetgate.protocols.teltonika.udp import UdpDatagram, decode_udp_datagram, encode_udp_datagram
 from fleetgate.records import Record, new_record, record_json
 from tests.unit.teltonika.helpers import io16, select
 from tests.unit.teltonika.strategies import avl_records
@@ -236,3 +237,65 @@ def test_new_record_makes_the_records_the_dataclass_makes() -> None:
     assert (made.meta, made.offset, made._json, made._data_json) == (None, 0, None, None)
     with pytest.raises(AttributeError):
         made.source = "x"  # type: ignore[misc]
+
+
+# -- UDP: a datagram's body is read the same way ------------------------------------------
+def udp_general(datagram: bytes) -> UdpDatagram | tuple[type[Exception], str]:
+    """What decode_udp_datagram returned before layouts were learned (or the error)."""
+    layouts_before = dict(layouts._FRAME_PLANS)
+    layouts._FRAME_PLANS.clear()
+    try:
+        return decode_udp_datagram(datagram)
+    except TeltonikaDecodeError as exc:
+        return type(exc), str(exc)
+    finally:  # what this general reading learned is forgotten again
+        layouts._FRAME_PLANS.clear()
+        layouts._FRAME_PLANS.update(layouts_before)
+
+
+def udp_decoded(datagram: bytes) -> UdpDatagram | tuple[type[Exception], str]:
+    try:
+        return decode_udp_datagram(datagram)
+    except TeltonikaDecodeError as exc:
+        return type(exc), str(exc)
+
+
+def datagrams_of(codec: int) -> st.SearchStrategy[bytes]:
+    return st.lists(avl_records(codec), min_size=1, max_size=4).map(
+        lambda records: encode_udp_datagram(IMEI, codec, records)
+    )
+
+
+any_datagram = st.sampled_from((CODEC_8, CODEC_8E, CODEC_16)).flatmap(datagrams_of)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(any_datagram, st.data())
+def test_a_learned_udp_datagram_and_a_changed_byte_read_as_the_general_decoder_reads_them(
+    datagram: bytes, data: st.DataObject
+) -> None:
+    layouts.forget()
+    expected = udp_general(datagram)
+    assert isinstance(expected, UdpDatagram)
+    assert decode_udp_datagram(datagram) == expected  # the general path, which learns
+    fast = decode_udp_datagram(datagram)
+    assert fast.frame.rows is not None  # generated records never repeat an id
+    assert fast == expected
+    assert fast.frame.count == len(expected.records)
+    for table in TABLES:
+        want = to_records(IMEI, expected.frame, NOW, table)
+        for _ in range(HOT):
+            got = to_records(IMEI, decode_udp_datagram(datagram).frame, NOW, table)
+            assert as_json(got) == as_json(want)
+    body = len(datagram) - len(fast.body)
+    position = data.draw(st.integers(body + 1, len(datagram) - 2), label="position")
+    value = data.draw(st.integers(0, 255), label="value")
+    changed = datagram[:position] + bytes([value]) + datagram[position + 1 :]
+    got_changed = udp_decoded(changed)
+    assert got_changed == udp_general(changed)
+    if isinstance(got_changed, UdpDatagram):
+        for table in TABLES:
+            plain = AvlFrame(got_changed.codec, got_changed.records, changed)
+            assert as_json(to_records(IMEI, got_changed.frame, NOW, table)) == as_json(
+                to_records(IMEI, plain, NOW, table)
+            )

@@ -40,7 +40,6 @@ from fleetgate.observability.logging import fields
 from fleetgate.observability.ratelimit import LimitedLog
 from fleetgate.pipeline import AckQueue, Pipeline
 from fleetgate.protocols.teltonika.errors import ImpossibleValueError, TeltonikaDecodeError
-from fleetgate.protocols.teltonika.events import AvlFrame
 from fleetgate.protocols.teltonika.model import codec_name
 from fleetgate.protocols.teltonika.records import to_records
 from fleetgate.protocols.teltonika.udp import (
@@ -146,7 +145,7 @@ class TeltonikaUdpProtocol(asyncio.DatagramProtocol):
         verdict = self.duplicates.check(datagram, time.monotonic())
         if verdict is Verdict.DUPLICATE:
             # Stored and acked before: the device lost the ack. Ack again, store nothing.
-            self._send_ack(datagram, len(datagram.records), addr)
+            self._send_ack(datagram, datagram.frame.count, addr)
             metrics.labelled(metrics.TELTONIKA_FRAMES, codec, "duplicate").inc()
             return
         if verdict is Verdict.IN_FLIGHT:
@@ -158,9 +157,8 @@ class TeltonikaUdpProtocol(asyncio.DatagramProtocol):
             self.duplicates.release(datagram)
             metrics.labelled(metrics.TELTONIKA_FRAMES, "udp", "overloaded").inc()
             return
-        frame = AvlFrame(datagram.codec, datagram.records, datagram.raw)
         records = to_records(
-            datagram.imei, frame, now_ms(), self.io_tables.for_imei(datagram.imei)
+            datagram.imei, datagram.frame, now_ms(), self.io_tables.for_imei(datagram.imei)
         )
         self._intake.append((records, _Reply(addr, datagram, len(records), codec)))
         self._wakeup.set()

@@ -72,6 +72,12 @@ class AvlFrame:
             _set_records(self, records)
         return records
 
+    @property
+    def count(self) -> int:
+        """How many records the frame holds (without making them from rows)."""
+        rows = self.rows
+        return len(rows) if rows is not None else len(self.records)
+
     def _key(self) -> tuple[int, tuple[AvlRecord, ...], bytes]:
         return (self.codec, self.records, self.raw)
 

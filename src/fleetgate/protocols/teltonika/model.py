@@ -39,7 +39,9 @@ MAX_TIMESTAMP_MS: Final = 253_402_300_799_999
 
 def codec_name(codec: int) -> str:
     """Label for logs and metrics: ``8``, ``8E``, ``16`` ... or ``0x..`` when unknown."""
-    return CODEC_NAMES.get(codec, f"0x{codec:02x}")
+    # Not ``.get(codec, f"...")``: that formats the default on every call (once per frame).
+    name = CODEC_NAMES.get(codec)
+    return name if name is not None else f"0x{codec:02x}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,9 @@ from typing import Final
 
 from fleetgate.protocols.teltonika.avl import decode_avl_span, encode_avl_body
 from fleetgate.protocols.teltonika.errors import TeltonikaDecodeError
+from fleetgate.protocols.teltonika.events import AvlFrame
 from fleetgate.protocols.teltonika.framing import IMEI_MAX_LENGTH
+from fleetgate.protocols.teltonika.layouts import decode_rows, learn
 from fleetgate.protocols.teltonika.model import AVL_CODECS, AvlRecord, codec_name
 
 _HEADER: Final = Struct(">HHBBH")  # length, packet id, unused byte, AVL packet id, IMEI len
@@ -31,14 +33,22 @@ _ACK: Final = Struct(">HHBBB")
 
 @dataclass(frozen=True, slots=True)
 class UdpDatagram:
-    """One decoded device → server UDP datagram."""
+    """One decoded device → server UDP datagram.
+
+    ``frame`` holds its records as a TCP frame of the same body would (read by a learned
+    layout when there is one, :mod:`.layouts`); ``frame.raw`` is the whole datagram.
+    """
 
     packet_id: int
     avl_packet_id: int
     imei: str
     codec: int
-    records: tuple[AvlRecord, ...]
+    frame: AvlFrame
     raw: bytes
+
+    @property
+    def records(self) -> tuple[AvlRecord, ...]:
+        return self.frame.records
 
     @property
     def body(self) -> bytes:
@@ -71,8 +81,19 @@ def decode_udp_datagram(data: bytes, *, io16_group: bool = False) -> UdpDatagram
         raise TeltonikaDecodeError(
             f"codec {codec_name(codec)} is not an AVL codec (7, 8, 8E, 16)"
         )
-    records = decode_avl_span(data, body_start, len(data), io16_group)
-    return UdpDatagram(packet_id, avl_packet_id, digits.decode("ascii"), codec, records, data)
+    end = len(data)
+    if io16_group:
+        frame = AvlFrame(codec, decode_avl_span(data, body_start, end, io16_group), data)
+    else:
+        # A tracker's datagrams repeat one layout, as its TCP frames do (same body).
+        rows = decode_rows(data, body_start, end)
+        if rows is not None:
+            frame = AvlFrame.from_rows(codec, rows, data)
+        else:
+            records = decode_avl_span(data, body_start, end)
+            learn(data, body_start, end, records)
+            frame = AvlFrame(codec, records, data)
+    return UdpDatagram(packet_id, avl_packet_id, digits.decode("ascii"), codec, frame, data)
 
 
 def encode_udp_ack(packet_id: int, avl_packet_id: int, count: int) -> bytes:
