@@ -89,6 +89,15 @@ class _Entry:
     records: Sequence[Record]
 
 
+@dataclass(slots=True)
+class _Flight:
+    """One batch given to ``Sink.publish`` and not yet confirmed (or refused)."""
+
+    entries: list[_Entry]
+    count: int  # records
+    done: bool = False
+
+
 class SinkRunner:
     """Owns one sink's queue and publish loop; a consumer of the ledger."""
 
@@ -114,8 +123,16 @@ class SinkRunner:
         self.dead_letters: DeadLetters | None = None
         self.routes: Callable[[str], bool] = lambda topic: True
         self._pending: deque[_Entry] = deque()
-        # The batch being published: out of the queue, not yet confirmed.
-        self._inflight: list[_Entry] = []
+        # Batches out of the queue and in publish, oldest first. A batch confirmed while
+        # an older one is still in publish stays (done) until the older one is: the
+        # watermark never passes a record that is not confirmed.
+        self._flights: deque[_Flight] = deque()
+        self._flying_records = 0  # records in flights not done
+        # Publishes running at once: the sink's own bound (1: one batch after the other).
+        self._max_flights = max(1, sink.concurrent_publishes)
+        self._flight_tasks: set[asyncio.Task[None]] = set()
+        # Set when a flight gave up (closing while the backend is down).
+        self._gave_up = False
         self._queued_records = 0
         # With the spool: the first offset not in memory (read back from the spool), and
         # how many records routed here were left there since.
@@ -162,8 +179,8 @@ class SinkRunner:
 
     def watermark(self) -> int:
         """Every offset at or below this is confirmed here, refused, or not routed here."""
-        if self._inflight:
-            return self._inflight[0].first - 1
+        if self._flights:
+            return self._flights[0].entries[0].first - 1
         if self._pending:
             return self._pending[0].first - 1
         if self._spilled_from is not None:
@@ -258,10 +275,15 @@ class SinkRunner:
         # Whatever is still unconfirmed (a publish cut short by the timeout, or never
         # started) is refused now, so no ack waits for it forever. With the spool it is
         # not lost: the next start reads it back from there.
-        unconfirmed = [*self._inflight, *self._pending]
+        unconfirmed = [
+            entry for flight in self._flights if not flight.done for entry in flight.entries
+        ]
+        unconfirmed += self._pending
         remaining = self._queued_records
         self._final_cursor = self.watermark()
         self._pending.clear()
+        self._flights.clear()
+        self._flying_records = 0
         if unconfirmed:
             self._finish(unconfirmed, refused=True)
         if remaining:
@@ -275,26 +297,69 @@ class SinkRunner:
             log.warning("%s: close failed: %s", self.name, exc)
 
     async def _run(self) -> None:
+        try:
+            await self._feed()
+        finally:
+            # Cancelled by close's timeout: the flights go with it.
+            tasks = list(self._flight_tasks)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _feed(self) -> None:
         settings = self.settings
+        flights = self._flight_tasks
         while True:
+            if self._gave_up:
+                break  # closing, and the backend is still down: the rest stays unconfirmed
             if not self._pending:
                 if self._spilled_from is not None and not self._closing:
                     await self._read_back()
                     continue
-                if self._closing:
+                if self._closing and not flights:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if self._queued_records < settings.max_batch and settings.max_linger_s > 0:
+            if len(flights) >= self._max_flights:
+                # As many batches in publish as the sink takes: the next waits for one.
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            waiting = self._queued_records - self._flying_records
+            if waiting < settings.max_batch and settings.max_linger_s > 0:
                 # Let a little more arrive so small frames share one publish.
                 await asyncio.sleep(settings.max_linger_s)
             taken = self._take_batch()
             self._queue_gauge.set(self._queued_records)
-            self._inflight = taken
             batch = [record for entry in taken for record in entry.records]
-            if not await self._publish_with_retry(batch, taken):
-                return  # closing, and the backend is still down: the batch stays unconfirmed
+            flight = _Flight(taken, len(batch))
+            self._flights.append(flight)
+            self._flying_records += flight.count
+            if self._max_flights == 1:
+                # One batch at a time: published right here, no task per batch.
+                if not await self._publish_with_retry(batch, flight):
+                    return  # closing, and the backend is still down: it stays unconfirmed
+                continue
+            task = asyncio.create_task(self._fly(batch, flight))
+            flights.add(task)
+            task.add_done_callback(self._landed)
+        if flights:  # a flight gave up: let the others end (they give up too, or land)
+            await asyncio.wait(list(flights))
+
+    async def _fly(self, batch: list[Record], flight: _Flight) -> None:
+        if not await self._publish_with_retry(batch, flight):
+            self._gave_up = True
+
+    def _landed(self, task: asyncio.Task[None]) -> None:
+        self._flight_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # A bug in the runner itself, not a sink error (those are handled): log it;
+            # the batch stays unconfirmed, as a crash of the one-batch loop would leave it.
+            log.error("%s: publish task failed", self.name, exc_info=task.exception())
+            self._gave_up = True
+        self._wakeup.set()
 
     async def _read_back(self) -> None:
         """Queue the next records for this sink from the spool (memory holds none)."""
@@ -350,12 +415,12 @@ class SinkRunner:
         self._taken += 1
         return taken
 
-    async def _publish_with_retry(self, batch: list[Record], taken: list[_Entry]) -> bool:
+    async def _publish_with_retry(self, batch: list[Record], flight: _Flight) -> bool:
         """Deliver the batch (or set its refused records aside); False when the runner gave
         up because it is closing while the backend is still failing."""
         error = await self._publish(batch)
         if error is None:
-            self._finish(taken, refused=False)
+            self._land(flight, refused=False)
             return True
         if isinstance(error, asyncio.CancelledError):
             return False
@@ -364,12 +429,12 @@ class SinkRunner:
             _DROPPED.error(
                 "%s: dropped %d records the backend refused: %s", self.name, len(batch), error
             )
-            self._finish(taken, refused=True)
+            self._land(flight, refused=True)
             return True
         # Some record of the batch cannot be taken: find it, deliver the rest.
         if not await self._set_aside(batch, error):
             return False
-        self._finish(taken, refused=False)
+        self._land(flight, refused=False)
         return True
 
     async def _publish(self, batch: Sequence[Record]) -> BaseException | None:
@@ -463,6 +528,16 @@ class SinkRunner:
             )
         self.health = new_health
 
+    def _land(self, flight: _Flight, refused: bool) -> None:
+        """``flight`` is confirmed (or refused): the watermark passes it once every older
+        flight has landed too."""
+        flight.done = True
+        self._flying_records -= flight.count
+        flights = self._flights
+        while flights and flights[0].done:
+            flights.popleft()
+        self._finish(flight.entries, refused)
+
     def _finish(self, taken: list[_Entry], refused: bool) -> None:
         if refused:
             for entry in taken:
@@ -471,7 +546,6 @@ class SinkRunner:
             while len(self._refused_order) > _REFUSALS_KEPT:
                 self._refused.discard(self._refused_order.popleft())
         self._queued_records -= sum(len(entry.records) for entry in taken)
-        self._inflight = []
         self._queue_gauge.set(self._queued_records)
         self._space.set()
         self.ledger.advanced(self)
