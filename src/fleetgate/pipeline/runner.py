@@ -89,13 +89,12 @@ class _Entry:
     records: Sequence[Record]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Flight:
     """One batch given to ``Sink.publish`` and not yet confirmed (or refused)."""
 
     entries: list[_Entry]
     count: int  # records
-    done: bool = False
 
 
 class SinkRunner:
@@ -123,11 +122,10 @@ class SinkRunner:
         self.dead_letters: DeadLetters | None = None
         self.routes: Callable[[str], bool] = lambda topic: True
         self._pending: deque[_Entry] = deque()
-        # Batches out of the queue and in publish, oldest first. A batch confirmed while
-        # an older one is still in publish stays (done) until the older one is: the
-        # watermark never passes a record that is not confirmed.
+        # Batches out of the queue and in publish, not yet confirmed, oldest first: the
+        # watermark stays below the oldest, whichever confirms first.
         self._flights: deque[_Flight] = deque()
-        self._flying_records = 0  # records in flights not done
+        self._flying_records = 0
         # Publishes running at once: the sink's own bound (1: one batch after the other).
         self._max_flights = max(1, sink.concurrent_publishes)
         self._flight_tasks: set[asyncio.Task[None]] = set()
@@ -275,9 +273,7 @@ class SinkRunner:
         # Whatever is still unconfirmed (a publish cut short by the timeout, or never
         # started) is refused now, so no ack waits for it forever. With the spool it is
         # not lost: the next start reads it back from there.
-        unconfirmed = [
-            entry for flight in self._flights if not flight.done for entry in flight.entries
-        ]
+        unconfirmed = [entry for flight in self._flights for entry in flight.entries]
         unconfirmed += self._pending
         remaining = self._queued_records
         self._final_cursor = self.watermark()
@@ -531,11 +527,8 @@ class SinkRunner:
     def _land(self, flight: _Flight, refused: bool) -> None:
         """``flight`` is confirmed (or refused): the watermark passes it once every older
         flight has landed too."""
-        flight.done = True
         self._flying_records -= flight.count
-        flights = self._flights
-        while flights and flights[0].done:
-            flights.popleft()
+        self._flights.remove(flight)  # the oldest, unless batches run concurrently
         self._finish(flight.entries, refused)
 
     def _finish(self, taken: list[_Entry], refused: bool) -> None:
