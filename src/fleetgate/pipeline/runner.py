@@ -5,7 +5,9 @@ pushes it the records routed to it, each frame as one *entry* with the frame's o
 The runner drains entries into batches of up to ``max_batch`` records, calls
 :meth:`Sink.publish`, and publishes its progress as a watermark: every offset below its
 oldest unconfirmed entry is done. It owes nobody a future per frame; the ledger wakes ack
-waiters when the watermark passes them.
+waiters when the watermark passes them. A sink that says it can (``Sink.concurrent_publishes``,
+Kafka) gets the next batch while the one before still waits for its confirmation; the
+watermark then stays below the oldest batch not confirmed, whichever confirms first.
 
 Errors, as :mod:`fleetgate.sinks.base` defines them: transient ones (the backend is
 unreachable or busy) are retried with exponential backoff, forever, until the runner is
@@ -145,6 +147,8 @@ class SinkRunner:
         self._refused_order: deque[int] = deque()
         self._space = asyncio.Event()
         self._wakeup = asyncio.Event()
+        # Set when a flight lands (frames pushed meanwhile do not wake a full runner).
+        self._flight_space = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._queue_gauge = metrics.QUEUE_DEPTH.labels(queue=f"sink:{self.name}")
@@ -320,8 +324,8 @@ class SinkRunner:
                 continue
             if len(flights) >= self._max_flights:
                 # As many batches in publish as the sink takes: the next waits for one.
-                self._wakeup.clear()
-                await self._wakeup.wait()
+                self._flight_space.clear()
+                await self._flight_space.wait()
                 continue
             waiting = self._queued_records - self._flying_records
             if waiting < settings.max_batch and settings.max_linger_s > 0:
@@ -355,6 +359,7 @@ class SinkRunner:
             # the batch stays unconfirmed, as a crash of the one-batch loop would leave it.
             log.error("%s: publish task failed", self.name, exc_info=task.exception())
             self._gave_up = True
+        self._flight_space.set()
         self._wakeup.set()
 
     async def _read_back(self) -> None:
