@@ -5,8 +5,8 @@ pushes it the records routed to it, each frame as one *entry* with the frame's o
 The runner drains entries into batches of up to ``max_batch`` records, calls
 :meth:`Sink.publish`, and publishes its progress as a watermark: every offset below its
 oldest unconfirmed entry is done. It owes nobody a future per frame; the ledger wakes ack
-waiters when the watermark passes them. A sink that says it can (``Sink.concurrent_publishes``,
-Kafka) gets the next batch while the one before still waits for its confirmation; the
+waiters when the watermark passes them. A sink that says it can (``Sink.concurrent_publishes``)
+gets the next batch while the one before still waits for its confirmation; the
 watermark then stays below the oldest batch not confirmed, whichever confirms first.
 
 Errors, as :mod:`fleetgate.sinks.base` defines them: transient ones (the backend is
