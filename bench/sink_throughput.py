@@ -19,7 +19,8 @@ Then, ``--repeat`` times, two runs go to that server, each into its own namespac
   the same bytes.
 
 Afterwards the backend's own count is checked for both runs, so a path that drops records
-cannot post a good number. The table gives records/s (median, min-max), the ratio
+cannot post a good number. Every backend runs outside this process (zmq's counting SUB
+socket too), so what is timed here competes with no receiver for the GIL. The table gives records/s (median, min-max), the ratio
 fleetgate/bare of each pair (median, min-max) and this process's CPU per record (all its
 threads, not the server's); the two runs of a pair alternate in order. ``mqtt_paho`` runs
 the mqtt sink against paho-mqtt itself, the client under aiomqtt.
@@ -250,38 +251,60 @@ async def _postgres(base: Path) -> AsyncIterator[Backend]:
 
 
 # -- zmq -----------------------------------------------------------------------------------
+# A SUB socket in its own process (like every other target's server): counting 50,000
+# messages costs a Python receiver as much CPU as sending them, and in the bench's process
+# its thread competed with the timed sender for the GIL (a GIL hand-off per message).
+_ZMQ_COUNTER = """
+import sys, threading, zmq
+sub = zmq.Context().socket(zmq.SUB)
+sub.setsockopt(zmq.RCVHWM, 0)
+sub.setsockopt(zmq.SUBSCRIBE, b"")
+sub.connect(sys.argv[1])
+received = {}
+def receive():
+    while True:
+        topic, _ = sub.recv_multipart()
+        received[topic] = received.get(topic, 0) + 1
+threading.Thread(target=receive, daemon=True).start()
+for line in sys.stdin:
+    print(received.get(line.strip().encode(), 0), flush=True)
+"""
+
+
 class ZmqSubscriber:
-    """A real SUB socket in a thread counting messages per topic frame."""
+    """A real SUB socket in a child process counting messages per topic frame."""
 
     def __init__(self, addr: str) -> None:
-        import zmq
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", _ZMQ_COUNTER, addr],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
 
-        self.received: dict[bytes, int] = {}
-        self._ctx = zmq.Context()
-        self._sub = self._ctx.socket(zmq.SUB)
-        self._sub.setsockopt(zmq.RCVHWM, 0)
-        self._sub.setsockopt(zmq.SUBSCRIBE, b"")
-        self._sub.connect(addr)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._receive, daemon=True)
-        self._thread.start()
-
-    def _receive(self) -> None:
-        while not self._stop.is_set():
-            if self._sub.poll(100):
-                topic, _ = self._sub.recv_multipart()
-                self.received[topic] = self.received.get(topic, 0) + 1
+    def received(self, topic: bytes) -> int:
+        assert self._proc.stdin is not None
+        assert self._proc.stdout is not None
+        self._proc.stdin.write(topic.decode() + "\n")
+        self._proc.stdin.flush()
+        return int(self._proc.stdout.readline())
 
     async def joined(self, probe: Callable[[], Awaitable[None]], topic: bytes) -> None:
-        while not self.received.get(topic):  # slow joiner: wait for the subscription
+        while not self.received(topic):  # slow joiner: wait for the subscription
             await probe()
             await asyncio.sleep(0.01)
 
+    async def settled(self, topic: bytes) -> int:
+        """The count once it stops growing (delivery trails confirmation on PUB/SUB)."""
+        last = -1
+        while (count := self.received(topic)) != last:
+            last = count
+            await asyncio.sleep(1.0)
+        return count
+
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sub.close(linger=0)
-        self._ctx.term()
+        self._proc.terminate()
+        self._proc.wait(10)
 
 
 @target("zmq")
@@ -300,8 +323,7 @@ async def _zmq(base: Path) -> AsyncIterator[Backend]:
         return sink
 
     async def count(ctx: SinkContext) -> int:
-        await asyncio.sleep(5)  # delivery trails confirmation on PUB/SUB
-        return subscribers[ctx.namespace].received.get(f"{ctx.namespace}_avl".encode(), 0)
+        return await subscribers[ctx.namespace].settled(f"{ctx.namespace}_avl".encode())
 
     @bare
     async def send_bare(ctx: SinkContext, records: list[Record]) -> AsyncIterator[Send]:

@@ -161,6 +161,24 @@ async def test_two_frames_topic_then_payload(addr: str) -> None:
     assert subscriber.messages == [(f"tesla_{r.topic}".encode(), wire_payload(r)) for r in records]
 
 
+def test_frames_go_through_the_compiled_send() -> None:
+    """The sink sends through pyzmq's compiled Socket.send (the Python-level one in front
+    of it only handles routing_id/group); the frames are checked by the test above."""
+    from zmq.backend import Socket as CompiledSocket
+
+    from fleetgate.sinks.zmq import _backend_send
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PUB)
+    try:
+        send: Any = _backend_send(sock)
+        assert send.__func__ is CompiledSocket.send
+        assert send.__self__ is sock
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+
+
 async def test_address_in_use_is_transient_and_rebinds_later(addr: str) -> None:
     blocker = ZmqSink({"addr": addr}, SinkContext())
     await blocker.start()
