@@ -5,9 +5,7 @@ pushes it the records routed to it, each frame as one *entry* with the frame's o
 The runner drains entries into batches of up to ``max_batch`` records, calls
 :meth:`Sink.publish`, and publishes its progress as a watermark: every offset below its
 oldest unconfirmed entry is done. It owes nobody a future per frame; the ledger wakes ack
-waiters when the watermark passes them. A sink that says it can (``Sink.concurrent_publishes``)
-gets the next batch while the one before still waits for its confirmation; the
-watermark then stays below the oldest batch not confirmed, whichever confirms first.
+waiters when the watermark passes them.
 
 Errors, as :mod:`fleetgate.sinks.base` defines them: transient ones (the backend is
 unreachable or busy) are retried with exponential backoff, forever, until the runner is
@@ -91,14 +89,6 @@ class _Entry:
     records: Sequence[Record]
 
 
-@dataclass(slots=True, eq=False)
-class _Flight:
-    """One batch given to ``Sink.publish`` and not yet confirmed (or refused)."""
-
-    entries: list[_Entry]
-    count: int  # records
-
-
 class SinkRunner:
     """Owns one sink's queue and publish loop; a consumer of the ledger."""
 
@@ -124,15 +114,8 @@ class SinkRunner:
         self.dead_letters: DeadLetters | None = None
         self.routes: Callable[[str], bool] = lambda topic: True
         self._pending: deque[_Entry] = deque()
-        # Batches out of the queue and in publish, not yet confirmed, oldest first: the
-        # watermark stays below the oldest, whichever confirms first.
-        self._flights: deque[_Flight] = deque()
-        self._flying_records = 0
-        # Publishes running at once: the sink's own bound (1: one batch after the other).
-        self._max_flights = max(1, sink.concurrent_publishes)
-        self._flight_tasks: set[asyncio.Task[None]] = set()
-        # Set when a flight gave up (closing while the backend is down).
-        self._gave_up = False
+        # The batch being published: out of the queue, not yet confirmed.
+        self._inflight: list[_Entry] = []
         self._queued_records = 0
         # With the spool: the first offset not in memory (read back from the spool), and
         # how many records routed here were left there since.
@@ -147,8 +130,6 @@ class SinkRunner:
         self._refused_order: deque[int] = deque()
         self._space = asyncio.Event()
         self._wakeup = asyncio.Event()
-        # Set when a flight lands (frames pushed meanwhile do not wake a full runner).
-        self._flight_space = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._queue_gauge = metrics.QUEUE_DEPTH.labels(queue=f"sink:{self.name}")
@@ -181,8 +162,8 @@ class SinkRunner:
 
     def watermark(self) -> int:
         """Every offset at or below this is confirmed here, refused, or not routed here."""
-        if self._flights:
-            return self._flights[0].entries[0].first - 1
+        if self._inflight:
+            return self._inflight[0].first - 1
         if self._pending:
             return self._pending[0].first - 1
         if self._spilled_from is not None:
@@ -277,13 +258,10 @@ class SinkRunner:
         # Whatever is still unconfirmed (a publish cut short by the timeout, or never
         # started) is refused now, so no ack waits for it forever. With the spool it is
         # not lost: the next start reads it back from there.
-        unconfirmed = [entry for flight in self._flights for entry in flight.entries]
-        unconfirmed += self._pending
+        unconfirmed = [*self._inflight, *self._pending]
         remaining = self._queued_records
         self._final_cursor = self.watermark()
         self._pending.clear()
-        self._flights.clear()
-        self._flying_records = 0
         if unconfirmed:
             self._finish(unconfirmed, refused=True)
         if remaining:
@@ -297,70 +275,26 @@ class SinkRunner:
             log.warning("%s: close failed: %s", self.name, exc)
 
     async def _run(self) -> None:
-        try:
-            await self._feed()
-        finally:
-            # Cancelled by close's timeout: the flights go with it.
-            tasks = list(self._flight_tasks)
-            for task in tasks:
-                task.cancel()
-            if tasks:
-                await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _feed(self) -> None:
         settings = self.settings
-        flights = self._flight_tasks
         while True:
-            if self._gave_up:
-                break  # closing, and the backend is still down: the rest stays unconfirmed
             if not self._pending:
                 if self._spilled_from is not None and not self._closing:
                     await self._read_back()
                     continue
-                if self._closing and not flights:
+                if self._closing:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if len(flights) >= self._max_flights:
-                # As many batches in publish as the sink takes: the next waits for one.
-                self._flight_space.clear()
-                await self._flight_space.wait()
-                continue
-            waiting = self._queued_records - self._flying_records
-            if waiting < settings.max_batch and settings.max_linger_s > 0:
+            if self._queued_records < settings.max_batch and settings.max_linger_s > 0:
                 # Let a little more arrive so small frames share one publish.
                 await asyncio.sleep(settings.max_linger_s)
             taken = self._take_batch()
             self._queue_gauge.set(self._queued_records)
+            self._inflight = taken
             batch = [record for entry in taken for record in entry.records]
-            flight = _Flight(taken, len(batch))
-            self._flights.append(flight)
-            self._flying_records += flight.count
-            if self._max_flights == 1:
-                # One batch at a time: published right here, no task per batch.
-                if not await self._publish_with_retry(batch, flight):
-                    return  # closing, and the backend is still down: it stays unconfirmed
-                continue
-            task = asyncio.create_task(self._fly(batch, flight))
-            flights.add(task)
-            task.add_done_callback(self._landed)
-        if flights:  # a flight gave up: let the others end (they give up too, or land)
-            await asyncio.wait(list(flights))
-
-    async def _fly(self, batch: list[Record], flight: _Flight) -> None:
-        if not await self._publish_with_retry(batch, flight):
-            self._gave_up = True
-
-    def _landed(self, task: asyncio.Task[None]) -> None:
-        self._flight_tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            # A bug in the runner itself, not a sink error (those are handled): log it;
-            # the batch stays unconfirmed, as a crash of the one-batch loop would leave it.
-            log.error("%s: publish task failed", self.name, exc_info=task.exception())
-            self._gave_up = True
-        self._flight_space.set()
-        self._wakeup.set()
+            if not await self._publish_with_retry(batch, taken):
+                return  # closing, and the backend is still down: the batch stays unconfirmed
 
     async def _read_back(self) -> None:
         """Queue the next records for this sink from the spool (memory holds none)."""
@@ -416,12 +350,12 @@ class SinkRunner:
         self._taken += 1
         return taken
 
-    async def _publish_with_retry(self, batch: list[Record], flight: _Flight) -> bool:
+    async def _publish_with_retry(self, batch: list[Record], taken: list[_Entry]) -> bool:
         """Deliver the batch (or set its refused records aside); False when the runner gave
         up because it is closing while the backend is still failing."""
         error = await self._publish(batch)
         if error is None:
-            self._land(flight, refused=False)
+            self._finish(taken, refused=False)
             return True
         if isinstance(error, asyncio.CancelledError):
             return False
@@ -430,12 +364,12 @@ class SinkRunner:
             _DROPPED.error(
                 "%s: dropped %d records the backend refused: %s", self.name, len(batch), error
             )
-            self._land(flight, refused=True)
+            self._finish(taken, refused=True)
             return True
         # Some record of the batch cannot be taken: find it, deliver the rest.
         if not await self._set_aside(batch, error):
             return False
-        self._land(flight, refused=False)
+        self._finish(taken, refused=False)
         return True
 
     async def _publish(self, batch: Sequence[Record]) -> BaseException | None:
@@ -529,13 +463,6 @@ class SinkRunner:
             )
         self.health = new_health
 
-    def _land(self, flight: _Flight, refused: bool) -> None:
-        """``flight`` is confirmed (or refused): the watermark passes it once every older
-        flight has landed too."""
-        self._flying_records -= flight.count
-        self._flights.remove(flight)  # the oldest, unless batches run concurrently
-        self._finish(flight.entries, refused)
-
     def _finish(self, taken: list[_Entry], refused: bool) -> None:
         if refused:
             for entry in taken:
@@ -544,6 +471,7 @@ class SinkRunner:
             while len(self._refused_order) > _REFUSALS_KEPT:
                 self._refused.discard(self._refused_order.popleft())
         self._queued_records -= sum(len(entry.records) for entry in taken)
+        self._inflight = []
         self._queue_gauge.set(self._queued_records)
         self._space.set()
         self.ledger.advanced(self)

@@ -83,11 +83,6 @@ class Sink(ABC):
     name: ClassVar[str] = "sink"
     Settings: ClassVar[type[Section]] = NoSettings
     label: ClassVar[str | None] = None
-    # How many batches the runner may have in ``publish`` at once. Above 1 only for a sink
-    # whose ``publish`` may run concurrently with itself and hands its batches to the
-    # backend in call order (the next batch goes out while the backend confirms the one
-    # before). The runner's watermark still only passes confirmed batches.
-    concurrent_publishes: ClassVar[int] = 1
 
     def __init__(self, settings: Section | Mapping[str, Any], context: SinkContext) -> None:
         # A mapping (tests, plug-ins) is validated like the config file's section.

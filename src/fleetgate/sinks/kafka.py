@@ -241,11 +241,11 @@ class KafkaSink(Sink):
     name: ClassVar[str] = "kafka"
     Settings: ClassVar[type[Section]] = KafkaSettings
     label: ClassVar[str | None] = "Kafka"
-    # One batch at a time (the default). 2 would let the next batch be produced while the
-    # broker confirms this one, hiding the linger and round trip per batch; measured on 2
-    # cores it was no faster (0.39-0.43x the bare client against 0.46-0.50x with 1, same
-    # runs): produce and the delivery reports share the GIL. publish stays safe to run
-    # concurrently (batches are produced in call order, _producing).
+    # The runner gives it one batch at a time. Producing the next batch while the broker
+    # confirms this one (a runner with batches in flight) was tried and measured no faster
+    # on 2 cores (0.39-0.43x the bare client against 0.46-0.50x, same runs): produce and
+    # the delivery reports share the GIL. publish is still safe to run concurrently
+    # (batches are produced in call order, _producing).
     settings: KafkaSettings
 
     def __init__(self, settings: Section | Mapping[str, Any], context: SinkContext) -> None:
