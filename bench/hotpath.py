@@ -23,11 +23,8 @@ store, the ack decision).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import random
-import re
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -35,6 +32,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+import callgrind  # noqa: E402 - bench/callgrind.py, next to this script
 
 from fleetgate.protocols.teltonika.connection import TcpConnection  # noqa: E402
 from fleetgate.protocols.teltonika.encoder import encode_avl_frame, encode_imei  # noqa: E402
@@ -229,37 +228,11 @@ STAGES = {"frames": stage_frames, "decode": stage_decode, "listener": stage_list
           "append": stage_append, "store": stage_store, "accept": stage_accept}
 
 
-def instructions(stage: str, count: int) -> int:
-    done = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
-         __file__, stage, "--frames", str(count)],
-        capture_output=True, text=True, check=True,
-    )
-    match = re.search(r"Collected : (\d+)", done.stderr)
-    assert match, done.stderr
-    return int(match.group(1))
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("stage", choices=[*STAGES, "all"])
-    parser.add_argument("--frames", type=int, default=1000)
-    parser.add_argument("--measure", action="store_true",
-                        help="run under callgrind at two sizes; print instructions per record")
-    args = parser.parse_args()
-    if not args.measure:
-        STAGES[args.stage](args.frames)
-        return 0
-    base = 0.0
-    for stage in STAGES if args.stage == "all" else ["frames", args.stage]:
-        small, large = instructions(stage, 200), instructions(stage, 1200)
-        per_record = (large - small) / (1000 * RECORDS_PER_FRAME)
-        if stage == "frames":
-            base = per_record
-            print(f"(making the test frames: {per_record:,.0f} instructions per record)")
-            continue
-        print(f"{stage:<8} {per_record - base:>10,.0f} instructions per record", flush=True)
-    return 0
+    return callgrind.main(
+        __file__, (__doc__ or "").split("\n")[0], STAGES, default_frames=1000,
+        sizes=(200, 1200), units_per_frame=RECORDS_PER_FRAME, unit="record",
+    )
 
 
 if __name__ == "__main__":

@@ -27,15 +27,14 @@ making the test frames costs (the ``frames`` stage). Stages include the ones bef
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import random
-import re
-import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
 from typing import Any
+
+import callgrind  # bench/callgrind.py, next to this script
 
 from fleetgate.protocols.tesla.envelope import build_ack
 from fleetgate.records import Record
@@ -251,38 +250,11 @@ STAGES = {"frames": stage_frames, "process": stage_process, "session": stage_ses
           "accept": stage_accept}
 
 
-def instructions(stage: str, count: int) -> int:
-    done = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
-         __file__, stage, "--frames", str(count)],
-        capture_output=True, text=True, check=True,
-    )
-    match = re.search(r"Collected : (\d+)", done.stderr)
-    assert match, done.stderr
-    return int(match.group(1))
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("stage", choices=[*STAGES, "all"])
-    parser.add_argument("--frames", type=int, default=3200)
-    parser.add_argument("--measure", action="store_true",
-                        help="run under callgrind at two sizes; print instructions per frame")
-    args = parser.parse_args()
-    if not args.measure:
-        STAGES[args.stage](args.frames)
-        return 0
-    small_count, large_count = 640, 3840
-    base = 0.0
-    for stage in STAGES if args.stage == "all" else ["frames", args.stage]:
-        small, large = instructions(stage, small_count), instructions(stage, large_count)
-        per_frame = (large - small) / (large_count - small_count)
-        if stage == "frames":
-            base = per_frame
-            print(f"(making the test frames: {per_frame:,.0f} instructions per frame)")
-            continue
-        print(f"{stage:<8} {per_frame - base:>10,.0f} instructions per frame", flush=True)
-    return 0
+    return callgrind.main(
+        __file__, (__doc__ or "").split("\n")[0], STAGES, default_frames=3200,
+        sizes=(640, 3840), units_per_frame=1, unit="frame",
+    )
 
 
 if __name__ == "__main__":

@@ -83,6 +83,14 @@ def _enum_names(fd: FieldDescriptor) -> Callable[[int], Any]:
 
 
 def _member_kinds() -> dict[int, tuple[int, Callable[[int], Any] | None]]:
+    scalars = {  # field type: (wire type, kind)
+        FieldDescriptor.TYPE_STRING: (_WIRE_BYTES, _STRING),
+        FieldDescriptor.TYPE_INT32: (_WIRE_VARINT, _INT32),
+        FieldDescriptor.TYPE_INT64: (_WIRE_VARINT, _INT64),
+        FieldDescriptor.TYPE_BOOL: (_WIRE_VARINT, _BOOL),
+        FieldDescriptor.TYPE_FLOAT: (_WIRE_FIXED32, _FLOAT_KIND),
+        FieldDescriptor.TYPE_DOUBLE: (_WIRE_FIXED64, _DOUBLE_KIND),
+    }
     kinds: dict[int, tuple[int, Callable[[int], Any] | None]] = {}
     for name, fd in VALUE_FIELDS.items():
         if name == "invalid":
@@ -91,18 +99,9 @@ def _member_kinds() -> dict[int, tuple[int, Callable[[int], Any] | None]]:
             kinds[fd.number << 3 | _WIRE_BYTES] = (_LOCATION, None)
         elif fd.type == FieldDescriptor.TYPE_ENUM:
             kinds[fd.number << 3 | _WIRE_VARINT] = (_INT32, _enum_names(fd))
-        elif fd.type == FieldDescriptor.TYPE_STRING:
-            kinds[fd.number << 3 | _WIRE_BYTES] = (_STRING, None)
-        elif fd.type == FieldDescriptor.TYPE_INT32:
-            kinds[fd.number << 3 | _WIRE_VARINT] = (_INT32, None)
-        elif fd.type == FieldDescriptor.TYPE_INT64:
-            kinds[fd.number << 3 | _WIRE_VARINT] = (_INT64, None)
-        elif fd.type == FieldDescriptor.TYPE_BOOL:
-            kinds[fd.number << 3 | _WIRE_VARINT] = (_BOOL, None)
-        elif fd.type == FieldDescriptor.TYPE_FLOAT:
-            kinds[fd.number << 3 | _WIRE_FIXED32] = (_FLOAT_KIND, None)
-        elif fd.type == FieldDescriptor.TYPE_DOUBLE:
-            kinds[fd.number << 3 | _WIRE_FIXED64] = (_DOUBLE_KIND, None)
+        elif fd.type in scalars:
+            wire, kind = scalars[fd.type]
+            kinds[fd.number << 3 | wire] = (kind, None)
         # Other message members (doors, tires, time): left to upb.
     return kinds
 
