@@ -36,8 +36,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from types import MethodType
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, NoReturn
 
 from pydantic import ConfigDict, model_validator
@@ -95,46 +94,25 @@ class _LibrdkafkaLog:
 _LIBRDKAFKA_LOG = _LibrdkafkaLog()
 
 
-# What a batch knows of each of its messages (``_Batch.outcomes``).
-_NO_REPORT = 0  # produced (or never produced: see ``_Batch.produced``), no report yet
-_DELIVERED = 1
-_FAILED = 2
-_ELSEWHERE = 3  # not produced by this batch: it waits for an earlier batch's message
-
-
 class _Batch:
-    """The delivery reports one ``publish`` waits for, and what came of its messages.
+    """The delivery reports one ``publish`` waits for.
 
     Counted under the sink's lock, mostly on the poll thread; the loop is woken once, when
     the last report arrives, instead of once per message (a wake-up per message cost more
-    than producing it). Each message's delivery callback is a bound method of the batch's
-    reporter with the message's index (``MethodType``: a fifth of a Python object's cost).
+    than producing it).
     """
 
-    __slots__ = (
-        "abandoned", "errors", "future", "loop", "outcomes", "produced", "records",
-        "remaining", "unreported", "waiters",
-    )
+    __slots__ = ("errors", "future", "loop", "remaining")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, records: Sequence[Record]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, count: int) -> None:
         self.loop = loop
         # Only ever given a result: errors are read from ``errors``, so a batch whose
         # publish timed out leaves no unretrieved exception behind.
         self.future: asyncio.Future[None] = loop.create_future()
-        self.records = records
-        # Reports this publish waits for: its own messages' and earlier ones it attached to.
-        self.remaining = len(records)
-        # Messages this batch produced that have no report yet.
-        self.unreported = len(records)
-        self.produced = len(records)  # the first ``produced`` records went to librdkafka
-        self.outcomes = bytearray(len(records))
+        self.remaining = count
         self.errors: list[Exception] = []
-        # Set when its publish returned before every report came: its unreported
-        # messages are then ``held`` by the sink and retries may wait for them (waiters).
-        self.abandoned = False
-        self.waiters: dict[int, list[_Batch]] | None = None
 
-    def count(self, error: Exception | None) -> bool:
+    def report(self, error: Exception | None) -> bool:
         """Count one report (caller holds the lock); True when it was the last."""
         if error is not None:
             self.errors.append(error)
@@ -151,67 +129,69 @@ def _settle(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-def _reporter(sink: KafkaSink, batch: _Batch) -> Callable[[int, Any, Any], None]:
-    """The delivery callback of ``batch``'s messages, bound to each message's index."""
-    lock = sink._lock
-    outcomes = batch.outcomes
+class _Message:
+    """One produced record until its delivery report; librdkafka calls it with the report.
 
-    def report(index: int, err: Any, _msg: Any) -> None:
+    Kept (by record identity) while librdkafka holds the message: a retry of a batch that
+    timed out waits for the same report instead of producing the record a second time.
+    Holding the record keeps its id() from being reused meanwhile. One object per message
+    (no bound method, no list): it is allocated for every record on the hot path.
+    """
+
+    __slots__ = ("batch", "error", "more", "record", "reported", "sink")
+
+    def __init__(self, sink: KafkaSink, record: Record, batch: _Batch) -> None:
+        self.sink = sink
+        self.record = record
+        self.batch = batch
+        self.more: list[_Batch] | None = None  # publishes of retries waiting for it too
+        self.reported = False
+        self.error: Exception | None = None
+
+    def __call__(self, err: Any, _msg: Any) -> None:
         # librdkafka's delivery report: on the poll thread (or in close's flush).
+        sink = self.sink
         if err is None:
-            if sink._all_brokers_down:
-                sink._all_brokers_down = False
-            with lock:
-                if not batch.abandoned:
-                    # Delivered while its publish waits (every message, normally): no
-                    # retry can be waiting for it, so only the counts change.
-                    outcomes[index] = _DELIVERED
-                    batch.unreported -= 1
+            sink._all_brokers_down = False
+            with sink._lock:
+                if self.more is None:
+                    # Delivered, one publish waiting: _report's work inline (a third of
+                    # its cost; every message takes this path on the poll thread).
+                    inflight = sink._inflight
+                    key = id(self.record)
+                    if inflight.get(key) is self:
+                        del inflight[key]
+                    self.reported = True
+                    batch = self.batch
                     batch.remaining -= 1
                     if batch.remaining:
                         return
                     finished = [batch]
                 else:
                     finished = []
-                    sink._outcome(batch, index, None, finished)
+                    self._report(None, finished)
         else:
             error = _classify(err, str(err))
             finished = []
-            with lock:
-                sink._outcome(batch, index, error, finished)
-        for done in finished:
-            done.settle_threadsafe()
+            with sink._lock:
+                self._report(error, finished)
+        for batch in finished:
+            batch.settle_threadsafe()
 
-    return report
-
-
-_TIMESTAMP_HEADER = ("timestamp", "0")
-_VERSION_HEADER = ("version", "0")
-
-
-def kafka_headers(record: Record, record_id_prefix: str) -> list[tuple[str, str]]:
-    """``Sink.headers(record)`` as the list of pairs confluent-kafka takes, in the same
-    order (so the same header bytes), without the dict: built for every message.
-    ``record_id_prefix`` is ``"<node_id>-"``."""
-    meta = record.meta
-    if meta:
-        txid = meta.get("txid", "")
-        client = meta.get("device_client_version", "")
-    else:
-        txid = client = ""
-    headers = [
-        ("vin", record.device_id),
-        ("receivedat", str(record.received_at)),
-        _TIMESTAMP_HEADER,
-        ("txid", txid),
-        ("txtype", record.topic),
-        _VERSION_HEADER,
-        ("device_client_version", client),
-    ]
-    offset = record.offset
-    if offset:
-        headers.append(("record_id", record_id_prefix + str(offset)))
-    return headers
+    def _report(self, error: Exception | None, finished: list[_Batch]) -> None:
+        """Count the outcome in every waiting batch (caller holds the lock); batches whose
+        last report this was are added to ``finished``."""
+        inflight = self.sink._inflight
+        key = id(self.record)
+        if inflight.get(key) is self:
+            del inflight[key]
+        self.reported = True
+        self.error = error
+        if self.batch.report(error):
+            finished.append(self.batch)
+        for batch in self.more or ():
+            if batch.report(error):
+                finished.append(batch)
 
 
 class KafkaSettings(Section):
@@ -241,11 +221,6 @@ class KafkaSink(Sink):
     name: ClassVar[str] = "kafka"
     Settings: ClassVar[type[Section]] = KafkaSettings
     label: ClassVar[str | None] = "Kafka"
-    # The runner gives it one batch at a time. Producing the next batch while the broker
-    # confirms this one (a runner with batches in flight) was tried and measured no faster
-    # on 2 cores (0.39-0.43x the bare client against 0.46-0.50x, same runs): produce and
-    # the delivery reports share the GIL. publish is still safe to run concurrently
-    # (batches are produced in call order, _producing).
     settings: KafkaSettings
 
     def __init__(self, settings: Section | Mapping[str, Any], context: SinkContext) -> None:
@@ -259,24 +234,13 @@ class KafkaSink(Sink):
         self._producer: Any = None
         self._poller: threading.Thread | None = None
         self._stop = threading.Event()
-        # Batches with messages inside librdkafka (failed by close if never reported).
-        self._open: set[_Batch] = set()
-        # The unreported messages of abandoned batches, by record identity: a retry of a
-        # batch that timed out waits for the same report instead of producing the record
-        # a second time (the batch holds the record, so its id() is not reused meanwhile).
-        self._held: dict[int, tuple[_Batch, int]] = {}
-        # Guards the batches' counts, _open and _held between the loop and the poll thread.
+        self._inflight: dict[int, _Message] = {}
+        # Guards _inflight and the batches' counts between the loop and the poll thread.
         self._lock = threading.Lock()
         self._topics: dict[str, str] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Held while a publish produces: a publish waiting for room in librdkafka's queue
-        # must not let the next batch's messages overtake its own.
-        self._producing = asyncio.Lock()
         # Set from librdkafka's error callback, cleared by the next successful delivery.
         self._all_brokers_down = False
-        # Sink.headers as pairs (kafka_headers) unless a subclass makes its own headers.
-        self._fast_headers = type(self).headers is Sink.headers
-        self._record_id_prefix = f"{context.node_id}-"
 
     def describe(self) -> str:
         return f"kafka broker {self.properties.get('bootstrap.servers', '?')}"
@@ -329,23 +293,40 @@ class KafkaSink(Sink):
         producer = self._ensure_producer()
         if not batch:
             return
-        waiting = _Batch(asyncio.get_running_loop(), batch)
+        waiting = _Batch(asyncio.get_running_loop(), len(batch))
+        inflight = self._inflight
+        transmit_decoded = self.context.transmit_decoded
+        topics = self._topics
+        produce = producer.produce
+        for record in batch:
+            entry = inflight.get(id(record))
+            if entry is not None and entry.record is record and self._attach(entry, waiting):
+                continue
+            topic = topics.get(record.topic)
+            if topic is None:
+                topic = topics[record.topic] = self.destination(record.topic)
+            entry = _Message(self, record, waiting)
+            # Registered before produce: the report may arrive before produce returns.
+            inflight[id(record)] = entry
+            value = wire_payload(record, transmit_decoded)
+            key = record.device_id.encode()
+            headers = self.headers(record)
+            try:
+                produce(topic, value, key, headers=headers, on_delivery=entry)
+            except BaseException as exc:
+                self._forget(entry)
+                if not isinstance(exc, BufferError):
+                    _raise_classified(exc)
+                await self._produce_when_room(producer, entry, (topic, value, key, headers))
+        # While librdkafka says every broker is down, do not sit out the full timeout:
+        # fail fast so the runner reports the outage (the messages stay queued inside
+        # librdkafka and a retry waits for them again).
+        timeout = _DOWN_WAIT_S if self._all_brokers_down else self.publish_timeout_s
+        # asyncio.wait neither cancels the future on timeout nor on the runner cancelling
+        # this publish.
+        await asyncio.wait((waiting.future,), timeout=timeout)
         with self._lock:
-            self._open.add(waiting)
-        try:
-            async with self._producing:
-                await self._produce_all(producer, batch, waiting)
-            # While librdkafka says every broker is down, do not sit out the full timeout:
-            # fail fast so the runner reports the outage (the messages stay queued inside
-            # librdkafka and a retry waits for them again).
-            timeout = _DOWN_WAIT_S if self._all_brokers_down else self.publish_timeout_s
-            # asyncio.wait neither cancels the future on timeout nor on the runner
-            # cancelling this publish.
-            await asyncio.wait((waiting.future,), timeout=timeout)
-        finally:
-            with self._lock:
-                unreported, errors = waiting.remaining, list(waiting.errors)
-                self._leave(waiting)
+            unreported, errors = waiting.remaining, list(waiting.errors)
         if unreported:
             state = "all brokers down" if self._all_brokers_down else "no delivery report"
             raise TransientSinkError(
@@ -358,115 +339,28 @@ class KafkaSink(Sink):
             first = next(e for e in errors if not isinstance(e, PermanentSinkError))
             raise TransientSinkError(f"{len(errors)} of {len(batch)} failed: {first}")
 
-    async def _produce_all(self, producer: Any, batch: Sequence[Record], waiting: _Batch) -> None:
-        held = self._held
-        decoded = self.context.transmit_decoded
-        topics = self._topics
-        produce = producer.produce
-        bind = MethodType
-        report = _reporter(self, waiting)
-        headers_of = self._kafka_headers
-        poll = producer.poll
-        produced = 0
-        try:
-            for index, record in enumerate(batch):
-                if not index & 127 and index:
-                    # Serve the reports that came meanwhile here, as a bare producer's
-                    # poll(0) does: the poll thread would take the GIL once per report.
-                    poll(0)
-                if held and self._attach(record, waiting, index):
-                    produced = index + 1
-                    continue
-                topic = topics.get(record.topic)
-                if topic is None:
-                    topic = topics[record.topic] = self.destination(record.topic)
-                value = wire_payload(record, decoded)
-                key = record.device_id.encode()
-                headers = headers_of(record)
-                callback = bind(report, index)
-                try:
-                    # Positional (topic, value, key, partition, on_delivery, -, timestamp,
-                    # headers): no keyword dict per call. -1 is librdkafka's partitioner.
-                    produce(topic, value, key, -1, callback, None, 0, headers)
-                except BufferError:
-                    await self._produce_when_room(producer, (topic, value, key, headers), callback)
-                except Exception as exc:
-                    _raise_classified(exc)
-                produced = index + 1
-        finally:
-            if produced < len(batch):
-                with self._lock:
-                    # Never produced: no report will come for these.
-                    waiting.unreported -= len(batch) - produced
-                    waiting.produced = produced
-
-    def _kafka_headers(self, record: Record) -> Any:
-        """``self.headers(record)`` as confluent-kafka takes it (the same pairs in order)."""
-        if self._fast_headers:
-            return kafka_headers(record, self._record_id_prefix)
-        return self.headers(record)
-
-    def _attach(self, record: Record, waiting: _Batch, index: int) -> bool:
-        """Make ``waiting`` count the report of ``record``'s message if an abandoned batch
-        still has it in librdkafka (a retry). False: produce it (again)."""
-        found = self._held.get(id(record))
-        if found is None:
-            return False
-        earlier, at = found
+    def _attach(self, entry: _Message, waiting: _Batch) -> bool:
+        """Make ``waiting`` count ``entry``'s report too (a retry of a record librdkafka
+        still holds). If the report came meanwhile, count its outcome now."""
         with self._lock:
-            if earlier.records[at] is not record:
-                return False
-            state = earlier.outcomes[at]
-            if state == _FAILED:
-                return False  # it failed: produce it again
-            waiting.outcomes[index] = _ELSEWHERE
-            waiting.unreported -= 1
-            if state == _NO_REPORT:
-                if earlier.waiters is None:
-                    earlier.waiters = {}
-                earlier.waiters.setdefault(at, []).append(waiting)
-            elif waiting.count(None):  # delivered meanwhile
-                _settle(waiting.future)
-        return True
+            if not entry.reported:
+                if entry.more is None:
+                    entry.more = []
+                entry.more.append(waiting)
+                return True
+            if entry.error is None:
+                if waiting.report(None):
+                    _settle(waiting.future)
+                return True
+        return False  # it failed: produce it again
 
-    def _outcome(
-        self, batch: _Batch, index: int, error: Exception | None, finished: list[_Batch]
-    ) -> None:
-        """A report for ``batch``'s message ``index`` (caller holds the lock): counted in
-        the batch and in every retry waiting for it; batches whose last report this was
-        are added to ``finished``."""
-        if batch.outcomes[index] != _NO_REPORT:
-            return
-        batch.outcomes[index] = _DELIVERED if error is None else _FAILED
-        batch.unreported -= 1
-        if batch.count(error):
-            finished.append(batch)
-        if batch.abandoned:
-            key = id(batch.records[index])
-            found = self._held.get(key)
-            if found is not None and found[0] is batch and found[1] == index:
-                del self._held[key]
-            waiters = batch.waiters.pop(index, None) if batch.waiters else None
-            for waiter in waiters or ():
-                if waiter.count(error):
-                    finished.append(waiter)
-            if not batch.unreported:
-                self._open.discard(batch)
-
-    def _leave(self, batch: _Batch) -> None:
-        """``batch``'s publish returns (caller holds the lock): messages still without a
-        report stay held for a retry to wait for."""
-        if not batch.unreported:
-            self._open.discard(batch)
-            return
-        batch.abandoned = True
-        records, outcomes, held = batch.records, batch.outcomes, self._held
-        for index in range(batch.produced):
-            if outcomes[index] == _NO_REPORT:
-                held[id(records[index])] = (batch, index)
+    def _forget(self, entry: _Message) -> None:
+        with self._lock:
+            if self._inflight.get(id(entry.record)) is entry:
+                del self._inflight[id(entry.record)]
 
     async def _produce_when_room(
-        self, producer: Any, message: tuple[str, bytes, bytes, Any], callback: Any
+        self, producer: Any, entry: _Message, message: tuple[str, bytes, bytes, dict[str, str]]
     ) -> None:
         topic, value, key, headers = message
         deadline = time.monotonic() + _QUEUE_FULL_WAIT_S
@@ -478,13 +372,14 @@ class KafkaSink(Sink):
                     "kafka: local producer queue stays full; broker not keeping up"
                 )
             await asyncio.sleep(0.05)
+            self._inflight[id(entry.record)] = entry
             try:
-                producer.produce(topic, value, key, -1, callback, None, 0, headers)
+                producer.produce(topic, value, key, headers=headers, on_delivery=entry)
                 return
-            except BufferError:
-                continue
-            except Exception as exc:
-                _raise_classified(exc)
+            except BaseException as exc:
+                self._forget(entry)
+                if not isinstance(exc, BufferError):
+                    _raise_classified(exc)
 
     async def close(self) -> None:
         producer = self._producer
@@ -503,11 +398,8 @@ class KafkaSink(Sink):
         closed = TransientSinkError("kafka sink closed")
         finished: list[_Batch] = []
         with self._lock:
-            for batch in list(self._open):
-                for index in range(batch.produced):
-                    self._outcome(batch, index, closed, finished)
-            self._open.clear()
-            self._held.clear()
+            for entry in list(self._inflight.values()):
+                entry._report(closed, finished)
         for batch in finished:
             _settle(batch.future)
 

@@ -231,7 +231,7 @@ async def test_broker_down_publish_fails_in_bounded_time() -> None:
     # producing them a second time.
     with pytest.raises(TransientSinkError):
         await asyncio.wait_for(sink.publish(records), 10)
-    assert len(sink._held) == len(records)
+    assert len(sink._inflight) == len(records)
     await asyncio.wait_for(sink.close(), 15)
 
 
@@ -254,7 +254,7 @@ async def test_retry_waits_for_held_messages_then_each_lands_once(services_dir: 
     try:
         with pytest.raises(TransientSinkError, match="without delivery report"):
             await sink.publish(records)
-        assert len(sink._held) == len(records)
+        assert len(sink._inflight) == len(records)
         start_private(lambda _base: proc, services_dir)
         deadline = time.monotonic() + 30
         while True:  # the runner's retries, until librdkafka has reconnected
@@ -264,7 +264,7 @@ async def test_retry_waits_for_held_messages_then_each_lands_once(services_dir: 
             except TransientSinkError:
                 if time.monotonic() > deadline:
                     raise
-        assert not sink._held
+        assert not sink._inflight
         topics = sorted({sink.destination(r.topic) for r in records})
         messages = await asyncio.to_thread(read_topics, proc.address, topics, len(records), 10)
         values = sorted(m.value() for m in messages)
