@@ -63,21 +63,8 @@ class _RecordDraft:
     descriptor (which is what a frozen dataclass's own ``__init__`` does, only slower).
     """
 
-    __slots__ = (
-        "_data_json", "_json", "created_at", "data", "device_id", "meta", "offset", "raw",
-        "received_at", "source", "topic",
-    )
-    source: str
-    device_id: str
-    topic: str
-    created_at: int
-    received_at: int
-    data: Mapping[str, Any]
-    raw: bytes
-    meta: Mapping[str, str] | None
-    offset: int
-    _json: bytes | None
-    _data_json: bytes | None
+    # Record's own slots, so the two layouts cannot drift apart.
+    __slots__ = Record.__slots__
 
 
 def _fast_record_constructor() -> Callable[..., Record]:
@@ -104,7 +91,7 @@ def _fast_record_constructor() -> Callable[..., Record]:
         raw: bytes = b"",
         meta: Mapping[str, str] | None = None,
     ) -> Record:
-        record = new(_RecordDraft)
+        record: Any = new(_RecordDraft)
         record.source = source
         record.device_id = device_id
         record.topic = topic
@@ -116,8 +103,9 @@ def _fast_record_constructor() -> Callable[..., Record]:
         record.offset = 0
         record._json = None
         record._data_json = None
-        record.__class__ = Record  # type: ignore[assignment]
-        return record  # type: ignore[return-value]
+        record.__class__ = Record
+        record_: Record = record
+        return record_
 
     # CPython allows the assignment between classes of identical slot layout; the probe
     # makes a Record-layout change fail at import, not in a device's session.

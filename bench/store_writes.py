@@ -1,0 +1,63 @@
+"""Bytes the SQLite store writes per record, by commit size, as its file grows.
+
+``RecordStore.write`` in a loop (batches of ``--batch`` records from 1,000 devices, a
+Teltonika-sized ``data``), printing the bytes written to disk per record (``write_bytes``
+of ``/proc/self/io``: WAL, checkpoints, the database) for every 500,000 rows. Every commit
+rewrites each device's index leaf page, so the bytes per record depend on the records per
+commit more than on the records themselves.
+
+Run: ``.venv/bin/python bench/store_writes.py --batch 2000 --rows 1500000`` (and
+``--batch 20000``); the file goes to a temporary directory under ``--dir`` (default: the
+system's), deleted at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from fleetgate.records import new_record
+from fleetgate.store import RecordStore
+
+DEVICES = 1000
+REPORT_EVERY = 500_000
+START_MS = 1_767_225_600_000
+DATA = {"lat": 54.1, "lon": 25.2, "speed": 50, "io": {"a": 1, "b": 2, "c": 3, "d": 4}}
+
+
+def written_bytes() -> int:
+    with open("/proc/self/io") as file:
+        for line in file:
+            if line.startswith("write_bytes"):
+                return int(line.split()[1])
+    raise RuntimeError("no write_bytes in /proc/self/io")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--batch", type=int, default=2000, help="records per commit")
+    parser.add_argument("--rows", type=int, default=1_500_000)
+    parser.add_argument("--dir", default=None, help="where the store file goes")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=args.dir) as directory:
+        store = RecordStore(Path(directory) / "store.db")
+        rows, reported_rows, reported_bytes = 0, 0, written_bytes()
+        while rows < args.rows:
+            store.write([
+                new_record("teltonika", f"35630704244{(rows + i) % DEVICES:04d}", "avl",
+                           START_MS + rows + i, START_MS + rows + i, dict(DATA))
+                for i in range(args.batch)
+            ])
+            rows += args.batch
+            if rows - reported_rows >= REPORT_EVERY:
+                now = written_bytes()
+                per_record = (now - reported_bytes) / (rows - reported_rows)
+                print(f"batch {args.batch}: rows {rows:>9,}, {per_record:7.0f} bytes written "
+                      f"per record", flush=True)
+                reported_rows, reported_bytes = rows, now
+        store.close()
+
+
+if __name__ == "__main__":
+    main()
