@@ -29,9 +29,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from procstats import cpu_seconds, free_port, rss_mb, tree_cpu_seconds, tree_pids
+from procstats import (
+    cpu_seconds,
+    disk_counters,
+    free_port,
+    rss_mb,
+    tree_cpu_seconds,
+    tree_pids,
+)
 
 from fleetgate.protocols.teltonika.encoder import encode_avl_frame, encode_imei
 from fleetgate.protocols.teltonika.model import CODEC_8E, AvlRecord
@@ -172,7 +180,10 @@ class JunkPeer(asyncio.Protocol):
 
 
 async def load(port: int, devices: int, seconds: float, per_frame: int, io_elements: int,
-               junk: int = 0) -> dict[str, float]:
+               junk: int = 0, every: float = 0.0,
+               report: Callable[[int], None] | None = None) -> dict[str, float]:
+    """Drive the trackers for ``seconds`` after a warm-up; with ``report``, call it with the
+    records acked so far every ``every`` seconds."""
     loop = asyncio.get_running_loop()
     rng = random.Random(1)
     pool = [frames_for(rng, per_frame, 8, io_elements) for _ in range(20)]
@@ -188,7 +199,12 @@ async def load(port: int, devices: int, seconds: float, per_frame: int, io_eleme
         trackers.append(tracker)
     await asyncio.sleep(2.0)  # warm-up: every tracker identified and streaming
     start_acked, started = stats["acked"], time.perf_counter()
-    await asyncio.sleep(seconds)
+    if report is not None and every > 0:
+        while (left := seconds - (time.perf_counter() - started)) > 0:
+            await asyncio.sleep(min(every, left))
+            report(stats["acked"])
+    else:
+        await asyncio.sleep(seconds)
     acked, elapsed = stats["acked"] - start_acked, time.perf_counter() - started
     for peer in peers:
         peer.running = False
@@ -213,6 +229,9 @@ def main() -> None:
     parser.add_argument("--junk", type=int, default=0,
                         help="connections that never become trackers (garbage, slowloris, "
                              "silent; each reconnects when closed)")
+    parser.add_argument("--every", type=float, default=0.0, metavar="S",
+                        help="also print acked records/s, server CPU and the disk's writes "
+                             "every S seconds (to see a long run change as the store grows)")
     args = parser.parse_args()
 
     port = free_port()
@@ -239,14 +258,30 @@ def main() -> None:
                     break
                 time.sleep(0.05)
             cpu_before = tree_cpu_seconds(server.pid)
+            written_before, busy_before = disk_counters(data_dir)
             own_before = cpu_seconds(os.getpid())
             wall_before = time.perf_counter()
             import uvloop
 
+            last = [time.perf_counter(), 0, tree_cpu_seconds(server.pid),
+                    *disk_counters(data_dir)]
+
+            def report(acked: int) -> None:
+                now, cpu, (written, busy) = (time.perf_counter(), tree_cpu_seconds(server.pid),
+                                             disk_counters(data_dir))
+                span = now - last[0]
+                print(f"  {now - wall_before:6.0f} s: {(acked - last[1]) / span:8,.0f} acked "
+                      f"records/s, server {(cpu - last[2]) / span:.2f} CPU, disk (whole "
+                      f"machine) {(written - last[3]) / span / 1e6:5.0f} MB/s, busy "
+                      f"{(busy - last[4]) / 1000 / span:4.0%}", flush=True)
+                last[:] = [now, acked, cpu, written, busy]
+
             result = uvloop.run(load(port, args.devices, args.seconds, args.records_per_frame,
-                                     args.io_elements, args.junk))
+                                     args.io_elements, args.junk, args.every, report))
             wall = time.perf_counter() - wall_before
             server_cpu = (tree_cpu_seconds(server.pid) - cpu_before) / wall
+            written, busy = disk_counters(data_dir)
+            written, busy = written - written_before, busy - busy_before
             load_cpu = (cpu_seconds(os.getpid()) - own_before) / wall
             print(
                 f"{args.devices} trackers, codec 8E, {args.records_per_frame} records/frame, "
@@ -258,6 +293,9 @@ def main() -> None:
                 f"RSS {sum(rss_mb(p) for p in tree_pids(server.pid)):.0f} MB; "
                 f"load generator: {load_cpu:.2f} CPU-s per s; "
                 f"ack mismatches={result['mismatches']:.0f} lost connections={result['lost']:.0f}"
+                + f"; the disk (whole machine) wrote {written / 1e6:,.0f} MB, "
+                f"{written / max(result['acked'], 1) / 1000:.2f} KB per acked record, "
+                f"busy {busy / 1000 / wall:.0%} of the time"
                 + (f"; {args.junk} junk peers opened {result['junk_connections']:.0f} connections"
                    if args.junk else "")
             )

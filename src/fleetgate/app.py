@@ -21,7 +21,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any
 
 from fleetgate import __version__
-from fleetgate.config import Config, StatsdConfig
+from fleetgate.config import AckLevel, Config, StatsdConfig
 from fleetgate.forms import wire_payload
 from fleetgate.listeners.teltonika.command_routing import command_center
 from fleetgate.listeners.teltonika.commands import CommandCenter
@@ -118,6 +118,15 @@ def build_spool(config: Config, ledger: Ledger) -> Spool | None:
     return spool
 
 
+def acks_wait_for_store(config: Config) -> bool:
+    """Whether any device's ack waits for the embedded store's commit."""
+    rules: list[AckLevel | list[str]] = [config.ack_level, *config.ack_policy.values()]
+    return STORE_SINK in config.reliable_ack_sources.values() or any(
+        rule is AckLevel.STORE if isinstance(rule, AckLevel) else STORE_SINK in rule
+        for rule in rules
+    )
+
+
 def build_pipeline(config: Config, store: RecordStore | None = None) -> Pipeline:
     """Sinks named by ``records`` (plus the store) wired behind a router and ack policy."""
     context = SinkContext(
@@ -141,6 +150,7 @@ def build_pipeline(config: Config, store: RecordStore | None = None) -> Pipeline
             settings,
             max_batch=config.store.max_batch,
             max_queue_records=max(settings.max_queue_records, 2 * config.store.max_batch),
+            fill_s=0.0 if acks_wait_for_store(config) else config.store.commit_interval_ms / 1000,
         )
         store_sink = SqliteSink(SqliteSettings(path=str(config.store_path)), context, store=store)
         # The store holds up new frames when it falls behind instead of spilling: the API

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -66,6 +67,12 @@ class RunnerSettings:
     max_batch: int = 1000
     # How long the first record of a batch may wait for more to join it.
     max_linger_s: float = 0.005
+    # Group commit (the embedded store, when no ack waits for it): a batch short of
+    # ``max_batch`` waits until this long after the previous batch was taken. Under load
+    # batches grow to ~rate x fill_s records (a store writes each device's index page once
+    # per commit, so its bytes per record fall with the batch); a record arriving after a
+    # quiet spell goes at once. 0: ``max_linger_s`` alone.
+    fill_s: float = 0.0
     retry_initial_s: float = 0.1
     retry_max_s: float = 5.0
     # Consecutive failures after which a retrying sink is reported "down".
@@ -130,6 +137,9 @@ class SinkRunner:
         self._refused_order: deque[int] = deque()
         self._space = asyncio.Event()
         self._wakeup = asyncio.Event()
+        # Set once ``max_batch`` records are queued: ends a group-commit wait early.
+        self._full = asyncio.Event()
+        self._last_take = -math.inf  # loop time the previous batch was taken
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._queue_gauge = metrics.QUEUE_DEPTH.labels(queue=f"sink:{self.name}")
@@ -226,6 +236,8 @@ class SinkRunner:
             self._spilled_records += count
         else:
             self._pending.append(_Entry(first, last, records))
+            if self._queued_records >= self.settings.max_batch:
+                self._full.set()
         # The depth gauge is updated per batch (in _finish), not per frame: a gauge write
         # per frame showed up in profiles.
         self._wakeup.set()
@@ -246,6 +258,7 @@ class SinkRunner:
             return  # closed already
         self._closing = True
         self._wakeup.set()
+        self._full.set()
         self._space.set()
         task, self._task = self._task, None
         if task is not None:
@@ -286,9 +299,12 @@ class SinkRunner:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if self._queued_records < settings.max_batch and settings.max_linger_s > 0:
-                # Let a little more arrive so small frames share one publish.
-                await asyncio.sleep(settings.max_linger_s)
+            if self._queued_records < settings.max_batch:
+                if settings.fill_s > 0:
+                    await self._fill(settings.fill_s)
+                elif settings.max_linger_s > 0:
+                    # Let a little more arrive so small frames share one publish.
+                    await asyncio.sleep(settings.max_linger_s)
             taken = self._take_batch()
             self._queue_gauge.set(self._queued_records)
             self._inflight = taken
@@ -338,7 +354,22 @@ class SinkRunner:
         self._space.set()
         self.ledger.advanced(self)
 
+    async def _fill(self, fill_s: float) -> None:
+        """Wait (group commit) until a full batch is queued, the runner closes, or
+        ``fill_s`` has passed since the previous batch was taken."""
+        loop = asyncio.get_running_loop()
+        remaining = self._last_take + fill_s - loop.time()
+        if remaining <= 0 or self._closing:
+            return
+        self._full.clear()
+        if self._queued_records >= self.settings.max_batch:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(remaining):
+                await self._full.wait()
+
     def _take_batch(self) -> list[_Entry]:
+        self._last_take = asyncio.get_running_loop().time()
         taken: list[_Entry] = []
         size = 0
         limit = self.settings.max_batch

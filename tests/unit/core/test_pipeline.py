@@ -226,6 +226,49 @@ async def test_a_full_queue_makes_append_wait_until_space_frees() -> None:
     assert sink.delivered == [0, 1, 2, 3, 9]
 
 
+async def test_group_commit_waits_for_a_full_batch_after_one_was_taken() -> None:
+    sink = ScriptedSink("sqlite")
+    # An hour of fill: only a full batch (or the first record after a quiet spell, or a
+    # close) may end a wait in this test.
+    settings = RunnerSettings(max_batch=10, max_linger_s=0, fill_s=3600)
+    pipeline, runner = single(sink, settings, level=AckLevel.RECEIPT)
+    await pipeline.start()
+    await pipeline.append([rec(0)])
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert sink.delivered == [0]  # nothing taken for an hour: it goes at once
+    for i in range(1, 10):
+        await pipeline.append([rec(i)])
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert sink.delivered == [0]  # nine wait for the tenth
+    await pipeline.append([rec(10)])
+    while len(sink.batches) < 2:
+        await asyncio.sleep(0.001)
+    assert sink.batches[1] == [rec(i) for i in range(1, 11)]
+    await pipeline.append([rec(11)])
+    await pipeline.close()  # a close ends the wait and flushes
+    assert sink.delivered == list(range(12))
+    assert runner.queued == 0
+
+
+async def test_group_commit_publishes_a_short_batch_once_its_time_is_up() -> None:
+    sink = ScriptedSink("sqlite")
+    pipeline, _ = single(sink, RunnerSettings(max_batch=1000, max_linger_s=0, fill_s=0.05),
+                         level=AckLevel.RECEIPT)
+    await pipeline.start()
+    await pipeline.append([rec(0)])
+    while sink.delivered != [0]:  # the first at once
+        await asyncio.sleep(0.001)
+    await pipeline.append([rec(1)])
+    await asyncio.sleep(0)
+    await pipeline.append([rec(2)])
+    while sink.delivered != [0, 1, 2]:
+        await asyncio.sleep(0.005)
+    assert sink.batches[1:] == [[rec(1), rec(2)]]  # the other two together
+    await pipeline.close()
+
+
 async def test_close_flushes_what_is_queued() -> None:
     sink = ScriptedSink("sqlite")
     pipeline, _ = single(sink, level=AckLevel.RECEIPT)
@@ -334,3 +377,21 @@ async def test_reference_dispatcher_metrics_count_confirmed_records_bytes_and_er
     assert sample("zmq_publish_total_bytes", record_type="V") == before[1] + 12
     assert sample("zmq_reliable_ack_total", record_type="V") == before[2] + 3
     assert sample("zmq_err") == before[3] + 1
+
+
+@pytest.mark.parametrize(("overrides", "fill_s"), [
+    ({}, 0.25),  # acks wait for the spool: the store group-commits
+    ({"store": {"commit_interval_ms": 40}}, 0.04),
+    ({"ack_level": "store"}, 0.0),  # an ack waits for the store: no waiting to fill
+    ({"ack_policy": {"teltonika": "store"}}, 0.0),
+    ({"ack_policy": {"teltonika": ["sqlite"]}}, 0.0),
+])
+def test_the_store_group_commits_unless_an_ack_waits_for_it(
+    tmp_path: Any, overrides: dict[str, Any], fill_s: float,
+) -> None:
+    from fleetgate.app import STORE_SINK, build_pipeline
+    from fleetgate.config import Config
+
+    config = Config.model_validate({"data_dir": str(tmp_path), **overrides})
+    pipeline = build_pipeline(config)
+    assert pipeline.runners[STORE_SINK].settings.fill_s == fill_s
