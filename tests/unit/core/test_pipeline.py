@@ -39,6 +39,7 @@ class ScriptedSink(Sink):
         self.error = error or TransientSinkError("backend unreachable")
         self.batches: list[list[Record]] = []
         self.gate: asyncio.Event | None = None
+        self.published = asyncio.Event()  # set after every batch taken
         self.closed = False
 
     async def publish(self, batch: Sequence[Record]) -> None:
@@ -48,6 +49,13 @@ class ScriptedSink(Sink):
             self.fail_times -= 1
             raise self.error
         self.batches.append(list(batch))
+        self.published.set()
+
+    async def until_delivered(self, expected: list[int]) -> None:
+        """Wait until the records delivered so far are ``expected``."""
+        while self.delivered != expected:
+            self.published.clear()
+            await self.published.wait()
 
     async def close(self) -> None:
         self.closed = True
@@ -243,8 +251,7 @@ async def test_group_commit_waits_for_a_full_batch_after_one_was_taken() -> None
         await asyncio.sleep(0)
     assert sink.delivered == [0]  # nine wait for the tenth
     await pipeline.append([rec(10)])
-    while len(sink.batches) < 2:
-        await asyncio.sleep(0.001)
+    await sink.until_delivered(list(range(11)))
     assert sink.batches[1] == [rec(i) for i in range(1, 11)]
     await pipeline.append([rec(11)])
     await pipeline.close()  # a close ends the wait and flushes
@@ -258,13 +265,11 @@ async def test_group_commit_publishes_a_short_batch_once_its_time_is_up() -> Non
                          level=AckLevel.RECEIPT)
     await pipeline.start()
     await pipeline.append([rec(0)])
-    while sink.delivered != [0]:  # the first at once
-        await asyncio.sleep(0.001)
+    await sink.until_delivered([0])  # the first at once
     await pipeline.append([rec(1)])
     await asyncio.sleep(0)
     await pipeline.append([rec(2)])
-    while sink.delivered != [0, 1, 2]:
-        await asyncio.sleep(0.005)
+    await sink.until_delivered([0, 1, 2])
     assert sink.batches[1:] == [[rec(1), rec(2)]]  # the other two together
     await pipeline.close()
 
