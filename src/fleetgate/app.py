@@ -379,10 +379,11 @@ class Server:
         }
 
     async def _start_api(self) -> None:
-        import uvicorn
-
         from fleetgate.api.auth import Authenticator
         from fleetgate.api.lazy import HEALTH_PATH, METRICS_PATH, LazyApi
+        from fleetgate.api.uvicorn_core import uvicorn_classes
+
+        uvicorn_config, uvicorn_server = uvicorn_classes()
 
         settings = self.config.api
         self.auth = auth = Authenticator(settings.auth, self.config.data_path)
@@ -405,7 +406,7 @@ class Server:
         if not settings.auth.enabled:
             public |= {HEALTH_PATH, METRICS_PATH}
         self.api_app = LazyApi(build, self.health_report, public)
-        config = uvicorn.Config(
+        config = uvicorn_config(
             self.api_app,
             host=settings.host,
             port=settings.port,
@@ -420,7 +421,7 @@ class Server:
             # A /stream client that reads nothing must not hold shutdown forever.
             timeout_graceful_shutdown=5,
         )
-        server = uvicorn.Server(config)
+        server = uvicorn_server(config)
         # The process's own SIGINT/SIGTERM handling (in ``serve``) owns shutdown.
         server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
         # Bound here, not by uvicorn: a taken port is then our one-line error (uvicorn logs
