@@ -1,8 +1,8 @@
 """Memory (issue 11): ``fleetgate serve`` on the embedded defaults loads no module it only
 needs for a first vehicle, a first key operation or a first API request beyond the health
 checks. Each of these costs the idle server megabytes (cryptography ~10, FastAPI ~8,
-protobuf and the Tesla decoding ~5, uvicorn's command line ~1.5); an import added back at
-module level fails here.
+protobuf and the Tesla decoding ~5, uvicorn's command line ~1.5, prometheus_client's
+servers ~1.2); an import added back at module level fails here.
 
 The server runs as ``fleetgate serve`` does (``fleetgate.cli.main``) in a child process that
 prints the loaded modules it is asked about when ready and on SIGUSR1.
@@ -56,6 +56,10 @@ HEAVY = (
     "uvicorn.supervisors",
     "click",
     "multiprocessing",
+    # prometheus_client's HTTP servers and push client (fleetgate.lean_imports): ~1.2 MiB.
+    "prometheus_client.exposition",
+    "http.server",
+    "wsgiref",
 )
 
 HARNESS = """
