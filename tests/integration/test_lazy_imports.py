@@ -60,6 +60,9 @@ HEAVY = (
     "prometheus_client.exposition",
     "http.server",
     "wsgiref",
+    # Used only when configured: workers > 1, teltonika.command_routing.
+    "fleetgate.supervisor",
+    "fleetgate.listeners.teltonika.command_routing",
 )
 
 HARNESS = """
