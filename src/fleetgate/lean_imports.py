@@ -17,12 +17,14 @@ platform collectors are registered when the ``__init__`` runs.
 from __future__ import annotations
 
 import importlib
-import importlib.abc
 import importlib.machinery
 import sys
-from collections.abc import Mapping, Sequence
-from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from importlib.abc import Loader
+    from types import ModuleType
 
 # Package -> the names set before its __init__ runs, and the module defining each.
 LEAN: Mapping[str, Mapping[str, str]] = {
@@ -39,10 +41,12 @@ LEAN: Mapping[str, Mapping[str, str]] = {
 }
 
 
-class _LeanLoader(importlib.abc.Loader):
+# Finder and loader by their protocols (importlib.abc would import importlib.resources,
+# tempfile, shutil... into every process that imports fleetgate).
+class _LeanLoader:
     """Executes a package as: its listed names now, its own ``__init__`` on first need."""
 
-    def __init__(self, loader: importlib.abc.Loader, names: Mapping[str, str]) -> None:
+    def __init__(self, loader: Loader, names: Mapping[str, str]) -> None:
         self.loader = loader
         self.names = names
 
@@ -66,7 +70,7 @@ class _LeanLoader(importlib.abc.Loader):
         module.__getattr__ = rest_of_package  # type: ignore[method-assign]
 
 
-class _LeanFinder(importlib.abc.MetaPathFinder):
+class _LeanFinder:
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
@@ -81,7 +85,7 @@ class _LeanFinder(importlib.abc.MetaPathFinder):
             or spec.submodule_search_locations is None
         ):
             return None
-        spec.loader = _LeanLoader(spec.loader, names)
+        spec.loader = _LeanLoader(spec.loader, names)  # type: ignore[assignment]
         return spec
 
 
