@@ -23,8 +23,7 @@ from typing import TYPE_CHECKING, Any
 from fleetgate import __version__
 from fleetgate.config import AckLevel, Config, StatsdConfig
 from fleetgate.forms import wire_payload
-from fleetgate.listeners.teltonika.command_routing import command_center
-from fleetgate.listeners.teltonika.commands import CommandCenter
+from fleetgate.listeners.teltonika.commands import CommandCenter, command_center
 from fleetgate.listeners.teltonika.tcp import create_listener as teltonika_tcp_listener
 from fleetgate.listeners.teltonika.udp import create_listener as teltonika_udp_listener
 from fleetgate.listeners.tesla.listener import create_listener as tesla_listener
@@ -389,10 +388,11 @@ class Server:
         }
 
     async def _start_api(self) -> None:
-        import uvicorn
-
         from fleetgate.api.auth import Authenticator
         from fleetgate.api.lazy import HEALTH_PATH, METRICS_PATH, LazyApi
+        from fleetgate.api.uvicorn_core import uvicorn_classes
+
+        uvicorn_config, uvicorn_server = uvicorn_classes()
 
         settings = self.config.api
         self.auth = auth = Authenticator(settings.auth, self.config.data_path)
@@ -415,7 +415,7 @@ class Server:
         if not settings.auth.enabled:
             public |= {HEALTH_PATH, METRICS_PATH}
         self.api_app = LazyApi(build, self.health_report, public)
-        config = uvicorn.Config(
+        config = uvicorn_config(
             self.api_app,
             host=settings.host,
             port=settings.port,
@@ -430,7 +430,7 @@ class Server:
             # A /stream client that reads nothing must not hold shutdown forever.
             timeout_graceful_shutdown=5,
         )
-        server = uvicorn.Server(config)
+        server = uvicorn_server(config)
         # The process's own SIGINT/SIGTERM handling (in ``serve``) owns shutdown.
         server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
         # Bound here, not by uvicorn: a taken port is then our one-line error (uvicorn logs

@@ -684,6 +684,13 @@ def load_config(
     return build_config(data, environ, routing=routing)
 
 
+def worker_count(config: Config) -> int:
+    """``workers`` from the config, 0 meaning one per CPU core."""
+    if config.workers > 0:
+        return config.workers
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def validate_routing(config: Config) -> None:
     """Start-up checks the reference makes on ``records`` and ``reliable_ack_sources``."""
     problems = routing_problems(config)

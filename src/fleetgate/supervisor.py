@@ -64,13 +64,6 @@ _STOPPED_CODES = {0, -signal.SIGTERM, -signal.SIGINT}
 PARENT_CHECK_S = 1.0
 
 
-def worker_count(config: Config) -> int:
-    """``workers`` from the config, 0 meaning one per CPU core."""
-    if config.workers > 0:
-        return config.workers
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def check_config(config: Config) -> None:
     """What cannot be shared by several workers, refused at start with one line."""
     if config.teltonika.enabled and config.teltonika.port == 0:

@@ -1,7 +1,8 @@
 """Memory (issue 11): ``fleetgate serve`` on the embedded defaults loads no module it only
 needs for a first vehicle, a first key operation or a first API request beyond the health
 checks. Each of these costs the idle server megabytes (cryptography ~10, FastAPI ~8,
-protobuf and the Tesla decoding ~5); an import added back at module level fails here.
+protobuf and the Tesla decoding ~5, uvicorn's command line ~1.5, prometheus_client's
+servers ~1.2); an import added back at module level fails here.
 
 The server runs as ``fleetgate serve`` does (``fleetgate.cli.main``) in a child process that
 prints the loaded modules it is asked about when ready and on SIGUSR1.
@@ -50,6 +51,18 @@ HEAVY = (
     "fleetgate.sinks.nats",
     "fleetgate.sinks.mqtt",
     "fleetgate.observability.profiler",
+    # uvicorn's command line and supervisors (fleetgate.api.uvicorn_core): ~1.5 MiB.
+    "uvicorn.main",
+    "uvicorn.supervisors",
+    "click",
+    "multiprocessing",
+    # prometheus_client's HTTP servers and push client (fleetgate.lean_imports): ~1.2 MiB.
+    "prometheus_client.exposition",
+    "http.server",
+    "wsgiref",
+    # Used only when configured: workers > 1, teltonika.command_routing.
+    "fleetgate.supervisor",
+    "fleetgate.listeners.teltonika.command_routing",
 )
 
 HARNESS = """

@@ -10,11 +10,16 @@ from typing import Any
 
 from fleetgate import preflight
 from fleetgate.app import announce, run_loop, serve
-from fleetgate.config import Config, load_config, read_config_file, routing_problems
+from fleetgate.config import (
+    Config,
+    load_config,
+    read_config_file,
+    routing_problems,
+    worker_count,
+)
 from fleetgate.observability.logging import setup_logging
 from fleetgate.observability.startup_log import held_log_records, replay
 from fleetgate.settings import ConfigError
-from fleetgate.supervisor import Supervisor, worker_count
 
 log = logging.getLogger("fleetgate")
 
@@ -101,6 +106,8 @@ def run_serve(args: argparse.Namespace) -> int:
     config = config.model_copy(update={"workers": count})
     warn_shared_node_id(config)
     if count > 1:
+        from fleetgate.supervisor import Supervisor  # the worker processes, when configured
+
         return Supervisor(config, count).run()
     run_loop(serve(config, ready=announce))
     return 0

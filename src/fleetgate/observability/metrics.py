@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from fleetgate.observability.exposition import generate_latest
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 

@@ -39,14 +39,13 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from fleetgate.config import CommandRoutingConfig, Config
+from fleetgate.config import CommandRoutingConfig
 from fleetgate.listeners.teltonika.command_journal import QUEUED, SENT, TIMED_OUT, Command
 from fleetgate.listeners.teltonika.commands import (
     MAX_QUEUED_PER_DEVICE,
@@ -576,21 +575,3 @@ class RoutedCommandCenter(CommandCenter):
 
 async def _nothing() -> None:
     return None
-
-
-def command_center(config: Config, node_id: str = "") -> CommandCenter | None:
-    """The command center of one process: routed through Redis in every process that takes
-    trackers when ``teltonika.command_routing`` is set; else local, in the process serving
-    the API; else none."""
-    teltonika = config.teltonika
-    if not teltonika.enabled:
-        return None
-    if teltonika.command_routing is not None:
-        return RoutedCommandCenter(
-            teltonika,
-            teltonika.command_routing,
-            node_id or config.node_id or socket.gethostname(),
-        )
-    if not config.api.enabled:
-        return None
-    return CommandCenter(teltonika, config.data_path, alone=not config.shares_ports)
