@@ -418,6 +418,54 @@ async def test_segments_are_deleted_once_every_sink_confirmed_them(tmp_path: Pat
     assert cursors == {"memory": 200}
 
 
+async def test_cursors_are_saved_and_segments_deleted_while_running(tmp_path: Path) -> None:
+    sink = MemorySink()
+    pipeline = spool_pipeline(tmp_path, sink, segment_bytes=2048)
+    await pipeline.start()
+    for i in range(1, 201):
+        assert await pipeline.accept([rec(i, raw=b"y" * 50)])
+    await wait_for(lambda: len(sink.confirmed) == 200)
+    cursors_file = tmp_path / "spool" / "cursors.json"
+    await wait_for(
+        lambda: cursors_file.exists() and json.loads(cursors_file.read_text()) == {"memory": 200}
+    )
+    await wait_for(lambda: len(list((tmp_path / "spool").glob("segment-*.log"))) == 1)
+    await pipeline.close()
+
+
+async def test_a_slow_cursor_save_does_not_hold_acks(tmp_path: Path) -> None:
+    """The save runs off the event loop: acks go on while the file system is slow."""
+    sink = MemorySink()
+    pipeline = spool_pipeline(tmp_path, sink)
+    spool = pipeline.spool
+    assert spool is not None
+    started, release = threading.Event(), threading.Event()
+    write = spool._write_cursors
+
+    def slow(snapshot: dict[str, int]) -> bool:
+        started.set()
+        release.wait(10)
+        return write(snapshot)
+
+    spool._write_cursors = slow  # type: ignore[method-assign]
+    await pipeline.start()
+    try:
+        assert await pipeline.accept([rec(1)])
+        await wait_for(started.is_set)
+        async with asyncio.timeout(5):  # on the loop, the save would hold them for 10 s
+            for i in range(2, 12):
+                assert await pipeline.accept([rec(i)])
+    finally:
+        release.set()
+    await wait_for(lambda: sink.confirmed == list(range(1, 12)))
+    cursors_file = tmp_path / "spool" / "cursors.json"
+    await wait_for(
+        lambda: cursors_file.exists() and json.loads(cursors_file.read_text()) == {"memory": 11}
+    )
+    await pipeline.close()
+    assert json.loads(cursors_file.read_text()) == {"memory": 11}
+
+
 async def test_at_the_disk_budget_acks_stop_and_resume_when_sinks_catch_up(
     tmp_path: Path,
 ) -> None:
