@@ -8,8 +8,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from fleetgate.observability.ratelimit import reset_all
+
+# No timing thresholds in tests: hypothesis's per-example deadline and its "too slow"
+# health check fail a correct test on a loaded machine (seen with 4 xdist workers beside
+# benchmarks). Tests that set their own settings keep these two unless they name them.
+settings.register_profile(
+    "fleetgate", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("fleetgate")
 
 
 @pytest.fixture(autouse=True)

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 from fleetgate import __version__
 from fleetgate.config import AckLevel, Config, StatsdConfig
 from fleetgate.forms import wire_payload
-from fleetgate.listeners.teltonika.commands import CommandCenter, command_center
+from fleetgate.listeners.teltonika.command_center import command_center
+from fleetgate.listeners.teltonika.commands import CommandCenter
 from fleetgate.listeners.teltonika.tcp import create_listener as teltonika_tcp_listener
 from fleetgate.listeners.teltonika.udp import create_listener as teltonika_udp_listener
 from fleetgate.listeners.tesla.listener import create_listener as tesla_listener

@@ -32,14 +32,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar
 
-from fleetgate.config import Config, TeltonikaConfig
+from fleetgate.config import TeltonikaConfig
 from fleetgate.listeners.teltonika.command_journal import (
     ANSWERED,
     NACK,
@@ -315,24 +314,3 @@ def _log_failed_write(future: asyncio.Future[None]) -> None:
     error = future.exception()
     if error is not None:
         log.error("teltonika commands: writing a command's state failed", exc_info=error)
-
-
-def command_center(config: Config, node_id: str = "") -> CommandCenter | None:
-    """The command center of one process: routed through Redis in every process that takes
-    trackers when ``teltonika.command_routing`` is set; else local, in the process serving
-    the API; else none."""
-    teltonika = config.teltonika
-    if not teltonika.enabled:
-        return None
-    if teltonika.command_routing is not None:
-        # The Redis routing (its module and client) only when configured.
-        from fleetgate.listeners.teltonika.command_routing import RoutedCommandCenter
-
-        return RoutedCommandCenter(
-            teltonika,
-            teltonika.command_routing,
-            node_id or config.node_id or socket.gethostname(),
-        )
-    if not config.api.enabled:
-        return None
-    return CommandCenter(teltonika, config.data_path, alone=not config.shares_ports)
