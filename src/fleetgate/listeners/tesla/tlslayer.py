@@ -321,6 +321,8 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
             self._tcp.close()  # after what its buffer holds
 
     def abort(self) -> None:
+        if self._state == _HANDSHAKE:
+            self._app = None  # never connected: not told of the loss either
         self._state = _CLOSED
         if self._tcp is not None:
             self._tcp.abort()
