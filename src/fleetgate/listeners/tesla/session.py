@@ -170,11 +170,31 @@ class VehicleSession:
 
     # -- lifecycle -----------------------------------------------------------------------
     async def run(self) -> None:
-        """Serve the socket until it closes; connectivity records around the read loop."""
+        """Serve the socket until it closes; connectivity records around the read loop.
+
+        One coroutine, the read loop inline: an idle vehicle waits in it, and each nested
+        coroutine would be a frame (~250 bytes) kept per vehicle."""
         started = time.monotonic()
         await self._connectivity("CONNECTED")
+        ws = self.ws
+        # Messages, or the size of a binary message over the limit whose bytes were skipped.
+        recv, delivered = ws.recv, ws.delivered
         try:
-            await self._read_loop()
+            while True:
+                message = delivered(await recv())
+                if isinstance(message, str):
+                    # Only binary frames are telemetry; anything else ends the session.
+                    _TEXT_FRAME_LOG.warning(
+                        "unexpected_record",
+                        extra=fields(vin=self.device_id, reason="text frame; closing"),
+                    )
+                    await ws.close(1003, "binary frames only")
+                    break
+                await self._on_frame(message)
+                if self.closed:
+                    break
+        except ConnectionClosed:
+            pass
         finally:
             self.closed = True
             if self._acks is not None:
@@ -199,26 +219,6 @@ class VehicleSession:
             await self._connectivity("DISCONNECTED")
             if self._on_close is not None:
                 self._on_close(self)
-
-    async def _read_loop(self) -> None:
-        # Messages, or the size of a binary message over the limit whose bytes were skipped.
-        recv = self.ws.recv_message
-        try:
-            while True:
-                message = await recv()
-                if isinstance(message, str):
-                    # Only binary frames are telemetry; anything else ends the session.
-                    _TEXT_FRAME_LOG.warning(
-                        "unexpected_record",
-                        extra=fields(vin=self.device_id, reason="text frame; closing"),
-                    )
-                    await self.ws.close(1003, "binary frames only")
-                    return
-                await self._on_frame(message)
-                if self.closed:
-                    return
-        except ConnectionClosed:
-            return
 
     async def drain(self, timeout_s: float) -> None:
         """Stop taking frames, answer the frames taken (at most ``timeout_s``), then close
