@@ -84,8 +84,12 @@ class _OversizeSkipping(Protocol):
         limit = self.max_message_size
         try:
             while True:
-                if (yield from reader.at_eof()):
-                    raise EOFError("unexpected end of stream")
+                # reader.at_eof(), inline: an idle vehicle's parser waits here, and a
+                # generator of its own would be one more frame kept per vehicle.
+                while not reader.buffer:
+                    if reader.eof:
+                        raise EOFError("unexpected end of stream")
+                    yield
                 allowed = None if limit is None else limit - (self.current_size or 0)
                 skipping = self._skipped is not None
                 buffer = reader.buffer
@@ -255,7 +259,13 @@ class _VehicleServerProtocol(ServerProtocol, _HandshakeOnly, _OversizeSkipping):
         # handshake's generator stays suspended under the frame loop for the connection's
         # life, holding the parsed request (a few KiB per idle vehicle); here it has ended.
         yield from ServerProtocol.parse(self)
-        yield from _OversizeSkipping.parse(self)
+        # The frame loop becomes the protocol's parser itself (as websockets swaps in its
+        # discard() parser): delegating to it with ``yield from`` would keep this
+        # generator suspended above it for the connection's life (~0.5 KB per vehicle).
+        frames = _OversizeSkipping.parse(self)
+        self.parser = frames
+        next(frames)  # what the frame loop can do with the bytes already received
+        yield
 
 
 def skip_oversize_messages(protocol: ServerProtocol) -> None:
