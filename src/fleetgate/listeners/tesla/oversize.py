@@ -100,6 +100,8 @@ class _OversizeSkipping(Protocol):
                     if frame is not None:
                         self._message_opcode = None
                         self.recv_frame(frame)
+                        # Not kept while the loop waits for the next bytes (up to 1 MB).
+                        del frame
                         continue
                 # The cheap test first, inline: a frame whose length code says at most
                 # 65,535 bytes cannot go over a limit that leaves more (most frames); the
@@ -118,6 +120,7 @@ class _OversizeSkipping(Protocol):
                 if frame.opcode is TEXT or frame.opcode is BINARY:
                     self._message_opcode = None if frame.fin else frame.opcode
                 self.recv_frame(frame)
+                del frame
         except ProtocolError as exc:
             self.fail(CloseCode.PROTOCOL_ERROR, str(exc))
             self.parser_exc = exc

@@ -191,6 +191,8 @@ class VehicleSession:
                     await ws.close(1003, "binary frames only")
                     break
                 await self._on_frame(message)
+                # Not kept while waiting for the next one (a frame can be 1 MB).
+                del message
                 if self.closed:
                     break
         except ConnectionClosed:

@@ -33,6 +33,8 @@ from typing import Any
 SHUTDOWN_TIMEOUT_S = 30.0  # uvloop's and asyncio's SSL_SHUTDOWN_TIMEOUT
 # A read returns one TLS record's plaintext (at most 16 KiB) as bytes sized to it.
 _READ_SIZE = 64 * 1024
+# Ciphertext goes into OpenSSL at most this much at a time (about one TLS record).
+_BIO_SLICE = 16 * 1024
 
 _HANDSHAKE, _OPEN, _CLOSING, _CLOSED = range(4)
 _AGAIN = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
@@ -94,6 +96,19 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
             self._handshake_failed(exc)
 
     def data_received(self, data: bytes) -> None:
+        if len(data) <= _BIO_SLICE:
+            self._received(data)
+            return
+        # OpenSSL's memory BIO keeps the largest buffer it ever needed for the connection's
+        # life: fed a whole transport read (up to 256 KiB), a vehicle that once sent a large
+        # frame would keep ~340 KiB; fed in slices, read out in between, it stays ~45 KiB.
+        view = memoryview(data)
+        for start in range(0, len(data), _BIO_SLICE):
+            if self._state == _CLOSED:
+                return
+            self._received(view[start : start + _BIO_SLICE])
+
+    def _received(self, data: bytes | memoryview) -> None:
         self._in.write(data)
         state = self._state
         if state == _OPEN:
