@@ -266,3 +266,19 @@ def test_frames_within_the_limit_read_as_websockets_reads_them(data: st.DataObje
     ]
     assert ours.data_to_send() == theirs.data_to_send()
     assert ours.close_rcvd == theirs.close_rcvd
+
+
+@pytest.mark.parametrize("size", [100, 900, 70_000])  # the fast path; Frame.parse (16-bit, 64-bit)
+def test_the_last_frame_is_not_kept_while_waiting_for_more(size: int) -> None:
+    # An idle vehicle's parser waits for its next bytes for as long as the vehicle idles:
+    # it must not hold the last frame (up to the limit, 1 MB in the listener) meanwhile.
+    p = protocol(limit=100_000)
+    p.receive_data(client_frame(BINARY, b"x" * size))
+    assert [len(f.data) for f in p.events_received()] == [size]
+    waiting = p.parser.gi_frame
+    assert waiting is not None
+    assert "frame" not in waiting.f_locals
+    assert not any(
+        isinstance(value, Frame) or (isinstance(value, bytes) and len(value) >= size)
+        for value in waiting.f_locals.values()
+    )

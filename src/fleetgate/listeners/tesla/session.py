@@ -155,10 +155,9 @@ class VehicleSession:
         self.bytes_by_topic: dict[str, int] = {}
         self.frames = 0
         self._on_close = on_close
-        # (topic, ack reply, record count) of frames waiting for the pipeline.
-        self._acks: AckQueue[tuple[str, bytes | None, int]] = AckQueue(
-            settings.pipeline, self._answer, MAX_IN_FLIGHT, name=f"tesla-acks:{self.device_id}"
-        )
+        # (topic, ack reply, record count) of frames waiting for the pipeline; made with the
+        # first frame: an idle vehicle holds no queue (its Event alone is ~0.8 KB).
+        self._acks: AckQueue[tuple[str, bytes | None, int]] | None = None
         self._writer = FrameWriter(ws, self._fail)
         self._writer_task: asyncio.Task[None] | None = None
         self._rate_counters: dict[str, _Child] = {}
@@ -171,14 +170,37 @@ class VehicleSession:
 
     # -- lifecycle -----------------------------------------------------------------------
     async def run(self) -> None:
-        """Serve the socket until it closes; connectivity records around the read loop."""
+        """Serve the socket until it closes; connectivity records around the read loop.
+
+        One coroutine, the read loop inline: an idle vehicle waits in it, and each nested
+        coroutine would be a frame (~250 bytes) kept per vehicle."""
         started = time.monotonic()
         await self._connectivity("CONNECTED")
+        ws = self.ws
+        # Messages, or the size of a binary message over the limit whose bytes were skipped.
+        recv, delivered = ws.recv, ws.delivered
         try:
-            await self._read_loop()
+            while True:
+                message = delivered(await recv())
+                if isinstance(message, str):
+                    # Only binary frames are telemetry; anything else ends the session.
+                    _TEXT_FRAME_LOG.warning(
+                        "unexpected_record",
+                        extra=fields(vin=self.device_id, reason="text frame; closing"),
+                    )
+                    await ws.close(1003, "binary frames only")
+                    break
+                await self._on_frame(message)
+                # Not kept while waiting for the next one (a frame can be 1 MB).
+                del message
+                if self.closed:
+                    break
+        except ConnectionClosed:
+            pass
         finally:
             self.closed = True
-            self._acks.finish()
+            if self._acks is not None:
+                self._acks.finish()
             if self._writer_task is not None:
                 self._writer_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -200,38 +222,30 @@ class VehicleSession:
             if self._on_close is not None:
                 self._on_close(self)
 
-    async def _read_loop(self) -> None:
-        # Messages, or the size of a binary message over the limit whose bytes were skipped.
-        recv = self.ws.recv_message
-        try:
-            while True:
-                message = await recv()
-                if isinstance(message, str):
-                    # Only binary frames are telemetry; anything else ends the session.
-                    _TEXT_FRAME_LOG.warning(
-                        "unexpected_record",
-                        extra=fields(vin=self.device_id, reason="text frame; closing"),
-                    )
-                    await self.ws.close(1003, "binary frames only")
-                    return
-                await self._on_frame(message)
-                if self.closed:
-                    return
-        except ConnectionClosed:
-            return
-
     async def drain(self, timeout_s: float) -> None:
         """Stop taking frames, answer the frames taken (at most ``timeout_s``), then close
         the WebSocket normally (1001, going away): the acks go out before the close."""
         self.draining = True
-        await self._acks.drain(timeout_s)
+        if self._acks is not None:
+            await self._acks.drain(timeout_s)
         await self._writer.flush()
         with contextlib.suppress(Exception):
             await self.ws.close(1001, "server shutting down")
 
     def abandon_tasks(self) -> set[asyncio.Task[None]]:
         """Ack tasks still waiting for the pipeline (the listener cancels them on stop)."""
-        return self._acks.pending_tasks()
+        return self._acks.pending_tasks() if self._acks is not None else set()
+
+    def _ack_queue(self) -> AckQueue[tuple[str, bytes | None, int]]:
+        acks = self._acks
+        if acks is None:
+            acks = self._acks = AckQueue(
+                self.settings.pipeline,
+                self._answer,
+                MAX_IN_FLIGHT,
+                name=f"tesla-acks:{self.device_id}",
+            )
+        return acks
 
     # -- frames --------------------------------------------------------------------------
     async def _on_frame(self, frame: bytes | OversizeMessage) -> None:
@@ -265,7 +279,7 @@ class VehicleSession:
             self._count_processed(record_type, result.payload_size)
             records = result.records
             try:
-                await self._acks.put(records, (record_type, result.ack_reply, len(records)))
+                await self._ack_queue().put(records, (record_type, result.ack_reply, len(records)))
             except RuntimeError as exc:  # the pipeline is closing: stop reading
                 self._pipeline_closed(exc)
             return
@@ -275,7 +289,9 @@ class VehicleSession:
         if result.records:
             records = result.records
             try:
-                await self._acks.put(records, (records[0].topic, result.ack_reply, len(records)))
+                await self._ack_queue().put(
+                    records, (records[0].topic, result.ack_reply, len(records))
+                )
             except RuntimeError as exc:  # the pipeline is closing: stop reading
                 self._pipeline_closed(exc)
         elif result.ack_reply is not None:
