@@ -271,7 +271,11 @@ def set_data_json(record: Record, text: bytes) -> None:
 # the dict (two times formatted per second, a five-key dict, three concatenations), and it
 # leaves no short-lived orjson buffer per record.
 _TWO_DIGITS_BYTES: Final = tuple(text.encode() for text in _TWO_DIGITS)
-_MILLIS_BYTES: Final = tuple(text.encode() for text in _MILLIS_TEXT)
+# The milliseconds of each time with the JSON text that follows it, one lookup each.
+_MILLIS_THEN_RECEIVED: Final = tuple(
+    text.encode() + b'","received_at":"' for text in _MILLIS_TEXT
+)
+_MILLIS_THEN_DATA: Final = tuple(text.encode() + b'","data":' for text in _MILLIS_TEXT)
 _MINUTE_MS: Final = 60_000
 # Bounded caches, emptied when full: a stream's records share few minutes and few
 # (source, device, topic) heads, and a miss costs about what the uncached form did.
@@ -279,6 +283,15 @@ _MINUTES_MAX: Final = 1024
 _HEADS_MAX: Final = 4096
 _minute_texts: dict[int, bytes] = {}
 _json_heads: dict[tuple[str, str, str], bytes] = {}
+# The minute of the last created_at / received_at looked up: (its first millisecond, its
+# text). A stream's records mostly fall in the minute of the record before, and then the
+# time's text is one subtraction and two small-integer operations away: dividing the
+# 41-bit epoch value and the dict lookup cost more than the rest of the JSON. One tuple,
+# replaced whole, so a reader on another thread never sees a start with another's text.
+# The initial start matches no time (every difference from it is negative).
+_NO_WINDOW: Final = (_MAX_MS + 1, b"")
+_created_window: tuple[int, bytes] = _NO_WINDOW
+_received_window: tuple[int, bytes] = _NO_WINDOW
 
 
 def _minute_text(minute: int) -> bytes:
@@ -290,6 +303,28 @@ def _minute_text(minute: int) -> bytes:
         _minute_texts.clear()
     _minute_texts[minute] = text
     return text
+
+
+def _minute_window(ms: int) -> tuple[int, bytes]:
+    """(first millisecond, text) of the minute of ``ms``, clamped to years 1..9999."""
+    if not _MIN_MS <= ms <= _MAX_MS:
+        ms = min(max(ms, _MIN_MS), _MAX_MS)
+    minute = ms // _MINUTE_MS
+    return minute * _MINUTE_MS, _minute_texts.get(minute) or _minute_text(minute)
+
+
+def _created_minute(ms: int) -> tuple[int, bytes]:
+    """:func:`_minute_window` of a created_at, kept as the created window."""
+    global _created_window  # a one-entry cache
+    window = _created_window = _minute_window(ms)
+    return window
+
+
+def _received_minute(ms: int) -> tuple[int, bytes]:
+    """:func:`_minute_window` of a received_at, kept as the received window."""
+    global _received_window  # a one-entry cache
+    window = _received_window = _minute_window(ms)
+    return window
 
 
 def _json_head(key: tuple[str, str, str]) -> bytes:
@@ -313,32 +348,35 @@ def record_json(record: Record) -> bytes:
     cached = record._json
     if cached is not None:
         return cached
+    # Outside the window's minute (or out of range: clamped there, so the difference
+    # from its start may exceed a minute), the window is looked up and moved.
     created = record.created_at
-    if not _MIN_MS <= created <= _MAX_MS:
-        created = min(max(created, _MIN_MS), _MAX_MS)
+    start, created_minute = _created_window
+    created_rest = created - start
+    if not 0 <= created_rest < _MINUTE_MS:
+        start, created_minute = _created_minute(created)
+        created_rest = min(max(created, _MIN_MS), _MAX_MS) - start
     received = record.received_at
-    if not _MIN_MS <= received <= _MAX_MS:
-        received = min(max(received, _MIN_MS), _MAX_MS)
-    created_minute, created_rest = divmod(created, _MINUTE_MS)
-    created_s, created_ms = divmod(created_rest, 1000)
-    received_minute, received_rest = divmod(received, _MINUTE_MS)
-    received_s, received_ms = divmod(received_rest, 1000)
-    minutes = _minute_texts
-    two = _TWO_DIGITS_BYTES
-    millis = _MILLIS_BYTES
+    start, received_minute = _received_window
+    received_rest = received - start
+    if not 0 <= received_rest < _MINUTE_MS:
+        start, received_minute = _received_minute(received)
+        received_rest = min(max(received, _MIN_MS), _MAX_MS) - start
+    data = record._data_json
+    if data is None:
+        data = data_json(record)
     key = (record.source, record.device_id, record.topic)
+    two = _TWO_DIGITS_BYTES
     cached = b"".join(
         (
             _json_heads.get(key) or _json_head(key),
-            minutes.get(created_minute) or _minute_text(created_minute),
-            two[created_s],
-            millis[created_ms],
-            b'","received_at":"',
-            minutes.get(received_minute) or _minute_text(received_minute),
-            two[received_s],
-            millis[received_ms],
-            b'","data":',
-            data_json(record),
+            created_minute,
+            two[created_rest // 1000],
+            _MILLIS_THEN_RECEIVED[created_rest % 1000],
+            received_minute,
+            two[received_rest // 1000],
+            _MILLIS_THEN_DATA[received_rest % 1000],
+            data,
             b"}",
         )
     )

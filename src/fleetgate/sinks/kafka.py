@@ -37,7 +37,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, NoReturn
+from typing import Any, ClassVar, Final, NoReturn
 
 from pydantic import ConfigDict, model_validator
 
@@ -194,6 +194,35 @@ class _Message:
                 finished.append(batch)
 
 
+_TIMESTAMP_HEADER: Final = ("timestamp", "0")
+_VERSION_HEADER: Final = ("version", "0")
+
+
+def kafka_headers(record: Record, record_id_prefix: str) -> list[tuple[str, str]]:
+    """``Sink.headers(record)`` as the list of pairs confluent-kafka takes, in the same
+    order (so the same header bytes), without the dict: built for every message.
+    ``record_id_prefix`` is ``"<node_id>-"``."""
+    meta = record.meta
+    if meta:
+        txid = meta.get("txid", "")
+        client = meta.get("device_client_version", "")
+    else:
+        txid = client = ""
+    headers = [
+        ("vin", record.device_id),
+        ("receivedat", str(record.received_at)),
+        _TIMESTAMP_HEADER,
+        ("txid", txid),
+        ("txtype", record.topic),
+        _VERSION_HEADER,
+        ("device_client_version", client),
+    ]
+    offset = record.offset
+    if offset:
+        headers.append(("record_id", record_id_prefix + str(offset)))
+    return headers
+
+
 class KafkaSettings(Section):
     """The ``kafka`` section: a raw librdkafka property map, as in the reference.
 
@@ -241,6 +270,9 @@ class KafkaSink(Sink):
         self._loop: asyncio.AbstractEventLoop | None = None
         # Set from librdkafka's error callback, cleared by the next successful delivery.
         self._all_brokers_down = False
+        # Sink.headers as pairs (kafka_headers) unless a subclass makes its own headers.
+        self._fast_headers = type(self).headers is Sink.headers
+        self._record_id_prefix = f"{context.node_id}-"
 
     def describe(self) -> str:
         return f"kafka broker {self.properties.get('bootstrap.servers', '?')}"
@@ -298,6 +330,7 @@ class KafkaSink(Sink):
         transmit_decoded = self.context.transmit_decoded
         topics = self._topics
         produce = producer.produce
+        headers_of = self._kafka_headers
         for record in batch:
             entry = inflight.get(id(record))
             if entry is not None and entry.record is record and self._attach(entry, waiting):
@@ -310,9 +343,11 @@ class KafkaSink(Sink):
             inflight[id(record)] = entry
             value = wire_payload(record, transmit_decoded)
             key = record.device_id.encode()
-            headers = self.headers(record)
+            headers = headers_of(record)
             try:
-                produce(topic, value, key, headers=headers, on_delivery=entry)
+                # Positional (topic, value, key, partition, on_delivery, -, timestamp,
+                # headers): no keyword dict per call. -1: librdkafka's partitioner; 0: now.
+                produce(topic, value, key, -1, entry, None, 0, headers)
             except BaseException as exc:
                 self._forget(entry)
                 if not isinstance(exc, BufferError):
@@ -339,6 +374,12 @@ class KafkaSink(Sink):
             first = next(e for e in errors if not isinstance(e, PermanentSinkError))
             raise TransientSinkError(f"{len(errors)} of {len(batch)} failed: {first}")
 
+    def _kafka_headers(self, record: Record) -> Any:
+        """``self.headers(record)`` as confluent-kafka takes it (the same pairs in order)."""
+        if self._fast_headers:
+            return kafka_headers(record, self._record_id_prefix)
+        return self.headers(record)
+
     def _attach(self, entry: _Message, waiting: _Batch) -> bool:
         """Make ``waiting`` count ``entry``'s report too (a retry of a record librdkafka
         still holds). If the report came meanwhile, count its outcome now."""
@@ -360,7 +401,7 @@ class KafkaSink(Sink):
                 del self._inflight[id(entry.record)]
 
     async def _produce_when_room(
-        self, producer: Any, entry: _Message, message: tuple[str, bytes, bytes, dict[str, str]]
+        self, producer: Any, entry: _Message, message: tuple[str, bytes, bytes, Any]
     ) -> None:
         topic, value, key, headers = message
         deadline = time.monotonic() + _QUEUE_FULL_WAIT_S
@@ -374,7 +415,7 @@ class KafkaSink(Sink):
             await asyncio.sleep(0.05)
             self._inflight[id(entry.record)] = entry
             try:
-                producer.produce(topic, value, key, headers=headers, on_delivery=entry)
+                producer.produce(topic, value, key, -1, entry, None, 0, headers)
                 return
             except BaseException as exc:
                 self._forget(entry)

@@ -175,3 +175,36 @@ def test_data_jsons_pieces_are_exact_copies_not_views_of_one_buffer() -> None:
     texts = records.data_jsons(frame)
     assert texts == [b'{"i":%d}' % i for i in range(10)]
     assert all(type(text) is bytes for text in texts)
+
+
+# Runs of times that stay in one minute, cross into the next, jump back, leave years
+# 1..9999 and come back: the minute windows move with them and never give a stale text.
+window_runs = st.lists(
+    st.tuples(
+        st.integers(-(2**45), 2**45) | times,
+        st.lists(st.integers(-61_000, 61_000), max_size=6),
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+@settings(max_examples=300)
+@given(window_runs, st.integers(-200_000, 200_000))
+def test_minute_windows_follow_created_and_received_times(
+    runs: list[tuple[int, list[int]]], lag: int
+) -> None:
+    for base, steps in runs:
+        created = base
+        for step in [0, *steps]:
+            created += step
+            same_outcome(Record("teltonika", "356307042441013", "avl", created, created + lag, {}))
+
+
+def test_minute_windows_at_the_edges_of_the_years() -> None:
+    edges = [records.MIN_TIME_MS, records.MAX_TIME_MS]
+    for edge in edges:
+        for delta in (-60_001, -60_000, -1, 0, 1, 59_999, 60_000):
+            for other in (edge + delta, 0, edge - delta):
+                same_outcome(Record("s", "d", "t", edge + delta, other, {}))
+                same_outcome(Record("s", "d", "t", other, edge + delta, {}))
