@@ -17,6 +17,7 @@ had no ack again. Then:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -86,6 +87,10 @@ class Node:
             if self.process.poll() is not None:
                 raise AssertionError(f"{self.name} exited:\n{self.log_path.read_text()}")
             time.sleep(0.05)
+        # Where it is stuck: faulthandler prints every thread's stack on SIGABRT.
+        self.process.send_signal(signal.SIGABRT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(10)
         raise AssertionError(f"{self.name}: never logged it:\n{self.log_path.read_text()}")
 
     @property
@@ -164,6 +169,8 @@ def start_node(tmp_path: Path, index: int, config: Path, tracker: int, api: int)
         process = subprocess.Popen(
             [*FLEETGATE, "serve", "--config", str(config)],
             cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT,
+            # A node that hangs is made to print every thread's stack (wait_for).
+            env={**os.environ, "PYTHONFAULTHANDLER": "1"},
         )
     return Node(f"node{index}", tracker, api, process, log_path)
 

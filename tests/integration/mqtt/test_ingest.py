@@ -83,6 +83,11 @@ async def test_signals_become_records(
         ts,
         3,
     )
+    # The file holds the records once the sink wrote them; the listener counts them when
+    # the pipeline's ack (after the sink confirmed) comes back, a moment later.
+    async with asyncio.timeout(30):
+        while listener.health()["records"] < 4:  # noqa: ASYNC110 - a counter
+            await asyncio.sleep(0.01)
     health = listener.health()
     assert (health["status"], health["messages"], health["records"]) == ("ok", 4, 4)
 
