@@ -404,13 +404,19 @@ async def test_segments_are_pre_allocated_and_their_zeros_are_not_a_torn_tail(
     await reader.close()
 
 
-async def test_segments_are_deleted_once_every_sink_confirmed_them(tmp_path: Path) -> None:
+async def confirmed_200_in_small_segments(tmp_path: Path) -> Pipeline:
+    """A started spooled pipeline whose sink confirmed 200 frames over many segments."""
     sink = MemorySink()
     pipeline = spool_pipeline(tmp_path, sink, segment_bytes=2048)
     await pipeline.start()
     for i in range(1, 201):
         assert await pipeline.accept([rec(i, raw=b"y" * 50)])
     await wait_for(lambda: len(sink.confirmed) == 200)
+    return pipeline
+
+
+async def test_segments_are_deleted_once_every_sink_confirmed_them(tmp_path: Path) -> None:
+    pipeline = await confirmed_200_in_small_segments(tmp_path)
     await pipeline.close()  # saves the cursors, deletes what everyone confirmed
     segments = sorted((tmp_path / "spool").glob("segment-*.log"))
     assert len(segments) == 1  # the newest one is always kept
@@ -419,12 +425,7 @@ async def test_segments_are_deleted_once_every_sink_confirmed_them(tmp_path: Pat
 
 
 async def test_cursors_are_saved_and_segments_deleted_while_running(tmp_path: Path) -> None:
-    sink = MemorySink()
-    pipeline = spool_pipeline(tmp_path, sink, segment_bytes=2048)
-    await pipeline.start()
-    for i in range(1, 201):
-        assert await pipeline.accept([rec(i, raw=b"y" * 50)])
-    await wait_for(lambda: len(sink.confirmed) == 200)
+    pipeline = await confirmed_200_in_small_segments(tmp_path)
     cursors_file = tmp_path / "spool" / "cursors.json"
     await wait_for(
         lambda: cursors_file.exists() and json.loads(cursors_file.read_text()) == {"memory": 200}
