@@ -290,8 +290,9 @@ _json_heads: dict[tuple[str, str, str], bytes] = {}
 # replaced whole, so a reader on another thread never sees a start with another's text.
 # The initial start matches no time (every difference from it is negative).
 _NO_WINDOW: Final = (_MAX_MS + 1, b"")
-_created_window: tuple[int, bytes] = _NO_WINDOW
-_received_window: tuple[int, bytes] = _NO_WINDOW
+_windows: list[tuple[int, bytes]] = [_NO_WINDOW, _NO_WINDOW]  # created_at's, received_at's
+_CREATED: Final = 0
+_RECEIVED: Final = 1
 
 
 def _minute_text(minute: int) -> bytes:
@@ -305,26 +306,15 @@ def _minute_text(minute: int) -> bytes:
     return text
 
 
-def _minute_window(ms: int) -> tuple[int, bytes]:
-    """(first millisecond, text) of the minute of ``ms``, clamped to years 1..9999."""
-    if not _MIN_MS <= ms <= _MAX_MS:
-        ms = min(max(ms, _MIN_MS), _MAX_MS)
-    minute = ms // _MINUTE_MS
-    return minute * _MINUTE_MS, _minute_texts.get(minute) or _minute_text(minute)
-
-
-def _created_minute(ms: int) -> tuple[int, bytes]:
-    """:func:`_minute_window` of a created_at, kept as the created window."""
-    global _created_window  # a one-entry cache
-    window = _created_window = _minute_window(ms)
-    return window
-
-
-def _received_minute(ms: int) -> tuple[int, bytes]:
-    """:func:`_minute_window` of a received_at, kept as the received window."""
-    global _received_window  # a one-entry cache
-    window = _received_window = _minute_window(ms)
-    return window
+def _moved_window(field: int, ms: int) -> tuple[bytes, int]:
+    """The text of the minute of ``ms`` (clamped to years 1..9999) and its milliseconds
+    into that minute; ``field``'s window moves there."""
+    clamped = min(max(ms, _MIN_MS), _MAX_MS)
+    minute = clamped // _MINUTE_MS
+    start = minute * _MINUTE_MS
+    text = _minute_texts.get(minute) or _minute_text(minute)
+    _windows[field] = (start, text)
+    return text, clamped - start
 
 
 def _json_head(key: tuple[str, str, str]) -> bytes:
@@ -348,20 +338,16 @@ def record_json(record: Record) -> bytes:
     cached = record._json
     if cached is not None:
         return cached
-    # Outside the window's minute (or out of range: clamped there, so the difference
-    # from its start may exceed a minute), the window is looked up and moved.
-    created = record.created_at
-    start, created_minute = _created_window
-    created_rest = created - start
+    # Outside the window's minute (or out of range, clamped), the window moves.
+    windows = _windows
+    start, created_minute = windows[_CREATED]
+    created_rest = record.created_at - start
     if not 0 <= created_rest < _MINUTE_MS:
-        start, created_minute = _created_minute(created)
-        created_rest = min(max(created, _MIN_MS), _MAX_MS) - start
-    received = record.received_at
-    start, received_minute = _received_window
-    received_rest = received - start
+        created_minute, created_rest = _moved_window(_CREATED, record.created_at)
+    start, received_minute = windows[_RECEIVED]
+    received_rest = record.received_at - start
     if not 0 <= received_rest < _MINUTE_MS:
-        start, received_minute = _received_minute(received)
-        received_rest = min(max(received, _MIN_MS), _MAX_MS) - start
+        received_minute, received_rest = _moved_window(_RECEIVED, record.received_at)
     data = record._data_json
     if data is None:
         data = data_json(record)
