@@ -6,7 +6,9 @@ makes it wait for the SQLite commit instead). The load generator runs in this
 process on uvloop: each tracker holds the connection, sends a pre-encoded codec 8E frame,
 waits for the ack (which must equal the record count) and sends the next, so the figure is
 acknowledged records per second, not bytes pushed. Pre-encoding keeps the generator's cost
-low; on a 2-core machine the generator and the server still share the cores, which is
+low; each send gets fresh record times, later than the tracker's previous frame's, like a
+real tracker's (``fleetgate.sim.restamp``: with the pool's fixed times the store's index
+took inserts in the middle of every device's range, and its writes grew with its size); on a 2-core machine the generator and the server still share the cores, which is
 reported next to the result (server CPU seconds per wall second).
 
 Run: ``.venv/bin/python bench/ingest_teltonika.py [--devices 1000] [--seconds 20]``
@@ -41,10 +43,12 @@ from procstats import (
     tree_pids,
 )
 
-from fleetgate.protocols.teltonika.encoder import encode_avl_frame, encode_imei
+from fleetgate.protocols.teltonika.encoder import encode_imei
 from fleetgate.protocols.teltonika.model import CODEC_8E, AvlRecord
+from fleetgate.sim.restamp import StampedFrame, TrackerClock
 
 ROOT = Path(__file__).resolve().parents[1]
+FIRST_RECORD_MS = 1_700_000_000_000
 
 
 
@@ -63,7 +67,9 @@ def listening_sockets(port: int) -> int:
 
 
 
-def frames_for(rng: random.Random, per_frame: int, count: int, io_elements: int) -> list[bytes]:
+def frames_for(
+    rng: random.Random, per_frame: int, count: int, io_elements: int
+) -> list[StampedFrame]:
     frames = []
     timestamp = 1_700_000_000_000 + rng.randrange(0, 10**9)
     for _ in range(count):
@@ -79,16 +85,19 @@ def frames_for(rng: random.Random, per_frame: int, count: int, io_elements: int)
                 AvlRecord(timestamp, 0, round(rng.uniform(20, 30), 7), round(rng.uniform(50, 60), 7),
                           100, rng.randrange(360), 10, rng.randrange(120), 0, io)
             )
-        frames.append(encode_avl_frame(CODEC_8E, records))
+        frames.append(StampedFrame.encode(CODEC_8E, records))
     return frames
 
 
 class Tracker(asyncio.Protocol):
     """Send a frame, wait for its ack, repeat; count acknowledged records."""
 
-    def __init__(self, imei: str, frames: list[bytes], per_frame: int, stats: dict[str, int]) -> None:
+    def __init__(
+        self, imei: str, frames: list[StampedFrame], per_frame: int, stats: dict[str, int]
+    ) -> None:
         self.imei = imei
         self.frames = frames
+        self.clock = TrackerClock(FIRST_RECORD_MS)
         self.per_frame = per_frame
         self.stats = stats
         self.index = 0
@@ -104,7 +113,7 @@ class Tracker(asyncio.Protocol):
 
     def send_next(self) -> None:
         assert self.transport is not None
-        self.transport.write(self.frames[self.index % len(self.frames)])
+        self.transport.write(self.clock.stamp(self.frames[self.index % len(self.frames)]))
         self.index += 1
 
     def data_received(self, data: bytes) -> None:

@@ -143,9 +143,13 @@ def test_tracker_counts_every_ack_however_the_bytes_arrive(
         assert stats.sent_frames == acks + 1 and stats.error_replies == 0
         # IMEI, then whole AVL frames, each one the decoder reads with the right count.
         assert transport.written[0] == b"\x00\x0f356307100000001"
+        times = []
         for frame in transport.written[1:]:
             decoded = decode_frame(frame)
             assert decoded.crc_ok and len(decoded.records) == per_frame
+            times += [record.timestamp_ms for record in decoded.records]
+        # Like a real tracker's clock: every record later than the one before.
+        assert all(a < b for a, b in itertools.pairwise(times))
 
     run(body)
 

@@ -3,9 +3,11 @@
 The frame pool is encoded once per process with the simulator's
 :class:`~fleetgate.sim.teltonika.TrackerModel` (random walks, realistic IO elements, the
 protocol core's encoder); a TCP AVL frame carries no IMEI, so every tracker of the process
-sends from the same pool, each starting at its own place. Timestamps are fixed per pool
-entry (a tracker resends the same positions over a long run: fine for load, the server
-stores every frame it acks).
+sends from the same pool, each starting at its own place. Each send gets fresh record
+times, one second apart and later than the tracker's previous frame
+(:mod:`fleetgate.sim.restamp`), as a real tracker's clock would give: with the pool's fixed
+times every commit inserted into the middle of each device's index in the store, which no
+real fleet does, and the store's writes per record grew with its size.
 
 A tracker connects, sends its IMEI, needs ``01`` back, then sends a frame and waits for the
 4-byte ack (the record count), like the device: window 1. An ack with another count is an
@@ -16,11 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Sequence
 
 from fleetgate.protocols.teltonika.encoder import encode_imei
 from fleetgate.sim.load.device import PacedDevice
 from fleetgate.sim.load.stats import ProtocolStats
+from fleetgate.sim.restamp import StampedFrame, TrackerClock
 from fleetgate.sim.teltonika import SimulationSettings, TrackerModel
 
 POOL_MODELS = 16
@@ -29,7 +33,7 @@ FRAMES_PER_MODEL = 8
 
 def frame_pool(
     codec: str, records_per_frame: int, io_elements: int, seed: int, first_imei: int
-) -> list[bytes]:
+) -> list[StampedFrame]:
     """``POOL_MODELS * FRAMES_PER_MODEL`` distinct AVL frames of ``records_per_frame`` records."""
     settings = SimulationSettings(
         codec=codec, records_per_frame=records_per_frame, io_elements=io_elements
@@ -39,7 +43,7 @@ def frame_pool(
         model = TrackerModel(str(first_imei + n), random.Random(seed * 1000 + n), settings)
         for _ in range(FRAMES_PER_MODEL):
             records = [model.next_record() for _ in range(records_per_frame)]
-            frames.append(model.encode_frame(records))
+            frames.append(StampedFrame.encode(model.codec, records, io16_group=model.io16_group))
     return frames
 
 
@@ -49,7 +53,7 @@ class Tracker(PacedDevice, asyncio.Protocol):
     def __init__(
         self,
         imei: str,
-        frames: Sequence[bytes],
+        frames: Sequence[StampedFrame],
         start: int,
         stats: ProtocolStats,
         *,
@@ -62,6 +66,7 @@ class Tracker(PacedDevice, asyncio.Protocol):
         self.imei = imei
         self.frames = frames
         self.next_frame = start % len(frames)
+        self.clock = TrackerClock(int(time.time() * 1000))
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
         self.identified: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -109,7 +114,7 @@ class Tracker(PacedDevice, asyncio.Protocol):
         assert self.transport is not None
         frames = self.frames
         index = self.next_frame
-        self.transport.write(frames[index])
+        self.transport.write(self.clock.stamp(frames[index]))
         index += 1
         self.next_frame = index if index < len(frames) else 0
 
