@@ -18,18 +18,13 @@ import pytest
 from fleetgate.sim.embedded_broker import mosquitto_binary
 from fleetgate.sim.load.procstats import tree_pids
 from tests.e2e.test_supervisor_kill import running as process_running
+from tests.ports import free_port
 from tests.teltonika_vectors import vectors
 from tests.tokens import TEST_SECRET, bearer, make_token
 
 pytestmark = pytest.mark.e2e
 
 FLEETGATE = [sys.executable, "-m", "fleetgate"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> None:

@@ -24,6 +24,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.ports import free_port
+
 # Its tests share one wheel build in the source tree: one pytest-xdist worker runs them.
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("slim_install")]
 
@@ -51,12 +53,6 @@ def run(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[str
     return subprocess.run(  # type: ignore[call-overload, no-any-return]
         command, capture_output=True, text=True, timeout=300, check=True, **kwargs
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

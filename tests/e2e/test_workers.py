@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.ports import free_port
 from tests.tokens import TEST_SECRET, bearer, make_token
 
 pytestmark = pytest.mark.e2e
@@ -25,12 +25,6 @@ FLEETGATE = [sys.executable, "-m", "fleetgate"]
 # SO_REUSEPORT spreads connections by a hash of the address pair: with 24 trackers the
 # chance that all land on one of two workers is 2 x 2^-24.
 DEVICES = 24
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetgate.lifetime import popen_ending_with_parent
+from tests.ports import free_port
 
 REDIS_BIN = "/usr/bin/redis-server"
 NATS_BIN = "/usr/sbin/nats-server"
@@ -42,13 +43,6 @@ LOOPBACK = "127.0.0.1"
 
 class ServiceUnavailableError(RuntimeError):
     """A server binary is missing or a server did not come up."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 def port_open(port: int, host: str = LOOPBACK, timeout: float = 0.5) -> bool:

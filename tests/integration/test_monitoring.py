@@ -15,6 +15,7 @@ import pytest
 
 from fleetgate.app import Server
 from fleetgate.config import build_config
+from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -24,12 +25,6 @@ FRAME = bytes.fromhex(
     "000000000000003608010000016b40d8ea30010000000000000000000000000000000105021503010101"
     "425e0f01f10000601a014e0000000000000000010000c7cf"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

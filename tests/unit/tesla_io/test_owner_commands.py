@@ -7,7 +7,6 @@ and JSON body, and answers with Fleet API's reply shapes.
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from fleetgate.protocols.tesla.fleet_config import (
     describe_status,
     read_configure_reply,
 )
+from tests.ports import free_port
 from tests.tesla_fleet_api import (
     KNOWN_VINS,
     TOKEN,
@@ -197,12 +197,6 @@ def test_status_of_an_unconfigured_vehicle_as_json(
 
 
 # -- failures: one clear line, non-zero exit, never the token ----------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def run_failing(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
