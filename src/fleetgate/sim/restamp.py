@@ -1,4 +1,4 @@
-"""Pre-encoded AVL frames whose record timestamps move forward with every send.
+"""Pre-encoded frames whose record timestamps move forward with every send.
 
 A load generator resends a small pool of pre-encoded frames. With the pool's fixed
 timestamps each tracker would send the same few dozen times over and over. The store
@@ -9,6 +9,9 @@ difference alone doubled the store's disk writes per record and cut the sustaine
 
 :class:`StampedFrame` writes fresh timestamps into a copy of a frame, plus the CRC. That is a
 few microseconds per frame instead of a re-encode, so the generator stays cheap.
+:class:`StampedVehicleFrame` does the same for a Tesla ``V`` frame: the payload's
+``created_at`` seconds are a 5-byte varint for every second from 1978 to 3058, so a new
+second fits in the old one's bytes (the envelope has no checksum).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from fleetgate.protocols.teltonika.avl import encode_avl_body
 from fleetgate.protocols.teltonika.crc import crc16_ibm
@@ -87,4 +92,56 @@ class TrackerClock:
     def stamp(self, frame: StampedFrame) -> bytes:
         data = frame.stamped(self.next_ms, self.step_ms)
         self.next_ms += frame.records * self.step_ms
+        return data
+
+
+# Seconds in [2**28, 2**35) are varints of exactly five bytes.
+_SECONDS_RANGE = range(2**28, 2**35)
+# Field 2 (created_at) of vehicle_data.Payload, length-delimited.
+_CREATED_AT_TAG = 0x12
+
+
+def _varint5(value: int) -> bytes:
+    if value not in _SECONDS_RANGE:
+        raise ValueError(f"{value} s is not a 5-byte varint")
+    return bytes([*((value >> shift & 0x7F) | 0x80 for shift in range(0, 28, 7)), value >> 28])
+
+
+@dataclass(frozen=True, slots=True)
+class StampedVehicleFrame:
+    """A Tesla ``V`` frame and where its payload's ``created_at`` seconds sit in it."""
+
+    frame: bytes
+    seconds_offset: int
+
+    @classmethod
+    def locate(cls, frame: bytes, created_at_ns: int) -> StampedVehicleFrame:
+        """``frame``'s payload carries ``created_at_ns``; find that Timestamp's seconds."""
+        created = Timestamp()
+        created.FromNanoseconds(created_at_ns)
+        _varint5(created.seconds)
+        encoded = created.SerializeToString()
+        field = bytes([_CREATED_AT_TAG, len(encoded)]) + encoded
+        at = frame.find(field)
+        if at < 0 or frame.find(field, at + 1) >= 0:
+            raise ValueError("the frame's created_at is not found exactly once")
+        return cls(frame, at + 3)  # after the tag, the length and the seconds' own tag
+
+    def stamped(self, seconds: int) -> bytes:
+        """The frame with its payload created ``seconds`` after the epoch (same nanos)."""
+        at = self.seconds_offset
+        return b"".join((self.frame[:at], _varint5(seconds), self.frame[at + 5 :]))
+
+
+class VehicleClock:
+    """One vehicle's payload clock: each frame one second after the one before."""
+
+    __slots__ = ("next_s",)
+
+    def __init__(self, start_s: int) -> None:
+        self.next_s = start_s
+
+    def stamp(self, frame: StampedVehicleFrame) -> bytes:
+        data = frame.stamped(self.next_s)
+        self.next_s += 1
         return data

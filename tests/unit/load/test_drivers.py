@@ -210,7 +210,8 @@ def test_vehicle_matches_acks_by_their_bytes_and_frees_slots_on_error_replies() 
         window = 4
         frames = tesla.frame_pool("5YJ3E1EA7KF000001", window, seed=1)
         # Each slot's frame carries that slot's txid.
-        assert [parse_envelope(f).txid for f in frames] == [tesla.slot_txid(s) for s in range(4)]
+        txids = [parse_envelope(f.frame).txid for f in frames]
+        assert txids == [tesla.slot_txid(s) for s in range(4)]
         vehicle = tesla.Vehicle(
             frames,
             tesla.ack_slots(window),
@@ -220,7 +221,7 @@ def test_vehicle_matches_acks_by_their_bytes_and_frees_slots_on_error_replies() 
             interval_s=0,
         )
         sent: list[bytes] = []
-        vehicle.write_frame = lambda slot: sent.append(frames[slot])  # type: ignore[method-assign]
+        vehicle.write_frame = lambda slot: sent.append(frames[slot].frame)  # type: ignore[method-assign]
         vehicle.alive = True
         vehicle.begin(0)
         assert len(sent) == window

@@ -4,11 +4,16 @@ Frames are pre-encoded per VIN with the simulator's :func:`~fleetgate.sim.tesla.
 (a real envelope around a ``vehicle_data.Payload``): one frame per window slot, whose txid
 is the slot's (``lg0000``, ``lg0001``, ...), so a slot's frame is resent each time the slot
 is free again; txids are unique among the frames in flight on a connection, which is all
-the protocol asks. Every ack the server can send is therefore known up front: the ack of
-slot ``n`` is :func:`~fleetgate.protocols.tesla.envelope.build_ack` of its txid and topic
-(the reference server's exact bytes), and an answer is matched with one dict lookup on
-its bytes. Only an answer that is not a known ack is parsed, to tell an error reply (its
-txid frees the slot) from something unexpected.
+the protocol asks. Each send carries a fresh payload ``created_at``, one second after the
+vehicle's previous frame (:class:`~fleetgate.sim.restamp.StampedVehicleFrame`): resending
+the pool's fixed times would put every commit into the middle of the store's per-vehicle
+history, which no real car does (the same artefact halved long Teltonika runs).
+
+Every ack the server can send is therefore known up front: the ack of slot ``n`` is
+:func:`~fleetgate.protocols.tesla.envelope.build_ack` of its txid and topic (the reference
+server's exact bytes), and an answer is matched with one dict lookup on its bytes. Only an
+answer that is not a known ack is parsed, to tell an error reply (its txid frees the slot)
+from something unexpected.
 
 The client is picows (a Cython WebSocket layer): per frame it costs a few microseconds,
 where the ``websockets`` client the simulator uses costs tens, and the generator must be
@@ -35,6 +40,7 @@ from fleetgate.protocols.tesla.envelope import (
 )
 from fleetgate.sim.load.device import PacedDevice
 from fleetgate.sim.load.stats import ProtocolStats
+from fleetgate.sim.restamp import StampedVehicleFrame, VehicleClock
 from fleetgate.sim.tesla import TOPIC, VehicleModel, build_vehicle_frame
 
 HEADERS: Final = {
@@ -48,13 +54,16 @@ def slot_txid(slot: int) -> bytes:
     return f"lg{slot:04d}".encode()
 
 
-def frame_pool(vin: str, window: int, seed: int) -> list[bytes]:
+def frame_pool(vin: str, window: int, seed: int) -> list[StampedVehicleFrame]:
     """One ``V`` frame per window slot, each with its slot's txid."""
     model = VehicleModel(vin, random.Random(seed))
-    now = time.time()
-    return [
-        build_vehicle_frame(model, slot_txid(slot).decode(), now + slot) for slot in range(window)
-    ]
+    start = int(time.time()) + 0.5  # half a second: the nanos' varint keeps one length
+    frames = []
+    for slot in range(window):
+        now_s = start + slot
+        frame = build_vehicle_frame(model, slot_txid(slot).decode(), now_s)
+        frames.append(StampedVehicleFrame.locate(frame, int(now_s * 1e9)))
+    return frames
 
 
 def ack_slots(window: int) -> dict[bytes, int]:
@@ -71,7 +80,7 @@ class Vehicle(WSListener, PacedDevice):
 
     def __init__(
         self,
-        frames: Sequence[bytes],
+        frames: Sequence[StampedVehicleFrame],
         acks: Mapping[bytes, int],
         txids: Mapping[bytes, int],
         stats: ProtocolStats,
@@ -84,6 +93,7 @@ class Vehicle(WSListener, PacedDevice):
         self.frames = frames
         self.acks = acks
         self.txids = txids
+        self.clock = VehicleClock(int(time.time()))
         self.transport: WSTransport | None = None
 
     # -- picows callbacks ------------------------------------------------------------------------
@@ -122,7 +132,7 @@ class Vehicle(WSListener, PacedDevice):
     # -- PacedDevice ----------------------------------------------------------------------------
     def write_frame(self, slot: int) -> None:
         assert self.transport is not None
-        self.transport.send(WSMsgType.BINARY, self.frames[slot])
+        self.transport.send(WSMsgType.BINARY, self.clock.stamp(self.frames[slot]))
 
     def close(self) -> None:
         self.closing = True

@@ -34,6 +34,7 @@ from fleetgate.sim.load import gateways, teltonika
 from fleetgate.sim.load.device import PacedDevice
 from fleetgate.sim.load.settings import PROTOCOLS, LoadSettings
 from fleetgate.sim.load.stats import ProtocolStats, StatsSnapshot
+from fleetgate.sim.restamp import StampedVehicleFrame
 
 CONNECTS_AT_ONCE: Final = 100
 PROGRESS_INTERVAL_S: Final = 1.0
@@ -122,7 +123,7 @@ class Worker:
 
         window = settings.tesla_window
         acks, txids = tesla.ack_slots(window), tesla.txid_slots(window)
-        pools: dict[str, list[bytes]] = {}
+        pools: dict[str, list[StampedVehicleFrame]] = {}
         contexts: dict[str, Any] = {}
         jobs: list[Callable[[], Awaitable[bool]]] = []
         for index in share:
