@@ -35,6 +35,8 @@ SHUTDOWN_TIMEOUT_S = 30.0  # uvloop's and asyncio's SSL_SHUTDOWN_TIMEOUT
 _READ_SIZE = 64 * 1024
 # Ciphertext goes into OpenSSL at most this much at a time (about one TLS record).
 _BIO_SLICE = 16 * 1024
+# ... and during the handshake at most this much: see data_received.
+_HANDSHAKE_SLICE = 256
 
 _HANDSHAKE, _OPEN, _CLOSING, _CLOSED = range(4)
 _AGAIN = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
@@ -96,17 +98,25 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
             self._handshake_failed(exc)
 
     def data_received(self, data: bytes) -> None:
-        if len(data) <= _BIO_SLICE:
-            self._received(data)
-            return
         # OpenSSL's memory BIO keeps the largest buffer it ever needed for the connection's
         # life: fed a whole transport read (up to 256 KiB), a vehicle that once sent a large
         # frame would keep ~340 KiB; fed in slices, read out in between, it stays ~45 KiB.
+        # The handshake's flights (the client's certificate chain, a few KiB) go in smaller
+        # slices still: an idle vehicle, which never sent more than them, keeps a small one.
+        size = _HANDSHAKE_SLICE if self._state == _HANDSHAKE else _BIO_SLICE
+        if len(data) <= size:
+            self._received(data)
+            return
         view = memoryview(data)
-        for start in range(0, len(data), _BIO_SLICE):
+        for start in range(0, len(data), size):
             if self._state == _CLOSED:
                 return
-            self._received(view[start : start + _BIO_SLICE])
+            if size == _HANDSHAKE_SLICE and self._state != _HANDSHAKE:
+                # Shaken hands: what follows the client's last flight in the same read
+                # (its first frames) goes in record-sized slices again.
+                self.data_received(view[start:])  # type: ignore[arg-type]
+                return
+            self._received(view[start : start + size])
 
     def _received(self, data: bytes | memoryview) -> None:
         self._in.write(data)
