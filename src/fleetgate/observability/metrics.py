@@ -260,6 +260,13 @@ TESLA_RATE_LIMIT_EXCEEDED = Counter(
 TESLA_SOCKET_ERR = Counter(
     "socket_err_total", "Failed writes to Tesla sockets", registry=REGISTRY
 )
+# Established TLS sessions ended by a TLS error (a refused client renegotiation, a record
+# that does not decrypt): the connection is dropped, as uvloop's TLS does.
+TLS_SESSION_ERRORS = Counter(
+    "fleetgate_tls_session_errors_total",
+    "Established TLS sessions ended by a TLS error, by listener and OpenSSL reason",
+    ["listener", "reason"], registry=REGISTRY,
+)
 
 
 _children: dict[tuple[int, tuple[str, ...]], Any] = {}

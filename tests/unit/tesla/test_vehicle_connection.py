@@ -1,14 +1,18 @@
-"""The vehicle connection's writes: a batch of replies leaves in one transport write."""
+"""The vehicle connection's writes: a batch of replies leaves in one transport write; what it
+keeps per connection (frame queue, logger) behaves as websockets' own."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import logging
 
+import pytest
 from websockets.frames import Frame, Opcode
 from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 
-from fleetgate.listeners.tesla.oversize import VehicleConnection
+from fleetgate.listeners.tesla.oversize import VehicleConnection, _FrameList
 
 
 class FakeTransport:
@@ -24,6 +28,15 @@ class FakeTransport:
 
     def close(self) -> None:
         self.closed = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
 
 
 def connection() -> tuple[VehicleConnection, FakeTransport]:
@@ -61,3 +74,41 @@ async def test_closing_still_ends_the_tls_connection() -> None:
     assert transport.writes[0] == server_frame(b"last")
     assert transport.closed  # TLS cannot half-close: the transport is closed
     await asyncio.sleep(0)
+
+
+def test_the_frame_list_does_what_the_queue_asks_of_a_deque() -> None:
+    """websockets' frame queue calls append, popleft, extendleft (put_back: the frames of a
+    cancelled get, reversed) and len; the list answers each as the deque does."""
+    frames = [Frame(Opcode.BINARY, bytes([n])) for n in range(5)]
+    queue, reference = _FrameList(), collections.deque[Frame]()
+    for kept in (queue, reference):
+        kept.append(frames[0])
+        kept.append(frames[1])
+        assert kept.popleft() is frames[0]
+        kept.extendleft(reversed(frames[2:4]))
+        kept.append(frames[4])
+    assert list(queue) == list(reference) == [frames[2], frames[3], frames[1], frames[4]]
+    assert len(queue) == 4 and queue
+
+
+async def test_a_connection_keeps_no_logger_of_its_own_and_logs_with_its_context(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Server:  # what connection_made uses of websockets' server
+        def __init__(self) -> None:
+            self.handler_tasks: set[asyncio.Task[None]] = set()
+
+        async def handler(self, connection: VehicleConnection) -> None:
+            pass
+
+    base = logging.getLogger("fleetgate.tesla.websockets.test")
+    server = Server()
+    conn = VehicleConnection(ServerProtocol(state=OPEN, logger=base), server=server)  # type: ignore[arg-type]
+    conn.connection_made(FakeTransport())  # type: ignore[arg-type]
+    await asyncio.gather(*server.handler_tasks)
+    assert conn.protocol.logger is base  # no adapter kept per connection
+    assert isinstance(conn.recv_messages.frames.queue, _FrameList)
+    with caplog.at_level(logging.ERROR, logger=base.name):
+        conn.logger.error("handler failed")
+    (record,) = caplog.records
+    assert record.websocket is conn  # type: ignore[attr-defined]  # as websockets' adapter

@@ -25,9 +25,11 @@ and errors included, goes through ``websockets`` unchanged.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Generator
+import logging
+from collections.abc import Generator, Iterable
 from typing import Any, Final
 
 from websockets.asyncio.server import ServerConnection
@@ -35,7 +37,7 @@ from websockets.exceptions import PayloadTooBig, ProtocolError
 from websockets.frames import BINARY, CONT, TEXT, CloseCode, Frame, Opcode
 from websockets.protocol import Event, Protocol
 from websockets.server import ServerProtocol
-from websockets.typing import Data
+from websockets.typing import Data, LoggerLike
 
 try:  # what websockets' Frame.parse uses: its C helper, or the pure-Python one
     from websockets.speedups import apply_mask
@@ -280,6 +282,25 @@ def skip_oversize_messages(protocol: ServerProtocol) -> None:
     next(protocol.parser)
 
 
+class _FrameList(list[Frame]):
+    """The assembler's queue of received frames, as a list.
+
+    websockets' ``SimpleQueue`` keeps a deque (an empty one is a 760-byte block) for every
+    connection; a vehicle's queue is empty while it is idle and holds a few frames at most
+    (reading pauses at ``max_queue``), so a list (56 bytes) does, with the deque methods
+    the queue calls.
+    """
+
+    __slots__ = ()
+
+    def popleft(self) -> Frame:
+        return self.pop(0)
+
+    def extendleft(self, items: Iterable[Frame]) -> None:
+        # deque.extendleft puts each item first in turn (the queue passes them reversed).
+        self[:0] = reversed(list(items))
+
+
 class VehicleConnection(ServerConnection):
     """``ServerConnection`` whose oversize binary messages become :class:`OversizeMessage`."""
 
@@ -296,6 +317,26 @@ class VehicleConnection(ServerConnection):
         self._completed = 0  # data messages completed by the protocol, in order
         self._delivered = 0  # messages handed out by recv_message
         self._oversize: dict[int, int] = {}  # message number -> size of a skipped message
+
+    # websockets wraps the protocol's logger in a LoggerAdapter per connection (with a weak
+    # proxy of it as ``extra["websocket"]``): ~0.4 KB per idle vehicle for lines that are
+    # rare (errors) or off (its INFO and DEBUG go to a logger kept at WARNING). Here the
+    # protocol logs to the plain logger, and the connection's adapter, with the same
+    # ``websocket`` context, is made when a line is logged.
+    @property  # type: ignore[override]
+    def logger(self) -> LoggerLike:
+        return logging.LoggerAdapter(self.protocol.logger, {"websocket": self})  # type: ignore[arg-type]
+
+    @logger.setter
+    def logger(self, adapter: LoggerLike) -> None:
+        # Connection.__init__ sets the adapter it just gave the protocol: unwrapped there.
+        if isinstance(adapter, logging.LoggerAdapter) and "websocket" in (adapter.extra or {}):
+            adapter = adapter.logger
+        self.protocol.logger = adapter
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.recv_messages.frames.queue = _FrameList()  # type: ignore[assignment]
 
     def process_event(self, event: Event) -> None:
         super().process_event(event)

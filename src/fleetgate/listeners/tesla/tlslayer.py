@@ -21,20 +21,40 @@ It does what uvloop's ``SSLProtocol`` does at each step, so nothing changes on t
   and the layer answers with its own and closes;
 * ``close()`` writes what is queued, sends ``close_notify``, waits for the peer's (at most
   ``SHUTDOWN_TIMEOUT_S``) and closes the socket; ``abort()`` drops it at once;
-* write flow control is the TCP transport's (its buffer holds the ciphertext).
+* write flow control is the TCP transport's (its buffer holds the ciphertext); an
+  application paused before its ``close()`` is resumed all the same once the buffer drains
+  (its writers would otherwise wait for the peer's ``close_notify``);
+* ``abort()`` or ``close()`` during the handshake fails ``handshake`` with
+  ``ConnectionAbortedError``;
+* an error in an established session (a client's renegotiation, which OpenSSL refuses; a
+  record that does not decrypt) drops the connection, the application's ``connection_lost``
+  gets the error, and it is counted in ``fleetgate_tls_session_errors_total{reason}`` and
+  logged (rate-limited).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from typing import Any
+
+from fleetgate.observability import metrics
+from fleetgate.observability.logging import fields
+from fleetgate.observability.ratelimit import LimitedLog
+
+log = logging.getLogger("fleetgate.tesla")
+# A peer can end sessions this way as often as it connects: a line each would fill the log.
+_SESSION_ERROR_LOG = LimitedLog(log, "tesla.tls_session_error")
+LISTENER = "tesla"
 
 SHUTDOWN_TIMEOUT_S = 30.0  # uvloop's and asyncio's SSL_SHUTDOWN_TIMEOUT
 # A read returns one TLS record's plaintext (at most 16 KiB) as bytes sized to it.
 _READ_SIZE = 64 * 1024
 # Ciphertext goes into OpenSSL at most this much at a time (about one TLS record).
 _BIO_SLICE = 16 * 1024
+# ... and during the handshake at most this much: see data_received.
+_HANDSHAKE_SLICE = 256
 
 _HANDSHAKE, _OPEN, _CLOSING, _CLOSED = range(4)
 _AGAIN = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
@@ -60,6 +80,7 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
         "_state",
         "_tcp",
         "_tls",
+        "_writing_paused",
         "context",
         "handshake",
     )
@@ -82,6 +103,7 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
         self._tls: Any = None
         self._state = _HANDSHAKE
         self._paused = False
+        self._writing_paused = False  # the application was told pause_writing
         self._eof = False  # the application was given eof_received (once, as uvloop)
         self._backlog: list[bytes] | None = None  # plaintext SSL_write could not take yet
         self._shutdown_timer: asyncio.TimerHandle | None = None
@@ -96,17 +118,25 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
             self._handshake_failed(exc)
 
     def data_received(self, data: bytes) -> None:
-        if len(data) <= _BIO_SLICE:
-            self._received(data)
-            return
         # OpenSSL's memory BIO keeps the largest buffer it ever needed for the connection's
         # life: fed a whole transport read (up to 256 KiB), a vehicle that once sent a large
         # frame would keep ~340 KiB; fed in slices, read out in between, it stays ~45 KiB.
+        # The handshake's flights (the client's certificate chain, a few KiB) go in smaller
+        # slices still: an idle vehicle, which never sent more than them, keeps a small one.
+        size = _HANDSHAKE_SLICE if self._state == _HANDSHAKE else _BIO_SLICE
+        if len(data) <= size:
+            self._received(data)
+            return
         view = memoryview(data)
-        for start in range(0, len(data), _BIO_SLICE):
+        for start in range(0, len(data), size):
             if self._state == _CLOSED:
                 return
-            self._received(view[start : start + _BIO_SLICE])
+            if size == _HANDSHAKE_SLICE and self._state != _HANDSHAKE:
+                # Shaken hands: what follows the client's last flight in the same read
+                # (its first frames) goes in record-sized slices again.
+                self.data_received(view[start:])  # type: ignore[arg-type]
+                return
+            self._received(view[start : start + size])
 
     def _received(self, data: bytes | memoryview) -> None:
         self._in.write(data)
@@ -144,12 +174,17 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
             self._loop.call_soon(app.connection_lost, exc)
 
     def pause_writing(self) -> None:
-        if self._app is not None and self._state == _OPEN:
+        if self._app is not None and self._state == _OPEN and not self._writing_paused:
+            self._writing_paused = True
             self._app.pause_writing()
 
     def resume_writing(self) -> None:
-        if self._app is not None and self._state == _OPEN:
-            self._app.resume_writing()
+        # Closing too: a close() waits for the peer's close_notify (up to
+        # SHUTDOWN_TIMEOUT_S), and the application's writers wait for this.
+        if self._writing_paused:
+            self._writing_paused = False
+            if self._app is not None:
+                self._app.resume_writing()
 
     # -- handshake ------------------------------------------------------------------------
     def _do_handshake(self) -> None:
@@ -250,11 +285,28 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
                 self._backlog = [data[written:], *(backlog or [])[index + 1 :]]
                 return
 
-    def _fatal(self, exc: BaseException) -> None:
-        """An error in an established session: drop the connection (as uvloop)."""
+    def _fatal(self, exc: Exception) -> None:
+        """An error in an established session: drop the connection, the application's
+        ``connection_lost`` gets the error (as uvloop); counted and logged."""
+        reason = str(getattr(exc, "reason", None) or type(exc).__name__).lower()
+        metrics.TLS_SESSION_ERRORS.labels(listener=LISTENER, reason=reason).inc()
+        tcp = self._tcp
+        _SESSION_ERROR_LOG.warning(
+            "tls session error: %s",
+            reason,
+            extra=fields(
+                listener=LISTENER,
+                reason=reason,
+                peer=str(tcp.get_extra_info("peername")) if tcp is not None else "",
+                error=str(exc),
+            ),
+        )
         self._state = _CLOSED
-        if self._tcp is not None:
-            self._tcp.abort()
+        app, self._app = self._app, None
+        if tcp is not None:
+            tcp.abort()
+        if app is not None:
+            self._loop.call_soon(app.connection_lost, exc)
 
     # -- the application's transport ------------------------------------------------------
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -312,8 +364,8 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
             pass
         except ssl.SSLZeroReturnError:
             close_notify = True
-        except ssl.SSLError:
-            self.abort()
+        except ssl.SSLError as exc:
+            self._fatal(exc)
             return
         if close_notify:
             self._eof_received()
@@ -337,7 +389,10 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
 
     def abort(self) -> None:
         if self._state == _HANDSHAKE:
-            self._app = None  # never connected: not told of the loss either
+            # Whoever awaits the handshake learns it will not finish; the application,
+            # never connected, is not told of the loss.
+            self._handshake_failed(ConnectionAbortedError("aborted during the TLS handshake"))
+            return
         self._state = _CLOSED
         if self._tcp is not None:
             self._tcp.abort()
