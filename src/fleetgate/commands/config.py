@@ -53,7 +53,12 @@ sinks, the API...) keeps every listener of the defaults.
 FREE_FORM = {
     "kafka": "the librdkafka property map, as in Tesla's config (`bootstrap.servers`, "
     "`compression.type`...); JSON numbers become integers; `linger.ms` is 1 unless set "
-    "(librdkafka's default is 5: each batch waits for its delivery reports)"
+    "(librdkafka's default is 5: each batch waits for its delivery reports). Two batches are "
+    "in flight at once (the next is produced while the broker confirms the last), confirmed "
+    "and the spool cursor moved strictly in order. Delivery is at-least-once: if a batch "
+    "fails while the next was in flight, both are sent again in order, so records may "
+    "appear twice; per device the last copy of each record is in order (`record_id` tells "
+    "copies apart)"
 }
 
 

@@ -24,6 +24,17 @@ Either way memory never grows without bound.
 
 After a restart the runner starts again after its cursor (what it confirmed before), from
 the spool.
+
+A sink whose ``concurrent_publishes`` is above 1 (Kafka) gets the next *full* batch while
+earlier ones are still in ``publish`` (*flights*; a short batch still waits until nothing
+is in flight). Flights are confirmed strictly in order: the watermark, and with it the
+spool cursor and every ack, only moves past a batch once it and every batch before it are
+confirmed, whichever order the backend confirms them in. When the oldest flight fails,
+the runner lets the later ones finish, publishes the oldest again with the usual retries
+(or sets its refused records aside), then publishes every later flight again after it,
+in order, even those the backend had already confirmed: at-least-once (duplicates are
+possible, never loss), and per device the log's last copy of each record is in order
+again. The sinks of ``concurrent_publishes`` 1 see one publish at a time, as before.
 """
 
 from __future__ import annotations
@@ -96,6 +107,19 @@ class _Entry:
     records: Sequence[Record]
 
 
+# One publish attempt's outcome: the error (None: confirmed) and how long it took.
+_Outcome = tuple[Exception | None, float]
+
+
+@dataclass(slots=True)
+class _Flight:
+    """A batch in ``publish`` while earlier ones may be too (``concurrent_publishes``)."""
+
+    taken: list[_Entry]
+    batch: list[Record]
+    task: asyncio.Task[_Outcome]
+
+
 class SinkRunner:
     """Owns one sink's queue and publish loop; a consumer of the ledger."""
 
@@ -121,9 +145,13 @@ class SinkRunner:
         self.dead_letters: DeadLetters | None = None
         self.routes: Callable[[str], bool] = lambda topic: True
         self._pending: deque[_Entry] = deque()
-        # The batch being published: out of the queue, not yet confirmed.
+        self._pending_records = 0  # records in _pending
+        # The batches being published: out of the queue, not yet confirmed, oldest first.
         self._inflight: list[_Entry] = []
         self._queued_records = 0
+        # Batches the sink may have in publish at once; above 1, the ones there (in order).
+        self._concurrency = max(1, int(sink.concurrent_publishes))
+        self._flights: deque[_Flight] = deque()
         # With the spool: the first offset not in memory (read back from the spool), and
         # how many records routed here were left there since.
         self._spilled_from: int | None = None
@@ -236,7 +264,8 @@ class SinkRunner:
             self._spilled_records += count
         else:
             self._pending.append(_Entry(first, last, records))
-            if self._queued_records >= self.settings.max_batch:
+            self._pending_records += count
+            if self._pending_records >= self.settings.max_batch:
                 self._full.set()
         # The depth gauge is updated per batch (in _finish), not per frame: a gauge write
         # per frame showed up in profiles.
@@ -275,6 +304,7 @@ class SinkRunner:
         remaining = self._queued_records
         self._final_cursor = self.watermark()
         self._pending.clear()
+        self._pending_records = 0
         if unconfirmed:
             self._finish(unconfirmed, refused=True)
         if remaining:
@@ -288,7 +318,12 @@ class SinkRunner:
             log.warning("%s: close failed: %s", self.name, exc)
 
     async def _run(self) -> None:
-        settings = self.settings
+        if self._concurrency > 1:
+            try:
+                await self._run_flights()
+            finally:
+                await self._ground()
+            return
         while True:
             if not self._pending:
                 if self._spilled_from is not None and not self._closing:
@@ -299,18 +334,120 @@ class SinkRunner:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if self._queued_records < settings.max_batch:
-                if settings.fill_s > 0:
-                    await self._fill(settings.fill_s)
-                elif settings.max_linger_s > 0:
-                    # Let a little more arrive so small frames share one publish.
-                    await asyncio.sleep(settings.max_linger_s)
+            await self._linger()
             taken = self._take_batch()
             self._queue_gauge.set(self._queued_records)
             self._inflight = taken
             batch = [record for entry in taken for record in entry.records]
             if not await self._publish_with_retry(batch, taken):
                 return  # closing, and the backend is still down: the batch stays unconfirmed
+
+    async def _linger(self) -> None:
+        """Before taking a short batch: let a little more arrive so small frames share
+        one publish (or group-commit, ``fill_s``)."""
+        settings = self.settings
+        if self._queued_records < settings.max_batch:
+            if settings.fill_s > 0:
+                await self._fill(settings.fill_s)
+            elif settings.max_linger_s > 0:
+                await asyncio.sleep(settings.max_linger_s)
+
+    # -- several batches in flight (concurrent_publishes > 1) ------------------------------
+    async def _run_flights(self) -> None:
+        max_batch = self.settings.max_batch
+        flights = self._flights
+        while True:
+            # Confirm, strictly in order, whatever has landed at the front.
+            while flights and flights[0].task.done():
+                if not await self._land():
+                    return  # closing, and the backend is still failing
+            if (
+                self._spilled_from is not None
+                and not self._closing
+                and self._pending_records < max_batch
+                and len(flights) < self._concurrency
+            ):
+                await self._read_back()
+                continue
+            if not flights:
+                if self._pending:
+                    # Nothing in flight: as with one publish at a time.
+                    await self._linger()
+                    self._launch()
+                    continue
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if (
+                self._pending
+                and len(flights) < self._concurrency
+                and (self._pending_records >= max_batch or self._closing)
+            ):
+                self._launch()  # a full batch (or the last ones at shutdown) goes now
+                continue
+            # Until a flight lands or a full batch is queued (push, _landed, close set it).
+            self._full.clear()
+            await self._full.wait()
+
+    def _launch(self) -> None:
+        taken = self._take_batch()
+        batch = [record for entry in taken for record in entry.records]
+        task = asyncio.create_task(self._attempt(batch), name=f"sink:{self.name}:publish")
+        task.add_done_callback(self._landed)
+        self._flights.append(_Flight(taken, batch, task))
+        self._inflight.extend(taken)
+        self._queue_gauge.set(self._queued_records)
+
+    def _landed(self, _task: asyncio.Task[_Outcome]) -> None:
+        self._full.set()
+
+    async def _attempt(self, batch: list[Record]) -> _Outcome:
+        """One publish of a flight (the runner retries it in order, see _land)."""
+        started = time.perf_counter()
+        try:
+            await self.sink.publish(batch)
+        except Exception as exc:
+            return exc, 0.0
+        return None, time.perf_counter() - started
+
+    async def _land(self) -> bool:
+        """Settle the oldest flight, which is done; False when the runner gave up on it
+        (closing while the backend still fails)."""
+        flights = self._flights
+        flight = flights[0]
+        error, elapsed = flight.task.result()
+        if error is None:
+            flights.popleft()
+            self._published(flight.batch, elapsed)
+            self._finish(flight.taken, refused=False)
+            return True
+        # The oldest failed, while later batches may have been confirmed already. Let them
+        # finish; then publish the oldest again (retries, or setting refused records
+        # aside) and, after it, every later one again, in order, so that per device the
+        # log's latest copies are in order (at-least-once: duplicates, no loss).
+        later = [other.task for other in flights if not other.task.done()]
+        if later:
+            await asyncio.wait(later)
+        first_error: Exception | None = error
+        while flights:
+            flight = flights[0]
+            if not await self._publish_with_retry(flight.batch, flight.taken, first_error):
+                return False
+            first_error = None
+            flights.popleft()
+        return True
+
+    async def _ground(self) -> None:
+        """The runner stopped: cancel publishes still in flight (their batches stay
+        unconfirmed; close refuses them and the spool keeps them)."""
+        tasks = [flight.task for flight in self._flights]
+        self._flights.clear()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _read_back(self) -> None:
         """Queue the next records for this sink from the spool (memory holds none)."""
@@ -343,6 +480,7 @@ class SinkRunner:
                 self._spilled_records -= counted
                 self._queued_records += len(routed) - counted
                 self._pending.append(_Entry(entry.first, entry.last, routed))
+                self._pending_records += len(routed)
             self._spilled_from = entry.last + 1
         if self._spilled_from is not None and self._spilled_from > self.ledger.head:
             # Caught up: from here on records are queued in memory again.
@@ -378,13 +516,17 @@ class SinkRunner:
             entry = pending.popleft()
             taken.append(entry)
             size += len(entry.records)
+        self._pending_records -= size
         self._taken += 1
         return taken
 
-    async def _publish_with_retry(self, batch: list[Record], taken: list[_Entry]) -> bool:
+    async def _publish_with_retry(
+        self, batch: list[Record], taken: list[_Entry], failed: Exception | None = None
+    ) -> bool:
         """Deliver the batch (or set its refused records aside); False when the runner gave
-        up because it is closing while the backend is still failing."""
-        error = await self._publish(batch)
+        up because it is closing while the backend is still failing. ``failed``: how a
+        publish of it already failed (it counts as the first attempt)."""
+        error = await self._publish(batch, failed)
         if error is None:
             self._finish(taken, refused=False)
             return True
@@ -403,8 +545,11 @@ class SinkRunner:
         self._finish(taken, refused=False)
         return True
 
-    async def _publish(self, batch: Sequence[Record]) -> BaseException | None:
+    async def _publish(
+        self, batch: Sequence[Record], failed: Exception | None = None
+    ) -> BaseException | None:
         """Publish, retrying transient errors; the error that is not transient, or None.
+        ``failed``: the outcome of a first attempt made elsewhere (a flight).
 
         While closing, gives up after a few attempts (CancelledError is returned then)."""
         attempt = 0
@@ -412,6 +557,9 @@ class SinkRunner:
         while True:
             started = time.perf_counter()
             try:
+                if failed is not None:
+                    error, failed = failed, None
+                    raise error
                 if batch:
                     await self.sink.publish(batch)
             except TRANSIENT_ERRORS as exc:
@@ -425,15 +573,19 @@ class SinkRunner:
                 continue
             except Exception as exc:
                 return exc
-            metrics.SINK_LATENCY.labels(sink=self.name).observe(time.perf_counter() - started)
-            metrics.SINK_PUBLISHED.labels(sink=self.name).inc(len(batch))
-            if self.hooks is not None:
-                self.hooks.published(batch)
-            if self.health is not Health.OK:
-                log.info("%s: recovered, publishing again", self.name)
-            self.health = Health.OK
-            self.last_error = ""
+            self._published(batch, time.perf_counter() - started)
             return None
+
+    def _published(self, batch: Sequence[Record], elapsed: float) -> None:
+        """Account for a confirmed batch."""
+        metrics.SINK_LATENCY.labels(sink=self.name).observe(elapsed)
+        metrics.SINK_PUBLISHED.labels(sink=self.name).inc(len(batch))
+        if self.hooks is not None:
+            self.hooks.published(batch)
+        if self.health is not Health.OK:
+            log.info("%s: recovered, publishing again", self.name)
+        self.health = Health.OK
+        self.last_error = ""
 
     async def _set_aside(self, batch: Sequence[Record], error: BaseException) -> bool:
         """Halve ``batch`` until the records the sink refuses are found; publish the rest;
@@ -502,7 +654,8 @@ class SinkRunner:
             while len(self._refused_order) > _REFUSALS_KEPT:
                 self._refused.discard(self._refused_order.popleft())
         self._queued_records -= sum(len(entry.records) for entry in taken)
-        self._inflight = []
+        # What was confirmed or refused is the front of what is in flight (or all of it).
+        self._inflight = self._inflight[len(taken) :]
         self._queue_gauge.set(self._queued_records)
         self._space.set()
         self.ledger.advanced(self)

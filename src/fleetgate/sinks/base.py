@@ -83,6 +83,14 @@ class Sink(ABC):
     name: ClassVar[str] = "sink"
     Settings: ClassVar[type[Section]] = NoSettings
     label: ClassVar[str | None] = None
+    # How many batches the runner may have in ``publish`` at once. 1: the next batch goes
+    # once the previous one is confirmed. More: the runner starts the next *full* batch
+    # while earlier ones wait for their confirmation (a sink whose backend confirms
+    # asynchronously keeps its connection busy), confirms them strictly in order, and if
+    # one fails publishes every batch that was in flight behind it again after it
+    # (at-least-once: duplicates are possible, loss and a lasting reorder are not). Only
+    # for a sink whose concurrent publishes are safe and keep their submission order.
+    concurrent_publishes: ClassVar[int] = 1
 
     def __init__(self, settings: Section | Mapping[str, Any], context: SinkContext) -> None:
         # A mapping (tests, plug-ins) is validated like the config file's section.

@@ -439,6 +439,7 @@ class SinkConformance:
     ) -> None:
         records = make_records(2000)
         session = await self._runner(harness, ctx, max_batch=173)
+        failed_before = failed_attempts(session.runner.name)
         try:
             await session.submit(records, size=7)
             await await_all(session.futures)
@@ -451,7 +452,14 @@ class SinkConformance:
             position = index[item.payload]
             per_device[records[position].device_id].append(position)
         assert len(per_device) == len(TELTONIKA_IMEIS) + len(MQTT_GATEWAYS) + len(WIRE_VINS)
+        failed = failed_attempts(session.runner.name) != failed_before
         for device, positions in per_device.items():
+            if failed:
+                # A failed publish (a timeout on a loaded machine) is published again, with
+                # the batches in flight behind it (concurrent_publishes): copies, whose
+                # last ones keep the order.
+                last = {position: at for at, position in enumerate(positions)}
+                positions = sorted(last, key=last.__getitem__)
             assert positions == sorted(positions), f"{device}: order not preserved"
         assert_all_delivered(records, delivered, ctx, harness)
 

@@ -13,7 +13,8 @@ import asyncio
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +22,22 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from fleetgate.forms import wire_payload
+from fleetgate.pipeline import SinkRunner
 from fleetgate.records import Record, record_metadata
-from fleetgate.sinks.base import PermanentSinkError, Sink, SinkContext
+from fleetgate.sinks.base import PermanentSinkError, Sink, SinkContext, TransientSinkError
 from fleetgate.sinks.kafka import KafkaSink
 from fleetgate.sinks.registry import sink_class
 from tests.integration.conftest import start_private
 from tests.integration.services import ManagedProcess, tansu_server
 from tests.integration.sinks.conformance import (
     Delivered,
+    RunnerSession,
     SinkConformance,
     SinkHarness,
+    await_all,
+    bounded,
+    failed_attempts,
+    fast_settings,
     make_records,
 )
 from tests.integration.sinks.volatile import kill_and_restart_under_live_sink
@@ -272,6 +279,103 @@ async def test_retry_waits_for_held_messages_then_each_lands_once(services_dir: 
     finally:
         await asyncio.wait_for(sink.close(), 15)
         proc.destroy()
+
+
+# -- two batches in flight (concurrent_publishes = 2) -------------------------------------------
+
+
+class _OldestReportedFailed(KafkaSink):
+    """Reports publish number ``fail_call`` failed after its records landed and after the
+    publish behind it (in flight at the same time) was confirmed too: the runner must
+    publish both again, in order."""
+
+    def __init__(self, config: dict[str, Any], ctx: SinkContext, fail_call: int) -> None:
+        super().__init__(config, ctx)
+        self.fail_call = fail_call
+        self.calls = 0
+        self.later_confirmed = asyncio.Event()
+
+    async def publish(self, batch: Sequence[Record]) -> None:
+        self.calls += 1
+        call = self.calls
+        await super().publish(batch)
+        if call == self.fail_call + 1:
+            self.later_confirmed.set()
+        if call == self.fail_call:
+            await asyncio.wait_for(self.later_confirmed.wait(), 30)
+            raise TransientSinkError("injected: reported failed after it landed")
+
+
+async def _through_runner(
+    sink: KafkaSink, records: list[Record], max_batch: int, frame: int, bootstrap: str
+) -> list[Any]:
+    """``records`` in frames of ``frame`` through a runner; then what the broker holds."""
+    runner = SinkRunner(sink, fast_settings(max_batch=max_batch))
+    await runner.start()
+    session = RunnerSession(sink, runner)
+    try:
+        await session.submit(records, size=frame)  # all queued before the first batch
+        await await_all(session.futures, timeout=120)
+    finally:
+        await bounded(runner.close(), "runner.close()")
+    topics = sorted({sink.destination(r.topic) for r in records})
+    want = len(records)
+    return await asyncio.to_thread(read_topics, bootstrap, topics, want, 30)
+
+
+def _positions_per_device(records: list[Record], messages: list[Any]) -> dict[bytes, list[int]]:
+    """Per key (device), the positions in ``records`` of its messages, in log order (a
+    device keeps to one partition, and a partition is read in offset order)."""
+    index = {wire_payload(r): i for i, r in enumerate(records)}
+    per_device: dict[bytes, list[int]] = defaultdict(list)
+    for message in messages:
+        per_device[message.key()].append(index[message.value()])
+    return per_device
+
+
+def _last_copies(positions: list[int]) -> list[int]:
+    last = {position: at for at, position in enumerate(positions)}
+    return sorted(last, key=last.__getitem__)
+
+
+async def test_many_batches_two_in_flight_keep_per_device_order_and_lose_nothing(
+    tansu: ManagedProcess,
+) -> None:
+    assert KafkaSink.concurrent_publishes == 2
+    ctx = SinkContext(namespace=f"fgtflights{uuid.uuid4().hex[:8]}")
+    records = make_records(6000)
+    sink = KafkaSink({"bootstrap.servers": tansu.address}, ctx)
+    failed_before = failed_attempts("kafka")
+    messages = await _through_runner(sink, records, 97, 7, tansu.address)  # 62 batches
+    assert {m.value() for m in messages} == {wire_payload(r) for r in records}, "lost"
+    per_device = _positions_per_device(records, messages)
+    for device, positions in per_device.items():
+        assert _last_copies(positions) == sorted(set(positions)), f"{device!r}: out of order"
+    if failed_attempts("kafka") == failed_before:  # nothing failed: no copies, strict order
+        assert len(messages) == len(records)
+        for device, positions in per_device.items():
+            assert positions == sorted(positions), f"{device!r}: out of order"
+
+
+async def test_a_failed_batch_with_a_later_one_confirmed_is_published_again_with_it(
+    tansu: ManagedProcess,
+) -> None:
+    ctx = SinkContext(namespace=f"fgtrefly{uuid.uuid4().hex[:8]}")
+    records = make_records(2000)
+    batch = 100
+    sink = _OldestReportedFailed({"bootstrap.servers": tansu.address}, ctx, fail_call=5)
+    failed_before = failed_attempts("kafka")
+    messages = await _through_runner(sink, records, batch, 10, tansu.address)
+    assert {m.value() for m in messages} == {wire_payload(r) for r in records}, "lost"
+    per_device = _positions_per_device(records, messages)
+    for device, positions in per_device.items():
+        assert _last_copies(positions) == sorted(set(positions)), f"{device!r}: out of order"
+    if failed_attempts("kafka") == failed_before + 1:  # only the injected failure
+        # Batches 5 and 6 (records 400..599) went twice, each later copy after both first
+        # copies; every other record once.
+        assert len(messages) == len(records) + 2 * batch
+        twice = {p for ps in per_device.values() for p in ps if ps.count(p) == 2}
+        assert twice == set(range(4 * batch, 6 * batch))
 
 
 # -- the user story: Tesla config.json with records V -> kafka + logger -------------------------
