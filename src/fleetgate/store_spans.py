@@ -256,23 +256,36 @@ def catch_up(connection: sqlite3.Connection, schema: str = "main") -> int:
             f"SELECT id, device_id, created_at FROM {schema}.records WHERE id > ? ORDER BY id",
             (covered,),
         )
-        plan = SpanPlan(next_id=index.next_id)
-        spans: dict[int, Span] = {}
-        latest = dict(index.latest)
+        next_id = index.next_id
+        # Per device: [id, device, first_id, last_id, oldest, newest, ordered], the span the
+        # device's next row may extend (plain lists: this loop runs once per row).
+        latest: dict[str, list[Any]] = {
+            device: list(span.row()) for device, span in index.latest.items()
+        }
         counts = dict(index.counts)
+        changed: dict[int, list[Any]] = {}
         done = 0
+        width, most = SPAN_WIDTH_MS, SPAN_MAX_IDS
         for row_id, device, created in rows:
             done += 1
             span = latest.get(device)
-            if span is not None and span.takes(row_id, created, created):
-                span = span.extended(row_id, created, created, True)
+            if (
+                span is not None
+                and max(span[5], created) - min(span[4], created) <= width
+                and row_id - span[2] < most
+            ):
+                span[3] = row_id
+                if created < span[5]:
+                    span[6] = 0
+                    span[4] = min(span[4], created)
+                else:
+                    span[5] = created
             else:
-                span = Span(plan.next_id, device, row_id, row_id, created, created, True)
-                plan.next_id += 1
+                span = latest[device] = [next_id, device, row_id, row_id, created, created, 1]
+                next_id += 1
                 counts[device] = counts.get(device, 0) + 1
-            latest[device] = span
-            spans[span.id] = span
-        params = [value for span in spans.values() for value in span.row()]
+            changed[span[0]] = span
+        params = [value for span in changed.values() for value in span]
         step = _CATCH_UP_ROWS * UPSERT_WIDTH
         for start in range(0, len(params), step):
             chunk = params[start : start + step]
