@@ -4,6 +4,8 @@ One writer connection (used from one worker thread at a time by the sink) and on
 connection (serialised by a lock) share a WAL-mode database, so API reads never block
 ingest. Writes are batched: one transaction per sink batch, with per-device counters
 folded in Python first so each batch costs one upsert per device, not per record.
+A device's records are found through *spans* (:mod:`fleetgate.store_spans`: id ranges per
+device, one span row upserted per device and commit) instead of an index on every row.
 
 With ``workers`` > 1 every worker process writes a file of its own (:func:`shard_path`),
 so each file has exactly one writer; the process that serves the API reads them all.
@@ -260,9 +262,10 @@ def _connect(path: Path) -> sqlite3.Connection:
     # NORMAL in WAL mode: a commit survives a process crash; only an OS crash or power loss
     # can undo the last transactions. The durable spool will own power-loss durability.
     connection.execute("PRAGMA synchronous=NORMAL")
-    # The device index takes inserts at one leaf page per active device: with a thousand
-    # devices SQLite's default 2 MB page cache cannot hold those leaves and re-reads them
-    # for every batch. Checkpointing every 1,000 WAL pages (the default) copies and fsyncs
+    # (Measured with the per-record index that spans replaced.) The device index took
+    # inserts at one leaf page per active device: with a thousand devices SQLite's default
+    # 2 MB page cache could not hold those leaves and re-read them for every batch.
+    # Checkpointing every 1,000 WAL pages (the default) copies and fsyncs
     # the same hot pages again and again; every 10,000 pages (~40 MB of WAL) does it a
     # tenth as often. Together about 1.8x the sustained write rate with 1,000 trackers.
     connection.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
@@ -518,9 +521,9 @@ class RecordStore:
     ) -> tuple[list[dict[str, Any]], PageCursor | None]:
         """A page of a device's records (JSON form), newest first, and the next page's cursor.
 
-        Each store file is read on the ``(device_id, created_at, id)`` index, within the time
-        range and past the cursor; rows are ordered by ``(created_at, file, id)``, so pages
-        neither repeat nor skip a record while new ones arrive.
+        Each store file is read through its spans (:func:`walk`), within the time range and
+        past the cursor; rows are ordered by ``(created_at, file, id)``, so pages neither
+        repeat nor skip a record while new ones arrive.
         """
         rows: list[Any] = []
         with self._read_lock:
