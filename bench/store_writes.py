@@ -4,9 +4,10 @@
 Teltonika-sized ``data``), printing the bytes written to disk per record (``write_bytes``
 of ``/proc/self/io``: WAL, checkpoints, the database; this process does no ``fdatasync``
 between checkpoints, which on this machine each add about 1 MiB to ``write_bytes``) and
-the CPU time of ``write`` per record, for every 500,000 rows. Every commit
-rewrites each device's index leaf page, so the bytes per record depend on the records per
-commit more than on the records themselves.
+the CPU time of ``write`` per record, for every 500,000 rows. With the per-record index
+every commit rewrote each device's index leaf page, so the bytes per record depended on the
+records per commit more than on the records themselves; with spans a commit upserts one
+small span row per device (a few pages at the end of the ``spans`` table).
 
 Run: ``.venv/bin/python bench/store_writes.py --batch 2000 --rows 1500000`` (and
 ``--batch 20000``); the file goes to a temporary directory under ``--dir`` (default: the

@@ -4,6 +4,8 @@ One writer connection (used from one worker thread at a time by the sink) and on
 connection (serialised by a lock) share a WAL-mode database, so API reads never block
 ingest. Writes are batched: one transaction per sink batch, with per-device counters
 folded in Python first so each batch costs one upsert per device, not per record.
+A device's records are found through *spans* (:mod:`fleetgate.store_spans`: id ranges per
+device, one span row upserted per device and commit) instead of an index on every row.
 
 With ``workers`` > 1 every worker process writes a file of its own (:func:`shard_path`),
 so each file has exactly one writer; the process that serves the API reads them all.
@@ -17,16 +19,31 @@ import re
 import sqlite3
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from itertools import chain
-from operator import attrgetter
+from operator import attrgetter, le
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from fleetgate.records import Record, data_json, format_rfc3339_ms
+from fleetgate.store_spans import (
+    SCHEMA as SPANS_SCHEMA,
+)
+from fleetgate.store_spans import (
+    UPSERT_PREFIX,
+    UPSERT_ROW,
+    UPSERT_SUFFIX,
+    UPSERT_WIDTH,
+    DeviceRows,
+    SpanIndex,
+    catch_up,
+    compact,
+    has_spans,
+    walk,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -40,7 +57,6 @@ CREATE TABLE IF NOT EXISTS records (
     meta TEXT,
     seq INTEGER
 );
-CREATE INDEX IF NOT EXISTS records_by_device_time ON records (device_id, created_at, id);
 CREATE TABLE IF NOT EXISTS cursors (
     consumer TEXT PRIMARY KEY,
     seq INTEGER NOT NULL
@@ -52,7 +68,7 @@ CREATE TABLE IF NOT EXISTS devices (
     last_seen INTEGER NOT NULL,
     record_count INTEGER NOT NULL
 );
-"""
+""" + SPANS_SCHEMA.format(schema="main")
 
 _INSERT_PREFIX = (
     "INSERT INTO records (source, device_id, topic, created_at, received_at, data, meta, seq) "
@@ -96,6 +112,10 @@ _DEVICE_SUFFIX = (
 _DEVICE_ROW = "(?, ?, ?, ?, ?)"
 _DEVICE_WIDTH = 5
 _META = attrgetter("meta")
+_NEXT_ID = "SELECT coalesce(max(id), 0) + 1 FROM records"
+_SPAN_PREFIX = UPSERT_PREFIX.format(schema="main")
+_WIDTH_META = _ROW.count("?")
+_WIDTH_NO_META = _ROW_NO_META.count("?")
 
 
 @cache
@@ -117,52 +137,47 @@ def _chunks(rows: int) -> list[int]:
     return sizes
 
 
-def _device_range(
-    device_id: str, since: int | None, until: int | None
-) -> tuple[list[str], list[Any]]:
-    """SQL conditions and parameters for one device's records in a device-time range."""
-    conditions: list[str] = ["device_id = ?"]
-    params: list[Any] = [device_id]
-    if since is not None:
-        conditions.append("created_at >= ?")
-        params.append(since)
-    if until is not None:
-        conditions.append("created_at <= ?")
-        params.append(until)
-    return conditions, params
-
-
 @dataclass(frozen=True, slots=True)
 class PreparedBatch:
     """A batch's statement parameters, ready for :meth:`RecordStore.commit`."""
 
-    # (placeholders of one row, with or without meta; the rows' parameters) per slice.
+    # (placeholders of one row, with or without meta; the rows' parameters) per part.
     parts: list[tuple[str, list[Any]]]
     devices: list[Any]  # the device upsert's, row after row
     cursor: int
+    # The rows' devices in insert order: each device's rows are consecutive.
+    groups: list[DeviceRows] = field(default_factory=list)
 
 
 class BatchBuilder:
     """Builds a :class:`PreparedBatch` from consecutive slices of a batch, so that a caller
-    on the event loop can let other work run between slices."""
+    on the event loop can let other work run between slices.
 
-    __slots__ = ("_cursor", "_devices", "_parts")
+    Rows are grouped by device (each device's in batch order), so that a device's rows of
+    one commit have consecutive ids: one span row per device and commit finds them."""
+
+    __slots__ = ("_cursor", "_rows", "_width")
 
     def __init__(self) -> None:
-        self._parts: list[tuple[str, list[Any]]] = []
-        self._devices: dict[str, list[Any]] = {}
+        self._rows: dict[str, list[Any]] = {}
+        self._width = _WIDTH_NO_META
         self._cursor = 0
 
     def add(self, records: Sequence[Record]) -> None:
         """The next records of the batch, in offset order."""
         if not records:
             return
-        params: list[Any] = []
-        extend = params.extend
-        if any(map(_META, records)):
+        rows = self._rows
+        get = rows.get
+        if self._width == _WIDTH_META or any(map(_META, records)):
+            if self._width == _WIDTH_NO_META:
+                self._widen()
             dumps = orjson.dumps
             for r in records:
-                extend(
+                params = get(r.device_id)
+                if params is None:
+                    params = rows[r.device_id] = []
+                params.extend(
                     (
                         r.source,
                         r.device_id,
@@ -174,10 +189,12 @@ class BatchBuilder:
                         r.offset,
                     )
                 )
-            self._parts.append((_ROW, params))
         else:
             for r in records:
-                extend(
+                params = get(r.device_id)
+                if params is None:
+                    params = rows[r.device_id] = []
+                params.extend(
                     (
                         r.source,
                         r.device_id,
@@ -188,22 +205,34 @@ class BatchBuilder:
                         r.offset,
                     )
                 )
-            self._parts.append((_ROW_NO_META, params))
-        devices = self._devices
-        for r in records:
-            entry = devices.get(r.device_id)
-            if entry is None:
-                devices[r.device_id] = [r.device_id, r.source, r.received_at, r.received_at, 1]
-            else:
-                entry[3] = max(entry[3], r.received_at)
-                entry[4] += 1
         # Batches come in offset order: the last record's offset is the highest.
         self._cursor = records[-1].offset
 
+    def _widen(self) -> None:
+        """A record with meta came: every row so far gets an empty meta."""
+        for device, params in self._rows.items():
+            wide: list[Any] = []
+            for start in range(0, len(params), _WIDTH_NO_META):
+                wide += params[start : start + 6]
+                wide += ("", params[start + 6])
+            self._rows[device] = wide
+        self._width = _WIDTH_META
+
     def finish(self) -> PreparedBatch:
-        return PreparedBatch(
-            self._parts, list(chain.from_iterable(self._devices.values())), self._cursor
-        )
+        width = self._width
+        devices: list[Any] = []
+        groups: list[DeviceRows] = []
+        for device, params in self._rows.items():
+            created = params[3::width]
+            received = params[4::width]
+            # The device row as the per-record fold had it: the first record's source and
+            # receive time (first_seen of a new device), the latest receive time, the count.
+            devices += (device, params[0], received[0], max(received), len(created))
+            ordered = all(map(le, created, created[1:]))
+            groups.append(DeviceRows(device, len(created), min(created), max(created), ordered))
+        rows = list(chain.from_iterable(self._rows.values()))
+        row = _ROW if width == _WIDTH_META else _ROW_NO_META
+        return PreparedBatch([(row, rows)] if rows else [], devices, self._cursor, groups)
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,9 +262,10 @@ def _connect(path: Path) -> sqlite3.Connection:
     # NORMAL in WAL mode: a commit survives a process crash; only an OS crash or power loss
     # can undo the last transactions. The durable spool will own power-loss durability.
     connection.execute("PRAGMA synchronous=NORMAL")
-    # The device index takes inserts at one leaf page per active device: with a thousand
-    # devices SQLite's default 2 MB page cache cannot hold those leaves and re-reads them
-    # for every batch. Checkpointing every 1,000 WAL pages (the default) copies and fsyncs
+    # (Measured with the per-record index that spans replaced.) The device index took
+    # inserts at one leaf page per active device: with a thousand devices SQLite's default
+    # 2 MB page cache could not hold those leaves and re-read them for every batch.
+    # Checkpointing every 1,000 WAL pages (the default) copies and fsyncs
     # the same hot pages again and again; every 10,000 pages (~40 MB of WAL) does it a
     # tenth as often. Together about 1.8x the sustained write rate with 1,000 trackers.
     connection.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
@@ -283,6 +313,13 @@ class RecordStore:
         columns = {row[1] for row in self._writer.execute("PRAGMA table_info(records)")}
         if "seq" not in columns:  # a store made before records carried their offset
             self._writer.execute("ALTER TABLE records ADD COLUMN seq INTEGER")
+        # Spans for rows no span covers: every row of a store made before spans (and its
+        # per-record index dropped), or rows an older version wrote into this file.
+        self._spans = SpanIndex.load(self._writer)
+        last = self._writer.execute("SELECT coalesce(max(id), 0) FROM records").fetchone()[0]
+        if last > self._spans.covered() or self._has_old_index():
+            catch_up(self._writer)
+            self._spans = SpanIndex.load(self._writer)
         # Readers: this file, and with ``read_shards`` every worker's file, ATTACHed to as
         # few connections as SQLite allows (at most 10 attached databases per connection).
         shards = [self.path, *(existing_shards(self.path) if read_shards else [])]
@@ -290,6 +327,12 @@ class RecordStore:
         for first in range(0, len(shards), _SHARDS_PER_READER):
             self._groups.append(_ReadGroup(shards[first : first + _SHARDS_PER_READER], first))
         self._read_lock = threading.Lock()
+
+    def _has_old_index(self) -> bool:
+        row = self._writer.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'records_by_device_time'"
+        ).fetchone()
+        return row is not None
 
     def sync(self) -> None:
         """Make every committed transaction survive a power loss. With ``synchronous=NORMAL``
@@ -326,12 +369,26 @@ class RecordStore:
         return builder.finish()
 
     def commit(self, batch: PreparedBatch) -> None:
-        """Write a prepared batch in one transaction (rows, device counters, cursor)."""
+        """Write a prepared batch in one transaction (rows, spans, device counters, cursor)."""
         writer = self._writer
         writer.execute("BEGIN")
         try:
-            for row, params in batch.parts:
-                self._insert(_INSERT_PREFIX, row, row.count("?"), params)
+            plan = None
+            if batch.groups:
+                first_id = writer.execute(_NEXT_ID).fetchone()[0]
+                last_id = first_id - 1
+                for row, params in batch.parts:
+                    last_id = self._insert(_INSERT_PREFIX, row, row.count("?"), params)
+                rows = sum(group.count for group in batch.groups)
+                # SQLite gives a row without an id the table's highest plus one.
+                if last_id != first_id + rows - 1:
+                    raise sqlite3.IntegrityError(
+                        f"rows got ids up to {last_id}, expected {first_id}..{first_id + rows - 1}"
+                    )
+                plan = self._spans.plan(batch.groups, first_id)
+                self._insert(_SPAN_PREFIX, UPSERT_ROW, UPSERT_WIDTH, plan.rows, UPSERT_SUFFIX)
+                for device in self._spans.crowded(plan):
+                    plan.counts[device] = compact(writer, device)
             self._insert(_DEVICE_PREFIX, _DEVICE_ROW, _DEVICE_WIDTH, batch.devices, _DEVICE_SUFFIX)
             if batch.cursor:
                 writer.execute(_SAVE_CURSOR, (STORE_CONSUMER, batch.cursor))
@@ -339,6 +396,8 @@ class RecordStore:
             writer.execute("ROLLBACK")
             raise
         writer.execute("COMMIT")
+        if plan is not None:
+            self._spans.apply(plan)
 
     def cursor(self) -> int | None:
         """The highest spool offset committed to this file, if any."""
@@ -349,13 +408,17 @@ class RecordStore:
 
     def _insert(
         self, prefix: str, row: str, width: int, params: list[Any], suffix: str = ""
-    ) -> None:
-        """``params`` (``width`` per row) in multi-row statements of :func:`_chunks` sizes."""
+    ) -> int:
+        """``params`` (``width`` per row) in multi-row statements of :func:`_chunks` sizes;
+        the last inserted row's id."""
         start = 0
+        last = 0
         for rows in _chunks(len(params) // width):
             end = start + rows * width
-            self._writer.execute(_multi_row(prefix, row, rows, suffix), params[start:end])
+            cursor = self._writer.execute(_multi_row(prefix, row, rows, suffix), params[start:end])
+            last = cursor.lastrowid or last
             start = end
+        return last
 
     # -- reading (API side) ----------------------------------------------------------------
     def _query(
@@ -404,25 +467,36 @@ class RecordStore:
         limit: int = 100,
     ) -> list[dict[str, Any]]:
         """A device's records in JSON form, newest (device time) first."""
-        conditions, params = _device_range(device_id, since, until)
-        where = "WHERE " + " AND ".join(conditions)
-        # Each part is cut to ``limit`` on its own index before the parts are merged.
-        part = (
-            "SELECT * FROM (SELECT source, device_id, topic, created_at, received_at, data, id "
-            f"FROM {{schema}}.records {where} ORDER BY created_at DESC, id DESC LIMIT ?)"
+        rows = self._newest(
+            self._walk_all(device_id, _RECORD_COLUMNS, since=since, until=until, limit=limit),
+            limit,
+            created=6,
+            row_id=7,
         )
-        rows = self._newest(self._query(part, [*params, limit]), limit, created=3, row_id=6)
-        return [
-            {
-                "source": source,
-                "device_id": device,
-                "topic": topic,
-                "created_at": format_rfc3339_ms(created),
-                "received_at": format_rfc3339_ms(received),
-                "data": orjson.loads(data),
-            }
-            for source, device, topic, created, received, data, _id in rows
-        ]
+        return [_row_json(row) for row in rows]
+
+    def _walk_all(
+        self,
+        device_id: str,
+        columns: str,
+        *,
+        since: int | None = None,
+        until: int | None = None,
+        where: str = "",
+        params: Sequence[Any] = (),
+        limit: int,
+    ) -> list[Any]:
+        """Each store file's newest ``limit`` rows of the device (see :func:`walk`), the
+        files' rows concatenated."""
+        rows: list[Any] = []
+        with self._read_lock:
+            for group in self._groups:
+                for _, schema in group.numbered():
+                    rows += walk(
+                        group.connection, schema, device_id, columns=columns, since=since,
+                        until=until, where=where, params=params, limit=limit,
+                    )
+        return rows
 
     def count(self) -> int:
         rows = self._query("SELECT count(*) FROM {schema}.records", ())
@@ -447,80 +521,60 @@ class RecordStore:
     ) -> tuple[list[dict[str, Any]], PageCursor | None]:
         """A page of a device's records (JSON form), newest first, and the next page's cursor.
 
-        Each store file is read on the ``(device_id, created_at, id)`` index, within the time
-        range and past the cursor; rows are ordered by ``(created_at, file, id)``, so pages
-        neither repeat nor skip a record while new ones arrive.
+        Each store file is read through its spans (:func:`walk`), within the time range and
+        past the cursor; rows are ordered by ``(created_at, file, id)``, so pages neither
+        repeat nor skip a record while new ones arrive.
         """
         rows: list[Any] = []
         with self._read_lock:
             for group in self._groups:
-                sql, params = self._page_query(
-                    group, device_id, since=since, until=until, topic=topic, limit=limit + 1,
-                    after=after,
-                )
-                rows += group.connection.execute(sql, params).fetchall()
-        rows.sort(key=lambda row: (row[3], row[7], row[6]), reverse=True)
+                for shard, schema in group.numbered():
+                    where, params = _page_filter(shard, topic, after)
+                    # Nothing after the cursor is newer than it: spans newer are skipped.
+                    newest = until
+                    if after is not None and (until is None or after.created_at < until):
+                        newest = after.created_at
+                    before = None
+                    if after is not None and after.shard == shard:
+                        before = (after.created_at, after.row_id)
+                    rows += [
+                        (*row, shard)
+                        for row in walk(
+                            group.connection, schema, device_id, columns=_RECORD_COLUMNS,
+                            since=since, until=newest, where=where, params=params,
+                            before=before, limit=limit + 1,
+                        )
+                    ]
+        rows.sort(key=lambda row: (row[6], row[8], row[7]), reverse=True)
         rows = rows[: limit + 1]
         cursor = None
         if len(rows) > limit:
             rows = rows[:limit]
             last = rows[-1]
-            cursor = PageCursor(created_at=last[3], shard=last[7], row_id=last[6])
+            cursor = PageCursor(created_at=last[6], shard=last[8], row_id=last[7])
         return [_row_json(row) for row in rows], cursor
-
-    @staticmethod
-    def _page_query(
-        group: _ReadGroup,
-        device_id: str,
-        *,
-        since: int | None,
-        until: int | None,
-        topic: str | None,
-        limit: int,
-        after: PageCursor | None,
-    ) -> tuple[str, list[Any]]:
-        parts: list[str] = []
-        params: list[Any] = []
-        for shard, schema in group.numbered():
-            where, part_params = _device_range(device_id, since, until)
-            if topic is not None:
-                where.append("topic = ?")
-                part_params.append(topic)
-            if after is not None:
-                # Rows after the cursor in (created_at, shard, id) descending order.
-                if shard < after.shard:
-                    where.append("created_at <= ?")
-                    part_params.append(after.created_at)
-                elif shard == after.shard:
-                    where.append("(created_at, id) < (?, ?)")
-                    part_params += [after.created_at, after.row_id]
-                else:
-                    where.append("created_at < ?")
-                    part_params.append(after.created_at)
-            parts.append(
-                "SELECT * FROM (SELECT source, device_id, topic, created_at, received_at, data, "
-                f"id, {shard} AS shard FROM {schema}.records WHERE {' AND '.join(where)} "
-                "ORDER BY created_at DESC, id DESC LIMIT ?)"
-            )
-            params += [*part_params, limit]
-        sql = " UNION ALL ".join(parts) + " ORDER BY created_at DESC, shard DESC, id DESC LIMIT ?"
-        return sql, [*params, limit]
 
     def positions(self, device_ids: Sequence[str]) -> dict[str, tuple[float, float, int]]:
         """Each device's newest position ``(latitude, longitude, created_at)``, if it has one
-        among its newest :data:`POSITION_LOOKBACK` records."""
+        among its newest :data:`POSITION_LOOKBACK` records (of each store file)."""
         found: dict[str, tuple[float, float, int]] = {}
-        part = (
-            f"SELECT * FROM (SELECT {_LAT} AS lat, {_LON} AS lon, created_at, id FROM "
-            "{schema}.records WHERE device_id = ? ORDER BY created_at DESC, id DESC LIMIT ?) "
-            "WHERE lat IS NOT NULL AND lon IS NOT NULL AND NOT (lat = 0 AND lon = 0)"
-        )
         for device_id in device_ids:
-            rows = self._newest(
-                self._query(part, [device_id, POSITION_LOOKBACK]), 1, created=2, row_id=3
-            )
-            if rows:
-                lat, lon, created, _id = rows[0]
+            candidates: list[Any] = []
+            with self._read_lock:
+                for group in self._groups:
+                    for _, schema in group.numbered():
+                        rows = walk(
+                            group.connection, schema, device_id, columns=_POSITION_COLUMNS,
+                            limit=POSITION_LOOKBACK,
+                        )
+                        # The newest record with a position: the walk stops there.
+                        first = next(filter(_is_position, rows), None)
+                        rows.close()
+                        if first is not None:
+                            candidates.append(first)
+            newest = self._newest(candidates, 1, created=2, row_id=3)
+            if newest:
+                lat, lon, created, _id = newest[0]
                 found[device_id] = (float(lat), float(lon), int(created))
         return found
 
@@ -529,14 +583,15 @@ class RecordStore:
     ) -> list[tuple[float, float, int]]:
         """A device's positions ``(latitude, longitude, created_at)`` in the time range, oldest
         first: the newest ``limit`` of them."""
-        conditions, params = _device_range(device_id, since, until)
-        where = " AND ".join(conditions)
-        part = (
-            f"SELECT * FROM (SELECT {_LAT} AS lat, {_LON} AS lon, created_at, id FROM "
-            f"{{schema}}.records WHERE {where} AND {_HAS_POSITION} "
-            "ORDER BY created_at DESC, id DESC LIMIT ?)"
+        rows = self._newest(
+            self._walk_all(
+                device_id, _POSITION_COLUMNS, since=since, until=until,
+                where=f" AND {_HAS_POSITION}", limit=limit,
+            ),
+            limit,
+            created=2,
+            row_id=3,
         )
-        rows = self._newest(self._query(part, [*params, limit]), limit, created=2, row_id=3)
         return [(float(lat), float(lon), int(created)) for lat, lon, created, _id in reversed(rows)]
 
 
@@ -554,6 +609,11 @@ class _ReadGroup:
         for number, path in enumerate(paths[1:], start=1):
             self.connection.execute(f"ATTACH DATABASE ? AS shard{number}", (str(path),))
             self.schemas.append(f"shard{number}")
+        for schema in self.schemas:
+            # A file no writer of this version opened yet (an earlier run's worker, with
+            # more workers than now): its spans are built here, once.
+            if not has_spans(self.connection, schema) and _has_records(self.connection, schema):
+                catch_up(self.connection, schema)
 
     def numbered(self) -> list[tuple[int, str]]:
         """(shard index across all files, schema name) of this connection's files."""
@@ -569,6 +629,44 @@ _HAS_POSITION = (
 )
 # How far back (records) the device list looks for a device's last position.
 POSITION_LOOKBACK = 500
+# The columns reads take (``walk`` adds created_at and id after them).
+_RECORD_COLUMNS = "source, device_id, topic, created_at, received_at, data"
+_POSITION_COLUMNS = f"{_LAT} AS lat, {_LON} AS lon"
+
+
+def _has_records(connection: sqlite3.Connection, schema: str) -> bool:
+    row = connection.execute(
+        f"SELECT 1 FROM {schema}.sqlite_master WHERE type = 'table' AND name = 'records'"
+    ).fetchone()
+    return row is not None
+
+
+def _is_position(row: Sequence[Any]) -> bool:
+    lat, lon = row[0], row[1]
+    return lat is not None and lon is not None and not (lat == 0 and lon == 0)
+
+
+def _page_filter(
+    shard: int, topic: str | None, after: PageCursor | None
+) -> tuple[str, list[Any]]:
+    """The ``AND ...`` condition of a page in file ``shard``: the topic, and rows after the
+    cursor in ``(created_at, shard, id)`` descending order."""
+    where = ""
+    params: list[Any] = []
+    if topic is not None:
+        where += " AND topic = ?"
+        params.append(topic)
+    if after is not None:
+        if shard < after.shard:
+            where += " AND created_at <= ?"
+            params.append(after.created_at)
+        elif shard == after.shard:
+            where += " AND (created_at, id) < (?, ?)"
+            params += [after.created_at, after.row_id]
+        else:
+            where += " AND created_at < ?"
+            params.append(after.created_at)
+    return where, params
 
 
 @dataclass(frozen=True, slots=True)

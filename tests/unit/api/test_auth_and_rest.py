@@ -285,18 +285,26 @@ def test_topic_fields_and_time_range(client: TestClient) -> None:
     assert gateway[0]["data"] == {"signal": "rpm", "value": 3500, "unit": "rpm"}
 
 
-def test_time_range_queries_use_the_device_time_index(store: RecordStore) -> None:
-    sql, params = store._page_query(
-        store._groups[0], IMEI, since=1, until=2, topic="position", limit=10, after=None
-    )
+def test_time_range_queries_read_spans_on_their_index_and_rows_by_id_range(
+    store: RecordStore,
+) -> None:
+    from fleetgate.store_spans import row_query, span_query
+
+    def plan(connection: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> str:
+        rows = connection.execute(f"EXPLAIN QUERY PLAN {sql}", params)
+        return " ".join(str(row[-1]) for row in rows)
+
     with sqlite3.connect(store.path) as connection:
-        plan = " ".join(
-            str(row[-1]) for row in connection.execute(f"EXPLAIN QUERY PLAN {sql}", params)
-        )
-    assert (
-        "USING INDEX records_by_device_time (device_id=? AND created_at>? AND created_at<?)" in plan
-    )
-    assert "SCAN records" not in plan.replace("SCAN records USING", "")
+        spans = plan(connection, span_query("main"), (IMEI, 1, 2))
+        assert "USING INDEX spans_by_device (device_id=?)" in spans
+        for ordered in (True, False):
+            sql = row_query("main", "data", " AND topic = ?", ordered)
+            rows = plan(connection, sql, (1, 9, IMEI, 1, 2, "position", 10))
+            assert "USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)" in rows
+        indexes = connection.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'records'"
+        ).fetchall()
+    assert indexes == []  # no per-record index to keep up
 
 
 def test_track_is_geojson_oldest_first_without_unfixed_positions(client: TestClient) -> None:

@@ -1,0 +1,449 @@
+"""Reads through spans answer exactly what the per-record index answered.
+
+The store finds a device's rows through ``spans`` (id ranges per device) instead of an
+index on every row. These tests write random batches (a few devices, out-of-order and equal
+device times, one or two store files) with tiny span limits, so that spans are extended,
+started anew, unordered and compacted, and compare every read API with the old queries'
+semantics computed in Python over the files' rows: newest first by ``(created_at, id)``,
+each file cut to the limit on its own, pages ordered by ``(created_at, file, id)``.
+Stores made before spans (the old index, no spans table) are migrated when opened.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fleetgate import store as store_module
+from fleetgate import store_spans
+from fleetgate.records import Record
+from fleetgate.store import PageCursor, RecordStore, shard_path
+
+DEVICES = ["a", "b", "c", "d"]
+
+positions = st.sampled_from(
+    [None, (0, 0), (54.5, 25.25), (54.6, 0), ("1.5", 2), (1.5, None), (0.0, 0)]
+)
+
+
+@st.composite
+def records(draw: st.DrawFn) -> Record:
+    position = draw(positions)
+    data: dict[str, Any] = {"n": draw(st.integers(0, 1000))}
+    if position is not None:
+        data["latitude"], data["longitude"] = position
+    if draw(st.booleans()) and position is not None:  # Tesla's form
+        data = {"Location": {"latitude": position[0], "longitude": position[1]}}
+    return Record(
+        "teltonika",
+        draw(st.sampled_from(DEVICES)),
+        draw(st.sampled_from(["position", "event"])),
+        draw(st.integers(0, 60)),
+        draw(st.integers(0, 100)),
+        data,
+        meta=draw(st.none() | st.just({"m": "x"})),
+    )
+
+
+windows = st.tuples(st.none() | st.integers(-5, 65), st.none() | st.integers(-5, 65))
+
+
+@contextmanager
+def tiny_spans() -> Iterator[None]:
+    """Spans 6 ms and 9 ids wide at most, compacted at 4 per device, positions looked for
+    among the newest 3 records: every rule comes into play within a few batches."""
+    with (
+        mock.patch.object(store_spans, "SPAN_WIDTH_MS", 6),
+        mock.patch.object(store_spans, "SPAN_MAX_IDS", 9),
+        mock.patch.object(store_spans, "MAX_SPANS_PER_DEVICE", 4),
+        mock.patch.object(store_module, "POSITION_LOOKBACK", 3),
+    ):
+        yield
+
+
+# -- the old queries' semantics over the files' rows --------------------------------------
+Row = tuple[int, str, str, str, int, int, str]  # id, source, device, topic, created, received, data
+
+
+def file_rows(path: Path) -> list[Row]:
+    with sqlite3.connect(path) as connection:
+        rows = connection.execute(
+            "SELECT id, source, device_id, topic, created_at, received_at, data FROM records"
+        ).fetchall()
+    connection.close()
+    return rows
+
+
+def newest_first(rows: list[Row]) -> list[Row]:
+    return sorted(rows, key=lambda row: (row[4], row[0]), reverse=True)
+
+
+def as_json(row: Row) -> dict[str, Any]:
+    from fleetgate.records import format_rfc3339_ms
+
+    return {
+        "source": row[1],
+        "device_id": row[2],
+        "topic": row[3],
+        "created_at": format_rfc3339_ms(row[4]),
+        "received_at": format_rfc3339_ms(row[5]),
+        "data": orjson.loads(row[6]),
+    }
+
+
+def matching(rows: list[Row], device: str, since: int | None, until: int | None) -> list[Row]:
+    return [
+        row
+        for row in rows
+        if row[2] == device
+        and (since is None or row[4] >= since)
+        and (until is None or row[4] <= until)
+    ]
+
+
+def lat_lon(row: Row) -> tuple[Any, Any]:
+    data = orjson.loads(row[6])
+    location = data.get("Location") if isinstance(data.get("Location"), dict) else {}
+    lat = data.get("latitude")
+    lon = data.get("longitude")
+    # coalesce(): a JSON null is SQL NULL, so the Location's is taken.
+    return (
+        location.get("latitude") if lat is None else lat,
+        location.get("longitude") if lon is None else lon,
+    )
+
+
+def has_position(row: Row) -> bool:
+    lat, lon = lat_lon(row)
+    return lat is not None and lon is not None and not (lat == 0 and lon == 0)
+
+
+def merged(parts: list[list[Row]], limit: int) -> list[Row]:
+    """The files' parts concatenated, then the newest ``limit`` by (created_at, id)."""
+    rows = [row for part in parts for row in part]
+    rows.sort(key=lambda row: (row[4], row[0]), reverse=True)
+    return rows[:limit]
+
+
+def expected_records(
+    files: list[list[Row]], device: str, since: int | None, until: int | None, limit: int
+) -> list[dict[str, Any]]:
+    parts = [newest_first(matching(rows, device, since, until))[:limit] for rows in files]
+    return [as_json(row) for row in merged(parts, limit)]
+
+
+def expected_pages(
+    files: list[list[Row]],
+    device: str,
+    since: int | None,
+    until: int | None,
+    topic: str | None,
+    after: PageCursor | None = None,
+) -> list[dict[str, Any]]:
+    rows = [
+        (row, shard)
+        for shard, file in enumerate(files)
+        for row in matching(file, device, since, until)
+        if (topic is None or row[3] == topic)
+        and (
+            after is None or (row[4], shard, row[0]) < (after.created_at, after.shard, after.row_id)
+        )
+    ]
+    rows.sort(key=lambda item: (item[0][4], item[1], item[0][0]), reverse=True)
+    return [as_json(row) for row, _ in rows]
+
+
+def expected_track(
+    files: list[list[Row]], device: str, since: int | None, until: int | None, limit: int
+) -> list[tuple[float, float, int]]:
+    parts = [
+        newest_first([row for row in matching(rows, device, since, until) if has_position(row)])[
+            :limit
+        ]
+        for rows in files
+    ]
+    points = []
+    for row in reversed(merged(parts, limit)):
+        lat, lon = lat_lon(row)
+        points.append((float(lat), float(lon), row[4]))
+    return points
+
+
+def expected_position(files: list[list[Row]], device: str) -> tuple[float, float, int] | None:
+    lookback = store_module.POSITION_LOOKBACK
+    parts = [
+        [
+            row
+            for row in newest_first(matching(rows, device, None, None))[:lookback]
+            if has_position(row)
+        ]
+        for rows in files
+    ]
+    newest = merged(parts, 1)
+    if not newest:
+        return None
+    lat, lon = lat_lon(newest[0])
+    return (float(lat), float(lon), newest[0][4])
+
+
+def all_pages(
+    store: RecordStore,
+    device: str,
+    since: int | None,
+    until: int | None,
+    topic: str | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    seen: list[dict[str, Any]] = []
+    cursor: PageCursor | None = None
+    for _ in range(1000):
+        page, cursor = store.records_page(
+            device, since=since, until=until, topic=topic, limit=limit, after=cursor
+        )
+        assert len(page) <= limit
+        seen += page
+        if cursor is None:
+            return seen
+        assert len(page) == limit
+        cursor = PageCursor.decode(cursor.encode())
+    raise AssertionError("pages never ended")
+
+
+def check_reads(
+    store: RecordStore, paths: list[Path], data: st.DataObject, queries: int = 6
+) -> None:
+    files = [file_rows(path) for path in paths]
+    for _ in range(queries):
+        device = data.draw(st.sampled_from([*DEVICES, "nobody"]))
+        since, until = data.draw(windows)
+        limit = data.draw(st.integers(1, 12))
+        assert store.records(device, since, until, limit) == expected_records(
+            files, device, since, until, limit
+        )
+        topic = data.draw(st.sampled_from([None, "position", "event"]))
+        assert all_pages(store, device, since, until, topic, limit) == expected_pages(
+            files, device, since, until, topic
+        )
+        # A cursor made up by a client (any time, file and id) reads as the old query did.
+        after = PageCursor(
+            data.draw(st.integers(-1, 62)),
+            data.draw(st.integers(0, 2)),
+            data.draw(st.integers(0, 90)),
+        )
+        page, _ = store.records_page(device, since=since, until=until, limit=limit, after=after)
+        assert page == expected_pages(files, device, since, until, None, after)[:limit]
+        assert store.track(device, since, until, limit) == expected_track(
+            files, device, since, until, limit
+        )
+    expected = {
+        device: position
+        for device in DEVICES
+        if (position := expected_position(files, device)) is not None
+    }
+    assert store.positions([*DEVICES, "nobody"]) == expected
+
+
+@settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    batches=st.lists(
+        st.tuples(st.integers(0, 1), st.lists(records(), max_size=14)), min_size=1, max_size=6
+    ),
+    shards=st.integers(1, 2),
+    data=st.data(),
+)
+def test_every_read_answers_what_the_per_record_index_did(
+    tmp_path_factory: pytest.TempPathFactory,
+    batches: list[tuple[int, list[Record]]],
+    shards: int,
+    data: st.DataObject,
+) -> None:
+    base = tmp_path_factory.mktemp("store") / "fleetgate.db"
+    paths = [shard_path(base, index) for index in range(shards)]
+    with tiny_spans():
+        writers = [RecordStore(path) for path in paths]
+        reader = RecordStore(base, read_shards=True) if shards > 1 else writers[0]
+        try:
+            for number, (shard, batch) in enumerate(batches):
+                writers[shard % shards].write(batch)
+                if number % 2:  # reads between writes too
+                    check_reads(reader, paths, data, queries=2)
+            check_reads(reader, paths, data)
+            for writer in writers:
+                counts = writer._writer.execute(
+                    "SELECT count(*) FROM spans GROUP BY device_id"
+                ).fetchall()
+                assert all(count < store_spans.MAX_SPANS_PER_DEVICE for (count,) in counts)
+        finally:
+            for writer in writers:
+                writer.close()
+            if reader not in writers:
+                reader.close()
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(batches=st.lists(st.lists(records(), max_size=14), min_size=1, max_size=5), data=st.data())
+def test_a_store_reopened_answers_the_same_and_goes_on_extending_its_spans(
+    tmp_path_factory: pytest.TempPathFactory, batches: list[list[Record]], data: st.DataObject
+) -> None:
+    path = tmp_path_factory.mktemp("store") / "fleetgate.db"
+    with tiny_spans():
+        for batch in batches:
+            store = RecordStore(path)  # each batch from a new writer: spans loaded at open
+            try:
+                store.write(batch)
+            finally:
+                store.close()
+        store = RecordStore(path)
+        try:
+            check_reads(store, [path], data)
+        finally:
+            store.close()
+
+
+# -- stores made before spans -----------------------------------------------------------------
+OLD_SCHEMA = """
+CREATE TABLE records (
+    id INTEGER PRIMARY KEY, source TEXT NOT NULL, device_id TEXT NOT NULL,
+    topic TEXT NOT NULL, created_at INTEGER NOT NULL, received_at INTEGER NOT NULL,
+    data TEXT NOT NULL, meta TEXT, seq INTEGER
+);
+CREATE INDEX records_by_device_time ON records (device_id, created_at, id);
+CREATE TABLE cursors (consumer TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE devices (
+    device_id TEXT PRIMARY KEY, source TEXT NOT NULL, first_seen INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL, record_count INTEGER NOT NULL
+);
+"""
+
+
+def make_old_store(path: Path, records: list[Record]) -> None:
+    """A file as the store wrote it before spans: rows in arrival order, the index."""
+    with sqlite3.connect(path) as connection:
+        connection.executescript(OLD_SCHEMA)
+        connection.executemany(
+            "INSERT INTO records (source, device_id, topic, created_at, received_at, data, "
+            "meta, seq) VALUES (?, ?, ?, ?, ?, ?, NULL, ?)",
+            [
+                (
+                    r.source,
+                    r.device_id,
+                    r.topic,
+                    r.created_at,
+                    r.received_at,
+                    orjson.dumps(r.data).decode(),
+                    r.offset or None,
+                )
+                for r in records
+            ],
+        )
+        connection.executemany(
+            "INSERT INTO devices VALUES (?, 'teltonika', 0, 0, 0) ON CONFLICT DO NOTHING",
+            [(r.device_id,) for r in records],
+        )
+        connection.execute("INSERT INTO cursors VALUES ('sqlite', ?)", (len(records),))
+    connection.close()
+
+
+def indexes(path: Path) -> list[str]:
+    with sqlite3.connect(path) as connection:
+        names = [
+            name
+            for (name,) in connection.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_%'"
+            )
+        ]
+    connection.close()
+    return sorted(names)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    old=st.lists(records(), max_size=40),
+    new=st.lists(records(), max_size=14),
+    data=st.data(),
+)
+def test_a_store_made_before_spans_is_migrated_when_opened(
+    tmp_path_factory: pytest.TempPathFactory,
+    old: list[Record],
+    new: list[Record],
+    data: st.DataObject,
+) -> None:
+    path = tmp_path_factory.mktemp("store") / "fleetgate.db"
+    make_old_store(path, old)
+    with tiny_spans():
+        store = RecordStore(path)
+        try:
+            assert indexes(path) == ["spans_by_device"]
+            check_reads(store, [path], data)
+            assert store.cursor() == len(old)
+            store.write(new)
+            check_reads(store, [path], data)
+        finally:
+            store.close()
+
+
+def test_an_old_shard_no_writer_opens_is_migrated_by_the_reader(tmp_path: Path) -> None:
+    base = tmp_path / "fleetgate.db"
+    writer = RecordStore(base)
+    writer.write([Record("teltonika", "a", "position", 5, 5, {"n": 5})])
+    old = shard_path(base, 1)  # an earlier run's second worker
+    make_old_store(old, [Record("teltonika", "a", "position", t, t, {"n": t}) for t in (1, 9, 3)])
+    reader = RecordStore(base, read_shards=True)
+    try:
+        assert [r["data"]["n"] for r in reader.records("a")] == [9, 5, 3, 1]
+        assert indexes(old) == ["spans_by_device"]
+    finally:
+        reader.close()
+        writer.close()
+
+
+def test_rows_an_older_writer_added_after_the_spans_are_covered_when_reopened(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "fleetgate.db"
+    store = RecordStore(path)
+    store.write([Record("teltonika", "a", "position", 1, 1, {"n": 1})])
+    store.close()
+    with sqlite3.connect(path) as connection:  # a downgraded server: rows, no spans
+        connection.execute(
+            "INSERT INTO records (source, device_id, topic, created_at, received_at, data) "
+            "VALUES ('teltonika', 'a', 'position', 2, 2, '{\"n\":2}')"
+        )
+    connection.close()
+    store = RecordStore(path)
+    try:
+        assert [r["data"]["n"] for r in store.records("a")] == [2, 1]
+    finally:
+        store.close()
+
+
+def test_a_migration_that_fails_leaves_the_old_file_as_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "fleetgate.db"
+    make_old_store(path, [Record("teltonika", "a", "position", 1, 1, {})])
+    with (
+        mock.patch.object(store_spans, "compact", side_effect=RuntimeError("boom")),
+        mock.patch.object(store_spans, "MAX_SPANS_PER_DEVICE", 1),
+        pytest.raises(RuntimeError),
+    ):
+        RecordStore(path)
+    assert "records_by_device_time" in indexes(path)
+    store = RecordStore(path)
+    try:
+        assert [r["data"] for r in store.records("a")] == [{}]
+    finally:
+        store.close()
