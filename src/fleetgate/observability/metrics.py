@@ -9,6 +9,7 @@ names (``reliable_ack``, ``record_total``, ...) so existing dashboards keep work
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -280,6 +281,33 @@ def labelled(metric: Any, *values: str) -> Any:
     if child is None:
         child = _children[key] = metric.labels(*values)
     return child
+
+
+def adder(child: Any) -> Callable[[float], None]:
+    """The function that adds to ``child`` (a counter's or gauge's labelled child, or an
+    unlabelled one), for per-frame paths: ``adder(child)(n)`` is ``child.inc(n)`` for
+    ``n >= 0`` without ``inc``'s two checks (that the metric is not a labelled parent, and
+    that ``n`` is not negative, both known here) and its two extra Python calls.
+
+    It is the increment of the value object ``inc`` itself calls (``child._value``: a
+    locked float, or the per-process file's value when several workers run), so exposition
+    sees the same sum. prometheus_client has kept this layout since 0.4; a test fails
+    should a release change it.
+    """
+    add: Callable[[float], None] = child._value.inc
+    return add
+
+
+_adders: dict[tuple[int, tuple[str, ...]], Callable[[float], None]] = {}
+
+
+def labelled_adder(metric: Any, *values: str) -> Callable[[float], None]:
+    """:func:`adder` of ``metric.labels(*values)``, cached like :func:`labelled`."""
+    key = (id(metric), values)
+    add = _adders.get(key)
+    if add is None:
+        add = _adders[key] = adder(labelled(metric, *values))
+    return add
 
 
 # -- several worker processes (``workers`` > 1) ------------------------------------------------

@@ -183,7 +183,7 @@ class Pipeline:
         for runner, batch in routed:
             runner.push(first, last, batch)
         if single_topic:
-            metrics.labelled(metrics.RECORDS, records[0].source, topic).inc(len(records))
+            metrics.labelled_adder(metrics.RECORDS, records[0].source, topic)(len(records))
         else:
             for record in records:
                 metrics.labelled(metrics.RECORDS, record.source, record.topic).inc()

@@ -175,3 +175,29 @@ async def test_batched_frames_are_the_bytes_send_binary_writes(debug: bool) -> N
     await writer.flush()
     await stop(task)
     assert b"".join(ws.written) == b"".join(expected.data_to_send())
+
+
+async def test_flush_waits_for_the_frames_queued_and_ends_when_the_writer_fails() -> None:
+    ws = FakeWebSocket()
+    w = Writer(ws)
+    for n in range(3):
+        w.writer.send(b"%d" % n)
+    writer = await w.start()
+    flush = asyncio.create_task(w.writer.flush())
+    await asyncio.sleep(0)
+    assert not flush.done()  # the batch waits in the drain
+    ws.gate.set()
+    await asyncio.wait_for(flush, 1)
+    assert [f for write in ws.writes for f in write] == [b"0", b"1", b"2"]
+    # A vehicle that stops reading: the queue fills, the writer fails, flush() returns.
+    ws.gate.clear()
+    w.writer.send(b"stuck")
+    await asyncio.sleep(0)
+    flush = asyncio.create_task(w.writer.flush())
+    await asyncio.sleep(0)
+    assert not flush.done()
+    while not w.failures:
+        w.writer.send(b"more")
+    await asyncio.wait_for(flush, 1)
+    await stop(writer)
+    assert w.failures == ["write queue full"]

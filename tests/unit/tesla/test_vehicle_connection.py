@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+from typing import Any
 
 import pytest
+from websockets.datastructures import Headers
 from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
 from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 
-from fleetgate.listeners.tesla.oversize import VehicleConnection, _FrameList
+from fleetgate.listeners.tesla.oversize import OversizeMessage, VehicleConnection, _FrameList
 
 
 class FakeTransport:
@@ -112,3 +115,74 @@ async def test_a_connection_keeps_no_logger_of_its_own_and_logs_with_its_context
         conn.logger.error("handler failed")
     (record,) = caplog.records
     assert record.websocket is conn  # type: ignore[attr-defined]  # as websockets' adapter
+
+
+class NoHandlerServer:
+    """What connection_made uses of websockets' server (a handler that does nothing)."""
+
+    def __init__(self) -> None:
+        self.handler_tasks: set[asyncio.Task[None]] = set()
+
+    async def handler(self, connection: VehicleConnection) -> None:
+        pass
+
+
+class OpenTransport(FakeTransport):
+    """What a connection's connection_made asks of a transport."""
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def client_frame(opcode: Opcode, data: bytes, *, fin: bool = True) -> bytes:
+    """A masked client frame, as a vehicle sends it."""
+    return Frame(opcode, data, fin).serialize(mask=True, extensions=[])
+
+
+async def test_ready_messages_are_what_recv_returns_in_the_same_order() -> None:
+    # ready_message() takes a whole binary message without awaiting; anything else (text,
+    # a fragmented message, nothing queued) is left to recv(). Either way the messages,
+    # oversize ones included, come out in arrival order.
+    def make() -> VehicleConnection:
+        protocol = ServerProtocol(state=OPEN, max_size=100)
+        conn = VehicleConnection(protocol, server=NoHandlerServer())  # type: ignore[arg-type]
+        conn.connection_made(OpenTransport())  # type: ignore[arg-type]
+        assert isinstance(conn.recv_messages.frames.queue, _FrameList)
+        conn.request = Request("/", Headers())  # the handshake is done
+        conn.data_received(
+            client_frame(Opcode.BINARY, b"one")
+            + client_frame(Opcode.BINARY, b"x" * 500)  # over the limit: skipped
+            + client_frame(Opcode.BINARY, b"two")
+            + client_frame(Opcode.TEXT, b"text")
+            + client_frame(Opcode.BINARY, b"fr", fin=False)
+            + client_frame(Opcode.CONT, b"ag")
+            + client_frame(Opcode.BINARY, bytes(range(200, 250)))
+        )
+        return conn
+
+    by_recv = make()
+    expected = [by_recv.delivered(await by_recv.recv()) for _ in range(6)]
+    assert expected == [b"one", OversizeMessage(500), b"two", "text", b"frag",
+                        bytes(range(200, 250))]
+
+    conn = make()
+    got: list[object] = []
+    missed = 0
+    while len(got) < len(expected):
+        message = conn.ready_message()
+        if message is None:
+            missed += 1
+            message = conn.delivered(await conn.recv())
+        got.append(message)
+    assert got == expected
+    assert missed == 2  # the text message and the fragmented one
+    assert conn.ready_message() is None  # nothing queued

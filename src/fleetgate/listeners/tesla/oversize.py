@@ -369,6 +369,35 @@ class VehicleConnection(ServerConnection):
             else:
                 self.transport.close()
 
+    def ready_message(self) -> bytes | OversizeMessage | None:
+        """The next message if it is a binary one already complete in the queue, taken
+        without awaiting; None otherwise (then ``await recv()`` and :meth:`delivered`).
+
+        What ``recv()`` returns for such a message, minus its coroutine, the assembler's
+        ``get`` and its queue's ``get`` (three awaits that do not wait): a vehicle sends
+        frames back to back, so a read from the socket often completes several. The
+        assembler's own steps for a whole binary message are kept: the frame taken from
+        the head of its queue, flow control resumed below the low-water mark.
+        """
+        assembler = self.recv_messages
+        queue = assembler.frames.queue
+        if not queue or assembler.get_in_progress:
+            return None
+        frame = queue[0]
+        if frame.opcode is not BINARY or not frame.fin:
+            return None  # text, or a fragmented message: the library assembles it
+        queue.popleft()
+        if assembler.paused:
+            assembler.maybe_resume()
+        data = frame.data
+        number = self._delivered
+        self._delivered = number + 1
+        if self._oversize:
+            size = self._oversize.pop(number, None)
+            if size is not None:
+                return OversizeMessage(size)
+        return data if data.__class__ is bytes else bytes(data)
+
     async def recv_message(self) -> Data | OversizeMessage:
         """The next message (``bytes`` or ``str``), or the size of a skipped one."""
         return self.delivered(await self.recv())

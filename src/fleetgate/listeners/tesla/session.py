@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError
+from websockets.typing import Data
 
 from fleetgate.listeners.tesla.oversize import OversizeMessage, VehicleConnection
 from fleetgate.listeners.tesla.writer import FrameWriter
@@ -62,9 +63,11 @@ _TEXT_FRAME_LOG = LimitedLog(log, "tesla.text_frame")
 _ACKS_SENT = metrics.ACKS.labels(protocol=PROTOCOL, result="acked")
 _ACKS_WITHHELD = metrics.ACKS.labels(protocol=PROTOCOL, result="withheld")
 _ACKS_SOCKET_GONE = metrics.ACKS.labels(protocol=PROTOCOL, result="socket_gone")
+_ADD_ACK_SENT = metrics.adder(_ACKS_SENT)  # once per acked frame
 
 _Child = Any  # a labelled prometheus metric
-_FRAME_COUNTERS: dict[str, tuple[_Child, _Child, _Child]] = {}
+_Add = Callable[[float], None]  # metrics.adder of a child
+_FRAME_COUNTERS: dict[str, tuple[_Add, _Add, _Add]] = {}
 _SIGNAL_COUNTERS: dict[str, _Child] = {}
 _MAX_CACHED_TOPICS = 256  # topics come from vehicles; do not cache without bound
 
@@ -80,17 +83,18 @@ def _signal_counter(record_type: str) -> _Child:
     return child
 
 
-def _frame_counters(record_type: str) -> tuple[_Child, _Child, _Child]:
-    """record_total, record_size_bytes_total and dispatch_total children of a record type.
+def _frame_counters(record_type: str) -> tuple[_Add, _Add, _Add]:
+    """The adders (:func:`metrics.adder`) of record_total, record_size_bytes_total and
+    dispatch_total for a record type.
 
     Resolving labels costs more than the increment; the hot path looks them up once.
     """
     children = _FRAME_COUNTERS.get(record_type)
     if children is None:
         children = (
-            metrics.TESLA_RECORDS.labels(record_type=record_type),
-            metrics.TESLA_RECORD_SIZE_BYTES.labels(record_type=record_type),
-            metrics.TESLA_DISPATCH.labels(record_type=record_type),
+            metrics.adder(metrics.TESLA_RECORDS.labels(record_type=record_type)),
+            metrics.adder(metrics.TESLA_RECORD_SIZE_BYTES.labels(record_type=record_type)),
+            metrics.adder(metrics.TESLA_DISPATCH.labels(record_type=record_type)),
         )
         if len(_FRAME_COUNTERS) < _MAX_CACHED_TOPICS:
             _FRAME_COUNTERS[record_type] = children
@@ -178,10 +182,12 @@ class VehicleSession:
         await self._connectivity("CONNECTED")
         ws = self.ws
         # Messages, or the size of a binary message over the limit whose bytes were skipped.
-        recv, delivered = ws.recv, ws.delivered
+        recv, delivered, ready = ws.recv, ws.delivered, ws.ready_message
         try:
             while True:
-                message = delivered(await recv())
+                message: Data | OversizeMessage | None = ready()
+                if message is None:
+                    message = delivered(await recv())
                 if isinstance(message, str):
                     # Only binary frames are telemetry; anything else ends the session.
                     _TEXT_FRAME_LOG.warning(
@@ -350,10 +356,10 @@ class VehicleSession:
 
     def _count_processed(self, record_type: str, payload_size: int) -> None:
         """record_total, record_size_bytes_total, dispatch_total and the session's bytes."""
-        records, size, dispatch = _frame_counters(record_type)
-        records.inc()
-        size.inc(payload_size)
-        dispatch.inc()
+        add_records, add_size, add_dispatch = _frame_counters(record_type)
+        add_records(1)
+        add_size(payload_size)
+        add_dispatch(1)
         bytes_by_topic = self.bytes_by_topic
         bytes_by_topic[record_type] = bytes_by_topic.get(record_type, 0) + payload_size
 
@@ -377,7 +383,7 @@ class VehicleSession:
                 metrics.TESLA_RELIABLE_ACK_MISS.labels(record_type=topic, dispatcher=reliable).inc()
             return
         self._send(ack_reply)
-        _ACKS_SENT.inc()
+        _ADD_ACK_SENT(1)
         if reliable is not None:
             metrics.TESLA_RELIABLE_ACK.labels(record_type=topic, dispatcher=reliable).inc()
 

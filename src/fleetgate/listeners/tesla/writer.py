@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -45,15 +46,23 @@ def server_binary_frame(data: bytes) -> bytes:
 
 
 class FrameWriter:
-    """Bounded, batched writes to one websockets connection."""
+    """Bounded, batched writes to one websockets connection.
+
+    The queue is a deque and the writer task, when it has nothing to write, waits on one
+    future that the next :meth:`send` completes: per reply an append, not an
+    ``asyncio.Queue``'s put, get and ``task_done`` (their getter and ``join`` bookkeeping).
+    """
 
     def __init__(self, ws: Any, on_fail: Callable[[str], None]) -> None:
         self.ws = ws
         self.on_fail = on_fail
         self.failed = False
         # Made with the first frame: an idle vehicle's connection holds no queue (memory).
-        self._queue: asyncio.Queue[bytes] | None = None
+        self._queue: deque[bytes] | None = None
         self._writing = 0  # frames of the batch being written, beyond the first
+        self._unwritten = 0  # frames queued or being written (what flush() waits for)
+        self._wakeup: asyncio.Future[None] | None = None  # the writer waiting for a frame
+        self._flushed: asyncio.Event | None = None  # made by flush(), set at _unwritten 0
         # send_context is how websockets' asyncio connection (13+) wraps every send; should
         # a release drop it, frames go out one ws.send each.
         self._batch_writes = callable(getattr(ws, "send_context", None))
@@ -61,59 +70,75 @@ class FrameWriter:
         self._direct = isinstance(getattr(ws, "protocol", None), Protocol)
 
     @property
-    def _out(self) -> asyncio.Queue[bytes]:
+    def _out(self) -> deque[bytes]:
         if self._queue is None:
-            self._queue = asyncio.Queue()
+            self._queue = deque()
         return self._queue
 
     @property
     def waiting(self) -> int:
         """Frames queued or being written (what counts against the queue limit)."""
-        return (self._queue.qsize() if self._queue is not None else 0) + self._writing
+        return (len(self._queue) if self._queue is not None else 0) + self._writing
 
     def send(self, frame: bytes) -> None:
         """Queue ``frame``; a full queue fails the writer (the vehicle stopped reading)."""
         if self.failed:
             return
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
         # As without batching: at most WRITE_QUEUE_FRAMES waiting plus the one being written.
-        if self.waiting >= WRITE_QUEUE_FRAMES:
+        if len(queue) + self._writing >= WRITE_QUEUE_FRAMES:
             self._fail("write queue full")
             return
-        self._out.put_nowait(frame)
+        queue.append(frame)
+        self._unwritten += 1
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            if not wakeup.done():  # done: cancelled with the writer task
+                wakeup.set_result(None)
 
     async def run(self) -> None:
         """Write queued frames until cancelled or a write fails."""
         out = self._out
+        loop = asyncio.get_running_loop()
         while True:
-            frames = [await out.get()]
-            while not out.empty() and len(frames) < WRITE_BATCH_FRAMES:
-                frames.append(out.get_nowait())
+            if not out:
+                wakeup = self._wakeup = loop.create_future()
+                await wakeup
+                continue
+            popleft = out.popleft
+            frames = [popleft() for _ in range(min(len(out), WRITE_BATCH_FRAMES))]
             self._writing = len(frames) - 1
             try:
                 async with asyncio.timeout(WRITE_TIMEOUT_S):
                     await self._write(frames)
             except (ConnectionClosed, TimeoutError, OSError) as exc:
                 self._fail(repr(exc))
-                self._discard(len(frames))
+                self._discard()
                 return
             finally:
                 self._writing = 0
-            for _ in frames:
-                out.task_done()
+            self._unwritten -= len(frames)
+            if not self._unwritten and self._flushed is not None:
+                self._flushed.set()
 
     async def flush(self) -> None:
         """Wait until every frame queued so far is written (or the writer has failed)."""
-        if not self.failed and self._queue is not None:
-            await self._queue.join()
+        while not self.failed and self._unwritten:
+            flushed = self._flushed
+            if flushed is None:
+                flushed = self._flushed = asyncio.Event()
+            flushed.clear()
+            await flushed.wait()
 
-    def _discard(self, taken: int) -> None:
+    def _discard(self) -> None:
         """After a failure nothing more is written: settle what flush() would wait for."""
-        out = self._out
-        for _ in range(taken):
-            out.task_done()
-        while not out.empty():
-            out.get_nowait()
-            out.task_done()
+        self._out.clear()
+        self._unwritten = 0
+        if self._flushed is not None:
+            self._flushed.set()
 
     async def _write(self, frames: list[bytes]) -> None:
         ws = self.ws
@@ -137,6 +162,8 @@ class FrameWriter:
     def _fail(self, reason: str) -> None:
         if not self.failed:
             self.failed = True
+            if self._flushed is not None:
+                self._flushed.set()  # flush() waits no more
             self.on_fail(reason)
 
 
