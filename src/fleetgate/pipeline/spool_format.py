@@ -32,7 +32,14 @@ from typing import Final
 
 import orjson
 
-from fleetgate.records import Record, data_jsons, new_record, set_data_json, set_offset
+from fleetgate.records import (
+    Record,
+    data_json,
+    data_jsons,
+    new_record,
+    set_data_json,
+    set_offset,
+)
 
 HEADER: Final = struct.Struct("<IIQII")
 _CHECKED: Final = struct.Struct("<QII")  # the header fields the CRC covers, before payload
@@ -119,6 +126,8 @@ def encode_payload(records: Sequence[Record]) -> bytes:
 
 
 def _encode_payload(records: Sequence[Record]) -> bytes:
+    if len(records) == 1:
+        return _encode_one(records[0])
     texts = data_jsons(records)
     payload = _encode_frame(records, texts)
     if payload is None:
@@ -167,6 +176,30 @@ def _encode_frame(records: Sequence[Record], texts: Sequence[bytes]) -> bytes | 
                     len(text), _SAME_RAW, _NO_META, names))
         append(text)
     return b"".join(parts)
+
+
+def _encode_one(record: Record) -> bytes:
+    """The payload of a one-record frame (every Tesla frame): :func:`_encode_records`'
+    bytes (a property test compares them) without its loop, its lists and its checks for
+    bytes shared with a record before."""
+    text = data_json(record)
+    source = record.source.encode()
+    device = record.device_id.encode()
+    topic = record.topic.encode()
+    raw = record.raw
+    meta = record.meta
+    if meta is None:
+        return b"".join((
+            _FIXED.pack(record.created_at, record.received_at, len(source), len(device),
+                        len(topic), len(text), len(raw), _NO_META),
+            source, device, topic, text, raw,
+        ))
+    meta_text = orjson.dumps(meta if meta.__class__ is dict else dict(meta))
+    return b"".join((
+        _FIXED.pack(record.created_at, record.received_at, len(source), len(device),
+                    len(topic), len(text), len(raw), len(meta_text)),
+        source, device, topic, text, raw, meta_text,
+    ))
 
 
 _FIXED_NAMES: Final[dict[int, struct.Struct]] = {}

@@ -27,7 +27,7 @@ from fleetgate.pipeline import (
 )
 from fleetgate.pipeline.deadletter import DeadLetters
 from fleetgate.pipeline.spool import PREPARED_FILE, Spool, SpoolSettings, segment_name
-from fleetgate.pipeline.spool_format import TornEntry, encode_entry, read_entry
+from fleetgate.pipeline.spool_format import TornEntry, decode_records, encode_entry, read_entry
 from fleetgate.records import Record, data_jsons
 from fleetgate.sinks.base import PermanentSinkError, Sink, SinkContext, TransientSinkError
 
@@ -172,6 +172,40 @@ def test_a_trackers_frame_encodes_as_the_general_encoder_encodes_it(frame: list[
         and r.topic is frame[0].topic and r.meta is None for r in frame
     )
     assert (fast is not None) == (uniform and bool(frame[0].raw))  # taken when it can be
+
+
+@given(
+    source=st.sampled_from(["teltonika", "tesla"]),
+    device=st.text(max_size=20),
+    topic=st.text(max_size=12),
+    created=st.integers(-(2**63), 2**63 - 1),
+    received=st.integers(-(2**63), 2**63 - 1),
+    data=st.dictionaries(st.text(max_size=8), json_values, max_size=4),
+    raw=st.binary(max_size=64),
+    meta=st.none() | st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=3),
+    cached=st.booleans(),
+)
+@settings(max_examples=300)
+def test_a_one_record_frame_encodes_as_the_general_encoder_encodes_it(
+    source: str, device: str, topic: str, created: int, received: int, data: dict[str, object],
+    raw: bytes, meta: dict[str, str] | None, cached: bool,
+) -> None:
+    record = Record(source, device, topic, created, received, data, raw, meta)
+    if cached:
+        data_jsons([record])  # as when the store or a sink serialised it first
+    general = spool_format._encode_records([record], data_jsons([record]))
+    assert spool_format.encode_payload([record]) == general
+    (decoded,) = decode_records(general, 5, 1)
+    assert (decoded.data, decoded.raw, decoded.meta) == (record.data, raw, meta)
+
+
+def test_a_one_record_frame_that_cannot_be_spooled_is_refused() -> None:
+    with pytest.raises(spool_format.UnspoolableRecordError):
+        spool_format.encode_payload([Record("tesla", "v", "V", 2**64, 0, {}, b"")])
+    with pytest.raises(spool_format.UnspoolableRecordError):
+        spool_format.encode_payload(
+            [Record("tesla", "v", "V", 0, 0, {}, b"", {"txid": object()})]  # type: ignore[dict-item]
+        )
 
 
 @given(st.binary(max_size=3 * 4096) | st.integers(0, 12_000).map(bytes),
