@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from fleetgate.protocols.tesla.natural import transform_vehicle_data_natural
 from fleetgate.protocols.tesla.proto import vehicle_data_pb2 as vd
-from fleetgate.protocols.tesla.vwire import read_vehicle_data
+from fleetgate.protocols.tesla.vwire import read_vehicle_data, read_vehicle_payload, vin_field
 from fleetgate.sim.tesla import VehicleModel
 from tests.unit.tesla import oracle
 from tests.unit.tesla.helpers import VIN, payload
@@ -25,9 +25,34 @@ def _through_upb(raw: bytes) -> tuple[Any, bytes, int]:
     return oracle.typed(data), message.SerializeToString(), len(message.data)
 
 
+def _spliced_agrees(raw: bytes) -> bool:
+    """read_vehicle_payload gives up, or gives what the upb path gives: the same data,
+    created_at and is_resend, and the same payload bytes with the VIN set."""
+    fast = read_vehicle_payload(raw, vin_field(VIN))
+    try:
+        message = vd.Payload.FromString(raw)
+    except DecodeError:
+        assert fast is None  # upb refuses it: so does the byte path
+        return False
+    if fast is None:
+        return False
+    data, signals, created, is_resend, spliced = fast
+    read = read_vehicle_data(raw)
+    assert read is not None and (oracle.typed(data), signals) == (oracle.typed(read[0]), read[1])
+    assert is_resend == message.is_resend
+    assert created == (
+        (message.created_at.seconds, message.created_at.nanos)
+        if message.HasField("created_at") else None
+    )
+    message.vin = VIN
+    assert spliced == message.SerializeToString()
+    return True
+
+
 def _agrees(raw: bytes) -> bool:
     """The reader either gives up or gives what upb gives, on a payload that upb leaves
     alone but for the VIN; returns whether it read the payload."""
+    _spliced_agrees(raw)
     try:
         expected, transformed, count = _through_upb(raw)
     except DecodeError:
@@ -51,6 +76,47 @@ def _simulated(seed: int) -> bytes:
 def test_the_simulators_payloads_are_read() -> None:
     for seed in range(20):
         assert _agrees(_simulated(seed))
+
+
+def test_the_simulators_payloads_take_the_byte_path_with_the_vin_spliced_in() -> None:
+    for seed in range(20):
+        assert _spliced_agrees(_simulated(seed))
+    resent = vd.Payload.FromString(_simulated(1))
+    resent.is_resend = True
+    resent.vin = "another VIN, replaced"
+    assert _spliced_agrees(resent.SerializeToString())
+    assert _spliced_agrees(b"")  # no data at all
+    for vin in ("", "V" * 200):  # no vin field; a length of two bytes
+        fast = read_vehicle_payload(_simulated(2), vin_field(vin))
+        assert fast is not None
+        message = vd.Payload.FromString(_simulated(2))
+        message.vin = vin
+        assert fast[4] == message.SerializeToString()
+
+
+def test_payloads_upb_would_write_otherwise_take_the_upb_path() -> None:
+    def one(*fields: str) -> bytes:
+        return bytes.fromhex("".join(fields))
+
+    double = "0a0d" "0805" "1209" "29" "0000000000002940"
+    for raw in (
+        one("0a0d" "0800" "1209" "29" "0000000000002940"),  # a key of 0 written
+        one("0a0e" "088500" "1209" "29" "0000000000002940"),  # a key varint too long
+        one("0a0f" "0805" "120b" "3a09" "09" "0000000000000000"),  # latitude 0 written
+        one("0a06" "0805" "1202" "3002"),  # a bool written as 2
+        one("0a0a" "0805" "1206" "10ffffffff0f"),  # int32 -1 in 5 bytes, not 10
+        one("0a08" "0805" "1204" "10ac8200"),  # int 300 in 3 bytes, not 2
+        one(double, "2000"),  # is_resend false written
+        one(double, "2001", "1206089cf1d6ca06"),  # created_at after is_resend
+        one(double, "1a0141", "1a0142"),  # vin twice
+        one(double, "1a02c328"),  # a vin that is not UTF-8: upb refuses it
+        one(double, "2a0178"),  # an unknown field
+        one("1206089cf1d6ca06", double),  # data after created_at
+        one(double, "12020800"),  # seconds 0 written
+        one("0a0e" "0805" "1209" "29" "0000000000002940"),  # a datum past the end
+    ):
+        assert read_vehicle_payload(raw, vin_field(VIN)) is None, raw.hex()
+        _agrees(raw)
 
 
 def test_typed_payloads_of_every_simple_kind_are_read() -> None:

@@ -80,7 +80,7 @@ from fleetgate.protocols.tesla.transforms import (
     transform_payload,
     transform_vehicle_data_entries,
 )
-from fleetgate.protocols.tesla.vwire import read_vehicle_data
+from fleetgate.protocols.tesla.vwire import read_vehicle_data, read_vehicle_payload, vin_field
 from fleetgate.records import SOURCE_TESLA, Record, new_record
 
 OUTCOME_DISPATCH: Final = "dispatch"
@@ -168,6 +168,7 @@ class FrameProcessor:
         self.socket_id = socket_id
         self.device_client_version = device_client_version
         self.max_frame_bytes = max_frame_bytes
+        self._vin_field = vin_field(identity.device_id)  # Payload.vin's bytes
         self._accepted_senders = (
             identity.sender_id.encode("utf-8"),
             identity.device_id.encode("utf-8"),
@@ -223,34 +224,52 @@ class FrameProcessor:
         None when the payload does not decode or holds an impossible time: the general
         path then makes the error reply.
         """
-        message = _Payload()
-        try:
-            message.ParseFromString(stream.payload)
-        except DecodeError:
-            return None
         vin = self.identity.device_id
-        read = read_vehicle_data(stream.payload)
-        if read is None:  # not the usual shape, or a string to rewrite: through upb
-            data = transform_vehicle_data_natural(message, vin)
-            signals = len(message.data)
-        else:
-            data, signals = read
-            message.vin = vin  # the only change the transforms make to such a payload
-            if message.is_resend:
+        # A payload in upb's own encoding (what vehicles send) is read from its bytes and
+        # its VIN spliced in: what parsing it, setting the VIN and serialising it gives.
+        fast = read_vehicle_payload(stream.payload, self._vin_field)
+        if fast is not None:
+            data, signals, created, is_resend, payload = fast
+            if is_resend:
                 data["is_resend"] = True
-        if message.HasField("created_at"):
-            created = message.created_at
-            seconds = created.seconds
-            nanos = created.nanos
-            if not (
-                MIN_TIMESTAMP_SECONDS <= seconds <= MAX_TIMESTAMP_SECONDS
-                and 0 <= nanos <= MAX_NANOS
-            ):
-                return None
-            created_at = seconds * 1000 + nanos // 1_000_000
+            if created is not None:
+                seconds, nanos = created
+                if not (
+                    MIN_TIMESTAMP_SECONDS <= seconds <= MAX_TIMESTAMP_SECONDS
+                    and 0 <= nanos <= MAX_NANOS
+                ):
+                    return None
+                created_at = seconds * 1000 + nanos // 1_000_000
+            else:
+                created_at = stream.created_at * 1000 if stream.created_at else received_at
         else:
-            created_at = stream.created_at * 1000 if stream.created_at else received_at
-        payload = message.SerializeToString()
+            message = _Payload()
+            try:
+                message.ParseFromString(stream.payload)
+            except DecodeError:
+                return None
+            read = read_vehicle_data(stream.payload)
+            if read is None:  # not the usual shape, or a string to rewrite: through upb
+                data = transform_vehicle_data_natural(message, vin)
+                signals = len(message.data)
+            else:
+                data, signals = read
+                message.vin = vin  # the only change the transforms make to such a payload
+                if message.is_resend:
+                    data["is_resend"] = True
+            if message.HasField("created_at"):
+                created_message = message.created_at
+                seconds = created_message.seconds
+                nanos = created_message.nanos
+                if not (
+                    MIN_TIMESTAMP_SECONDS <= seconds <= MAX_TIMESTAMP_SECONDS
+                    and 0 <= nanos <= MAX_NANOS
+                ):
+                    return None
+                created_at = seconds * 1000 + nanos // 1_000_000
+            else:
+                created_at = stream.created_at * 1000 if stream.created_at else received_at
+            payload = message.SerializeToString()
         txid_bytes = envelope.txid
         txid = _text(txid_bytes)
         record = new_record(

@@ -142,18 +142,142 @@ def read_vehicle_data(buf: bytes) -> tuple[dict[str, Any], int] | None:
     """(``Record.data`` without ``is_resend``, datum count) of a parsed ``V`` payload, or
     None when it is not of the usual shape (see the module docstring)."""
     try:
-        return _read(buf)
+        read = _read(buf)
     except (IndexError, struct.error, UnicodeDecodeError):  # pragma: no cover - upb parsed it
         return None
+    return None if read is None else (read[0], read[1])
 
 
-def _read(buf: bytes) -> tuple[dict[str, Any], int] | None:
-    names = FIELD_NAMES
+#: (data without is_resend, datum count, created_at as (seconds, nanos) or None,
+#: is_resend, the payload with the VIN set)
+VehiclePayload = tuple[dict[str, Any], int, "tuple[int, int] | None", bool, bytes]
+
+
+def vin_field(vin: str) -> bytes:
+    """The bytes of ``Payload.vin`` set to ``vin`` as upb writes them (nothing when empty)."""
+    data = vin.encode()
+    if not data:
+        return b""
+    size = len(data)
+    length = bytearray()
+    while size >= 0x80:
+        length.append(size & 0x7F | 0x80)
+        size >>= 7
+    length.append(size)
+    return b"\x1a" + bytes(length) + data
+
+
+def read_vehicle_payload(buf: bytes, vin: bytes) -> VehiclePayload | None:
+    """What the upb path makes of a ``V`` payload, from its bytes alone (no upb parse and
+    serialisation): the data as :func:`read_vehicle_data`, ``created_at``, ``is_resend``,
+    and the payload with ``vin`` (:func:`vin_field`) in place of the one it carries.
+
+    Only for payloads in upb's own encoding (*canonical*: fields in number order, no
+    unknown fields, minimal varints, no field of a default value written out, and nothing
+    upb would refuse), where ``Payload.FromString(buf)`` with its ``vin`` set serialises
+    to ``buf`` with that one field replaced: a property test holds the bytes equal. None
+    for anything else (or what :func:`read_vehicle_data` leaves to upb): the upb path.
+    """
+    try:
+        read = _read(buf)
+    except (IndexError, struct.error, UnicodeDecodeError):
+        return None
+    if read is None:
+        return None
+    data, count, tail = read
+    if tail is None:
+        return None  # not canonical
+    created, is_resend, vin_at, vin_end = tail
+    return data, count, created, is_resend, b"".join((buf[:vin_at], vin, buf[vin_end:]))
+
+
+_MASK64: Final = 0xFFFF_FFFF_FFFF_FFFF
+_FIVE_BYTES: Final = struct.Struct("<5B").unpack_from
+
+# The payload's fields after its data, as _read reports them when canonical:
+# (created_at (seconds, nanos) or None, is_resend, start and end of the vin field).
+_Tail = tuple["tuple[int, int] | None", bool, int, int]
+
+
+def _tail(buf: bytes, pos: int, end: int) -> _Tail | None:
+    """The fields after a canonical payload's data (``created_at``, ``vin``, ``is_resend``,
+    each at most once and in that order, to the end), or None when they are not canonical."""
+    created = None
+    if pos < end and buf[pos] == 0x12:  # created_at: a Timestamp of at most 22 bytes
+        size = buf[pos + 1]
+        stop = pos + 2 + size
+        if size >= 0x80 or stop > end:
+            return None
+        pos += 2
+        seconds = nanos = 0
+        if size >= 6 and buf[pos] == 0x08:
+            # Seconds of 2^28 to 2^35 (years 1978 to 3058): a varint of five bytes, the
+            # last one not 0 (minimal), read in one go.
+            b0, b1, b2, b3, b4 = _FIVE_BYTES(buf, pos + 1)
+            if b0 & b1 & b2 & b3 & 0x80 and 0 < b4 < 0x80:
+                seconds = (
+                    (b0 & 0x7F) | (b1 & 0x7F) << 7 | (b2 & 0x7F) << 14 | (b3 & 0x7F) << 21
+                    | b4 << 28
+                )
+                pos += 6
+        if not seconds and pos < stop and buf[pos] == 0x08:  # seconds (int64), when not 0
+            start = pos + 1
+            raw, pos = _varint(buf, start)
+            if not raw or (not buf[pos - 1] and pos - start > 1) or raw > _MASK64:
+                return None
+            seconds = raw - (1 << 64) if raw >> 63 else raw
+        if pos < stop and buf[pos] == 0x10:  # nanos (int32), written when not 0
+            start = pos + 1
+            raw, pos = _varint(buf, start)
+            nanos = raw & 0xFFFF_FFFF
+            if nanos >= 0x8000_0000:
+                nanos -= 0x1_0000_0000
+            if not raw or (not buf[pos - 1] and pos - start > 1) or raw != nanos & _MASK64:
+                return None
+        if pos != stop:
+            return None
+        created = (seconds, nanos)
+    vin_at = pos
+    if pos < end and buf[pos] == 0x1A:  # vin: replaced, but upb refuses a non-UTF-8 one
+        size, start = _varint(buf, pos + 1)
+        pos = start + size
+        if pos > end:
+            return None
+        buf[start:pos].decode("utf-8")
+    vin_end = pos
+    is_resend = False
+    if pos < end and buf[pos] == 0x20:  # is_resend: written when true, as 1
+        if pos + 2 > end or buf[pos + 1] != 1:
+            return None
+        is_resend = True
+        pos += 2
+    if pos != end:
+        return None
+    return created, is_resend, vin_at, vin_end
+
+
+# Key names but that of 0: a key of 0 (which upb leaves out) is a miss, and the check
+# for it costs the usual datum nothing.
+_NONZERO_NAMES: Final = {key: name for key, name in FIELD_NAMES.items() if key}
+
+
+def _other_name(key: int) -> str:
+    name = FIELD_NAMES.get(key)
+    return str(key) if name is None else name
+
+
+def _read(buf: bytes) -> tuple[dict[str, Any], int, _Tail | None] | None:
+    """(data, datum count, the tail when the payload is canonical else None), or None
+    when the payload is not of the usual shape. Checks bounds itself (for
+    :func:`read_vehicle_payload`, which no upb parse precedes)."""
+    names = _NONZERO_NAMES
     kinds = _KINDS
     isfinite = math.isfinite
     data: dict[str, Any] = {}
     count = 0
     location_seen = False
+    canonical = True  # in upb's encoding so far (see read_vehicle_payload)
+    tail: _Tail | None = None
     end = len(buf)
     pos = 0
     while pos < end:
@@ -163,7 +287,9 @@ def _read(buf: bytes) -> tuple[dict[str, Any], int] | None:
             if head == _DOUBLE_HEAD and middle == _DOUBLE_MIDDLE and key < 0x80:
                 name = names.get(key)
                 if name is None:
-                    name = str(key)
+                    name = _other_name(key)
+                    if not key:
+                        canonical = False  # upb leaves a key of 0 out
                 data[name] = raw if isfinite(raw) else None
                 count += 1
                 if key == LOCATION_FIELD:
@@ -181,7 +307,11 @@ def _read(buf: bytes) -> tuple[dict[str, Any], int] | None:
                 ):
                     name = names.get(key)
                     if name is None:
-                        name = str(key)
+                        name = _other_name(key)
+                        if not key:
+                            canonical = False
+                    if not latitude or not longitude:
+                        canonical = False  # upb leaves a 0 out
                     data[name] = {
                         "latitude": latitude if isfinite(latitude) else None,
                         "longitude": longitude if isfinite(longitude) else None,
@@ -191,11 +321,18 @@ def _read(buf: bytes) -> tuple[dict[str, Any], int] | None:
                         location_seen = True
                     pos += 26
                     continue
+        tag_at = pos
         tag = buf[pos]
         pos += 1
         if tag >= 0x80:
             tag, pos = _varint(buf, pos - 1)
         if tag != 0x0A:  # not a datum (field 1, bytes): skip it
+            if canonical:
+                # The fields after the data, to the end: read as a whole, once.
+                tail = _tail(buf, tag_at, end)
+                if tail is not None:
+                    break
+                canonical = False
             if tag & 7 == _WIRE_BYTES and buf[pos] < 0x80:  # created_at, vin
                 pos += 1 + buf[pos]
                 continue
@@ -208,20 +345,28 @@ def _read(buf: bytes) -> tuple[dict[str, Any], int] | None:
         pos += 1
         if length >= 0x80:
             length, pos = _varint(buf, pos - 1)
+            if not buf[pos - 1]:
+                canonical = False  # a varint longer than it needs to be
         datum_end = pos + length
+        if datum_end > end:
+            return None
         # key: field 1, varint (an enum: int32)
         if pos >= datum_end or buf[pos] != 0x08:
             return None
         key = buf[pos + 1]
         pos += 2
         if key >= 0x80:
-            key, pos = _varint(buf, pos - 1)
-            key &= 0xFFFF_FFFF
+            raw, pos = _varint(buf, pos - 1)
+            key = raw & 0xFFFF_FFFF
             if key >= 0x8000_0000:
                 key -= 0x1_0000_0000
+            if not buf[pos - 1] or raw != key & _MASK64:
+                canonical = False
         name = names.get(key)
         if name is None:
-            name = str(key)
+            name = _other_name(key)
+            if not key:
+                canonical = False  # upb leaves a key of 0 out
         count += 1
         if pos == datum_end:  # no value
             data[name] = None
@@ -235,6 +380,8 @@ def _read(buf: bytes) -> tuple[dict[str, Any], int] | None:
         pos += 2
         if length >= 0x80:
             length, pos = _varint(buf, pos - 1)
+            if not buf[pos - 1]:
+                canonical = False
         if pos + length != datum_end:
             return None
         if not length:  # an empty Value: no member set
@@ -253,6 +400,8 @@ def _read(buf: bytes) -> tuple[dict[str, Any], int] | None:
             continue
         if member >= 0x80:
             member, pos = _varint(buf, pos - 1)
+            if not buf[pos - 1]:
+                canonical = False
         kind_convert = kinds.get(member)
         if kind_convert is None:
             return None
@@ -264,6 +413,8 @@ def _read(buf: bytes) -> tuple[dict[str, Any], int] | None:
             pos += 1
             if size >= 0x80:
                 size, pos = _varint(buf, pos - 1)
+                if not buf[pos - 1]:
+                    canonical = False
             if pos + size != datum_end:
                 return None
             text = buf[pos:datum_end].decode("utf-8")
@@ -276,23 +427,34 @@ def _read(buf: bytes) -> tuple[dict[str, Any], int] | None:
             else:
                 data[name] = text
         elif kind <= _INVALID:  # a varint
-            number, pos = _varint(buf, pos)
+            start = pos
+            raw, pos = _varint(buf, pos)
             if pos != datum_end:
                 return None
+            if not buf[pos - 1] and pos - start > 1:
+                canonical = False
             if kind == _INT32:
-                number &= 0xFFFF_FFFF
+                number = raw & 0xFFFF_FFFF
                 if number >= 0x8000_0000:
                     number -= 0x1_0000_0000
                 data[name] = number if convert is None else convert(number)
+                if raw != number & _MASK64:
+                    canonical = False  # upb writes a negative int32 in 10 bytes
             elif kind == _INT64:
-                number &= 0xFFFF_FFFF_FFFF_FFFF
+                number = raw & _MASK64
                 if number >= 0x8000_0000_0000_0000:
                     number -= 0x1_0000_0000_0000_0000
                 data[name] = number
+                if raw != number & _MASK64:
+                    canonical = False
             elif kind == _BOOL:
-                data[name] = number != 0
+                data[name] = raw != 0
+                if raw > 1:
+                    canonical = False  # upb writes true as 1
             else:
                 data[name] = None  # invalid
+                if raw > 1:
+                    canonical = False
         elif kind == _FLOAT_KIND:
             if pos + 4 != datum_end:
                 return None
@@ -303,15 +465,21 @@ def _read(buf: bytes) -> tuple[dict[str, Any], int] | None:
             pos += 1
             if size >= 0x80:
                 size, pos = _varint(buf, pos - 1)
+                if not buf[pos - 1]:
+                    canonical = False
             if pos + size != datum_end:
                 return None
             latitude = longitude = 0.0
             if pos < datum_end and buf[pos] == 0x09:
                 latitude = _DOUBLE(buf, pos + 1)[0]
                 pos += 9
+                if not latitude:
+                    canonical = False  # upb leaves a 0 out
             if pos < datum_end and buf[pos] == 0x11:
                 longitude = _DOUBLE(buf, pos + 1)[0]
                 pos += 9
+                if not longitude:
+                    canonical = False
             if pos != datum_end:
                 return None
             data[name] = {
@@ -321,5 +489,7 @@ def _read(buf: bytes) -> tuple[dict[str, Any], int] | None:
         if key == LOCATION_FIELD:
             location_seen = True
         pos = datum_end
-    return data, count
+    if canonical and tail is None:
+        tail = (None, False, end, end)  # data alone
+    return data, count, tail if canonical else None
 
