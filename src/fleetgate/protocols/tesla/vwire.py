@@ -20,6 +20,11 @@ for payloads upb has already parsed (so the bytes are valid protobuf) and gives 
 Everything else in a payload (``created_at``, ``vin``, ``is_resend``, unknown fields) is
 skipped here and read from upb. A property test holds both paths equal on generated
 payloads and on every one-byte change of real ones.
+
+:func:`read_vehicle_payload` goes further for a payload in upb's own encoding (what a
+vehicle's protobuf library writes): it also reads ``created_at`` and ``is_resend`` and
+splices the VIN into the bytes, so such a frame needs no upb parse and serialisation at
+all; the same property tests hold its bytes equal to upb's.
 """
 
 from __future__ import annotations
