@@ -329,10 +329,8 @@ class SinkRunner:
                 if self._spilled_from is not None and not self._closing:
                     await self._read_back()
                     continue
-                if self._closing:
+                if not await self._idle():
                     return
-                self._wakeup.clear()
-                await self._wakeup.wait()
                 continue
             await self._linger()
             taken = self._take_batch()
@@ -341,6 +339,14 @@ class SinkRunner:
             batch = [record for entry in taken for record in entry.records]
             if not await self._publish_with_retry(batch, taken):
                 return  # closing, and the backend is still down: the batch stays unconfirmed
+
+    async def _idle(self) -> bool:
+        """Nothing to publish: wait until something is pushed; False when closing."""
+        if self._closing:
+            return False
+        self._wakeup.clear()
+        await self._wakeup.wait()
+        return True
 
     async def _linger(self) -> None:
         """Before taking a short batch: let a little more arrive so small frames share
@@ -375,10 +381,8 @@ class SinkRunner:
                     await self._linger()
                     self._launch()
                     continue
-                if self._closing:
+                if not await self._idle():
                     return
-                self._wakeup.clear()
-                await self._wakeup.wait()
                 continue
             if (
                 self._pending

@@ -232,16 +232,6 @@ class FrameProcessor:
             data, signals, created, is_resend, payload = fast
             if is_resend:
                 data["is_resend"] = True
-            if created is not None:
-                seconds, nanos = created
-                if not (
-                    MIN_TIMESTAMP_SECONDS <= seconds <= MAX_TIMESTAMP_SECONDS
-                    and 0 <= nanos <= MAX_NANOS
-                ):
-                    return None
-                created_at = seconds * 1000 + nanos // 1_000_000
-            else:
-                created_at = stream.created_at * 1000 if stream.created_at else received_at
         else:
             message = _Payload()
             try:
@@ -259,17 +249,20 @@ class FrameProcessor:
                     data["is_resend"] = True
             if message.HasField("created_at"):
                 created_message = message.created_at
-                seconds = created_message.seconds
-                nanos = created_message.nanos
-                if not (
-                    MIN_TIMESTAMP_SECONDS <= seconds <= MAX_TIMESTAMP_SECONDS
-                    and 0 <= nanos <= MAX_NANOS
-                ):
-                    return None
-                created_at = seconds * 1000 + nanos // 1_000_000
+                created = (created_message.seconds, created_message.nanos)
             else:
-                created_at = stream.created_at * 1000 if stream.created_at else received_at
+                created = None
             payload = message.SerializeToString()
+        if created is not None:
+            seconds, nanos = created
+            if not (
+                MIN_TIMESTAMP_SECONDS <= seconds <= MAX_TIMESTAMP_SECONDS
+                and 0 <= nanos <= MAX_NANOS
+            ):
+                return None
+            created_at = seconds * 1000 + nanos // 1_000_000
+        else:
+            created_at = stream.created_at * 1000 if stream.created_at else received_at
         txid_bytes = envelope.txid
         txid = _text(txid_bytes)
         record = new_record(
