@@ -39,9 +39,12 @@ from fleetgate.store_spans import (
     UPSERT_WIDTH,
     DeviceRows,
     SpanIndex,
+    add_runs,
     catch_up,
     compact,
+    has_runs,
     has_spans,
+    lacks_runs,
     walk,
 )
 
@@ -314,10 +317,12 @@ class RecordStore:
         if "seq" not in columns:  # a store made before records carried their offset
             self._writer.execute("ALTER TABLE records ADD COLUMN seq INTEGER")
         # Spans for rows no span covers: every row of a store made before spans (and its
-        # per-record index dropped), or rows an older version wrote into this file.
+        # per-record index dropped), or rows an older version wrote into this file; and all
+        # spans again when some have no runs (written before spans had them).
+        add_runs(self._writer)
         self._spans = SpanIndex.load(self._writer)
         last = self._writer.execute("SELECT coalesce(max(id), 0) FROM records").fetchone()[0]
-        if last > self._spans.covered() or self._has_old_index():
+        if last > self._spans.covered() or self._has_old_index() or lacks_runs(self._writer):
             catch_up(self._writer)
             self._spans = SpanIndex.load(self._writer)
         # Readers: this file, and with ``read_shards`` every worker's file, ATTACHed to as
@@ -495,6 +500,7 @@ class RecordStore:
                     rows += walk(
                         group.connection, schema, device_id, columns=columns, since=since,
                         until=until, where=where, params=params, limit=limit,
+                        runs=group.runs[schema],
                     )
         return rows
 
@@ -542,7 +548,7 @@ class RecordStore:
                         for row in walk(
                             group.connection, schema, device_id, columns=_RECORD_COLUMNS,
                             since=since, until=newest, where=where, params=params,
-                            before=before, limit=limit + 1,
+                            before=before, limit=limit + 1, runs=group.runs[schema],
                         )
                     ]
         rows.sort(key=lambda row: (row[6], row[8], row[7]), reverse=True)
@@ -565,7 +571,7 @@ class RecordStore:
                     for _, schema in group.numbered():
                         rows = walk(
                             group.connection, schema, device_id, columns=_POSITION_COLUMNS,
-                            limit=POSITION_LOOKBACK,
+                            limit=POSITION_LOOKBACK, runs=group.runs[schema],
                         )
                         # The newest record with a position: the walk stops there.
                         first = next(filter(_is_position, rows), None)
@@ -614,6 +620,12 @@ class _ReadGroup:
             # more workers than now): its spans are built here, once.
             if not has_spans(self.connection, schema) and _has_records(self.connection, schema):
                 catch_up(self.connection, schema)
+        # Whether each file's spans have runs (a file whose writer is an older version may
+        # have none: read by id range; a writer adding them later changes no answer).
+        self.runs = {
+            schema: has_spans(self.connection, schema) and has_runs(self.connection, schema)
+            for schema in self.schemas
+        }
 
     def numbered(self) -> list[tuple[int, str]]:
         """(shard index across all files, schema name) of this connection's files."""
