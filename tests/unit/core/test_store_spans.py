@@ -59,15 +59,18 @@ windows = st.tuples(st.none() | st.integers(-5, 65), st.none() | st.integers(-5,
 
 
 @contextmanager
-def tiny_spans(max_ids: int = 9, max_runs: int = 3) -> Iterator[None]:
-    """Spans 6 ms and ``max_ids`` ids wide at most, of ``max_runs`` runs at most, compacted
-    at 4 per device, positions looked for among the newest 3 records: every rule comes into
-    play within a few batches."""
+def tiny_spans(width: int = 6, max_ids: int = 9, max_runs: int = 3) -> Iterator[None]:
+    """Spans ``width`` ms and ``max_ids`` ids wide at most, of ``max_runs`` runs at most,
+    compacted at 4 per device, positions looked for among the newest 3 records: every rule
+    comes into play within a few batches."""
     with (
-        mock.patch.object(store_spans, "SPAN_WIDTH_MS", 6),
+        mock.patch.object(store_spans, "SPAN_WIDTH_MS", width),
         mock.patch.object(store_spans, "SPAN_MAX_IDS", max_ids),
         mock.patch.object(store_spans, "MAX_RUNS", max_runs),
         mock.patch.object(store_spans, "MAX_SPANS_PER_DEVICE", 4),
+        # Short runs read together in chunks of 2, 4, ... ids, fetched 1, 2, 4, ... rows.
+        mock.patch.object(store_spans, "_CHUNK_FIRST", 2),
+        mock.patch.object(store_spans, "_FETCH_FIRST", 1),
         mock.patch.object(store_module, "POSITION_LOOKBACK", 3),
     ):
         yield
@@ -284,14 +287,14 @@ def check_reads(
         st.tuples(st.integers(0, 1), st.lists(records(), max_size=14)), min_size=1, max_size=6
     ),
     shards=st.integers(1, 2),
-    limits=st.sampled_from([(9, 3), (40, 2), (40, 1), (40, 64)]),
+    limits=st.sampled_from([(6, 9, 3), (6, 40, 64), (60, 40, 2), (60, 40, 1), (60, 60, 64)]),
     data=st.data(),
 )
 def test_every_read_answers_what_the_per_record_index_did(
     tmp_path_factory: pytest.TempPathFactory,
     batches: list[tuple[int, list[Record]]],
     shards: int,
-    limits: tuple[int, int],
+    limits: tuple[int, int, int],
     data: st.DataObject,
 ) -> None:
     base = tmp_path_factory.mktemp("store") / "fleetgate.db"
@@ -402,20 +405,23 @@ def indexes(path: Path) -> list[str]:
 @given(
     old=st.lists(records(), max_size=40),
     new=st.lists(records(), max_size=14),
+    limits=st.sampled_from([(6, 9, 3), (60, 40, 2), (60, 60, 64)]),
     data=st.data(),
 )
 def test_a_store_made_before_spans_is_migrated_when_opened(
     tmp_path_factory: pytest.TempPathFactory,
     old: list[Record],
     new: list[Record],
+    limits: tuple[int, int, int],
     data: st.DataObject,
 ) -> None:
     path = tmp_path_factory.mktemp("store") / "fleetgate.db"
     make_old_store(path, old)
-    with tiny_spans():
+    with tiny_spans(*limits):
         store = RecordStore(path)
         try:
             assert indexes(path) == ["spans_by_device"]
+            check_runs(store._writer)
             check_reads(store, [path], data)
             assert store.cursor() == len(old)
             store.write(new)
@@ -565,3 +571,66 @@ def test_spans_without_runs_are_read_by_id_range_and_rebuilt_by_the_writer(
             check_reads(store, [old], data, queries=3)
         finally:
             store.close()
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    max_runs=st.integers(1, 4),
+    rounds=st.integers(1, 12),
+    devices=st.integers(2, 3),
+    per_device=st.integers(1, 3),
+    late=st.booleans(),
+    data=st.data(),
+)
+def test_interleaved_devices_close_spans_at_max_runs_when_written_and_when_migrated(
+    tmp_path_factory: pytest.TempPathFactory,
+    max_runs: int,
+    rounds: int,
+    devices: int,
+    per_device: int,
+    late: bool,
+    data: st.DataObject,
+) -> None:
+    """Devices writing in turn (every run its own), within the span width and ids: a span
+    ends at ``max_runs`` runs, in the writer and in the migration alike; reads in chunks."""
+    names = DEVICES[:devices]
+    batches = [
+        [
+            # ``late``: the last device's times go back (its spans are unordered).
+            Record(
+                "teltonika",
+                name,
+                "position",
+                30 - turn if late and name == names[-1] else turn,
+                turn,
+                {"latitude": 1.5, "longitude": turn + n},
+            )
+            for name in names
+            for n in range(per_device)
+        ]
+        for turn in range(rounds)
+    ]
+    path = tmp_path_factory.mktemp("store") / "fleetgate.db"
+    old = path.with_name("old.db")
+    make_old_store(old, [record for batch in batches for record in batch])
+    with (
+        tiny_spans(width=60, max_ids=1000, max_runs=max_runs),
+        mock.patch.object(store_spans, "MAX_SPANS_PER_DEVICE", 100),
+    ):
+        for file in (path, old):
+            store = RecordStore(file)
+            try:
+                if file == path:
+                    for batch in batches:
+                        store.write(batch)
+                check_runs(store._writer)
+                spans = dict(
+                    store._writer.execute("SELECT device_id, count(*) FROM spans GROUP BY 1")
+                )
+                # Every round is a run of its own (the other devices wrote in between).
+                assert spans == dict.fromkeys(names, -(-rounds // max_runs))
+                check_reads(store, [file], data, queries=3)
+            finally:
+                store.close()
