@@ -5,7 +5,8 @@ connection (serialised by a lock) share a WAL-mode database, so API reads never 
 ingest. Writes are batched: one transaction per sink batch, with per-device counters
 folded in Python first so each batch costs one upsert per device, not per record.
 A device's records are found through *spans* (:mod:`fleetgate.store_spans`: id ranges per
-device, one span row upserted per device and commit) instead of an index on every row.
+device with the device's own runs of ids, one span row upserted per device and commit)
+instead of an index on every row.
 
 With ``workers`` > 1 every worker process writes a file of its own (:func:`shard_path`),
 so each file has exactly one writer; the process that serves the API reads them all.
@@ -500,7 +501,7 @@ class RecordStore:
                     rows += walk(
                         group.connection, schema, device_id, columns=columns, since=since,
                         until=until, where=where, params=params, limit=limit,
-                        runs=group.runs[schema],
+                        runs=group.runs(schema),
                     )
         return rows
 
@@ -548,7 +549,7 @@ class RecordStore:
                         for row in walk(
                             group.connection, schema, device_id, columns=_RECORD_COLUMNS,
                             since=since, until=newest, where=where, params=params,
-                            before=before, limit=limit + 1, runs=group.runs[schema],
+                            before=before, limit=limit + 1, runs=group.runs(schema),
                         )
                     ]
         rows.sort(key=lambda row: (row[6], row[8], row[7]), reverse=True)
@@ -571,7 +572,7 @@ class RecordStore:
                     for _, schema in group.numbered():
                         rows = walk(
                             group.connection, schema, device_id, columns=_POSITION_COLUMNS,
-                            limit=POSITION_LOOKBACK, runs=group.runs[schema],
+                            limit=POSITION_LOOKBACK, runs=group.runs(schema),
                         )
                         # The newest record with a position: the walk stops there.
                         first = next(filter(_is_position, rows), None)
@@ -620,12 +621,19 @@ class _ReadGroup:
             # more workers than now): its spans are built here, once.
             if not has_spans(self.connection, schema) and _has_records(self.connection, schema):
                 catch_up(self.connection, schema)
-        # Whether each file's spans have runs (a file whose writer is an older version may
-        # have none: read by id range; a writer adding them later changes no answer).
-        self.runs = {
-            schema: has_spans(self.connection, schema) and has_runs(self.connection, schema)
-            for schema in self.schemas
-        }
+        self._runs: set[str] = set()
+
+    def runs(self, schema: str) -> bool:
+        """Whether the file's spans have the ``runs`` column. A file a worker of an older
+        version wrote has none (its spans are read by id range) until its writer, upgraded,
+        adds them: looked up again until then (a column is never dropped)."""
+        if (
+            schema not in self._runs
+            and has_spans(self.connection, schema)
+            and has_runs(self.connection, schema)
+        ):
+            self._runs.add(schema)
+        return schema in self._runs
 
     def numbered(self) -> list[tuple[int, str]]:
         """(shard index across all files, schema name) of this connection's files."""

@@ -559,18 +559,21 @@ def test_spans_without_runs_are_read_by_id_range_and_rebuilt_by_the_writer(
         reader = RecordStore(base, read_shards=True)
         try:
             check_reads(reader, [base, old], data, queries=3)
+            store = RecordStore(old)  # its writer, upgraded: every span with runs again
+            try:
+                check_runs(store._writer)
+                check_reads(store, [old], data, queries=3)
+                store.write(batches[0])
+                check_runs(store._writer)
+                check_reads(store, [old], data, queries=3)
+                # The reader opened before the upgrade reads the runs now.
+                check_reads(reader, [base, old], data, queries=3)
+                assert reader._groups[0].runs("shard1")
+            finally:
+                store.close()
         finally:
             reader.close()
             writer.close()
-        store = RecordStore(old)  # its writer, upgraded: every span with runs again
-        try:
-            check_runs(store._writer)
-            check_reads(store, [old], data, queries=3)
-            store.write(batches[0])
-            check_runs(store._writer)
-            check_reads(store, [old], data, queries=3)
-        finally:
-            store.close()
 
 
 @settings(
