@@ -5,7 +5,8 @@ connection (serialised by a lock) share a WAL-mode database, so API reads never 
 ingest. Writes are batched: one transaction per sink batch, with per-device counters
 folded in Python first so each batch costs one upsert per device, not per record.
 A device's records are found through *spans* (:mod:`fleetgate.store_spans`: id ranges per
-device, one span row upserted per device and commit) instead of an index on every row.
+device with the device's own runs of ids, one span row upserted per device and commit)
+instead of an index on every row.
 
 With ``workers`` > 1 every worker process writes a file of its own (:func:`shard_path`),
 so each file has exactly one writer; the process that serves the API reads them all.
@@ -39,9 +40,12 @@ from fleetgate.store_spans import (
     UPSERT_WIDTH,
     DeviceRows,
     SpanIndex,
+    add_runs,
     catch_up,
     compact,
+    has_runs,
     has_spans,
+    lacks_runs,
     walk,
 )
 
@@ -314,10 +318,12 @@ class RecordStore:
         if "seq" not in columns:  # a store made before records carried their offset
             self._writer.execute("ALTER TABLE records ADD COLUMN seq INTEGER")
         # Spans for rows no span covers: every row of a store made before spans (and its
-        # per-record index dropped), or rows an older version wrote into this file.
+        # per-record index dropped), or rows an older version wrote into this file; and all
+        # spans again when some have no runs (written before spans had them).
+        add_runs(self._writer)
         self._spans = SpanIndex.load(self._writer)
         last = self._writer.execute("SELECT coalesce(max(id), 0) FROM records").fetchone()[0]
-        if last > self._spans.covered() or self._has_old_index():
+        if last > self._spans.covered() or self._has_old_index() or lacks_runs(self._writer):
             catch_up(self._writer)
             self._spans = SpanIndex.load(self._writer)
         # Readers: this file, and with ``read_shards`` every worker's file, ATTACHed to as
@@ -495,6 +501,7 @@ class RecordStore:
                     rows += walk(
                         group.connection, schema, device_id, columns=columns, since=since,
                         until=until, where=where, params=params, limit=limit,
+                        runs=group.runs(schema),
                     )
         return rows
 
@@ -542,7 +549,7 @@ class RecordStore:
                         for row in walk(
                             group.connection, schema, device_id, columns=_RECORD_COLUMNS,
                             since=since, until=newest, where=where, params=params,
-                            before=before, limit=limit + 1,
+                            before=before, limit=limit + 1, runs=group.runs(schema),
                         )
                     ]
         rows.sort(key=lambda row: (row[6], row[8], row[7]), reverse=True)
@@ -565,7 +572,7 @@ class RecordStore:
                     for _, schema in group.numbered():
                         rows = walk(
                             group.connection, schema, device_id, columns=_POSITION_COLUMNS,
-                            limit=POSITION_LOOKBACK,
+                            limit=POSITION_LOOKBACK, runs=group.runs(schema),
                         )
                         # The newest record with a position: the walk stops there.
                         first = next(filter(_is_position, rows), None)
@@ -614,6 +621,19 @@ class _ReadGroup:
             # more workers than now): its spans are built here, once.
             if not has_spans(self.connection, schema) and _has_records(self.connection, schema):
                 catch_up(self.connection, schema)
+        self._runs: set[str] = set()
+
+    def runs(self, schema: str) -> bool:
+        """Whether the file's spans have the ``runs`` column. A file a worker of an older
+        version wrote has none (its spans are read by id range) until its writer, upgraded,
+        adds them: looked up again until then (a column is never dropped)."""
+        if (
+            schema not in self._runs
+            and has_spans(self.connection, schema)
+            and has_runs(self.connection, schema)
+        ):
+            self._runs.add(schema)
+        return schema in self._runs
 
     def numbered(self) -> list[tuple[int, str]]:
         """(shard index across all files, schema name) of this connection's files."""

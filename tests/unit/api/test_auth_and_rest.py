@@ -288,7 +288,7 @@ def test_topic_fields_and_time_range(client: TestClient) -> None:
 def test_time_range_queries_read_spans_on_their_index_and_rows_by_id_range(
     store: RecordStore,
 ) -> None:
-    from fleetgate.store_spans import row_query, span_query
+    from fleetgate.store_spans import ids_query, row_query, runs_query, span_query
 
     def plan(connection: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> str:
         rows = connection.execute(f"EXPLAIN QUERY PLAN {sql}", params)
@@ -301,6 +301,19 @@ def test_time_range_queries_read_spans_on_their_index_and_rows_by_id_range(
             sql = row_query("main", "data", " AND topic = ?", ordered)
             rows = plan(connection, sql, (1, 9, IMEI, 1, 2, "position", 10))
             assert "USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)" in rows
+        # A span's runs: each run by id range; short runs by their ids, in id order (no sort).
+        rows = plan(
+            connection, runs_query("main", "data", " AND topic = ?"),
+            ("[[1, 2], [5, 9]]", IMEI, 1, 2, "position", 10),
+        )
+        assert "SCAN json_each" in rows
+        assert "records USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)" in rows
+        rows = plan(
+            connection, ids_query("main", "data", " AND topic = ?"),
+            ("[1, 2, 5]", IMEI, 1, 2, "position", 10),
+        )
+        assert "records USING INTEGER PRIMARY KEY (rowid=?)" in rows
+        assert "TEMP B-TREE" not in rows
         indexes = connection.execute(
             "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'records'"
         ).fetchall()

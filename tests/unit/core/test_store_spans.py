@@ -11,6 +11,7 @@ Stores made before spans (the old index, no spans table) are migrated when opene
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -58,13 +59,18 @@ windows = st.tuples(st.none() | st.integers(-5, 65), st.none() | st.integers(-5,
 
 
 @contextmanager
-def tiny_spans() -> Iterator[None]:
-    """Spans 6 ms and 9 ids wide at most, compacted at 4 per device, positions looked for
-    among the newest 3 records: every rule comes into play within a few batches."""
+def tiny_spans(width: int = 6, max_ids: int = 9, max_runs: int = 3) -> Iterator[None]:
+    """Spans ``width`` ms and ``max_ids`` ids wide at most, of ``max_runs`` runs at most,
+    compacted at 4 per device, positions looked for among the newest 3 records: every rule
+    comes into play within a few batches."""
     with (
-        mock.patch.object(store_spans, "SPAN_WIDTH_MS", 6),
-        mock.patch.object(store_spans, "SPAN_MAX_IDS", 9),
+        mock.patch.object(store_spans, "SPAN_WIDTH_MS", width),
+        mock.patch.object(store_spans, "SPAN_MAX_IDS", max_ids),
+        mock.patch.object(store_spans, "MAX_RUNS", max_runs),
         mock.patch.object(store_spans, "MAX_SPANS_PER_DEVICE", 4),
+        # Short runs read together in chunks of 2, 4, ... ids, fetched 1, 2, 4, ... rows.
+        mock.patch.object(store_spans, "_CHUNK_FIRST", 2),
+        mock.patch.object(store_spans, "_FETCH_FIRST", 1),
         mock.patch.object(store_module, "POSITION_LOOKBACK", 3),
     ):
         yield
@@ -218,6 +224,27 @@ def all_pages(
     raise AssertionError("pages never ended")
 
 
+def check_runs(connection: sqlite3.Connection) -> None:
+    """Every span's runs are exactly its device's ids in its id range (merged when
+    adjacent), at most MAX_RUNS of them unless compacted."""
+    latest = dict(
+        connection.execute("SELECT device_id, max(first_id) FROM spans GROUP BY device_id")
+    )
+    device_ids: dict[str, list[int]] = {}
+    for row_id, device in connection.execute("SELECT id, device_id FROM records ORDER BY id"):
+        device_ids.setdefault(device, []).append(row_id)
+    for device, first, last, blob in connection.execute(
+        "SELECT device_id, first_id, last_id, runs FROM spans"
+    ):
+        runs = store_spans.decode_runs(blob, first)
+        ids = [i for i in device_ids[device] if first <= i <= last]
+        assert [i for start, end in runs for i in range(start, end + 1)] == ids
+        assert all(a[1] + 1 < b[0] for a, b in itertools.pairwise(runs))
+        assert runs[0][0] == first and runs[-1][1] == last
+        if latest[device] == first:  # compaction merges the older spans only
+            assert len(runs) <= store_spans.MAX_RUNS
+
+
 def check_reads(
     store: RecordStore, paths: list[Path], data: st.DataObject, queries: int = 6
 ) -> None:
@@ -260,17 +287,19 @@ def check_reads(
         st.tuples(st.integers(0, 1), st.lists(records(), max_size=14)), min_size=1, max_size=6
     ),
     shards=st.integers(1, 2),
+    limits=st.sampled_from([(6, 9, 3), (6, 40, 64), (60, 40, 2), (60, 40, 1), (60, 60, 64)]),
     data=st.data(),
 )
 def test_every_read_answers_what_the_per_record_index_did(
     tmp_path_factory: pytest.TempPathFactory,
     batches: list[tuple[int, list[Record]]],
     shards: int,
+    limits: tuple[int, int, int],
     data: st.DataObject,
 ) -> None:
     base = tmp_path_factory.mktemp("store") / "fleetgate.db"
     paths = [shard_path(base, index) for index in range(shards)]
-    with tiny_spans():
+    with tiny_spans(*limits):
         writers = [RecordStore(path) for path in paths]
         reader = RecordStore(base, read_shards=True) if shards > 1 else writers[0]
         try:
@@ -284,6 +313,7 @@ def test_every_read_answers_what_the_per_record_index_did(
                     "SELECT count(*) FROM spans GROUP BY device_id"
                 ).fetchall()
                 assert all(count < store_spans.MAX_SPANS_PER_DEVICE for (count,) in counts)
+                check_runs(writer._writer)
         finally:
             for writer in writers:
                 writer.close()
@@ -375,20 +405,23 @@ def indexes(path: Path) -> list[str]:
 @given(
     old=st.lists(records(), max_size=40),
     new=st.lists(records(), max_size=14),
+    limits=st.sampled_from([(6, 9, 3), (60, 40, 2), (60, 60, 64)]),
     data=st.data(),
 )
 def test_a_store_made_before_spans_is_migrated_when_opened(
     tmp_path_factory: pytest.TempPathFactory,
     old: list[Record],
     new: list[Record],
+    limits: tuple[int, int, int],
     data: st.DataObject,
 ) -> None:
     path = tmp_path_factory.mktemp("store") / "fleetgate.db"
     make_old_store(path, old)
-    with tiny_spans():
+    with tiny_spans(*limits):
         store = RecordStore(path)
         try:
             assert indexes(path) == ["spans_by_device"]
+            check_runs(store._writer)
             check_reads(store, [path], data)
             assert store.cursor() == len(old)
             store.write(new)
@@ -447,3 +480,160 @@ def test_a_migration_that_fails_leaves_the_old_file_as_it_was(tmp_path: Path) ->
         assert [r["data"] for r in store.records("a")] == [{}]
     finally:
         store.close()
+
+
+# -- runs -------------------------------------------------------------------------------------
+@given(
+    runs=st.lists(st.tuples(st.integers(1, 20_000), st.integers(0, 300)), min_size=1, max_size=40),
+    first=st.integers(1, 2**40),
+)
+def test_runs_encode_and_decode_and_a_span_extended_run_by_run_encodes_the_same(
+    runs: list[tuple[int, int]], first: int
+) -> None:
+    ranges: list[tuple[int, int]] = []
+    for gap, length in runs:
+        start = ranges[-1][1] + 1 + gap if ranges else first
+        ranges.append((start, start + length))
+    blob = store_spans.encode_runs(ranges, first)
+    assert store_spans.decode_runs(blob, first) == ranges
+    span = store_spans.Span.new(1, "a", first, ranges[0][1], oldest=0, newest=0, ordered=True)
+    for low, high in ranges[1:]:
+        span = span.extended(low, high, 0, 0, True)
+    assert span.runs() == blob  # no run of these follows the previous one directly
+    stored = store_spans.Span.stored(
+        1, "a", first, span.last_id, oldest=0, newest=0, ordered=True, runs=blob
+    )
+    assert stored == span
+
+
+def test_runs_that_follow_each_other_are_one_run() -> None:
+    span = store_spans.Span.new(1, "a", 10, 12, oldest=0, newest=0, ordered=True)
+    span = span.extended(13, 20, 0, 0, True)
+    assert store_spans.decode_runs(span.runs() or b"", 10) == [(10, 20)]
+    assert span.extended(25, 25, 0, 0, True).runs() == store_spans.encode_runs(
+        [(10, 20), (25, 25)], 10
+    )
+
+
+def without_runs(path: Path, how: str, nulled: list[bool]) -> None:
+    """``path``'s spans as a version without runs left them: no ``runs`` column ("column"),
+    or some spans' runs NULL ("null")."""
+    with sqlite3.connect(path) as connection:
+        if how == "column":
+            connection.execute("ALTER TABLE spans DROP COLUMN runs")
+        else:
+            ids = [span_id for (span_id,) in connection.execute("SELECT id FROM spans")]
+            connection.executemany(
+                "UPDATE spans SET runs = NULL WHERE id = ?",
+                [(span_id,) for span_id, null in zip(ids, nulled, strict=False) if null],
+            )
+    connection.close()
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    batches=st.lists(st.lists(records(), max_size=14), min_size=1, max_size=5),
+    how=st.sampled_from(["column", "null"]),
+    nulled=st.lists(st.booleans(), min_size=30, max_size=30),
+    data=st.data(),
+)
+def test_spans_without_runs_are_read_by_id_range_and_rebuilt_by_the_writer(
+    tmp_path_factory: pytest.TempPathFactory,
+    batches: list[list[Record]],
+    how: str,
+    nulled: list[bool],
+    data: st.DataObject,
+) -> None:
+    base = tmp_path_factory.mktemp("store") / "fleetgate.db"
+    old = shard_path(base, 1)  # a worker's file its (older) writer made
+    with tiny_spans():
+        store = RecordStore(old)
+        for batch in batches:
+            store.write(batch)
+        store.close()
+        without_runs(old, how, nulled)
+        writer = RecordStore(base)
+        writer.write([Record("teltonika", "a", "position", 5, 5, {"n": 5})])
+        reader = RecordStore(base, read_shards=True)
+        try:
+            check_reads(reader, [base, old], data, queries=3)
+            store = RecordStore(old)  # its writer, upgraded: every span with runs again
+            try:
+                check_runs(store._writer)
+                check_reads(store, [old], data, queries=3)
+                store.write(batches[0])
+                check_runs(store._writer)
+                check_reads(store, [old], data, queries=3)
+                # The reader opened before the upgrade reads the runs now.
+                check_reads(reader, [base, old], data, queries=3)
+                assert reader._groups[0].runs("shard1")
+            finally:
+                store.close()
+        finally:
+            reader.close()
+            writer.close()
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    max_runs=st.integers(1, 4),
+    rounds=st.integers(1, 12),
+    devices=st.integers(2, 3),
+    per_device=st.integers(1, 3),
+    late=st.booleans(),
+    data=st.data(),
+)
+def test_interleaved_devices_close_spans_at_max_runs_when_written_and_when_migrated(
+    tmp_path_factory: pytest.TempPathFactory,
+    max_runs: int,
+    rounds: int,
+    devices: int,
+    per_device: int,
+    late: bool,
+    data: st.DataObject,
+) -> None:
+    """Devices writing in turn (every run its own), within the span width and ids: a span
+    ends at ``max_runs`` runs, in the writer and in the migration alike; reads in chunks."""
+    names = DEVICES[:devices]
+    batches = [
+        [
+            # ``late``: the last device's times go back (its spans are unordered).
+            Record(
+                "teltonika",
+                name,
+                "position",
+                30 - turn if late and name == names[-1] else turn,
+                turn,
+                {"latitude": 1.5, "longitude": turn + n},
+            )
+            for name in names
+            for n in range(per_device)
+        ]
+        for turn in range(rounds)
+    ]
+    path = tmp_path_factory.mktemp("store") / "fleetgate.db"
+    old = path.with_name("old.db")
+    make_old_store(old, [record for batch in batches for record in batch])
+    with (
+        tiny_spans(width=60, max_ids=1000, max_runs=max_runs),
+        mock.patch.object(store_spans, "MAX_SPANS_PER_DEVICE", 100),
+    ):
+        for file in (path, old):
+            store = RecordStore(file)
+            try:
+                if file == path:
+                    for batch in batches:
+                        store.write(batch)
+                check_runs(store._writer)
+                spans = dict(
+                    store._writer.execute("SELECT device_id, count(*) FROM spans GROUP BY 1")
+                )
+                # Every round is a run of its own (the other devices wrote in between).
+                assert spans == dict.fromkeys(names, -(-rounds // max_runs))
+                check_reads(store, [file], data, queries=3)
+            finally:
+                store.close()
