@@ -310,7 +310,7 @@ class RecordStore:
         self._writer = _connect(self.path)
         # A multi-row statement keeps the pages it changes in a statement journal (to undo
         # itself on an error); past 64 KiB SQLite spills that to a temporary file, ~0.4 KB
-        # of write() per record with a thousand devices' index pages. In memory instead:
+        # of write() per record when it touched a thousand devices' pages. In memory instead:
         # the journal lives for one statement and holds at most the pages it changes.
         self._writer.execute("PRAGMA temp_store=MEMORY")
         self._writer.executescript(_SCHEMA)

@@ -80,7 +80,7 @@ class RunnerSettings:
     max_linger_s: float = 0.005
     # Group commit (the embedded store, when no ack waits for it): a batch short of
     # ``max_batch`` waits until this long after the previous batch was taken. Under load
-    # batches grow to ~rate x fill_s records (a store writes each device's index page once
+    # batches grow to ~rate x fill_s records (a store updates each device's span row once
     # per commit, so its bytes per record fall with the batch); a record arriving after a
     # quiet spell goes at once. 0: ``max_linger_s`` alone.
     fill_s: float = 0.0
