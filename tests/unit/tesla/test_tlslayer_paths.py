@@ -233,6 +233,16 @@ def run(main: Callable[[], Awaitable[Any]]) -> Any:
     return uvloop.run(guarded())
 
 
+def on_each_tls(one: Callable[[str], Awaitable[Any]]) -> dict[str, Any]:
+    """``one(kind)`` against the layer and against uvloop's own TLS, in turn: each outcome."""
+
+    async def main() -> dict[str, Any]:
+        return {kind: await one(kind) for kind in KINDS}
+
+    result: dict[str, Any] = run(main)
+    return result
+
+
 # -- renegotiation ---------------------------------------------------------------------------
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 @pytest.mark.parametrize("kind", KINDS)
@@ -326,10 +336,7 @@ def test_a_record_that_does_not_decrypt_ends_the_session_as_an_error_and_is_coun
             client.writer.transport.abort()
             server.close()
 
-    async def main() -> dict[str, Any]:
-        return {kind: await one(kind) for kind in KINDS}
-
-    seen = run(main)
+    seen = on_each_tls(one)
     assert seen["layer"][:2] == seen["uvloop"][:2]
     events, data, count = seen["layer"]
     assert events == ["made", "lost:SSLError"]
@@ -513,10 +520,7 @@ def test_records_that_come_with_the_last_handshake_flight_are_delivered(
             client.writer.transport.abort()
             server.close()
 
-    async def main() -> dict[str, Any]:
-        return {kind: await one(kind) for kind in KINDS}
-
-    seen = run(main)
+    seen = on_each_tls(one)
     assert seen["layer"] == seen["uvloop"]
     assert seen["layer"][1] == payload
 
@@ -551,10 +555,7 @@ def test_a_peer_gone_in_the_middle_of_a_record_is_a_lost_connection(
             client.writer.transport.abort()
             server.close()
 
-    async def main() -> dict[str, Any]:
-        return {kind: await one(kind) for kind in KINDS}
-
-    seen = run(main)
+    seen = on_each_tls(one)
     assert seen["layer"] == seen["uvloop"]
     events, data = seen["layer"]
     assert data == b"hello"
@@ -585,10 +586,7 @@ def test_a_peer_gone_in_the_middle_of_its_client_hello_fails_the_handshake(
             client.writer.transport.abort()
             server.close()
 
-    async def main() -> dict[str, Any]:
-        return {kind: await one(kind) for kind in KINDS}
-
-    seen = run(main)
+    seen = on_each_tls(one)
     assert seen["layer"] == seen["uvloop"]
     error, events = seen["layer"]
     assert error in ("ConnectionResetError", "ConnectionAbortedError")
@@ -677,10 +675,7 @@ def test_a_bad_client_certificate_fails_the_handshake_and_is_counted(
         finally:
             server.close()
 
-    async def main() -> dict[str, Any]:
-        return {kind: await one(kind) for kind in KINDS}
-
-    seen = run(main)
+    seen = on_each_tls(one)
     assert seen["layer"] == seen["uvloop"]
     _reason, events, counted = seen["layer"]
     assert events == []
