@@ -83,6 +83,32 @@ def test_full_collection_once_the_frozen_objects_grew_past_the_bound() -> None:
     assert pacer.full_collections == 1
 
 
+def test_a_steady_heap_is_not_walked_at_every_tick() -> None:
+    gc.freeze()
+    pacer = CollectorPacer(full_after=100_000)
+    working_set = [Node() for _ in range(1000)]
+    for _ in range(5):
+        working_set = [Node() for _ in range(1000)]  # replaced, as records in flight are
+        pacer.tick()
+    assert pacer.counts == 0
+    assert pacer.full_collections == 0
+    assert working_set
+
+
+def test_heap_growth_without_frozen_growth_is_counted_once_not_at_every_tick() -> None:
+    gc.freeze()
+    pacer = CollectorPacer(full_after=1000)
+    room = max(gc.get_freeze_count(), 1000)
+    numbers = [int(f"{n}1000") for n in range(room + 10)]  # blocks, not collector objects
+    pacer.tick()
+    assert pacer.counts == 1
+    assert pacer.full_collections == 0
+    pacer.tick()
+    pacer.tick()
+    assert pacer.counts == 1
+    assert numbers
+
+
 async def test_runs_on_the_loop_until_stopped() -> None:
     pacer = CollectorPacer(interval_s=0.001, full_after=10**9)
     pacer.start()
