@@ -87,27 +87,11 @@ def serve_traced(config_path: str, trace_path: str, stall_ms: float) -> None:
             return
         mark = {"recv": start, "decoded": end, "handle": perf_counter()}
         task = current_task()
-        current[task] = mark
+        current[task] = self._mark = mark
         try:
             await handle(self, event)
         finally:
             current.pop(task, None)
-        if "ack" in mark and "off" in mark:
-            frames.append(
-                tuple(
-                    mark[k]
-                    for k in (
-                        "recv",
-                        "decoded",
-                        "handle",
-                        "accept",
-                        "appended",
-                        "off",
-                        "woken",
-                        "ack",
-                    )
-                )
-            )
 
     accept = pipeline_module.Pipeline.accept
 
@@ -119,6 +103,15 @@ def serve_traced(config_path: str, trace_path: str, stall_ms: float) -> None:
         if mark is not None:
             mark["woken"] = perf_counter()
         return result
+
+    accept_then = getattr(pipeline_module.Pipeline, "accept_then", None)
+
+    async def traced_accept_then(self: Any, records: Any, answer: Any) -> None:
+        mark = current.get(current_task())
+        if mark is not None:
+            mark["accept"] = perf_counter()
+        assert accept_then is not None
+        await accept_then(self, records, answer)
 
     append = pipeline_module.Pipeline._append
 
@@ -134,9 +127,26 @@ def serve_traced(config_path: str, trace_path: str, stall_ms: float) -> None:
 
     def traced_send(self: Any, data: bytes) -> None:
         send(self, data)
-        mark = current.get(current_task())
-        if mark is not None and "woken" in mark:
+        mark = self.__dict__.get("_mark")
+        if mark is not None and "appended" in mark and "ack" not in mark:
+            # From the task resumed after accept (woken set) or from the ledger itself.
             mark["ack"] = perf_counter()
+            mark.setdefault("woken", mark["ack"])
+            frames.append(
+                tuple(
+                    mark[k]
+                    for k in (
+                        "recv",
+                        "decoded",
+                        "handle",
+                        "accept",
+                        "appended",
+                        "off",
+                        "woken",
+                        "ack",
+                    )
+                )
+            )
 
     write = spool_module._Writer.write
 
@@ -156,6 +166,8 @@ def serve_traced(config_path: str, trace_path: str, stall_ms: float) -> None:
     tcp.TeltonikaSession._handle = traced_handle  # type: ignore[method-assign]
     tcp.TeltonikaSession._send = traced_send  # type: ignore[method-assign]
     pipeline_module.Pipeline.accept = traced_accept  # type: ignore[method-assign]
+    if accept_then is not None:
+        pipeline_module.Pipeline.accept_then = traced_accept_then  # type: ignore[method-assign]
     pipeline_module.Pipeline._append = traced_append  # type: ignore[method-assign]
     spool_module._Writer.write = traced_write  # type: ignore[method-assign]
     spool_module.Spool._committed = traced_committed  # type: ignore[method-assign]

@@ -12,16 +12,24 @@ has taken a batch yet share one *group* (one future, one deadline); a consumer t
 batch closes the groups it is part of, so a group is confirmed by (usually) one publish.
 Groups of the same consumers wake in offset order. One timer, set for the oldest
 deadline, expires groups that waited longer than the ack timeout.
+
+A waiter can also be a callback (:meth:`Ledger.then`): it is called from :meth:`advanced`
+itself, so an ack goes out in the same loop step as the watermark's move rather than in
+a later one, when the waiting task is resumed behind every frame read meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+log = logging.getLogger("fleetgate.pipeline")
+
+Answer = Callable[[bool], None]
 
 class Consumer(Protocol):
     """What the ledger needs from a consumer of records (see :class:`SinkRunner`)."""
@@ -50,6 +58,8 @@ class _Group:
     taken_mark: int  # sum of the consumers' ``taken`` when the group opened
     deadline: float
     future: asyncio.Future[bool]
+    # Callback waiters (Ledger.then): each member's last offset and its answer.
+    calls: list[tuple[int, Answer]] | None = None
 
 
 class Ledger:
@@ -94,7 +104,26 @@ class Ledger:
                 return False
         return True
 
+    def then(self, offset: int, requirement: Requirement, answer: Answer) -> None:
+        """Call ``answer(safe)`` once ``offset`` is settled (what :meth:`wait` returns):
+        now when it is, else straight from the call to :meth:`advanced` that settles it
+        (or from the timeout, or :meth:`close`)."""
+        for consumer in requirement:
+            if consumer.watermark() < offset:
+                if self._closed:
+                    answer(False)
+                    return
+                group = self._group(offset, requirement)
+                if group.calls is None:
+                    group.calls = []
+                group.calls.append((offset, answer))
+                return
+        answer(not _refused(offset, requirement))
+
     def _join(self, offset: int, requirement: Requirement) -> asyncio.Future[bool]:
+        return self._group(offset, requirement).future
+
+    def _group(self, offset: int, requirement: Requirement) -> _Group:
         groups = self._groups.get(requirement)
         if groups is None:
             groups = self._groups[requirement] = deque()
@@ -106,17 +135,18 @@ class Ledger:
             if tail.taken_mark == taken and not tail.future.done():
                 # Nothing of the group has been taken yet: it is confirmed as one.
                 tail.threshold = max(tail.threshold, offset)
-                return tail.future
+                return tail
         loop = asyncio.get_running_loop()
         group = _Group(offset, taken, loop.time() + self.timeout_s, loop.create_future())
         groups.append(group)
         if self._timer is None:
             self._timer = loop.call_at(group.deadline, self._expire)
-        return group.future
+        return group
 
     def advanced(self, consumer: Consumer) -> None:
         """``consumer``'s watermark moved: wake the groups it now settles, oldest first."""
-        for requirement, groups in self._groups.items():
+        # A copy: an answer may make a new requirement's first group.
+        for requirement, groups in list(self._groups.items()):
             if consumer not in requirement:
                 continue
             if not groups:
@@ -126,6 +156,8 @@ class Ledger:
                 group = groups.popleft()
                 if not group.future.done():
                     group.future.set_result(True)
+                if group.calls is not None:
+                    _answer_all(group.calls, requirement)
 
     def _expire(self) -> None:
         self._timer = None
@@ -137,6 +169,8 @@ class Ledger:
                 group = groups.popleft()
                 if not group.future.done():
                     group.future.set_result(False)
+                if group.calls is not None:
+                    _answer_all(group.calls, None)
             if groups and (earliest is None or groups[0].deadline < earliest):
                 earliest = groups[0].deadline
         if earliest is not None:
@@ -152,11 +186,30 @@ class Ledger:
             for group in groups:
                 if not group.future.done():
                     group.future.set_result(False)
+                if group.calls is not None:
+                    _answer_all(group.calls, None)
             groups.clear()
 
     def waiting_groups(self) -> int:
         """Groups not yet settled (for tests and health)."""
         return sum(len(groups) for groups in self._groups.values())
+
+
+def _refused(offset: int, requirement: Requirement) -> bool:
+    for consumer in requirement:  # noqa: SIM110 - no generator per frame
+        if consumer.refused(offset):
+            return True
+    return False
+
+
+def _answer_all(calls: list[tuple[int, Answer]], requirement: Requirement | None) -> None:
+    """Answer a settled group's callbacks (``requirement`` None: all False, not settled);
+    one failing answer does not keep the others from theirs."""
+    for offset, answer in calls:
+        try:
+            answer(requirement is not None and not _refused(offset, requirement))
+        except Exception:
+            log.exception("ledger: answering a waiter failed")
 
 
 def requirement_of(consumers: Sequence[Consumer]) -> Requirement:

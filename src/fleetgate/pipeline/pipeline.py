@@ -22,7 +22,7 @@ from fleetgate.observability.logging import fields
 from fleetgate.observability.ratelimit import LimitedLog
 from fleetgate.pipeline.ack import SPOOL_CONSUMER, AckPolicy
 from fleetgate.pipeline.deadletter import DeadLetters
-from fleetgate.pipeline.ledger import Consumer, Ledger, Requirement, requirement_of
+from fleetgate.pipeline.ledger import Answer, Consumer, Ledger, Requirement, requirement_of
 from fleetgate.pipeline.router import Router
 from fleetgate.pipeline.runner import SinkRunner
 from fleetgate.pipeline.spool import Spool
@@ -219,6 +219,29 @@ class Pipeline:
             else self.requirement_for(records)
         )
         return await self.ledger.wait(offset, requirement)
+
+    async def accept_then(self, records: Sequence[Record], answer: Answer) -> None:
+        """:meth:`accept`, its answer given as ``answer(safe)``: called straight from the
+        ledger when the records settle (the spool's commit reaching the loop), not when
+        a task waiting for them is resumed, a loop step later behind every frame read
+        meanwhile. Returns once the records are appended (``answer`` may have been called).
+        """
+        if not records:
+            answer(True)
+            return
+        uniform = _uniform(records)
+        try:
+            offset = await self._append(records, uniform)
+        except UnspoolableRecordError as exc:
+            self.refuse(records, exc)
+            answer(False)
+            return
+        first = records[0]
+        requirement = (
+            self.requirement(first.topic, first.source) if uniform
+            else self.requirement_for(records)
+        )
+        self.ledger.then(offset, requirement, answer)
 
     def refuse(self, records: Sequence[Record], error: Exception) -> None:
         """Count and log a frame the pipeline would not take (no ack for it)."""

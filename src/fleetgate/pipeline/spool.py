@@ -479,6 +479,9 @@ class Spool:
         self._stopping = False  # the commit thread ends once nothing is pending
         self._abandon = False  # the commit thread ends now (shutdown timed out)
         self._thread: threading.Thread | None = None
+        # What the commit thread reports to the loop (a commit, a failure), in order, not
+        # yet handled there (under ``_lock``); see _report.
+        self._reports: list[tuple[Callable[..., None], tuple[object, ...]]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Future[None] | None = None
         self._recent: deque[Entry] = deque()
@@ -601,6 +604,9 @@ class Spool:
         :func:`~fleetgate.pipeline.spool_format.encode_payload`) for the next commit."""
         if self._closing:
             raise RuntimeError("spool is closed")
+        if self._reports:
+            # A commit ended: its acks go now, not after the rest of the loop's pass.
+            self._take_reports()
         data = frame_entry(first, len(records), payload)
         with self._lock:
             if not self._pending:
@@ -621,7 +627,9 @@ class Spool:
     # One thread writes and syncs; the moment a sync ends it takes whatever accumulated
     # meanwhile and writes that, without a round trip through the event loop (which may be
     # busy for milliseconds), so a frame waits for at most the sync in progress and its
-    # own. The loop only hears "durable up to here" (call_soon_threadsafe) and wakes acks.
+    # own. The loop only hears "durable up to here" and wakes acks: from a callback the
+    # thread posts (call_soon_threadsafe), or sooner, from the next frame's append, when the
+    # loop is in a long pass of frames (the posted callback waits for its end).
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._loop = loop
@@ -661,12 +669,12 @@ class Spool:
                         if len(self._pending) == len(group):
                             self._pending_last = last
                         self._work.clear()
-                    self._post(self._failed, exc)
+                    self._report(self._failed, exc)
                     self._work.wait(delay)  # close() cuts the wait short
                     delay = min(delay * 2, _RETRY_MAX_S)
                     continue
                 delay = _RETRY_INITIAL_S
-                self._post(self._committed, last, size, time.perf_counter() - started)
+                self._report(self._committed, last, size, time.perf_counter() - started)
         finally:
             self._post(self._thread_ended)
 
@@ -674,6 +682,19 @@ class Spool:
         assert self._loop is not None
         with contextlib.suppress(RuntimeError):  # the loop closed (a failed shutdown)
             self._loop.call_soon_threadsafe(callback, *args)
+
+    def _report(self, callback: Callable[..., None], *args: object) -> None:
+        """(Commit thread) queue ``callback(*args)`` for the loop, in order."""
+        with self._lock:
+            self._reports.append((callback, args))
+        self._post(self._take_reports)
+
+    def _take_reports(self) -> None:
+        """On the loop: handle what the commit thread reported so far."""
+        with self._lock:
+            reports, self._reports = self._reports, []
+        for callback, args in reports:
+            callback(*args)
 
     def _committed(self, last: int, size: int, seconds: float) -> None:
         """On the loop: everything up to offset ``last`` is on disk."""

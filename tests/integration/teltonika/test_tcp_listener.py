@@ -294,6 +294,33 @@ async def test_ack_waits_until_the_required_sink_confirmed(tmp_path: Path) -> No
         await server.stop()
 
 
+async def test_a_frame_not_confirmed_in_time_gets_no_ack_and_the_next_one_is_answered(
+    tmp_path: Path,
+) -> None:
+    GatedSink.gate = asyncio.Event()
+    server = await start_server(
+        tmp_path,
+        records={"position": [GATED]},
+        reliable_ack_sources={"position": GATED},
+        ack_timeout_s=0.3,
+    )
+    try:
+        withheld = frames_counter("8", "not_acked")
+        reader, writer = await handshake(server)
+        writer.write(frame("doc-c8-tcp-example1"))
+        async with asyncio.timeout(TIMEOUT):
+            while frames_counter("8", "not_acked") == withheld:  # noqa: ASYNC110 - a metric
+                await asyncio.sleep(0.01)
+        writer.write(frame("doc-c8-tcp-example2"))  # the device resends, or sends the next
+        await assert_no_reply_yet(reader, 0.1)  # nothing for the first frame, ever
+        GatedSink.gate.set()
+        assert await read_ack(reader) == 1
+        writer.close()
+    finally:
+        GatedSink.gate.set()
+        await server.stop()
+
+
 async def test_open_connections_gauge_tracks_sessions(server: Server) -> None:
     def gauge() -> float:
         value = metrics.REGISTRY.get_sample_value(

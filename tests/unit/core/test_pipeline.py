@@ -6,7 +6,15 @@ from typing import Any
 
 import pytest
 
-from fleetgate.pipeline import AckLevel, AckPolicy, Pipeline, Router, RunnerSettings, SinkRunner
+from fleetgate.pipeline import (
+    AckLevel,
+    AckPolicy,
+    Ledger,
+    Pipeline,
+    Router,
+    RunnerSettings,
+    SinkRunner,
+)
 from fleetgate.records import Record
 from fleetgate.sinks.base import (
     Health,
@@ -400,3 +408,53 @@ def test_the_store_group_commits_unless_an_ack_waits_for_it(
     config = Config.model_validate({"data_dir": str(tmp_path), **overrides})
     pipeline = build_pipeline(config)
     assert pipeline.runners[STORE_SINK].settings.fill_s == fill_s
+
+
+class Mark:
+    """A consumer whose watermark the test moves."""
+
+    def __init__(self, name: str = "mark") -> None:
+        self.name = name
+        self.taken = 0
+        self.mark = 0
+        self.refuse: set[int] = set()
+
+    def watermark(self) -> int:
+        return self.mark
+
+    def refused(self, offset: int) -> bool:
+        return offset in self.refuse
+
+
+async def test_then_answers_from_the_advance_itself_in_offset_order() -> None:
+    ledger = Ledger()
+    consumer = Mark()
+    requirement = (consumer,)
+    answers: list[tuple[int, bool]] = []
+    for offset in (1, 2, 3):
+        ledger.then(offset, requirement, lambda safe, o=offset: answers.append((o, safe)))
+    consumer.refuse.add(2)
+    consumer.mark = 3
+    ledger.advanced(consumer)  # no loop step between this and the answers
+    assert answers == [(1, True), (2, False), (3, True)]
+    ledger.then(3, requirement, lambda safe: answers.append((30, safe)))  # settled already
+    assert answers[-1] == (30, True)
+    assert ledger.waiting_groups() == 0
+
+
+async def test_then_answers_false_on_timeout_and_on_close() -> None:
+    ledger = Ledger(timeout_s=0.01)
+    consumer = Mark()
+    answers: list[bool] = []
+    ledger.then(1, (consumer,), answers.append)
+    async with asyncio.timeout(5):
+        while not answers:  # noqa: ASYNC110 - the ledger's timer answers
+            await asyncio.sleep(0.005)
+    assert answers == [False]
+    ledger.timeout_s = 30
+    consumer.taken += 1  # a new group
+    ledger.then(2, (consumer,), answers.append)
+    ledger.close()
+    assert answers == [False, False]
+    ledger.then(3, (consumer,), answers.append)  # closed: at once
+    assert answers == [False, False, False]

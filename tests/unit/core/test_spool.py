@@ -7,6 +7,7 @@ import asyncio
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -318,6 +319,28 @@ async def test_frames_taken_during_a_sync_share_the_next_one(
     release.set()
     assert await first and all(await asyncio.gather(*later))
     assert groups == [1, 10]  # one commit for the ten that came during the first
+    await pipeline.close()
+
+
+async def test_a_commit_that_ended_is_answered_by_the_next_append_on_a_busy_loop(
+    tmp_path: Path,
+) -> None:
+    pipeline = spool_pipeline(tmp_path)
+    spool = pipeline.spool
+    assert spool is not None
+    await pipeline.start()
+    answers: list[bool] = []
+    await pipeline.accept_then([rec(1)], answers.append)
+    assert answers == []  # not durable yet
+    # The loop busy with frames (blocked here): the commit thread's report waits for it.
+    deadline = time.monotonic() + 5
+    while not spool._reports and time.monotonic() < deadline:
+        time.sleep(0.001)  # noqa: ASYNC251 - the loop kept busy on purpose
+    assert spool.durable == 0
+    await pipeline.accept_then([rec(2)], answers.append)  # appends without a loop step
+    assert answers == [True]  # the first frame's ack, from the second frame's append
+    assert spool.durable == 1
+    await wait_for(lambda: answers == [True, True])
     await pipeline.close()
 
 

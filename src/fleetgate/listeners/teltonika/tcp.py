@@ -4,8 +4,9 @@ Each accepted socket gets a :class:`TeltonikaSession` (an ``asyncio.Protocol``).
 straight into the sans-I/O connection; the events it returns are handled in order by one
 worker task per session, because handing records to the pipeline is asynchronous. The
 session writes to the socket from exactly one method, :meth:`TeltonikaSession._send`, and
-the record-count ack is written only after :meth:`Pipeline.accept` said the records are
-safe: an ack is a promise.
+the record-count ack is written only after the pipeline said the records are safe
+(:meth:`Pipeline.accept_then`, which answers from the ledger as soon as they are): an ack
+is a promise. The worker takes the next event only once the frame before it is answered.
 
 Backpressure: when a session has more unhandled events than ``MAX_PENDING_EVENTS`` (the
 pipeline is slow), it stops reading the socket until the worker catches up.
@@ -110,6 +111,9 @@ class TeltonikaSession(asyncio.Protocol):
         # When the first byte of the frame still incomplete in the buffer arrived.
         self._frame_started: float | None = None
         self._handling = False
+        # The AVL frame appended and not answered yet: its record count and codec name
+        # (the ledger answers it through _answer_avl; the worker waits for that).
+        self._unanswered: tuple[int, str] | None = None
         self._paused = False
         self._closed = False
         self._draining = False
@@ -203,7 +207,7 @@ class TeltonikaSession(asyncio.Protocol):
         if not self._identified:
             deadline = self._handshake_deadline
             reason = HANDSHAKE_TIMEOUT
-        elif self._paused or self._handling or self._events:
+        elif self._paused or self._handling or self._events or self._unanswered is not None:
             # The device waits for us (an ack, a paused socket): its clock does not run.
             self._last_activity = now
             deadline = now + settings.idle_timeout_s
@@ -229,15 +233,16 @@ class TeltonikaSession(asyncio.Protocol):
     async def _work(self) -> None:
         try:
             while True:
+                if self._unanswered is not None:  # the next frame waits for this one's ack
+                    if self._closed:
+                        return
+                    await self._idle()
+                    continue
                 if not self._events:
                     if self._closed or self._draining:
                         return
                     self._send_next_command()
-                    waiter = self._waiter = asyncio.get_running_loop().create_future()
-                    try:
-                        await waiter
-                    finally:
-                        self._waiter = None
+                    await self._idle()
                     continue
                 event = self._events.popleft()
                 if self._paused and len(self._events) <= RESUME_PENDING_EVENTS:
@@ -253,6 +258,14 @@ class TeltonikaSession(asyncio.Protocol):
         except Exception:
             log.exception("teltonika session failed", extra=fields(peer=self.peer))
             self.close()
+
+    async def _idle(self) -> None:
+        """Wait for :meth:`_wake`."""
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
 
     async def _handle(self, event: TcpEvent) -> None:
         match event:
@@ -331,8 +344,20 @@ class TeltonikaSession(asyncio.Protocol):
             self.close()
             return
         records = to_records(imei, frame, now_ms(), self._io_table)
-        if await self.pipeline.accept(records):
-            self._send(self.connection.ack(len(records)))
+        # Answered from the ledger (the spool's commit reaching the loop), not when this
+        # task resumes: that is a loop step later, behind every frame read meanwhile.
+        self._unanswered = (len(records), codec)
+        await self.pipeline.accept_then(records, self._answer_avl)
+
+    def _answer_avl(self, safe: bool) -> None:
+        """The pipeline's answer for the frame in :attr:`_unanswered`: ack it or not."""
+        unanswered, self._unanswered = self._unanswered, None
+        if unanswered is None:
+            return
+        count, codec = unanswered
+        self._last_activity = asyncio.get_running_loop().time()
+        if safe:
+            self._send(self.connection.ack(count))
             metrics.labelled(metrics.TELTONIKA_FRAMES, codec, "accepted").inc()
             metrics.labelled(metrics.ACKS, PROTOCOL, "acked").inc()
         else:
@@ -341,8 +366,9 @@ class TeltonikaSession(asyncio.Protocol):
             metrics.ACKS.labels(protocol=PROTOCOL, result="withheld").inc()
             _WITHHELD_LOG.warning(
                 "records not confirmed in time; ack withheld",
-                extra=fields(peer=self.peer, imei=imei, records=len(records)),
+                extra=fields(peer=self.peer, imei=self.connection.imei, records=count),
             )
+        self._wake()
 
     async def _on_gprs(self, frame: GprsFrame) -> None:
         imei = self.connection.imei
