@@ -27,7 +27,7 @@ import asyncio
 import random
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,6 +128,9 @@ class _AcceptAll:
 
     async def accept(self, records: list[Record]) -> bool:
         return True
+
+    async def accept_then(self, records: list[Record], answer: Callable[[bool], None]) -> None:
+        answer(True)
 
 
 def stage_listener(count: int) -> None:
