@@ -70,7 +70,11 @@ def serve_traced(config_path: str, trace_path: str, stall_ms: float) -> None:
     def data_received(self: Any, data: bytes) -> None:
         start = perf_counter()
         before = len(self._events)
+        mark = current[None] = {"recv": start}  # a frame taken at once (no task) marks it
         received(self, data)
+        del current[None]
+        if "appended" in mark:
+            self._mark = mark
         added = len(self._events) - before
         if added > 0:
             queue = self.__dict__.setdefault("_trace", collections.deque())
@@ -113,10 +117,31 @@ def serve_traced(config_path: str, trace_path: str, stall_ms: float) -> None:
         assert accept_then is not None
         await accept_then(self, records, answer)
 
+    accept_now = getattr(pipeline_module.Pipeline, "accept_now", None)
+
+    def traced_accept_now(self: Any, records: Any, answer: Any) -> bool:
+        mark = current.get(current_task())
+        if mark is not None and "handle" not in mark:
+            # Taken in data_received: decoding and the Records are in "recv".
+            mark["decoded"] = mark["handle"] = mark["accept"] = perf_counter()
+        assert accept_now is not None
+        return bool(accept_now(self, records, answer))
+
     append = pipeline_module.Pipeline._append
 
     async def traced_append(self: Any, records: Any, uniform: bool) -> int:
         last = await append(self, records, uniform)
+        mark = current.get(current_task())
+        if mark is not None:
+            mark["appended"] = perf_counter()
+            mark["off"] = last
+        return last
+
+    enqueue = getattr(pipeline_module.Pipeline, "_enqueue", None)
+
+    def traced_enqueue(self: Any, *args: Any) -> int:
+        assert enqueue is not None
+        last = int(enqueue(self, *args))
         mark = current.get(current_task())
         if mark is not None:
             mark["appended"] = perf_counter()
@@ -168,7 +193,12 @@ def serve_traced(config_path: str, trace_path: str, stall_ms: float) -> None:
     pipeline_module.Pipeline.accept = traced_accept  # type: ignore[method-assign]
     if accept_then is not None:
         pipeline_module.Pipeline.accept_then = traced_accept_then  # type: ignore[method-assign]
-    pipeline_module.Pipeline._append = traced_append  # type: ignore[method-assign]
+    if enqueue is not None:
+        pipeline_module.Pipeline._enqueue = traced_enqueue  # type: ignore[method-assign]
+    else:
+        pipeline_module.Pipeline._append = traced_append  # type: ignore[method-assign]
+    if accept_now is not None:
+        pipeline_module.Pipeline.accept_now = traced_accept_now  # type: ignore[method-assign]
     spool_module._Writer.write = traced_write  # type: ignore[method-assign]
     spool_module.Spool._committed = traced_committed  # type: ignore[method-assign]
 

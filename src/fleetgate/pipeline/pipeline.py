@@ -149,6 +149,24 @@ class Pipeline:
 
     async def _append(self, records: Sequence[Record], uniform: bool) -> int:
         """:meth:`append`; ``uniform``: the records share one topic and one source."""
+        routed, single_topic = self._route(records, uniform)
+        spool = self.spool
+        payload = b""
+        if spool is not None:
+            # Encoded first: a record no store could keep is refused before it takes an
+            # offset (UnspoolableRecordError: the frame gets no ack).
+            payload = encode_payload(records)
+            if spool.over_budget:
+                await spool.wait_for_room()
+        for runner, batch in routed:
+            if not runner.has_room(len(batch)):
+                await runner.wait_for_room(len(batch))
+        return self._enqueue(records, routed, single_topic, payload)
+
+    def _route(
+        self, records: Sequence[Record], uniform: bool
+    ) -> tuple[Sequence[tuple[SinkRunner, Sequence[Record]]], bool]:
+        """The records each runner takes, and whether they all share one topic."""
         topic = records[0].topic
         single_topic = uniform or all(record.topic == topic for record in records)
         if single_topic:
@@ -163,18 +181,17 @@ class Pipeline:
                 for runner in self._targets_of(record.topic):
                     grouped.setdefault(runner, []).append(record)
             routed = list(grouped.items())
+        return routed, single_topic
+
+    def _enqueue(
+        self,
+        records: Sequence[Record],
+        routed: Sequence[tuple[SinkRunner, Sequence[Record]]],
+        single_topic: bool,
+        payload: bytes,
+    ) -> int:
+        """Offsets, the spool and every runner, in order, with no wait (there is room)."""
         spool = self.spool
-        payload = b""
-        if spool is not None:
-            # Encoded first: a record no store could keep is refused before it takes an
-            # offset (UnspoolableRecordError: the frame gets no ack).
-            payload = encode_payload(records)
-            if spool.over_budget:
-                await spool.wait_for_room()
-        for runner, batch in routed:
-            if not runner.has_room(len(batch)):
-                await runner.wait_for_room(len(batch))
-        # No await from here on: offsets reach the spool and every runner in order.
         first = self.ledger.assign(len(records))
         last = self.ledger.head
         set_offsets(records, first)
@@ -183,7 +200,9 @@ class Pipeline:
         for runner, batch in routed:
             runner.push(first, last, batch)
         if single_topic:
-            metrics.labelled_adder(metrics.RECORDS, records[0].source, topic)(len(records))
+            metrics.labelled_adder(metrics.RECORDS, records[0].source, records[0].topic)(
+                len(records)
+            )
         else:
             for record in records:
                 metrics.labelled(metrics.RECORDS, record.source, record.topic).inc()
@@ -226,8 +245,7 @@ class Pipeline:
         a task waiting for them is resumed, a loop step later behind every frame read
         meanwhile. Returns once the records are appended (``answer`` may have been called).
         """
-        if not records:
-            answer(True)
+        if self.accept_now(records, answer):
             return
         uniform = _uniform(records)
         try:
@@ -242,6 +260,38 @@ class Pipeline:
             else self.requirement_for(records)
         )
         self.ledger.then(offset, requirement, answer)
+
+    def accept_now(self, records: Sequence[Record], answer: Answer) -> bool:
+        """:meth:`accept_then` from a plain callback (no task): False, with nothing done,
+        when the records would have to wait for room (the disk budget, a full sink queue);
+        the caller then goes the asynchronous way."""
+        if not records:
+            answer(True)
+            return True
+        uniform = _uniform(records)
+        routed, single_topic = self._route(records, uniform)
+        spool = self.spool
+        payload = b""
+        if spool is not None:
+            if spool.over_budget:
+                return False
+            try:
+                payload = encode_payload(records)
+            except UnspoolableRecordError as exc:
+                self.refuse(records, exc)
+                answer(False)
+                return True
+        for runner, batch in routed:
+            if not runner.has_room(len(batch)):
+                return False
+        offset = self._enqueue(records, routed, single_topic, payload)
+        first = records[0]
+        requirement = (
+            self.requirement(first.topic, first.source) if uniform
+            else self.requirement_for(records)
+        )
+        self.ledger.then(offset, requirement, answer)
+        return True
 
     def refuse(self, records: Sequence[Record], error: Exception) -> None:
         """Count and log a frame the pipeline would not take (no ack for it)."""

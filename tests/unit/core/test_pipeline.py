@@ -458,3 +458,26 @@ async def test_then_answers_false_on_timeout_and_on_close() -> None:
     assert answers == [False, False]
     ledger.then(3, (consumer,), answers.append)  # closed: at once
     assert answers == [False, False, False]
+
+
+async def test_accept_now_takes_nothing_when_it_would_wait_and_accept_then_waits() -> None:
+    sink = ScriptedSink("sqlite")
+    sink.gate = asyncio.Event()
+    pipeline, runner = single(sink, RunnerSettings(max_queue_records=4, max_batch=4,
+                                                   max_linger_s=0), level=AckLevel.STORE)
+    await pipeline.start()
+    answers: list[bool] = []
+    assert pipeline.accept_now([rec(i) for i in range(4)], answers.append)
+    assert answers == [] and runner.queued == 4  # taken; the store has not committed
+    head = pipeline.ledger.head
+    assert not pipeline.accept_now([rec(9)], answers.append)  # the queue is full
+    assert pipeline.ledger.head == head and runner.queued == 4 and answers == []
+    later = asyncio.create_task(pipeline.accept_then([rec(9)], answers.append))
+    sink.gate.set()
+    await later
+    async with asyncio.timeout(5):
+        while len(answers) < 2:  # noqa: ASYNC110 - answered from the ledger
+            await asyncio.sleep(0.005)
+    assert answers == [True, True]
+    await pipeline.close()
+    assert sink.delivered == [0, 1, 2, 3, 9]

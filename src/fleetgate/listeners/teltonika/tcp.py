@@ -164,6 +164,8 @@ class TeltonikaSession(asyncio.Protocol):
             # A new frame began in this chunk: its bytes have idle_timeout_s to arrive.
             self._frame_started = now
         if events:
+            if len(events) == 1 and self._take_now(events[0]):
+                return
             self._events.extend(events)
             self._wake()
             if len(self._events) > MAX_PENDING_EVENTS and self.transport is not None:
@@ -335,6 +337,32 @@ class TeltonikaSession(asyncio.Protocol):
                 "tracker rejected: IMEI not allowed", extra=fields(peer=self.peer, imei=imei)
             )
             self.close()
+
+    def _take_now(self, event: TcpEvent) -> bool:
+        """Hand an AVL frame to the pipeline here, without a step of the worker (a loop pass
+        later), when the worker has nothing else to do first and the pipeline has room; the
+        ack still waits for the pipeline's answer (_answer_avl). False: the worker does it."""
+        if (
+            type(event) is not AvlFrame
+            or self._events
+            or self._unanswered is not None
+            or self._handling
+            or self._command is not None
+            or not self._identified
+            or self.connection.imei is None
+        ):
+            return False
+        try:
+            records = to_records(self.connection.imei, event, now_ms(), self._io_table)
+            self._unanswered = (len(records), codec_name(event.codec))
+            if self.pipeline.accept_now(records, self._answer_avl):
+                return True
+        except Exception:  # as the worker does with a frame that fails
+            log.exception("teltonika session failed", extra=fields(peer=self.peer))
+            self.close()
+            return True
+        self._unanswered = None
+        return False
 
     async def _on_avl(self, frame: AvlFrame) -> None:
         imei = self.connection.imei
