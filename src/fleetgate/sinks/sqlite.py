@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from fleetgate.records import Record
 from fleetgate.settings import Section
 from fleetgate.sinks.base import Sink, SinkContext, TransientSinkError
-from fleetgate.store import ROWS_PER_INSERT, BatchBuilder, PreparedBatch, RecordStore
+from fleetgate.store import ROWS_PER_INSERT, BatchBuilder, RecordStore
 
-# How often the store makes its commits power-loss durable (one fdatasync of its WAL): the
-# spool keeps every record the store confirmed since, so this bounds how much more it keeps.
-SYNC_INTERVAL_S = 1.0
 # Records prepared between two yields to the event loop (about 0.3 ms of work); also the
 # rows of one INSERT statement.
 PREPARE_SLICE = ROWS_PER_INSERT
@@ -49,7 +45,6 @@ class SqliteSink(Sink):
         # What an earlier run committed may still sit in the page cache (a killed process).
         self.store.sync()
         self._synced = self.store.cursor() or 0
-        self._synced_at = time.monotonic()
 
     def committed_offset(self) -> int | None:
         # The store commits the spool offset with its rows: replay resumes exactly there.
@@ -57,8 +52,9 @@ class SqliteSink(Sink):
 
     def synced_offset(self) -> int | None:
         # synchronous=NORMAL: a commit survives a crash of the process, not of the machine,
-        # until the WAL is synced; the spool must keep those records until then.
-        return self._synced
+        # until the WAL is synced; the spool must keep those records until then. The store's
+        # checkpointer thread syncs after commits (store.Checkpointer), off the commit path.
+        return max(self._synced, self.store.synced_cursor())
 
     async def publish(self, batch: Sequence[Record]) -> None:
         # The parameters are built here, on the loop; the thread spends its time in SQLite,
@@ -71,27 +67,18 @@ class SqliteSink(Sink):
                 await asyncio.sleep(0)
             builder.add(batch[start : start + PREPARE_SLICE])
         prepared = builder.finish()
-        sync = time.monotonic() - self._synced_at >= SYNC_INTERVAL_S
         try:
-            await asyncio.to_thread(self._commit, prepared, sync)
+            await asyncio.to_thread(self.store.commit, prepared)
         except sqlite3.OperationalError as exc:
             # A full disk, an I/O error, a lock: the same rows may go in later.
             raise TransientSinkError(f"sqlite: {exc}") from exc
         # Anything else (a value SQLite refuses, DataError, OverflowError) is about these
         # rows: the runner finds the refused ones and sets them aside.
 
-        if sync:
-            self._synced = max(self._synced, prepared.cursor)
-            self._synced_at = time.monotonic()
-
-    def _commit(self, prepared: PreparedBatch, sync: bool) -> None:
-        self.store.commit(prepared)
-        if sync:
-            self.store.sync()
-
     async def close(self) -> None:
         # The runner saves its final cursor (everything confirmed) as the spool's.
         self.store.sync()
+        self._synced = max(self._synced, self.store.committed_cursor())
         self.store.close()
 
     def describe(self) -> str:

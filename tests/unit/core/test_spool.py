@@ -620,7 +620,7 @@ async def test_the_spool_keeps_what_the_store_committed_until_the_store_synced_i
     import os
 
     from fleetgate.sinks import sqlite as sqlite_sink
-    from fleetgate.store import RecordStore
+    from fleetgate.store import Checkpointer, RecordStore
 
     synced_files: list[int] = []
     real_fdatasync = os.fdatasync
@@ -629,7 +629,8 @@ async def test_the_spool_keeps_what_the_store_committed_until_the_store_synced_i
         synced_files.append(os.fstat(fd).st_ino)
         real_fdatasync(fd)
 
-    monkeypatch.setattr(sqlite_sink, "SYNC_INTERVAL_S", 3600.0)
+    # The store's checkpointer thread (which syncs after commits) runs no round by itself.
+    monkeypatch.setattr(Checkpointer, "_run", lambda self: self._stopping.wait())
     store = RecordStore(tmp_path / "fleetgate.db")
     sink = sqlite_sink.SqliteSink({}, SinkContext(), store=store)
     runner = SinkRunner(sink, FAST)
@@ -645,11 +646,11 @@ async def test_the_spool_keeps_what_the_store_committed_until_the_store_synced_i
     await wait_for(lambda: runner.watermark() >= 40)
     # Committed, not yet synced: nothing may go, and the saved cursor stays behind.
     assert runner.cursor() == 0
-    # The next commit after the interval syncs the WAL, and the segments can go.
-    monkeypatch.setattr(sqlite_sink, "SYNC_INTERVAL_S", 0.0)
+    # A checkpointer round syncs the WAL, and the segments can go.
     monkeypatch.setattr(os, "fdatasync", recording_fdatasync)
-    assert await pipeline.accept([rec(41)])
-    await wait_for(lambda: runner.cursor() >= 41)
+    assert store._checkpointer is not None
+    store._checkpointer.round()
+    await wait_for(lambda: runner.cursor() >= 40)
     wal = os.stat(tmp_path / "fleetgate.db-wal").st_ino
     assert wal in synced_files
     await pipeline.close()
