@@ -73,6 +73,10 @@ _DOUBLE_MIDDLE: Final = b"\x12\x09\x29"
 _LOCATION_DATUM: Final = struct.Struct("<3sB5sdsd").unpack_from
 _LOCATION_HEAD: Final = b"\x0a\x18\x08"
 _LOCATION_MIDDLE: Final = b"\x12\x14\x3a\x12\x09"
+# A short datum after its (0a, size) head: (08, key, 12, Value length, the member's tag
+# or its first byte, the next byte).
+_SHORT_DATUM: Final = struct.Struct("<6B").unpack_from
+_STRING_TAG: Final = 1 << 3 | _WIRE_BYTES  # string_value
 
 
 def _enum_names(fd: FieldDescriptor) -> Callable[[int], Any]:
@@ -326,6 +330,68 @@ def _read(buf: bytes) -> tuple[dict[str, Any], int, _Tail | None] | None:
                         location_seen = True
                     pos += 26
                     continue
+        if buf[pos] == 0x0A and 6 <= buf[pos + 1] < 0x80:
+            # A short datum: a one-byte key, then a Value of one member in one read;
+            # strings, and varints and floats of one-byte or two-byte member tags.
+            size = buf[pos + 1]
+            datum_end = pos + 2 + size
+            b2, key, b4, length, member, b7 = _SHORT_DATUM(buf, pos + 2)
+            if (
+                b2 == 0x08
+                and b4 == 0x12
+                and length == size - 4
+                and 0 < key < 0x80
+                and datum_end <= end
+            ):
+                name = names.get(key)
+                if name is None:
+                    name = _other_name(key)
+                if member == _STRING_TAG:
+                    if b7 == length - 2:
+                        text = buf[pos + 8 : datum_end].decode("utf-8")
+                        if text:
+                            if key == LOCATION_FIELD and not location_seen and parse_location(text):
+                                return None  # a location_value (as below): upb's path
+                            scientific = "e" in text or "E" in text
+                            if scientific and rewrite_scientific(text) is not None:
+                                return None  # rewritten in the payload: upb's path
+                            data[name] = natural_string(name, text)
+                        else:
+                            data[name] = text
+                        count += 1
+                        if key == LOCATION_FIELD:
+                            location_seen = True
+                        pos = datum_end
+                        continue
+                else:
+                    at = pos + 7  # the member's data, after a one-byte tag
+                    if member >= 0x80:  # a two-byte tag (a member numbered 16 or more)
+                        member = (member & 0x7F) | b7 << 7 if 0 < b7 < 0x80 else 0
+                        at = pos + 8
+                    kind_convert = kinds.get(member)
+                    if kind_convert is not None:
+                        kind, convert = kind_convert
+                        if kind < _INVALID and kind != _STRING and at + 1 == datum_end:
+                            raw = buf[at]
+                            if raw < 0x80 and (kind != _BOOL or raw < 2):
+                                # One varint byte: int32, int64 and enum read it as is.
+                                if kind == _BOOL:
+                                    data[name] = raw == 1
+                                else:
+                                    data[name] = raw if convert is None else convert(raw)
+                                count += 1
+                                if key == LOCATION_FIELD:
+                                    location_seen = True
+                                pos = datum_end
+                                continue
+                        elif kind == _FLOAT_KIND and at + 4 == datum_end:
+                            raw = float32_value(_FLOAT(buf, at)[0])
+                            data[name] = raw if isfinite(raw) else None
+                            count += 1
+                            if key == LOCATION_FIELD:
+                                location_seen = True
+                            pos = datum_end
+                            continue
         tag_at = pos
         tag = buf[pos]
         pos += 1
