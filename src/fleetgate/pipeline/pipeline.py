@@ -232,11 +232,7 @@ class Pipeline:
         except UnspoolableRecordError as exc:
             self.refuse(records, exc)
             return False
-        first = records[0]
-        requirement = (
-            self.requirement(first.topic, first.source) if uniform
-            else self.requirement_for(records)
-        )
+        requirement = self._requirement_of(records, uniform)
         return await self.ledger.wait(offset, requirement)
 
     async def accept_then(self, records: Sequence[Record], answer: Answer) -> None:
@@ -254,11 +250,7 @@ class Pipeline:
             self.refuse(records, exc)
             answer(False)
             return
-        first = records[0]
-        requirement = (
-            self.requirement(first.topic, first.source) if uniform
-            else self.requirement_for(records)
-        )
+        requirement = self._requirement_of(records, uniform)
         self.ledger.then(offset, requirement, answer)
 
     def accept_now(self, records: Sequence[Record], answer: Answer) -> bool:
@@ -271,27 +263,31 @@ class Pipeline:
         uniform = _uniform(records)
         routed, single_topic = self._route(records, uniform)
         spool = self.spool
+        # Room first: a frame that must wait goes the asynchronous way unencoded.
+        if spool is not None and spool.over_budget:
+            return False
+        for runner, batch in routed:
+            if not runner.has_room(len(batch)):
+                return False
         payload = b""
         if spool is not None:
-            if spool.over_budget:
-                return False
             try:
                 payload = encode_payload(records)
             except UnspoolableRecordError as exc:
                 self.refuse(records, exc)
                 answer(False)
                 return True
-        for runner, batch in routed:
-            if not runner.has_room(len(batch)):
-                return False
         offset = self._enqueue(records, routed, single_topic, payload)
-        first = records[0]
-        requirement = (
-            self.requirement(first.topic, first.source) if uniform
-            else self.requirement_for(records)
-        )
+        requirement = self._requirement_of(records, uniform)
         self.ledger.then(offset, requirement, answer)
         return True
+
+    def _requirement_of(self, records: Sequence[Record], uniform: bool) -> Requirement:
+        """What the records' ack waits for; ``uniform``: they share one topic and source."""
+        first = records[0]
+        if uniform:
+            return self.requirement(first.topic, first.source)
+        return self.requirement_for(records)
 
     def refuse(self, records: Sequence[Record], error: Exception) -> None:
         """Count and log a frame the pipeline would not take (no ack for it)."""
