@@ -1,4 +1,5 @@
-"""prometheus_client without the parts of its ``__init__`` a server does not use (issue 11).
+"""prometheus_client, importlib.metadata and logging.config without what a server does not
+use of them (issue 11).
 
 ``import prometheus_client`` runs a package ``__init__`` that imports its HTTP servers, push
 gateway client, WSGI/ASGI apps and default collectors (http.server, urllib.request,
@@ -12,12 +13,23 @@ anyone asks it for another name (``start_http_server``, ``REGISTRY``, ``generate
 ``multiprocess``...), it runs the package's own ``__init__`` then, so everything is there as
 prometheus_client wrote it. Only the order changes: the default registry's process and
 platform collectors are registered when the ``__init__`` runs.
+
+:mod:`importlib.metadata` likewise: it imports zipfile, csv, email.message,
+importlib.resources, tempfile... (about 2 MiB) for ``websockets.version``, which uses it only
+in a development checkout, and for pydantic's plugin loader, which takes ``entry_points``
+from it to look up the ``pydantic`` entry points once, when the first model is built. The
+lean package holds :func:`entry_points`, which answers a group that no installed
+distribution can declare (:func:`declares_no_entry_points`) and asks
+:mod:`importlib.metadata`'s own for any other.
+And :mod:`logging.config` (with logging.handlers and socketserver, ~0.4 MiB), which
+``uvicorn.config`` imports for a ``log_config`` the API server is never given.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.machinery
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +38,7 @@ if TYPE_CHECKING:
     from importlib.abc import Loader
     from types import ModuleType
 
-# Package -> the names set before its __init__ runs, and the module defining each.
+# Module or package -> the names set before its own code runs, and the module defining each.
 LEAN: Mapping[str, Mapping[str, str]] = {
     "prometheus_client": {
         "CollectorRegistry": "prometheus_client.registry",
@@ -38,13 +50,71 @@ LEAN: Mapping[str, Mapping[str, str]] = {
         "Summary": "prometheus_client.metrics",
         "Metric": "prometheus_client.metrics_core",
     },
+    "importlib.metadata": {"entry_points": "fleetgate.lean_imports"},
+    # uvicorn.config imports it for a log_config fleetgate never passes.
+    "logging.config": {},
 }
+
+
+def entry_points(**params: Any) -> Any:
+    """``importlib.metadata.entry_points``: none (``()``) for a group no installed
+    distribution declares (:func:`declares_no_entry_points`), found without importing it;
+    else its own answer."""
+    if params.keys() == {"group"} and declares_no_entry_points(params["group"]):
+        return ()
+    module = importlib.import_module("importlib.metadata")
+    # Still lean (this function is its entry_points): its own __init__ runs now.
+    rest = vars(module).get("__getattr__")
+    own = rest("entry_points") if rest is not None else module.entry_points
+    return own(**params)
+
+
+def declares_no_entry_points(group: str) -> bool:
+    """True when no distribution :mod:`importlib.metadata` finds declares an entry point in
+    ``group``; False when one may (only importlib.metadata can tell then).
+
+    It finds them through the ``find_distributions`` of the finders on ``sys.meta_path``
+    (``PathFinder``'s only is understood here): the ``*.dist-info`` and ``*.egg-info``
+    folders in each ``sys.path`` entry (an ``.egg`` entry's ``EGG-INFO`` and a zip entry's
+    members are left to it), their entry points in ``entry_points.txt`` (none when it
+    cannot be read), each group under a ``[group]`` line: a file that does not mention the
+    name declares none in it.
+    """
+    for finder in sys.meta_path:
+        if (
+            getattr(finder, "find_distributions", None) is not None
+            and finder is not importlib.machinery.PathFinder
+        ):
+            return False
+    for entry in sys.path:
+        if not isinstance(entry, str) or entry.lower().endswith(".egg"):
+            return False
+        root = entry or "."
+        try:
+            children = os.listdir(root)
+        except OSError:
+            if os.path.exists(root):
+                return False  # a zip file, or a folder it may read otherwise
+            continue
+        for child in children:
+            if not child.lower().endswith((".dist-info", ".egg-info")):
+                continue
+            try:
+                with open(os.path.join(root, child, "entry_points.txt"), encoding="utf-8") as f:
+                    text = f.read()
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError):
+                continue
+            except (OSError, ValueError):
+                return False
+            if group in text:
+                return False
+    return True
 
 
 # Finder and loader by their protocols (importlib.abc would import importlib.resources,
 # tempfile, shutil... into every process that imports fleetgate).
 class _LeanLoader:
-    """Executes a package as: its listed names now, its own ``__init__`` on first need."""
+    """Executes a module or package as: its listed names now, its own code on first need."""
 
     def __init__(self, loader: Loader, names: Mapping[str, str]) -> None:
         self.loader = loader
@@ -78,12 +148,9 @@ class _LeanFinder:
         if names is None:
             return None
         spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
-        # A plain package from a directory only; anything else is left to the other finders.
-        if (
-            spec is None
-            or not isinstance(spec.loader, importlib.machinery.SourceFileLoader)
-            or spec.submodule_search_locations is None
-        ):
+        # A plain module or package from a source file only; anything else (frozen,
+        # built in, an extension, a namespace package) is left to the other finders.
+        if spec is None or not isinstance(spec.loader, importlib.machinery.SourceFileLoader):
             return None
         spec.loader = _LeanLoader(spec.loader, names)  # type: ignore[assignment]
         return spec

@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from fleetgate.protocols.mqtt import DEFAULT_ROOT, key_bytes, valid_gateway_id
+# The topic root of fleetgate.protocols.mqtt.topics (a test holds the two equal). The
+# protocol package (signal table, payload codec, HMAC canonical form) is imported only when
+# a config has this section: every config loads this module, few use it (issue 11: memory).
+DEFAULT_ROOT: Final = "vehicles"
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 
@@ -142,6 +145,8 @@ class MqttIngestConfig(BaseModel):
     @field_validator("hmac_keys")
     @classmethod
     def _check_keys(cls, keys: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        from fleetgate.protocols.mqtt import key_bytes, valid_gateway_id
+
         for gateway_id, secret in keys.items():
             if not valid_gateway_id(gateway_id):
                 raise ValueError(f"hmac_keys: {gateway_id!r} is not a gateway id")
@@ -193,6 +198,8 @@ class MqttIngestConfig(BaseModel):
 
     def key_map(self) -> dict[str, bytes]:
         """The HMAC keys as bytes, by gateway id."""
+        from fleetgate.protocols.mqtt import key_bytes
+
         return {
             gateway_id: key_bytes(secret.get_secret_value())
             for gateway_id, secret in self.hmac_keys.items()

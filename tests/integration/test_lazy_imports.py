@@ -1,8 +1,8 @@
 """Memory (issue 11): ``fleetgate serve`` on the embedded defaults loads no module it only
 needs for a first vehicle, a first key operation or a first API request beyond the health
 checks. Each of these costs the idle server megabytes (cryptography ~10, FastAPI ~8,
-protobuf and the Tesla decoding ~5, uvicorn's command line ~1.5, prometheus_client's
-servers ~1.2); an import added back at module level fails here.
+protobuf and the Tesla decoding ~5, importlib.metadata's imports ~2, uvicorn's command line
+~1.5, prometheus_client's servers ~1.2); an import added back at module level fails here.
 
 The server runs as ``fleetgate serve`` does (``fleetgate.cli.main``) in a child process that
 prints the loaded modules it is asked about when ready and on SIGUSR1.
@@ -63,6 +63,20 @@ HEAVY = (
     # Used only when configured: workers > 1, teltonika.command_routing.
     "fleetgate.supervisor",
     "fleetgate.listeners.teltonika.command_routing",
+    # importlib.metadata's own imports (fleetgate.lean_imports: pydantic's plugin lookup,
+    # websockets.version): ~2 MiB.
+    "zipfile",
+    "csv",
+    "email.message",
+    "importlib.resources",
+    "tempfile",
+    # logging.config's (fleetgate.lean_imports: uvicorn.config): ~0.4 MiB.
+    "logging.handlers",
+    "socketserver",
+    "pickle",
+    # The CAN-gateway protocol, when mqtt_ingest is not configured (fleetgate.mqtt_settings).
+    "fleetgate.protocols.mqtt",
+    "rfc8785",
 )
 
 HARNESS = """

@@ -55,6 +55,15 @@ def test_secrets_never_show() -> None:
         MqttIngestConfig(hmac_keys={"bad id": "k"})
 
 
+def test_the_default_topic_root_is_the_protocols() -> None:
+    # mqtt_settings keeps its own copy: the protocol package loads only with the section.
+    from fleetgate import mqtt_settings
+    from fleetgate.protocols.mqtt import DEFAULT_ROOT
+
+    assert mqtt_settings.DEFAULT_ROOT == DEFAULT_ROOT
+    assert MqttIngestConfig().topic_root == DEFAULT_ROOT
+
+
 def refusal(gateway: str | None, reason: RefusalReason = RefusalReason.BAD_PAYLOAD) -> Refusal:
     return Refusal(reason, gateway, "vehicles/x/engine/rpm", "detail")
 
