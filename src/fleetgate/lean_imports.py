@@ -1,5 +1,5 @@
-"""prometheus_client, importlib.metadata and logging.config without what a server does not
-use of them (issue 11).
+"""prometheus_client, importlib.metadata, logging.config, bz2 and lzma without what a server
+does not use of them (issue 11).
 
 ``import prometheus_client`` runs a package ``__init__`` that imports its HTTP servers, push
 gateway client, WSGI/ASGI apps and default collectors (http.server, urllib.request,
@@ -22,7 +22,9 @@ lean package holds :func:`entry_points`, which answers a group that no installed
 distribution can declare (:func:`declares_no_entry_points`) and asks
 :mod:`importlib.metadata`'s own for any other.
 And :mod:`logging.config` (with logging.handlers and socketserver, ~0.4 MiB), which
-``uvicorn.config`` imports for a ``log_config`` the API server is never given.
+``uvicorn.config`` imports for a ``log_config`` the API server is never given; :mod:`bz2`
+and :mod:`lzma` (their libraries, ~0.3 MiB), which :mod:`shutil` imports to know whether
+they are there.
 """
 
 from __future__ import annotations
@@ -53,7 +55,13 @@ LEAN: Mapping[str, Mapping[str, str]] = {
     "importlib.metadata": {"entry_points": "fleetgate.lean_imports"},
     # uvicorn.config imports it for a log_config fleetgate never passes.
     "logging.config": {},
+    # shutil imports them only to know they are there (argparse imports shutil).
+    "bz2": {},
+    "lzma": {},
 }
+# Lean only where the extension module its own code imports is there: without it, the import
+# fails as before (shutil then knows the format is not supported).
+NEEDS: Mapping[str, str] = {"bz2": "_bz2", "lzma": "_lzma"}
 
 
 def entry_points(**params: Any) -> Any:
@@ -151,6 +159,9 @@ class _LeanFinder:
         # A plain module or package from a source file only; anything else (frozen,
         # built in, an extension, a namespace package) is left to the other finders.
         if spec is None or not isinstance(spec.loader, importlib.machinery.SourceFileLoader):
+            return None
+        need = NEEDS.get(fullname)
+        if need is not None and importlib.machinery.PathFinder.find_spec(need) is None:
             return None
         spec.loader = _LeanLoader(spec.loader, names)  # type: ignore[assignment]
         return spec

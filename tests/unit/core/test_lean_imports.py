@@ -234,3 +234,36 @@ def test_logging_config_lean_until_used() -> None:
         "after": ["logging.handlers", "pickle", "socketserver"],
         "file_config": True,
     }
+
+
+COMPRESSION_CHILD = """
+import argparse, json, sys
+import fleetgate
+from fleetgate import lean_imports
+
+if len(sys.argv) > 1:  # as where the extension module is missing
+    lean_imports.NEEDS = {"bz2": "_no_such_extension"}
+argparse.ArgumentParser().add_argument("--x")  # its help formatter imports shutil
+import shutil
+
+HEAVY = ("_bz2", "_lzma", "_compression")
+out = {"before": sorted(n for n in HEAVY if n in sys.modules)}
+out["supported"] = [shutil._BZ2_SUPPORTED, shutil._LZMA_SUPPORTED]
+import bz2, lzma
+out["round_trip"] = [bz2.decompress(bz2.compress(b"abc")) == b"abc",
+                     lzma.decompress(lzma.compress(b"abc")) == b"abc"]
+out["after"] = sorted(n for n in HEAVY if n in sys.modules)
+print(json.dumps(out))
+"""
+
+
+def test_bz2_and_lzma_lean_until_used() -> None:
+    result = run_child(COMPRESSION_CHILD)
+    assert result == {
+        "before": [],
+        "supported": [True, True],
+        "round_trip": [True, True],
+        "after": ["_bz2", "_compression", "_lzma"],
+    }
+    # Without its extension module a package is imported as it is (here: at once).
+    assert run_child(COMPRESSION_CHILD, "missing")["before"] == ["_bz2", "_compression"]
