@@ -18,9 +18,9 @@ platform collectors are registered when the ``__init__`` runs.
 importlib.resources, tempfile... (about 2 MiB) for ``websockets.version``, which uses it only
 in a development checkout, and for pydantic's plugin loader, which takes ``entry_points``
 from it to look up the ``pydantic`` entry points once, when the first model is built. The
-lean package holds :func:`entry_points`, which answers a group that no installed
-distribution can declare (:func:`declares_no_entry_points`) and asks
-:mod:`importlib.metadata`'s own for any other.
+lean package holds :func:`entry_points`, which answers for that group when no installed
+distribution can declare it (:func:`declares_no_entry_points`) and asks
+:mod:`importlib.metadata`'s own otherwise.
 And :mod:`logging.config` (with logging.handlers and socketserver, ~0.4 MiB), which
 ``uvicorn.config`` imports for a ``log_config`` the API server is never given; :mod:`bz2`
 and :mod:`lzma` (their libraries, ~0.3 MiB), which :mod:`shutil` imports to know whether
@@ -64,11 +64,16 @@ LEAN: Mapping[str, Mapping[str, str]] = {
 NEEDS: Mapping[str, str] = {"bz2": "_bz2", "lzma": "_lzma"}
 
 
+# The entry point group answered without importlib.metadata: pydantic's plugins, which
+# pydantic's loader only iterates (an empty tuple has no ``names`` or ``select``).
+PYDANTIC_PLUGINS = "pydantic"
+
+
 def entry_points(**params: Any) -> Any:
-    """``importlib.metadata.entry_points``: none (``()``) for a group no installed
-    distribution declares (:func:`declares_no_entry_points`), found without importing it;
-    else its own answer."""
-    if params.keys() == {"group"} and declares_no_entry_points(params["group"]):
+    """``importlib.metadata.entry_points``: none (``()``) for pydantic's plugin group when no
+    installed distribution declares it (:func:`declares_no_entry_points`), found without
+    importing importlib.metadata; else its own answer."""
+    if params == {"group": PYDANTIC_PLUGINS} and declares_no_entry_points(PYDANTIC_PLUGINS):
         return ()
     module = importlib.import_module("importlib.metadata")
     # Still lean (this function is its entry_points): its own __init__ runs now.

@@ -190,6 +190,8 @@ def test_declares_no_entry_points_only_when_none_can_be_found(
     assert entry_points(group="pydantic") == ()
     assert not declares_no_entry_points("console_scripts")
     assert [e.name for e in entry_points(group="console_scripts")] == ["run"]
+    # Any other group is importlib.metadata's answer, whatever is installed.
+    assert entry_points(group="no.such.group").names == set()
 
     # Where importlib.metadata would look further than dist-info folders: left to it.
     other = tmp_path / "other"
