@@ -31,11 +31,12 @@ import dataclasses
 import logging
 from collections.abc import Generator, Iterable
 from typing import Any, Final
+from typing import Protocol as TypingProtocol
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import PayloadTooBig, ProtocolError
 from websockets.frames import BINARY, CONT, TEXT, CloseCode, Frame, Opcode
-from websockets.protocol import Event, Protocol
+from websockets.protocol import OPEN, Event, Protocol
 from websockets.server import ServerProtocol
 from websockets.typing import Data, LoggerLike
 
@@ -301,11 +302,19 @@ class _FrameList(list[Frame]):
         self[:0] = reversed(list(items))
 
 
+class FrameTaker(TypingProtocol):
+    """What takes whole binary messages straight from :meth:`VehicleConnection.data_received`."""
+
+    def take_now(self, message: bytes) -> bool:
+        """Take ``message`` now (True), or leave it and what follows to ``recv()`` (False,
+        with nothing done)."""
+
+
 class VehicleConnection(ServerConnection):
     """``ServerConnection`` whose oversize binary messages become :class:`OversizeMessage`."""
 
     # Slots, not __dict__ entries: see GatedConnection (gate.py).
-    __slots__ = ("_completed", "_delivered", "_oversize")
+    __slots__ = ("_completed", "_delivered", "_oversize", "taker")
 
     def __init__(self, protocol: ServerProtocol, *args: Any, **kwargs: Any) -> None:
         skip_oversize_messages(protocol)
@@ -317,6 +326,8 @@ class VehicleConnection(ServerConnection):
         self._completed = 0  # data messages completed by the protocol, in order
         self._delivered = 0  # messages handed out by recv_message
         self._oversize: dict[int, int] = {}  # message number -> size of a skipped message
+        # Takes whole binary messages as they arrive while the reader waits in recv().
+        self.taker: FrameTaker | None = None
 
     # websockets wraps the protocol's logger in a LoggerAdapter per connection (with a weak
     # proxy of it as ``extra["websocket"]``): ~0.4 KB per idle vehicle for lines that are
@@ -337,6 +348,66 @@ class VehicleConnection(ServerConnection):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.recv_messages.frames.queue = _FrameList()  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        """websockets' ``data_received``, except that whole binary frames at the start of
+        ``data`` go straight to :attr:`taker` while the reader is waiting in ``recv()``.
+
+        What ``recv()`` would return for them, without the protocol's parser, a ``Frame``
+        each, the assembler's queue and the reader's wake-up: only when nothing is queued
+        or half-read before them (so the order holds), the connection is open, and each
+        frame is one the frame loop would read the same way (FIN, no RSV bits, masked,
+        within the limit, no extension). The first frame that is not, or that the taker
+        leaves, and everything after it go through the library as before.
+        """
+        taker = self.taker
+        if taker is not None and data and data[0] == _FIN_BINARY:
+            protocol = self.protocol
+            assembler = self.recv_messages
+            if (
+                assembler.get_in_progress
+                and not assembler.frames.queue
+                and not protocol.reader.buffer
+                and protocol.state is OPEN
+                and protocol.current_size is None
+                and not protocol.extensions
+                and getattr(protocol, "_skipped", None) is None
+            ):
+                data = self._take_frames(data, taker, protocol.max_message_size)
+                if not data and protocol.state is OPEN:
+                    return  # all taken (else a failure's close frame goes out below)
+        super().data_received(data)
+
+    def _take_frames(self, data: bytes, taker: FrameTaker, limit: int | None) -> bytes:
+        """Hand ``taker`` the whole binary frames at the start of ``data``; the rest."""
+        size = len(data)
+        pos = 0
+        while size - pos >= 6 and data[pos] == _FIN_BINARY:
+            length = data[pos + 1]
+            if length < _MASK:
+                break  # unmasked: the library refuses it
+            length &= 0x7F
+            if length < 126:
+                start = pos + 6
+            elif length == 126 and size - pos >= 8:
+                length = data[pos + 2] << 8 | data[pos + 3]
+                start = pos + 8
+            else:
+                break
+            end = start + length
+            if end > size or (limit is not None and length > limit):
+                break
+            try:
+                taken = taker.take_now(apply_mask(data[start:end], data[start - 4 : start]))
+            except Exception:
+                # As websockets does when a connection's handler fails.
+                self.protocol.logger.error("connection handler failed", exc_info=True)
+                self.protocol.fail(CloseCode.INTERNAL_ERROR)
+                return data[pos:]  # discarded by the failed protocol
+            if not taken:
+                break
+            pos = end
+        return data[pos:] if pos else data
 
     def process_event(self, event: Event) -> None:
         super().process_event(event)

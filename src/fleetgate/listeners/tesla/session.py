@@ -2,10 +2,11 @@
 
 Per binary frame: rate limiter, then ``FrameProcessor.process``; immediate replies (error
 frames, acks that need no sink) are queued for the writer at once. Frames that produced
-records go to the session's :class:`~fleetgate.pipeline.AckQueue`, which appends them to
-the pipeline and answers each once the ack policy says it is safe; only then is its ack
-queued: an ack is a promise (for a topic in ``reliable_ack_sources`` the pipeline waits
-for that sink too).
+records go to the pipeline (:meth:`~fleetgate.pipeline.Pipeline.accept_now`, or
+``accept_then`` when it must wait for room), which answers each frame from the ledger once
+the ack policy says it is safe; only then is its ack queued: an ack is a promise (for a
+topic in ``reliable_ack_sources`` the pipeline waits for that sink too). Frames of one
+requirement are answered in order (the ledger's groups are).
 
 Reading never waits for an ack: up to ``MAX_IN_FLIGHT`` frames per connection may be
 waiting for the pipeline; beyond that the reader pauses (backpressure reaches the vehicle
@@ -21,6 +22,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError
@@ -31,7 +33,7 @@ from fleetgate.listeners.tesla.writer import FrameWriter
 from fleetgate.observability import metrics
 from fleetgate.observability.logging import fields
 from fleetgate.observability.ratelimit import LimitedLog
-from fleetgate.pipeline import AckQueue, Pipeline
+from fleetgate.pipeline import Pipeline
 from fleetgate.protocols.tesla.core import (
     OUTCOME_DISPATCH,
     OUTCOME_TOO_BIG,
@@ -46,6 +48,8 @@ from fleetgate.records import now_ms
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+
+    from fleetgate.records import Record
 
 log = logging.getLogger("fleetgate.tesla")
 
@@ -127,6 +131,16 @@ class SessionSettings:
 class VehicleSession:
     """One connected vehicle, from the upgraded WebSocket to disconnect."""
 
+    # Rarely set, so class defaults (nothing per idle vehicle):
+    # what waits for the next answer from the pipeline (drain, the in-flight limit);
+    _answered: asyncio.Future[None] | None = None
+    # a frame taken in data_received that must wait for the pipeline, handed over by this
+    # task, which the read loop waits for before its next frame;
+    _held: asyncio.Task[None] | None = None
+    # set on stop (abandon_tasks): answers from then on are dropped, as the ack tasks that
+    # made them used to be cancelled.
+    _abandoned = False
+
     def __init__(
         self,
         settings: SessionSettings,
@@ -159,9 +173,8 @@ class VehicleSession:
         self.bytes_by_topic: dict[str, int] = {}
         self.frames = 0
         self._on_close = on_close
-        # (topic, ack reply, record count) of frames waiting for the pipeline; made with the
-        # first frame: an idle vehicle holds no queue (its Event alone is ~0.8 KB).
-        self._acks: AckQueue[tuple[str, bytes | None, int]] | None = None
+        # Frames handed to the pipeline and not yet answered: at most MAX_IN_FLIGHT.
+        self._unanswered = 0
         self._writer = FrameWriter(ws, self._fail)
         self._writer_task: asyncio.Task[None] | None = None
         self._rate_counters: dict[str, _Child] = {}
@@ -183,11 +196,18 @@ class VehicleSession:
         ws = self.ws
         # Messages, or the size of a binary message over the limit whose bytes were skipped.
         recv, delivered, ready = ws.recv, ws.delivered, ws.ready_message
+        # Whole binary frames that arrive while this loop waits in recv() are taken by
+        # data_received itself (take_now): no wake-up of this task per frame.
+        ws.taker = self
         try:
             while True:
                 message: Data | OversizeMessage | None = ready()
                 if message is None:
                     message = delivered(await recv())
+                if self._held is not None:
+                    await self._held  # a frame taken before this one goes first
+                    if self.closed:
+                        break
                 if isinstance(message, str):
                     # Only binary frames are telemetry; anything else ends the session.
                     _TEXT_FRAME_LOG.warning(
@@ -205,8 +225,7 @@ class VehicleSession:
             pass
         finally:
             self.closed = True
-            if self._acks is not None:
-                self._acks.finish()
+            ws.taker = None
             if self._writer_task is not None:
                 self._writer_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -224,6 +243,11 @@ class VehicleSession:
                     duration_sec=round(time.monotonic() - started, 3),
                 ),
             )
+            if self._held is not None:
+                # Its records go to the pipeline before the disconnect's, as they would
+                # have from this loop.
+                with contextlib.suppress(Exception):
+                    await self._held
             await self._connectivity("DISCONNECTED")
             if self._on_close is not None:
                 self._on_close(self)
@@ -232,32 +256,77 @@ class VehicleSession:
         """Stop taking frames, answer the frames taken (at most ``timeout_s``), then close
         the WebSocket normally (1001, going away): the acks go out before the close."""
         self.draining = True
-        if self._acks is not None:
-            await self._acks.drain(timeout_s)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                while self._unanswered:
+                    await self._answer_waited()
         await self._writer.flush()
         with contextlib.suppress(Exception):
             await self.ws.close(1001, "server shutting down")
 
     def abandon_tasks(self) -> set[asyncio.Task[None]]:
-        """Ack tasks still waiting for the pipeline (the listener cancels them on stop)."""
-        return self._acks.pending_tasks() if self._acks is not None else set()
+        """On stop: frames still waiting for the pipeline get no answer from now on.
 
-    def _ack_queue(self) -> AckQueue[tuple[str, bytes | None, int]]:
-        acks = self._acks
-        if acks is None:
-            acks = self._acks = AckQueue(
-                self.settings.pipeline,
-                self._answer,
-                MAX_IN_FLIGHT,
-                name=f"tesla-acks:{self.device_id}",
-            )
-        return acks
+        Their answers come from the ledger, not from tasks, so there is none to cancel."""
+        self._abandoned = True
+        return set()
+
+    def _answer_waited(self) -> asyncio.Future[None]:
+        """A future done with the next answer."""
+        waiter = self._answered
+        if waiter is None:
+            waiter = self._answered = asyncio.get_running_loop().create_future()
+        return waiter
 
     # -- frames --------------------------------------------------------------------------
     async def _on_frame(self, frame: bytes | OversizeMessage) -> None:
+        result = self._take(frame)
+        if result is not None:
+            await self._hand_over(result)
+
+    def take_now(self, message: bytes) -> bool:
+        """A whole binary message from the connection's data_received, while the read loop
+        waits in recv(): handled here, as the loop would (False, with nothing done, leaves
+        it to the loop: frames waiting for the pipeline's room, or the session closing)."""
+        if self.closed or self._held is not None or self._unanswered >= MAX_IN_FLIGHT:
+            return False
+        result = self._take(message)
+        if result is None:
+            return True
+        records = result.records
+        answer = self._answer_for(result, records)
+        self._unanswered += 1  # before: the pipeline may answer at once
+        try:
+            if self.settings.pipeline.accept_now(records, answer):
+                return True
+        except RuntimeError as exc:  # the pipeline is closing
+            self._unanswered -= 1
+            self._held = asyncio.create_task(self._hand_over_later(result, exc))
+            return True
+        self._unanswered -= 1
+        # It must wait for room: handed over from a task, the loop's next frame after it.
+        self._held = asyncio.create_task(self._hand_over_later(result, None))
+        return True
+
+    async def _hand_over_later(self, result: FrameResult, error: RuntimeError | None) -> None:
+        """:meth:`_hand_over` of a frame taken by :meth:`take_now`; a pipeline that is
+        closing ends the session as it does from the read loop."""
+        try:
+            if error is not None:
+                self._pipeline_closed(error)
+            await self._hand_over(result)
+        except ConnectionClosed:
+            with contextlib.suppress(Exception):
+                await self.ws.close()
+        finally:
+            self._held = None
+
+    def _take(self, frame: bytes | OversizeMessage) -> FrameResult | None:
+        """Everything one frame needs but handing its records to the pipeline: the result
+        whose records the pipeline must take, or None when nothing is left to do."""
         self.frames += 1
         if self.draining:
-            return  # not taken, no reply: the vehicle resends it after the restart
+            return None  # not taken, no reply: the vehicle resends it after the restart
         over_limit = not self.limiter.allow(time.monotonic())
         if over_limit and self.settings.rate_limit.enforce:
             # Dropped without a reply: the vehicle resends what was not acked.
@@ -267,7 +336,7 @@ class VehicleSession:
                 "rate_limit_exceeded",
                 extra=fields(vin=self.device_id, txtype=topic, limit=self.limiter.limit),
             )
-            return
+            return None
         # The reference checks the size after the rate limiter; of a skipped frame only
         # its size is left.
         if isinstance(frame, OversizeMessage):
@@ -281,27 +350,36 @@ class VehicleSession:
             self._count_signals(result)
         if result.outcome == OUTCOME_DISPATCH:
             # The usual frame: one Record, its ack once the pipeline has it; no replies.
-            record_type = result.record_type
-            self._count_processed(record_type, result.payload_size)
-            records = result.records
-            try:
-                await self._ack_queue().put(records, (record_type, result.ack_reply, len(records)))
-            except RuntimeError as exc:  # the pipeline is closing: stop reading
-                self._pipeline_closed(exc)
-            return
+            self._count_processed(result.record_type, result.payload_size)
+            return result
         self._count(result)
         for reply in result.immediate_replies:
             self._send(reply)
         if result.records:
-            records = result.records
-            try:
-                await self._ack_queue().put(
-                    records, (records[0].topic, result.ack_reply, len(records))
-                )
-            except RuntimeError as exc:  # the pipeline is closing: stop reading
-                self._pipeline_closed(exc)
-        elif result.ack_reply is not None:
+            return result
+        if result.ack_reply is not None:
             self._send(result.ack_reply)
+        return None
+
+    async def _hand_over(self, result: FrameResult) -> None:
+        """Give the pipeline ``result``'s records; their ack is sent once it answers."""
+        while self._unanswered >= MAX_IN_FLIGHT:
+            await self._answer_waited()
+        records = result.records
+        answer = self._answer_for(result, records)
+        pipeline = self.settings.pipeline
+        self._unanswered += 1  # before: the pipeline may answer at once
+        try:
+            if not pipeline.accept_now(records, answer):
+                await pipeline.accept_then(records, answer)
+        except RuntimeError as exc:  # the pipeline is closing: stop reading
+            self._unanswered -= 1
+            self._pipeline_closed(exc)
+
+    def _answer_for(self, result: FrameResult, records: list[Record]) -> Callable[[bool], None]:
+        # The dispatched frame's own record type; else (a general frame) its records' topic.
+        topic = result.record_type if result.outcome == OUTCOME_DISPATCH else records[0].topic
+        return partial(self._answer, (topic, result.ack_reply, len(records)))
 
     def _pipeline_closed(self, exc: RuntimeError) -> None:
         _PIPELINE_CLOSED_LOG.warning(
@@ -365,6 +443,14 @@ class VehicleSession:
 
     def _answer(self, frame: tuple[str, bytes | None, int], safe: bool) -> None:
         """The pipeline decided on a frame: send its ack if it is safe and still wanted."""
+        self._unanswered -= 1
+        waiter = self._answered
+        if waiter is not None:
+            self._answered = None
+            if not waiter.done():
+                waiter.set_result(None)
+        if self._abandoned:
+            return
         topic, ack_reply, count = frame
         if not safe:
             # Not safe (sink failed or timed out): no ack, so the vehicle resends.
