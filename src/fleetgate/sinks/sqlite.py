@@ -15,11 +15,10 @@ from typing import Any, ClassVar
 from fleetgate.records import Record
 from fleetgate.settings import Section
 from fleetgate.sinks.base import Sink, SinkContext, TransientSinkError
-from fleetgate.store import ROWS_PER_INSERT, BatchBuilder, RecordStore
+from fleetgate.store import BatchBuilder, PreparedBatch, RecordStore
 
-# Records prepared between two yields to the event loop (about 0.3 ms of work); also the
-# rows of one INSERT statement.
-PREPARE_SLICE = ROWS_PER_INSERT
+# Records prepared between two yields to the event loop (about 0.3 ms of work).
+PREPARE_SLICE = 1024
 
 
 class SqliteSettings(Section):
@@ -66,7 +65,17 @@ class SqliteSink(Sink):
             if start:
                 await asyncio.sleep(0)
             builder.add(batch[start : start + PREPARE_SLICE])
-        prepared = builder.finish()
+        finishing = builder.finishing()
+        while True:
+            await asyncio.sleep(0)
+            try:
+                next(finishing)
+            except StopIteration as done:
+                prepared: PreparedBatch = done.value
+                break
+        # Its spans too (per device), so that the commit thread holds the GIL less.
+        for _ in self.store.planning(prepared):
+            await asyncio.sleep(0)
         try:
             await asyncio.to_thread(self.store.commit, prepared)
         except sqlite3.OperationalError as exc:
