@@ -24,7 +24,6 @@ import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from functools import cache
-from itertools import chain
 from operator import attrgetter, le
 from pathlib import Path
 from typing import Any
@@ -175,8 +174,8 @@ class PreparedBatch:
 
 _WIDTH_META = _ROW.count("?")
 _WIDTH_NO_META = _ROW_NO_META.count("?")
-# Devices summed up between two yields of BatchBuilder.finishing (~0.2 ms of work).
-FINISH_DEVICES = 256
+# Devices summed up between two yields of BatchBuilder.finishing (~0.4 ms of work).
+FINISH_DEVICES = 128
 
 
 class BatchBuilder:
@@ -267,7 +266,11 @@ class BatchBuilder:
         groups: list[DeviceRows] = []
         new = tuple.__new__  # DeviceRows is a named tuple: made in C, not by its __new__
         offsets = 0
+        # Every row's parameters, device after device (gathered here, step by step: all of
+        # them at the end took ~2 ms for 10,000 rows in one piece).
+        rows: list[Any] = []
         for number, (device, params) in enumerate(self._rows.items(), 1):
+            rows += params
             created = params[3::width]
             received = params[4::width]
             count = len(created)
@@ -284,7 +287,6 @@ class BatchBuilder:
             offsets += params[width - 1 :: width].count(0)
             if not number % FINISH_DEVICES:
                 yield
-        rows = list(chain.from_iterable(self._rows.values()))
         row = _ROW if width == _WIDTH_META else _ROW_NO_META
         if not offsets:  # every record has its offset: bound as it is
             row = _ROWS_WITH_OFFSETS[row]
