@@ -114,7 +114,6 @@ ROWS_PER_INSERT = 256
 # Opening a file another process is creating waits this long for its lock.
 BUSY_TIMEOUT_MS = 5000
 CACHE_KIB = 16_384
-PAGE_SIZE = 4096
 WAL_AUTOCHECKPOINT_PAGES = 10_000
 # The writer's own checkpoint (inside a commit, at this many WAL pages) is a backstop only:
 # a checkpointer thread copies the WAL into the database after commits (see Checkpointer),
@@ -316,9 +315,6 @@ def _connect(path: Path) -> sqlite3.Connection:
     # First, so that switching to WAL waits for a process still creating the database
     # instead of failing with "database is locked".
     connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    # Before WAL: a new file takes its page size when it is first written (switching to WAL
-    # writes it). A file that exists keeps its own (this does nothing there).
-    connection.execute(f"PRAGMA page_size={PAGE_SIZE}")
     connection.execute("PRAGMA journal_mode=WAL")
     # NORMAL in WAL mode: a commit survives a process crash; only an OS crash or power loss
     # can undo the last transactions. The durable spool will own power-loss durability.
