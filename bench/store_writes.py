@@ -15,6 +15,15 @@ syncs the WAL every second as the sink does. Each report then also splits the CP
 building the batch (the event loop's share) and the commit (the store thread's), and gives
 the wall time per record and the longest commit (a checkpoint's stall).
 
+``--threaded`` commits in a worker thread while the main thread builds the batch in slices
+of ``--slice`` records, as the sqlite sink does (the build's CPU is the main thread's, the
+commit's the worker's, each with its kernel share), and a probe thread wakes every 0.2 ms
+and reports how late it got the GIL back while a commit ran: the longest and the 99th
+percentile of those waits is what the event loop would wait for the commit thread (wall
+clock: meaningful only on an otherwise idle machine; the collector is off, as the server's
+pacer keeps it off the records in flight). The build's holds of the loop are its steps: it
+gives the longest single one (in CPU time).
+
 Run: ``.venv/bin/python bench/store_writes.py --batch 2000 --rows 1500000`` (and
 ``--batch 20000``); the file goes to a temporary directory under ``--dir`` (default: the
 system's), deleted at the end.
@@ -23,14 +32,18 @@ system's), deleted at the end.
 from __future__ import annotations
 
 import argparse
+import gc
 import random
+import resource
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from fleetgate.records import Record, data_json, new_record
-from fleetgate.store import RecordStore
+from fleetgate.store import BatchBuilder, PreparedBatch, RecordStore
 
 DEVICES = 1000
 REPORT_EVERY = 500_000
@@ -77,6 +90,127 @@ def make_batch(rows: int, size: int, kind: str, rng: random.Random) -> list[Reco
     return batch
 
 
+class GilProbe:
+    """A thread that sleeps 0.2 ms at a time and keeps how late it woke (its GIL wait)."""
+
+    PERIOD_S = 0.0002
+
+    def __init__(self) -> None:
+        self.lates: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        lates, sleep, clock, period = self.lates, time.sleep, time.perf_counter, self.PERIOD_S
+        while not self._stop.is_set():
+            before = clock()
+            sleep(period)
+            lates.append(clock() - before - period)
+
+    def take(self) -> list[float]:
+        taken, self.lates[:] = sorted(self.lates), []
+        return taken
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def thread_cpu() -> tuple[float, float]:
+    usage = resource.getrusage(resource.RUSAGE_THREAD)
+    return usage.ru_utime, usage.ru_stime
+
+
+def build_sliced(
+    store: RecordStore, batch: list[Record], size: int
+) -> tuple[PreparedBatch, float]:
+    """The batch built (and its spans planned) as the sink does, in steps; and the longest
+    step (its thread's CPU time: on a busy machine a step's wall time has others' in it)."""
+    clock = time.thread_time
+    longest = 0.0
+    builder = BatchBuilder()
+    for start in range(0, len(batch), size):
+        began = clock()
+        builder.add(batch[start : start + size])
+        longest = max(longest, clock() - began)
+    finishing = getattr(builder, "finishing", None)
+    if finishing is None:  # a version that finishes in one step
+        began = clock()
+        return builder.finish(), max(longest, clock() - began)
+    steps = finishing()
+    while True:
+        began = clock()
+        try:
+            next(steps)
+        except StopIteration as done:
+            prepared: PreparedBatch = done.value
+            longest = max(longest, clock() - began)
+            break
+        longest = max(longest, clock() - began)
+    planning = getattr(store, "planning", None)
+    if planning is not None:  # a version that plans spans ahead of the commit
+        plan_steps = planning(prepared)
+        while True:
+            began = clock()
+            ended = next(plan_steps, True)
+            longest = max(longest, clock() - began)
+            if ended:
+                break
+    return prepared, longest
+
+
+def run_threaded(args: argparse.Namespace, store: RecordStore, rng: random.Random) -> None:
+    # The server keeps the collector off the records in flight (app.CollectorPacer); here
+    # its full collections of the test batches would be the longest holds.
+    gc.disable()
+    pool = ThreadPoolExecutor(1)
+    probe = GilProbe()
+
+    def commit(prepared: PreparedBatch, sync: bool) -> tuple[float, float]:
+        user, system = thread_cpu()
+        store.commit(prepared)
+        if sync:
+            store.sync()
+        after = thread_cpu()
+        return after[0] - user, after[1] - system
+
+    rows = reported_rows = 0
+    build = commit_user = commit_sys = longest_step = 0.0
+    synced_at = time.monotonic()
+    lates: list[float] = []
+    while rows < args.rows:
+        batch = make_batch(rows, args.batch, args.data, rng)
+        started = time.thread_time()
+        prepared, step = build_sliced(store, batch, args.slice)
+        build += time.thread_time() - started
+        longest_step = max(longest_step, step)
+        sync = args.sync and time.monotonic() - synced_at >= 1.0
+        if sync:
+            synced_at = time.monotonic()
+        probe.take()  # the build's holds are its steps (the loop's own)
+        user, system = pool.submit(commit, prepared, sync).result()
+        lates += probe.take()  # the commit thread's holds
+        commit_user += user
+        commit_sys += system
+        rows += args.batch
+        if rows - reported_rows >= args.every:
+            count = rows - reported_rows
+            lates.sort()
+            p99 = lates[int(len(lates) * 0.99)] if lates else 0.0
+            print(f"batch {args.batch}: rows {rows:>10,}: build {build / count * 1e6:4.2f} us "
+                  f"CPU per record (longest step {longest_step * 1e3:5.2f} ms), commit "
+                  f"thread {commit_user / count * 1e6:4.2f} user + "
+                  f"{commit_sys / count * 1e6:4.2f} sys us per record; GIL probe wait "
+                  f"p99 {p99 * 1e3:5.2f} ms, max {(lates[-1] if lates else 0) * 1e3:5.2f} ms",
+                  flush=True)
+            reported_rows = rows
+            build = commit_user = commit_sys = longest_step = 0.0
+            lates = []
+    probe.stop()
+    pool.shutdown()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--batch", type=int, default=2000, help="records per commit")
@@ -87,10 +221,17 @@ def main() -> None:
     parser.add_argument("--sync", action="store_true",
                         help="sync the WAL every second, as the sqlite sink does")
     parser.add_argument("--every", type=int, default=REPORT_EVERY, help="rows per report")
+    parser.add_argument("--threaded", action="store_true",
+                        help="build in slices, commit in a worker thread, probe the GIL")
+    parser.add_argument("--slice", type=int, default=256, help="records per build step")
     args = parser.parse_args()
     rng = random.Random(7)
     with tempfile.TemporaryDirectory(dir=args.dir) as directory:
         store = RecordStore(Path(directory) / "store.db")
+        if args.threaded:
+            run_threaded(args, store, rng)
+            store.close()
+            return
         rows, reported_rows, reported_bytes = 0, 0, written_bytes()
         build = commit = 0.0
         commit_wall = worst = 0.0

@@ -227,3 +227,45 @@ async def test_the_sink_stores_a_batch_larger_than_a_slice(tmp_path: Path) -> No
     ]
     assert stored(store) == [expected_row(r) for r in grouped(batch)]
     await sink.close()
+
+
+def expected_groups(batch: list[Record]) -> list[tuple[str, int, int, int, bool]]:
+    """Per device, in order of its first record: (device, rows, oldest, newest, ordered),
+    folded record by record."""
+    times: dict[str, list[int]] = {}
+    for record in batch:
+        times.setdefault(record.device_id, []).append(record.created_at)
+    return [
+        (device, len(t), min(t), max(t), all(a <= b for a, b in itertools.pairwise(t)))
+        for device, t in times.items()
+    ]
+
+
+# Few devices and times that often go back: the column-wise build's rare branches.
+times = st.integers(-3, 3) | ints
+small_batches = st.lists(
+    st.builds(
+        Record,
+        source=st.sampled_from(["teltonika", "tesla"]),
+        device_id=st.sampled_from(["a", "b", "c"]),
+        topic=st.just("t"),
+        created_at=times,
+        received_at=times,
+        data=st.just({}),
+        offset=st.integers(0, 5),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(batch=small_batches, cut=st.integers(0, 30))
+def test_device_groups_and_counters_are_the_per_record_fold(batch: list[Record], cut: int) -> None:
+    builder = BatchBuilder()
+    builder.add(batch[:cut])
+    builder.add(batch[cut:])
+    prepared = builder.finish()
+    assert [tuple(group) for group in prepared.groups] == expected_groups(batch)
+    devices = [tuple(prepared.devices[i : i + 5]) for i in range(0, len(prepared.devices), 5)]
+    assert {device: tuple(rest) for device, *rest in devices} == expected_devices([batch])
+    assert [device for device, *_ in devices] == list(dict.fromkeys(r.device_id for r in batch))

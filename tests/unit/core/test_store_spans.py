@@ -637,3 +637,145 @@ def test_interleaved_devices_close_spans_at_max_runs_when_written_and_when_migra
                 check_reads(store, [file], data, queries=3)
             finally:
                 store.close()
+
+
+# -- the writer's plan ------------------------------------------------------------------------
+def reference_plan(
+    index: store_spans.SpanIndex, groups: list[store_spans.DeviceRows], first_id: int
+) -> store_spans.SpanPlan:
+    """The plan as Span's own rules make it (takes, extended, new, row): what the written-out
+    loop of SpanIndex.planning must equal."""
+    plan = store_spans.SpanPlan(next_id=index.next_id)
+    touched: dict[str, store_spans.Span] = {}
+    row_id = first_id
+    for device, count, oldest, newest, ordered in groups:
+        last_id = row_id + count - 1
+        span = touched.get(device) or index.latest.get(device)
+        if span is not None and span.takes(row_id, last_id, oldest, newest):
+            span = span.extended(row_id, last_id, oldest, newest, ordered)
+        else:
+            span = store_spans.Span.new(
+                plan.next_id, device, row_id, last_id, oldest=oldest, newest=newest,
+                ordered=ordered,
+            )
+            plan.next_id += 1
+            plan.counts[device] = plan.counts.get(device, index.counts.get(device, 0)) + 1
+        touched[device] = span
+        row_id = last_id + 1
+    for span in touched.values():
+        plan.rows.extend(span.row())
+    plan.latest = touched
+    return plan
+
+
+# Device times a span's width limit is decided on exactly.
+edges = st.sampled_from([0, store_spans.SPAN_WIDTH_MS, store_spans.SPAN_WIDTH_MS + 1])
+device_rows = st.builds(
+    store_spans.DeviceRows,
+    device_id=st.sampled_from(DEVICES),
+    rows=st.integers(1, 3) | st.integers(1, 70_000),
+    oldest=st.integers(0, 5) | st.integers(0, 2 * store_spans.SPAN_WIDTH_MS) | edges,
+    newest=st.integers(0, 5) | st.integers(0, 2 * store_spans.SPAN_WIDTH_MS) | edges,
+    ordered=st.booleans(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    commits=st.lists(
+        st.tuples(st.lists(device_rows, max_size=6), st.integers(0, 200)), max_size=40
+    ),
+    runless=st.sets(st.sampled_from(DEVICES)),
+    most_runs=st.sampled_from([2, 3, store_spans.MAX_RUNS]),
+    most_ids=st.sampled_from([6, 9, store_spans.SPAN_MAX_IDS]),
+)
+def test_the_written_out_plan_is_what_the_span_rules_make(
+    commits: list[tuple[list[store_spans.DeviceRows], int]],
+    runless: set[str],
+    most_runs: int,
+    most_ids: int,
+) -> None:
+    with (
+        mock.patch.object(store_spans, "MAX_RUNS", most_runs),
+        mock.patch.object(store_spans, "SPAN_MAX_IDS", most_ids),
+    ):
+        check_plans(commits, runless)
+
+
+def check_plans(
+    commits: list[tuple[list[store_spans.DeviceRows], int]], runless: set[str]
+) -> None:
+    index = store_spans.SpanIndex()
+    # Spans written before spans had runs: never extended.
+    for number, device in enumerate(sorted(runless), 1):
+        index.latest[device] = store_spans.Span(number, device, 1, 1, 0, 0, True, None)
+        index.counts[device] = 1
+        index.next_id = number + 1
+    row_id = 2
+    for groups, skipped in commits:  # other rows (another writer's, a gap) between commits
+        row_id += skipped
+        plan = index.plan(groups, row_id)
+        expected = reference_plan(index, groups, row_id)
+        assert plan.rows == expected.rows
+        assert plan.latest == expected.latest
+        assert (plan.counts, plan.next_id) == (expected.counts, expected.next_id)
+        assert (plan.first_id, plan.base) == (row_id, index.version)
+        index.apply(plan)
+        assert index.version != plan.base
+        row_id += sum(group.rows for group in groups)
+
+
+def spans_table(store: RecordStore) -> list[tuple[Any, ...]]:
+    return store._writer.execute("SELECT * FROM spans ORDER BY id").fetchall()
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    batches=st.lists(st.lists(records(), min_size=1, max_size=10), min_size=2, max_size=5),
+    overtaken=st.integers(0, 4),
+)
+def test_spans_planned_ahead_are_what_the_commit_plans_even_when_another_commit_came_first(
+    tmp_path_factory: pytest.TempPathFactory, batches: list[list[Record]], overtaken: int
+) -> None:
+    directory = tmp_path_factory.mktemp("store")
+    ahead, inline = RecordStore(directory / "ahead.db"), RecordStore(directory / "inline.db")
+    try:
+        overtaken %= len(batches)
+        early = RecordStore.prepare(batches[overtaken])
+        list(ahead.planning(early))  # planned, then another batch commits before it
+        assert early.spans is not None
+        order = [b for n, b in enumerate(batches) if n != overtaken] + [batches[overtaken]]
+        for batch in order[:-1]:
+            prepared = RecordStore.prepare(batch)
+            list(ahead.planning(prepared))
+            ahead.commit(prepared)
+            inline.commit(RecordStore.prepare(batch))
+        ahead.commit(early)
+        inline.commit(RecordStore.prepare(order[-1]))
+        assert spans_table(ahead) == spans_table(inline)
+        assert ahead._spans.latest == inline._spans.latest
+        for device in DEVICES:
+            assert ahead.records(device, limit=100) == inline.records(device, limit=100)
+    finally:
+        ahead.close()
+        inline.close()
+
+
+def test_a_plan_made_ahead_is_not_used_again_after_its_commit_failed(tmp_path: Path) -> None:
+    store = RecordStore(tmp_path / "db.sqlite")
+    store.write([Record("s", "a", "t", 1, 1, {}, offset=1)])
+    batch = RecordStore.prepare([Record("s", "a", "t", 2, 2, {"x": "y" * 2000}, offset=2)])
+    list(store.planning(batch))
+    assert batch.spans is not None
+    store._writer.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 1000)
+    with pytest.raises(sqlite3.DataError):
+        store.commit(batch)
+    assert batch.spans is None and store._next_row is None
+    store._writer.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 10**6)
+    store.commit(batch)
+    assert [r["created_at"] for r in store.records("a")] == [
+        "1970-01-01T00:00:00.002Z", "1970-01-01T00:00:00.001Z"
+    ]
+    store.close()
