@@ -44,14 +44,15 @@ def fresh(text: str) -> str:
 
 @st.composite
 def batches(draw: st.DrawFn) -> list[Record]:
-    """Records from a few heads (shared objects, or equal copies), with runs of times
+    """Records from a few names (shared objects, or equal copies), with runs of times
     stepping within and across minutes, some with their JSON or data JSON cached."""
-    heads = draw(st.lists(st.tuples(names, names, names), min_size=1, max_size=3))
+    # Each name from its own small pool: runs where only one of the three changes.
+    pools = [draw(st.lists(names, min_size=1, max_size=3)) for _ in range(3)]
     batch: list[Record] = []
     created = draw(times)
     received = draw(times)
     for _ in range(draw(st.integers(1, 12))):
-        source, device, topic = heads[draw(st.integers(0, len(heads) - 1))]
+        source, device, topic = (pool[draw(st.integers(0, len(pool) - 1))] for pool in pools)
         if draw(st.booleans()):
             source, device, topic = fresh(source), fresh(device), fresh(topic)
         if draw(st.booleans()):
