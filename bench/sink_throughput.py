@@ -28,6 +28,14 @@ the mqtt sink against paho-mqtt itself, the client under aiomqtt.
 Run: ``.venv/bin/python bench/sink_throughput.py [redis nats postgres zmq ...]
 [--records 50000] [--batch 1000] [--submission 10] [--repeat 2] [--serialized | --spooled] [--no-bare]``
 
+``--measure`` counts instructions instead (``valgrind --tool=callgrind``, which wall-clock
+noise does not move): each side runs once in a fresh process under callgrind at two record
+counts (``--measure-sizes``), once with its timed part and once without it (the same setup:
+records, payloads, connections); the two differences, divided by the extra records, give
+the instructions per record of the timed part alone, e.g.
+``bench/sink_throughput.py zmq --spooled --measure``. Every thread of the process is
+counted (libzmq's I/O thread too), not the server's; the backend's count is not checked.
+
 Adding a sink: write an ``@target("name")`` async context manager that starts the server
 and yields a :class:`Backend`.
 """
@@ -38,6 +46,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import re
 import shutil
 import statistics
 import subprocess
@@ -717,7 +726,8 @@ def new_context() -> SinkContext:
     return SinkContext(namespace=f"bench{services.free_port()}")
 
 
-async def run_fleetgate(backend: Backend, args: argparse.Namespace) -> Run:
+async def run_fleetgate(backend: Backend, args: argparse.Namespace, timed: bool = True) -> Run:
+    """``timed`` False: the same setup and teardown without the submissions (--measure)."""
     ctx = new_context()
     records = teltonika_records(args.records)
     if args.serialized:
@@ -739,25 +749,31 @@ async def run_fleetgate(backend: Backend, args: argparse.Namespace) -> Run:
     step = args.submission
     started, cpu = time.perf_counter(), time.process_time()
     last = 0
-    for i in range(0, len(records), step):
+    for i in range(0, len(records) if timed else 0, step):
         last = await pipeline.append(records[i : i + step])
-    if not await pipeline.settled(last, pipeline.requirement(records[0].topic)):
+    if timed and not await pipeline.settled(last, pipeline.requirement(records[0].topic)):
         raise SystemExit(f"{sink.name}: records refused")
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     await runner.close()
     n = len(records)
+    if args.stage:
+        return Run(n / max(elapsed, 1e-9), cpu / n * 1e6, n, n)  # under callgrind
     return Run(n / elapsed, cpu / n * 1e6, await backend.count(ctx), n)
 
 
-async def run_bare(backend: Backend, args: argparse.Namespace) -> Run:
+async def run_bare(backend: Backend, args: argparse.Namespace, timed: bool = True) -> Run:
+    """``timed`` False: the same setup and teardown without the send (--measure)."""
     assert backend.bare is not None
     ctx = new_context()
     records = teltonika_records(args.records)
     async with backend.bare(ctx, records) as send:
         started, cpu = time.perf_counter(), time.process_time()
-        await send()
+        if timed:
+            await send()
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     n = len(records)
+    if args.stage:
+        return Run(n / max(elapsed, 1e-9), cpu / n * 1e6, n, n)  # under callgrind
     return Run(n / elapsed, cpu / n * 1e6, await backend.count(ctx), n)
 
 
@@ -801,7 +817,75 @@ async def run_one(name: str, args: argparse.Namespace, base: Path) -> str:
     )
 
 
+# --measure: (side, with its timed part) for each stage a child process runs under callgrind
+STAGES = {
+    "fleetgate": (run_fleetgate, True),
+    "fleetgate-setup": (run_fleetgate, False),
+    "bare": (run_bare, True),
+    "bare-setup": (run_bare, False),
+}
+
+
+async def run_stage(name: str, args: argparse.Namespace) -> int:
+    """One stage of ``--measure`` (this process runs under callgrind)."""
+    base = Path(tempfile.mkdtemp(prefix="fleetgate-sink-bench-"))
+    try:
+        async with TARGETS[name](base) as backend:
+            run, timed = STAGES[args.stage]
+            await run(backend, args, timed)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+def callgrind_instructions(name: str, args: argparse.Namespace, stage: str, records: int) -> int:
+    """Instructions callgrind counts for one stage run of ``records`` records."""
+    argv = [sys.executable, str(Path(__file__).resolve()), name, "--stage", stage,
+            "--records", str(records), "--batch", str(args.batch),
+            "--submission", str(args.submission)]
+    if args.spooled:
+        argv.append("--spooled")
+    if args.serialized:
+        argv.append("--serialized")
+    done = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv],
+        capture_output=True, text=True, check=False,
+    )
+    match = re.search(r"Collected : (\d+)", done.stderr)
+    if done.returncode or not match:
+        raise SystemExit(f"{name} {stage}: callgrind run failed:\n{done.stderr[-2000:]}")
+    return int(match.group(1))
+
+
+def measure(args: argparse.Namespace) -> int:
+    """``--measure``: callgrind instructions per record of each side's timed part."""
+    names = args.sinks or ["zmq"]
+    small, large = args.measure_sizes
+    print("command: " + " ".join([Path(sys.executable).name, *sys.argv]), flush=True)
+    for name in names:
+        per_record: dict[str, float] = {}
+        for side in ("fleetgate", "bare"):
+            if side == "bare" and args.no_bare:
+                continue
+            counts = {
+                stage: [callgrind_instructions(name, args, stage, n) for n in (small, large)]
+                for stage in (side, f"{side}-setup")
+            }
+            timed = counts[side][1] - counts[side][0]
+            setup = counts[f"{side}-setup"][1] - counts[f"{side}-setup"][0]
+            per_record[side] = (timed - setup) / (large - small)
+            print(f"  {name} {side:<9} {per_record[side]:>9,.0f} instructions per record "
+                  f"(setup {setup / (large - small):,.0f} per record, excluded)", flush=True)
+        if "bare" in per_record:
+            ratio = per_record["bare"] / per_record["fleetgate"]
+            print(f"| {name} | {per_record['bare']:,.0f} | {per_record['fleetgate']:,.0f} "
+                  f"| **{ratio:.2f}** |", flush=True)
+    return 0
+
+
 async def main(args: argparse.Namespace) -> int:
+    if args.stage:
+        return await run_stage(args.sinks[0], args)
     names = args.sinks or list(TARGETS)
     unknown = [n for n in names if n not in TARGETS]
     if unknown:
@@ -854,13 +938,28 @@ def parse_args() -> argparse.Namespace:
         help="fleetgate's records arrive with their data JSON made (outside the timing), as "
         "the spool's encoding leaves them in production; the sink makes the rest",
     )
-    return parser.parse_args()
+    parser.add_argument(
+        "--measure",
+        action="store_true",
+        help="callgrind instructions per record of each side's timed part (default sink: zmq)",
+    )
+    parser.add_argument(
+        "--measure-sizes", type=int, nargs=2, default=(2000, 12000), metavar=("SMALL", "LARGE"),
+        help="the two record counts --measure runs each stage at",
+    )
+    parser.add_argument("--stage", choices=list(STAGES), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.stage and len(args.sinks) != 1:
+        parser.error("--stage runs one sink")
+    return args
 
 
-ARGS = argparse.Namespace(batch=1000)  # replaced by the command line in __main__
+ARGS = argparse.Namespace(batch=1000, stage=None)  # replaced by the command line in __main__
 
 if __name__ == "__main__":
     ARGS = parse_args()
+    if ARGS.measure:
+        sys.exit(measure(ARGS))
     try:
         import uvloop
 

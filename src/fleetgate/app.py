@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from fleetgate import __version__
 from fleetgate.config import AckLevel, Config, StatsdConfig
-from fleetgate.forms import wire_payload
+from fleetgate.forms import wire_payloads
 from fleetgate.listeners.teltonika.command_center import command_center
 from fleetgate.listeners.teltonika.commands import CommandCenter
 from fleetgate.listeners.teltonika.tcp import create_listener as teltonika_tcp_listener
@@ -168,7 +168,9 @@ def build_pipeline(config: Config, store: RecordStore | None = None) -> Pipeline
         sink = build_sink(name, config.sink_section(name), context)
         reliable = [t for t, s in config.reliable_ack_sources.items() if s == name]
         hooks = dispatcher_metrics(
-            name, reliable, lambda r: len(wire_payload(r, config.transmit_decoded_records))
+            name,
+            reliable,
+            lambda batch: list(map(len, wire_payloads(batch, config.transmit_decoded_records))),
         )
         runners[name] = SinkRunner(sink, settings, hooks)
     policy = AckPolicy(

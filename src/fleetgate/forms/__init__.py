@@ -15,10 +15,10 @@ The built-in forms are listed here, by source; ``register_*`` add forms for plug
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from fleetgate.records import SOURCE_TESLA, Record, record_dict, record_json
+from fleetgate.records import SOURCE_TESLA, Record, record_dict, record_json, record_jsons
 
 # (record, transmit_decoded) -> bytes
 WireForm = Callable[[Record, bool], bytes]
@@ -85,6 +85,23 @@ def wire_payload(record: Record, transmit_decoded: bool = False) -> bytes:
     if form is None:
         return record_json(record)
     return form(record, transmit_decoded)
+
+
+def wire_payloads(records: Sequence[Record], transmit_decoded: bool = False) -> list[bytes]:
+    """:func:`wire_payload` of each of ``records`` (a sink's batch), the same bytes.
+
+    A batch whose sources all send the record JSON is serialised by
+    :func:`~fleetgate.records.record_jsons` in one loop (the sources are compared by
+    identity: a frame's records share one string).
+    """
+    forms = _wire_forms
+    source = None
+    for record in records:
+        if record.source is not source:
+            source = record.source
+            if source in forms:
+                return [wire_payload(record, transmit_decoded) for record in records]
+    return record_jsons(records)
 
 
 def log_data(record: Record, verbose: bool) -> Any:

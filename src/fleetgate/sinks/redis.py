@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field
 
-from fleetgate.forms import wire_payload
+from fleetgate.forms import wire_payloads
 from fleetgate.records import Record
 from fleetgate.settings import ConfigError, Section, TlsFiles
 from fleetgate.sinks.base import PermanentSinkError, Sink, SinkContext, TransientSinkError
@@ -227,8 +227,8 @@ class RedisSink(Sink):
         subscribers = await self._live_subscribers(batch) if s.subscriber_set_prefix else {}
         maxlen = str(s.stream_maxlen).encode()
         commands: list[tuple[bytes, ...]] = []
-        for record in batch:
-            payload = wire_payload(record, decoded)
+        payloads = wire_payloads(batch, decoded)  # in one loop (records.record_jsons)
+        for record, payload in zip(batch, payloads, strict=True):
             dest = self.destination(record.topic)
             vin_channel = f"{dest}_{{{record.device_id}}}"
             for channel in subscribers.get(vin_channel, ()):

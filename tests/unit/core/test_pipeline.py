@@ -377,7 +377,7 @@ async def test_reference_dispatcher_metrics_count_confirmed_records_bytes_and_er
     before = (sample("zmq_publish_total", record_type="V"),
               sample("zmq_publish_total_bytes", record_type="V"),
               sample("zmq_reliable_ack_total", record_type="V"), sample("zmq_err"))
-    hooks = dispatcher_metrics("zmq", ["V"], lambda record: len(record.raw))
+    hooks = dispatcher_metrics("zmq", ["V"], lambda batch: [len(r.raw) for r in batch])
     assert hooks is not None
     assert dispatcher_metrics("postgres", [], len) is None  # not a reference dispatcher
     sink = ScriptedSink("zmq", fail_times=1)
@@ -390,6 +390,28 @@ async def test_reference_dispatcher_metrics_count_confirmed_records_bytes_and_er
     assert sample("zmq_publish_total_bytes", record_type="V") == before[1] + 12
     assert sample("zmq_reliable_ack_total", record_type="V") == before[2] + 3
     assert sample("zmq_err") == before[3] + 1
+
+
+def test_dispatcher_metrics_count_a_batch_of_several_topics_per_topic() -> None:
+    from fleetgate.observability import metrics
+    from fleetgate.observability.dispatcher_metrics import dispatcher_metrics
+
+    def sample(name: str, topic: str) -> float:
+        return metrics.REGISTRY.get_sample_value(name, {"record_type": topic}) or 0.0
+
+    names = [("kafka_produce_total", t) for t in ("A", "B")] + [
+        ("kafka_produce_ack_total_bytes", t) for t in ("A", "B")
+    ]
+    before = [sample(name, topic) for name, topic in names]
+    hooks = dispatcher_metrics("kafka", ["B"], lambda batch: [len(r.raw) for r in batch])
+    assert hooks is not None
+    # Topic strings equal but not the same objects, interleaved.
+    batch = [Record("tesla", "VIN", "".join(t), 1, 1, {}, b"x" * n)
+             for t, n in [("A", 1), ("B", 2), ("A", 3), ("B", 4), ("B", 5)]]
+    hooks.published(batch)
+    hooks.published([])
+    after = [sample(name, topic) for name, topic in names]
+    assert [a - b for a, b in zip(after, before, strict=True)] == [2, 3, 4, 11]
 
 
 @pytest.mark.parametrize(("overrides", "fill_s"), [
