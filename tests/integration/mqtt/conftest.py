@@ -71,7 +71,10 @@ class Ingest:
     def records(self) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
-        return [orjson.loads(line) for line in self.path.read_bytes().splitlines()]
+        # The sink may be writing a batch right now: only whole lines are records yet.
+        written = self.path.read_bytes()
+        whole = written[: written.rfind(b"\n") + 1]
+        return [orjson.loads(line) for line in whole.splitlines()]
 
     async def wait_for(
         self, count: int, timeout: float = 30.0, settle: float = 0.0
