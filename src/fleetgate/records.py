@@ -333,41 +333,13 @@ def _json_head(key: tuple[str, str, str]) -> bytes:
 def record_json(record: Record) -> bytes:
     """The record's one JSON form, serialised (cached on the record).
 
-    Byte for byte ``orjson.dumps(record_dict(record))``, built from cached pieces.
+    Byte for byte ``orjson.dumps(record_dict(record))``, built from cached pieces by
+    :func:`record_jsons` (a batch's callers use that directly).
     """
     cached = record._json
     if cached is not None:
         return cached
-    # Outside the window's minute (or out of range, clamped), the window moves.
-    windows = _windows
-    start, created_minute = windows[_CREATED]
-    created_rest = record.created_at - start
-    if not 0 <= created_rest < _MINUTE_MS:
-        created_minute, created_rest, _ = _moved_window(_CREATED, record.created_at)
-    start, received_minute = windows[_RECEIVED]
-    received_rest = record.received_at - start
-    if not 0 <= received_rest < _MINUTE_MS:
-        received_minute, received_rest, _ = _moved_window(_RECEIVED, record.received_at)
-    data = record._data_json
-    if data is None:
-        data = data_json(record)
-    key = (record.source, record.device_id, record.topic)
-    two = _TWO_DIGITS_BYTES
-    cached = b"".join(
-        (
-            _json_heads.get(key) or _json_head(key),
-            created_minute,
-            two[created_rest // 1000],
-            _MILLIS_THEN_RECEIVED[created_rest % 1000],
-            received_minute,
-            two[received_rest // 1000],
-            _MILLIS_THEN_DATA[received_rest % 1000],
-            data,
-            b"}",
-        )
-    )
-    _set_json(record, cached)
-    return cached
+    return record_jsons((record,))[0]
 
 
 def record_jsons(records: Sequence[Record]) -> list[bytes]:

@@ -44,7 +44,7 @@ from fleetgate.pipeline.hub import (
     Subscription,
     parse_filter_values,
 )
-from fleetgate.records import record_json
+from fleetgate.records import record_jsons
 
 log = logging.getLogger("fleetgate.api.stream")
 
@@ -285,7 +285,7 @@ class StreamSession:
         if stream_filter.signals:
             forms = [orjson.dumps(stream_filter.record_json_dict(record)) for record in records]
         else:
-            forms = [record_json(record) for record in records]
+            forms = record_jsons(records)
         if self.batch:
             await send((b"[" + b",".join(forms) + b"]").decode())
             metrics.STREAM_MESSAGES.inc()

@@ -43,7 +43,7 @@ from fleetgate.recordlog import (
     open_reader,
 )
 from fleetgate.recordlog.dedup import DEFAULT_WINDOW
-from fleetgate.records import Record, record_json
+from fleetgate.records import Record, record_jsons
 from fleetgate.settings import ConfigError
 
 log = logging.getLogger("fleetgate.consume")
@@ -223,7 +223,7 @@ def _printer() -> Any:
     out = sys.stdout.buffer
 
     async def handle(records: Sequence[Record]) -> None:
-        out.write(b"".join(record_json(record) + b"\n" for record in records))
+        out.write(b"".join([text + b"\n" for text in record_jsons(records)]))
         out.flush()
 
     return handle

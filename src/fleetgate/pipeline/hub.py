@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleetgate.observability import metrics
-from fleetgate.records import Record, record_dict, record_json
+from fleetgate.records import Record, record_dict, record_jsons
 
 
 def select_signals(data: Mapping[str, Any], signals: frozenset[str]) -> dict[str, Any] | None:
@@ -97,7 +97,7 @@ class Batch:
     def joined_json(self) -> bytes:
         joined = self._joined
         if joined is None:
-            joined = self._joined = b",".join([record_json(record) for record in self.records])
+            joined = self._joined = b",".join(record_jsons(self.records))
         return joined
 
     def split(self, count: int) -> tuple[Batch, Batch]:

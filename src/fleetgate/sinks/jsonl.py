@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
-from fleetgate.records import Record, record_json
+from fleetgate.records import Record, record_jsons
 from fleetgate.settings import Section
 from fleetgate.sinks.base import Sink, SinkContext
 
@@ -40,7 +40,7 @@ class JsonlSink(Sink):
         self._file = self.path.open("ab")
 
     async def publish(self, batch: Sequence[Record]) -> None:
-        data = b"".join(record_json(record) + b"\n" for record in batch)
+        data = b"".join([text + b"\n" for text in record_jsons(batch)])
         await asyncio.to_thread(self._write, data)
 
     def _write(self, data: bytes) -> None:
