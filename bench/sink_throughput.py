@@ -690,12 +690,15 @@ async def _mqtt_backend(base: Path, paho: bool) -> AsyncIterator[Backend]:
 
 
 # -- the runs ------------------------------------------------------------------------------
-def teltonika_records(count: int, devices: int = 100) -> list[Record]:
+def teltonika_records(count: int, frame: int = 1, devices: int = 100) -> list[Record]:
+    """``frame`` consecutive records share a device (and its id object), as a tracker's
+    frame does: each submission of the fleetgate run is then one device's frame."""
     base_ms = 1_717_171_717_000
+    ids = [f"3563070424{i % devices:05d}" for i in range(devices)]
     return [
         Record(
             source="teltonika",
-            device_id=f"3563070424{i % devices:05d}",
+            device_id=ids[(i // frame) % devices],
             topic="avl",
             created_at=base_ms + i * 1000,
             received_at=base_ms + i * 1000 + 120,
@@ -729,7 +732,7 @@ def new_context() -> SinkContext:
 async def run_fleetgate(backend: Backend, args: argparse.Namespace, timed: bool = True) -> Run:
     """``timed`` False: the same setup and teardown without the submissions (--measure)."""
     ctx = new_context()
-    records = teltonika_records(args.records)
+    records = teltonika_records(args.records, args.submission)
     if args.serialized:
         for record in records:  # the JSON form cached on the record, outside the timing
             wire_payload(record)
@@ -765,7 +768,7 @@ async def run_bare(backend: Backend, args: argparse.Namespace, timed: bool = Tru
     """``timed`` False: the same setup and teardown without the send (--measure)."""
     assert backend.bare is not None
     ctx = new_context()
-    records = teltonika_records(args.records)
+    records = teltonika_records(args.records, args.submission)
     async with backend.bare(ctx, records) as send:
         started, cpu = time.perf_counter(), time.process_time()
         if timed:
