@@ -205,7 +205,9 @@ def read_vehicle_payload(buf: bytes, vin: bytes) -> VehiclePayload | None:
 
 
 _MASK64: Final = 0xFFFF_FFFF_FFFF_FFFF
-_FIVE_BYTES: Final = struct.Struct("<5B").unpack_from
+# The usual tail, a created_at of whole seconds alone: (12 06 08, five varint bytes).
+_TIME_TAIL: Final = struct.Struct("<3s5B").unpack_from
+_TIME_TAIL_HEAD: Final = b"\x12\x06\x08"
 
 # The payload's fields after its data, as _read reports them when canonical:
 # (created_at (seconds, nanos) or None, is_resend, start and end of the vin field).
@@ -215,6 +217,15 @@ _Tail = tuple["tuple[int, int] | None", bool, int, int]
 def _tail(buf: bytes, pos: int, end: int) -> _Tail | None:
     """The fields after a canonical payload's data (``created_at``, ``vin``, ``is_resend``,
     each at most once and in that order, to the end), or None when they are not canonical."""
+    if end - pos == 8:
+        # The usual tail in one read: seconds of 2^28 to 2^35 (years 1978 to 3058), a
+        # varint of five bytes, the last one not 0 (minimal); no nanos, vin or is_resend.
+        head, b0, b1, b2, b3, b4 = _TIME_TAIL(buf, pos)
+        if head == _TIME_TAIL_HEAD and b0 & b1 & b2 & b3 & 0x80 and 0 < b4 < 0x80:
+            seconds = (
+                (b0 & 0x7F) | (b1 & 0x7F) << 7 | (b2 & 0x7F) << 14 | (b3 & 0x7F) << 21 | b4 << 28
+            )
+            return (seconds, 0), False, end, end
     created = None
     if pos < end and buf[pos] == 0x12:  # created_at: a Timestamp of at most 22 bytes
         size = buf[pos + 1]
@@ -223,17 +234,7 @@ def _tail(buf: bytes, pos: int, end: int) -> _Tail | None:
             return None
         pos += 2
         seconds = nanos = 0
-        if size >= 6 and buf[pos] == 0x08:
-            # Seconds of 2^28 to 2^35 (years 1978 to 3058): a varint of five bytes, the
-            # last one not 0 (minimal), read in one go.
-            b0, b1, b2, b3, b4 = _FIVE_BYTES(buf, pos + 1)
-            if b0 & b1 & b2 & b3 & 0x80 and 0 < b4 < 0x80:
-                seconds = (
-                    (b0 & 0x7F) | (b1 & 0x7F) << 7 | (b2 & 0x7F) << 14 | (b3 & 0x7F) << 21
-                    | b4 << 28
-                )
-                pos += 6
-        if not seconds and pos < stop and buf[pos] == 0x08:  # seconds (int64), when not 0
+        if pos < stop and buf[pos] == 0x08:  # seconds (int64), when not 0
             start = pos + 1
             raw, pos = _varint(buf, start)
             if not raw or (not buf[pos - 1] and pos - start > 1) or raw > _MASK64:
