@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any
 
@@ -249,3 +250,49 @@ def test_generated_short_datums_read_like_upb(datums: list[tuple[int, vd.Value]]
     for key, value in datums:
         message.data.add(key=key, value=value)  # type: ignore[arg-type]
     _agrees(message.SerializeToString())
+
+
+# Keys around the one-byte datums' edges: 0 (upb leaves it out), 1 to 127, two-byte keys.
+_EDGE_KEYS = st.one_of(st.just(int(vd.Location)), st.sampled_from([0, 1, 0x7F, 0x80, 300]),
+                       st.integers(0, 200))
+# Edges drawn often: hypothesis draws NaN and the infinities only now and then.
+_DOUBLES = st.one_of(
+    st.sampled_from([math.nan, math.inf, -math.inf, 0.0, -0.0]),
+    st.floats(allow_nan=True, allow_infinity=True),
+)
+
+
+@st.composite
+def _usual_datum(draw: st.DrawFn) -> tuple[int, vd.Value]:
+    """A double or location datum (the one-read layouts), or a Location spelled as text."""
+    value = vd.Value()
+    kind = draw(st.sampled_from(["double", "location", "text"]))
+    if kind == "double":
+        value.double_value = draw(_DOUBLES)
+    elif kind == "location":
+        value.location_value.latitude = draw(st.one_of(st.just(0.0), st.just(-0.0), _DOUBLES))
+        value.location_value.longitude = draw(st.one_of(st.just(0.0), _DOUBLES))
+    else:
+        value.string_value = draw(st.sampled_from(["(37.4 N, 122.1 W)", "13.9", ""]))
+    return draw(_EDGE_KEYS), value
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_usual_datum(), max_size=10), st.booleans())
+def test_runs_of_double_and_location_datums_read_like_upb(
+    datums: list[tuple[int, vd.Value]], with_time: bool
+) -> None:
+    """The layouts named by their bytes (_DOUBLE_HEADS, _LOCATION_HEADS): repeated keys,
+    keys of 0 and of two bytes, NaN, infinities, zero coordinates, and a text Location
+    before or after a typed one."""
+    message = vd.Payload()
+    for key, value in datums:
+        message.data.add(key=key, value=value)  # type: ignore[arg-type]
+    if with_time:
+        message.created_at.seconds = 1_767_225_500
+    raw = message.SerializeToString()
+    read = _agrees(raw)
+    usual = all(
+        0 < key < 0x80 and value.WhichOneof("value") == "double_value" for key, value in datums
+    )
+    assert read or not usual  # doubles of one-byte keys alone are always read

@@ -65,12 +65,16 @@ _WIRE_FIXED32: Final = 5
 _DOUBLE_TAG: Final = 5 << 3 | _WIRE_FIXED64  # double_value
 # A datum of 13 bytes (field 1), its key (field 1, varint), a Value of 9 bytes (field 2)
 # holding a double_value: (0a 0d 08, key, 12 09 29, double).
-_DOUBLE_DATUM: Final = struct.Struct("<3sB3sd").unpack_from
+# Read as (the seven bytes around the double, the double): _DOUBLE_HEADS names the datum
+# by those seven bytes, so one dict lookup checks its layout and finds its key's name.
+_DOUBLE_DATUM: Final = struct.Struct("<7sd").unpack_from
 _DOUBLE_HEAD: Final = b"\x0a\x0d\x08"
 _DOUBLE_MIDDLE: Final = b"\x12\x09\x29"
 # A datum of 24 bytes, its key, a Value of 20 bytes holding a location_value of 18 bytes:
 # latitude (field 1, double), longitude (field 2, double).
-_LOCATION_DATUM: Final = struct.Struct("<3sB5sdsd").unpack_from
+# Read as (the nine bytes before latitude, latitude, longitude's tag, longitude); named by
+# _LOCATION_HEADS as the double datums are.
+_LOCATION_DATUM: Final = struct.Struct("<9sdsd").unpack_from
 _LOCATION_HEAD: Final = b"\x0a\x18\x08"
 _LOCATION_MIDDLE: Final = b"\x12\x14\x3a\x12\x09"
 # A short datum after its (0a, size) head: (08, key, 12, Value length, the member's tag
@@ -201,7 +205,9 @@ def read_vehicle_payload(buf: bytes, vin: bytes) -> VehiclePayload | None:
 
 
 _MASK64: Final = 0xFFFF_FFFF_FFFF_FFFF
-_FIVE_BYTES: Final = struct.Struct("<5B").unpack_from
+# The usual tail, a created_at of whole seconds alone: (12 06 08, five varint bytes).
+_TIME_TAIL: Final = struct.Struct("<3s5B").unpack_from
+_TIME_TAIL_HEAD: Final = b"\x12\x06\x08"
 
 # The payload's fields after its data, as _read reports them when canonical:
 # (created_at (seconds, nanos) or None, is_resend, start and end of the vin field).
@@ -211,6 +217,15 @@ _Tail = tuple["tuple[int, int] | None", bool, int, int]
 def _tail(buf: bytes, pos: int, end: int) -> _Tail | None:
     """The fields after a canonical payload's data (``created_at``, ``vin``, ``is_resend``,
     each at most once and in that order, to the end), or None when they are not canonical."""
+    if end - pos == 8:
+        # The usual tail in one read: seconds of 2^28 to 2^35 (years 1978 to 3058), a
+        # varint of five bytes, the last one not 0 (minimal); no nanos, vin or is_resend.
+        head, b0, b1, b2, b3, b4 = _TIME_TAIL(buf, pos)
+        if head == _TIME_TAIL_HEAD and b0 & b1 & b2 & b3 & 0x80 and 0 < b4 < 0x80:
+            seconds = (
+                (b0 & 0x7F) | (b1 & 0x7F) << 7 | (b2 & 0x7F) << 14 | (b3 & 0x7F) << 21 | b4 << 28
+            )
+            return (seconds, 0), False, end, end
     created = None
     if pos < end and buf[pos] == 0x12:  # created_at: a Timestamp of at most 22 bytes
         size = buf[pos + 1]
@@ -219,17 +234,7 @@ def _tail(buf: bytes, pos: int, end: int) -> _Tail | None:
             return None
         pos += 2
         seconds = nanos = 0
-        if size >= 6 and buf[pos] == 0x08:
-            # Seconds of 2^28 to 2^35 (years 1978 to 3058): a varint of five bytes, the
-            # last one not 0 (minimal), read in one go.
-            b0, b1, b2, b3, b4 = _FIVE_BYTES(buf, pos + 1)
-            if b0 & b1 & b2 & b3 & 0x80 and 0 < b4 < 0x80:
-                seconds = (
-                    (b0 & 0x7F) | (b1 & 0x7F) << 7 | (b2 & 0x7F) << 14 | (b3 & 0x7F) << 21
-                    | b4 << 28
-                )
-                pos += 6
-        if not seconds and pos < stop and buf[pos] == 0x08:  # seconds (int64), when not 0
+        if pos < stop and buf[pos] == 0x08:  # seconds (int64), when not 0
             start = pos + 1
             raw, pos = _varint(buf, start)
             if not raw or (not buf[pos - 1] and pos - start > 1) or raw > _MASK64:
@@ -275,50 +280,45 @@ def _other_name(key: int) -> str:
     return str(key) if name is None else name
 
 
+def _heads(head: bytes, middle: bytes) -> dict[bytes, str]:
+    """The layout bytes of a one-byte-key datum (``head``, key, ``middle``) → the key's
+    name, for every key of 1 to 127 (upb leaves a key of 0 out: that is the general path's)."""
+    return {head + bytes((key,)) + middle: _other_name(key) for key in range(1, 0x80)}
+
+
+_DOUBLE_HEADS: Final = _heads(_DOUBLE_HEAD, _DOUBLE_MIDDLE)
+_LOCATION_HEADS: Final = _heads(_LOCATION_HEAD, _LOCATION_MIDDLE)
+
+
 def _read(buf: bytes) -> tuple[dict[str, Any], int, _Tail | None] | None:
     """(data, datum count, the tail when the payload is canonical else None), or None
     when the payload is not of the usual shape. Checks bounds itself (for
     :func:`read_vehicle_payload`, which no upb parse precedes)."""
     names = _NONZERO_NAMES
+    double_heads = _DOUBLE_HEADS
     kinds = _KINDS
     isfinite = math.isfinite
     data: dict[str, Any] = {}
     count = 0
-    location_seen = False
     canonical = True  # in upb's encoding so far (see read_vehicle_payload)
     tail: _Tail | None = None
     end = len(buf)
     pos = 0
     while pos < end:
-        if end - pos >= 15 and buf[pos] == 0x0A:
+        if end - pos >= 15:
             # The usual datum in one read: a one-byte key and a double (15 bytes).
-            head, key, middle, raw = _DOUBLE_DATUM(buf, pos)
-            if head == _DOUBLE_HEAD and middle == _DOUBLE_MIDDLE and key < 0x80:
-                name = names.get(key)
-                if name is None:
-                    name = _other_name(key)
-                    if not key:
-                        canonical = False  # upb leaves a key of 0 out
+            head, raw = _DOUBLE_DATUM(buf, pos)
+            name = double_heads.get(head)
+            if name is not None:
                 data[name] = raw if isfinite(raw) else None
                 count += 1
-                if key == LOCATION_FIELD:
-                    location_seen = True
                 pos += 15
                 continue
             if buf[pos + 1] == 0x18 and end - pos >= 26:
                 # A location_value with both coordinates (26 bytes).
-                head, key, middle, latitude, between, longitude = _LOCATION_DATUM(buf, pos)
-                if (
-                    head == _LOCATION_HEAD
-                    and middle == _LOCATION_MIDDLE
-                    and between == b"\x11"
-                    and key < 0x80
-                ):
-                    name = names.get(key)
-                    if name is None:
-                        name = _other_name(key)
-                        if not key:
-                            canonical = False
+                head, latitude, between, longitude = _LOCATION_DATUM(buf, pos)
+                name = _LOCATION_HEADS.get(head)
+                if name is not None and between == b"\x11":
                     if not latitude or not longitude:
                         canonical = False  # upb leaves a 0 out
                     data[name] = {
@@ -326,8 +326,6 @@ def _read(buf: bytes) -> tuple[dict[str, Any], int, _Tail | None] | None:
                         "longitude": longitude if isfinite(longitude) else None,
                     }
                     count += 1
-                    if key == LOCATION_FIELD:
-                        location_seen = True
                     pos += 26
                     continue
         if buf[pos] == 0x0A and 6 <= buf[pos + 1] < 0x80:
@@ -350,7 +348,7 @@ def _read(buf: bytes) -> tuple[dict[str, Any], int, _Tail | None] | None:
                     if b7 == length - 2:
                         text = buf[pos + 8 : datum_end].decode("utf-8")
                         if text:
-                            if key == LOCATION_FIELD and not location_seen and parse_location(text):
+                            if key == LOCATION_FIELD and name not in data and parse_location(text):
                                 return None  # a location_value (as below): upb's path
                             scientific = "e" in text or "E" in text
                             if scientific and rewrite_scientific(text) is not None:
@@ -359,8 +357,6 @@ def _read(buf: bytes) -> tuple[dict[str, Any], int, _Tail | None] | None:
                         else:
                             data[name] = text
                         count += 1
-                        if key == LOCATION_FIELD:
-                            location_seen = True
                         pos = datum_end
                         continue
                 else:
@@ -380,16 +376,12 @@ def _read(buf: bytes) -> tuple[dict[str, Any], int, _Tail | None] | None:
                                 else:
                                     data[name] = raw if convert is None else convert(raw)
                                 count += 1
-                                if key == LOCATION_FIELD:
-                                    location_seen = True
                                 pos = datum_end
                                 continue
                         elif kind == _FLOAT_KIND and at + 4 == datum_end:
                             raw = float32_value(_FLOAT(buf, at)[0])
                             data[name] = raw if isfinite(raw) else None
                             count += 1
-                            if key == LOCATION_FIELD:
-                                location_seen = True
                             pos = datum_end
                             continue
         tag_at = pos
@@ -441,8 +433,6 @@ def _read(buf: bytes) -> tuple[dict[str, Any], int, _Tail | None] | None:
         count += 1
         if pos == datum_end:  # no value
             data[name] = None
-            if key == LOCATION_FIELD:
-                location_seen = True
             continue
         # value: field 2, bytes, then the end of the datum
         if buf[pos] != 0x12:
@@ -457,16 +447,12 @@ def _read(buf: bytes) -> tuple[dict[str, Any], int, _Tail | None] | None:
             return None
         if not length:  # an empty Value: no member set
             data[name] = None
-            if key == LOCATION_FIELD:
-                location_seen = True
             continue
         member = buf[pos]
         pos += 1
         if member == _DOUBLE_TAG and pos + 8 == datum_end:  # the usual datum, first
             raw = _DOUBLE(buf, pos)[0]
             data[name] = raw if isfinite(raw) else None
-            if key == LOCATION_FIELD:
-                location_seen = True
             pos = datum_end
             continue
         if member >= 0x80:
@@ -490,7 +476,7 @@ def _read(buf: bytes) -> tuple[dict[str, Any], int, _Tail | None] | None:
                 return None
             text = buf[pos:datum_end].decode("utf-8")
             if text:
-                if key == LOCATION_FIELD and not location_seen and parse_location(text):
+                if key == LOCATION_FIELD and name not in data and parse_location(text):
                     return None  # becomes a location_value: upb's path rewrites it
                 if ("e" in text or "E" in text) and rewrite_scientific(text) is not None:
                     return None  # rewritten in the payload: upb's path
@@ -557,8 +543,6 @@ def _read(buf: bytes) -> tuple[dict[str, Any], int, _Tail | None] | None:
                 "latitude": latitude if isfinite(latitude) else None,
                 "longitude": longitude if isfinite(longitude) else None,
             }
-        if key == LOCATION_FIELD:
-            location_seen = True
         pos = datum_end
     if canonical and tail is None:
         tail = (None, False, end, end)  # data alone
