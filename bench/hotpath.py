@@ -15,7 +15,9 @@ making the test frames costs (the ``frames`` stage). Stages include the ones bef
 
 Stages: ``decode`` (TCP framing, CRC, codec, Records), ``listener`` (decode inside the TCP
 listener's sessions: events, the worker task, the ack write, metrics; a pipeline that takes
-every frame at once), ``append`` (the pipeline taking a
+every frame at once), ``session`` (the listener's sessions over the real pipeline with its
+spool, written without fsync by its commit thread, and no store: everything between the
+socket and the ack but the disk), ``append`` (the pipeline taking a
 frame: spool encoding, offsets, routing), ``store`` (the SQLite store writing a batch),
 ``accept`` (everything in one event loop: decode, append, the spool's group commit, the
 store, the ack decision).
@@ -132,18 +134,38 @@ class _AcceptAll:
     async def accept_then(self, records: list[Record], answer: Callable[[bool], None]) -> None:
         answer(True)
 
+    def accept_now(self, records: list[Record], answer: Callable[[bool], None]) -> bool:
+        answer(True)  # the sessions hand a frame over here first (Pipeline.accept_now)
+        return True
+
 
 def stage_listener(count: int) -> None:
+    _sessions(frames(count), _AcceptAll())
+
+
+def stage_session(count: int) -> None:
+    pairs = frames(count)
+    with tempfile.TemporaryDirectory() as directory:
+        pipeline = _pipeline(Path(directory), store=False)
+        _sessions(pairs, pipeline)
+
+
+def _sessions(pairs: list[tuple[str, bytes]], pipeline: object) -> None:
+    """Every frame of ``pairs`` through the TCP listener's sessions into ``pipeline``
+    (started and closed here if it is a real one), round by round, each ack checked."""
     import uvloop
 
     from fleetgate.config import build_config
     from fleetgate.listeners.teltonika.tcp import TeltonikaListener, TeltonikaSession
+    from fleetgate.pipeline import Pipeline
 
-    pairs = frames(count)
+    real = isinstance(pipeline, Pipeline)
 
     async def run() -> None:
+        if real:
+            await pipeline.start()  # type: ignore[attr-defined]
         config = build_config({}, environ={})
-        listener = TeltonikaListener(config.teltonika, _AcceptAll())  # type: ignore[arg-type]
+        listener = TeltonikaListener(config.teltonika, pipeline)  # type: ignore[arg-type]
         sessions: dict[str, tuple[TeltonikaSession, _Transport]] = {}
         round_ = _Round()
         for n in range(DEVICES):
@@ -161,22 +183,24 @@ def stage_listener(count: int) -> None:
             for (session, _), (_, frame) in zip(sending, pairs[start : start + DEVICES],
                                                 strict=True):
                 session.data_received(frame)
-            await round_.done.wait()
+            await asyncio.wait_for(round_.done.wait(), 600)  # a lost ack fails, not hangs
             for _, transport in sending:
                 assert transport.sent.pop() == RECORDS_PER_FRAME.to_bytes(4, "big")
         for session, _ in sessions.values():
             session.abort()
+        if real:
+            await pipeline.close()  # type: ignore[attr-defined]
 
     uvloop.run(run())
 
 
-def _pipeline(directory: Path, start_store: bool) -> object:
+def _pipeline(directory: Path, store: bool = True) -> object:
     from fleetgate.app import build_pipeline
     from fleetgate.config import build_config
 
     config = build_config(
         {"data_dir": str(directory), "spool": {"fsync": False},
-         "sink_settings": {"max_queue_records": 10**7}},
+         "sink_settings": {"max_queue_records": 10**7}, "store": {"enabled": store}},
         environ={},
     )
     return build_pipeline(config)
@@ -185,7 +209,7 @@ def _pipeline(directory: Path, start_store: bool) -> object:
 def stage_append(count: int) -> None:
     batches = decoded(frames(count))
     with tempfile.TemporaryDirectory() as directory:
-        pipeline = _pipeline(Path(directory), start_store=False)
+        pipeline = _pipeline(Path(directory))
 
         async def run() -> None:
             for records in batches:
@@ -209,7 +233,7 @@ def stage_store(count: int) -> None:
 def stage_accept(count: int) -> None:
     pairs = frames(count)
     with tempfile.TemporaryDirectory() as directory:
-        pipeline = _pipeline(Path(directory), start_store=True)
+        pipeline = _pipeline(Path(directory))
 
         async def run() -> None:
             await pipeline.start()  # type: ignore[attr-defined]
@@ -228,7 +252,8 @@ def stage_accept(count: int) -> None:
 
 
 STAGES = {"frames": stage_frames, "decode": stage_decode, "listener": stage_listener,
-          "append": stage_append, "store": stage_store, "accept": stage_accept}
+          "session": stage_session, "append": stage_append, "store": stage_store,
+          "accept": stage_accept}
 
 
 def main() -> int:

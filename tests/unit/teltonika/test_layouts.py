@@ -299,3 +299,28 @@ def test_a_learned_udp_datagram_and_a_changed_byte_read_as_the_general_decoder_r
             assert as_json(to_records(IMEI, got_changed.frame, NOW, table)) == as_json(
                 to_records(IMEI, plain, NOW, table)
             )
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(any_frame, st.integers(0, MAX_TIMESTAMP_MS))
+def test_a_hot_frame_plan_builds_its_records_in_one_call_as_the_rows_do(
+    frame: bytes, received_at: int
+) -> None:
+    """Once a frame plan is hot, to_records takes its compiled whole-frame builder: the
+    same Records (data key order included) as row by row and as the general path."""
+    layouts.forget()
+    decode_data_frame(frame)  # learned
+    for table in TABLES:
+        learned = decode_data_frame(frame)
+        assert isinstance(learned, AvlFrame) and learned.rows is not None
+        by_rows = AvlFrame.from_rows(frame[8], learned.rows, frame)
+        want = general_records(by_rows, table, received_at)
+        for _ in range(HOT):
+            fast = decode_data_frame(frame)
+            assert isinstance(fast, AvlFrame) and fast.learned is not None
+            assert fast.count == len(want)
+            got = to_records(IMEI, fast, received_at, table)
+            assert as_json(got) == as_json(want)
+            assert as_json(to_records(IMEI, by_rows, received_at, table)) == as_json(want)
+        plan, _ = fast.learned
+        assert (table if table is not None else IO_TABLES["fmb"]) in plan.builders

@@ -58,7 +58,7 @@ from fleetgate.protocols.teltonika.framing import (
     parse_imei,
 )
 from fleetgate.protocols.teltonika.gprs import decode_gprs_span
-from fleetgate.protocols.teltonika.layouts import decode_rows, learn
+from fleetgate.protocols.teltonika.layouts import decode_learned, learn
 from fleetgate.protocols.teltonika.model import AVL_CODECS, GPRS_CODECS, codec_name
 
 _KEEPALIVE: Final = KeepAlive()
@@ -196,9 +196,9 @@ def decode_data_frame(frame: bytes, io16_group: bool = False) -> AvlFrame | Gprs
     end = len(frame) - 4
     if codec in AVL_CODECS:
         if not io16_group:
-            rows = decode_rows(frame, 8, end)
-            if rows is not None:
-                return AvlFrame.from_rows(codec, rows, frame)
+            learned = decode_learned(frame, 8, end)
+            if learned is not None:
+                return AvlFrame.from_learned(codec, learned, frame)
             records = decode_avl_span(frame, 8, end)
             learn(frame, 8, end, records)
             return AvlFrame(codec, records, frame)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import FrozenInstanceError, dataclass
 from typing import Final
 
-from fleetgate.protocols.teltonika.layouts import Row
+from fleetgate.protocols.teltonika.layouts import Learned, Row
 from fleetgate.protocols.teltonika.model import AvlRecord, GprsMessage
 
 
@@ -33,18 +33,20 @@ class AvlFrame:
     ``raw`` is the whole frame, preamble to CRC. Ack with ``ack(len(records))`` only after
     the pipeline accepted the records.
 
-    A frame of a learned layout (:mod:`.layouts`) comes with ``rows`` instead of records:
-    :func:`~.records.to_records` builds Records from the rows directly, and ``records`` is
-    made from them the first time it is asked for (the same records the general decoder
-    returns). Immutable, compared and printed like the dataclass it was.
+    A frame of a learned layout (:mod:`.layouts`) comes with ``learned`` (its plan and the
+    values read) instead of records: :func:`~.records.to_records` builds Records from
+    those directly; ``rows`` (one per record) and ``records`` (the same records the
+    general decoder returns) are made from them the first time they are asked for.
+    Immutable, compared and printed like the dataclass it was.
     """
 
-    __slots__ = ("_records", "codec", "raw", "rows")
+    __slots__ = ("_records", "_rows", "codec", "learned", "raw")
     __match_args__ = ("codec", "records", "raw")
 
     codec: int
     raw: bytes
-    rows: tuple[Row, ...] | None
+    learned: Learned | None
+    _rows: tuple[Row, ...] | None
     _records: tuple[AvlRecord, ...] | None
 
     def __init__(self, codec: int, records: tuple[AvlRecord, ...], raw: bytes) -> None:
@@ -52,6 +54,7 @@ class AvlFrame:
         _set_records(self, records)
         _set_raw(self, raw)
         _set_rows(self, None)
+        _set_learned(self, None)
 
     @classmethod
     def from_rows(cls, codec: int, rows: tuple[Row, ...], raw: bytes) -> AvlFrame:
@@ -61,21 +64,47 @@ class AvlFrame:
         _set_records(frame, None)
         _set_raw(frame, raw)
         _set_rows(frame, rows)
+        _set_learned(frame, None)
         return frame
+
+    @classmethod
+    def from_learned(cls, codec: int, learned: Learned, raw: bytes) -> AvlFrame:
+        """A frame whose rows and records are made from ``learned`` when first asked for."""
+        frame: AvlFrame = _new(cls)
+        _set_codec(frame, codec)
+        _set_records(frame, None)
+        _set_raw(frame, raw)
+        _set_rows(frame, None)
+        _set_learned(frame, learned)
+        return frame
+
+    @property
+    def rows(self) -> tuple[Row, ...] | None:
+        """One ``(layout, values)`` per record for a frame of a learned layout, else None."""
+        rows = self._rows
+        if rows is None and self.learned is not None:
+            plan, flat = self.learned
+            rows = plan.rows(flat)
+            _set_rows(self, rows)
+        return rows
 
     @property
     def records(self) -> tuple[AvlRecord, ...]:
         records = self._records
         if records is None:
-            assert self.rows is not None
-            records = tuple(layout.record(values) for layout, values in self.rows)
+            rows = self.rows
+            assert rows is not None
+            records = tuple(layout.record(values) for layout, values in rows)
             _set_records(self, records)
         return records
 
     @property
     def count(self) -> int:
         """How many records the frame holds (without making them from rows)."""
-        rows = self.rows
+        learned = self.learned
+        if learned is not None:
+            return learned[0].count
+        rows = self._rows
         return len(rows) if rows is not None else len(self.records)
 
     def _key(self) -> tuple[int, tuple[AvlRecord, ...], bytes]:
@@ -103,7 +132,8 @@ _new: Final = object.__new__
 _set_codec: Final = AvlFrame.__dict__["codec"].__set__
 _set_records: Final = AvlFrame.__dict__["_records"].__set__
 _set_raw: Final = AvlFrame.__dict__["raw"].__set__
-_set_rows: Final = AvlFrame.__dict__["rows"].__set__
+_set_rows: Final = AvlFrame.__dict__["_rows"].__set__
+_set_learned: Final = AvlFrame.__dict__["learned"].__set__
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ record, the same IO ids in the same groups (only the values change). The general
 (:mod:`.avl`) walks every group of every record in Python. Once it has decoded a frame,
 :func:`learn` remembers the frame's *layout*, every byte that says how the frame is built
 (the group counts, the IO ids, the NX lengths), keyed by (codec, body length); the next
-frame of that key is read by :func:`decode_rows` in two steps over the whole body: its
+frame of that key is read by :func:`decode_learned` in two steps over the whole body: its
 layout bytes, masked out of the body read as one integer, must equal the learned ones
 exactly; then one precompiled :class:`struct.Struct` reads only the values.
 
@@ -20,7 +20,8 @@ A row is ``(layout, values)``: ``values`` are the record header fields in wire o
 (time, priority, longitude and latitude as sent (1e-7 degrees), altitude, angle,
 satellites, speed, event id, generation type for codec 16 only) followed by the IO values
 in ``io`` order. :meth:`RecordLayout.record` turns a row into the :class:`AvlRecord` the
-general decoder returns; :mod:`.records` builds fleetgate Records from rows directly.
+general decoder returns; :mod:`.records` builds fleetgate Records from rows directly, or,
+once a frame plan is hot, from the plan's values in one compiled call for the whole frame.
 """
 
 from __future__ import annotations
@@ -115,11 +116,11 @@ class RecordLayout:
         )
 
 
-class _FramePlan:
+class FramePlan:
     """A whole frame body's layout: every record's, as a mask over the body's records
     (the layout bytes, compared as one integer) and one struct for their values."""
 
-    __slots__ = ("bounds", "count", "expected", "mask", "values")
+    __slots__ = ("bounds", "builders", "count", "expected", "hits", "mask", "times", "values")
 
     def __init__(self, layouts: tuple[RecordLayout, ...], records: bytes) -> None:
         """``records``: the bytes of a body of this layout from N1 (excluded) to N2."""
@@ -134,17 +135,30 @@ class _FramePlan:
             bounds.append((layout, low, high))
             low = high
         self.bounds = tuple(bounds)
+        # Where each record's device time is in the values (checked on every read).
+        self.times = tuple(low for _, low, _ in bounds)
+        # A cache for :mod:`.records`, like RecordLayout's: one compiled builder of the
+        # whole frame's Records per IO table; ``hits`` counts frames read before one was.
+        self.builders: dict[Any, Any] = {}
+        self.hits = 0
+
+    def rows(self, flat: tuple[Any, ...]) -> tuple[Row, ...]:
+        """The rows (one per record) of ``flat``, the values this plan read from a body."""
+        return tuple([(layout, flat[low:high]) for layout, low, high in self.bounds])
+
+
+#: A body read by a learned plan: the plan and every value it read, in wire order.
+Learned = tuple[FramePlan, tuple[Any, ...]]
 
 
 _LAYOUTS: Final[dict[tuple[Any, ...], RecordLayout]] = {}
-_PLANS: Final[dict[tuple[RecordLayout, ...], _FramePlan]] = {}
-_FRAME_PLANS: Final[dict[tuple[int, int], tuple[_FramePlan, ...]]] = {}
+_PLANS: Final[dict[tuple[RecordLayout, ...], FramePlan]] = {}
+_FRAME_PLANS: Final[dict[tuple[int, int], tuple[FramePlan, ...]]] = {}
 
 
-def decode_rows(
-    buf: bytes | bytearray | memoryview, start: int, end: int
-) -> tuple[Row, ...] | None:
-    """The rows of the AVL body at ``buf[start:end]`` if its layout was learned, else None.
+def decode_learned(buf: bytes | bytearray | memoryview, start: int, end: int) -> Learned | None:
+    """The plan and values of the AVL body at ``buf[start:end]`` if its layout was learned,
+    else None (:meth:`FramePlan.rows` makes its rows).
 
     None also when any record's device time is one the decoders refuse: the general path
     then raises the error it always did.
@@ -163,12 +177,11 @@ def decode_rows(
     else:
         return None
     flat = plan.values.unpack_from(buf, start + 2)
-    rows = [(layout, flat[low:high]) for layout, low, high in plan.bounds]
     max_ts = MAX_TIMESTAMP_MS
-    for _, values in rows:
-        if values[0] > max_ts:
+    for time in plan.times:
+        if flat[time] > max_ts:
             return None
-    return tuple(rows)
+    return plan, flat
 
 
 def learn(
@@ -193,7 +206,7 @@ def learn(
         if len(_PLANS) >= _FRAME_PLANS_MAX:
             _PLANS.clear()
             _FRAME_PLANS.clear()
-        plan = _PLANS[shapes] = _FramePlan(shapes, bytes(buf[start + 2 : end - 1]))
+        plan = _PLANS[shapes] = FramePlan(shapes, bytes(buf[start + 2 : end - 1]))
     key = (codec, end - start)
     others = tuple(p for p in _FRAME_PLANS.get(key, ()) if p is not plan)
     _FRAME_PLANS[key] = (plan, *others[: _PLANS_PER_KEY - 1])

@@ -61,7 +61,7 @@ from fleetgate.protocols.teltonika.io_names import (
     io_key,
     named_value,
 )
-from fleetgate.protocols.teltonika.layouts import RecordLayout
+from fleetgate.protocols.teltonika.layouts import FramePlan, RecordLayout
 from fleetgate.protocols.teltonika.model import (
     CODEC_13,
     CODEC_15,
@@ -217,47 +217,93 @@ def _fill_source(
 # A row (:mod:`.layouts`) → its Record: what ``to_records`` does for one AvlRecord, for
 # one layout and IO table, with the AvlRecord and the intermediate ``io`` dict skipped.
 _BuildRow = Callable[[tuple[Any, ...], str, int, bytes, int], Record]
+# A learned frame's values (:mod:`.layouts`) → all its Records, the rows' builders in one.
+_BuildFrame = Callable[[tuple[Any, ...], str, int, bytes, int], list[Record]]
+# A frame plan gets its own builder only up to this many values (one local each).
+_COMPILE_MAX_FRAME_VALUES: Final = 2048
+_NEW_RECORD: Final = (
+    f"_new_record({SOURCE_TELTONIKA!r}, imei, {TOPIC_POSITION!r}, created, received_at, "
+    "data, raw)"
+)
+
+
+def _builder_env() -> dict[str, Any]:
+    """The globals of compiled builders (what their source calls)."""
+    return {
+        "_merge": _merge, "_named_value": named_value, "_implausible": _implausible,
+        "_new_record": new_record,
+    }
+
+
+def _record_lines(
+    layout: RecordLayout, table: IoTable, env: dict[str, Any], first: int
+) -> list[str]:
+    """Source lines that set ``data`` and ``created`` of the Record ``to_records`` makes of
+    ``layout.record(values)``, key for key in the same order, where value ``i`` of the row
+    is the local ``e{first + i}`` (see :func:`_compile` for why the source is safe)."""
+    plan = _Plan(table, layout.groups, layout.keys)
+    items, plain, statements = _fill_source(plan, first + layout.io_start, env, "e{}")
+    e = [f"e{first + i}" for i in range(layout.io_start)]
+    generation = e[9] if layout.codec == CODEC_16 else "None"
+    base = [
+        "'latitude': lat", "'longitude': lon", f"'altitude': {e[4]}", f"'angle': {e[5]}",
+        f"'satellites': {e[6]}", f"'speed': {e[7]}", f"'priority': {e[1]}",
+        f"'event_io_id': {e[8]}", f"'event_triggered': {e[8]} != 0",
+        f"'generation_type': {generation}",
+        f"'valid': {e[6]} != 0 and -90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0",
+        f"'io': {{{', '.join(items)}}}",
+    ]
+    return [
+        f"lat = {e[3]} / 10_000_000",
+        f"lon = {e[2]} / 10_000_000",
+        f"data = {{{', '.join(base + plain)}}}",
+        *statements,
+        f"created = {e[0]}",
+        f"if not {DEVICE_TIME_FROM_MS} <= created <= latest:",
+        "    _implausible(data, created)",
+        "    created = received_at",
+    ]
+
+
+def _compiled(name: str, body: list[str], env: dict[str, Any], filename: str) -> Any:
+    """The function ``name(v, imei, received_at, raw, latest)`` of ``body``'s lines."""
+    source = f"def {name}(v, imei, received_at, raw, latest):\n" + "".join(
+        f"    {line}\n" for line in body
+    )
+    exec(compile(source, filename, "exec"), env)
+    return env[name]
+
+
+def _unpacked(count: int) -> str:
+    """The values unpacked into locals e0, e1, ... first: a local is read in one step, an
+    indexed element in three."""
+    return f"{', '.join(f'e{i}' for i in range(count))}, = v"
 
 
 def _compile_row(layout: RecordLayout, table: IoTable) -> _BuildRow:
     """``build(values, imei, received_at, raw, latest)``: the Record ``to_records`` makes
-    of ``layout.record(values)``, key for key in the same order (see :func:`_compile`
-    for why the source is safe)."""
-    plan = _Plan(table, layout.groups, layout.keys)
-    env: dict[str, Any] = {
-        "_merge": _merge, "_named_value": named_value, "_implausible": _implausible,
-        "_new_record": new_record,
-    }
-    # The values are unpacked into locals e0, e1, ... first: a local is read in one step,
-    # an indexed element in three.
-    items, plain, statements = _fill_source(plan, layout.io_start, env, "e{}")
-    names = ", ".join(f"e{i}" for i in range(layout.io_start + len(layout.keys)))
-    generation = "e9" if layout.codec == CODEC_16 else "None"
-    base = [
-        "'latitude': lat", "'longitude': lon", "'altitude': e4", "'angle': e5",
-        "'satellites': e6", "'speed': e7", "'priority': e1", "'event_io_id': e8",
-        "'event_triggered': e8 != 0", f"'generation_type': {generation}",
-        "'valid': e6 != 0 and -90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0",
-        f"'io': {{{', '.join(items)}}}",
-    ]
+    of ``layout.record(values)``."""
+    env = _builder_env()
     body = [
-        f"{names}, = v",
-        "lat = e3 / 10_000_000",
-        "lon = e2 / 10_000_000",
-        f"data = {{{', '.join(base + plain)}}}",
-        *statements,
-        "created = e0",
-        f"if not {DEVICE_TIME_FROM_MS} <= created <= latest:",
-        "    _implausible(data, created)",
-        "    created = received_at",
-        f"return _new_record({SOURCE_TELTONIKA!r}, imei, {TOPIC_POSITION!r}, created, "
-        "received_at, data, raw)",
+        _unpacked(layout.io_start + len(layout.keys)),
+        *_record_lines(layout, table, env, 0),
+        f"return {_NEW_RECORD}",
     ]
-    source = "def build(v, imei, received_at, raw, latest):\n" + "".join(
-        f"    {line}\n" for line in body
-    )
-    exec(compile(source, "<teltonika AVL row>", "exec"), env)
-    build: _BuildRow = env["build"]
+    build: _BuildRow = _compiled("build", body, env, "<teltonika AVL row>")
+    return build
+
+
+def _compile_frame(plan: FramePlan, table: IoTable) -> _BuildFrame:
+    """``build(values, imei, received_at, raw, latest)``: the Records ``to_records`` makes
+    of ``plan.rows(values)``, the row builders' statements one after the other, without a
+    row (a tuple slice) and a call per record."""
+    env = _builder_env()
+    body = [_unpacked(plan.bounds[-1][2])]
+    for index, (layout, low, _) in enumerate(plan.bounds):
+        body.extend(_record_lines(layout, table, env, low))
+        body.append(f"r{index} = {_NEW_RECORD}")
+    body.append(f"return [{', '.join(f'r{i}' for i in range(len(plan.bounds)))}]")
+    build: _BuildFrame = _compiled("build", body, env, "<teltonika AVL frame>")
     return build
 
 
@@ -268,6 +314,21 @@ def _row_builder(layout: RecordLayout, table: IoTable) -> _BuildRow | None:
     if layout.hits < _COMPILE_AFTER or len(layout.keys) > _COMPILE_MAX_ELEMENTS:
         return None
     build = layout.builders[table] = _compile_row(layout, table)
+    return build
+
+
+def _frame_builder(plan: FramePlan, table: IoTable) -> _BuildFrame | None:
+    """The compiled builder of ``plan``'s frames for ``table``, once the plan has been read
+    ``_COMPILE_AFTER`` times and each of its layouts would get a row builder (None
+    before, or for a plan too large: the caller builds row by row)."""
+    plan.hits += 1
+    if (
+        plan.hits < _COMPILE_AFTER
+        or plan.bounds[-1][2] > _COMPILE_MAX_FRAME_VALUES
+        or any(len(layout.keys) > _COMPILE_MAX_ELEMENTS for layout, _, _ in plan.bounds)
+    ):
+        return None
+    build = plan.builders[table] = _compile_frame(plan, table)
     return build
 
 
@@ -434,9 +495,17 @@ def to_records(
     out: list[Record] = []
     append = out.append
     if isinstance(frame, AvlFrame):
+        table = io_table if io_table is not None else DEFAULT_IO_TABLE
+        learned = frame.learned
+        if learned is not None:
+            plan, flat = learned
+            build_frame = plan.builders.get(table)
+            if build_frame is None:
+                build_frame = _frame_builder(plan, table)
+            if build_frame is not None:
+                return build_frame(flat, imei, received_at, raw, latest)
         rows = frame.rows
         if rows is not None:
-            table = io_table if io_table is not None else DEFAULT_IO_TABLE
             for layout, values in rows:
                 build = layout.builders.get(table)
                 if build is None:

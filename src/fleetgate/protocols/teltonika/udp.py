@@ -24,7 +24,7 @@ from fleetgate.protocols.teltonika.avl import decode_avl_span, encode_avl_body
 from fleetgate.protocols.teltonika.errors import TeltonikaDecodeError
 from fleetgate.protocols.teltonika.events import AvlFrame
 from fleetgate.protocols.teltonika.framing import IMEI_MAX_LENGTH
-from fleetgate.protocols.teltonika.layouts import decode_rows, learn
+from fleetgate.protocols.teltonika.layouts import decode_learned, learn
 from fleetgate.protocols.teltonika.model import AVL_CODECS, AvlRecord, codec_name
 
 _HEADER: Final = Struct(">HHBBH")  # length, packet id, unused byte, AVL packet id, IMEI len
@@ -86,9 +86,9 @@ def decode_udp_datagram(data: bytes, *, io16_group: bool = False) -> UdpDatagram
         frame = AvlFrame(codec, decode_avl_span(data, body_start, end, io16_group), data)
     else:
         # A tracker's datagrams repeat one layout, as its TCP frames do (same body).
-        rows = decode_rows(data, body_start, end)
-        if rows is not None:
-            frame = AvlFrame.from_rows(codec, rows, data)
+        learned = decode_learned(data, body_start, end)
+        if learned is not None:
+            frame = AvlFrame.from_learned(codec, learned, data)
         else:
             records = decode_avl_span(data, body_start, end)
             learn(data, body_start, end, records)
