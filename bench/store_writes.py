@@ -27,6 +27,12 @@ gives the longest single one (in CPU time).
 Run: ``.venv/bin/python bench/store_writes.py --batch 2000 --rows 1500000`` (and
 ``--batch 20000``); the file goes to a temporary directory under ``--dir`` (default: the
 system's), deleted at the end.
+
+``--measure`` counts instructions instead (callgrind, :mod:`callgrind` next to this script):
+batches of 10,000 Teltonika records made (``frames``), built and planned as the sink does on
+the loop (``build``), and committed (``commit``), each at two batch counts; it prints the
+loop side (build minus frames) and the commit side (commit minus build) per record. The
+commit side is the commit thread's (with or without the GIL) and the checkpointer's.
 """
 
 from __future__ import annotations
@@ -35,12 +41,15 @@ import argparse
 import gc
 import random
 import resource
+import sys
 import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import callgrind  # bench/callgrind.py, next to this script
 
 from fleetgate.records import Record, data_json, new_record
 from fleetgate.store import BatchBuilder, PreparedBatch, RecordStore
@@ -211,7 +220,48 @@ def run_threaded(args: argparse.Namespace, store: RecordStore, rng: random.Rando
     pool.shutdown()
 
 
+MEASURE_STAGES = ("frames", "build", "commit")
+MEASURE_BATCH = 10_000
+MEASURE_BATCHES = (1, 3)
+
+
+def run_stage(stage: str, batches: int) -> None:
+    """One ``--measure`` stage: ``batches`` batches made, built (``build``, ``commit``) and
+    committed (``commit``)."""
+    gc.disable()  # as run_threaded: the server keeps the collector off the records in flight
+    rng = random.Random(7)
+    with tempfile.TemporaryDirectory() as directory:
+        store = RecordStore(Path(directory) / "store.db")
+        for number in range(batches):
+            batch = make_batch(number * MEASURE_BATCH, MEASURE_BATCH, "teltonika", rng)
+            if stage != "frames":
+                prepared, _ = build_sliced(store, batch, 256)
+                if stage == "commit":
+                    store.commit(prepared)
+        store.close()
+
+
+def measure() -> None:
+    low, high = MEASURE_BATCHES
+    per_record = {}
+    for stage in MEASURE_STAGES:
+        small = callgrind.instructions(__file__, stage, low)
+        large = callgrind.instructions(__file__, stage, high)
+        per_record[stage] = (large - small) / ((high - low) * MEASURE_BATCH)
+    print(f"loop side (build and plan, in steps): "
+          f"{per_record['build'] - per_record['frames']:,.0f} instructions per record")
+    print(f"commit side (commit thread, checkpointer): "
+          f"{per_record['commit'] - per_record['build']:,.0f} instructions per record")
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] in MEASURE_STAGES:  # one stage, under callgrind
+        stage_parser = argparse.ArgumentParser()
+        stage_parser.add_argument("stage", choices=MEASURE_STAGES)
+        stage_parser.add_argument("--frames", type=int, required=True, help="batches")
+        stage_args = stage_parser.parse_args()
+        run_stage(stage_args.stage, stage_args.frames)
+        return
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--batch", type=int, default=2000, help="records per commit")
     parser.add_argument("--rows", type=int, default=1_500_000)
@@ -224,7 +274,12 @@ def main() -> None:
     parser.add_argument("--threaded", action="store_true",
                         help="build in slices, commit in a worker thread, probe the GIL")
     parser.add_argument("--slice", type=int, default=256, help="records per build step")
+    parser.add_argument("--measure", action="store_true",
+                        help="instructions per record (callgrind), loop side and commit side")
     args = parser.parse_args()
+    if args.measure:
+        measure()
+        return
     rng = random.Random(7)
     with tempfile.TemporaryDirectory(dir=args.dir) as directory:
         store = RecordStore(Path(directory) / "store.db")

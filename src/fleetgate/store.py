@@ -96,6 +96,14 @@ _ROWS_WITH_OFFSETS = {
     _ROW: "(?, ?, ?, ?, ?, ?, nullif(?, ''), ?)",
     _ROW_NO_META: "(?, ?, ?, ?, ?, ?, NULL, ?)",
 }
+# A batch whose records all have one source and one topic and no meta (every Teltonika
+# batch) binds those two texts once per statement, as ?1 and ?2, not once per row: binding
+# a text holds the GIL for ~850 instructions (SQLite allocates, copies and later frees it),
+# an int for ~170, and the four texts per row were half the commit thread's instructions.
+# Its rows carry (device, created, received, data, offset), numbered from ?3 ({} fields,
+# see _multi_row).
+_SHARED_ROW = "(?1, ?{}, ?2, ?{}, ?{}, ?{}, NULL, nullif(?{}, 0))"
+_ROWS_WITH_OFFSETS[_SHARED_ROW] = "(?1, ?{}, ?2, ?{}, ?{}, ?{}, NULL, ?{})"
 # The spool offset the rows of a transaction reach, committed with them: a replay after a
 # restart starts after it, so a record is never stored (or counted) twice.
 _SAVE_CURSOR = (
@@ -139,8 +147,21 @@ _SPAN_PREFIX = UPSERT_PREFIX.format(schema="main")
 
 
 @cache
-def _multi_row(prefix: str, row: str, rows: int, suffix: str = "") -> str:
-    return prefix + ",".join([row] * rows) + suffix
+def _multi_row(prefix: str, row: str, rows: int, suffix: str = "", first: int = 1) -> str:
+    """``rows`` rows of ``row``; a ``row`` with ``{}`` fields has them numbered, row after
+    row, from ``first`` (the parameters before it are bound once per statement)."""
+    if "{}" not in row:
+        return prefix + ",".join([row] * rows) + suffix
+    width = _row_width(row)
+    starts = range(first, first + rows * width, width)
+    numbered = (row.format(*range(at, at + width)) for at in starts)
+    return prefix + ",".join(numbered) + suffix
+
+
+@cache
+def _row_width(row: str) -> int:
+    """The parameters each row of ``row``'s shape binds."""
+    return row.count("{}") or row.count("?")
 
 
 def _chunks(rows: int) -> list[int]:
@@ -169,10 +190,13 @@ class PreparedBatch:
     groups: list[DeviceRows] = field(default_factory=list)
     # Its spans, planned ahead of the commit (RecordStore.planning), if they were.
     spans: SpanPlan | None = None
+    # Bound once per row statement before the rows' own (_SHARED_ROW: source, topic).
+    head: list[Any] = field(default_factory=list)
 
 
 _WIDTH_META = _ROW.count("?")
 _WIDTH_NO_META = _ROW_NO_META.count("?")
+_WIDTH_SHARED = _row_width(_SHARED_ROW)
 # Devices summed up between two yields of BatchBuilder.finishing (~0.4 ms of work).
 FINISH_DEVICES = 128
 
@@ -188,18 +212,30 @@ class BatchBuilder:
     CPython 3.11 the loop's specialised slot reads cost less than the getters' calls, and
     the columns then still had to be grouped by a sort.)"""
 
-    __slots__ = ("_cursor", "_metas", "_rows", "_width")
+    __slots__ = ("_cursor", "_metas", "_rows", "_shared", "_width")
 
     def __init__(self) -> None:
         self._rows: dict[str, list[Any]] = {}
-        self._width = _WIDTH_NO_META
+        self._width = _WIDTH_SHARED
         self._metas = False
         self._cursor = 0
+        # The source and topic of every record so far, while they are one each and no
+        # record has meta (rows in the _SHARED_ROW layout); None once they are not.
+        self._shared: tuple[str, str] | None = None
 
     def add(self, records: Sequence[Record]) -> None:
         """The next records of the batch, in offset order."""
         if not records:
             return
+        if self._width == _WIDTH_SHARED:
+            if self._shared is None:
+                self._shared = (records[0].source, records[0].topic)
+            rest = self._add_shared(records, *self._shared)
+            if rest is None:
+                self._cursor = records[-1].offset
+                return
+            self._widen_texts()
+            records = records[rest:]
         rows = self._rows
         get = rows.get
         # A frame's records are consecutive and of one device: looked up once per frame.
@@ -237,6 +273,42 @@ class BatchBuilder:
         # Batches come in offset order: the last record's offset is the highest.
         self._cursor = records[-1].offset
 
+    def _add_shared(self, records: Sequence[Record], source: str, topic: str) -> int | None:
+        """Rows in the _SHARED_ROW layout, up to the first record with another source or
+        topic, or with meta: its index (None: every record went in)."""
+        rows = self._rows
+        get = rows.get
+        device: str | None = None
+        params: list[Any] = []
+        for r in records:
+            if (
+                ((text := r.source) is not source and text != source)
+                or ((text := r.topic) is not topic and text != topic)
+                or r.meta
+            ):
+                # Rare: found by identity (records may compare equal).
+                return next(at for at, other in enumerate(records) if other is r)
+            if r.device_id is not device:
+                device = r.device_id
+                params = get(device) or rows.setdefault(device, [])
+            data = r._data_json
+            if data is None:
+                data = data_json(r)
+            params += (device, r.created_at, r.received_at, data.decode(), r.offset)
+        return None
+
+    def _widen_texts(self) -> None:
+        """A record of another source or topic, or with meta, came: every row so far gets
+        the shared source and topic (the per-row layout without meta)."""
+        source, topic = self._shared or ("", "")
+        for device, params in self._rows.items():
+            wide: list[Any] = []
+            for start in range(0, len(params), _WIDTH_SHARED):
+                wide += (source, params[start], topic, *params[start + 1 : start + 5])
+            self._rows[device] = wide
+        self._width = _WIDTH_NO_META
+        self._shared = None
+
     def _widen(self) -> None:
         """A record with meta came: every row so far gets an empty meta."""
         for device, params in self._rows.items():
@@ -261,6 +333,10 @@ class BatchBuilder:
         """:meth:`finish` in steps of :data:`FINISH_DEVICES` devices (a caller on the event
         loop lets other work run at each ``yield``); returns the batch."""
         width = self._width
+        shared = self._shared if width == _WIDTH_SHARED else None
+        # Where a row's device time and receive time are (the shared layout has no source
+        # and topic before them).
+        created_at, received_at = (1, 2) if shared else (3, 4)
         devices: list[Any] = []
         groups: list[DeviceRows] = []
         new = tuple.__new__  # DeviceRows is a named tuple: made in C, not by its __new__
@@ -270,8 +346,8 @@ class BatchBuilder:
         rows: list[Any] = []
         for number, (device, params) in enumerate(self._rows.items(), 1):
             rows += params
-            created = params[3::width]
-            received = params[4::width]
+            created = params[created_at::width]
+            received = params[received_at::width]
             count = len(created)
             # Device times in order (nearly always): the first and the last are the range.
             if count == 1 or all(map(le, created, created[1:])):
@@ -282,14 +358,18 @@ class BatchBuilder:
                 )
             # The device row as the per-record fold had it: the first record's source and
             # receive time (first_seen of a new device), the latest receive time, the count.
-            devices += (device, params[0], received[0], max(received), count)
+            source = shared[0] if shared else params[0]
+            devices += (device, source, received[0], max(received), count)
             offsets += params[width - 1 :: width].count(0)
             if not number % FINISH_DEVICES:
                 yield
-        row = _ROW if width == _WIDTH_META else _ROW_NO_META
+        row = {_WIDTH_META: _ROW, _WIDTH_NO_META: _ROW_NO_META}.get(width, _SHARED_ROW)
         if not offsets:  # every record has its offset: bound as it is
             row = _ROWS_WITH_OFFSETS[row]
-        return PreparedBatch([(row, rows)] if rows else [], devices, self._cursor, groups)
+        return PreparedBatch(
+            [(row, rows)] if rows else [], devices, self._cursor, groups,
+            head=[*shared] if shared else [],
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -465,7 +545,9 @@ class RecordStore:
                 first_id = writer.execute(_NEXT_ID).fetchone()[0]
                 last_id = first_id - 1
                 for row, params in batch.parts:
-                    last_id = self._insert(_INSERT_PREFIX, row, row.count("?"), params)
+                    last_id = self._insert(
+                        _INSERT_PREFIX, row, _row_width(row), params, head=batch.head
+                    )
                 rows = sum(group.rows for group in batch.groups)
                 # SQLite gives a row without an id the table's highest plus one.
                 if last_id != first_id + rows - 1:
@@ -507,15 +589,26 @@ class RecordStore:
         return int(row[0]) if row else None
 
     def _insert(
-        self, prefix: str, row: str, width: int, params: list[Any], suffix: str = ""
+        self,
+        prefix: str,
+        row: str,
+        width: int,
+        params: list[Any],
+        suffix: str = "",
+        *,
+        head: list[Any] | None = None,
     ) -> int:
-        """``params`` (``width`` per row) in multi-row statements of :func:`_chunks` sizes;
-        the last inserted row's id."""
+        """``params`` (``width`` per row) in multi-row statements of :func:`_chunks` sizes,
+        each statement binding ``head`` before its rows' parameters; the last inserted row's
+        id."""
         start = 0
         last = 0
+        head = head or []
         for rows in _chunks(len(params) // width):
             end = start + rows * width
-            cursor = self._writer.execute(_multi_row(prefix, row, rows, suffix), params[start:end])
+            sql = _multi_row(prefix, row, rows, suffix, len(head) + 1)
+            chunk = params[start:end]
+            cursor = self._writer.execute(sql, head + chunk if head else chunk)
             last = cursor.lastrowid or last
             start = end
         return last
