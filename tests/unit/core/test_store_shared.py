@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fleetgate.records import Record, format_rfc3339_ms
+from fleetgate.records import Record, record_dict
 from fleetgate.store import BatchBuilder, RecordStore
 from tests.unit.core.test_store_rows import (
     expected_devices,
@@ -46,14 +46,8 @@ shared_records = st.builds(
 
 
 def as_json(record: Record) -> dict[str, Any]:
-    return {
-        "source": record.source,
-        "device_id": record.device_id,
-        "topic": record.topic,
-        "created_at": format_rfc3339_ms(record.created_at),
-        "received_at": format_rfc3339_ms(record.received_at),
-        "data": dict(record.data),
-    }
+    """What the store's reads return for ``record``: its JSON form with a plain dict."""
+    return {**record_dict(record), "data": dict(record.data)}
 
 
 def built(batch: list[Record], cuts: list[int]) -> BatchBuilder:
