@@ -49,6 +49,7 @@ from fleetgate.listeners.limits import (
     IDLE_TIMEOUT,
     ConnectionLimiter,
 )
+from fleetgate.listeners.teltonika.acked import AckedCounter
 from fleetgate.listeners.teltonika.authority import DeviceGate
 from fleetgate.listeners.teltonika.command_journal import Command
 from fleetgate.listeners.teltonika.commands import CommandCenter
@@ -78,6 +79,7 @@ from fleetgate.runtime import ServerContext
 log = logging.getLogger("fleetgate.teltonika")
 
 PROTOCOL = "teltonika"
+_count_acked = AckedCounter(PROTOCOL)
 MAX_PENDING_EVENTS = 64
 RESUME_PENDING_EVENTS = 16
 
@@ -386,8 +388,7 @@ class TeltonikaSession(asyncio.Protocol):
         self._last_activity = asyncio.get_running_loop().time()
         if safe:
             self._send(self.connection.ack(count))
-            metrics.labelled(metrics.TELTONIKA_FRAMES, codec, "accepted").inc()
-            metrics.labelled(metrics.ACKS, PROTOCOL, "acked").inc()
+            _count_acked(codec)
         else:
             # Not safe yet (sink failed or timed out): no ack, so the device resends.
             metrics.TELTONIKA_FRAMES.labels(codec=codec, result="not_acked").inc()

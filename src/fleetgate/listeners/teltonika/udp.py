@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleetgate.config import TeltonikaConfig
+from fleetgate.listeners.teltonika.acked import AckedCounter
 from fleetgate.listeners.teltonika.authority import DeviceGate
 from fleetgate.listeners.teltonika.io_naming import IoTables
 from fleetgate.observability import metrics
@@ -53,6 +54,7 @@ from fleetgate.records import Record, now_ms
 from fleetgate.runtime import ServerContext
 
 log = logging.getLogger("fleetgate.teltonika")
+_count_acked = AckedCounter("teltonika-udp")
 
 MAX_IN_FLIGHT = 4096
 # A resend within this long of its first copy's last sighting is recognised as one.
@@ -186,8 +188,7 @@ class TeltonikaUdpProtocol(asyncio.DatagramProtocol):
             return
         self.duplicates.confirm(reply.datagram, time.monotonic())
         self._send_ack(reply.datagram, reply.count, reply.addr)
-        metrics.labelled(metrics.TELTONIKA_FRAMES, reply.codec, "accepted").inc()
-        metrics.labelled(metrics.ACKS, "teltonika-udp", "acked").inc()
+        _count_acked(reply.codec)
 
     def _send_ack(self, datagram: UdpDatagram, count: int, addr: tuple[str, int]) -> None:
         """The one place acks are written."""
