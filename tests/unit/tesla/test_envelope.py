@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fleetgate.protocols.tesla import envelope as envelope_module
 from fleetgate.protocols.tesla.envelope import (
     ERROR_TEXT,
     MESSAGE_STREAM,
@@ -19,6 +20,7 @@ from fleetgate.protocols.tesla.envelope import (
     StreamMessage,
     _parse_checked,
     _parse_fast,
+    _parse_planned,
     build_ack,
     build_error,
     build_stream_envelope,
@@ -413,11 +415,107 @@ def _both_readers(frame: bytes) -> None:
     fast = _parse_fast(frame)
     if fast is not None:
         assert fast == expected
+    # The planned reader, learning the frame's vtables afresh, then from its plans.
+    envelope_module._ROOT_PLANS.clear()
+    envelope_module._STREAM_PLANS.clear()
+    for _ in range(2):
+        planned = _parse_planned(frame)
+        if planned is not None:
+            assert planned == expected
     try:
         got: Envelope | str = parse_envelope(frame)
     except EnvelopeError as exc:
         got = f"EnvelopeError: {exc}"
     assert got == expected
+
+
+def test_planned_reader_takes_the_usual_frames() -> None:
+    frames = [
+        build_stream_envelope(
+            txid=b"t", topic=b"V", payload=b"p", created_at=5, delivered_at_epoch_ms=7
+        ),
+        build_stream_envelope(
+            txid=b"tx" * 9,
+            topic=b"V",
+            payload=b"p" * 33,
+            sender_id=b"s",
+            device_id=b"d",
+            device_type=b"vehicle_device",
+            created_at=2**32 - 1,
+            delivered_at_epoch_ms=2**64 - 1,
+            message_id=b"m",
+        ),
+        build_ack(b"tx", b"V"),
+        ACK_VECTOR,
+    ]
+    # (Error replies leave their zero scalars out: no plan, _parse_fast reads them.)
+    for frame in frames:
+        assert _parse_planned(frame) == _parse_checked(frame)
+        assert _parse_planned(frame) == _parse_checked(frame)  # from the learned plans
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    txid=st.binary(max_size=20),
+    topic=st.binary(max_size=6),
+    payload=st.binary(max_size=40),
+    sender_id=st.binary(max_size=9),
+    device_type=st.binary(max_size=9),
+    device_id=st.binary(max_size=9),
+    message_id=st.binary(max_size=9),
+    created_at=st.sampled_from([0, 1, 2**32 - 1]) | st.integers(0, 2**32 - 1),
+    delivered=st.sampled_from([0, 1, 2**64 - 1]) | st.integers(0, 2**64 - 1),
+    cut=st.none() | st.integers(0, 200),
+)
+def test_planned_reader_agrees_with_the_walker_on_built_frames(
+    txid: bytes,
+    topic: bytes,
+    payload: bytes,
+    sender_id: bytes,
+    device_type: bytes,
+    device_id: bytes,
+    message_id: bytes,
+    created_at: int,
+    delivered: int,
+    cut: int | None,
+) -> None:
+    """Every field length and alignment (so every padding), both with absent scalars, cut."""
+    frame = build_stream_envelope(
+        txid=txid,
+        topic=topic,
+        payload=payload,
+        sender_id=sender_id,
+        device_type=device_type,
+        device_id=device_id,
+        created_at=created_at,
+        delivered_at_epoch_ms=delivered,
+        message_id=message_id,
+    )
+    _both_readers(frame if cut is None else frame[:cut])
+
+
+def test_planned_reader_refuses_overlapping_and_absent_fields() -> None:
+    # A stream vtable whose sender and payload share one offset, then one with a slot absent.
+    frame = bytearray(
+        build_stream_envelope(
+            txid=b"t", topic=b"V", payload=b"p", created_at=5, delivered_at_epoch_ms=7
+        )
+    )
+    root = struct.unpack_from("<I", frame, 0)[0]
+    rel = struct.unpack_from("<H", frame, root - struct.unpack_from("<i", frame, root)[0] + 10)[0]
+    pos = root + rel + struct.unpack_from("<I", frame, root + rel)[0]
+    vtable = pos - struct.unpack_from("<i", frame, pos)[0]
+    sender = struct.unpack_from("<H", frame, vtable + 6)[0]
+    for payload_rel in (sender, 0, sender + 2):
+        struct.pack_into("<H", frame, vtable + 8, payload_rel)
+        _both_readers(bytes(frame))
+        envelope_module._STREAM_PLANS.clear()
+        assert (
+            envelope_module._table_plan(
+                bytes(frame[vtable : vtable + 16]), envelope_module._STREAM_KINDS
+            )
+            is None
+        )
 
 
 def test_fast_reader_takes_the_usual_frames() -> None:

@@ -29,6 +29,7 @@ reference server (spec §4).
 from __future__ import annotations
 
 import struct
+from operator import itemgetter
 from typing import Final, NamedTuple
 
 import flatbuffers
@@ -347,6 +348,153 @@ def _parse_fast_short(data: bytes, size: int) -> Envelope | None:
     return Envelope(txid, topic, message_type, message_id, stream, bool(message_pos))
 
 
+class _TablePlan(NamedTuple):
+    """How to read every field of a table whose vtable has these exact bytes, in one read.
+
+    ``reader`` reads the fields in position order from ``table + first``; ``in_slot_order``
+    puts its values back in slot order; ``rels`` holds each slot's offset in the table (the
+    vector fields' offsets count from there).
+    """
+
+    reader: struct.Struct
+    first: int
+    in_slot_order: itemgetter[tuple[int, ...]]
+    rels: tuple[int, ...]
+
+
+# The struct code of each slot's field: "I" a u32 (vector or union offset, created_at),
+# "B" the union tag, "Q" delivered_at_epoch_ms.
+_ROOT_KINDS: Final = "IIBII"
+_STREAM_KINDS: Final = "IIIIIQ"
+# Learned plans by vtable bytes (None: that vtable has no plan). A frame's writer keeps one
+# layout, so a few entries serve every vehicle; the cap keeps hostile frames from growing it.
+_PLAN_CAP: Final = 32
+_ROOT_PLANS: dict[bytes, _TablePlan | None] = {}
+_STREAM_PLANS: dict[bytes, _TablePlan | None] = {}
+_UNSEEN: Final = object()
+
+
+def _table_plan(vtable: bytes, kinds: str) -> _TablePlan | None:
+    """The plan for a vtable holding every slot, fields apart; None for any other vtable.
+
+    Short vtables, absent fields and overlapping fields are left to :func:`_parse_fast`.
+    """
+    slots = len(kinds)
+    if len(vtable) < 4 + 2 * slots or _u16(vtable, 0)[0] < 4 + 2 * slots:
+        return None
+    rels: tuple[int, ...] = _SLOT_READERS[slots].unpack_from(vtable, 4)
+    if 0 in rels:
+        return None
+    order = sorted(range(slots), key=rels.__getitem__)
+    first = cursor = rels[order[0]]
+    fmt = "<"
+    for slot in order:
+        if rels[slot] < cursor:
+            return None
+        fmt += f"{rels[slot] - cursor}x{kinds[slot]}"
+        cursor = rels[slot] + struct.calcsize("<" + kinds[slot])
+    return _TablePlan(
+        struct.Struct(fmt), first, itemgetter(*(order.index(s) for s in range(slots))), rels
+    )
+
+
+def _plan(plans: dict[bytes, _TablePlan | None], vtable: bytes, kinds: str) -> _TablePlan | None:
+    """The cached plan for ``vtable``, learned on first sight while the cache has room."""
+    plan = plans.get(vtable, _UNSEEN)
+    if plan is not _UNSEEN:
+        return plan  # type: ignore[return-value]
+    plan = _table_plan(vtable, kinds)
+    if len(plans) < _PLAN_CAP:
+        plans[vtable] = plan
+    return plan
+
+
+def _parse_planned(data: bytes) -> Envelope | None:
+    """:func:`_parse_checked` for frames whose two vtables have known plans; None otherwise.
+
+    Each table's fields come in one read (the plan's), so a usual frame costs about half
+    the ``unpack_from`` calls of :func:`_parse_fast`. As there, a read past the end raises
+    (caught below), no position can be negative but a vtable's (checked), and only the
+    ends of the byte vectors are compared; whenever this returns, the walker would have
+    returned the same envelope.
+    """
+    size = len(data)
+    try:
+        root = _u32(data, 0)[0]
+        vtable = root - _i32(data, root)[0]
+        if vtable < 0:
+            return None
+        key = data[vtable : vtable + 4 + 2 * _ROOT_SLOTS]
+        plan = _ROOT_PLANS.get(key) or _plan(_ROOT_PLANS, key, _ROOT_KINDS)
+        if plan is None:
+            return None
+        o_txid, o_topic, message_type, o_message, o_message_id = plan.in_slot_order(
+            plan.reader.unpack_from(data, root + plan.first)
+        )
+        r_txid, r_topic, _, r_message, r_message_id = plan.rels
+        # Each byte vector: the field at root + rel holds the offset of (u32 length, bytes).
+        at = root + r_txid + o_txid + 4
+        end = at + _u32(data, at - 4)[0]
+        if end > size:
+            return None
+        txid = data[at:end]
+        at = root + r_topic + o_topic + 4
+        end = at + _u32(data, at - 4)[0]
+        if end > size:
+            return None
+        topic = data[at:end]
+        at = root + r_message_id + o_message_id + 4
+        end = at + _u32(data, at - 4)[0]
+        if end > size:
+            return None
+        message_id = data[at:end]
+        if message_type != MESSAGE_STREAM:
+            return Envelope(txid, topic, message_type, message_id, None, True)
+        pos = root + r_message + o_message
+        vtable = pos - _i32(data, pos)[0]
+        if vtable < 0:
+            return None
+        key = data[vtable : vtable + 4 + 2 * _STREAM_SLOTS]
+        plan = _STREAM_PLANS.get(key) or _plan(_STREAM_PLANS, key, _STREAM_KINDS)
+        if plan is None:
+            return None
+        created_at, o_sender, o_payload, o_device_type, o_device, delivered = plan.in_slot_order(
+            plan.reader.unpack_from(data, pos + plan.first)
+        )
+        _, r_sender, r_payload, r_device_type, r_device, _ = plan.rels
+        at = pos + r_sender + o_sender + 4
+        end = at + _u32(data, at - 4)[0]
+        if end > size:
+            return None
+        sender_id = data[at:end]
+        at = pos + r_payload + o_payload + 4
+        end = at + _u32(data, at - 4)[0]
+        if end > size:
+            return None
+        payload = data[at:end]
+        at = pos + r_device_type + o_device_type + 4
+        end = at + _u32(data, at - 4)[0]
+        if end > size:
+            return None
+        device_type = data[at:end]
+        at = pos + r_device + o_device + 4
+        end = at + _u32(data, at - 4)[0]
+        if end > size:
+            return None
+        device_id = data[at:end]
+    except struct.error:
+        return None
+    stream = _new_tuple(
+        StreamMessage, (created_at, sender_id, payload, device_type, device_id, delivered)
+    )
+    return _new_tuple(Envelope, (txid, topic, message_type, message_id, stream, True))
+
+
+# What a named tuple's ``__new__`` does, without its Python frame: every field is given
+# here, so the two are the same; saves about 1.8k instructions per tuple.
+_new_tuple: Final = tuple.__new__
+
+
 def parse_envelope(data: bytes) -> Envelope:
     """Decode one binary frame.
 
@@ -354,7 +502,9 @@ def parse_envelope(data: bytes) -> Envelope:
     which the reference answers with an ack. Anything unreadable raises :class:`EnvelopeError`.
     """
     data = bytes(data)
-    envelope = _parse_fast(data)
+    envelope = _parse_planned(data)
+    if envelope is None:
+        envelope = _parse_fast(data)
     return envelope if envelope is not None else _parse_checked(data)
 
 
