@@ -454,6 +454,24 @@ def test_planned_reader_takes_the_usual_frames() -> None:
         assert _parse_planned(frame) == _parse_checked(frame)  # from the learned plans
 
 
+def test_planned_reader_leaves_layouts_past_the_cap_to_the_fast_reader() -> None:
+    # Layouts seen after the cache is full are not planned (nor cached) on every frame:
+    # the frame goes to _parse_fast, and parse_envelope still returns the walker's answer.
+    frame = build_stream_envelope(
+        txid=b"t", topic=b"V", payload=b"p", created_at=5, delivered_at_epoch_ms=7
+    )
+    plans = envelope_module._ROOT_PLANS
+    plans.clear()
+    try:
+        for number in range(envelope_module._PLAN_CAP):
+            plans[b"other layout %d" % number] = None
+        assert _parse_planned(frame) is None
+        assert len(plans) == envelope_module._PLAN_CAP
+        assert parse_envelope(frame) == _parse_checked(frame)
+    finally:
+        plans.clear()
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     txid=st.binary(max_size=20),

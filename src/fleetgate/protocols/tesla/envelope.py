@@ -399,13 +399,15 @@ def _table_plan(vtable: bytes, kinds: str) -> _TablePlan | None:
 
 
 def _plan(plans: dict[bytes, _TablePlan | None], vtable: bytes, kinds: str) -> _TablePlan | None:
-    """The cached plan for ``vtable``, learned on first sight while the cache has room."""
+    """The cached plan for ``vtable``, learned on first sight while the cache has room;
+    None once it is full (the frame goes to :func:`_parse_fast`, as before plans: no
+    layout beyond the cap costs a plan's making on every frame)."""
     plan = plans.get(vtable, _UNSEEN)
     if plan is not _UNSEEN:
         return plan  # type: ignore[return-value]
-    plan = _table_plan(vtable, kinds)
-    if len(plans) < _PLAN_CAP:
-        plans[vtable] = plan
+    if len(plans) >= _PLAN_CAP:
+        return None
+    plan = plans[vtable] = _table_plan(vtable, kinds)
     return plan
 
 
