@@ -214,9 +214,11 @@ class BatchBuilder:
 
     __slots__ = ("_cursor", "_metas", "_rows", "_shared", "_width")
 
-    def __init__(self) -> None:
+    def __init__(self, shared: bool = True) -> None:
+        """``shared``: start in the _SHARED_ROW layout (False: per row from the start, for
+        a caller whose last batch mixed sources or topics and would only widen again)."""
         self._rows: dict[str, list[Any]] = {}
-        self._width = _WIDTH_SHARED
+        self._width = _WIDTH_SHARED if shared else _WIDTH_NO_META
         self._metas = False
         self._cursor = 0
         # The source and topic of every record so far, while they are one each and no

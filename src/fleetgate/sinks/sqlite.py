@@ -19,6 +19,10 @@ from fleetgate.store import BatchBuilder, PreparedBatch, RecordStore
 
 # Records prepared between two yields to the event loop (about 0.3 ms of work).
 PREPARE_SLICE = 512
+# After a batch that could not keep the store's shared-texts layout, the next batches are
+# built per row; one in this many tries the shared layout again (a fleet that mixed only
+# for a while gets it back).
+SHARED_RETRY = 64
 
 
 class SqliteSettings(Section):
@@ -44,6 +48,9 @@ class SqliteSink(Sink):
         # What an earlier run committed may still sit in the page cache (a killed process).
         self.store.sync()
         self._synced = self.store.cursor() or 0
+        # Whether the next batch starts in the store's shared-texts layout (see publish).
+        self._shared_layout = True
+        self._batches = 0
 
     def committed_offset(self) -> int | None:
         # The store commits the spool offset with its rows: replay resumes exactly there.
@@ -61,7 +68,7 @@ class SqliteSink(Sink):
         # In steps (records, then devices), with the loop's other work (reads, acks) let in
         # between: a 10,000-record batch from 1,000 devices in one go held the loop for
         # ~10 ms, and its spans the commit thread (and with it the GIL) for 3-8 ms.
-        builder = BatchBuilder()
+        builder = BatchBuilder(shared=self._shared_layout)
         for start in range(0, len(batch), PREPARE_SLICE):
             if start:
                 await asyncio.sleep(0)
@@ -74,6 +81,10 @@ class SqliteSink(Sink):
             except StopIteration as done:
                 prepared: PreparedBatch = done.value
                 break
+        # A batch that mixed sources or topics (or had meta) turned its rows per-row in one
+        # loop step; the next starts per-row, and every SHARED_RETRY-th tries again.
+        self._batches += 1
+        self._shared_layout = bool(prepared.head) or not self._batches % SHARED_RETRY
         for _ in self.store.planning(prepared):
             await asyncio.sleep(0)
         try:

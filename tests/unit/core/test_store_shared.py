@@ -50,8 +50,8 @@ def as_json(record: Record) -> dict[str, Any]:
     return {**record_dict(record), "data": dict(record.data)}
 
 
-def built(batch: list[Record], cuts: list[int]) -> BatchBuilder:
-    builder = BatchBuilder()
+def built(batch: list[Record], cuts: list[int], shared: bool = True) -> BatchBuilder:
+    builder = BatchBuilder(shared=shared)
     bounds = [0, *sorted(min(cut, len(batch)) for cut in cuts), len(batch)]
     for start, end in itertools.pairwise(bounds):
         builder.add(batch[start:end])
@@ -63,21 +63,26 @@ def built(batch: list[Record], cuts: list[int]) -> BatchBuilder:
 )
 @given(
     batches=st.lists(
-        st.tuples(st.lists(shared_records, max_size=15), st.lists(st.integers(0, 15), max_size=3)),
+        st.tuples(
+            st.lists(shared_records, max_size=15),
+            st.lists(st.integers(0, 15), max_size=3),
+            st.booleans(),
+        ),
         max_size=4,
     )
 )
 def test_rows_and_reads_equal_the_per_row_form_wherever_the_layout_switches(
-    tmp_path_factory: pytest.TempPathFactory, batches: list[tuple[list[Record], list[int]]]
+    tmp_path_factory: pytest.TempPathFactory,
+    batches: list[tuple[list[Record], list[int], bool]],
 ) -> None:
     store = RecordStore(tmp_path_factory.mktemp("store") / "db.sqlite")
     try:
         written: list[Record] = []
-        for batch, cuts in batches:
-            store.commit(built(batch, cuts).finish())
+        for batch, cuts, shared in batches:
+            store.commit(built(batch, cuts, shared).finish())
             written += grouped(batch)
         assert stored(store) == [expected_row(r) for r in written]
-        assert stored_devices(store) == expected_devices([batch for batch, _ in batches])
+        assert stored_devices(store) == expected_devices([batch for batch, _, _ in batches])
         # Write, then read back through the API: every device's records, newest first.
         for device in {r.device_id for r in written}:
             rows = [(r, n) for n, r in enumerate(written) if r.device_id == device]
@@ -116,5 +121,45 @@ def test_a_record_that_differs_turns_the_batch_into_the_per_row_layout(
     try:
         store.commit(prepared)
         assert stored(store) == [expected_row(r) for r in grouped([*first, other])]
+    finally:
+        store.close()
+
+
+async def test_the_sink_starts_per_row_after_a_mixed_batch_and_tries_shared_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fleetgate.sinks import sqlite as sqlite_sink
+    from fleetgate.sinks.base import SinkContext
+
+    starts: list[bool] = []
+
+    def recording_builder(shared: bool = True) -> BatchBuilder:
+        starts.append(shared)
+        return BatchBuilder(shared=shared)
+
+    monkeypatch.setattr(sqlite_sink, "BatchBuilder", recording_builder)
+    store = RecordStore(tmp_path / "db.sqlite")
+    sink = sqlite_sink.SqliteSink({}, SinkContext(), store=store)
+    offset = 0
+
+    def batch(*sources: str) -> list[Record]:
+        nonlocal offset
+        records = []
+        for source in sources:
+            offset += 1
+            records.append(Record(source, "a", "position", offset, offset, {}, offset=offset))
+        return records
+
+    try:
+        written = batch("teltonika", "mqtt")  # mixed: the next batch starts per row
+        await sink.publish(written)
+        for _ in range(sqlite_sink.SHARED_RETRY):
+            records = batch("teltonika", "teltonika")
+            written += records
+            await sink.publish(records)
+        assert starts[:2] == [True, False]
+        assert starts[sqlite_sink.SHARED_RETRY] is True  # the retry
+        assert not any(starts[2 : sqlite_sink.SHARED_RETRY])
+        assert stored(store) == [expected_row(r) for r in written]
     finally:
         store.close()

@@ -1,6 +1,6 @@
 """The learned-layout fast path against the general one: the same records, the same Records.
 
-A frame whose layout was learned is read by :func:`layouts.decode_rows` (two structs) and
+A frame whose layout was learned is read by :func:`layouts.decode_learned` (two structs) and
 turned into Records by a compiled row builder; every other frame takes the general decoder
 and record builder. Whatever a device sends, both paths must give the very same result:
 the same AvlRecords, the same errors, the same Records with the same ``data`` key order.
