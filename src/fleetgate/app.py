@@ -31,6 +31,7 @@ from fleetgate.listeners.teltonika.udp import create_listener as teltonika_udp_l
 from fleetgate.listeners.tesla.listener import create_listener as tesla_listener
 from fleetgate.observability.dispatcher_metrics import dispatcher_metrics
 from fleetgate.observability.logging import fields
+from fleetgate.observability.loop_lag import LoopLagProbe
 from fleetgate.observability.process_metrics import keep_fresh
 from fleetgate.observability.process_metrics import refresh as refresh_process_metrics
 from fleetgate.observability.redact import redact_tree
@@ -487,6 +488,8 @@ async def serve(
     settle_garbage_collector()
     pacer = CollectorPacer()
     pacer.start()
+    lag_probe = LoopLagProbe()
+    lag_probe.start()
     if ready is not None:
         ready(server)
     try:
@@ -494,6 +497,7 @@ async def serve(
     finally:
         log.info("shutting down")
         pacer.stop()
+        lag_probe.stop()
         await server.stop()
 
 

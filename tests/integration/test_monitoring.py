@@ -1,10 +1,13 @@
 """Tesla's ``monitoring`` section, served: StatsD over a real UDP socket, the profiling
-endpoints, and the reference's process metrics on ``/metrics``."""
+endpoints, and the reference's process metrics on ``/metrics``; ``serve``'s event-loop lag
+probe."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pstats
+import signal
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -13,8 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-from fleetgate.app import Server
+from fleetgate.app import Server, serve
 from fleetgate.config import build_config
+from fleetgate.observability.metrics import REGISTRY
 from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
@@ -153,3 +157,44 @@ async def test_process_metrics_on_the_monitoring_port(tmp_path: Path) -> None:
     assert values["memory_allocated_bytes"] > 10_000_000  # a Python server: tens of MB
     assert values["num_goroutine"] >= 1
     assert "uptime_sec" in values
+
+
+def lag_observations() -> float:
+    return REGISTRY.get_sample_value("fleetgate_event_loop_lag_seconds_count") or 0.0
+
+
+async def test_serve_probes_the_loop_until_it_stops(tmp_path: Path) -> None:
+    port = free_port()
+    config = build_config(
+        {
+            "data_dir": str(tmp_path / "data"),
+            "store": {"enabled": False},
+            "spool": {"enabled": False},
+            "ack_level": "receive",
+            "tesla_enabled": False,
+            "api": {"host": "127.0.0.1", "port": port},
+            "teltonika": {"host": "127.0.0.1", "port": 0, "udp_enabled": False},
+        },
+        environ={},
+    )
+    loop = asyncio.get_running_loop()
+    started: asyncio.Future[Server] = loop.create_future()
+    task = asyncio.create_task(serve(config, ready=started.set_result))
+    try:
+        await asyncio.wait_for(asyncio.shield(started), 30)
+        before = lag_observations()
+        async with httpx.AsyncClient(timeout=10) as http:
+            for _ in range(100):  # the probe ticks every 0.1 s: seen within 10 s
+                text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+                if lag_observations() > before:
+                    break
+                await asyncio.sleep(0.1)
+        assert lag_observations() > before
+        assert "fleetgate_event_loop_lag_seconds_bucket" in text
+    finally:
+        signal.raise_signal(signal.SIGTERM)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 30)
+    stopped = lag_observations()
+    await asyncio.sleep(0.3)
+    assert lag_observations() == stopped
