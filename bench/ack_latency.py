@@ -20,6 +20,11 @@ a fresh data_dir on the same disk as the checkout), its code from ``SRC`` (anoth
         --variant 'default={}' --variant 'before@/tmp/before/src={}'
 
 ``--json FILE`` also writes every run's figures.
+
+For fleetgate variants the last two columns come from the server's
+``fleetgate_event_loop_lag_seconds`` (scraped from its monitoring port at the end of the
+run): the share of the loop's probe timers that ran more than 5 ms late, and the bucket
+bound under which 99 % of them ran (``-`` for a tree without the metric).
 """
 
 from __future__ import annotations
@@ -80,7 +85,32 @@ def wait_port(port: int, timeout_s: float = 30.0) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
-def start(variant: Variant, port: int, work: Path) -> subprocess.Popen[bytes]:
+def loop_lag(metrics_port: int) -> tuple[float, float] | None:
+    """(share of probe timers over 5 ms late, the bucket bound of their 99th percentile)
+    from the server's /metrics; None without the metric."""
+    import urllib.request
+
+    name = "fleetgate_event_loop_lag_seconds"
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    buckets: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith(f"{name}_bucket{{"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets[float(bound)] = float(line.rsplit(" ", 1)[1])
+    count = buckets.get(float("inf"), 0.0)
+    if not count:
+        return None
+    p99 = min(bound for bound, seen in buckets.items() if seen >= 0.99 * count)
+    return (count - buckets.get(0.005, 0.0)) / count, p99
+
+
+def start(
+    variant: Variant, port: int, work: Path, metrics_port: int = 0
+) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     if variant.config is None:
         command = [PYTHON, str(ROOT / "bench" / "ceiling_server.py"), "--teltonika-port",
@@ -94,6 +124,7 @@ def start(variant: Variant, port: int, work: Path) -> subprocess.Popen[bytes]:
                 "teltonika": {"host": "127.0.0.1", "port": port, "udp_enabled": False},
                 "api": {"enabled": False},
                 "tesla_enabled": False,
+                "monitoring": {"prometheus_metrics_port": metrics_port},
             },
             variant.config,
         )
@@ -110,8 +141,8 @@ def start(variant: Variant, port: int, work: Path) -> subprocess.Popen[bytes]:
 
 def run_once(variant: Variant, args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="acklat-", dir=args.work_dir))
-    port = free_port()
-    process = start(variant, port, work)
+    port, metrics_port = free_port(), free_port()
+    process = start(variant, port, work, metrics_port)
     try:
         time.sleep(0.5)
         load_before = os.getloadavg()[0]
@@ -122,6 +153,7 @@ def run_once(variant: Variant, args: argparse.Namespace) -> dict[str, Any]:
             capture_output=True, check=False,
         )
         load_after = os.getloadavg()[0]
+        lag = loop_lag(metrics_port) if variant.config is not None else None
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -147,6 +179,8 @@ def run_once(variant: Variant, args: argparse.Namespace) -> dict[str, Any]:
         "us_per_record": 1e6 * cpu / acked if acked else None,
         "errors": report["errors"],
         "load": (round(load_before, 2), round(load_after, 2)),
+        "loop_late_5ms": lag[0] if lag else None,
+        "loop_lag_p99_ms": lag[1] * 1e3 if lag else None,
     }
 
 
@@ -165,7 +199,8 @@ def main() -> None:
     Path(args.work_dir).mkdir(parents=True, exist_ok=True)
     rows = []
     print(f"{'round':>5} {'variant':<16} {'p50':>7} {'p90':>7} {'p99':>7} {'p99.9':>7} "
-          f"{'acked/s':>9} {'CPU':>5} {'us/rec':>7} {'load':>12}", flush=True)
+          f"{'acked/s':>9} {'CPU':>5} {'us/rec':>7} {'load':>12} {'late>5ms':>8} "
+          f"{'lag p99':>7}", flush=True)
     for round_ in range(1, args.rounds + 1):
         for variant in args.variant:
             row = run_once(variant, args)
@@ -175,7 +210,9 @@ def main() -> None:
             print(f"{round_:>5} {row['variant']:<16} {row['p50']:>7.2f} {row['p90']:>7.2f} "
                   f"{row['p99']:>7.2f} {row['p999']:>7.2f} {row['acked_per_s']:>9.0f} "
                   f"{row['server_cpu']:>5.2f} {us if us is not None else 0:>7.1f} "
-                  f"{row['load'][0]:>5.2f}-{row['load'][1]:<5.2f}"
+                  f"{row['load'][0]:>5.2f}-{row['load'][1]:<5.2f} "
+                  + (f"{row['loop_late_5ms']:>7.1%} {row['loop_lag_p99_ms']:>5.1f}ms"
+                     if row["loop_late_5ms"] is not None else f"{'-':>8} {'-':>7}")
                   + (f" errors {row['errors']}" if row["errors"] else ""), flush=True)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(rows, indent=1))
