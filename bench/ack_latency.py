@@ -19,7 +19,9 @@ a fresh data_dir on the same disk as the checkout), its code from ``SRC`` (anoth
         --variant 'spool-only={"store": {"enabled": false}}' \\
         --variant 'default={}' --variant 'before@/tmp/before/src={}'
 
-``--json FILE`` also writes every run's figures.
+``--json FILE`` also writes every run's figures. ``--load-nice 10`` runs the load generator
+at a lower priority: on a 2-core machine it otherwise competes for the cores with the
+server's event loop and its spool thread, whose waits for a core are part of every ack.
 
 For fleetgate variants the last two columns come from the server's
 ``fleetgate_event_loop_lag_seconds`` (scraped from its monitoring port at the end of the
@@ -147,7 +149,8 @@ def run_once(variant: Variant, args: argparse.Namespace) -> dict[str, Any]:
         time.sleep(0.5)
         load_before = os.getloadavg()[0]
         out = subprocess.run(
-            [PYTHON, "-m", "fleetgate", "bench", "load", "--teltonika", str(args.trackers),
+            ["nice", "-n", str(args.load_nice)] * bool(args.load_nice)
+            + [PYTHON, "-m", "fleetgate", "bench", "load", "--teltonika", str(args.trackers),
              "--rate", str(args.rate), "--duration", str(args.duration), "--teltonika-port",
              str(port), "--server-pid", str(process.pid), "--json"],
             capture_output=True, check=False,
@@ -195,6 +198,9 @@ def main() -> None:
     parser.add_argument("--work-dir", default=tempfile.gettempdir(),
                         help="data_dirs go here (the disk under test)")
     parser.add_argument("--json", dest="json_out", default=None)
+    parser.add_argument("--load-nice", type=int, default=0, metavar="N",
+                        help="run the load generator at this nice value (e.g. 10: it gets "
+                             "the cores the server leaves instead of competing for them)")
     args = parser.parse_args()
     Path(args.work_dir).mkdir(parents=True, exist_ok=True)
     rows = []
