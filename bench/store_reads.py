@@ -13,6 +13,10 @@ over the fleet, and prints the median and the slowest call in milliseconds:
 * ``positions x1000``: ``positions`` of every device (``/devices``);
 * ``devices``: ``devices()``.
 
+Each query also gives its median CPU time (the calling thread's: reads run there, and on a
+busy machine wall time has others' work in it). ``--page-size`` makes the store file with
+that page size instead of the store's own.
+
 Before/after: ``--compare SRC`` runs this same script with ``PYTHONPATH=SRC`` (another
 tree's ``src``) and with this tree's, in turn, each on its own file.
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -42,10 +47,13 @@ def device_name(number: int) -> str:
     return f"35630704244{number % DEVICES:04d}"
 
 
-def fill(path: Path, rows: int, batch: int) -> None:
+def fill(path: Path, rows: int, batch: int, page_size: int = 0) -> None:
+    import fleetgate.store
     from fleetgate.records import new_record
     from fleetgate.store import RecordStore
 
+    if page_size:
+        fleetgate.store.PAGE_SIZE = page_size
     store = RecordStore(path)
     written = 0
     while written < rows:
@@ -67,14 +75,17 @@ def fill(path: Path, rows: int, batch: int) -> None:
     store.close()
 
 
-def timed(call: Callable[[int], Any]) -> tuple[float, float]:
-    """Median and slowest of :data:`SAMPLES` calls (ms), each on another device."""
+def timed(call: Callable[[int], Any]) -> tuple[float, float, float]:
+    """Median and slowest of :data:`SAMPLES` calls (ms), each on another device, and the
+    median CPU time of a call (ms)."""
     times = []
+    cpu = []
     for sample in range(SAMPLES):
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.thread_time()
         call(sample * (DEVICES // SAMPLES) + 7)
         times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times), max(times)
+        cpu.append((time.thread_time() - started_cpu) * 1000)
+    return statistics.median(times), max(times), statistics.median(cpu)
 
 
 def measure(path: Path, rows: int) -> None:
@@ -101,19 +112,26 @@ def measure(path: Path, rows: int) -> None:
         ("track 5000", lambda n: store.track(device_name(n), START_MS, None, 5000)),
     ]
     for label, call in queries:
-        median, worst = timed(call)
-        print(f"{label:<20} {median:9.2f} ms median {worst:9.2f} ms max", flush=True)
+        median, worst, cpu = timed(call)
+        print(
+            f"{label:<20} {median:9.2f} ms median {worst:9.2f} ms max {cpu:9.2f} ms CPU median",
+            flush=True,
+        )
     everyone = [device_name(n) for n in range(DEVICES)]
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.thread_time()
     found = store.positions(everyone)
     print(
         f"{'positions x1000':<20} {(time.perf_counter() - started) * 1000:9.2f} ms "
-        f"({len(found)} found)",
+        f"({len(found)} found) {(time.thread_time() - started_cpu) * 1000:9.2f} ms CPU",
         flush=True,
     )
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.thread_time()
     store.devices()
-    print(f"{'devices':<20} {(time.perf_counter() - started) * 1000:9.2f} ms", flush=True)
+    print(
+        f"{'devices':<20} {(time.perf_counter() - started) * 1000:9.2f} ms "
+        f"{(time.thread_time() - started_cpu) * 1000:9.2f} ms CPU",
+        flush=True,
+    )
     store.close()
 
 
@@ -123,6 +141,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=10_000, help="records per commit")
     parser.add_argument("--dir", default=None, help="where the store files go")
     parser.add_argument("--compare", default=None, help="another tree's src: before, then this")
+    parser.add_argument("--page-size", type=int, default=0,
+                        help="page size of the store file (default: the store's)")
     args = parser.parse_args()
     if args.compare:
         here = str(Path(__file__).resolve().parents[1] / "src")
@@ -138,6 +158,8 @@ def main() -> None:
             ]
             if args.dir:
                 command += ["--dir", args.dir]
+            if args.page_size:
+                command += ["--page-size", str(args.page_size)]
             subprocess.run(command, env={**os.environ, "PYTHONPATH": src}, check=True)
         return
     import fleetgate.store
@@ -146,9 +168,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.dir) as directory:
         path = Path(directory) / "store.db"
         started = time.perf_counter()
-        fill(path, args.rows, args.batch)
+        fill(path, args.rows, args.batch, args.page_size)
+        with sqlite3.connect(path) as connection:
+            page_size = connection.execute("PRAGMA page_size").fetchone()[0]
+        connection.close()
         print(
-            f"filled in {time.perf_counter() - started:.1f} s, {path.stat().st_size / 1e6:.0f} MB",
+            f"filled in {time.perf_counter() - started:.1f} s, {path.stat().st_size / 1e6:.0f} MB, "
+            f"page size {page_size}",
             flush=True,
         )
         measure(path, args.rows)

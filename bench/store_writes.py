@@ -22,7 +22,12 @@ and reports how late it got the GIL back while a commit ran: the longest and the
 percentile of those waits is what the event loop would wait for the commit thread (wall
 clock: meaningful only on an otherwise idle machine; the collector is off, as the server's
 pacer keeps it off the records in flight). The build's holds of the loop are its steps: it
-gives the longest single one (in CPU time).
+gives the longest single one (in CPU time). It also reports the checkpointer thread's CPU
+(its rounds', measured in that thread) and the bytes written per record (``write_bytes`` and
+``wchar``, the bytes handed to ``write()``, of ``/proc/self/io``); at the end, the database
+file's size per record.
+
+``--page-size`` makes the new store file with that page size instead of the store's own.
 
 Run: ``.venv/bin/python bench/store_writes.py --batch 2000 --rows 1500000`` (and
 ``--batch 20000``); the file goes to a temporary directory under ``--dir`` (default: the
@@ -39,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import random
 import resource
 import sys
@@ -51,8 +57,9 @@ from typing import Any
 
 import callgrind  # bench/callgrind.py, next to this script
 
+import fleetgate.store
 from fleetgate.records import Record, data_json, new_record
-from fleetgate.store import BatchBuilder, PreparedBatch, RecordStore
+from fleetgate.store import BatchBuilder, Checkpointer, PreparedBatch, RecordStore
 
 DEVICES = 1000
 REPORT_EVERY = 500_000
@@ -76,11 +83,13 @@ def teltonika_data(rng: random.Random) -> dict[str, Any]:
 
 
 def written_bytes() -> int:
+    return io_counters()["write_bytes"]
+
+
+def io_counters() -> dict[str, int]:
+    """``/proc/self/io``: ``wchar`` (bytes passed to write()), ``write_bytes`` and the rest."""
     with open("/proc/self/io") as file:
-        for line in file:
-            if line.startswith("write_bytes"):
-                return int(line.split()[1])
-    raise RuntimeError("no write_bytes in /proc/self/io")
+        return {name: int(value) for name, value in (line.split(":") for line in file)}
 
 
 def make_batch(rows: int, size: int, kind: str, rng: random.Random) -> list[Record]:
@@ -131,6 +140,25 @@ def thread_cpu() -> tuple[float, float]:
     return usage.ru_utime, usage.ru_stime
 
 
+def watch_checkpointer() -> list[float]:
+    """The checkpointer thread's CPU [user, sys] so far, kept up to date: its rounds run in
+    that thread, so a wrapper around ``Checkpointer.round`` can ask for its own usage."""
+    totals = [0.0, 0.0]
+    original = Checkpointer.round
+
+    def round_measured(self: Checkpointer) -> None:
+        user, system = thread_cpu()
+        try:
+            original(self)
+        finally:
+            after = thread_cpu()
+            totals[0] += after[0] - user
+            totals[1] += after[1] - system
+
+    Checkpointer.round = round_measured  # type: ignore[method-assign]
+    return totals
+
+
 def build_sliced(
     store: RecordStore, batch: list[Record], size: int
 ) -> tuple[PreparedBatch, float]:
@@ -175,6 +203,9 @@ def run_threaded(args: argparse.Namespace, store: RecordStore, rng: random.Rando
     gc.disable()
     pool = ThreadPoolExecutor(1)
     probe = GilProbe()
+    checkpointer = watch_checkpointer()
+    reported_cpu = [0.0, 0.0]
+    reported_io = io_counters()
 
     def commit(prepared: PreparedBatch, sync: bool) -> tuple[float, float]:
         user, system = thread_cpu()
@@ -213,6 +244,14 @@ def run_threaded(args: argparse.Namespace, store: RecordStore, rng: random.Rando
                   f"{commit_sys / count * 1e6:4.2f} sys us per record; GIL probe wait "
                   f"p99 {p99 * 1e3:5.2f} ms, max {(lates[-1] if lates else 0) * 1e3:5.2f} ms",
                   flush=True)
+            now_io = io_counters()
+            print(f"  checkpointer {(checkpointer[0] - reported_cpu[0]) / count * 1e6:4.2f} "
+                  f"user + {(checkpointer[1] - reported_cpu[1]) / count * 1e6:4.2f} sys us "
+                  f"per record; written per record: "
+                  f"{(now_io['wchar'] - reported_io['wchar']) / count:6.0f} B wchar, "
+                  f"{(now_io['write_bytes'] - reported_io['write_bytes']) / count:6.0f} B "
+                  f"write_bytes", flush=True)
+            reported_cpu, reported_io = list(checkpointer), now_io
             reported_rows = rows
             build = commit_user = commit_sys = longest_step = 0.0
             lates = []
@@ -223,6 +262,8 @@ def run_threaded(args: argparse.Namespace, store: RecordStore, rng: random.Rando
 MEASURE_STAGES = ("frames", "build", "commit")
 MEASURE_BATCH = 10_000
 MEASURE_BATCHES = (1, 3)
+# --page-size for the --measure stages (each runs in a process of its own, under callgrind).
+PAGE_SIZE_ENV = "STORE_WRITES_PAGE_SIZE"
 
 
 def run_stage(stage: str, batches: int) -> None:
@@ -230,6 +271,8 @@ def run_stage(stage: str, batches: int) -> None:
     committed (``commit``)."""
     gc.disable()  # as run_threaded: the server keeps the collector off the records in flight
     rng = random.Random(7)
+    if os.environ.get(PAGE_SIZE_ENV):
+        fleetgate.store.PAGE_SIZE = int(os.environ[PAGE_SIZE_ENV])
     with tempfile.TemporaryDirectory() as directory:
         store = RecordStore(Path(directory) / "store.db")
         for number in range(batches):
@@ -274,18 +317,29 @@ def main() -> None:
     parser.add_argument("--threaded", action="store_true",
                         help="build in slices, commit in a worker thread, probe the GIL")
     parser.add_argument("--slice", type=int, default=256, help="records per build step")
+    parser.add_argument("--page-size", type=int, default=0,
+                        help="page size of the new store file (default: the store's)")
     parser.add_argument("--measure", action="store_true",
                         help="instructions per record (callgrind), loop side and commit side")
     args = parser.parse_args()
     if args.measure:
+        if args.page_size:
+            os.environ[PAGE_SIZE_ENV] = str(args.page_size)
         measure()
         return
+    if args.page_size:
+        fleetgate.store.PAGE_SIZE = args.page_size
     rng = random.Random(7)
     with tempfile.TemporaryDirectory(dir=args.dir) as directory:
         store = RecordStore(Path(directory) / "store.db")
+        page_size = store._writer.execute("PRAGMA page_size").fetchone()[0]
+        print(f"page size {page_size}", flush=True)
         if args.threaded:
             run_threaded(args, store, rng)
             store.close()
+            size = store.path.stat().st_size
+            print(f"database file {size / 1e6:.0f} MB, {size / args.rows:.0f} B per record",
+                  flush=True)
             return
         rows, reported_rows, reported_bytes = 0, 0, written_bytes()
         build = commit = 0.0
