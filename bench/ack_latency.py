@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,8 +91,6 @@ def wait_port(port: int, timeout_s: float = 30.0) -> None:
 def loop_lag(metrics_port: int) -> tuple[float, float] | None:
     """(share of probe timers over 5 ms late, the bucket bound of their 99th percentile)
     from the server's /metrics; None without the metric."""
-    import urllib.request
-
     name = "fleetgate_event_loop_lag_seconds"
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
