@@ -415,7 +415,7 @@ def test_dispatcher_metrics_count_a_batch_of_several_topics_per_topic() -> None:
 
 
 @pytest.mark.parametrize(("overrides", "fill_s"), [
-    ({}, 0.25),  # acks wait for the spool: the store group-commits
+    ({}, 0.1),  # acks wait for the spool: the store group-commits
     ({"store": {"commit_interval_ms": 40}}, 0.04),
     ({"ack_level": "store"}, 0.0),  # an ack waits for the store: no waiting to fill
     ({"ack_policy": {"teltonika": "store"}}, 0.0),
