@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from machine_speed import describe as machine_speed
 from procstats import (
     cpu_seconds,
     disk_counters,
@@ -242,6 +243,7 @@ def main() -> None:
                         help="also print acked records/s, server CPU and the disk's writes "
                              "every S seconds (to see a long run change as the store grows)")
     args = parser.parse_args()
+    print(machine_speed(), flush=True)  # before the server runs: the core's own speed
 
     port = free_port()
     with tempfile.TemporaryDirectory() as data_dir:

@@ -36,6 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine_speed import describe as machine_speed
 from procstats import cpu_seconds, free_port, rss_mb
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -204,6 +205,7 @@ def main() -> None:
     args = parser.parse_args()
     idle_counts = args.idle or [1000]
     fd_limit = raise_fd_limit()
+    print(machine_speed(), flush=True)  # before any server runs: the core's own speed
     import uvloop
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -219,7 +221,8 @@ def main() -> None:
                 print(
                     f"throughput: {args.vehicles} vehicles x {args.window} frames in flight, "
                     f"10 signals/frame: {result['frames_per_s']:,.0f} acked frames/s "
-                    f"(default ack level, spool); server {result['server_cpu']:.2f} CPU-s/s, "
+                    f"(default ack level, spool); server {result['server_cpu']:.2f} CPU-s/s "
+                    f"= {result['frames_per_s'] / result['server_cpu']:,.0f} per CPU-s, "
                     f"RSS {rss_mb(server.pid):.0f} MB; non-ack replies={result['other']:.0f} "
                     f"lost={result['lost']:.0f}"
                 )

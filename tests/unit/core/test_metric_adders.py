@@ -5,6 +5,9 @@ fail should a release change it."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,3 +73,35 @@ def test_an_adder_writes_the_per_process_file_of_several_workers(
     MultiProcessCollector(registry, path=str(tmp_path))  # type: ignore[no-untyped-call]
     assert registry.get_sample_value("worker_frames_total", {"topic": "V"}) == 5
     values.close_all_multiprocess_files()  # type: ignore[no-untyped-call]
+
+
+_FORKING_WORKER = """
+import os, sys
+from fleetgate.observability import metrics
+metrics.RECORDS.labels("fork-test", "V").inc(2)
+child = os.fork()
+if child == 0:
+    metrics.RECORDS.labels("fork-test", "V").inc(5)
+    os._exit(0)
+os.waitpid(child, 0)
+print(os.getpid(), child)
+"""
+
+
+def test_a_worker_that_forks_counts_in_its_own_file_and_the_sum_holds_both(
+    tmp_path: Path,
+) -> None:
+    # The pid behind every increment is remembered, not asked of the kernel each time; a
+    # fork must still give the child a file of its own (or it would overwrite the parent's).
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", _FORKING_WORKER], env=env, capture_output=True, text=True,
+        timeout=60, check=True,
+    )
+    parent, child = done.stdout.split()
+    files = sorted(path.name for path in tmp_path.glob("counter_*.db"))
+    assert files == sorted([f"counter_{parent}.db", f"counter_{child}.db"])
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(tmp_path))  # type: ignore[no-untyped-call]
+    sample = {"source": "fork-test", "topic": "V"}
+    assert registry.get_sample_value("fleetgate_records_total", sample) == 7
