@@ -23,10 +23,12 @@ a fresh data_dir on the same disk as the checkout), its code from ``SRC`` (anoth
 at a lower priority: on a 2-core machine it otherwise competes for the cores with the
 server's event loop and its spool thread, whose waits for a core are part of every ack.
 
-For fleetgate variants the last two columns come from the server's
-``fleetgate_event_loop_lag_seconds`` (scraped from its monitoring port at the end of the
-run): the share of the loop's probe timers that ran more than 5 ms late, and the bucket
-bound under which 99 % of them ran (``-`` for a tree without the metric).
+For fleetgate variants the last four columns come from the server's /metrics (scraped
+from its monitoring port at the end of the run): from ``fleetgate_event_loop_lag_seconds``
+the share of the loop's probe timers that ran more than 5 ms late and the bucket bound
+under which 99 % of them ran (``-`` for a tree without the metric); from
+``fleetgate_spool_commit_seconds`` how many group commits took over 10 ms (every ack
+waiting on one waits that long) and the bucket bound of the slowest.
 """
 
 from __future__ import annotations
@@ -88,25 +90,45 @@ def wait_port(port: int, timeout_s: float = 30.0) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
-def loop_lag(metrics_port: int) -> tuple[float, float] | None:
-    """(share of probe timers over 5 ms late, the bucket bound of their 99th percentile)
-    from the server's /metrics; None without the metric."""
-    name = "fleetgate_event_loop_lag_seconds"
+LAG = "fleetgate_event_loop_lag_seconds"
+COMMIT = "fleetgate_spool_commit_seconds"
+
+
+def histograms(metrics_port: int, *names: str) -> dict[str, dict[float, float]]:
+    """The cumulative buckets (bound -> count) of the named histograms on the server's
+    /metrics; empty when it cannot be read."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
             text = r.read().decode()
     except OSError:
-        return None
-    buckets: dict[float, float] = {}
+        return {}
+    found: dict[str, dict[float, float]] = {name: {} for name in names}
     for line in text.splitlines():
-        if line.startswith(f"{name}_bucket{{"):
-            bound = line.split('le="', 1)[1].split('"', 1)[0]
-            buckets[float(bound)] = float(line.rsplit(" ", 1)[1])
+        name, _, rest = line.partition("_bucket{")
+        if name in found:
+            bound = rest.split('le="', 1)[1].split('"', 1)[0]
+            found[name][float(bound)] = float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def loop_lag(buckets: dict[float, float]) -> tuple[float, float] | None:
+    """(share of probe timers over 5 ms late, the bucket bound of their 99th percentile)
+    from ``fleetgate_event_loop_lag_seconds``; None without the metric."""
     count = buckets.get(float("inf"), 0.0)
     if not count:
         return None
     p99 = min(bound for bound, seen in buckets.items() if seen >= 0.99 * count)
     return (count - buckets.get(0.005, 0.0)) / count, p99
+
+
+def slow_commits(buckets: dict[float, float]) -> tuple[int, float] | None:
+    """(spool group commits over 10 ms, the bucket bound of the slowest) from
+    ``fleetgate_spool_commit_seconds``: a slow commit holds every ack waiting on it."""
+    count = buckets.get(float("inf"), 0.0)
+    if not count:
+        return None
+    slowest = min(bound for bound, seen in buckets.items() if seen >= count)
+    return int(count - buckets.get(0.01, 0.0)), slowest
 
 
 def start(
@@ -155,7 +177,10 @@ def run_once(variant: Variant, args: argparse.Namespace) -> dict[str, Any]:
             capture_output=True, check=False,
         )
         load_after = os.getloadavg()[0]
-        lag = loop_lag(metrics_port) if variant.config is not None else None
+        found = (histograms(metrics_port, LAG, COMMIT) if variant.config is not None
+                 else {})
+        lag = loop_lag(found.get(LAG, {}))
+        commits = slow_commits(found.get(COMMIT, {}))
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -183,6 +208,8 @@ def run_once(variant: Variant, args: argparse.Namespace) -> dict[str, Any]:
         "load": (round(load_before, 2), round(load_after, 2)),
         "loop_late_5ms": lag[0] if lag else None,
         "loop_lag_p99_ms": lag[1] * 1e3 if lag else None,
+        "commits_over_10ms": commits[0] if commits else None,
+        "slowest_commit_ms": commits[1] * 1e3 if commits else None,
     }
 
 
@@ -205,7 +232,7 @@ def main() -> None:
     rows = []
     print(f"{'round':>5} {'variant':<16} {'p50':>7} {'p90':>7} {'p99':>7} {'p99.9':>7} "
           f"{'acked/s':>9} {'CPU':>5} {'us/rec':>7} {'load':>12} {'late>5ms':>8} "
-          f"{'lag p99':>7}", flush=True)
+          f"{'lag p99':>7} {'commits>10ms':>12} {'slowest':>8}", flush=True)
     for round_ in range(1, args.rounds + 1):
         for variant in args.variant:
             row = run_once(variant, args)
@@ -218,6 +245,8 @@ def main() -> None:
                   f"{row['load'][0]:>5.2f}-{row['load'][1]:<5.2f} "
                   + (f"{row['loop_late_5ms']:>7.1%} {row['loop_lag_p99_ms']:>5.1f}ms"
                      if row["loop_late_5ms"] is not None else f"{'-':>8} {'-':>7}")
+                  + (f" {row['commits_over_10ms']:>12} {row['slowest_commit_ms']:>6.0f}ms"
+                     if row["commits_over_10ms"] is not None else f" {'-':>12} {'-':>8}")
                   + (f" errors {row['errors']}" if row["errors"] else ""), flush=True)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(rows, indent=1))

@@ -61,8 +61,11 @@ log = logging.getLogger("fleetgate.spool")
 
 SEGMENT_PREFIX: Final = "segment-"
 PREPARED_FILE: Final = "next-segment.tmp"  # the next segment, pre-allocated (zeros)
-_ZERO_CHUNK: Final = 1024 * 1024
-_ZERO_SYNC_BYTES: Final = 4 * _ZERO_CHUNK
+# The next segment's zeros are written and synced a quarter MiB at a time. The spool's own
+# fdatasync waits behind whatever the disk is flushing: with 4 MiB flushes the slowest
+# group commits took 25 ms and the ack p99 at 40k records/s was 11-13 ms; with 256 KiB,
+# 5-10 ms and 1.8-2.8 ms (the prepare thread makes more, smaller syncs; same bytes).
+_ZERO_CHUNK: Final = 256 * 1024
 _PREPARE_STOP_S: Final = 5.0
 _PREPARE_RETRY_S: Final = 30.0
 SEGMENT_SUFFIX: Final = ".log"
@@ -382,8 +385,7 @@ class _Writer:
                         path.unlink()
                         return
                     written += os.write(fd, zeros[: size - written])
-                    if written % _ZERO_SYNC_BYTES == 0:
-                        os.fdatasync(fd)  # a little at a time, not one long flush
+                    os.fdatasync(fd)  # a little at a time, not one long flush (see above)
                 os.fsync(fd)
             finally:
                 os.close(fd)
