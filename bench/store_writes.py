@@ -82,10 +82,6 @@ def teltonika_data(rng: random.Random) -> dict[str, Any]:
     }
 
 
-def written_bytes() -> int:
-    return io_counters()["write_bytes"]
-
-
 def io_counters() -> dict[str, int]:
     """``/proc/self/io``: ``wchar`` (bytes passed to write()), ``write_bytes`` and the rest."""
     with open("/proc/self/io") as file:
@@ -341,7 +337,7 @@ def main() -> None:
             print(f"database file {size / 1e6:.0f} MB, {size / args.rows:.0f} B per record",
                   flush=True)
             return
-        rows, reported_rows, reported_bytes = 0, 0, written_bytes()
+        rows, reported_rows, reported_bytes = 0, 0, io_counters()["write_bytes"]
         build = commit = 0.0
         commit_wall = worst = 0.0
         synced_at = time.monotonic()
@@ -362,7 +358,7 @@ def main() -> None:
             commit += time.thread_time() - built
             rows += args.batch
             if rows - reported_rows >= args.every:
-                now = written_bytes()
+                now = io_counters()["write_bytes"]
                 count = rows - reported_rows
                 per_record = (now - reported_bytes) / count
                 print(f"batch {args.batch}: rows {rows:>10,}, {per_record:7.0f} bytes written "

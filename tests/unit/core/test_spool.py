@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -471,20 +472,27 @@ def test_the_next_segments_zeros_are_synced_a_little_at_a_time(
 
     unsynced: dict[int, int] = {}
     largest = [0]
-    real_write, real_sync = spool_module.os.write, spool_module.os.fdatasync
 
-    def write(fd: int, data: Any) -> int:
-        done = real_write(fd, data)
-        unsynced[fd] = unsynced.get(fd, 0) + done
-        largest[0] = max(largest[0], unsynced[fd])
-        return done
+    class CountingOs:
+        """The spool module's ``os``, counting bytes written between syncs per file (the
+        process's own ``os`` stays as it is)."""
 
-    def fdatasync(fd: int) -> None:
-        real_sync(fd)
-        unsynced[fd] = 0
+        def __getattr__(self, name: str) -> Any:
+            return getattr(os, name)
 
-    monkeypatch.setattr(spool_module.os, "write", write)
-    monkeypatch.setattr(spool_module.os, "fdatasync", fdatasync)
+        @staticmethod
+        def write(fd: int, data: Any) -> int:
+            done = os.write(fd, data)
+            unsynced[fd] = unsynced.get(fd, 0) + done
+            largest[0] = max(largest[0], unsynced[fd])
+            return done
+
+        @staticmethod
+        def fdatasync(fd: int) -> None:
+            os.fdatasync(fd)
+            unsynced[fd] = 0
+
+    monkeypatch.setattr(spool_module, "os", CountingOs())
     directory = tmp_path / "spool"
     directory.mkdir()
     segment_bytes = 3 * 1024 * 1024
